@@ -1,0 +1,53 @@
+//! The command tree of `nexus` and the dispatch from a parsed command to its module.
+
+pub(crate) mod bench;
+pub(crate) mod up;
+
+use clap::{Parser, Subcommand};
+
+/// Nexus: event-sourced CQRS services in Rust.
+///
+/// Exit codes: 0 success, 1 findings (policy violations, incompatible schemas),
+/// 2 the tool itself failed (bad input, unreachable server, I/O error).
+#[derive(Debug, Parser)]
+#[command(name = "nexus", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// More log output on stderr (-v info, -vv debug); `RUST_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the reference system on the embedded default.
+    Up(up::UpArgs),
+    /// Measure Nexus components and print JSON.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// What a successful command found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Nothing to report: exit code 0.
+    Clean,
+    /// The command ran and found problems (violations, incompatibilities): exit code 1.
+    Findings,
+}
+
+/// Runs one parsed command line.
+pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Up(args) => up::run(args),
+        Command::Bench(command) => bench::run(command),
+    }
+}
+
+/// Builds the multi-threaded Tokio runtime the async commands run on.
+pub(crate) fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

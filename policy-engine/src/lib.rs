@@ -1,0 +1,1 @@
+//! Policy engine: facts from a Rust workspace evaluated against Rego rules.

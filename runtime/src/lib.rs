@@ -1,0 +1,1 @@
+//! Nexus runtime: event store, command path, snapshots.

@@ -1,0 +1,1 @@
+//! Schema registry: a pure compatibility checker, storage backends and a REST server.

@@ -1,0 +1,3 @@
+//! End-to-end tests: each module drives the `nexus` binary as a process.
+
+mod support;
