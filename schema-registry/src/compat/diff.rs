@@ -1,0 +1,1159 @@
+//! Structural diff of two dereferenced JSON Schemas, with a verdict per change for each rule set.
+//!
+//! The diff reads `original` as the schema the data was written with and `update` as the schema
+//! that must now accept it (BACKWARD); FORWARD runs the same diff with the roles swapped.
+//! Every change carries two verdicts: Confluent's STRICT backward verdict, which depends on the
+//! content model (open, closed, partially open), and the Nexus additive-only verdict, which does
+//! not: removing a property is always breaking and adding an optional one never is.
+
+use serde_json::{Map, Value};
+
+use super::{CheckError, Rule};
+
+/// The most schema nodes one diff may visit before it gives up as too complex.
+const MAX_STEPS: usize = 250_000;
+/// The deepest nesting one diff follows.
+const MAX_DEPTH: usize = 128;
+
+/// Keywords that only annotate a schema and never change which instances it accepts.
+const ANNOTATIONS: &[&str] = &[
+    "$schema",
+    "$id",
+    "$anchor",
+    "$comment",
+    "$defs",
+    "definitions",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "contentMediaType",
+    "contentEncoding",
+];
+
+/// Keywords the diff handles one by one; anything else that is not an annotation is compared as a whole.
+const HANDLED: &[&str] = &[
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "patternProperties",
+    "unevaluatedProperties",
+    "enum",
+    "const",
+    "maximum",
+    "exclusiveMaximum",
+    "maxLength",
+    "maxItems",
+    "maxProperties",
+    "minimum",
+    "exclusiveMinimum",
+    "minLength",
+    "minItems",
+    "minProperties",
+    "multipleOf",
+    "pattern",
+    "format",
+    "uniqueItems",
+    "items",
+    "prefixItems",
+    "additionalItems",
+    "oneOf",
+    "anyOf",
+    "allOf",
+    "not",
+    "dependencies",
+    "dependentRequired",
+    "dependentSchemas",
+    "$ref",
+];
+
+/// The marker a new property carries to declare that it renames an old one.
+pub const RENAMED_FROM: &str = "x-nexus-renamed-from";
+
+/// One difference between two schemas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Change {
+    /// JSON pointer of the schema location the change is about.
+    pub(crate) pointer: String,
+    /// The rule the change falls under.
+    pub(crate) rule: Rule,
+    /// What changed, in words.
+    pub(crate) message: String,
+    /// Whether Confluent's STRICT backward check accepts the change.
+    pub(crate) backward: bool,
+    /// Whether the Nexus additive-only rule accepts the change.
+    pub(crate) additive: bool,
+    /// For a rename, the pointer of the old property.
+    pub(crate) renamed_from: Option<String>,
+}
+
+/// How an object schema treats properties it does not list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ContentModel {
+    Open,
+    Closed,
+    Partial,
+}
+
+/// Computes every difference between `original` and `update`.
+pub(crate) fn diff(original: &Value, update: &Value) -> Result<Vec<Change>, CheckError> {
+    let mut differ = Differ {
+        changes: Vec::new(),
+        steps: 0,
+    };
+    differ.schema(original, update, &mut String::new(), 0)?;
+    Ok(differ.changes)
+}
+
+struct Differ {
+    changes: Vec<Change>,
+    steps: usize,
+}
+
+fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+fn as_object(value: &Value) -> Option<&Map<String, Value>> {
+    value.as_object()
+}
+
+fn empty_schema(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => *b,
+        Value::Object(map) => map.keys().all(|k| ANNOTATIONS.contains(&k.as_str())),
+        _ => false,
+    }
+}
+
+fn type_set(schema: &Map<String, Value>) -> Option<Vec<String>> {
+    match schema.get("type")? {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+fn type_covers(types: &[String], wanted: &str) -> bool {
+    types
+        .iter()
+        .any(|t| t == wanted || (t == "number" && wanted == "integer"))
+}
+
+fn required_set(schema: &Map<String, Value>) -> Vec<String> {
+    schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn content_model(schema: &Map<String, Value>) -> ContentModel {
+    let pattern = schema
+        .get("patternProperties")
+        .and_then(Value::as_object)
+        .is_some_and(|m| !m.is_empty());
+    match (
+        schema.get("additionalProperties"),
+        schema.get("unevaluatedProperties"),
+    ) {
+        (Some(Value::Bool(false)), _) | (None, Some(Value::Bool(false))) => ContentModel::Closed,
+        (Some(Value::Object(_)), _) | (None | Some(Value::Bool(true)), Some(Value::Object(_))) => {
+            ContentModel::Partial
+        }
+        _ if pattern => ContentModel::Partial,
+        _ => ContentModel::Open,
+    }
+}
+
+/// The schema that covers properties an object does not list (`true` when the model is open).
+fn covering_schema(schema: &Map<String, Value>) -> Value {
+    match schema.get("additionalProperties") {
+        Some(v) => v.clone(),
+        None => schema
+            .get("unevaluatedProperties")
+            .cloned()
+            .unwrap_or(Value::Bool(true)),
+    }
+}
+
+fn number(value: &Value) -> Option<f64> {
+    value.as_f64()
+}
+
+impl Differ {
+    fn push(&mut self, pointer: &str, rule: Rule, message: String, backward: bool, additive: bool) {
+        self.changes.push(Change {
+            pointer: if pointer.is_empty() {
+                "/".to_owned()
+            } else {
+                pointer.to_owned()
+            },
+            rule,
+            message,
+            backward,
+            additive,
+            renamed_from: None,
+        });
+    }
+
+    /// Both verdicts of a nested diff, without recording its changes.
+    fn verdicts(
+        &mut self,
+        original: &Value,
+        update: &Value,
+        depth: usize,
+    ) -> Result<(bool, bool), CheckError> {
+        let mut nested = Differ {
+            changes: Vec::new(),
+            steps: self.steps,
+        };
+        nested.schema(original, update, &mut String::new(), depth)?;
+        self.steps = nested.steps;
+        Ok((
+            nested.changes.iter().all(|c| c.backward),
+            nested.changes.iter().all(|c| c.additive),
+        ))
+    }
+
+    fn schema(
+        &mut self,
+        original: &Value,
+        update: &Value,
+        path: &mut String,
+        depth: usize,
+    ) -> Result<(), CheckError> {
+        self.steps += 1;
+        if self.steps > MAX_STEPS || depth > MAX_DEPTH {
+            return Err(CheckError::TooComplex);
+        }
+        if original == update {
+            return Ok(());
+        }
+        // Boolean schemas: `true` accepts everything, `false` nothing.
+        if original == &Value::Bool(false) {
+            return Ok(());
+        }
+        if update == &Value::Bool(false) {
+            self.push(
+                path,
+                Rule::SchemaNarrowed,
+                "the schema now rejects every value".to_owned(),
+                false,
+                false,
+            );
+            return Ok(());
+        }
+        let empty = Map::new();
+        let o = as_object(original).unwrap_or(&empty);
+        let u = as_object(update).unwrap_or(&empty);
+        if !original.is_object() && !original.is_boolean()
+            || !update.is_object() && !update.is_boolean()
+        {
+            self.push(
+                path,
+                Rule::SchemaChanged,
+                "the schema is not an object or a boolean".to_owned(),
+                false,
+                false,
+            );
+            return Ok(());
+        }
+
+        self.types(o, u, path);
+        self.enums(o, u, path);
+        self.bounds(o, u, path);
+        self.object(o, u, path, depth)?;
+        self.array(o, u, path, depth)?;
+        self.combinators(o, u, path, depth)?;
+        self.others(o, u, path);
+        Ok(())
+    }
+
+    fn types(&mut self, o: &Map<String, Value>, u: &Map<String, Value>, path: &str) {
+        let (from, to) = (type_set(o), type_set(u));
+        match (from, to) {
+            (None, None) => {}
+            (Some(from), None) => self.push(
+                path,
+                Rule::TypeExtended,
+                format!("type {} is no longer restricted", from.join("|")),
+                true,
+                true,
+            ),
+            (None, Some(to)) => self.push(
+                path,
+                Rule::TypeNarrowed,
+                format!("type is now restricted to {}", to.join("|")),
+                false,
+                false,
+            ),
+            (Some(from), Some(to)) => {
+                let widened = from.iter().all(|t| type_covers(&to, t));
+                let narrowed = to.iter().all(|t| type_covers(&from, t));
+                if widened && narrowed {
+                    return;
+                }
+                let (rule, ok) = if widened {
+                    (Rule::TypeExtended, true)
+                } else if narrowed {
+                    (Rule::TypeNarrowed, false)
+                } else {
+                    (Rule::TypeChanged, false)
+                };
+                self.push(
+                    path,
+                    rule,
+                    format!("type changed from {} to {}", from.join("|"), to.join("|")),
+                    ok,
+                    ok,
+                );
+            }
+        }
+    }
+
+    fn enums(&mut self, o: &Map<String, Value>, u: &Map<String, Value>, path: &str) {
+        match (
+            o.get("enum").and_then(Value::as_array),
+            u.get("enum").and_then(Value::as_array),
+        ) {
+            (None, None) => {}
+            (Some(_), None) => self.push(
+                path,
+                Rule::EnumExtended,
+                "enum restriction removed".to_owned(),
+                true,
+                true,
+            ),
+            (None, Some(_)) => self.push(
+                &format!("{path}/enum"),
+                Rule::EnumNarrowed,
+                "an enum restriction was added".to_owned(),
+                false,
+                false,
+            ),
+            (Some(from), Some(to)) => {
+                let missing: Vec<&Value> = from.iter().filter(|v| !to.contains(v)).collect();
+                let added = to.iter().any(|v| !from.contains(v));
+                if !missing.is_empty() {
+                    let list = missing
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    self.push(
+                        &format!("{path}/enum"),
+                        Rule::EnumNarrowed,
+                        format!("enum no longer allows {list}"),
+                        false,
+                        false,
+                    );
+                } else if added {
+                    self.push(
+                        &format!("{path}/enum"),
+                        Rule::EnumExtended,
+                        "enum allows new values".to_owned(),
+                        true,
+                        true,
+                    );
+                }
+            }
+        }
+        match (o.get("const"), u.get("const")) {
+            (None, None) => {}
+            (Some(_), None) => self.push(
+                path,
+                Rule::EnumExtended,
+                "const removed".to_owned(),
+                true,
+                true,
+            ),
+            (None, Some(v)) => self.push(
+                &format!("{path}/const"),
+                Rule::EnumNarrowed,
+                format!("const {v} was added"),
+                false,
+                false,
+            ),
+            (Some(a), Some(b)) if a != b => self.push(
+                &format!("{path}/const"),
+                Rule::EnumNarrowed,
+                format!("const changed from {a} to {b}"),
+                false,
+                false,
+            ),
+            _ => {}
+        }
+    }
+
+    fn bounds(&mut self, o: &Map<String, Value>, u: &Map<String, Value>, path: &str) {
+        // Upper bounds: a lower value accepts less. Lower bounds: a higher value accepts less.
+        for (keyword, upper) in [
+            ("maximum", true),
+            ("exclusiveMaximum", true),
+            ("maxLength", true),
+            ("maxItems", true),
+            ("maxProperties", true),
+            ("minimum", false),
+            ("exclusiveMinimum", false),
+            ("minLength", false),
+            ("minItems", false),
+            ("minProperties", false),
+        ] {
+            let pointer = format!("{path}/{keyword}");
+            match (o.get(keyword), u.get(keyword)) {
+                (None, None) => {}
+                (Some(_), None) => self.push(
+                    &pointer,
+                    Rule::ConstraintRelaxed,
+                    format!("`{keyword}` removed"),
+                    true,
+                    true,
+                ),
+                (None, Some(Value::Bool(false))) => {}
+                (None, Some(v)) => self.push(
+                    &pointer,
+                    Rule::ConstraintTightened,
+                    format!("`{keyword}: {v}` added"),
+                    false,
+                    false,
+                ),
+                (Some(a), Some(b)) if a != b => {
+                    let tightened = match (number(a), number(b)) {
+                        (Some(a), Some(b)) => {
+                            if upper {
+                                b < a
+                            } else {
+                                b > a
+                            }
+                        }
+                        // Draft 4 boolean exclusive bounds: turning them on tightens.
+                        _ => b == &Value::Bool(true) || !(a.is_boolean() && b.is_boolean()),
+                    };
+                    let rule = if tightened {
+                        Rule::ConstraintTightened
+                    } else {
+                        Rule::ConstraintRelaxed
+                    };
+                    self.push(
+                        &pointer,
+                        rule,
+                        format!("`{keyword}` changed from {a} to {b}"),
+                        !tightened,
+                        !tightened,
+                    );
+                }
+                _ => {}
+            }
+        }
+
+        let pointer = format!("{path}/multipleOf");
+        match (
+            o.get("multipleOf").and_then(number),
+            u.get("multipleOf").and_then(number),
+        ) {
+            (None, None) => {}
+            (Some(_), None) => self.push(
+                &pointer,
+                Rule::ConstraintRelaxed,
+                "`multipleOf` removed".to_owned(),
+                true,
+                true,
+            ),
+            (None, Some(b)) => self.push(
+                &pointer,
+                Rule::ConstraintTightened,
+                format!("`multipleOf: {b}` added"),
+                false,
+                false,
+            ),
+            (Some(a), Some(b)) if a != b => {
+                let ratio = a / b;
+                let divides = b != 0.0 && (ratio - ratio.round()).abs() < 1e-9;
+                let rule = if divides {
+                    Rule::ConstraintRelaxed
+                } else {
+                    Rule::ConstraintTightened
+                };
+                self.push(
+                    &pointer,
+                    rule,
+                    format!("`multipleOf` changed from {a} to {b}"),
+                    divides,
+                    divides,
+                );
+            }
+            _ => {}
+        }
+
+        for keyword in ["pattern", "format"] {
+            let pointer = format!("{path}/{keyword}");
+            match (o.get(keyword), u.get(keyword)) {
+                (None, None) => {}
+                (Some(_), None) => self.push(
+                    &pointer,
+                    Rule::ConstraintRelaxed,
+                    format!("`{keyword}` removed"),
+                    true,
+                    true,
+                ),
+                (None, Some(v)) => self.push(
+                    &pointer,
+                    Rule::ConstraintTightened,
+                    format!("`{keyword}: {v}` added"),
+                    false,
+                    false,
+                ),
+                (Some(a), Some(b)) if a != b => self.push(
+                    &pointer,
+                    Rule::ConstraintTightened,
+                    format!("`{keyword}` changed from {a} to {b}"),
+                    false,
+                    false,
+                ),
+                _ => {}
+            }
+        }
+
+        let unique = |m: &Map<String, Value>| m.get("uniqueItems") == Some(&Value::Bool(true));
+        match (unique(o), unique(u)) {
+            (false, true) => self.push(
+                &format!("{path}/uniqueItems"),
+                Rule::ConstraintTightened,
+                "`uniqueItems: true` added".to_owned(),
+                false,
+                false,
+            ),
+            (true, false) => self.push(
+                &format!("{path}/uniqueItems"),
+                Rule::ConstraintRelaxed,
+                "`uniqueItems` removed".to_owned(),
+                true,
+                true,
+            ),
+            _ => {}
+        }
+    }
+
+    fn object(
+        &mut self,
+        o: &Map<String, Value>,
+        u: &Map<String, Value>,
+        path: &mut String,
+        depth: usize,
+    ) -> Result<(), CheckError> {
+        let empty = Map::new();
+        let o_props = o
+            .get("properties")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let u_props = u
+            .get("properties")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let o_required = required_set(o);
+        let u_required = required_set(u);
+        let original_model = content_model(o);
+        let update_model = content_model(u);
+        let original_cover = covering_schema(o);
+        let update_cover = covering_schema(u);
+
+        let mut removed: Vec<&String> = o_props
+            .keys()
+            .filter(|k| !u_props.contains_key(*k))
+            .collect();
+        let mut added: Vec<&String> = u_props
+            .keys()
+            .filter(|k| !o_props.contains_key(*k))
+            .collect();
+
+        // Renames: an explicit marker first, then one removed and one added property with the same schema.
+        let mut renames: Vec<(&String, &String)> = Vec::new();
+        for new in added.clone() {
+            if let Some(old) = u_props[new].get(RENAMED_FROM).and_then(Value::as_str)
+                && let Some(pos) = removed.iter().position(|r| r.as_str() == old)
+            {
+                renames.push((removed.remove(pos), new));
+            }
+        }
+        added.retain(|a| !renames.iter().any(|(_, n)| n == a));
+        for old in removed.clone() {
+            let same: Vec<&&String> = added
+                .iter()
+                .filter(|a| {
+                    strip_annotations(&u_props[a.as_str()])
+                        == strip_annotations(&o_props[old.as_str()])
+                })
+                .collect();
+            let twins = removed
+                .iter()
+                .filter(|r| {
+                    strip_annotations(&o_props[r.as_str()])
+                        == strip_annotations(&o_props[old.as_str()])
+                })
+                .count();
+            if same.len() == 1 && twins == 1 {
+                let new = *same[0];
+                renames.push((old, new));
+                added.retain(|a| *a != new);
+                removed.retain(|r| *r != old);
+            }
+        }
+
+        let base = path.clone();
+        let at = |name: &str| format!("{base}/properties/{}", escape(name));
+
+        for name in &removed {
+            let (backward, message) =
+                self.removal_verdict(update_model, &o_props[name.as_str()], &update_cover, depth)?;
+            let additive = o_props[name.as_str()] == Value::Bool(false);
+            self.push(
+                &at(name),
+                Rule::PropertyRemoved,
+                format!("property `{name}` was removed{message}"),
+                backward,
+                additive,
+            );
+        }
+        for name in &added {
+            let schema = &u_props[name.as_str()];
+            let required = u_required.contains(*name);
+            let has_default = schema.get("default").is_some();
+            let backward = self.addition_verdict(
+                original_model,
+                schema,
+                &original_cover,
+                required,
+                has_default,
+                depth,
+            )?;
+            if required {
+                self.push(
+                    &at(name),
+                    Rule::RequiredPropertyAdded,
+                    format!("required property `{name}` was added"),
+                    backward,
+                    false,
+                );
+            } else {
+                self.push(
+                    &at(name),
+                    Rule::PropertyAdded,
+                    format!("optional property `{name}` was added"),
+                    backward,
+                    true,
+                );
+            }
+        }
+        for (old, new) in &renames {
+            let (removal_ok, _) =
+                self.removal_verdict(update_model, &o_props[old.as_str()], &update_cover, depth)?;
+            let schema = &u_props[new.as_str()];
+            let addition_ok = self.addition_verdict(
+                original_model,
+                schema,
+                &original_cover,
+                u_required.contains(*new),
+                schema.get("default").is_some(),
+                depth,
+            )?;
+            self.push(
+                &at(new),
+                Rule::PropertyRenamed,
+                format!("property `{old}` was renamed to `{new}`"),
+                removal_ok && addition_ok,
+                false,
+            );
+            if let Some(last) = self.changes.last_mut() {
+                last.renamed_from = Some(at(old));
+            }
+        }
+
+        // Properties on both sides: recurse.
+        for (name, o_schema) in o_props {
+            if let Some(u_schema) = u_props.get(name) {
+                let len = path.len();
+                path.push_str("/properties/");
+                path.push_str(&escape(name));
+                self.schema(o_schema, u_schema, path, depth + 1)?;
+                path.truncate(len);
+            }
+        }
+
+        // Required: names that become required and were not just added as new properties.
+        for name in &u_required {
+            if o_required.contains(name)
+                || added.iter().any(|a| *a == name)
+                || renames.iter().any(|(_, n)| *n == name)
+            {
+                continue;
+            }
+            let has_default = u_props.get(name).and_then(|s| s.get("default")).is_some();
+            self.push(
+                &at(name),
+                Rule::RequiredPropertyAdded,
+                format!("property `{name}` became required"),
+                has_default,
+                false,
+            );
+        }
+        for name in &o_required {
+            if !u_required.contains(name) && u_props.contains_key(name) {
+                self.push(
+                    &at(name),
+                    Rule::RequiredRemoved,
+                    format!("property `{name}` is no longer required"),
+                    true,
+                    true,
+                );
+            }
+        }
+
+        // The covering schema for unlisted properties.
+        for keyword in ["additionalProperties", "unevaluatedProperties"] {
+            let from = o.get(keyword).cloned().unwrap_or(Value::Bool(true));
+            let to = u.get(keyword).cloned().unwrap_or(Value::Bool(true));
+            if from == to {
+                continue;
+            }
+            let len = path.len();
+            path.push('/');
+            path.push_str(keyword);
+            match (&from, &to) {
+                (Value::Object(_), Value::Object(_)) => self.schema(&from, &to, path, depth + 1)?,
+                _ => {
+                    let (ok, _) = self.verdicts(&from, &to, depth + 1)?;
+                    let rule = if ok {
+                        Rule::AdditionalPropertiesExtended
+                    } else {
+                        Rule::AdditionalPropertiesNarrowed
+                    };
+                    self.push(
+                        path,
+                        rule,
+                        format!("`{keyword}` changed from {from} to {to}"),
+                        ok,
+                        ok,
+                    );
+                }
+            }
+            path.truncate(len);
+        }
+
+        // Pattern properties: compared per pattern.
+        let o_patterns = o
+            .get("patternProperties")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let u_patterns = u
+            .get("patternProperties")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        for (pattern, o_schema) in o_patterns {
+            let len = path.len();
+            path.push_str("/patternProperties/");
+            path.push_str(&escape(pattern));
+            match u_patterns.get(pattern) {
+                Some(u_schema) => self.schema(o_schema, u_schema, path, depth + 1)?,
+                None => {
+                    let ok = update_model == ContentModel::Open;
+                    self.push(
+                        path,
+                        Rule::AdditionalPropertiesNarrowed,
+                        format!("pattern property `{pattern}` was removed"),
+                        ok,
+                        ok,
+                    );
+                }
+            }
+            path.truncate(len);
+        }
+        for pattern in u_patterns.keys().filter(|p| !o_patterns.contains_key(*p)) {
+            let ok = original_model == ContentModel::Closed;
+            self.push(
+                &format!("{path}/patternProperties/{}", escape(pattern)),
+                Rule::AdditionalPropertiesNarrowed,
+                format!("pattern property `{pattern}` was added"),
+                ok,
+                ok,
+            );
+        }
+
+        // Dependencies: more dependencies accept less.
+        for keyword in ["dependencies", "dependentRequired", "dependentSchemas"] {
+            let from = o.get(keyword).and_then(Value::as_object).unwrap_or(&empty);
+            let to = u.get(keyword).and_then(Value::as_object).unwrap_or(&empty);
+            for (name, dep) in to {
+                let narrowed = match (from.get(name), dep) {
+                    (None, _) => true,
+                    (Some(Value::Array(a)), Value::Array(b)) => b.iter().any(|x| !a.contains(x)),
+                    (Some(a), b) => a != b,
+                };
+                if narrowed {
+                    self.push(
+                        &format!("{path}/{keyword}/{}", escape(name)),
+                        Rule::ConstraintTightened,
+                        format!("dependency of `{name}` added or extended"),
+                        false,
+                        false,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether data with a property that the update no longer lists still validates (STRICT).
+    fn removal_verdict(
+        &mut self,
+        update_model: ContentModel,
+        removed: &Value,
+        update_cover: &Value,
+        depth: usize,
+    ) -> Result<(bool, String), CheckError> {
+        Ok(match update_model {
+            ContentModel::Open => (true, " from an open content model".to_owned()),
+            ContentModel::Closed => (
+                removed == &Value::Bool(false),
+                " from a closed content model".to_owned(),
+            ),
+            ContentModel::Partial => {
+                let (ok, _) = self.verdicts(removed, update_cover, depth + 1)?;
+                (ok, " from a partially open content model".to_owned())
+            }
+        })
+    }
+
+    /// Whether old data validates against a property the update adds (STRICT).
+    fn addition_verdict(
+        &mut self,
+        original_model: ContentModel,
+        added: &Value,
+        original_cover: &Value,
+        required: bool,
+        has_default: bool,
+        depth: usize,
+    ) -> Result<bool, CheckError> {
+        if required && !has_default {
+            return Ok(false);
+        }
+        Ok(match original_model {
+            ContentModel::Open => !required && empty_schema(added),
+            ContentModel::Closed => true,
+            ContentModel::Partial => self.verdicts(original_cover, added, depth + 1)?.0,
+        })
+    }
+
+    fn array(
+        &mut self,
+        o: &Map<String, Value>,
+        u: &Map<String, Value>,
+        path: &mut String,
+        depth: usize,
+    ) -> Result<(), CheckError> {
+        // Tuples: `prefixItems` (2020-12) or an array under `items` (earlier drafts).
+        let tuple = |m: &Map<String, Value>| -> Option<(Vec<Value>, Value, &'static str)> {
+            if let Some(Value::Array(items)) = m.get("prefixItems") {
+                return Some((
+                    items.clone(),
+                    m.get("items").cloned().unwrap_or(Value::Bool(true)),
+                    "prefixItems",
+                ));
+            }
+            if let Some(Value::Array(items)) = m.get("items") {
+                return Some((
+                    items.clone(),
+                    m.get("additionalItems")
+                        .cloned()
+                        .unwrap_or(Value::Bool(true)),
+                    "items",
+                ));
+            }
+            None
+        };
+        match (tuple(o), tuple(u)) {
+            (None, None) => {
+                let from = o.get("items").cloned().unwrap_or(Value::Bool(true));
+                let to = u.get("items").cloned().unwrap_or(Value::Bool(true));
+                if from != to {
+                    let len = path.len();
+                    path.push_str("/items");
+                    self.schema(&from, &to, path, depth + 1)?;
+                    path.truncate(len);
+                }
+            }
+            (Some((from, from_rest, keyword)), Some((to, to_rest, _))) => {
+                for (i, (a, b)) in from.iter().zip(&to).enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("/{keyword}/{i}"));
+                    self.schema(a, b, path, depth + 1)?;
+                    path.truncate(len);
+                }
+                for (i, added) in to.iter().enumerate().skip(from.len()) {
+                    let (ok, _) = self.verdicts(&from_rest, added, depth + 1)?;
+                    self.push(
+                        &format!("{path}/{keyword}/{i}"),
+                        Rule::ItemsChanged,
+                        format!("tuple item {i} was added"),
+                        ok,
+                        ok,
+                    );
+                }
+                for (i, removed) in from.iter().enumerate().skip(to.len()) {
+                    let (ok, _) = self.verdicts(removed, &to_rest, depth + 1)?;
+                    self.push(
+                        &format!("{path}/{keyword}/{i}"),
+                        Rule::ItemsChanged,
+                        format!("tuple item {i} was removed"),
+                        ok,
+                        ok,
+                    );
+                }
+                if from_rest != to_rest {
+                    let (ok, _) = self.verdicts(&from_rest, &to_rest, depth + 1)?;
+                    self.push(
+                        path,
+                        Rule::ItemsChanged,
+                        "schema for items beyond the tuple changed".to_owned(),
+                        ok,
+                        ok,
+                    );
+                }
+            }
+            _ => self.push(
+                &format!("{path}/items"),
+                Rule::ItemsChanged,
+                "array items changed between a list and a tuple".to_owned(),
+                false,
+                false,
+            ),
+        }
+        Ok(())
+    }
+
+    fn combinators(
+        &mut self,
+        o: &Map<String, Value>,
+        u: &Map<String, Value>,
+        path: &mut String,
+        depth: usize,
+    ) -> Result<(), CheckError> {
+        // Sums: every alternative of the original must be accepted by some alternative of the update.
+        for keyword in ["oneOf", "anyOf"] {
+            let (from, to) = (
+                o.get(keyword).and_then(Value::as_array),
+                u.get(keyword).and_then(Value::as_array),
+            );
+            match (from, to) {
+                (None, None) => {}
+                (Some(_), None) => self.push(
+                    path,
+                    Rule::CombinedTypeChanged,
+                    format!("`{keyword}` removed"),
+                    true,
+                    true,
+                ),
+                (None, Some(to)) => {
+                    // Wrapping the old schema into a sum is fine when one alternative accepts it.
+                    let plain = Value::Object(
+                        o.iter()
+                            .filter(|(k, _)| !ANNOTATIONS.contains(&k.as_str()))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    );
+                    let mut backward = false;
+                    let mut additive = false;
+                    for alt in to {
+                        let (b, a) = self.verdicts(&plain, &merge(u, keyword, alt), depth + 1)?;
+                        backward |= b;
+                        additive |= a;
+                    }
+                    if !(backward && additive) {
+                        self.push(
+                            &format!("{path}/{keyword}"),
+                            Rule::CombinedTypeChanged,
+                            format!("`{keyword}` added"),
+                            backward,
+                            additive,
+                        );
+                    }
+                }
+                (Some(from), Some(to)) => {
+                    for (i, alt) in from.iter().enumerate() {
+                        let mut backward = false;
+                        let mut additive = false;
+                        for candidate in to {
+                            let (b, a) = self.verdicts(alt, candidate, depth + 1)?;
+                            backward |= b;
+                            additive |= a;
+                            if backward && additive {
+                                break;
+                            }
+                        }
+                        if !(backward && additive) {
+                            self.push(
+                                &format!("{path}/{keyword}/{i}"),
+                                Rule::CombinedTypeChanged,
+                                format!("no alternative of the new `{keyword}` accepts everything alternative {i} accepted"),
+                                backward,
+                                additive,
+                            );
+                        }
+                    }
+                    if keyword == "oneOf" && to.len() > from.len() {
+                        self.push(
+                            &format!("{path}/{keyword}"),
+                            Rule::CombinedTypeExtended,
+                            format!("`{keyword}` has new alternatives"),
+                            true,
+                            true,
+                        );
+                    }
+                }
+            }
+        }
+        // Product: every subschema of the update must accept what some subschema of the original accepts.
+        match (
+            o.get("allOf").and_then(Value::as_array),
+            u.get("allOf").and_then(Value::as_array),
+        ) {
+            (None, None) => {}
+            (Some(_), None) => self.push(
+                path,
+                Rule::CombinedTypeChanged,
+                "`allOf` removed".to_owned(),
+                true,
+                true,
+            ),
+            (from, Some(to)) => {
+                let from: Vec<Value> = from.cloned().unwrap_or_default();
+                for (i, part) in to.iter().enumerate() {
+                    let mut backward = false;
+                    let mut additive = false;
+                    for candidate in &from {
+                        let (b, a) = self.verdicts(candidate, part, depth + 1)?;
+                        backward |= b;
+                        additive |= a;
+                    }
+                    if !(backward && additive) {
+                        self.push(
+                            &format!("{path}/allOf/{i}"),
+                            Rule::CombinedTypeChanged,
+                            format!("`allOf` part {i} restricts values the old schema accepted"),
+                            backward,
+                            additive,
+                        );
+                    }
+                }
+            }
+        }
+        // Negation: the update may only forbid less.
+        match (o.get("not"), u.get("not")) {
+            (None, None) => {}
+            (Some(_), None) => self.push(
+                path,
+                Rule::CombinedTypeChanged,
+                "`not` removed".to_owned(),
+                true,
+                true,
+            ),
+            (None, Some(_)) => self.push(
+                &format!("{path}/not"),
+                Rule::CombinedTypeChanged,
+                "`not` added".to_owned(),
+                false,
+                false,
+            ),
+            (Some(a), Some(b)) if a != b => {
+                let (backward, additive) = self.verdicts(b, a, depth + 1)?;
+                if !(backward && additive) {
+                    self.push(
+                        &format!("{path}/not"),
+                        Rule::CombinedTypeChanged,
+                        "`not` forbids more values".to_owned(),
+                        backward,
+                        additive,
+                    );
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Keywords the diff does not interpret: any change is breaking, because the diff cannot prove otherwise.
+    fn others(&mut self, o: &Map<String, Value>, u: &Map<String, Value>, path: &str) {
+        let keys = o.keys().chain(u.keys().filter(|k| !o.contains_key(*k)));
+        for key in keys {
+            if HANDLED.contains(&key.as_str())
+                || ANNOTATIONS.contains(&key.as_str())
+                || key.starts_with("x-")
+            {
+                continue;
+            }
+            if o.get(key) != u.get(key) {
+                let pointer = format!("{path}/{}", escape(key));
+                let ok = u.get(key).is_none();
+                let rule = if ok {
+                    Rule::ConstraintRelaxed
+                } else {
+                    Rule::ConstraintTightened
+                };
+                self.push(&pointer, rule, format!("keyword `{key}` changed"), ok, ok);
+            }
+        }
+        if let (Some(a), Some(b)) = (o.get("$ref"), u.get("$ref"))
+            && a != b
+        {
+            self.push(
+                &format!("{path}/$ref"),
+                Rule::SchemaChanged,
+                format!("recursive reference changed from {a} to {b}"),
+                false,
+                false,
+            );
+        }
+    }
+}
+
+/// The schema of `sum` with its combinator replaced by one alternative.
+fn merge(sum: &Map<String, Value>, keyword: &str, alternative: &Value) -> Value {
+    let mut merged: Map<String, Value> = sum
+        .iter()
+        .filter(|(k, _)| k.as_str() != keyword && !ANNOTATIONS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(alt) = alternative.as_object() {
+        for (k, v) in alt {
+            merged.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(merged)
+}
+
+/// A schema without annotations, for comparing the shape of two properties.
+fn strip_annotations(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| !ANNOTATIONS.contains(&k.as_str()) && !k.starts_with("x-"))
+                .map(|(k, v)| (k.clone(), strip_annotations(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}

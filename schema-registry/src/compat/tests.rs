@@ -1,0 +1,668 @@
+//! Table tests of the checker: schema pairs in, verdict per level out.
+
+use serde_json::{Value, json};
+
+use super::{CheckError, Level, Prior, Rule, check, differences, prepare, resolve_major};
+
+/// Verdicts for one edit, in the order BACKWARD, FORWARD, FULL, NEXUS.
+struct Case {
+    name: &'static str,
+    old: Value,
+    new: Value,
+    backward: bool,
+    forward: bool,
+    full: bool,
+    nexus: bool,
+}
+
+fn case(name: &'static str, old: Value, new: Value, verdicts: [bool; 4]) -> Case {
+    Case {
+        name,
+        old,
+        new,
+        backward: verdicts[0],
+        forward: verdicts[1],
+        full: verdicts[2],
+        nexus: verdicts[3],
+    }
+}
+
+fn compatible(level: Level, old: &Value, new: &Value) -> bool {
+    let old = prepare(old).expect("old schema is valid");
+    let new = prepare(new).expect("new schema is valid");
+    let priors = [Prior {
+        version: 1,
+        schema: &old,
+        major: 1,
+    }];
+    check(level, &priors, &new, None, false)
+        .expect("check runs")
+        .is_compatible()
+}
+
+fn obj(props: Value) -> Value {
+    json!({"type": "object", "properties": props})
+}
+
+fn closed(props: Value) -> Value {
+    json!({"type": "object", "properties": props, "additionalProperties": false})
+}
+
+const T: bool = true;
+const F: bool = false;
+
+fn table() -> Vec<Case> {
+    let s = json!({"type": "string"});
+    vec![
+        // The direction matrix of typical event-schema edits (anchors §3.4, STRICT).
+        case(
+            "open: add optional",
+            obj(json!({"a": s})),
+            obj(json!({"a": s, "p": s})),
+            [F, T, F, T],
+        ),
+        case(
+            "open: remove",
+            obj(json!({"a": s, "p": s})),
+            obj(json!({"a": s})),
+            [T, F, F, F],
+        ),
+        case(
+            "open: rename",
+            obj(json!({"a": s, "p": s})),
+            obj(json!({"a": s, "q": s})),
+            [F, F, F, F],
+        ),
+        case(
+            "open: add required without default",
+            obj(json!({"a": s})),
+            json!({"type": "object", "properties": {"a": s, "p": s}, "required": ["p"]}),
+            [F, T, F, F],
+        ),
+        case(
+            "optional becomes required",
+            obj(json!({"a": s})),
+            json!({"type": "object", "properties": {"a": s}, "required": ["a"]}),
+            [F, T, F, F],
+        ),
+        case(
+            "closed: add optional",
+            closed(json!({"a": s})),
+            closed(json!({"a": s, "p": s})),
+            [T, F, F, T],
+        ),
+        case(
+            "closed: remove",
+            closed(json!({"a": s, "p": s})),
+            closed(json!({"a": s})),
+            [F, T, F, F],
+        ),
+        case(
+            "closed: rename",
+            closed(json!({"a": s, "p": s})),
+            closed(json!({"a": s, "q": s})),
+            [F, F, F, F],
+        ),
+        case(
+            "string widened to nullable",
+            json!({"type": "string"}),
+            json!({"type": ["string", "null"]}),
+            [T, F, F, T],
+        ),
+        case(
+            "integer widened to number",
+            json!({"type": "integer"}),
+            json!({"type": "number"}),
+            [T, F, F, T],
+        ),
+        case(
+            "number narrowed to integer",
+            json!({"type": "number"}),
+            json!({"type": "integer"}),
+            [F, T, F, F],
+        ),
+        case(
+            "type changed",
+            json!({"type": "string"}),
+            json!({"type": "boolean"}),
+            [F, F, F, F],
+        ),
+        case(
+            "enum value added",
+            json!({"enum": ["a", "b"]}),
+            json!({"enum": ["a", "b", "c"]}),
+            [T, F, F, T],
+        ),
+        case(
+            "enum value removed",
+            json!({"enum": ["a", "b"]}),
+            json!({"enum": ["a"]}),
+            [F, T, F, F],
+        ),
+        case(
+            "enum added",
+            json!({"type": "string"}),
+            json!({"type": "string", "enum": ["a"]}),
+            [F, T, F, F],
+        ),
+        case(
+            "only annotations change",
+            json!({"type": "string", "description": "old"}),
+            json!({"type": "string", "description": "new", "title": "T"}),
+            [T, T, T, T],
+        ),
+        // Constraints.
+        case(
+            "maxLength added",
+            json!({"type": "string"}),
+            json!({"type": "string", "maxLength": 5}),
+            [F, T, F, F],
+        ),
+        case(
+            "maxLength decreased",
+            json!({"maxLength": 10}),
+            json!({"maxLength": 5}),
+            [F, T, F, F],
+        ),
+        case(
+            "maxLength increased",
+            json!({"maxLength": 5}),
+            json!({"maxLength": 10}),
+            [T, F, F, T],
+        ),
+        case(
+            "minimum increased",
+            json!({"minimum": 0}),
+            json!({"minimum": 1}),
+            [F, T, F, F],
+        ),
+        case(
+            "minimum decreased",
+            json!({"minimum": 1}),
+            json!({"minimum": 0}),
+            [T, F, F, T],
+        ),
+        case(
+            "minimum removed",
+            json!({"minimum": 1}),
+            json!({}),
+            [T, F, F, T],
+        ),
+        case(
+            "pattern added",
+            json!({"type": "string"}),
+            json!({"type": "string", "pattern": "^a"}),
+            [F, T, F, F],
+        ),
+        case(
+            "pattern changed",
+            json!({"pattern": "^a"}),
+            json!({"pattern": "^b"}),
+            [F, F, F, F],
+        ),
+        case(
+            "multipleOf reduced to a divisor",
+            json!({"multipleOf": 10}),
+            json!({"multipleOf": 5}),
+            [T, F, F, T],
+        ),
+        case(
+            "multipleOf changed to a non-divisor",
+            json!({"multipleOf": 10}),
+            json!({"multipleOf": 3}),
+            [F, F, F, F],
+        ),
+        case(
+            "uniqueItems added",
+            json!({"type": "array"}),
+            json!({"type": "array", "uniqueItems": true}),
+            [F, T, F, F],
+        ),
+        case(
+            "format added",
+            json!({"type": "string"}),
+            json!({"type": "string", "format": "email"}),
+            [F, T, F, F],
+        ),
+        case(
+            "const changed",
+            json!({"const": "a"}),
+            json!({"const": "b"}),
+            [F, F, F, F],
+        ),
+        // Depth: nested properties and array items.
+        case(
+            "nested optional property added",
+            obj(json!({"customer": obj(json!({"id": s}))})),
+            obj(json!({"customer": obj(json!({"id": s, "email": s}))})),
+            [F, T, F, T],
+        ),
+        case(
+            "nested property removed",
+            obj(json!({"customer": obj(json!({"id": s, "email": s}))})),
+            obj(json!({"customer": obj(json!({"id": s}))})),
+            [T, F, F, F],
+        ),
+        case(
+            "property inside array items removed",
+            json!({"type": "array", "items": obj(json!({"sku": s, "qty": {"type": "integer"}}))}),
+            json!({"type": "array", "items": obj(json!({"sku": s}))}),
+            [T, F, F, F],
+        ),
+        case(
+            "array item type narrowed",
+            json!({"type": "array", "items": {"type": "number"}}),
+            json!({"type": "array", "items": {"type": "integer"}}),
+            [F, T, F, F],
+        ),
+        // Content models.
+        case(
+            "closing an open model",
+            obj(json!({"a": s})),
+            closed(json!({"a": s})),
+            [F, T, F, F],
+        ),
+        case(
+            "opening a closed model",
+            closed(json!({"a": s})),
+            obj(json!({"a": s})),
+            [T, F, F, T],
+        ),
+        case(
+            "partially open: added property covered",
+            json!({"type": "object", "properties": {}, "additionalProperties": {"type": "string"}}),
+            json!({"type": "object", "properties": {"p": {"type": "string"}}, "additionalProperties": {"type": "string"}}),
+            [T, T, T, T],
+        ),
+        case(
+            "partially open: added property not covered",
+            json!({"type": "object", "properties": {}, "additionalProperties": {"type": "string"}}),
+            json!({"type": "object", "properties": {"p": {"type": "integer"}}, "additionalProperties": {"type": "string"}}),
+            [F, F, F, T],
+        ),
+        // Combinators.
+        case(
+            "oneOf alternative added",
+            json!({"oneOf": [{"type": "string"}]}),
+            json!({"oneOf": [{"type": "string"}, {"type": "integer"}]}),
+            [T, F, F, T],
+        ),
+        case(
+            "oneOf alternative removed",
+            json!({"oneOf": [{"type": "string"}, {"type": "integer"}]}),
+            json!({"oneOf": [{"type": "string"}]}),
+            [F, T, F, F],
+        ),
+        case(
+            "allOf part added",
+            json!({"allOf": [{"type": "object"}]}),
+            json!({"allOf": [{"type": "object"}, {"required": ["a"]}]}),
+            [F, T, F, F],
+        ),
+        case(
+            "not added",
+            json!({"type": "string"}),
+            json!({"type": "string", "not": {"const": "x"}}),
+            [F, T, F, F],
+        ),
+        // References are inlined, so moving a definition behind `$ref` is not a change.
+        case(
+            "inlining a definition is not a change",
+            obj(json!({"a": {"type": "string", "maxLength": 3}})),
+            json!({"type": "object", "$defs": {"code": {"type": "string", "maxLength": 3}},
+                   "properties": {"a": {"$ref": "#/$defs/code"}}}),
+            [T, T, T, T],
+        ),
+        case(
+            "change behind a reference",
+            json!({"type": "object", "$defs": {"code": {"type": "string"}},
+                   "properties": {"a": {"$ref": "#/$defs/code"}}}),
+            json!({"type": "object", "$defs": {"code": {"type": "integer"}},
+                   "properties": {"a": {"$ref": "#/$defs/code"}}}),
+            [F, F, F, F],
+        ),
+        case(
+            "identical",
+            obj(json!({"a": s})),
+            obj(json!({"a": s})),
+            [T, T, T, T],
+        ),
+    ]
+}
+
+#[test]
+fn table_verdicts_match_for_every_level() {
+    let mut failures = Vec::new();
+    for case in table() {
+        for (level, want) in [
+            (Level::Backward, case.backward),
+            (Level::Forward, case.forward),
+            (Level::Full, case.full),
+            (Level::Nexus, case.nexus),
+            (Level::BackwardTransitive, case.backward),
+            (Level::ForwardTransitive, case.forward),
+            (Level::FullTransitive, case.full),
+            (Level::None, true),
+        ] {
+            let got = compatible(level, &case.old, &case.new);
+            if got != want {
+                failures.push(format!("{}: {level} expected {want}, got {got}", case.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn nexus_violations(old: &Value, new: &Value) -> Vec<super::Violation> {
+    let old = prepare(old).expect("valid");
+    let new = prepare(new).expect("valid");
+    check(
+        Level::Nexus,
+        &[Prior {
+            version: 1,
+            schema: &old,
+            major: 1,
+        }],
+        &new,
+        None,
+        false,
+    )
+    .expect("check runs")
+    .violations
+}
+
+#[test]
+fn rename_is_reported_once_naming_both_properties() {
+    let s = json!({"type": "string"});
+    let v = nexus_violations(
+        &obj(json!({"a": s, "email": s})),
+        &obj(json!({"a": s, "mail": s})),
+    );
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].rule, Rule::PropertyRenamed);
+    assert_eq!(v[0].pointer, "/properties/mail");
+    assert!(v[0].message.contains("`email`") && v[0].message.contains("`mail`"));
+}
+
+#[test]
+fn rename_marker_pairs_properties_with_different_schemas() {
+    let v = nexus_violations(
+        &obj(json!({"email": {"type": "string"}})),
+        &obj(json!({"contact": {"type": ["string", "null"], RENAMED_FROM_KEY: "email"}})),
+    );
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].rule, Rule::PropertyRenamed);
+}
+
+const RENAMED_FROM_KEY: &str = super::RENAMED_FROM;
+
+#[test]
+fn ambiguous_rename_is_reported_as_removals() {
+    let s = json!({"type": "string"});
+    let v = nexus_violations(&obj(json!({"a": s, "b": s})), &obj(json!({"c": s, "d": s})));
+    assert!(v.iter().all(|v| v.rule == Rule::PropertyRemoved), "{v:?}");
+    assert_eq!(v.len(), 2);
+}
+
+#[test]
+fn violations_carry_pointer_rule_and_remediation() {
+    let old = obj(json!({"customer": obj(json!({"email": {"type": "string"}}))}));
+    let new = obj(json!({"customer": obj(json!({}))}));
+    let v = nexus_violations(&old, &new);
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].pointer, "/properties/customer/properties/email");
+    assert_eq!(v[0].rule, Rule::PropertyRemoved);
+    assert!(
+        v[0].remediation.contains("major_version` to 2"),
+        "{}",
+        v[0].remediation
+    );
+}
+
+#[test]
+fn nexus_checks_every_version_and_names_the_one_broken() {
+    let s = json!({"type": "string"});
+    let v1 = prepare(&obj(json!({"a": s, "b": s}))).expect("valid");
+    let v2 = prepare(&obj(json!({"a": s, "b": s, "c": s}))).expect("valid");
+    // Version 3 drops `b`, which is in both; then re-adds nothing.
+    let v3 = prepare(&obj(json!({"a": s, "c": s, "d": s}))).expect("valid");
+    let priors = [
+        Prior {
+            version: 1,
+            schema: &v1,
+            major: 1,
+        },
+        Prior {
+            version: 2,
+            schema: &v2,
+            major: 1,
+        },
+    ];
+    let verdict = check(Level::Nexus, &priors, &v3, None, false).expect("runs");
+    assert!(!verdict.is_compatible());
+    assert_eq!(verdict.violations.len(), 1, "{:?}", verdict.violations);
+    assert_eq!(verdict.violations[0].rule, Rule::PropertyRenamed);
+    assert_eq!(verdict.violations[0].version, 2);
+    // A non-transitive level compares with the latest only, and deduplicates nothing it did not see.
+    let latest_only = check(Level::Backward, &priors, &v2, None, false).expect("runs");
+    assert_eq!(latest_only.violations, vec![]);
+}
+
+#[test]
+fn transitive_level_catches_a_removal_hidden_by_an_intermediate_version() {
+    let s = json!({"type": "string"});
+    // v1 is closed, v2 is open; the proposal adds `p`.
+    let v1 = prepare(&closed(json!({"a": s}))).expect("valid");
+    let v2 = prepare(&json!({"type": "object", "properties": {"a": s}})).expect("valid");
+    let proposal = prepare(&closed(json!({"a": s, "p": s}))).expect("valid");
+    let priors = [
+        Prior {
+            version: 1,
+            schema: &v1,
+            major: 1,
+        },
+        Prior {
+            version: 2,
+            schema: &v2,
+            major: 1,
+        },
+    ];
+    // Against v1 (closed) adding `p` is fine; against v2 (open) it is not under STRICT.
+    assert!(
+        !check(Level::BackwardTransitive, &priors, &proposal, None, false)
+            .expect("runs")
+            .is_compatible()
+    );
+    assert!(
+        !check(Level::Backward, &priors, &proposal, None, false)
+            .expect("runs")
+            .is_compatible()
+    );
+    let only_v1 = [priors[0]];
+    assert!(
+        check(Level::BackwardTransitive, &only_v1, &proposal, None, false)
+            .expect("runs")
+            .is_compatible()
+    );
+}
+
+#[test]
+fn breaking_change_is_accepted_as_the_next_major_only() {
+    let s = json!({"type": "string"});
+    let v1 = prepare(&obj(json!({"a": s, "b": s}))).expect("valid");
+    let broken = prepare(&obj(json!({"a": s}))).expect("valid");
+    let priors = [Prior {
+        version: 1,
+        schema: &v1,
+        major: 1,
+    }];
+    assert!(
+        !check(Level::Nexus, &priors, &broken, None, false)
+            .expect("runs")
+            .is_compatible()
+    );
+    assert!(
+        !check(Level::Nexus, &priors, &broken, Some(1), false)
+            .expect("runs")
+            .is_compatible()
+    );
+    let bumped = check(Level::Nexus, &priors, &broken, Some(2), false).expect("runs");
+    assert!(bumped.is_compatible());
+    assert_eq!(bumped.major, 2);
+    assert_eq!(
+        check(Level::Nexus, &priors, &broken, Some(3), false),
+        Err(CheckError::MajorVersionSkipped {
+            proposed: 3,
+            latest: 1
+        })
+    );
+}
+
+#[test]
+fn major_bump_without_breaking_change_is_allowed() {
+    let s = json!({"type": "string"});
+    let v1 = prepare(&obj(json!({"a": s}))).expect("valid");
+    let priors = [Prior {
+        version: 1,
+        schema: &v1,
+        major: 1,
+    }];
+    assert!(
+        check(Level::Nexus, &priors, &v1, Some(2), false)
+            .expect("runs")
+            .is_compatible()
+    );
+}
+
+#[test]
+fn new_major_line_is_checked_only_against_its_own_versions() {
+    let s = json!({"type": "string"});
+    let v1 = prepare(&obj(json!({"a": s, "b": s}))).expect("valid");
+    let v2 = prepare(&obj(json!({"a": s}))).expect("valid");
+    let v3 = prepare(&obj(json!({"a": s, "c": s}))).expect("valid");
+    let priors = [
+        Prior {
+            version: 1,
+            schema: &v1,
+            major: 1,
+        },
+        Prior {
+            version: 2,
+            schema: &v2,
+            major: 2,
+        },
+    ];
+    // v3 joins line 2 by default, where `b` never existed.
+    let verdict = check(Level::Nexus, &priors, &v3, None, false).expect("runs");
+    assert!(verdict.is_compatible(), "{:?}", verdict.violations);
+    assert_eq!(verdict.major, 2);
+}
+
+#[test]
+fn resolve_major_defaults_to_latest_line_and_starts_at_one() {
+    assert_eq!(resolve_major(&[], None), Ok(1));
+    assert_eq!(resolve_major(&[], Some(4)), Ok(4));
+    let v = json!({});
+    let priors = [Prior {
+        version: 1,
+        schema: &v,
+        major: 3,
+    }];
+    assert_eq!(resolve_major(&priors, None), Ok(3));
+    assert_eq!(resolve_major(&priors, Some(4)), Ok(4));
+    assert_eq!(
+        resolve_major(&priors, Some(2)),
+        Err(CheckError::MajorVersionSkipped {
+            proposed: 2,
+            latest: 3
+        })
+    );
+}
+
+#[test]
+fn standard_levels_group_by_major_only_when_asked() {
+    let s = json!({"type": "string"});
+    let v1 = prepare(&obj(json!({"a": s}))).expect("valid");
+    let v2 = prepare(&json!({"type": "object", "properties": {"a": {"type": "integer"}}}))
+        .expect("valid");
+    let priors = [Prior {
+        version: 1,
+        schema: &v1,
+        major: 1,
+    }];
+    assert!(
+        !check(Level::BackwardTransitive, &priors, &v2, Some(2), false)
+            .expect("runs")
+            .is_compatible()
+    );
+    assert!(
+        check(Level::BackwardTransitive, &priors, &v2, Some(2), true)
+            .expect("runs")
+            .is_compatible()
+    );
+}
+
+#[test]
+fn prepare_rejects_unknown_reference_and_invalid_schema() {
+    assert!(matches!(
+        prepare(&json!({"properties": {"a": {"$ref": "#/$defs/missing"}}})),
+        Err(super::PrepareError::UnresolvedRef(_))
+    ));
+    assert!(matches!(
+        prepare(&json!({"type": 12})),
+        Err(super::PrepareError::Invalid(_))
+    ));
+}
+
+#[test]
+fn recursive_reference_is_compared_without_looping() {
+    let tree = json!({"$defs": {"node": {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}},
+                      "$ref": "#/$defs/node"});
+    let old = prepare(&tree).expect("valid");
+    let mut changed = tree.clone();
+    changed["$defs"]["node"]["properties"]["name"] = json!({"type": "string"});
+    let new = prepare(&changed).expect("valid");
+    let priors = [Prior {
+        version: 1,
+        schema: &old,
+        major: 1,
+    }];
+    assert!(
+        check(Level::Nexus, &priors, &new, None, false)
+            .expect("runs")
+            .is_compatible()
+    );
+}
+
+#[test]
+fn hostile_schema_is_refused_as_too_complex() {
+    // A deep tower of nested objects exceeds the depth budget instead of exhausting the stack.
+    let mut old = json!({"type": "string"});
+    let mut new = json!({"type": "integer"});
+    for _ in 0..200 {
+        old = json!({"type": "object", "properties": {"x": old}});
+        new = json!({"type": "object", "properties": {"x": new}});
+    }
+    assert_eq!(super::diff::diff(&old, &new), Err(CheckError::TooComplex));
+}
+
+#[test]
+fn differences_list_compatible_and_breaking_changes() {
+    let s = json!({"type": "string"});
+    let d = differences(
+        &obj(json!({"a": s})),
+        &obj(json!({"b": {"type": "integer"}, "a": s})),
+    )
+    .expect("runs");
+    assert_eq!(d.len(), 1);
+    assert!(d[0].additive);
+    assert!(!d[0].backward);
+}
+
+#[test]
+fn level_names_parse_case_insensitively() {
+    for level in Level::ALL {
+        assert_eq!(level.as_str().to_lowercase().parse::<Level>(), Ok(level));
+    }
+    assert!("SIDEWAYS".parse::<Level>().is_err());
+}
