@@ -6,3 +6,4 @@
 //! - [`client`] is a small HTTP client for the same dialect, used by the `nexus` command line.
 
 pub mod compat;
+pub mod storage;

@@ -1,0 +1,153 @@
+//! Where subjects, versions, schemas and configuration live: one trait, two backends.
+//!
+//! [`sqlite::SqliteStorage`] is the embedded default (one file); [`postgres::PostgresStorage`]
+//! serves several registry processes at once. Both pass the same conformance suite
+//! (`schema-registry/tests/storage.rs`). The storage layer enforces the invariants that need
+//! atomicity: one id per schema text, version numbers without gaps or duplicates, and nothing
+//! partial on error. Compatibility is decided by the caller, which passes the version number it
+//! expects to follow ([`NewVersion::expected_last`]) and retries on [`StorageError::Conflict`].
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::error::Error as StdError;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+/// One version of a subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRecord {
+    /// The subject.
+    pub subject: String,
+    /// Version number, from 1, without gaps.
+    pub version: u32,
+    /// Global schema id.
+    pub id: i64,
+    /// The canonical schema text.
+    pub schema: String,
+    /// `metadata.properties.major_version`.
+    pub major: u64,
+    /// Semantic version, e.g. `2.1.0`.
+    pub semver: String,
+    /// Who registered it.
+    pub registered_by: String,
+    /// Creation time, epoch milliseconds.
+    pub created_at_ms: i64,
+    /// Soft-deleted.
+    pub deleted: bool,
+}
+
+/// A version to append to a subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVersion {
+    /// The subject.
+    pub subject: String,
+    /// The highest version number the subject has now (deleted ones included), 0 for none.
+    pub expected_last: u32,
+    /// The canonical schema text.
+    pub schema: String,
+    /// `metadata.properties.major_version`.
+    pub major: u64,
+    /// Semantic version.
+    pub semver: String,
+    /// Who registers it.
+    pub registered_by: String,
+    /// Creation time, epoch milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// Compatibility configuration of the registry or of one subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigRecord {
+    /// The level name, e.g. `NEXUS` or `BACKWARD`.
+    pub compatibility: String,
+    /// The metadata property that splits versions into groups, e.g. `major_version`.
+    pub compatibility_group: Option<String>,
+}
+
+/// Where a schema id is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    /// The subject.
+    pub subject: String,
+    /// The version in that subject.
+    pub version: u32,
+    /// Soft-deleted.
+    pub deleted: bool,
+}
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// Another registration took the version number first; re-read and retry.
+    #[error("subject `{subject}` changed concurrently (expected last version {expected})")]
+    Conflict {
+        /// The subject.
+        subject: String,
+        /// The last version the caller expected.
+        expected: u32,
+    },
+    /// The backend cannot be reached.
+    #[error("storage is unavailable")]
+    Unavailable(#[source] Box<dyn StdError + Send + Sync>),
+    /// The backend failed.
+    #[error("storage backend failed")]
+    Backend(#[source] Box<dyn StdError + Send + Sync>),
+}
+
+/// Short for results of storage operations.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// The key the global configuration and mode are stored under.
+pub const GLOBAL: &str = "";
+
+/// The identity of a schema text: SHA-256 of the canonical text, hex.
+pub fn fingerprint(canonical: &str) -> String {
+    let digest = Sha256::digest(canonical.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Storage of a schema registry.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Subjects with at least one version (soft-deleted ones too when `include_deleted`), sorted.
+    async fn subjects(&self, include_deleted: bool) -> Result<Vec<String>>;
+    /// Every version of a subject, soft-deleted included, ascending.
+    async fn versions(&self, subject: &str) -> Result<Vec<VersionRecord>>;
+    /// One version of a subject, soft-deleted included.
+    async fn version(&self, subject: &str, version: u32) -> Result<Option<VersionRecord>>;
+    /// The highest version of a subject that is not soft-deleted.
+    async fn latest(&self, subject: &str) -> Result<Option<VersionRecord>>;
+    /// The schema text with this id.
+    async fn schema(&self, id: i64) -> Result<Option<String>>;
+    /// The id of a schema text, if it was ever registered.
+    async fn schema_id(&self, canonical: &str) -> Result<Option<i64>>;
+    /// The versions that use a schema id, sorted by subject and version.
+    async fn usages(&self, id: i64) -> Result<Vec<Usage>>;
+    /// Appends a version, reusing the id of an identical schema text; returns (id, version).
+    ///
+    /// Fails with [`StorageError::Conflict`] when the subject's last version is no longer
+    /// `expected_last`. Stores nothing on any error.
+    async fn insert_version(&self, new: NewVersion) -> Result<(i64, u32)>;
+    /// Soft-deletes one version (or every live version when `None`); returns the versions changed.
+    async fn soft_delete(&self, subject: &str, version: Option<u32>) -> Result<Vec<u32>>;
+    /// Permanently deletes one soft-deleted version (or all soft-deleted ones, and the subject's
+    /// configuration and mode, when `None`); returns the versions removed.
+    async fn hard_delete(&self, subject: &str, version: Option<u32>) -> Result<Vec<u32>>;
+    /// The configuration of a subject, or the global one for [`GLOBAL`].
+    async fn config(&self, subject: &str) -> Result<Option<ConfigRecord>>;
+    /// Sets the configuration of a subject, or the global one for [`GLOBAL`].
+    async fn put_config(&self, subject: &str, config: ConfigRecord) -> Result<()>;
+    /// Removes the configuration of a subject; returns what it was.
+    async fn delete_config(&self, subject: &str) -> Result<Option<ConfigRecord>>;
+    /// The mode of a subject, or the global one for [`GLOBAL`].
+    async fn mode(&self, subject: &str) -> Result<Option<String>>;
+    /// Sets the mode of a subject, or the global one for [`GLOBAL`].
+    async fn put_mode(&self, subject: &str, mode: &str) -> Result<()>;
+    /// Removes the mode of a subject; returns what it was.
+    async fn delete_mode(&self, subject: &str) -> Result<Option<String>>;
+    /// Checks that the backend answers.
+    async fn ping(&self) -> Result<()>;
+}

@@ -1,0 +1,361 @@
+//! Storage conformance: one suite, run against the embedded SQLite backend and against PostgreSQL.
+
+use std::sync::Arc;
+
+use nexus_schema_registry::storage::{
+    ConfigRecord, GLOBAL, NewVersion, Storage, StorageError, postgres::PostgresStorage,
+    sqlite::SqliteStorage,
+};
+
+fn new_version(subject: &str, expected_last: u32, schema: &str) -> NewVersion {
+    NewVersion {
+        subject: subject.to_owned(),
+        expected_last,
+        schema: schema.to_owned(),
+        major: 1,
+        semver: format!("1.{expected_last}.0"),
+        registered_by: "tester".to_owned(),
+        created_at_ms: 1_700_000_000_000 + i64::from(expected_last),
+    }
+}
+
+async fn same_schema_text_gets_one_id_across_subjects(s: &dyn Storage) {
+    let (a, va) = s
+        .insert_version(new_version("a", 0, r#"{"type":"string"}"#))
+        .await
+        .expect("insert a");
+    let (b, vb) = s
+        .insert_version(new_version("b", 0, r#"{"type":"string"}"#))
+        .await
+        .expect("insert b");
+    assert_eq!(a, b);
+    assert_eq!((va, vb), (1, 1));
+    let (c, _) = s
+        .insert_version(new_version("b", 1, r#"{"type":"integer"}"#))
+        .await
+        .expect("insert c");
+    assert_ne!(a, c);
+    assert_eq!(
+        s.schema_id(r#"{"type":"string"}"#).await.expect("id"),
+        Some(a)
+    );
+    assert_eq!(
+        s.schema(a).await.expect("schema").as_deref(),
+        Some(r#"{"type":"string"}"#)
+    );
+    let usages = s.usages(a).await.expect("usages");
+    assert_eq!(
+        usages
+            .iter()
+            .map(|u| (u.subject.as_str(), u.version))
+            .collect::<Vec<_>>(),
+        [("a", 1), ("b", 1)]
+    );
+}
+
+async fn version_records_round_trip(s: &dyn Storage) {
+    s.insert_version(new_version("rt", 0, r#"{"title":"x"}"#))
+        .await
+        .expect("insert");
+    let v = s.version("rt", 1).await.expect("read").expect("present");
+    assert_eq!(v.subject, "rt");
+    assert_eq!(v.version, 1);
+    assert_eq!(v.major, 1);
+    assert_eq!(v.semver, "1.0.0");
+    assert_eq!(v.registered_by, "tester");
+    assert_eq!(v.created_at_ms, 1_700_000_000_000);
+    assert!(!v.deleted);
+    assert_eq!(s.latest("rt").await.expect("latest"), Some(v.clone()));
+    assert_eq!(s.versions("rt").await.expect("versions"), vec![v]);
+    assert_eq!(s.version("rt", 2).await.expect("read"), None);
+    assert_eq!(s.latest("missing").await.expect("read"), None);
+}
+
+async fn stale_expected_version_is_a_conflict_and_stores_nothing(s: &dyn Storage) {
+    s.insert_version(new_version("c", 0, r#"{"minimum":1}"#))
+        .await
+        .expect("first");
+    let err = s
+        .insert_version(new_version("c", 0, r#"{"minimum":2}"#))
+        .await
+        .expect_err("stale expectation must fail");
+    assert!(matches!(err, StorageError::Conflict { .. }), "{err:?}");
+    assert_eq!(s.versions("c").await.expect("versions").len(), 1);
+    assert_eq!(
+        s.schema_id(r#"{"minimum":2}"#).await.expect("id"),
+        None,
+        "no orphan schema row"
+    );
+}
+
+async fn concurrent_registrations_take_distinct_numbers_and_one_id(s: Arc<dyn Storage>) {
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            // Each task retries like the server does: re-read the last version, then insert.
+            loop {
+                let last = s
+                    .versions("race")
+                    .await
+                    .expect("versions")
+                    .last()
+                    .map_or(0, |v| v.version);
+                match s
+                    .insert_version(new_version("race", last, r#"{"type":"boolean"}"#))
+                    .await
+                {
+                    Ok(done) => return done,
+                    Err(StorageError::Conflict { .. }) => continue,
+                    Err(e) => panic!("unexpected error: {e:?}"),
+                }
+            }
+        }));
+    }
+    let mut ids = Vec::new();
+    let mut versions = Vec::new();
+    for t in tasks {
+        let (id, v) = t.await.expect("task");
+        ids.push(id);
+        versions.push(v);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one id for one schema text");
+    versions.sort_unstable();
+    assert_eq!(
+        versions,
+        (1..=8).collect::<Vec<_>>(),
+        "no gaps, no duplicates"
+    );
+}
+
+async fn deletes_follow_soft_then_permanent_order(s: &dyn Storage) {
+    for i in 0..3 {
+        s.insert_version(new_version("d", i, &format!(r#"{{"maxLength":{i}}}"#)))
+            .await
+            .expect("insert");
+    }
+    assert_eq!(
+        s.hard_delete("d", Some(2)).await.expect("hard"),
+        Vec::<u32>::new(),
+        "not soft-deleted yet"
+    );
+    assert_eq!(s.soft_delete("d", Some(2)).await.expect("soft"), vec![2]);
+    assert_eq!(
+        s.soft_delete("d", Some(2)).await.expect("soft again"),
+        Vec::<u32>::new()
+    );
+    assert_eq!(
+        s.latest("d").await.expect("latest").map(|v| v.version),
+        Some(3)
+    );
+    assert!(
+        s.version("d", 2)
+            .await
+            .expect("read")
+            .expect("still there")
+            .deleted
+    );
+    assert_eq!(s.hard_delete("d", Some(2)).await.expect("hard"), vec![2]);
+    assert_eq!(s.version("d", 2).await.expect("read"), None);
+    assert_eq!(
+        s.soft_delete("d", None).await.expect("soft all"),
+        vec![1, 3]
+    );
+    assert!(
+        !s.subjects(false)
+            .await
+            .expect("subjects")
+            .contains(&"d".to_owned())
+    );
+    assert!(
+        s.subjects(true)
+            .await
+            .expect("subjects")
+            .contains(&"d".to_owned())
+    );
+    // Numbering continues after a soft delete.
+    let (_, v) = s
+        .insert_version(new_version("d", 3, r#"{"maxLength":9}"#))
+        .await
+        .expect("insert");
+    assert_eq!(v, 4);
+    s.soft_delete("d", None).await.expect("soft all");
+    s.put_config(
+        "d",
+        ConfigRecord {
+            compatibility: "FULL".into(),
+            compatibility_group: None,
+        },
+    )
+    .await
+    .expect("config");
+    assert_eq!(
+        s.hard_delete("d", None).await.expect("hard all"),
+        vec![1, 3, 4]
+    );
+    assert_eq!(
+        s.config("d").await.expect("config"),
+        None,
+        "permanent delete drops the subject config"
+    );
+    // A permanent delete resets numbering.
+    let (_, v) = s
+        .insert_version(new_version("d", 0, r#"{"maxLength":1}"#))
+        .await
+        .expect("insert");
+    assert_eq!(v, 1);
+}
+
+async fn config_and_mode_are_per_subject_with_a_global_entry(s: &dyn Storage) {
+    assert_eq!(s.config(GLOBAL).await.expect("config"), None);
+    let full = ConfigRecord {
+        compatibility: "FULL".into(),
+        compatibility_group: Some("major_version".into()),
+    };
+    s.put_config(GLOBAL, full.clone()).await.expect("put");
+    s.put_config(
+        "cfg",
+        ConfigRecord {
+            compatibility: "NONE".into(),
+            compatibility_group: None,
+        },
+    )
+    .await
+    .expect("put");
+    assert_eq!(s.config(GLOBAL).await.expect("config"), Some(full.clone()));
+    assert_eq!(
+        s.config("cfg")
+            .await
+            .expect("config")
+            .map(|c| c.compatibility),
+        Some("NONE".into())
+    );
+    assert_eq!(
+        s.delete_config("cfg")
+            .await
+            .expect("delete")
+            .map(|c| c.compatibility),
+        Some("NONE".into())
+    );
+    assert_eq!(s.delete_config("cfg").await.expect("delete"), None);
+    s.put_mode(GLOBAL, "READONLY").await.expect("mode");
+    s.put_mode(GLOBAL, "READWRITE").await.expect("mode");
+    assert_eq!(
+        s.mode(GLOBAL).await.expect("mode").as_deref(),
+        Some("READWRITE")
+    );
+    assert_eq!(s.delete_mode("nothing").await.expect("mode"), None);
+    s.ping().await.expect("ping");
+}
+
+async fn conformance(s: Arc<dyn Storage>) {
+    same_schema_text_gets_one_id_across_subjects(s.as_ref()).await;
+    version_records_round_trip(s.as_ref()).await;
+    stale_expected_version_is_a_conflict_and_stores_nothing(s.as_ref()).await;
+    concurrent_registrations_take_distinct_numbers_and_one_id(Arc::clone(&s)).await;
+    deletes_follow_soft_then_permanent_order(s.as_ref()).await;
+    config_and_mode_are_per_subject_with_a_global_entry(s.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_storage_passes_the_conformance_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = SqliteStorage::open(dir.path().join("registry.db")).expect("open");
+    conformance(Arc::new(storage)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_storage_keeps_data_across_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("registry.db");
+    let id = {
+        let s = SqliteStorage::open(&path).expect("open");
+        s.insert_version(new_version("keep", 0, r#"{"type":"null"}"#))
+            .await
+            .expect("insert")
+            .0
+    };
+    let s = SqliteStorage::open(&path).expect("reopen");
+    assert_eq!(
+        s.latest("keep").await.expect("latest").map(|v| v.id),
+        Some(id)
+    );
+}
+
+/// A throw-away PostgreSQL database, dropped when the test ends.
+struct TestDatabase {
+    admin_url: String,
+    name: String,
+    config: tokio_postgres::Config,
+}
+
+impl TestDatabase {
+    async fn create() -> Option<Self> {
+        let Ok(url) = std::env::var("NEXUS_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "NEXUS_TEST_POSTGRES_URL is required when NEXUS_REQUIRE_SERVICES=1"
+            );
+            #[expect(
+                clippy::print_stderr,
+                reason = "tell the developer the test did not run"
+            )]
+            {
+                eprintln!("skipped: NEXUS_TEST_POSTGRES_URL not set");
+            }
+            return None;
+        };
+        let name = format!("nexus_test_{}", uuid::Uuid::now_v7().simple());
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        let mut config: tokio_postgres::Config = url.parse().expect("url");
+        config.dbname(&name);
+        Some(Self {
+            admin_url: url,
+            name,
+            config,
+        })
+    }
+
+    async fn drop_database(self) {
+        let (client, conn) = tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await
+            .expect("drop database");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_storage_passes_the_conformance_suite() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let storage = PostgresStorage::connect_with(db.config.clone())
+        .await
+        .expect("connect");
+    conformance(Arc::new(storage)).await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn postgres_storage_reports_an_unreachable_server_as_unavailable() {
+    // Port 1 on loopback refuses connections.
+    let err = PostgresStorage::connect("postgres://postgres@127.0.0.1:1/none")
+        .await
+        .expect_err("must fail");
+    assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
+}
