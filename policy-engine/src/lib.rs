@@ -1,1 +1,281 @@
-//! Policy engine: facts from a Rust workspace evaluated against Rego rules.
+//! Policy engine: facts from a Rust workspace (syn, cargo_metadata, petgraph, sqlparser)
+//! evaluated against Rego rules (regorus), turned into sorted, fingerprinted diagnostics.
+//!
+//! The engine knows no specific rule: rules are folders of Rego and Markdown under `rules/`
+//! (embedded at build time) or given at run time. It does no network I/O and never prints.
+
+pub mod config;
+pub mod diagnostic;
+pub mod engine;
+pub mod facts;
+pub mod render;
+pub mod schemas;
+pub mod suppress;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use config::{Config, ConfigError};
+pub use diagnostic::{Finding, Label, Severity, Span, Suppression};
+pub use engine::{Rule, RuleSet, TestReport};
+pub use schemas::RegisteredSchema;
+pub use suppress::Baseline;
+
+/// Why a check could not run (as opposed to findings, which are values).
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum CheckError {
+    /// `nexus.toml` is unreadable or invalid.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Config(#[from] ConfigError),
+    /// The workspace could not be read.
+    #[error("failed to read the workspace at `{root}`: {message}")]
+    Workspace {
+        /// The root given.
+        root: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A policy file does not parse or lacks its metadata.
+    #[error("invalid policy `{path}`: {message}")]
+    Policy {
+        /// The policy file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A rule failed while evaluating.
+    #[error("rule `{rule}` failed to evaluate: {message}")]
+    Evaluation {
+        /// The rule name.
+        rule: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The baseline file is unreadable or invalid.
+    #[error("invalid baseline `{path}`: {message}")]
+    Baseline {
+        /// The baseline file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Registered schemas could not be loaded.
+    #[error("failed to load schemas from {source_name}: {message}")]
+    Schemas {
+        /// Folder, file or registry.
+        source_name: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// What to check and with which inputs.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// The workspace root (folder of the root `Cargo.toml`).
+    pub root: PathBuf,
+    /// Extra rule folders (`--rules DIR`), besides those in `nexus.toml`.
+    pub rules: Vec<PathBuf>,
+    /// Leave out the built-in rules.
+    pub no_builtin_rules: bool,
+    /// Registered schemas fetched by the caller; `None` loads the configured schemas folder, if any.
+    pub schemas: Option<Vec<RegisteredSchema>>,
+    /// Baseline file; `None` uses the configured one or `nexus-baseline.json` when it exists.
+    pub baseline: Option<PathBuf>,
+    /// Configuration; `None` reads `nexus.toml` under the root.
+    pub config: Option<Config>,
+}
+
+/// The result of a check.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// Every finding, sorted by path, line, column, rule; suppressed ones included and marked.
+    pub findings: Vec<Finding>,
+    /// The rules that ran.
+    pub rules: Vec<Rule>,
+    /// Number of Rust files read.
+    pub files: usize,
+    /// Text of the files read, by relative path (for rendering).
+    pub sources: HashMap<String, Arc<str>>,
+    /// The baseline file in use, relative to the root.
+    pub baseline_path: PathBuf,
+}
+
+impl CheckReport {
+    /// Findings that count (not suppressed).
+    pub fn active(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.suppressed.is_none())
+    }
+
+    /// Whether an unsuppressed error-level finding exists.
+    pub fn has_errors(&self) -> bool {
+        self.active().any(|f| f.severity == Severity::Error)
+    }
+
+    /// Counts for the summary line and the JSON summary.
+    pub fn summary(&self) -> Summary {
+        let mut summary = Summary {
+            files: self.files,
+            rules: self.rules.len(),
+            ..Summary::default()
+        };
+        for finding in &self.findings {
+            match (&finding.suppressed, finding.severity) {
+                (Some(_), _) => summary.suppressed += 1,
+                (None, Severity::Error) => summary.errors += 1,
+                (None, Severity::Warning) => summary.warnings += 1,
+                (None, Severity::Note) => summary.notes += 1,
+            }
+        }
+        summary
+    }
+}
+
+/// Counts of a check.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    /// Rust files read.
+    pub files: usize,
+    /// Rules evaluated.
+    pub rules: usize,
+    /// Unsuppressed errors.
+    pub errors: usize,
+    /// Unsuppressed warnings.
+    pub warnings: usize,
+    /// Unsuppressed notes.
+    pub notes: usize,
+    /// Findings covered by a suppression comment or the baseline.
+    pub suppressed: usize,
+}
+
+/// Checks the workspace at `options.root`.
+pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
+    let root = options.root.as_path();
+    let config = match &options.config {
+        Some(config) => config.clone(),
+        None => Config::load(root)?,
+    };
+    let mut rule_dirs: Vec<PathBuf> = config.rules.iter().map(|r| root.join(r)).collect();
+    rule_dirs.extend(options.rules.iter().cloned());
+    let mut rules = RuleSet::load(!options.no_builtin_rules, &rule_dirs)?;
+
+    let schemas = match (&options.schemas, &config.schemas_dir) {
+        (Some(schemas), _) => Some(schemas.clone()),
+        (None, Some(dir)) => Some(schemas::load_dir(&root.join(dir))?),
+        (None, None) if root.join("schemas").is_dir() => {
+            Some(schemas::load_dir(&root.join("schemas"))?)
+        }
+        (None, None) => None,
+    };
+
+    let facts = facts::gather(root, &config, schemas.as_deref())?;
+    let violations = rules.evaluate(facts.input)?;
+    let sources = facts.sources;
+
+    let mut findings = Vec::new();
+    for (index, violation) in violations {
+        let rule = &rules.rules()[index];
+        let severity = violation
+            .severity
+            .as_deref()
+            .and_then(Severity::parse)
+            .unwrap_or(rule.severity);
+        let severity = match config
+            .severity
+            .get(&rule.code)
+            .or_else(|| config.severity.get(&rule.name))
+            .map(String::as_str)
+        {
+            Some("off") => continue,
+            Some(level) => Severity::parse(level).unwrap_or(severity),
+            None => severity,
+        };
+        findings.push(Finding {
+            code: rule.code.clone(),
+            rule: rule.name.clone(),
+            severity,
+            message: violation.message,
+            span: violation.span,
+            label: violation.label,
+            labels: violation.labels,
+            help: violation
+                .help
+                .or_else(|| (!rule.remediation.is_empty()).then(|| rule.remediation.clone())),
+            url: rule.url.clone(),
+            fingerprint: String::new(),
+            suppressed: None,
+        });
+    }
+    for (message, span) in facts.parse_errors {
+        findings.push(suppress::meta_finding(
+            "NX900",
+            "parse-error",
+            Severity::Warning,
+            span,
+            format!("file does not parse, so no rule checked it: {message}"),
+            "fix the syntax error; `cargo check` shows it too",
+        ));
+    }
+    findings.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    findings.dedup_by(|a, b| a.sort_key() == b.sort_key() && a.labels == b.labels);
+    diagnostic::assign_fingerprints(&mut findings, |span| snippet(&sources, span));
+
+    let mut extra = suppress::apply_inline(&mut findings, &facts.allows);
+
+    let baseline_rel = options
+        .baseline
+        .clone()
+        .or_else(|| config.baseline.as_ref().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("nexus-baseline.json"));
+    let baseline_path = if baseline_rel.is_absolute() {
+        baseline_rel.clone()
+    } else {
+        root.join(&baseline_rel)
+    };
+    let (baseline, baseline_text) = Baseline::load(&baseline_path)?;
+    let baseline_name = baseline_rel.to_string_lossy().replace('\\', "/");
+    extra.extend(baseline.apply(&mut findings, &baseline_name, &baseline_text));
+
+    diagnostic::assign_fingerprints(&mut extra, |span| snippet(&sources, span));
+    findings.extend(extra);
+    findings.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+
+    Ok(CheckReport {
+        findings,
+        rules: rules.rules().to_vec(),
+        files: facts.files,
+        sources,
+        baseline_path: baseline_rel,
+    })
+}
+
+fn snippet(sources: &HashMap<String, Arc<str>>, span: &Span) -> String {
+    sources
+        .get(&span.file)
+        .map(|text| text[span.byte_range(text)].to_owned())
+        .unwrap_or_default()
+}
+
+/// Writes a baseline accepting every current finding; returns the path written.
+pub fn write_baseline(root: &Path, report: &CheckReport) -> std::io::Result<PathBuf> {
+    let path = if report.baseline_path.is_absolute() {
+        report.baseline_path.clone()
+    } else {
+        root.join(&report.baseline_path)
+    };
+    let findings: Vec<Finding> = report
+        .findings
+        .iter()
+        .filter(|f| !matches!(f.suppressed, Some(Suppression::Inline { .. })))
+        .cloned()
+        .map(|mut f| {
+            f.suppressed = None;
+            f
+        })
+        .collect();
+    std::fs::write(&path, Baseline::from_findings(&findings).to_json())?;
+    Ok(path)
+}

@@ -1,0 +1,44 @@
+//! Embeds the rule folders of `rules/` (as data: Rego source and README) into the library, so the
+//! `nexus` binary carries its built-in rules. The engine itself knows no specific rule.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+fn main() {
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
+    println!("cargo::rerun-if-changed={}", rules.display());
+    let mut folders: Vec<_> = std::fs::read_dir(&rules)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    folders.sort();
+    let mut code = String::from(
+        "/// Built-in rule folders: (folder name, `rule.rego`, `README.md`).\npub static BUILTIN_RULES: &[(&str, &str, &str)] = &[\n",
+    );
+    for folder in folders {
+        let rego = folder.join("rule.rego");
+        if !rego.is_file() {
+            continue;
+        }
+        let name = folder
+            .file_name()
+            .expect("a folder name")
+            .to_string_lossy()
+            .into_owned();
+        let readme = folder.join("README.md");
+        let readme = if readme.is_file() {
+            format!("include_str!({:?})", readme.display().to_string())
+        } else {
+            "\"\"".to_owned()
+        };
+        writeln!(
+            code,
+            "    ({name:?}, include_str!({:?}), {readme}),",
+            rego.display().to_string()
+        )
+        .expect("writing to a string");
+    }
+    code.push_str("];\n");
+    let out =
+        Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("builtin_rules.rs");
+    std::fs::write(out, code).expect("OUT_DIR is writable");
+}

@@ -1,0 +1,309 @@
+//! `nexus.toml`: the services of the workspace, their roles and addresses, and the event tables.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use miette::{NamedSource, SourceSpan};
+use serde::{Deserialize, Serialize};
+
+/// The role a service plays in the CQRS split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Handles commands and appends events.
+    Command,
+    /// Serves read models.
+    Query,
+    /// Any other service of the workspace.
+    Service,
+    /// Shared infrastructure (the bus, the registry): calling it directly is fine.
+    Infrastructure,
+}
+
+/// One service of the workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    /// The key under `[services]`.
+    pub name: String,
+    /// The Cargo package that builds it.
+    pub package: String,
+    /// Its role.
+    pub role: Role,
+    /// Hostnames (with or without port) and environment variable names that reach it.
+    pub addresses: Vec<String>,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    /// Services, sorted by name.
+    pub services: Vec<Service>,
+    /// Tables holding event records, lowercase, possibly schema-qualified.
+    pub event_tables: Vec<String>,
+    /// Whether test code (`#[cfg(test)]`, `tests/`) is checked too.
+    pub include_tests: bool,
+    /// Folder of registered schemas, relative to the root.
+    pub schemas_dir: Option<String>,
+    /// Schema registry URL (fetched by the caller, never by this crate).
+    pub registry_url: Option<String>,
+    /// Severity overrides by rule code or name (`"off"` disables a rule).
+    pub severity: BTreeMap<String, String>,
+    /// Extra rule folders, relative to the root.
+    pub rules: Vec<String>,
+    /// Baseline file, relative to the root.
+    pub baseline: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            services: Vec::new(),
+            event_tables: vec!["events".to_owned()],
+            include_tests: false,
+            schemas_dir: None,
+            registry_url: None,
+            severity: BTreeMap::new(),
+            rules: Vec::new(),
+            baseline: None,
+        }
+    }
+}
+
+/// Why `nexus.toml` could not be used.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file exists but could not be read.
+    #[error("failed to read `{path}`")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a value of the wrong shape.
+    #[error("invalid configuration: {message}")]
+    #[diagnostic(
+        code(nexus::config),
+        help("see the `nexus.toml` section of the README for the format")
+    )]
+    Invalid {
+        /// What is wrong.
+        message: String,
+        /// The file text.
+        #[source_code]
+        src: NamedSource<String>,
+        /// Where.
+        #[label("here")]
+        span: Option<SourceSpan>,
+        /// 1-based line of the problem, for non-graphical renderers.
+        line: Option<usize>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    services: BTreeMap<String, toml::Spanned<RawService>>,
+    #[serde(default)]
+    event_store: Option<RawEventStore>,
+    #[serde(default)]
+    check: Option<RawCheck>,
+    #[serde(default)]
+    schemas: Option<RawSchemas>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    package: Option<String>,
+    role: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    addresses: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEventStore {
+    #[serde(default)]
+    tables: Option<toml::Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    #[serde(default)]
+    include_tests: bool,
+    #[serde(default)]
+    severity: BTreeMap<String, String>,
+    #[serde(default)]
+    rules: Vec<String>,
+    #[serde(default)]
+    baseline: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchemas {
+    dir: Option<String>,
+    registry: Option<String>,
+}
+
+impl Config {
+    /// Reads `nexus.toml` under `root`; a missing file gives the defaults.
+    pub fn load(root: &Path) -> Result<Self, ConfigError> {
+        let path = root.join("nexus.toml");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse("nexus.toml", &text),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses configuration text; `name` is used in error messages.
+    pub fn parse(name: &str, text: &str) -> Result<Self, ConfigError> {
+        let invalid = |message: String, range: Option<std::ops::Range<usize>>| {
+            let line = range
+                .as_ref()
+                .map(|r| text[..r.start.min(text.len())].matches('\n').count() + 1);
+            ConfigError::Invalid {
+                message,
+                src: NamedSource::new(name, text.to_owned()),
+                span: range.map(|r| SourceSpan::from((r.start, r.len()))),
+                line,
+            }
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|err| invalid(err.message().to_owned(), err.span()))?;
+        let mut config = Self::default();
+        for (name, spanned) in raw.services {
+            let span = spanned.span();
+            let service = spanned.into_inner();
+            let role = match &service.role {
+                None => Role::Service,
+                Some(role) => match role.get_ref().as_str() {
+                    "command" => Role::Command,
+                    "query" => Role::Query,
+                    "service" => Role::Service,
+                    "infrastructure" => Role::Infrastructure,
+                    other => {
+                        return Err(invalid(
+                            format!(
+                                "unknown role `{other}` for service `{name}`, expected one of \"command\", \"query\", \"service\", \"infrastructure\""
+                            ),
+                            Some(role.span()),
+                        ));
+                    }
+                },
+            };
+            if service.addresses.iter().any(|a| a.trim().is_empty()) {
+                return Err(invalid(
+                    format!("service `{name}` has an empty address"),
+                    Some(span),
+                ));
+            }
+            config.services.push(Service {
+                package: service.package.unwrap_or_else(|| name.clone()),
+                name,
+                role,
+                addresses: service.addresses,
+            });
+        }
+        if let Some(tables) = raw.event_store.and_then(|e| e.tables) {
+            let span = tables.span();
+            let tables = tables.into_inner();
+            if tables.is_empty() || tables.iter().any(|t| t.trim().is_empty()) {
+                return Err(invalid(
+                    "`event_store.tables` must list at least one non-empty table name".to_owned(),
+                    Some(span),
+                ));
+            }
+            config.event_tables = tables.iter().map(|t| normalise_table(t)).collect();
+        }
+        if let Some(check) = raw.check {
+            config.include_tests = check.include_tests;
+            config.severity = check.severity;
+            config.rules = check.rules;
+            config.baseline = check.baseline;
+        }
+        if let Some(schemas) = raw.schemas {
+            config.schemas_dir = schemas.dir;
+            config.registry_url = schemas.registry;
+        }
+        Ok(config)
+    }
+
+    /// The service built by `package`, if any.
+    pub fn service_of(&self, package: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.package == package)
+    }
+}
+
+/// Lowercases a table name and strips identifier quotes from each part.
+pub fn normalise_table(name: &str) -> String {
+    name.split('.')
+        .map(|part| {
+            part.trim()
+                .trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']')
+                .to_lowercase()
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let config = Config::parse(
+            "nexus.toml",
+            r#"
+[services.command-service]
+package = "command-service"
+role = "command"
+addresses = ["command-service", "COMMAND_SERVICE_URL"]
+
+[event_store]
+tables = ["ES.\"Events\""]
+"#,
+        )
+        .expect("valid config");
+        assert_eq!(config.services[0].role, Role::Command);
+        assert_eq!(config.event_tables, vec!["es.events"]);
+    }
+
+    #[test]
+    fn an_unknown_role_points_at_its_line() {
+        let err = Config::parse("nexus.toml", "[services.a]\nrole = \"reader\"\n").unwrap_err();
+        match err {
+            ConfigError::Invalid { line, message, .. } => {
+                assert_eq!(line, Some(2));
+                assert!(message.contains("unknown role `reader`"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_with_a_line() {
+        let err = Config::parse("nexus.toml", "[event_store]\n\ntable = [1]\n").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { line: Some(3), .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn defaults_apply_without_a_file() {
+        let config = Config::load(Path::new("/nonexistent-nexus-root")).expect("defaults");
+        assert_eq!(config.event_tables, vec!["events"]);
+        assert!(!config.include_tests);
+    }
+}

@@ -1,0 +1,1186 @@
+//! Syntax facts from one Rust file: calls with their string arguments, `const` strings,
+//! `use … as` aliases, `DomainEvent` impls with serde field shapes, and test-code markers.
+
+use std::collections::HashMap;
+
+use proc_macro2::{Delimiter, TokenStream, TokenTree};
+use serde::Serialize;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::visit::{self, Visit};
+use syn::{Expr, Lit, Token};
+
+use crate::diagnostic::Span;
+use crate::facts::strings::{FormatPiece, StrExpr, format_pieces};
+
+/// Everything extracted from one file before crate-wide resolution.
+#[derive(Debug, Default)]
+pub struct FileFacts {
+    /// Calls of functions, methods and macros that have string arguments or may matter to rules.
+    pub calls: Vec<RawCall>,
+    /// `const`/`static` items with a string value.
+    pub consts: Vec<(String, Span, StrExpr)>,
+    /// `impl DomainEvent for X` blocks.
+    pub event_impls: Vec<EventImpl>,
+    /// Named-field structs and enum variants, by type name (`Type` or `Enum::Variant`).
+    pub shapes: Vec<(String, Vec<FieldShape>)>,
+    /// `tonic::include_proto!("pkg")` invocations.
+    pub protos: Vec<(String, Span)>,
+    /// The parse error, when the file is not valid Rust.
+    pub parse_error: Option<(String, Span)>,
+}
+
+/// A call before its arguments are resolved.
+#[derive(Debug)]
+pub struct RawCall {
+    /// `fn`, `method` or `macro`.
+    pub kind: &'static str,
+    /// Last segment (function, method or macro name, after aliases).
+    pub name: String,
+    /// Full path after `use … as` aliases; empty for methods.
+    pub path: String,
+    /// For methods: the path of the call the receiver chain starts from (e.g. `reqwest::Client::new`).
+    pub origin: String,
+    /// For methods: the receiver when it is a plain path or field (`self.http`, `client`).
+    pub receiver: String,
+    /// String-valued arguments.
+    pub args: Vec<(Span, StrExpr)>,
+    /// The call, from its name to its closing delimiter.
+    pub span: Span,
+    /// Inside `#[cfg(test)]`, a `#[test]` function, or a test file.
+    pub test: bool,
+}
+
+/// One `impl DomainEvent for X`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventImpl {
+    /// The implementing type (last path segment).
+    pub type_name: String,
+    /// Event type names returned by `event_type()`, with the enum variant returning each.
+    pub event_types: Vec<(String, Option<String>)>,
+    /// `event_version()` when it returns a literal.
+    pub version: Option<u32>,
+    /// The `impl … for X` header.
+    pub span: Span,
+    /// Whether it is test code.
+    pub test: bool,
+}
+
+/// One serialised field of an event type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldShape {
+    /// Name after serde renames.
+    pub name: String,
+    /// JSON type (`string`, `integer`, `number`, `boolean`, `array`, `object`) when known.
+    #[serde(rename = "type")]
+    pub json_type: Option<&'static str>,
+    /// `Option<…>` or `#[serde(default)]`.
+    pub optional: bool,
+    /// The Rust type as written.
+    pub rust_type: String,
+}
+
+/// Turns a proc-macro2 span into a file span (1-based columns).
+pub fn span_of(file: &str, span: proc_macro2::Span) -> Span {
+    let start = span.start();
+    let end = span.end();
+    Span {
+        file: file.to_owned(),
+        line: start.line as u32,
+        column: start.column as u32 + 1,
+        end_line: end.line as u32,
+        end_column: end.column as u32 + 1,
+    }
+}
+
+fn span_between(file: &str, start: proc_macro2::Span, end: proc_macro2::Span) -> Span {
+    let mut span = span_of(file, start);
+    let end = end.end();
+    span.end_line = end.line as u32;
+    span.end_column = end.column as u32 + 1;
+    span
+}
+
+/// Parses `text` and extracts its facts. `test_file` marks the whole file as test code.
+pub fn extract(file: &str, text: &str, test_file: bool) -> FileFacts {
+    let syntax = match syn::parse_file(text) {
+        Ok(syntax) => syntax,
+        Err(err) => {
+            return FileFacts {
+                parse_error: Some((err.to_string(), span_of(file, err.span()))),
+                ..FileFacts::default()
+            };
+        }
+    };
+    let mut aliases = Aliases::default();
+    aliases.visit_file(&syntax);
+    let mut walker = Walker {
+        file,
+        aliases: aliases.map,
+        test_depth: u32::from(test_file),
+        locals: HashMap::new(),
+        out: FileFacts::default(),
+    };
+    walker.visit_file(&syntax);
+    walker.out
+}
+
+/// `use` declarations: local name → full path.
+#[derive(Default)]
+struct Aliases {
+    map: HashMap<String, String>,
+}
+
+impl Aliases {
+    fn add_tree(&mut self, prefix: &mut Vec<String>, tree: &syn::UseTree) {
+        match tree {
+            syn::UseTree::Path(path) => {
+                prefix.push(path.ident.to_string());
+                self.add_tree(prefix, &path.tree);
+                prefix.pop();
+            }
+            syn::UseTree::Name(name) => {
+                let ident = name.ident.to_string();
+                if ident == "self" {
+                    if let Some(last) = prefix.last() {
+                        self.map.insert(last.clone(), prefix.join("::"));
+                    }
+                } else {
+                    let full = prefix
+                        .iter()
+                        .cloned()
+                        .chain([ident.clone()])
+                        .collect::<Vec<_>>();
+                    self.map.insert(ident, full.join("::"));
+                }
+            }
+            syn::UseTree::Rename(rename) => {
+                let ident = rename.ident.to_string();
+                let full = if ident == "self" {
+                    prefix.join("::")
+                } else {
+                    prefix
+                        .iter()
+                        .cloned()
+                        .chain([ident])
+                        .collect::<Vec<_>>()
+                        .join("::")
+                };
+                self.map.insert(rename.rename.to_string(), full);
+            }
+            syn::UseTree::Group(group) => {
+                for tree in &group.items {
+                    self.add_tree(prefix, tree);
+                }
+            }
+            syn::UseTree::Glob(_) => {}
+        }
+    }
+}
+
+impl<'ast> Visit<'ast> for Aliases {
+    fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
+        let mut prefix = Vec::new();
+        self.add_tree(&mut prefix, &item.tree);
+    }
+
+    fn visit_item_extern_crate(&mut self, item: &'ast syn::ItemExternCrate) {
+        if let Some((_, rename)) = &item.rename {
+            self.map.insert(rename.to_string(), item.ident.to_string());
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Local {
+    span: Span,
+    value: StrExpr,
+    origin: Option<String>,
+}
+
+struct Walker<'a> {
+    file: &'a str,
+    aliases: HashMap<String, String>,
+    test_depth: u32,
+    locals: HashMap<String, Local>,
+    out: FileFacts,
+}
+
+const PASSTHROUGH_METHODS: &[&str] = &[
+    "unwrap",
+    "expect",
+    "unwrap_or",
+    "unwrap_or_else",
+    "unwrap_or_default",
+    "to_string",
+    "to_owned",
+    "into",
+    "as_str",
+    "as_ref",
+    "clone",
+    "trim",
+    "borrow",
+    "parse",
+    "context",
+    "with_context",
+    "ok",
+    "as_deref",
+    "map_err",
+];
+
+const FORMAT_MACROS: &[&str] = &[
+    "format",
+    "format_args",
+    "print",
+    "println",
+    "eprint",
+    "eprintln",
+    "write",
+    "writeln",
+    "panic",
+    "info",
+    "warn",
+    "error",
+    "debug",
+    "trace",
+    "log",
+    "anyhow",
+    "bail",
+    "ensure",
+    "unreachable",
+    "todo",
+    "unimplemented",
+];
+
+fn is_const_name(ident: &str) -> bool {
+    ident.chars().any(|c| c.is_ascii_uppercase())
+        && ident
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn is_test_attr(attr: &syn::Attribute) -> bool {
+    let path = attr.path();
+    if path.is_ident("cfg") {
+        return match &attr.meta {
+            syn::Meta::List(list) => list.tokens.to_string().trim() == "test",
+            _ => false,
+        };
+    }
+    path.segments.last().is_some_and(|s| s.ident == "test")
+}
+
+impl Walker<'_> {
+    fn span(&self, span: proc_macro2::Span) -> Span {
+        span_of(self.file, span)
+    }
+
+    fn resolve_path(&self, path: &syn::Path) -> String {
+        let mut segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+        if path.leading_colon.is_none() {
+            if let Some(full) = segments.first().and_then(|first| self.aliases.get(first)) {
+                let mut resolved: Vec<String> = full.split("::").map(str::to_owned).collect();
+                resolved.extend(segments.drain(1..));
+                segments = resolved;
+            }
+        }
+        segments.join("::")
+    }
+
+    fn test(&self) -> bool {
+        self.test_depth > 0
+    }
+
+    fn with_attrs(&mut self, attrs: &[syn::Attribute], f: impl FnOnce(&mut Self)) {
+        let test = attrs.iter().any(is_test_attr);
+        if test {
+            self.test_depth += 1;
+        }
+        f(self);
+        if test {
+            self.test_depth -= 1;
+        }
+    }
+
+    fn in_fn(&mut self, attrs: &[syn::Attribute], f: impl FnOnce(&mut Self)) {
+        let saved = std::mem::take(&mut self.locals);
+        self.with_attrs(attrs, f);
+        self.locals = saved;
+    }
+
+    /// The string an expression evaluates to, as far as it is statically known.
+    fn str_expr(&self, expr: &Expr) -> StrExpr {
+        match expr {
+            Expr::Lit(lit) => match &lit.lit {
+                Lit::Str(s) => StrExpr::Lit(s.value()),
+                _ => StrExpr::Unknown,
+            },
+            Expr::Path(path) if path.qself.is_none() => {
+                let segments = &path.path.segments;
+                let Some(last) = segments.last() else {
+                    return StrExpr::Unknown;
+                };
+                let ident = last.ident.to_string();
+                if segments.len() == 1 {
+                    if let Some(local) = self.locals.get(&ident) {
+                        return StrExpr::Bound(local.span.clone(), Box::new(local.value.clone()));
+                    }
+                }
+                if is_const_name(&ident) {
+                    StrExpr::Const(ident)
+                } else {
+                    StrExpr::Unknown
+                }
+            }
+            Expr::Reference(r) => self.str_expr(&r.expr),
+            Expr::Paren(p) => self.str_expr(&p.expr),
+            Expr::Group(g) => self.str_expr(&g.expr),
+            Expr::Try(t) => self.str_expr(&t.expr),
+            Expr::Await(a) => self.str_expr(&a.base),
+            Expr::MethodCall(m) if PASSTHROUGH_METHODS.contains(&m.method.to_string().as_str()) => {
+                self.str_expr(&m.receiver)
+            }
+            Expr::Binary(b) if matches!(b.op, syn::BinOp::Add(_)) => {
+                StrExpr::Concat(vec![self.str_expr(&b.left), self.str_expr(&b.right)])
+            }
+            Expr::Macro(m) => self.macro_str(&m.mac),
+            Expr::Call(call) => {
+                let Expr::Path(func) = &*call.func else {
+                    return StrExpr::Unknown;
+                };
+                let path = self.resolve_path(&func.path);
+                let first = call.args.first();
+                if path.ends_with("env::var")
+                    || path.ends_with("env::var_os")
+                    || path == "dotenvy::var"
+                    || path == "dotenv::var"
+                {
+                    if let Some(Expr::Lit(syn::ExprLit {
+                        lit: Lit::Str(name),
+                        ..
+                    })) = first
+                    {
+                        return StrExpr::Env(name.value());
+                    }
+                    if let Some(arg) = first {
+                        if let StrExpr::Lit(name) = self.resolved_lit(arg) {
+                            return StrExpr::Env(name);
+                        }
+                    }
+                    return StrExpr::Unknown;
+                }
+                let last = path.rsplit("::").next().unwrap_or("");
+                if call.args.len() == 1
+                    && matches!(
+                        last,
+                        "from"
+                            | "from_static"
+                            | "from_shared"
+                            | "parse"
+                            | "try_from"
+                            | "new"
+                            | "from_str"
+                    )
+                {
+                    if let Some(arg) = first {
+                        let inner = self.str_expr(arg);
+                        if inner.is_informative() {
+                            return inner;
+                        }
+                    }
+                }
+                StrExpr::Unknown
+            }
+            _ => StrExpr::Unknown,
+        }
+    }
+
+    fn resolved_lit(&self, expr: &Expr) -> StrExpr {
+        match self.str_expr(expr) {
+            StrExpr::Bound(_, inner) => *inner,
+            other => other,
+        }
+    }
+
+    fn macro_args(mac: &syn::Macro) -> Option<Punctuated<Expr, Token![,]>> {
+        mac.parse_body_with(Punctuated::<Expr, Token![,]>::parse_terminated)
+            .ok()
+    }
+
+    fn macro_str(&self, mac: &syn::Macro) -> StrExpr {
+        let name = mac
+            .path
+            .segments
+            .last()
+            .map(|s| s.ident.to_string())
+            .unwrap_or_default();
+        match name.as_str() {
+            "concat" => match Self::macro_args(mac) {
+                Some(args) => StrExpr::Concat(args.iter().map(|a| self.str_expr(a)).collect()),
+                None => StrExpr::Unknown,
+            },
+            "env" | "option_env" => {
+                match Self::macro_args(mac).and_then(|a| a.into_iter().next()) {
+                    Some(Expr::Lit(syn::ExprLit {
+                        lit: Lit::Str(s), ..
+                    })) => StrExpr::Env(s.value()),
+                    _ => StrExpr::Unknown,
+                }
+            }
+            "format" | "format_args" => match Self::macro_args(mac) {
+                Some(args) => self.format_str(&args.into_iter().collect::<Vec<_>>()),
+                None => StrExpr::Unknown,
+            },
+            _ => StrExpr::Unknown,
+        }
+    }
+
+    fn format_str(&self, args: &[Expr]) -> StrExpr {
+        let Some(Expr::Lit(syn::ExprLit {
+            lit: Lit::Str(template),
+            ..
+        })) = args.first()
+        else {
+            return StrExpr::Unknown;
+        };
+        let mut positional = Vec::new();
+        let mut named = HashMap::new();
+        for arg in &args[1..] {
+            match arg {
+                Expr::Assign(assign) => {
+                    if let Expr::Path(p) = &*assign.left {
+                        if let Some(ident) = p.path.get_ident() {
+                            named.insert(ident.to_string(), &*assign.right);
+                        }
+                    }
+                }
+                other => positional.push(other),
+            }
+        }
+        let parts = format_pieces(&template.value())
+            .into_iter()
+            .map(|piece| match piece {
+                FormatPiece::Lit(text) => StrExpr::Lit(text),
+                FormatPiece::Index(i) => positional
+                    .get(i)
+                    .map_or(StrExpr::Unknown, |e| self.str_expr(e)),
+                FormatPiece::Named(name) => match named.get(&name) {
+                    Some(expr) => self.str_expr(expr),
+                    None => match self.locals.get(&name) {
+                        Some(local) => {
+                            StrExpr::Bound(local.span.clone(), Box::new(local.value.clone()))
+                        }
+                        None if is_const_name(&name) => StrExpr::Const(name),
+                        None => StrExpr::Unknown,
+                    },
+                },
+            })
+            .collect();
+        StrExpr::Concat(parts)
+    }
+
+    /// The path of the call a receiver chain starts from, following `let` bindings.
+    fn origin(&self, expr: &Expr) -> Option<String> {
+        match expr {
+            Expr::Call(call) => match &*call.func {
+                Expr::Path(p) => Some(self.resolve_path(&p.path)),
+                _ => None,
+            },
+            Expr::MethodCall(m) => self.origin(&m.receiver),
+            Expr::Try(t) => self.origin(&t.expr),
+            Expr::Await(a) => self.origin(&a.base),
+            Expr::Paren(p) => self.origin(&p.expr),
+            Expr::Reference(r) => self.origin(&r.expr),
+            Expr::Struct(s) => Some(self.resolve_path(&s.path)),
+            Expr::Path(p) => p
+                .path
+                .get_ident()
+                .and_then(|i| self.locals.get(&i.to_string()))
+                .and_then(|l| l.origin.clone())
+                .or_else(|| (p.path.segments.len() > 1).then(|| self.resolve_path(&p.path))),
+            _ => None,
+        }
+    }
+
+    fn receiver_text(expr: &Expr) -> String {
+        match expr {
+            Expr::Path(p) => p
+                .path
+                .segments
+                .iter()
+                .map(|s| s.ident.to_string())
+                .collect::<Vec<_>>()
+                .join("::"),
+            Expr::Field(f) => match &f.member {
+                syn::Member::Named(name) => format!("{}.{}", Self::receiver_text(&f.base), name),
+                syn::Member::Unnamed(index) => {
+                    format!("{}.{}", Self::receiver_text(&f.base), index.index)
+                }
+            },
+            Expr::Reference(r) => Self::receiver_text(&r.expr),
+            Expr::Paren(p) => Self::receiver_text(&p.expr),
+            _ => String::new(),
+        }
+    }
+
+    fn string_args<'e>(&self, args: impl IntoIterator<Item = &'e Expr>) -> Vec<(Span, StrExpr)> {
+        args.into_iter()
+            .filter_map(|arg| {
+                let value = self.str_expr(arg);
+                value
+                    .is_informative()
+                    .then(|| (self.span(arg.span()), value))
+            })
+            .collect()
+    }
+
+    fn push_call(&mut self, call: RawCall) {
+        self.out.calls.push(call);
+    }
+
+    fn record_macro(&mut self, mac: &syn::Macro) {
+        let path = self.resolve_path(&mac.path);
+        let name = path.rsplit("::").next().unwrap_or_default().to_owned();
+        let close = match &mac.delimiter {
+            syn::MacroDelimiter::Paren(p) => p.span.close(),
+            syn::MacroDelimiter::Brace(b) => b.span.close(),
+            syn::MacroDelimiter::Bracket(b) => b.span.close(),
+        };
+        let span = span_between(self.file, mac.path.span(), close);
+        if name == "include_proto" {
+            if let Some(Expr::Lit(syn::ExprLit {
+                lit: Lit::Str(s), ..
+            })) = Self::macro_args(mac).and_then(|a| a.into_iter().next())
+            {
+                self.out.protos.push((s.value(), span.clone()));
+            }
+        }
+        match Self::macro_args(mac) {
+            Some(args) => {
+                let args: Vec<Expr> = args.into_iter().collect();
+                let string_args = if FORMAT_MACROS.contains(&name.as_str()) {
+                    let arg_span = args.first().map(|a| self.span(a.span()));
+                    let value = self.format_str(&args);
+                    match arg_span {
+                        Some(s) if value.is_informative() => vec![(s, value)],
+                        _ => Vec::new(),
+                    }
+                } else {
+                    self.string_args(&args)
+                };
+                self.push_call(RawCall {
+                    kind: "macro",
+                    name,
+                    path,
+                    origin: String::new(),
+                    receiver: String::new(),
+                    args: string_args,
+                    span,
+                    test: self.test(),
+                });
+                for arg in &args {
+                    self.visit_expr(arg);
+                }
+            }
+            None => {
+                self.push_call(RawCall {
+                    kind: "macro",
+                    name,
+                    path,
+                    origin: String::new(),
+                    receiver: String::new(),
+                    args: Vec::new(),
+                    span,
+                    test: self.test(),
+                });
+                self.scan_tokens(mac.tokens.clone());
+            }
+        }
+    }
+
+    /// Finds `path(args)`, `.method(args)` and `name!(args)` inside token trees that do not
+    /// parse as expressions (macro_rules bodies, DSL macros).
+    fn scan_tokens(&mut self, tokens: TokenStream) {
+        let trees: Vec<TokenTree> = tokens.into_iter().collect();
+        for (i, tree) in trees.iter().enumerate() {
+            let TokenTree::Group(group) = tree else {
+                continue;
+            };
+            let ident = match i.checked_sub(1).map(|j| &trees[j]) {
+                Some(TokenTree::Ident(ident)) => Some((ident.clone(), i - 1)),
+                Some(TokenTree::Punct(p)) if p.as_char() == '!' => {
+                    match i.checked_sub(2).map(|j| &trees[j]) {
+                        Some(TokenTree::Ident(ident)) => Some((ident.clone(), i - 2)),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            if group.delimiter() == Delimiter::Parenthesis {
+                if let Some((ident, at)) = ident {
+                    let is_macro = at + 1 != i;
+                    let parsed = syn::parse::Parser::parse2(
+                        Punctuated::<Expr, Token![,]>::parse_terminated,
+                        group.stream(),
+                    );
+                    if let Ok(args) = parsed {
+                        let method = at > 0
+                            && matches!(&trees[at - 1], TokenTree::Punct(p) if p.as_char() == '.');
+                        let mut segments = vec![ident.to_string()];
+                        let mut j = at;
+                        while j >= 3 {
+                            match (&trees[j - 1], &trees[j - 2], &trees[j - 3]) {
+                                (
+                                    TokenTree::Punct(a),
+                                    TokenTree::Punct(b),
+                                    TokenTree::Ident(seg),
+                                ) if a.as_char() == ':' && b.as_char() == ':' => {
+                                    segments.insert(0, seg.to_string());
+                                    j -= 3;
+                                }
+                                _ => break,
+                            }
+                        }
+                        let path = if method {
+                            String::new()
+                        } else {
+                            self.resolve_segments(&segments)
+                        };
+                        let name = if method {
+                            ident.to_string()
+                        } else {
+                            path.rsplit("::").next().unwrap_or_default().to_owned()
+                        };
+                        let args: Vec<Expr> = args.into_iter().collect();
+                        let string_args = if is_macro && FORMAT_MACROS.contains(&name.as_str()) {
+                            let value = self.format_str(&args);
+                            args.first()
+                                .filter(|_| value.is_informative())
+                                .map(|a| vec![(self.span(a.span()), value)])
+                                .unwrap_or_default()
+                        } else {
+                            self.string_args(&args)
+                        };
+                        self.push_call(RawCall {
+                            kind: if is_macro {
+                                "macro"
+                            } else if method {
+                                "method"
+                            } else {
+                                "fn"
+                            },
+                            name,
+                            path,
+                            origin: String::new(),
+                            receiver: String::new(),
+                            args: string_args,
+                            span: span_between(self.file, ident.span(), group.span_close()),
+                            test: self.test(),
+                        });
+                        for arg in &args {
+                            self.visit_expr(arg);
+                        }
+                        continue;
+                    }
+                }
+            }
+            self.scan_tokens(group.stream());
+        }
+    }
+
+    fn resolve_segments(&self, segments: &[String]) -> String {
+        match segments.first().and_then(|s| self.aliases.get(s)) {
+            Some(full) => std::iter::once(full.clone())
+                .chain(segments[1..].iter().cloned())
+                .collect::<Vec<_>>()
+                .join("::"),
+            None => segments.join("::"),
+        }
+    }
+
+    fn event_impl(&mut self, item: &syn::ItemImpl) {
+        let Some((trait_path, _)) = &item.trait_ else {
+            return;
+        };
+        let resolved = self.resolve_path(trait_path);
+        if resolved.rsplit("::").next() != Some("DomainEvent") {
+            return;
+        }
+        let syn::Type::Path(self_ty) = &*item.self_ty else {
+            return;
+        };
+        let Some(type_ident) = self_ty.path.segments.last() else {
+            return;
+        };
+        let mut event_types = Vec::new();
+        let mut version = None;
+        for impl_item in &item.items {
+            let syn::ImplItem::Fn(f) = impl_item else {
+                continue;
+            };
+            if f.sig.ident == "event_type" {
+                let mut finder = LiteralFinder::default();
+                finder.visit_block(&f.block);
+                event_types = finder.strings;
+            } else if f.sig.ident == "event_version" {
+                let mut finder = LiteralFinder::default();
+                finder.visit_block(&f.block);
+                version = finder.ints.first().copied();
+            }
+        }
+        let span = span_between(self.file, item.impl_token.span, self_ty.span());
+        self.out.event_impls.push(EventImpl {
+            type_name: type_ident.ident.to_string(),
+            event_types,
+            version,
+            span,
+            test: self.test(),
+        });
+    }
+}
+
+/// Collects string literals (with the enum variant of their match arm) and integer literals.
+#[derive(Default)]
+struct LiteralFinder {
+    strings: Vec<(String, Option<String>)>,
+    ints: Vec<u32>,
+    variant: Option<String>,
+}
+
+impl<'ast> Visit<'ast> for LiteralFinder {
+    fn visit_arm(&mut self, arm: &'ast syn::Arm) {
+        let variant = match &arm.pat {
+            syn::Pat::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()),
+            syn::Pat::Struct(s) => s.path.segments.last().map(|s| s.ident.to_string()),
+            syn::Pat::TupleStruct(t) => t.path.segments.last().map(|s| s.ident.to_string()),
+            _ => None,
+        };
+        let saved = std::mem::replace(&mut self.variant, variant);
+        visit::visit_expr(self, &arm.body);
+        self.variant = saved;
+    }
+
+    fn visit_lit(&mut self, lit: &'ast Lit) {
+        match lit {
+            Lit::Str(s) => self.strings.push((s.value(), self.variant.clone())),
+            Lit::Int(i) => {
+                if let Ok(v) = i.base10_parse::<u32>() {
+                    self.ints.push(v);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl<'ast> Visit<'ast> for Walker<'_> {
+    fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
+        self.with_attrs(&item.attrs, |w| visit::visit_item_mod(w, item));
+    }
+
+    fn visit_item_fn(&mut self, item: &'ast syn::ItemFn) {
+        self.in_fn(&item.attrs, |w| visit::visit_item_fn(w, item));
+    }
+
+    fn visit_impl_item_fn(&mut self, item: &'ast syn::ImplItemFn) {
+        self.in_fn(&item.attrs, |w| visit::visit_impl_item_fn(w, item));
+    }
+
+    fn visit_trait_item_fn(&mut self, item: &'ast syn::TraitItemFn) {
+        self.in_fn(&item.attrs, |w| visit::visit_trait_item_fn(w, item));
+    }
+
+    fn visit_item_impl(&mut self, item: &'ast syn::ItemImpl) {
+        self.with_attrs(&item.attrs, |w| {
+            w.event_impl(item);
+            visit::visit_item_impl(w, item);
+        });
+    }
+
+    fn visit_item_const(&mut self, item: &'ast syn::ItemConst) {
+        let value = self.str_expr(&item.expr);
+        if value.is_informative() {
+            let span = self.span(item.ident.span());
+            self.out.consts.push((item.ident.to_string(), span, value));
+        }
+        visit::visit_item_const(self, item);
+    }
+
+    fn visit_impl_item_const(&mut self, item: &'ast syn::ImplItemConst) {
+        let value = self.str_expr(&item.expr);
+        if value.is_informative() {
+            let span = self.span(item.ident.span());
+            self.out.consts.push((item.ident.to_string(), span, value));
+        }
+        visit::visit_impl_item_const(self, item);
+    }
+
+    fn visit_item_static(&mut self, item: &'ast syn::ItemStatic) {
+        let value = self.str_expr(&item.expr);
+        if value.is_informative() {
+            let span = self.span(item.ident.span());
+            self.out.consts.push((item.ident.to_string(), span, value));
+        }
+        visit::visit_item_static(self, item);
+    }
+
+    fn visit_item_struct(&mut self, item: &'ast syn::ItemStruct) {
+        if let syn::Fields::Named(fields) = &item.fields {
+            let rename_all = serde_rename_all(&item.attrs);
+            let shape = field_shapes(fields, rename_all.as_deref());
+            self.out.shapes.push((item.ident.to_string(), shape));
+        }
+        visit::visit_item_struct(self, item);
+    }
+
+    fn visit_item_enum(&mut self, item: &'ast syn::ItemEnum) {
+        let rename_all = serde_rename_all_fields(&item.attrs);
+        for variant in &item.variants {
+            if let syn::Fields::Named(fields) = &variant.fields {
+                let shape = field_shapes(fields, rename_all.as_deref());
+                self.out
+                    .shapes
+                    .push((format!("{}::{}", item.ident, variant.ident), shape));
+            }
+        }
+        visit::visit_item_enum(self, item);
+    }
+
+    fn visit_local(&mut self, local: &'ast syn::Local) {
+        if let Some(init) = &local.init {
+            let ident = match &local.pat {
+                syn::Pat::Ident(p) => Some(&p.ident),
+                syn::Pat::Type(t) => match &*t.pat {
+                    syn::Pat::Ident(p) => Some(&p.ident),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(ident) = ident {
+                let value = self.str_expr(&init.expr);
+                let origin = self.origin(&init.expr);
+                let name = ident.to_string();
+                if value.is_informative() || origin.is_some() {
+                    let span = self.span(ident.span());
+                    self.locals.insert(
+                        name,
+                        Local {
+                            span,
+                            value,
+                            origin,
+                        },
+                    );
+                } else {
+                    self.locals.remove(&name);
+                }
+            }
+        }
+        visit::visit_local(self, local);
+    }
+
+    fn visit_expr_call(&mut self, call: &'ast syn::ExprCall) {
+        if let Expr::Path(func) = &*call.func {
+            let path = self.resolve_path(&func.path);
+            let name = path.rsplit("::").next().unwrap_or_default().to_owned();
+            let args = self.string_args(&call.args);
+            let span = span_between(self.file, func.span(), call.paren_token.span.close());
+            self.push_call(RawCall {
+                kind: "fn",
+                name,
+                path,
+                origin: String::new(),
+                receiver: String::new(),
+                args,
+                span,
+                test: self.test(),
+            });
+        }
+        visit::visit_expr_call(self, call);
+    }
+
+    fn visit_expr_method_call(&mut self, call: &'ast syn::ExprMethodCall) {
+        let name = call.method.to_string();
+        let args = self.string_args(&call.args);
+        let span = span_between(self.file, call.method.span(), call.paren_token.span.close());
+        let origin = self.origin(&call.receiver).unwrap_or_default();
+        let receiver = Self::receiver_text(&call.receiver);
+        self.push_call(RawCall {
+            kind: "method",
+            name,
+            path: String::new(),
+            origin,
+            receiver,
+            args,
+            span,
+            test: self.test(),
+        });
+        visit::visit_expr_method_call(self, call);
+    }
+
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        self.record_macro(mac);
+    }
+}
+
+fn serde_meta(attrs: &[syn::Attribute], mut f: impl FnMut(&str, Option<String>)) {
+    for attr in attrs.iter().filter(|a| a.path().is_ident("serde")) {
+        let _ = attr.parse_nested_meta(|meta| {
+            let key = meta
+                .path
+                .get_ident()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            if meta.input.peek(Token![=]) {
+                let value = meta.value()?;
+                let value: Expr = value.parse()?;
+                let text = match value {
+                    Expr::Lit(syn::ExprLit {
+                        lit: Lit::Str(s), ..
+                    }) => Some(s.value()),
+                    _ => Some(String::new()),
+                };
+                f(&key, text);
+            } else if meta.input.peek(syn::token::Paren) {
+                let _ = meta.parse_nested_meta(|inner| {
+                    let inner_key = inner
+                        .path
+                        .get_ident()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    if inner.input.peek(Token![=]) {
+                        let value: syn::LitStr = inner.value()?.parse()?;
+                        if inner_key == "serialize" {
+                            f(&key, Some(value.value()));
+                        }
+                    }
+                    Ok(())
+                });
+            } else {
+                f(&key, None);
+            }
+            Ok(())
+        });
+    }
+}
+
+fn serde_rename_all(attrs: &[syn::Attribute]) -> Option<String> {
+    let mut rule = None;
+    serde_meta(attrs, |key, value| {
+        if key == "rename_all" {
+            rule = value;
+        }
+    });
+    rule
+}
+
+fn serde_rename_all_fields(attrs: &[syn::Attribute]) -> Option<String> {
+    let mut rule = None;
+    serde_meta(attrs, |key, value| {
+        if key == "rename_all_fields" {
+            rule = value;
+        }
+    });
+    rule
+}
+
+fn field_shapes(fields: &syn::FieldsNamed, rename_all: Option<&str>) -> Vec<FieldShape> {
+    let mut shapes = Vec::new();
+    for field in &fields.named {
+        let Some(ident) = &field.ident else { continue };
+        let mut name = apply_rename_rule(&ident.to_string(), rename_all);
+        let mut skip = false;
+        let mut default = false;
+        let mut flatten = false;
+        serde_meta(&field.attrs, |key, value| match key {
+            "rename" => {
+                if let Some(v) = value.filter(|v| !v.is_empty()) {
+                    name = v;
+                }
+            }
+            "skip" | "skip_serializing" => skip = true,
+            "default" | "skip_serializing_if" => default = true,
+            "flatten" => flatten = true,
+            _ => {}
+        });
+        if skip || flatten {
+            continue;
+        }
+        let (json_type, optional) = json_type(&field.ty);
+        shapes.push(FieldShape {
+            name,
+            json_type,
+            optional: optional || default,
+            rust_type: type_text(&field.ty),
+        });
+    }
+    shapes
+}
+
+fn type_text(ty: &syn::Type) -> String {
+    match ty {
+        syn::Type::Reference(r) => format!("&{}", type_text(&r.elem)),
+        syn::Type::Paren(p) => type_text(&p.elem),
+        syn::Type::Group(g) => type_text(&g.elem),
+        syn::Type::Slice(s) => format!("[{}]", type_text(&s.elem)),
+        syn::Type::Array(a) => format!("[{}; _]", type_text(&a.elem)),
+        syn::Type::Tuple(t) => format!(
+            "({})",
+            t.elems.iter().map(type_text).collect::<Vec<_>>().join(", ")
+        ),
+        syn::Type::Path(p) => p
+            .path
+            .segments
+            .iter()
+            .map(|s| match &s.arguments {
+                syn::PathArguments::AngleBracketed(args) => format!(
+                    "{}<{}>",
+                    s.ident,
+                    args.args
+                        .iter()
+                        .map(|a| match a {
+                            syn::GenericArgument::Type(t) => type_text(t),
+                            _ => "_".to_owned(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                _ => s.ident.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("::"),
+        _ => "_".to_owned(),
+    }
+}
+
+fn json_type(ty: &syn::Type) -> (Option<&'static str>, bool) {
+    match ty {
+        syn::Type::Reference(r) => json_type(&r.elem),
+        syn::Type::Paren(p) => json_type(&p.elem),
+        syn::Type::Group(g) => json_type(&g.elem),
+        syn::Type::Array(_) | syn::Type::Slice(_) => (Some("array"), false),
+        syn::Type::Tuple(t) if t.elems.is_empty() => (Some("null"), false),
+        syn::Type::Tuple(_) => (Some("array"), false),
+        syn::Type::Path(p) => {
+            let Some(last) = p.path.segments.last() else {
+                return (None, false);
+            };
+            let inner = match &last.arguments {
+                syn::PathArguments::AngleBracketed(args) => {
+                    args.args.iter().find_map(|a| match a {
+                        syn::GenericArgument::Type(t) => Some(t),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            };
+            let name = last.ident.to_string();
+            match name.as_str() {
+                "Option" => (inner.and_then(|t| json_type(t).0), true),
+                "Box" | "Arc" | "Rc" | "Cow" => match (name.as_str(), inner) {
+                    ("Cow", _) => (Some("string"), false),
+                    (_, Some(t)) => json_type(t),
+                    _ => (None, false),
+                },
+                "String" | "str" | "char" | "Uuid" | "DateTime" | "NaiveDate" | "NaiveDateTime"
+                | "NaiveTime" | "PathBuf" | "Url" | "Utc" => (Some("string"), false),
+                "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64"
+                | "u128" | "usize" => (Some("integer"), false),
+                "f32" | "f64" => (Some("number"), false),
+                "bool" => (Some("boolean"), false),
+                "Vec" | "VecDeque" | "HashSet" | "BTreeSet" | "IndexSet" => (Some("array"), false),
+                "HashMap" | "BTreeMap" | "IndexMap" | "Map" => (Some("object"), false),
+                _ => (None, false),
+            }
+        }
+        _ => (None, false),
+    }
+}
+
+/// Applies a serde `rename_all` rule to a snake_case field name.
+pub fn apply_rename_rule(field: &str, rule: Option<&str>) -> String {
+    let words: Vec<&str> = field.split('_').filter(|w| !w.is_empty()).collect();
+    let capitalise = |w: &str| {
+        let mut chars = w.chars();
+        chars.next().map_or_else(String::new, |c| {
+            c.to_uppercase().collect::<String>() + chars.as_str()
+        })
+    };
+    match rule {
+        Some("lowercase") => field.to_lowercase(),
+        Some("UPPERCASE") => field.to_uppercase(),
+        Some("PascalCase") => words.iter().map(|w| capitalise(w)).collect(),
+        Some("camelCase") => words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                if i == 0 {
+                    (*w).to_owned()
+                } else {
+                    capitalise(w)
+                }
+            })
+            .collect(),
+        Some("SCREAMING_SNAKE_CASE") => field.to_uppercase(),
+        Some("kebab-case") => field.replace('_', "-"),
+        Some("SCREAMING-KEBAB-CASE") => field.replace('_', "-").to_uppercase(),
+        _ => field.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_rules_follow_serde() {
+        assert_eq!(apply_rename_rule("order_id", Some("camelCase")), "orderId");
+        assert_eq!(apply_rename_rule("order_id", Some("PascalCase")), "OrderId");
+        assert_eq!(
+            apply_rename_rule("order_id", Some("kebab-case")),
+            "order-id"
+        );
+        assert_eq!(apply_rename_rule("order_id", None), "order_id");
+    }
+
+    #[test]
+    fn resolves_aliases_constants_and_format() {
+        let facts = extract(
+            "src/lib.rs",
+            r#"
+use sqlx::query as q;
+const TABLE: &str = "events";
+fn f(pool: &Pool) {
+    let sql = format!("DELETE FROM {TABLE} WHERE id = {}", 1);
+    q(&sql).execute(pool);
+}
+"#,
+            false,
+        );
+        let call = facts
+            .calls
+            .iter()
+            .find(|c| c.name == "query")
+            .expect("aliased call");
+        assert_eq!(call.path, "sqlx::query");
+        assert_eq!(call.args.len(), 1);
+        assert_eq!(call.span.line, 6);
+        assert_eq!(facts.consts[0].0, "TABLE");
+    }
+
+    #[test]
+    fn test_code_is_marked() {
+        let facts = extract(
+            "src/lib.rs",
+            "fn a() { run(\"x\"); }\n#[cfg(test)]\nmod tests { fn b() { run(\"y\"); } }\n",
+            false,
+        );
+        let flags: Vec<bool> = facts.calls.iter().map(|c| c.test).collect();
+        assert_eq!(flags, vec![false, true]);
+    }
+
+    #[test]
+    fn a_broken_file_reports_where() {
+        let facts = extract("src/lib.rs", "fn a( {", false);
+        assert!(facts.parse_error.is_some());
+    }
+}

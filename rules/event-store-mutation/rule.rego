@@ -1,0 +1,82 @@
+# NX003 event-store-mutation: SQL or store calls that change or remove recorded events.
+package nexus.rules.event_store_mutation
+
+metadata := {
+	"code": "NX003",
+	"name": "event-store-mutation",
+	"severity": "error",
+	"summary": "event records are never updated or deleted",
+	"remediation": "append a compensating event (e.g. `OrderCancelled`) instead of changing recorded ones; mutable state belongs in projections, snapshots or the outbox",
+}
+
+# Functions, methods and macros that send SQL to a database: sqlx, tokio-postgres/postgres,
+# rusqlite, diesel and sea-orm.
+sql_sinks := {
+	"query", "query_as", "query_scalar", "query_with", "query_as_with", "query_scalar_with",
+	"query_unchecked", "query_as_unchecked", "query_scalar_unchecked", "query_file",
+	"execute", "batch_execute", "execute_batch", "query_one", "query_opt", "query_raw",
+	"execute_raw", "prepare", "prepare_cached", "prepare_typed", "simple_query", "query_row",
+	"query_map", "sql_query", "from_string", "from_sql_and_values", "execute_unprepared",
+}
+
+mutating := {
+	"update": "updates",
+	"delete": "deletes from",
+	"truncate": "truncates",
+	"drop": "drops",
+	"alter": "alters",
+	"upsert": "overwrites rows of (upsert)",
+	"replace": "replaces rows of",
+	"merge": "merges into",
+}
+
+# Event-store APIs that change or remove stored events.
+store_mutations := {
+	"delete_event", "delete_events", "delete_stream", "update_event", "overwrite_stream",
+	"truncate_stream", "replace_event",
+}
+
+checked(c) if not c.test
+
+checked(_) if input.config.include_tests
+
+event_table(op) if {
+	some t in input.config.event_tables
+	op.table == t
+}
+
+event_table(op) if {
+	some t in input.config.event_tables
+	not contains(t, ".")
+	op.name == t
+}
+
+deny contains v if {
+	some c in input.calls
+	c.name in sql_sinks
+	checked(c)
+	some a in c.args
+	some op in a.sql.ops
+	verb := mutating[op.op]
+	event_table(op)
+	v := {
+		"message": sprintf("this SQL %s the event table `%s`", [verb, op.table]),
+		"span": a.span,
+		"label": sprintf("%s `%s` reaches `%s`", [upper(op.op), op.table, c.name]),
+		"labels": [{"span": o, "text": "SQL assembled from here"} | some o in a.origins],
+		"help": "events are immutable: append a compensating event instead; if this table holds a read model, rename it or list only the event tables in `nexus.toml` `[event_store] tables`",
+	}
+}
+
+deny contains v if {
+	some c in input.calls
+	c.name in store_mutations
+	c.kind != "macro"
+	checked(c)
+	v := {
+		"message": sprintf("`%s` changes recorded events", [c.name]),
+		"span": c.span,
+		"label": "event-store mutation",
+		"help": "events are immutable: append a compensating event to the stream instead",
+	}
+}
