@@ -78,6 +78,8 @@ pub struct FieldShape {
     pub optional: bool,
     /// The Rust type as written.
     pub rust_type: String,
+    /// The field's name in the source.
+    pub span: Span,
 }
 
 /// Turns a proc-macro2 span into a file span (1-based columns).
@@ -827,7 +829,7 @@ impl<'ast> Visit<'ast> for Walker<'_> {
     fn visit_item_struct(&mut self, item: &'ast syn::ItemStruct) {
         if let syn::Fields::Named(fields) = &item.fields {
             let rename_all = serde_rename_all(&item.attrs);
-            let shape = field_shapes(fields, rename_all.as_deref());
+            let shape = field_shapes(self.file, fields, rename_all.as_deref());
             self.out.shapes.push((item.ident.to_string(), shape));
         }
         visit::visit_item_struct(self, item);
@@ -837,7 +839,7 @@ impl<'ast> Visit<'ast> for Walker<'_> {
         let rename_all = serde_rename_all_fields(&item.attrs);
         for variant in &item.variants {
             if let syn::Fields::Named(fields) = &variant.fields {
-                let shape = field_shapes(fields, rename_all.as_deref());
+                let shape = field_shapes(self.file, fields, rename_all.as_deref());
                 self.out
                     .shapes
                     .push((format!("{}::{}", item.ident, variant.ident), shape));
@@ -983,7 +985,11 @@ fn serde_rename_all_fields(attrs: &[syn::Attribute]) -> Option<String> {
     rule
 }
 
-fn field_shapes(fields: &syn::FieldsNamed, rename_all: Option<&str>) -> Vec<FieldShape> {
+fn field_shapes(
+    file: &str,
+    fields: &syn::FieldsNamed,
+    rename_all: Option<&str>,
+) -> Vec<FieldShape> {
     let mut shapes = Vec::new();
     for field in &fields.named {
         let Some(ident) = &field.ident else { continue };
@@ -1011,6 +1017,7 @@ fn field_shapes(fields: &syn::FieldsNamed, rename_all: Option<&str>) -> Vec<Fiel
             json_type,
             optional: optional || default,
             rust_type: type_text(&field.ty),
+            span: span_of(file, ident.span()),
         });
     }
     shapes
