@@ -369,7 +369,7 @@ pub fn check(
         .iter()
         .filter(|p| !(group_by_major || level == Level::Nexus) || p.major == major)
         .collect();
-    line.sort_by(|a, b| b.version.cmp(&a.version));
+    line.sort_by_key(|p| std::cmp::Reverse(p.version));
     if !level.transitive() {
         line.truncate(1);
     }

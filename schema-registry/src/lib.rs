@@ -5,5 +5,8 @@
 //! - [`server`] speaks the Confluent REST dialect over HTTP.
 //! - [`client`] is a small HTTP client for the same dialect, used by the `nexus` command line.
 
+pub mod client;
 pub mod compat;
+pub mod document;
+pub mod server;
 pub mod storage;

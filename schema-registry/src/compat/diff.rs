@@ -697,7 +697,7 @@ impl Differ {
         // Required: names that become required and were not just added as new properties.
         for name in &u_required {
             if o_required.contains(name)
-                || added.iter().any(|a| *a == name)
+                || added.contains(&name)
                 || renames.iter().any(|(_, n)| *n == name)
             {
                 continue;

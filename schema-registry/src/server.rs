@@ -1,0 +1,123 @@
+//! The HTTP server: Confluent's REST dialect over a [`Storage`], plus health, metrics and OpenAPI.
+//!
+//! [`app`] builds the router (tests drive it with `oneshot`); [`serve`] runs it on a listener
+//! until a shutdown future resolves, finishing the requests in flight.
+
+mod error;
+mod metrics;
+mod routes;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use serde_json::Value;
+
+pub use self::error::ApiError;
+use crate::{compat::Level, storage::Storage};
+
+/// The media type of every JSON response.
+pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+/// Settings of a registry server.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The largest schema text accepted, in bytes.
+    pub max_schema_bytes: usize,
+    /// The compatibility level when neither the subject nor the registry sets one.
+    pub default_level: Level,
+    /// How long one compatibility check may run before the request fails with 50002.
+    pub check_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_schema_bytes: 256 * 1024,
+            default_level: Level::Nexus,
+            check_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Shared state of the server: storage, options, caches and metrics.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    storage: Arc<dyn Storage>,
+    options: Options,
+    /// Dereferenced schemas by id; ids are immutable, so entries never go stale.
+    prepared: RwLock<HashMap<i64, Arc<Value>>>,
+    metrics: metrics::Metrics,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State over a storage backend.
+    pub fn new(storage: Arc<dyn Storage>, options: Options) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                storage,
+                options,
+                prepared: RwLock::new(HashMap::new()),
+                metrics: metrics::Metrics::default(),
+            }),
+        }
+    }
+
+    fn storage(&self) -> &dyn Storage {
+        self.inner.storage.as_ref()
+    }
+
+    fn options(&self) -> &Options {
+        &self.inner.options
+    }
+}
+
+/// The router with every endpoint, the 404/405 JSON fallbacks and the request log.
+pub fn app(state: AppState) -> Router {
+    routes::router(state)
+}
+
+/// Serves the registry on `listener` until `shutdown` resolves, then drains requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A JSON response with the registry media type.
+pub(crate) fn sr_json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+        bytes,
+    )
+        .into_response()
+}
