@@ -1,1 +1,19 @@
-//! Nexus runtime: event store, command path, snapshots.
+//! Nexus runtime: the event store, the command path and snapshots for event-sourced services.
+//!
+//! The core knows nothing about HTTP, PostgreSQL or NATS: those are adapters behind cargo
+//! features. With default features the store is an embedded SQLite file.
+
+pub mod aggregate;
+pub mod command;
+pub mod event;
+pub mod snapshot;
+pub mod store;
+pub mod testing;
+
+pub use aggregate::Aggregate;
+pub use command::{CommandError, CommandHandler, CommandOutcome, Loaded, Repository, RetryPolicy};
+pub use event::{
+    DomainEvent, EventEnvelope, EventId, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId,
+};
+pub use snapshot::{Snapshot, SnapshotManager, SnapshotPolicy, SnapshotStore};
+pub use store::{AppendError, AppendResult, EventStore, ExpectedVersion, ReadError};

@@ -1,0 +1,488 @@
+//! The command path: load an aggregate (snapshot, then the tail of its stream), decide, append.
+//!
+//! Publication to the bus is not done here: the bus relay reads the store's change-data-capture
+//! stream after the append commits, so there is never a dual write.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::aggregate::Aggregate;
+use crate::event::{EventId, Metadata, NewEvent, PayloadError, RecordedEvent, StreamId};
+use crate::snapshot::{Snapshot, SnapshotError, SnapshotStore};
+use crate::store::{AppendError, EventStore, ExpectedVersion, ReadError};
+
+/// An aggregate's state rebuilt from the store.
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    /// The state.
+    pub state: A,
+    /// The stream version the state includes (0 for a new aggregate).
+    pub version: u64,
+    /// The version of the snapshot the load started from, if one was used.
+    pub snapshot_version: Option<u64>,
+    /// How many events were applied on top of the snapshot (or from the start).
+    pub events_applied: usize,
+}
+
+/// Why an aggregate could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// Reading the stream failed.
+    #[error("failed to read stream `{stream}`")]
+    Read {
+        /// The stream.
+        stream: StreamId,
+        /// The cause.
+        #[source]
+        source: ReadError,
+    },
+    /// A stored event does not decode into the aggregate's event type.
+    #[error("event {version} of stream `{stream}` ({event_type}) does not decode")]
+    Decode {
+        /// The stream.
+        stream: StreamId,
+        /// The event's version.
+        version: u64,
+        /// The event's type name.
+        event_type: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The snapshot store failed.
+    #[error("failed to load the snapshot of `{stream}`")]
+    Snapshot {
+        /// The stream.
+        stream: StreamId,
+        /// The cause.
+        #[source]
+        source: SnapshotError,
+    },
+}
+
+/// Why a command was not executed. Nothing was stored in any case.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError<E: std::error::Error + 'static> {
+    /// The aggregate rejected the command.
+    #[error("command rejected")]
+    Rejected(#[source] E),
+    /// Another writer changed the stream first (after the configured retries).
+    #[error("stream `{stream}` is at version {actual}, expected {expected}")]
+    Conflict {
+        /// The stream.
+        stream: StreamId,
+        /// The version the command was decided against.
+        expected: ExpectedVersion,
+        /// The version the stream is at.
+        actual: u64,
+    },
+    /// The aggregate could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// An event could not be serialised.
+    #[error("failed to serialise an event")]
+    Encode(#[source] PayloadError),
+    /// The append failed for another reason.
+    #[error("failed to append events")]
+    Append(#[source] AppendError),
+}
+
+/// What a successful command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommandOutcome {
+    /// The aggregate's stream.
+    pub stream: StreamId,
+    /// The aggregate's version after the command (unchanged if it emitted no events).
+    pub version: u64,
+    /// The ids of the events it appended.
+    pub event_ids: Vec<EventId>,
+    /// The global position of its last event, if it appended any.
+    pub position: Option<u64>,
+}
+
+/// What to do when another writer wins the race for a stream version.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 means never retry).
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled for each further retry.
+    pub backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            backoff: Duration::from_millis(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Never retry: a conflict goes straight back to the caller.
+    pub fn never() -> Self {
+        Self {
+            max_attempts: 1,
+            backoff: Duration::ZERO,
+        }
+    }
+}
+
+/// Loads aggregates of type `A` from an event store, starting from snapshots when there are any.
+pub struct Repository<A> {
+    store: Arc<dyn EventStore>,
+    snapshots: Option<Arc<dyn SnapshotStore>>,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A> Clone for Repository<A> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            snapshots: self.snapshots.clone(),
+            _aggregate: PhantomData,
+        }
+    }
+}
+
+impl<A: Aggregate> Repository<A> {
+    /// A repository without snapshots.
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self {
+            store,
+            snapshots: None,
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// The same repository, starting loads from the snapshots in `snapshots`.
+    pub fn with_snapshots(mut self, snapshots: Arc<dyn SnapshotStore>) -> Self {
+        self.snapshots = Some(snapshots);
+        self
+    }
+
+    /// The stream of aggregate `id`.
+    pub fn stream(id: &str) -> StreamId {
+        StreamId::new(A::TYPE, id)
+    }
+
+    /// The event store behind this repository.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// Rebuilds aggregate `id`: latest usable snapshot, then the events after it.
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>, LoadError> {
+        let stream = Self::stream(id);
+        let started = Instant::now();
+        let mut loaded = match self.load_snapshot(&stream).await? {
+            Some(loaded) => loaded,
+            None => Loaded {
+                state: A::default(),
+                version: 0,
+                snapshot_version: None,
+                events_applied: 0,
+            },
+        };
+        let tail = match self
+            .store
+            .read_stream(&stream, loaded.version + 1, None)
+            .await
+        {
+            Ok(events) => events,
+            Err(ReadError::StreamNotFound(_)) => Vec::new(),
+            Err(source) => return Err(LoadError::Read { stream, source }),
+        };
+        for recorded in &tail {
+            apply_recorded(&mut loaded.state, recorded)?;
+            loaded.version = recorded.version;
+        }
+        loaded.events_applied = tail.len();
+        if loaded.snapshot_version.is_some() {
+            metrics::histogram!("nexus_snapshot_load_seconds", "aggregate" => A::TYPE)
+                .record(started.elapsed().as_secs_f64());
+        }
+        metrics::histogram!("nexus_aggregate_load_seconds", "aggregate" => A::TYPE)
+            .record(started.elapsed().as_secs_f64());
+        Ok(loaded)
+    }
+
+    /// Rebuilds aggregate `id` from its events alone, ignoring snapshots.
+    pub async fn load_from_events(&self, id: &str) -> Result<Loaded<A>, LoadError> {
+        Repository::<A>::new(Arc::clone(&self.store)).load(id).await
+    }
+
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Loaded<A>>, LoadError> {
+        let Some(snapshots) = &self.snapshots else {
+            return Ok(None);
+        };
+        let snapshot = snapshots
+            .load(stream)
+            .await
+            .map_err(|source| LoadError::Snapshot {
+                stream: stream.clone(),
+                source,
+            })?;
+        Ok(snapshot.and_then(|snapshot| decode_snapshot::<A>(&snapshot)))
+    }
+
+    /// Takes a snapshot of aggregate `id` as it is now and stores it.
+    pub async fn snapshot(&self, id: &str) -> Result<Option<Snapshot>, LoadError> {
+        let stream = Self::stream(id);
+        let Some(snapshots) = &self.snapshots else {
+            return Ok(None);
+        };
+        let loaded = self.load(id).await?;
+        if loaded.version == 0 || loaded.snapshot_version == Some(loaded.version) {
+            return Ok(None);
+        }
+        let state = serde_json::to_string(&loaded.state).map_err(|source| LoadError::Decode {
+            stream: stream.clone(),
+            version: loaded.version,
+            event_type: format!("{} snapshot", A::TYPE),
+            source,
+        })?;
+        let snapshot = Snapshot {
+            stream: stream.clone(),
+            version: loaded.version,
+            schema_version: A::SNAPSHOT_VERSION,
+            state,
+            taken_at: chrono::Utc::now(),
+        };
+        snapshots
+            .save(&snapshot)
+            .await
+            .map_err(|source| LoadError::Snapshot { stream, source })?;
+        Ok(Some(snapshot))
+    }
+}
+
+/// Decodes a snapshot, upcasting an older schema version; `None` means "rebuild from events".
+fn decode_snapshot<A: Aggregate>(snapshot: &Snapshot) -> Option<Loaded<A>> {
+    let state = if snapshot.schema_version == A::SNAPSHOT_VERSION {
+        serde_json::from_str::<A>(&snapshot.state).ok()
+    } else if snapshot.schema_version < A::SNAPSHOT_VERSION {
+        serde_json::from_str(&snapshot.state)
+            .ok()
+            .and_then(|value| A::upcast_snapshot(snapshot.schema_version, value))
+            .and_then(|value| serde_json::from_value::<A>(value).ok())
+    } else {
+        None
+    };
+    if state.is_none() {
+        tracing::warn!(
+            stream = %snapshot.stream,
+            snapshot_version = snapshot.schema_version,
+            current_version = A::SNAPSHOT_VERSION,
+            "snapshot not usable, rebuilding from events"
+        );
+        metrics::counter!("nexus_snapshots_discarded_total", "aggregate" => A::TYPE).increment(1);
+    }
+    state.map(|state| Loaded {
+        state,
+        version: snapshot.version,
+        snapshot_version: Some(snapshot.version),
+        events_applied: 0,
+    })
+}
+
+fn apply_recorded<A: Aggregate>(state: &mut A, recorded: &RecordedEvent) -> Result<(), LoadError> {
+    let event: A::Event = recorded.decode().map_err(|source| LoadError::Decode {
+        stream: recorded.stream.clone(),
+        version: recorded.version,
+        event_type: recorded.event_type.clone(),
+        source,
+    })?;
+    state.apply(&event);
+    Ok(())
+}
+
+/// Executes commands against aggregates of type `A`: load, decide, append with the expected version.
+pub struct CommandHandler<A> {
+    repository: Repository<A>,
+    retry: RetryPolicy,
+}
+
+impl<A> Clone for CommandHandler<A> {
+    fn clone(&self) -> Self {
+        Self {
+            repository: self.repository.clone(),
+            retry: self.retry,
+        }
+    }
+}
+
+impl<A: Aggregate> CommandHandler<A> {
+    /// A handler over `repository` with the default retry policy.
+    pub fn new(repository: Repository<A>) -> Self {
+        Self {
+            repository,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// The same handler with another retry policy for version conflicts.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The repository this handler loads from.
+    pub fn repository(&self) -> &Repository<A> {
+        &self.repository
+    }
+
+    /// Executes `command` on aggregate `id`, retrying on version conflicts per the policy.
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: &A::Command,
+        metadata: Metadata,
+    ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        self.run(id, command, metadata, None).await
+    }
+
+    /// Executes `command` only if aggregate `id` is at `expected` (the version the caller saw).
+    ///
+    /// A conflict is returned as is, never retried: the caller decided on stale state.
+    pub async fn execute_at(
+        &self,
+        id: &str,
+        expected: u64,
+        command: &A::Command,
+        metadata: Metadata,
+    ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        self.run(id, command, metadata, Some(expected)).await
+    }
+
+    async fn run(
+        &self,
+        id: &str,
+        command: &A::Command,
+        metadata: Metadata,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        let started = Instant::now();
+        let span = tracing::info_span!(
+            "command",
+            aggregate = A::TYPE,
+            id,
+            correlation_id = metadata.correlation_id.as_deref().unwrap_or_default()
+        );
+        let _entered = span.enter();
+        let result = self.attempt_all(id, command, metadata, expected).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Conflict { .. }) => "conflict",
+            Err(_) => "error",
+        };
+        metrics::histogram!("nexus_command_duration_seconds", "aggregate" => A::TYPE, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("nexus_commands_total", "aggregate" => A::TYPE, "outcome" => outcome)
+            .increment(1);
+        if let Ok(done) = &result {
+            metrics::counter!("nexus_events_appended_total", "aggregate" => A::TYPE)
+                .increment(done.event_ids.len() as u64);
+        }
+        result
+    }
+
+    async fn attempt_all(
+        &self,
+        id: &str,
+        command: &A::Command,
+        mut metadata: Metadata,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        if metadata.correlation_id.is_none() {
+            metadata.correlation_id = Some(EventId::new().to_string());
+        }
+        let attempts = if expected.is_some() {
+            1
+        } else {
+            self.retry.max_attempts.max(1)
+        };
+        let mut backoff = self.retry.backoff;
+        let mut attempt = 1;
+        loop {
+            match self.attempt(id, command, &metadata, expected).await {
+                Err(CommandError::Conflict { .. }) if attempt < attempts => {
+                    tracing::debug!(attempt, "version conflict, retrying");
+                    metrics::counter!("nexus_command_retries_total", "aggregate" => A::TYPE)
+                        .increment(1);
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        id: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        let loaded = self.repository.load(id).await?;
+        let stream = Repository::<A>::stream(id);
+        if let Some(expected) = expected
+            && expected != loaded.version
+        {
+            return Err(CommandError::Conflict {
+                stream,
+                expected: ExpectedVersion::Exact(expected),
+                actual: loaded.version,
+            });
+        }
+        let events = loaded
+            .state
+            .handle(command)
+            .map_err(CommandError::Rejected)?;
+        if events.is_empty() {
+            return Ok(CommandOutcome {
+                stream,
+                version: loaded.version,
+                event_ids: Vec::new(),
+                position: None,
+            });
+        }
+        let batch = events
+            .iter()
+            .map(|event| NewEvent::from_domain(event, metadata.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(CommandError::Encode)?;
+        let expected_version = ExpectedVersion::Exact(loaded.version);
+        match self
+            .repository
+            .store
+            .append(&stream, expected_version, batch)
+            .await
+        {
+            Ok(appended) => Ok(CommandOutcome {
+                stream,
+                version: appended.version,
+                event_ids: appended.event_ids,
+                position: Some(appended.last_position),
+            }),
+            Err(AppendError::Conflict {
+                stream,
+                expected,
+                actual,
+            }) => Err(CommandError::Conflict {
+                stream,
+                expected,
+                actual,
+            }),
+            Err(other) => Err(CommandError::Append(other)),
+        }
+    }
+}

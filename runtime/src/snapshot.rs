@@ -1,0 +1,60 @@
+//! Snapshots: serialised aggregate state kept apart from the event store, and the manager
+//! that takes them when a stream passes its thresholds.
+
+pub mod embedded;
+mod manager;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::event::{LogPosition, StreamId};
+use crate::store::BoxError;
+
+pub use manager::{SnapshotManager, SnapshotManagerHandle, SnapshotPolicy, TriggerReason};
+
+/// The serialised state of one aggregate as of one stream version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The aggregate's stream.
+    pub stream: StreamId,
+    /// The stream version the state includes (all events up to and including it).
+    pub version: u64,
+    /// The aggregate's `SNAPSHOT_VERSION` when the state was written.
+    pub schema_version: u32,
+    /// The state as JSON.
+    pub state: String,
+    /// When it was taken.
+    pub taken_at: DateTime<Utc>,
+}
+
+/// Why a snapshot operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The snapshot store could not be reached.
+    #[error("snapshot store is unavailable")]
+    Unavailable(#[source] BoxError),
+    /// The snapshot store failed in another way.
+    #[error("snapshot store backend failed")]
+    Backend(#[source] BoxError),
+}
+
+/// Durable storage for snapshots, separate from the event store.
+#[async_trait]
+pub trait SnapshotStore: Send + Sync + 'static {
+    /// The latest snapshot of a stream, if any.
+    async fn load(&self, stream: &StreamId) -> Result<Option<Snapshot>, SnapshotError>;
+
+    /// Stores a snapshot durably; an older version than the stored one is ignored.
+    async fn save(&self, snapshot: &Snapshot) -> Result<(), SnapshotError>;
+
+    /// The log position a named snapshot manager has processed up to.
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<LogPosition>, SnapshotError>;
+
+    /// Records the log position a named snapshot manager has processed up to.
+    async fn save_checkpoint(&self, name: &str, position: LogPosition)
+    -> Result<(), SnapshotError>;
+}

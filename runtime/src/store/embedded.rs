@@ -1,0 +1,662 @@
+//! The embedded event store: one SQLite file, zero set-up, durable on commit.
+//!
+//! One writer thread owns the write connection and coalesces concurrent appends into one
+//! transaction (group commit), so many writers share one fsync. Readers use their own
+//! connections (WAL mode lets them read while the writer commits).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{
+    AppendError, AppendResult, EventStore, ExpectedVersion, OpenError, ReadError, StoreLimits,
+    validate_append,
+};
+use crate::event::{EventId, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId};
+
+/// Default number of partitions streams are spread over.
+pub const DEFAULT_PARTITIONS: u16 = 16;
+/// Most appends coalesced into one transaction.
+const MAX_GROUP: usize = 256;
+
+const SCHEMA: &str = r"
+CREATE TABLE IF NOT EXISTS nexus_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    position       INTEGER PRIMARY KEY,
+    event_id       BLOB    NOT NULL UNIQUE,
+    aggregate_type TEXT    NOT NULL,
+    aggregate_id   TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    partition      INTEGER NOT NULL,
+    event_type     TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL,
+    payload        TEXT    NOT NULL,
+    metadata       TEXT    NOT NULL,
+    recorded_at    INTEGER NOT NULL,
+    UNIQUE (aggregate_type, aggregate_id, version)
+);
+CREATE INDEX IF NOT EXISTS events_stream_time ON events (aggregate_type, aggregate_id, recorded_at);
+CREATE TRIGGER IF NOT EXISTS events_are_immutable_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'nexus: events are immutable, UPDATE is not allowed'); END;
+CREATE TRIGGER IF NOT EXISTS events_are_immutable_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'nexus: events are immutable, DELETE is not allowed'); END;
+";
+
+const SELECT_COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, version, partition, \
+     event_type, schema_version, payload, metadata, recorded_at";
+
+/// Options of the embedded store.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Number of partitions (fixed when the file is created).
+    pub partitions: u16,
+    /// Limits on appends.
+    pub limits: StoreLimits,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            partitions: DEFAULT_PARTITIONS,
+            limits: StoreLimits::default(),
+        }
+    }
+}
+
+struct AppendRequest {
+    stream: StreamId,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<AppendResult, AppendError>>,
+}
+
+/// The embedded SQLite event store.
+pub struct EmbeddedStore {
+    path: PathBuf,
+    writer: mpsc::UnboundedSender<AppendRequest>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    changes: watch::Receiver<u64>,
+    options: EmbeddedOptions,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(err: impl std::error::Error + Send + Sync + 'static) -> AppendError {
+    AppendError::Backend(Box::new(err))
+}
+
+fn read_backend(err: impl std::error::Error + Send + Sync + 'static) -> ReadError {
+    ReadError::Backend(Box::new(err))
+}
+
+fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
+    // FULL: every commit is fsynced before the append is acknowledged.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in the SQLite file at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenError> {
+        Self::open_with(path, EmbeddedOptions::default())
+    }
+
+    /// Opens the store with explicit options.
+    pub fn open_with(path: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self, OpenError> {
+        let path = path.as_ref().to_path_buf();
+        if options.partitions == 0 {
+            return Err(OpenError::Config(
+                "partition count must be at least 1".into(),
+            ));
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| OpenError::Unavailable(Box::new(e)))?;
+        }
+        let conn =
+            open_connection(&path, false).map_err(|e| OpenError::Unavailable(Box::new(e)))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| OpenError::Migration(Box::new(e)))?;
+        let stored: Option<String> = conn
+            .query_row(
+                "SELECT value FROM nexus_meta WHERE key = 'partitions'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| OpenError::Migration(Box::new(e)))?;
+        match stored.map(|s| s.parse::<u16>()) {
+            None => {
+                conn.execute(
+                    "INSERT INTO nexus_meta (key, value) VALUES ('partitions', ?1)",
+                    [options.partitions.to_string()],
+                )
+                .map_err(|e| OpenError::Migration(Box::new(e)))?;
+            }
+            Some(Ok(stored)) if stored == options.partitions => {}
+            Some(Ok(stored)) => {
+                return Err(OpenError::PartitionMismatch {
+                    stored,
+                    configured: options.partitions,
+                });
+            }
+            Some(Err(err)) => return Err(OpenError::Migration(Box::new(err))),
+        }
+        let head = conn
+            .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|v| v as u64)
+            .map_err(|e| OpenError::Migration(Box::new(e)))?;
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (changes_tx, changes) = watch::channel(head);
+        let limits = options.limits;
+        thread::Builder::new()
+            .name("nexus-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, changes_tx, limits))
+            .map_err(|e| OpenError::Unavailable(Box::new(e)))?;
+        Ok(Self {
+            path,
+            writer: tx,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            changes,
+            options,
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn with_reader<T, F>(&self, f: F) -> Result<T, ReadError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, ReadError> + Send + 'static,
+    {
+        let readers = Arc::clone(&self.readers);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().expect("reader pool lock poisoned").pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => {
+                    open_connection(&path, true).map_err(|e| ReadError::Unavailable(Box::new(e)))?
+                }
+            };
+            let result = f(&conn);
+            readers
+                .lock()
+                .expect("reader pool lock poisoned")
+                .push(conn);
+            result
+        })
+        .await
+        .map_err(read_backend)?
+    }
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::UnboundedReceiver<AppendRequest>,
+    changes: watch::Sender<u64>,
+    limits: StoreLimits,
+) {
+    let partitions: u16 = conn
+        .query_row(
+            "SELECT value FROM nexus_meta WHERE key = 'partitions'",
+            [],
+            |row| row.get::<_, String>(0),
+        )
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_PARTITIONS);
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        let outcome = commit_group(&mut conn, &group, partitions, &limits);
+        match outcome {
+            Ok((results, head)) => {
+                for (request, result) in group.into_iter().zip(results) {
+                    let _ = request.reply.send(result);
+                }
+                changes.send_if_modified(|current| {
+                    let moved = head > *current;
+                    *current = head.max(*current);
+                    moved
+                });
+            }
+            Err(err) => {
+                let message = err.to_string();
+                for request in group {
+                    let _ = request
+                        .reply
+                        .send(Err(AppendError::Backend(message.clone().into())));
+                }
+            }
+        }
+    }
+}
+
+/// Appends every request of the group in one transaction; each request in its own savepoint,
+/// so one that fails leaves the others untouched.
+fn commit_group(
+    conn: &mut Connection,
+    group: &[AppendRequest],
+    partitions: u16,
+    limits: &StoreLimits,
+) -> rusqlite::Result<(Vec<Result<AppendResult, AppendError>>, u64)> {
+    let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(group.len());
+    let mut head = 0;
+    for request in group {
+        if let Err(err) = validate_append(&request.stream, &request.events, limits) {
+            results.push(Err(err));
+            continue;
+        }
+        let sp = tx.savepoint()?;
+        match append_one(&sp, request, partitions) {
+            Ok(result) => {
+                sp.commit()?;
+                head = head.max(result.last_position);
+                results.push(Ok(result));
+            }
+            Err(err) => {
+                drop(sp);
+                results.push(Err(err));
+            }
+        }
+    }
+    tx.commit()?;
+    Ok((results, head))
+}
+
+fn current_version(conn: &Connection, stream: &StreamId) -> rusqlite::Result<u64> {
+    conn.prepare_cached(
+        "SELECT COALESCE(MAX(version), 0) FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2",
+    )?
+    .query_row(params![stream.aggregate_type(), stream.aggregate_id()], |row| {
+        row.get::<_, i64>(0)
+    })
+    .map(|v| v as u64)
+}
+
+fn append_one(
+    conn: &Connection,
+    request: &AppendRequest,
+    partitions: u16,
+) -> Result<AppendResult, AppendError> {
+    let stream = &request.stream;
+    if let Some(replay) = idempotent_replay(conn, stream, &request.events)? {
+        return Ok(replay);
+    }
+    let actual = current_version(conn, stream).map_err(backend)?;
+    if let Some(required) = request.expected.required()
+        && required != actual
+    {
+        return Err(AppendError::Conflict {
+            stream: stream.clone(),
+            expected: request.expected,
+            actual,
+        });
+    }
+    let partition = stream.partition(partitions);
+    let recorded_at = Utc::now().timestamp_micros();
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, partition, \
+             event_type, schema_version, payload, metadata, recorded_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(backend)?;
+    let mut first_position = 0;
+    let mut last_position = 0;
+    for (offset, event) in request.events.iter().enumerate() {
+        let metadata = serde_json::to_string(&event.metadata).map_err(backend)?;
+        let inserted = insert.execute(params![
+            event.id.0.as_bytes().as_slice(),
+            stream.aggregate_type(),
+            stream.aggregate_id(),
+            (actual + offset as u64 + 1) as i64,
+            partition,
+            event.event_type,
+            event.schema_version,
+            event.payload.get(),
+            metadata,
+            recorded_at,
+        ]);
+        match inserted {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                // The only unique key left to violate is the event id, stored in another stream
+                // or twice in this batch.
+                return Err(AppendError::DuplicateEventId {
+                    id: event.id,
+                    stream: stream_of_event(conn, event.id)
+                        .map_err(backend)?
+                        .unwrap_or_else(|| stream.clone()),
+                });
+            }
+            Err(err) => return Err(backend(err)),
+        }
+        last_position = conn.last_insert_rowid() as u64;
+        if offset == 0 {
+            first_position = last_position;
+        }
+    }
+    Ok(AppendResult {
+        version: actual + request.events.len() as u64,
+        event_ids: request.events.iter().map(|e| e.id).collect(),
+        first_position,
+        last_position,
+        idempotent_replay: false,
+    })
+}
+
+fn stream_of_event(conn: &Connection, id: EventId) -> rusqlite::Result<Option<StreamId>> {
+    conn.prepare_cached("SELECT aggregate_type, aggregate_id FROM events WHERE event_id = ?1")?
+        .query_row([id.0.as_bytes().as_slice()], |row| {
+            Ok(StreamId::new(
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+            ))
+        })
+        .optional()
+}
+
+/// If the batch's events are all stored already with the same content, the stored result.
+fn idempotent_replay(
+    conn: &Connection,
+    stream: &StreamId,
+    events: &[NewEvent],
+) -> Result<Option<AppendResult>, AppendError> {
+    let mut lookup = conn
+        .prepare_cached(
+            "SELECT aggregate_type, aggregate_id, version, position, event_type, payload \
+             FROM events WHERE event_id = ?1",
+        )
+        .map_err(backend)?;
+    let mut stored = Vec::with_capacity(events.len());
+    for event in events {
+        let row = lookup
+            .query_row([event.id.0.as_bytes().as_slice()], |row| {
+                Ok((
+                    StreamId::new(row.get::<_, String>(0)?, row.get::<_, String>(1)?),
+                    row.get::<_, i64>(2)? as u64,
+                    row.get::<_, i64>(3)? as u64,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                ))
+            })
+            .optional()
+            .map_err(backend)?;
+        match row {
+            None if stored.is_empty() => return Ok(None),
+            None => {
+                // Some ids stored, others not: a different batch reusing ids.
+                return Err(AppendError::DuplicateEventId {
+                    id: events[0].id,
+                    stream: stream.clone(),
+                });
+            }
+            Some((owner, version, position, event_type, payload)) => {
+                if &owner != stream
+                    || event_type != event.event_type
+                    || !same_json(&payload, event.payload.get())
+                {
+                    return Err(AppendError::DuplicateEventId {
+                        id: event.id,
+                        stream: owner,
+                    });
+                }
+                stored.push((version, position));
+            }
+        }
+    }
+    Ok(Some(AppendResult {
+        version: stored.last().map_or(0, |s| s.0),
+        event_ids: events.iter().map(|e| e.id).collect(),
+        first_position: stored.first().map_or(0, |s| s.1),
+        last_position: stored.last().map_or(0, |s| s.1),
+        idempotent_replay: true,
+    }))
+}
+
+/// Compares two JSON texts by value (key order and whitespace aside).
+pub(crate) fn same_json(a: &str, b: &str) -> bool {
+    a == b
+        || matches!(
+            (serde_json::from_str::<serde_json::Value>(a), serde_json::from_str::<serde_json::Value>(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
+fn row_to_event(row: &Row<'_>) -> rusqlite::Result<Result<RecordedEvent, ReadError>> {
+    let position = row.get::<_, i64>(0)? as u64;
+    let id_bytes: Vec<u8> = row.get(1)?;
+    let aggregate_type: String = row.get(2)?;
+    let aggregate_id: String = row.get(3)?;
+    let payload: String = row.get(8)?;
+    let metadata: String = row.get(9)?;
+    let micros: i64 = row.get(10)?;
+    let corrupt =
+        |source: Box<dyn std::error::Error + Send + Sync>| ReadError::Corrupt { position, source };
+    let decoded = (|| {
+        let id = uuid::Uuid::from_slice(&id_bytes).map_err(|e| corrupt(Box::new(e)))?;
+        let payload = RawValue::from_string(payload).map_err(|e| corrupt(Box::new(e)))?;
+        let metadata: Metadata =
+            serde_json::from_str(&metadata).map_err(|e| corrupt(Box::new(e)))?;
+        let recorded_at = DateTime::<Utc>::from_timestamp_micros(micros)
+            .ok_or_else(|| corrupt("recorded_at out of range".into()))?;
+        Ok((id, payload, metadata, recorded_at))
+    })();
+    Ok(match decoded {
+        Ok((id, payload, metadata, recorded_at)) => Ok(RecordedEvent {
+            id: EventId(id),
+            stream: StreamId::new(aggregate_type, aggregate_id),
+            version: row.get::<_, i64>(4)? as u64,
+            position,
+            commit: position,
+            partition: row.get(5)?,
+            event_type: row.get(6)?,
+            schema_version: row.get(7)?,
+            payload,
+            metadata,
+            recorded_at,
+        }),
+        Err(err) => Err(err),
+    })
+}
+
+fn collect(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<RecordedEvent>, ReadError> {
+    let rows = stmt.query_map(params, row_to_event).map_err(read_backend)?;
+    let mut events = Vec::new();
+    for row in rows {
+        events.push(row.map_err(read_backend)??);
+    }
+    Ok(events)
+}
+
+#[async_trait]
+impl EventStore for EmbeddedStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, AppendError> {
+        validate_append(stream, &events, &self.options.limits)?;
+        let (reply, response) = oneshot::channel();
+        self.writer
+            .send(AppendRequest {
+                stream: stream.clone(),
+                expected,
+                events,
+                reply,
+            })
+            .map_err(|_| AppendError::Unavailable("the writer thread has stopped".into()))?;
+        response
+            .await
+            .map_err(|_| AppendError::Unavailable("the writer thread has stopped".into()))?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: Option<u64>,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        let to = to.unwrap_or(u64::MAX >> 1);
+        if from > to {
+            return Err(ReadError::InvalidRange(format!(
+                "from version {from} is after to version {to}"
+            )));
+        }
+        let stream = stream.clone();
+        self.with_reader(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {SELECT_COLUMNS} FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
+                     AND version >= ?3 AND version <= ?4 ORDER BY version"
+                ))
+                .map_err(read_backend)?;
+            let events = collect(
+                &mut stmt,
+                params![
+                    stream.aggregate_type(),
+                    stream.aggregate_id(),
+                    from as i64,
+                    to as i64
+                ],
+            )?;
+            if events.is_empty() && current_version(conn, &stream).map_err(read_backend)? == 0 {
+                return Err(ReadError::StreamNotFound(stream));
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn read_stream_between(
+        &self,
+        stream: &StreamId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        if from > to {
+            return Err(ReadError::InvalidRange(format!(
+                "from {from} is after to {to}"
+            )));
+        }
+        let stream = stream.clone();
+        self.with_reader(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {SELECT_COLUMNS} FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
+                     AND recorded_at >= ?3 AND recorded_at < ?4 ORDER BY version LIMIT ?5"
+                ))
+                .map_err(read_backend)?;
+            let events = collect(
+                &mut stmt,
+                params![
+                    stream.aggregate_type(),
+                    stream.aggregate_id(),
+                    from.timestamp_micros(),
+                    to.timestamp_micros(),
+                    limit as i64
+                ],
+            )?;
+            if events.is_empty() && current_version(conn, &stream).map_err(read_backend)? == 0 {
+                return Err(ReadError::StreamNotFound(stream));
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, ReadError> {
+        let stream = stream.clone();
+        self.with_reader(move |conn| {
+            let version = current_version(conn, &stream).map_err(read_backend)?;
+            Ok((version > 0).then_some(version))
+        })
+        .await
+    }
+
+    async fn read_all(
+        &self,
+        after: LogPosition,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        self.with_reader(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {SELECT_COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+                ))
+                .map_err(read_backend)?;
+            collect(&mut stmt, params![after.position as i64, limit as i64])
+        })
+        .await
+    }
+
+    async fn head(&self) -> Result<LogPosition, ReadError> {
+        self.with_reader(|conn| {
+            let position = conn
+                .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .map_err(read_backend)? as u64;
+            Ok(LogPosition {
+                commit: position,
+                position,
+            })
+        })
+        .await
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
+    fn partition_count(&self) -> u16 {
+        self.options.partitions
+    }
+}

@@ -1,0 +1,747 @@
+//! The PostgreSQL event store: hash-partitioned by aggregate id, immutable by trigger,
+//! tailed without skipping through the transaction-id visibility horizon.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures::StreamExt;
+use serde_json::value::RawValue;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Json;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+use uuid::Uuid;
+
+use super::embedded::same_json;
+use super::{
+    AppendError, AppendResult, BoxError, EventStore, ExpectedVersion, OpenError, ReadError,
+    StoreLimits, validate_append,
+};
+use crate::event::{EventId, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId};
+
+/// Default number of partitions.
+pub const DEFAULT_PARTITIONS: u16 = 16;
+
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "events",
+        include_str!("../../migrations/postgres/0001_events.sql"),
+    ),
+    (
+        2,
+        "snapshots",
+        include_str!("../../migrations/postgres/0002_snapshots.sql"),
+    ),
+];
+
+const COLUMNS: &str = "global_position, tx_id::text::int8, partition, event_id, aggregate_type, \
+     aggregate_id, version, event_type, schema_version, payload, metadata, recorded_at";
+
+/// Options of the PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// The schema holding Nexus's tables (created if missing).
+    pub schema: String,
+    /// Number of partitions (fixed when the schema is created).
+    pub partitions: u16,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Limits on appends.
+    pub limits: StoreLimits,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            schema: "nexus".into(),
+            partitions: DEFAULT_PARTITIONS,
+            pool_size: 16,
+            limits: StoreLimits::default(),
+        }
+    }
+}
+
+/// The PostgreSQL event store.
+pub struct PostgresStore {
+    pool: Pool,
+    options: PostgresOptions,
+    sql: Sql,
+    changes_tx: watch::Sender<u64>,
+    changes: watch::Receiver<u64>,
+    notify_others: Arc<Notify>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.options.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+struct Sql {
+    append: String,
+    version: String,
+    by_ids: String,
+    read_stream: String,
+    read_between: String,
+    read_all: String,
+    head: String,
+    channel: String,
+}
+
+impl Sql {
+    fn new(schema: &str) -> Self {
+        Self {
+            append: format!(
+                "WITH cur AS (SELECT COALESCE(MAX(version), 0) AS v FROM {schema}.events \
+                 WHERE partition = $1 AND aggregate_type = $2 AND aggregate_id = $3) \
+                 INSERT INTO {schema}.events (partition, event_id, aggregate_type, aggregate_id, version, \
+                 event_type, schema_version, payload, metadata) \
+                 SELECT $1, e.id, $2, $3, cur.v + e.ord, e.typ, e.sv, e.payload, e.meta \
+                 FROM cur, unnest($5::uuid[], $6::text[], $7::int4[], $8::jsonb[], $9::jsonb[]) \
+                 WITH ORDINALITY AS e(id, typ, sv, payload, meta, ord) \
+                 WHERE $4::int8 IS NULL OR cur.v = $4 \
+                 RETURNING global_position, version"
+            ),
+            version: format!(
+                "SELECT COALESCE(MAX(version), 0) FROM {schema}.events \
+                 WHERE partition = $1 AND aggregate_type = $2 AND aggregate_id = $3"
+            ),
+            by_ids: format!(
+                "SELECT event_id, aggregate_type, aggregate_id, version, global_position, event_type, payload \
+                 FROM {schema}.events WHERE partition = $1 AND event_id = ANY($2)"
+            ),
+            read_stream: format!(
+                "SELECT {COLUMNS} FROM {schema}.events WHERE partition = $1 AND aggregate_type = $2 \
+                 AND aggregate_id = $3 AND version >= $4 AND version <= $5 ORDER BY version"
+            ),
+            read_between: format!(
+                "SELECT {COLUMNS} FROM {schema}.events WHERE partition = $1 AND aggregate_type = $2 \
+                 AND aggregate_id = $3 AND recorded_at >= $4 AND recorded_at < $5 ORDER BY version LIMIT $6"
+            ),
+            read_all: format!(
+                "SELECT {COLUMNS} FROM {schema}.events \
+                 WHERE (tx_id, global_position) > ($1::text::xid8, $2) \
+                 AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                 ORDER BY tx_id, global_position LIMIT $3"
+            ),
+            head: format!(
+                "SELECT tx_id::text::int8, global_position FROM {schema}.events \
+                 WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                 ORDER BY tx_id DESC, global_position DESC LIMIT 1"
+            ),
+            channel: format!("nexus_events_{schema}"),
+        }
+    }
+}
+
+fn is_connection_error(err: &tokio_postgres::Error) -> bool {
+    match err.code() {
+        None => true,
+        Some(code) => {
+            let code = code.code();
+            // Class 08: connection exception; 57P01..57P03: admin shutdown, crash shutdown, cannot connect now.
+            code.starts_with("08") || code.starts_with("57P")
+        }
+    }
+}
+
+fn append_err(err: tokio_postgres::Error) -> AppendError {
+    if is_connection_error(&err) {
+        AppendError::Unavailable(Box::new(err))
+    } else {
+        AppendError::Backend(Box::new(err))
+    }
+}
+
+fn read_err(err: tokio_postgres::Error) -> ReadError {
+    if is_connection_error(&err) {
+        ReadError::Unavailable(Box::new(err))
+    } else {
+        ReadError::Backend(Box::new(err))
+    }
+}
+
+/// Builds a connection pool for `url`.
+pub(crate) fn pool(url: &str, size: usize) -> Result<Pool, OpenError> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        OpenError::Config(format!("invalid PostgreSQL URL: {e}"))
+    })?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size.max(1))
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| OpenError::Config(e.to_string()))
+}
+
+/// Checks that a schema name is a plain SQL identifier (it is spliced into statements).
+pub(crate) fn check_schema_name(schema: &str) -> Result<(), OpenError> {
+    let valid = !schema.is_empty()
+        && schema.len() <= 48
+        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(OpenError::Config(format!(
+            "schema name `{schema}` must be a lowercase SQL identifier"
+        )))
+    }
+}
+
+/// Applies pending migrations to `schema`, serialised across processes by an advisory lock.
+pub(crate) async fn migrate(pool: &Pool, schema: &str, partitions: u16) -> Result<(), OpenError> {
+    let migration = |e: tokio_postgres::Error| {
+        if is_connection_error(&e) {
+            OpenError::Unavailable(Box::new(e))
+        } else {
+            OpenError::Migration(Box::new(e))
+        }
+    };
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| OpenError::Unavailable(Box::new(e)))?;
+    let tx = client.transaction().await.map_err(migration)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &[&format!("nexus-migrate-{schema}")],
+    )
+    .await
+    .map_err(migration)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}; \
+         CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ( \
+             version integer PRIMARY KEY, name text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now())"
+    ))
+    .await
+    .map_err(migration)?;
+    let applied: Vec<i32> = tx
+        .query(
+            &format!("SELECT version FROM {schema}.schema_migrations"),
+            &[],
+        )
+        .await
+        .map_err(migration)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tx.batch_execute(&sql.replace("{schema}", schema))
+            .await
+            .map_err(migration)?;
+        tx.execute(
+            &format!("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"),
+            &[version, name],
+        )
+        .await
+        .map_err(migration)?;
+        tracing::info!(schema, version, name, "applied event store migration");
+    }
+    let stored: Option<String> = tx
+        .query_opt(
+            &format!("SELECT value FROM {schema}.store_meta WHERE key = 'partitions'"),
+            &[],
+        )
+        .await
+        .map_err(migration)?
+        .map(|row| row.get(0));
+    match stored {
+        Some(stored) => {
+            let stored: u16 = stored
+                .parse()
+                .map_err(|e| OpenError::Migration(Box::new(e)))?;
+            if stored != partitions {
+                return Err(OpenError::PartitionMismatch {
+                    stored,
+                    configured: partitions,
+                });
+            }
+        }
+        None => {
+            for partition in 0..partitions {
+                tx.batch_execute(&format!(
+                    "CREATE TABLE {schema}.events_p{partition} PARTITION OF {schema}.events \
+                     FOR VALUES IN ({partition}); \
+                     CREATE TRIGGER events_immutable_truncate BEFORE TRUNCATE ON {schema}.events_p{partition} \
+                     FOR EACH STATEMENT EXECUTE FUNCTION {schema}.reject_event_mutation();"
+                ))
+                .await
+                .map_err(migration)?;
+            }
+            tx.execute(
+                &format!("INSERT INTO {schema}.store_meta (key, value) VALUES ('partitions', $1)"),
+                &[&partitions.to_string()],
+            )
+            .await
+            .map_err(migration)?;
+        }
+    }
+    tx.commit().await.map_err(migration)
+}
+
+enum Replay {
+    NoneStored,
+    Stored(AppendResult),
+    Mismatch(EventId, StreamId),
+}
+
+impl PostgresStore {
+    /// Connects to `url`, applies migrations, and starts listening for commits.
+    pub async fn connect(url: &str) -> Result<Self, OpenError> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// Connects with explicit options.
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, OpenError> {
+        check_schema_name(&options.schema)?;
+        if options.partitions == 0 {
+            return Err(OpenError::Config(
+                "partition count must be at least 1".into(),
+            ));
+        }
+        let pool = pool(url, options.pool_size)?;
+        migrate(&pool, &options.schema, options.partitions).await?;
+        let sql = Sql::new(&options.schema);
+        let (changes_tx, changes) = watch::channel(0);
+        let notify_others = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen(
+            url.to_owned(),
+            sql.channel.clone(),
+            changes_tx.clone(),
+        ));
+        let notifier = tokio::spawn(notify_loop(
+            pool.clone(),
+            sql.channel.clone(),
+            Arc::clone(&notify_others),
+        ));
+        Ok(Self {
+            pool,
+            options,
+            sql,
+            changes_tx,
+            changes,
+            notify_others,
+            tasks: vec![listener, notifier],
+        })
+    }
+
+    /// The connection pool (shared with the snapshot store when they live in one database).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The schema holding the tables.
+    pub fn schema(&self) -> &str {
+        &self.options.schema
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, BoxError> {
+        self.pool.get().await.map_err(|e| Box::new(e) as BoxError)
+    }
+
+    /// Runs a read statement; a connection that died since it was pooled is replaced once,
+    /// since reads are safe to repeat.
+    async fn query_read(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, ReadError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let client = self.client().await.map_err(ReadError::Unavailable)?;
+            let result = match client.prepare_cached(sql).await {
+                Ok(statement) => client.query(&statement, params).await,
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(rows) => return Ok(rows),
+                Err(err) if attempt < 2 && is_connection_error(&err) => {
+                    drop(deadpool_postgres::Object::take(client));
+                }
+                Err(err) => return Err(read_err(err)),
+            }
+        }
+    }
+
+    async fn replay(
+        &self,
+        client: &deadpool_postgres::Object,
+        stream: &StreamId,
+        partition: i16,
+        events: &[NewEvent],
+    ) -> Result<Replay, AppendError> {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.id.0).collect();
+        let rows = client
+            .query(&self.sql.by_ids, &[&partition, &ids])
+            .await
+            .map_err(append_err)?;
+        if rows.is_empty() {
+            return Ok(Replay::NoneStored);
+        }
+        let mut stored = Vec::with_capacity(events.len());
+        for event in events {
+            let Some(row) = rows.iter().find(|r| r.get::<_, Uuid>(0) == event.id.0) else {
+                return Ok(Replay::Mismatch(events[0].id, stream.clone()));
+            };
+            let owner = StreamId::new(row.get::<_, &str>(1), row.get::<_, &str>(2));
+            let Json(payload): Json<Box<RawValue>> = row.get(6);
+            if &owner != stream
+                || row.get::<_, &str>(5) != event.event_type
+                || !same_json(payload.get(), event.payload.get())
+            {
+                return Ok(Replay::Mismatch(event.id, owner));
+            }
+            stored.push((row.get::<_, i64>(3) as u64, row.get::<_, i64>(4) as u64));
+        }
+        Ok(Replay::Stored(AppendResult {
+            version: stored.last().map_or(0, |s| s.0),
+            event_ids: events.iter().map(|e| e.id).collect(),
+            first_position: stored.first().map_or(0, |s| s.1),
+            last_position: stored.last().map_or(0, |s| s.1),
+            idempotent_replay: true,
+        }))
+    }
+
+    async fn append_on(
+        &self,
+        client: &deadpool_postgres::Object,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, AppendError> {
+        let partition = stream.partition(self.options.partitions) as i16;
+        let statement = client
+            .prepare_cached(&self.sql.append)
+            .await
+            .map_err(append_err)?;
+        let ids: Vec<Uuid> = events.iter().map(|e| e.id.0).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let versions: Vec<i32> = events.iter().map(|e| e.schema_version as i32).collect();
+        let payloads: Vec<Json<&RawValue>> = events.iter().map(|e| Json(&*e.payload)).collect();
+        let metadata: Vec<Json<&Metadata>> = events.iter().map(|e| Json(&e.metadata)).collect();
+        let required = expected.required().map(|v| v as i64);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let outcome = client
+                .query(
+                    &statement,
+                    &[
+                        &partition,
+                        &stream.aggregate_type(),
+                        &stream.aggregate_id(),
+                        &required,
+                        &ids,
+                        &types,
+                        &versions,
+                        &payloads,
+                        &metadata,
+                    ],
+                )
+                .await;
+            match outcome {
+                Ok(rows) if !rows.is_empty() => {
+                    let mut stored: Vec<(u64, u64)> = rows
+                        .iter()
+                        .map(|r| (r.get::<_, i64>(1) as u64, r.get::<_, i64>(0) as u64))
+                        .collect();
+                    stored.sort_unstable();
+                    self.committed();
+                    return Ok(AppendResult {
+                        version: stored.last().map_or(0, |s| s.0),
+                        event_ids: ids.into_iter().map(EventId).collect(),
+                        first_position: stored.first().map_or(0, |s| s.1),
+                        last_position: stored.last().map_or(0, |s| s.1),
+                        idempotent_replay: false,
+                    });
+                }
+                Ok(_) => {}
+                Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
+                Err(err) => return Err(append_err(err)),
+            }
+            // Nothing was inserted: a retry of stored events, a lost race, or a stale expectation.
+            match self.replay(client, stream, partition, events).await? {
+                Replay::Stored(result) => return Ok(result),
+                Replay::Mismatch(id, owner) => {
+                    return Err(AppendError::DuplicateEventId { id, stream: owner });
+                }
+                Replay::NoneStored => {}
+            }
+            let actual = client
+                .query_one(
+                    &self.sql.version,
+                    &[&partition, &stream.aggregate_type(), &stream.aggregate_id()],
+                )
+                .await
+                .map_err(append_err)?
+                .get::<_, i64>(0) as u64;
+            match expected.required() {
+                Some(required) if required != actual => {
+                    return Err(AppendError::Conflict {
+                        stream: stream.clone(),
+                        expected,
+                        actual,
+                    });
+                }
+                None if attempts < 20 => continue,
+                _ => {
+                    return Err(AppendError::DuplicateEventId {
+                        id: events[0].id,
+                        stream: stream.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn committed(&self) {
+        self.changes_tx.send_modify(|n| *n = n.wrapping_add(1));
+        self.notify_others.notify_one();
+    }
+}
+
+fn decode_row(row: &Row) -> Result<RecordedEvent, ReadError> {
+    let position = row.get::<_, i64>(0) as u64;
+    let corrupt = |e: BoxError| ReadError::Corrupt {
+        position,
+        source: e,
+    };
+    let payload: Json<Box<RawValue>> = row.try_get(9).map_err(|e| corrupt(Box::new(e)))?;
+    let metadata: Json<Metadata> = row.try_get(10).map_err(|e| corrupt(Box::new(e)))?;
+    Ok(RecordedEvent {
+        id: EventId(row.get(3)),
+        stream: StreamId::new(row.get::<_, &str>(4), row.get::<_, &str>(5)),
+        version: row.get::<_, i64>(6) as u64,
+        position,
+        commit: row.get::<_, i64>(1) as u64,
+        partition: row.get::<_, i16>(2) as u16,
+        event_type: row.get(7),
+        schema_version: row.get::<_, i32>(8) as u32,
+        payload: payload.0,
+        metadata: metadata.0,
+        recorded_at: row.get(11),
+    })
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, AppendError> {
+        validate_append(stream, &events, &self.options.limits)?;
+        // A connection that dies mid-append leaves it unknown whether the append committed;
+        // the retry resends the same event ids, so a committed append is recognised, not repeated.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let client = self.client().await.map_err(AppendError::Unavailable)?;
+            match self.append_on(&client, stream, expected, &events).await {
+                Err(AppendError::Unavailable(_)) if attempt < 2 => {
+                    drop(deadpool_postgres::Object::take(client));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: Option<u64>,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        let to = to.unwrap_or(i64::MAX as u64);
+        if from > to {
+            return Err(ReadError::InvalidRange(format!(
+                "from version {from} is after to version {to}"
+            )));
+        }
+        let partition = stream.partition(self.options.partitions) as i16;
+        let rows = self
+            .query_read(
+                &self.sql.read_stream,
+                &[
+                    &partition,
+                    &stream.aggregate_type(),
+                    &stream.aggregate_id(),
+                    &(from.min(i64::MAX as u64) as i64),
+                    &(to.min(i64::MAX as u64) as i64),
+                ],
+            )
+            .await?;
+        if rows.is_empty() && self.stream_version(stream).await?.is_none() {
+            return Err(ReadError::StreamNotFound(stream.clone()));
+        }
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn read_stream_between(
+        &self,
+        stream: &StreamId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        if from > to {
+            return Err(ReadError::InvalidRange(format!(
+                "from {from} is after to {to}"
+            )));
+        }
+        let partition = stream.partition(self.options.partitions) as i16;
+        let rows = self
+            .query_read(
+                &self.sql.read_between,
+                &[
+                    &partition,
+                    &stream.aggregate_type(),
+                    &stream.aggregate_id(),
+                    &from,
+                    &to,
+                    &(limit.min(i64::MAX as usize) as i64),
+                ],
+            )
+            .await?;
+        if rows.is_empty() && self.stream_version(stream).await?.is_none() {
+            return Err(ReadError::StreamNotFound(stream.clone()));
+        }
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, ReadError> {
+        let partition = stream.partition(self.options.partitions) as i16;
+        let rows = self
+            .query_read(
+                &self.sql.version,
+                &[&partition, &stream.aggregate_type(), &stream.aggregate_id()],
+            )
+            .await?;
+        let version = rows.first().map_or(0, |row| row.get::<_, i64>(0) as u64);
+        Ok((version > 0).then_some(version))
+    }
+
+    async fn read_all(
+        &self,
+        after: LogPosition,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        let rows = self
+            .query_read(
+                &self.sql.read_all,
+                &[
+                    &after.commit.to_string(),
+                    &(after.position as i64),
+                    &(limit.min(i64::MAX as usize) as i64),
+                ],
+            )
+            .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn head(&self) -> Result<LogPosition, ReadError> {
+        let rows = self.query_read(&self.sql.head, &[]).await?;
+        Ok(rows.first().map_or(LogPosition::START, |row| LogPosition {
+            commit: row.get::<_, i64>(0) as u64,
+            position: row.get::<_, i64>(1) as u64,
+        }))
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
+    fn partition_count(&self) -> u16 {
+        self.options.partitions
+    }
+}
+
+/// Keeps a `LISTEN` connection open and turns notifications into change signals; reconnects
+/// with backoff when the server goes away (subscribers keep polling meanwhile).
+async fn listen(url: String, channel: String, changes: watch::Sender<u64>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match tokio_postgres::connect(&url, NoTls).await {
+            Ok((client, mut connection)) => {
+                let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                let listen_sql = format!("LISTEN {channel}");
+                let listen = client.batch_execute(&listen_sql);
+                let mut listen = std::pin::pin!(listen);
+                let mut listening = false;
+                backoff = Duration::from_millis(100);
+                loop {
+                    tokio::select! {
+                        done = &mut listen, if !listening => {
+                            if done.is_err() { break; }
+                            listening = true;
+                            // Anything committed while we were not listening is picked up now.
+                            changes.send_modify(|n| *n = n.wrapping_add(1));
+                        }
+                        message = messages.next() => match message {
+                            Some(Ok(AsyncMessage::Notification(_))) => {
+                                changes.send_modify(|n| *n = n.wrapping_add(1));
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(_)) | None => break,
+                        }
+                    }
+                }
+                tracing::warn!("lost the PostgreSQL LISTEN connection; reconnecting");
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot open the PostgreSQL LISTEN connection")
+            }
+        }
+        if changes.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Sends `NOTIFY` after local commits so other processes wake; bursts coalesce into one.
+async fn notify_loop(pool: Pool, channel: String, wake: Arc<Notify>) {
+    let statement = format!("NOTIFY {channel}");
+    loop {
+        wake.notified().await;
+        if let Ok(client) = pool.get().await
+            && let Err(err) = client.batch_execute(&statement).await
+        {
+            tracing::debug!(error = %err, "NOTIFY failed; subscribers fall back to polling");
+        }
+    }
+}

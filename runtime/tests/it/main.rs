@@ -1,0 +1,11 @@
+//! Integration tests of the runtime: the store contract on every backend, the command path,
+//! snapshots, and PostgreSQL-specific guarantees.
+
+mod command;
+mod domain;
+mod snapshot;
+mod store_contract;
+mod support;
+
+#[cfg(feature = "postgres")]
+mod postgres;

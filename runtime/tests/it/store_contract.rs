@@ -1,0 +1,500 @@
+//! The `EventStore` contract: one suite, run against the embedded store and PostgreSQL.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use nexus_runtime::event::partition_of;
+use nexus_runtime::store::subscribe;
+use nexus_runtime::{
+    AppendError, EventId, EventStore, ExpectedVersion, LogPosition, Metadata, NewEvent, ReadError,
+    StreamId,
+};
+
+fn event(n: u32) -> NewEvent {
+    NewEvent::from_json(
+        "Happened",
+        1,
+        format!(r#"{{"n":{n}}}"#),
+        Metadata::correlated("corr-1"),
+    )
+    .expect("valid JSON")
+}
+
+fn events(range: std::ops::Range<u32>) -> Vec<NewEvent> {
+    range.map(event).collect()
+}
+
+fn stream(id: &str) -> StreamId {
+    StreamId::new("thing", id)
+}
+
+async fn appends_and_reads_back_in_order(store: Arc<dyn EventStore>) {
+    let s = stream("a");
+    let first = store
+        .append(&s, ExpectedVersion::NoStream, events(0..3))
+        .await
+        .unwrap();
+    assert_eq!(first.version, 3);
+    assert_eq!(first.event_ids.len(), 3);
+    assert!(first.first_position < first.last_position);
+    let second = store
+        .append(&s, ExpectedVersion::Exact(3), events(3..5))
+        .await
+        .unwrap();
+    assert_eq!(second.version, 5);
+    let read = store.read_stream(&s, 1, None).await.unwrap();
+    let versions: Vec<u64> = read.iter().map(|e| e.version).collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    let ns: Vec<serde_json::Value> = read
+        .iter()
+        .map(|e| serde_json::from_str::<serde_json::Value>(e.payload.get()).unwrap()["n"].clone())
+        .collect();
+    assert_eq!(ns, (0..5).map(serde_json::Value::from).collect::<Vec<_>>());
+    let e = &read[0];
+    assert_eq!(e.stream, s);
+    assert_eq!(e.event_type, "Happened");
+    assert_eq!(e.schema_version, 1);
+    assert_eq!(e.metadata.correlation_id.as_deref(), Some("corr-1"));
+    assert_eq!(e.partition, partition_of("a", store.partition_count()));
+    assert_eq!(store.stream_version(&s).await.unwrap(), Some(5));
+    let window = store.read_stream(&s, 2, Some(3)).await.unwrap();
+    assert_eq!(window.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
+}
+
+async fn rejects_stale_expected_version_with_actual(store: Arc<dyn EventStore>) {
+    let s = stream("b");
+    store
+        .append(&s, ExpectedVersion::NoStream, events(0..2))
+        .await
+        .unwrap();
+    let err = store
+        .append(&s, ExpectedVersion::Exact(1), events(2..3))
+        .await
+        .unwrap_err();
+    match err {
+        AppendError::Conflict {
+            actual, expected, ..
+        } => {
+            assert_eq!(actual, 2);
+            assert_eq!(expected, ExpectedVersion::Exact(1));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let err = store
+        .append(&s, ExpectedVersion::NoStream, events(2..3))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::Conflict { actual: 2, .. }),
+        "{err:?}"
+    );
+    let err = store
+        .append(&s, ExpectedVersion::Exact(7), events(2..3))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::Conflict { actual: 2, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("is at version 2, expected 7"),
+        "{err}"
+    );
+    let unknown = stream("never");
+    let err = store
+        .append(&unknown, ExpectedVersion::Exact(3), events(0..1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::Conflict { actual: 0, .. }),
+        "{err:?}"
+    );
+    let any = store
+        .append(&s, ExpectedVersion::Any, events(2..3))
+        .await
+        .unwrap();
+    assert_eq!(any.version, 3);
+    assert_eq!(store.read_stream(&s, 1, None).await.unwrap().len(), 3);
+}
+
+async fn retried_append_with_same_ids_is_idempotent(store: Arc<dyn EventStore>) {
+    let s = stream("c");
+    let batch = events(0..3);
+    let first = store
+        .append(&s, ExpectedVersion::NoStream, batch.clone())
+        .await
+        .unwrap();
+    assert!(!first.idempotent_replay);
+    for expected in [
+        ExpectedVersion::NoStream,
+        ExpectedVersion::Any,
+        ExpectedVersion::Exact(0),
+    ] {
+        let again = store.append(&s, expected, batch.clone()).await.unwrap();
+        assert!(again.idempotent_replay);
+        assert_eq!(again.version, first.version);
+        assert_eq!(again.event_ids, first.event_ids);
+        assert_eq!(again.last_position, first.last_position);
+    }
+    assert_eq!(store.read_stream(&s, 1, None).await.unwrap().len(), 3);
+    // The same id with other content is not a retry.
+    let mut changed = batch[0].clone();
+    changed.payload = serde_json::value::RawValue::from_string(r#"{"n":99}"#.into()).unwrap();
+    let err = store
+        .append(&s, ExpectedVersion::Any, vec![changed])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::DuplicateEventId { .. }),
+        "{err:?}"
+    );
+    assert_eq!(store.read_stream(&s, 1, None).await.unwrap().len(), 3);
+}
+
+async fn failed_batch_writes_nothing(store: Arc<dyn EventStore>) {
+    let s = stream("d");
+    store
+        .append(&s, ExpectedVersion::NoStream, events(0..1))
+        .await
+        .unwrap();
+    let mut batch = events(1..4);
+    batch[2] =
+        NewEvent::from_json("Happened", 1, r#"{"bad":"\u0000"}"#, Metadata::default()).unwrap();
+    let err = store
+        .append(&s, ExpectedVersion::Exact(1), batch)
+        .await
+        .unwrap_err();
+    match &err {
+        AppendError::InvalidEvent { index, reason, .. } => {
+            assert_eq!(*index, 2);
+            assert!(reason.contains("NUL"), "{reason}");
+        }
+        other => panic!("expected an invalid event, got {other:?}"),
+    }
+    // A batch that repeats an id inside itself fails whole, too.
+    let one = event(5);
+    let err = store
+        .append(
+            &s,
+            ExpectedVersion::Exact(1),
+            vec![event(4), one.clone(), one],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::DuplicateEventId { .. }),
+        "{err:?}"
+    );
+    assert_eq!(store.stream_version(&s).await.unwrap(), Some(1));
+    assert_eq!(store.read_stream(&s, 1, None).await.unwrap().len(), 1);
+}
+
+async fn rejects_bad_batches_with_clear_errors(store: Arc<dyn EventStore>) {
+    let s = stream("e");
+    let err = store
+        .append(&s, ExpectedVersion::Any, Vec::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::BatchSize { len: 0, .. }),
+        "{err:?}"
+    );
+    let err = store
+        .append(&s, ExpectedVersion::Any, events(0..10_001))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AppendError::BatchSize {
+                len: 10_001,
+                max: 10_000
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("1 to 10000 events, got 10001"),
+        "{err}"
+    );
+    let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(2 * 1024 * 1024));
+    let err = store
+        .append(
+            &s,
+            ExpectedVersion::Any,
+            vec![NewEvent::from_json("Big", 1, big, Metadata::default()).unwrap()],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::InvalidEvent { index: 0, .. }),
+        "{err:?}"
+    );
+    let mut unnamed = event(0);
+    unnamed.event_type = String::new();
+    let err = store
+        .append(&s, ExpectedVersion::Any, vec![unnamed])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("event type is empty"), "{err}");
+    let err = store
+        .append(
+            &StreamId::new("thing", ""),
+            ExpectedVersion::Any,
+            events(0..1),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AppendError::InvalidStream { .. }), "{err:?}");
+    assert_eq!(store.stream_version(&s).await.unwrap(), None);
+}
+
+async fn unknown_stream_is_not_found(store: Arc<dyn EventStore>) {
+    let s = stream("missing");
+    let err = store.read_stream(&s, 1, None).await.unwrap_err();
+    assert!(
+        matches!(err, ReadError::StreamNotFound(ref id) if *id == s),
+        "{err:?}"
+    );
+    assert_eq!(err.to_string(), "stream `thing-missing` does not exist");
+    assert_eq!(store.stream_version(&s).await.unwrap(), None);
+    let err = store
+        .read_stream_between(&s, Utc::now() - chrono::Duration::hours(1), Utc::now(), 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ReadError::StreamNotFound(_)), "{err:?}");
+    // A known stream read past its end is empty, not missing.
+    store
+        .append(&stream("short"), ExpectedVersion::NoStream, events(0..1))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .read_stream(&stream("short"), 5, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn reads_a_stream_within_a_time_range(store: Arc<dyn EventStore>) {
+    let s = stream("timed");
+    store
+        .append(&s, ExpectedVersion::NoStream, events(0..2))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let middle = Utc::now();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    store
+        .append(&s, ExpectedVersion::Exact(2), events(2..5))
+        .await
+        .unwrap();
+    let early = store
+        .read_stream_between(&s, middle - chrono::Duration::hours(1), middle, 100)
+        .await
+        .unwrap();
+    assert_eq!(early.iter().map(|e| e.version).collect::<Vec<_>>(), [1, 2]);
+    let late = store
+        .read_stream_between(&s, middle, Utc::now() + chrono::Duration::seconds(1), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        late.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [3, 4, 5]
+    );
+    let limited = store
+        .read_stream_between(&s, middle, Utc::now() + chrono::Duration::seconds(1), 2)
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 2);
+    let err = store
+        .read_stream_between(&s, Utc::now(), middle, 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ReadError::InvalidRange(_)), "{err:?}");
+}
+
+async fn global_log_reads_every_event_once_in_order(store: Arc<dyn EventStore>) {
+    for (i, id) in ["x", "y", "z"].into_iter().enumerate() {
+        store
+            .append(
+                &stream(id),
+                ExpectedVersion::NoStream,
+                events(0..(i as u32 + 2)),
+            )
+            .await
+            .unwrap();
+    }
+    // Events become readable in the global log once every transaction that could commit
+    // before them has finished, so page until all nine have shown up.
+    let mut seen = Vec::new();
+    let mut after = LogPosition::START;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while seen.len() < 9 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 9 events readable",
+            seen.len()
+        );
+        let page = store.read_all(after, 2).await.unwrap();
+        if page.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        after = page.last().unwrap().log_position();
+        seen.extend(page);
+    }
+    assert!(
+        store.read_all(after, 10).await.unwrap().is_empty(),
+        "nothing after the last event"
+    );
+    assert_eq!(seen.len(), 2 + 3 + 4);
+    let positions: Vec<LogPosition> = seen.iter().map(|e| e.log_position()).collect();
+    let mut sorted = positions.clone();
+    sorted.sort();
+    assert_eq!(positions, sorted, "log order is strictly increasing");
+    let ids: HashSet<EventId> = seen.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), seen.len(), "no event twice");
+    assert_eq!(store.head().await.unwrap(), *positions.last().unwrap());
+}
+
+async fn subscription_delivers_commits_as_they_happen(store: Arc<dyn EventStore>) {
+    store
+        .append(&stream("before"), ExpectedVersion::NoStream, events(0..2))
+        .await
+        .unwrap();
+    let mut subscription = subscribe(Arc::clone(&store), LogPosition::START);
+    for expected in 1..=2 {
+        let e = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.version, expected);
+    }
+    let writer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            for i in 0..20 {
+                store
+                    .append(&stream("live"), ExpectedVersion::Exact(i), events(0..1))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    for expected in 1..=20 {
+        let e = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+            .await
+            .expect("a committed event reaches the subscriber")
+            .unwrap();
+        assert_eq!(e.stream, stream("live"));
+        assert_eq!(e.version, expected);
+    }
+    writer.await.unwrap();
+    // Resuming from a position skips nothing and repeats nothing.
+    let resume_at = subscription.position();
+    store
+        .append(&stream("after"), ExpectedVersion::NoStream, events(0..1))
+        .await
+        .unwrap();
+    let mut resumed = subscribe(Arc::clone(&store), resume_at);
+    let e = tokio::time::timeout(Duration::from_secs(5), resumed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.stream, stream("after"));
+}
+
+async fn racing_writers_get_one_winner_per_version(store: Arc<dyn EventStore>) {
+    const TASKS: usize = 8;
+    const PER_TASK: usize = 15;
+    let s = stream("contended");
+    let mut handles = Vec::new();
+    for task in 0..TASKS {
+        let store = Arc::clone(&store);
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            let mut won = Vec::new();
+            let mut conflicts = 0;
+            while won.len() < PER_TASK {
+                let version = store.stream_version(&s).await.unwrap().unwrap_or(0);
+                let e = event(task as u32);
+                let id = e.id;
+                match store
+                    .append(&s, ExpectedVersion::Exact(version), vec![e])
+                    .await
+                {
+                    Ok(result) => {
+                        assert_eq!(result.version, version + 1);
+                        won.push((result.version, id));
+                    }
+                    Err(AppendError::Conflict { actual, .. }) => {
+                        assert!(actual > version, "a conflict reports a newer version");
+                        conflicts += 1;
+                    }
+                    Err(other) => panic!("unexpected error: {other:?}"),
+                }
+            }
+            (won, conflicts)
+        }));
+    }
+    let mut winners = Vec::new();
+    for handle in handles {
+        let (won, _conflicts) = handle.await.unwrap();
+        winners.extend(won);
+    }
+    winners.sort();
+    let stored = store.read_stream(&s, 1, None).await.unwrap();
+    assert_eq!(
+        stored.len(),
+        TASKS * PER_TASK,
+        "every acknowledged append is stored, nothing else"
+    );
+    for (expected_version, (event, (won_version, won_id))) in (1..).zip(stored.iter().zip(&winners))
+    {
+        assert_eq!(event.version, expected_version, "no gaps, no duplicates");
+        assert_eq!(*won_version, expected_version, "one winner per version");
+        assert_eq!(event.id, *won_id, "the winner's event is the one stored");
+    }
+}
+
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let (store, _dir) = crate::support::embedded();
+                    super::$test(store).await;
+                }
+            )*
+        }
+
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let Some(db) = crate::support::TestDb::create().await else { return };
+                    super::$test(db.store().await).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    appends_and_reads_back_in_order,
+    rejects_stale_expected_version_with_actual,
+    retried_append_with_same_ids_is_idempotent,
+    failed_batch_writes_nothing,
+    rejects_bad_batches_with_clear_errors,
+    unknown_stream_is_not_found,
+    reads_a_stream_within_a_time_range,
+    global_log_reads_every_event_once_in_order,
+    subscription_delivers_commits_as_they_happen,
+    racing_writers_get_one_winner_per_version,
+);
