@@ -173,7 +173,7 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
 
     let facts = facts::gather(root, &config, schemas.as_deref())?;
     let violations = rules.evaluate(facts.input)?;
-    let sources = facts.sources;
+    let mut sources = facts.sources;
 
     let mut findings = Vec::new();
     for (index, violation) in violations {
@@ -237,7 +237,11 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
     };
     let (baseline, baseline_text) = Baseline::load(&baseline_path)?;
     let baseline_name = baseline_rel.to_string_lossy().replace('\\', "/");
-    extra.extend(baseline.apply(&mut findings, &baseline_name, &baseline_text));
+    let stale = baseline.apply(&mut findings, &baseline_name, &baseline_text);
+    if !stale.is_empty() {
+        sources.insert(baseline_name.clone(), Arc::from(baseline_text.as_str()));
+    }
+    extra.extend(stale);
 
     diagnostic::assign_fingerprints(&mut extra, |span| snippet(&sources, span));
     findings.extend(extra);

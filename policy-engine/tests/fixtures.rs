@@ -36,3 +36,19 @@ fn rule_fixtures() {
         });
     });
 }
+
+#[test]
+fn a_wrong_annotation_fails_the_harness() {
+    let fixture = Fixture::parse(
+        std::path::Path::new("rules/event-store-mutation/tests/fail/x.rs"),
+        "pub fn f(pool: &Pool) { sqlx::query(\"SELECT 1 FROM events\").fetch_one(pool); } // error: [event-store-mutation]\n",
+    );
+    let report = check_fixture(&fixture);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        fixture.assert_annotations(&report)
+    }));
+    assert!(
+        outcome.is_err(),
+        "an annotated line without a finding must fail"
+    );
+}

@@ -1,0 +1,208 @@
+//! `nexus bench check --lines N`: generates a workspace of N lines of Rust and times `nexus check`
+//! on it (a child process of this binary, release build recommended), printing JSON.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::Args;
+use serde::Serialize;
+
+use super::Outcome;
+use crate::output;
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchCheckArgs {
+    /// Lines of Rust to generate.
+    #[arg(long, default_value_t = 200_000)]
+    pub(crate) lines: usize,
+    /// Packages to spread them over.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) packages: usize,
+    /// Generate into this folder and keep it (default: a temporary folder, removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) keep: Option<PathBuf>,
+    /// Timed runs; the JSON reports each and the fastest.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) runs: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct BenchReport {
+    lines: usize,
+    files: usize,
+    packages: usize,
+    runs_seconds: Vec<f64>,
+    best_seconds: f64,
+    findings: usize,
+    exit_code: Option<i32>,
+    target_seconds: f64,
+    within_target: bool,
+}
+
+const LINES_PER_FILE: usize = 400;
+
+pub(crate) fn run(args: BenchCheckArgs) -> anyhow::Result<Outcome> {
+    let (dir, temporary) = match &args.keep {
+        Some(dir) => (dir.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("nexus-bench-check-{}", std::process::id())),
+            true,
+        ),
+    };
+    let generated = generate(&dir, args.lines, args.packages.max(2));
+    let result = generated.and_then(|(files, lines)| {
+        let exe = std::env::current_exe().context("failed to find the `nexus` binary")?;
+        let mut runs = Vec::new();
+        let mut last = None;
+        for _ in 0..args.runs.max(1) {
+            let start = Instant::now();
+            let out = std::process::Command::new(&exe)
+                .arg("check")
+                .arg(&dir)
+                .args(["--format", "json"])
+                .output()
+                .context("failed to run `nexus check`")?;
+            runs.push((start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0);
+            last = Some(out);
+        }
+        let out = last.expect("at least one run");
+        if out.status.code() == Some(2) {
+            anyhow::bail!(
+                "`nexus check` failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .context("`nexus check --format json` printed no JSON")?;
+        let findings = json["findings"].as_array().map_or(0, Vec::len);
+        let best = runs.iter().copied().fold(f64::INFINITY, f64::min);
+        Ok(BenchReport {
+            lines,
+            files,
+            packages: args.packages.max(2),
+            runs_seconds: runs,
+            best_seconds: best,
+            findings,
+            exit_code: out.status.code(),
+            target_seconds: 3.0,
+            within_target: best < 3.0,
+        })
+    });
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    output::json(&result?)?;
+    Ok(Outcome::Clean)
+}
+
+/// Writes a workspace of `packages` crates with about `lines` lines of Rust; returns (files, lines).
+fn generate(dir: &Path, lines: usize, packages: usize) -> anyhow::Result<(usize, usize)> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("failed to create `{}`", dir.display()))?;
+    let names: Vec<String> = (0..packages)
+        .map(|i| match i {
+            0 => "command-service".to_owned(),
+            1 => "query-dashboard".to_owned(),
+            i => format!("service-{i}"),
+        })
+        .collect();
+    let members: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[workspace]\nmembers = [{}]\nresolver = \"3\"\n",
+            members.join(", ")
+        ),
+    )?;
+    let mut config = String::new();
+    for (i, name) in names.iter().enumerate() {
+        let role = match i {
+            0 => "command",
+            1 => "query",
+            _ => "service",
+        };
+        let env = name.to_uppercase().replace('-', "_");
+        writeln!(
+            config,
+            "[services.{name}]\npackage = {name:?}\nrole = {role:?}\naddresses = [{name:?}, \"{env}_URL\"]\n"
+        )?;
+    }
+    config.push_str("[event_store]\ntables = [\"events\"]\n");
+    std::fs::write(dir.join("nexus.toml"), config)?;
+    std::fs::create_dir_all(dir.join("schemas"))?;
+
+    let files = lines.div_ceil(LINES_PER_FILE).max(1);
+    let mut written = 0;
+    for index in 0..files {
+        let package = &names[index % packages];
+        let src = dir.join(package).join("src");
+        std::fs::create_dir_all(&src)?;
+        let body = module(index, LINES_PER_FILE.min(lines - written.min(lines)).max(1));
+        written += body.lines().count();
+        std::fs::write(src.join(format!("m{index}.rs")), body)?;
+    }
+    for package in &names {
+        let src = dir.join(package).join("src");
+        std::fs::create_dir_all(&src)?;
+        let mut lib = String::from("//! Generated benchmark crate.\n");
+        for index in (0..files).filter(|i| names[i % packages] == *package) {
+            writeln!(lib, "pub mod m{index};")?;
+        }
+        written += lib.lines().count();
+        std::fs::write(src.join("lib.rs"), lib)?;
+        std::fs::write(
+            dir.join(package).join("Cargo.toml"),
+            format!("[package]\nname = {package:?}\nversion = \"0.1.0\"\nedition = \"2024\"\n"),
+        )?;
+    }
+    Ok((files + packages, written))
+}
+
+/// One generated module of about `lines` lines: structs, SQL, HTTP calls, events and tests.
+fn module(index: usize, lines: usize) -> String {
+    let mut out = format!(
+        "//! Generated module {index}.\nuse std::collections::HashMap;\n\nconst TABLE_{index}: &str = \"orders_read_model\";\nconst API_{index}: &str = \"https://api.example.com/v1\";\n\n"
+    );
+    let mut item = 0;
+    while out.lines().count() + 24 < lines {
+        let n = index * 1000 + item;
+        let violation = n % 997 == 0;
+        let sql = if violation {
+            "UPDATE events SET payload = $1 WHERE id = $2"
+        } else {
+            "SELECT id, payload FROM events WHERE stream_id = $1 ORDER BY version"
+        };
+        write!(
+            out,
+            r#"#[derive(Debug, Clone, serde::Serialize)]
+pub struct Order{n} {{
+    pub id: u64,
+    pub total_cents: i64,
+    pub note: Option<String>,
+}}
+
+pub async fn load_{n}(pool: &sqlx::PgPool, stream: &str) -> sqlx::Result<Vec<Order{n}>> {{
+    let rows = sqlx::query("{sql}").bind(stream).fetch_all(pool).await?;
+    let mut totals: HashMap<u64, i64> = HashMap::new();
+    for (i, row) in rows.iter().enumerate() {{
+        *totals.entry(i as u64).or_default() += row.len() as i64;
+    }}
+    sqlx::query(&format!("UPDATE {{}} SET total = $1", TABLE_{index})).execute(pool).await?;
+    let client = reqwest::Client::new();
+    let _ = client.get(format!("{{API_{index}}}/orders/{n}")).send().await;
+    tracing::info!("loaded {{}} orders for {{}}", totals.len(), stream);
+    Ok(totals.into_iter().map(|(id, total_cents)| Order{n} {{ id, total_cents, note: None }}).collect())
+}}
+
+"#
+        )
+        .expect("writing to a string");
+        item += 1;
+    }
+    while out.lines().count() < lines {
+        out.push_str("// padding\n");
+    }
+    out
+}
