@@ -1,0 +1,381 @@
+//! `nexus registry serve` and `nexus schema …` end to end, plus a real Confluent client against the server.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::support::nexus_bin;
+
+/// A `nexus registry serve` child process, stopped when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = format!("sqlite:{}", dir.path().join("registry.db").display());
+        let mut child = Command::new(nexus_bin())
+            .args([
+                "registry",
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--storage",
+                &storage,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nexus registry serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut first = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("read the bound address");
+        let url = first.trim().to_owned();
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "first line is the URL: {url:?}"
+        );
+        Self {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+
+    fn schema(&self, args: &[&str]) -> Output {
+        Command::new(nexus_bin())
+            .arg("schema")
+            .args(args)
+            .args(["--registry", &self.url])
+            .output()
+            .expect("run nexus schema")
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "registry did not stop within 10s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status: {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn write(path: &Path, body: &str) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, body).expect("write schema");
+}
+
+const V1: &str = r#"{
+  "type": "object",
+  "properties": {
+    "id": {"type": "string"},
+    "customer": {
+      "type": "object",
+      "properties": {
+        "email": {"type": "string"}
+      }
+    }
+  }
+}
+"#;
+
+const V1_1_ADDITIVE: &str = r#"{
+  "type": "object",
+  "properties": {
+    "id": {"type": "string"},
+    "customer": {
+      "type": "object",
+      "properties": {
+        "email": {"type": "string"},
+        "phone": {"type": "string", "maxLength": 20}
+      }
+    }
+  }
+}
+"#;
+
+const V1_2_RENAME: &str = r#"{
+  "type": "object",
+  "properties": {
+    "id": {"type": "string"},
+    "customer": {
+      "type": "object",
+      "properties": {
+        "mail": {"type": "string"},
+        "phone": {"type": "string", "maxLength": 20}
+      }
+    }
+  }
+}
+"#;
+
+#[test]
+fn schema_commands_register_check_get_and_list_against_a_served_registry() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = dir.path().join("v1.json");
+    let additive = dir.path().join("additive.yaml");
+    let rename = dir.path().join("rename.json");
+    write(&v1, V1);
+    // YAML input is accepted as well.
+    write(
+        &additive,
+        "type: object\nproperties:\n  id:\n    type: string\n  customer:\n    type: object\n    properties:\n      email:\n        type: string\n      phone:\n        type: string\n        maxLength: 20\n",
+    );
+    write(&rename, V1_2_RENAME);
+
+    let out = server.schema(&["register", "orders", v1.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("version 1"),
+        "{}",
+        text(&out)
+    );
+
+    let out = server.schema(&["check", "orders", additive.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let out = server.schema(&["check", "orders", rename.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("property-renamed"), "{}", text(&out));
+    assert!(
+        stdout.contains("`email` was renamed to `mail`"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains("rename.json:8:"),
+        "diagnostic points at file and line: {}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains("major_version"),
+        "remediation is shown: {}",
+        text(&out)
+    );
+
+    // Registering the incompatible file fails with findings and stores nothing.
+    let out = server.schema(&["register", "orders", rename.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // The breaking change is accepted as the next major version.
+    let out = server.schema(&[
+        "register",
+        "orders",
+        rename.to_str().expect("utf-8"),
+        "--major",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("semver 2.0.0"),
+        "{}",
+        text(&out)
+    );
+
+    let out = server.schema(&["get", "orders"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let latest: serde_json::Value = serde_json::from_slice(&out.stdout).expect("get prints JSON");
+    assert_eq!(latest["version"], 2);
+    assert_eq!(latest["schemaType"], "JSON");
+
+    let out = server.schema(&["list"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "orders",
+        "{}",
+        text(&out)
+    );
+    let out = server.schema(&["list", "orders"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1\n2",
+        "{}",
+        text(&out)
+    );
+
+    let out = server.schema(&["diff", "orders@1", "orders@2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("breaking"),
+        "{}",
+        text(&out)
+    );
+
+    let status = server.terminate();
+    assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+}
+
+#[test]
+fn schema_check_dir_offline_reports_file_line_and_property_and_exits_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let schemas = dir.path().join("schemas");
+    write(&schemas.join("orders/1.0.0.json"), V1);
+    write(&schemas.join("orders/1.1.0.json"), V1_1_ADDITIVE);
+    write(&schemas.join("orders/1.2.0.json"), V1_2_RENAME);
+    write(&schemas.join("payments.json"), r#"{"type": "object"}"#);
+
+    let out = Command::new(nexus_bin())
+        .args(["schema", "check", "--offline", "--dir"])
+        .arg(&schemas)
+        .output()
+        .expect("run nexus schema check");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1.2.0.json:8:"), "{}", text(&out));
+    assert!(
+        stdout.contains("nexus::schema::property-renamed"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains("checked 4 schema(s): 1 violation(s)"),
+        "{}",
+        text(&out)
+    );
+
+    // The fix: publish the rename as the next major version.
+    std::fs::rename(
+        schemas.join("orders/1.2.0.json"),
+        schemas.join("orders/2.0.0.json"),
+    )
+    .expect("rename");
+    let out = Command::new(nexus_bin())
+        .args(["schema", "check", "--offline", "--dir"])
+        .arg(&schemas)
+        .output()
+        .expect("run nexus schema check");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Skipping a major version is reported too.
+    std::fs::rename(
+        schemas.join("orders/2.0.0.json"),
+        schemas.join("orders/3.0.0.json"),
+    )
+    .expect("rename");
+    let out = Command::new(nexus_bin())
+        .args(["schema", "check", "--offline", "--dir"])
+        .arg(&schemas)
+        .output()
+        .expect("run nexus schema check");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("major-version-skipped"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn schema_check_dir_against_the_registry_uses_the_newest_file() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let schemas = dir.path().join("schemas");
+    write(&schemas.join("orders/1.0.0.json"), V1);
+    let out = server.schema(&[
+        "register",
+        "orders",
+        schemas.join("orders/1.0.0.json").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    write(&schemas.join("orders/1.1.0.json"), V1_1_ADDITIVE);
+    let dir_arg = schemas.to_str().expect("utf-8");
+    let out = server.schema(&["check", "--dir", dir_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    write(&schemas.join("orders/1.2.0.json"), V1_2_RENAME);
+    let out = server.schema(&["check", "--dir", dir_arg]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1.2.0.json:8:"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn schema_commands_fail_with_exit_two_when_the_registry_is_unreachable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("v1.json");
+    write(&file, V1);
+    let out = Command::new(nexus_bin())
+        .args(["schema", "register", "orders"])
+        .arg(&file)
+        .args(["--registry", "http://127.0.0.1:1"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the registry"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn confluent_kafka_python_client_talks_to_the_registry() {
+    let Ok(python) = std::env::var("NEXUS_TEST_PYTHON") else {
+        assert!(
+            std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "NEXUS_TEST_PYTHON is required when NEXUS_REQUIRE_SERVICES=1"
+        );
+        #[expect(
+            clippy::print_stderr,
+            reason = "tell the developer the test did not run"
+        )]
+        {
+            eprintln!("skipped: NEXUS_TEST_PYTHON not set");
+        }
+        return;
+    };
+    let server = Server::start();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/it/fixtures/confluent_client.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(&server.url)
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("confluent-kafka client: ok"),
+        "{}",
+        text(&out)
+    );
+}
