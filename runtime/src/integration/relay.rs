@@ -207,6 +207,8 @@ impl IntegrationRelay {
 }
 
 /// Controls a running relay: its status, waiting for progress, and a clean stop.
+///
+/// Dropping the handle stops the relay too, without waiting for it to finish.
 #[derive(Debug)]
 pub struct RelayHandle {
     name: String,

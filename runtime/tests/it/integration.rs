@@ -492,6 +492,43 @@ async fn relay_resumes_from_its_checkpoint_after_a_restart() {
     assert_eq!(second_payments.len(), p2.len());
 }
 
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_delivers_every_event_from_postgres_under_concurrent_writers() {
+    let Some(db) = crate::support::TestDb::create().await else {
+        return;
+    };
+    let store = db.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue_for_relay(&dir).await;
+    let checkpoints = Arc::new(EmbeddedCheckpoints::open(dir.path().join("cp.db")).unwrap());
+    let relay = start(&store, q.clone(), &checkpoints, "pg").await;
+    let writers: Vec<_> = (0..4u32)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { append_mix(&store, w * 1000, 45).await })
+        })
+        .collect();
+    let (mut orders, mut payments) = (HashSet::new(), HashSet::new());
+    for writer in writers {
+        let (o, p, _) = writer.await.unwrap();
+        orders.extend(o);
+        payments.extend(p);
+    }
+    relay
+        .wait_for(store.head().await.unwrap(), WAIT)
+        .await
+        .expect("relay catches up");
+    relay.stop().await.unwrap();
+    let got_orders = drain(&q, "orders").await;
+    let got_payments = drain(&q, "payments").await;
+    assert_eq!(got_orders.keys().copied().collect::<HashSet<_>>(), orders);
+    assert_eq!(
+        got_payments.keys().copied().collect::<HashSet<_>>(),
+        payments
+    );
+}
+
 /// A real embedded queue behind a switch that fails deliveries on demand.
 struct Flaky {
     inner: Arc<EmbeddedQueue>,
@@ -900,15 +937,15 @@ mod rabbitmq {
                         i,
                     )
                     .await;
-                    if i % 20 == 0 {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    if i % 10 == 0 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
             })
         };
         // Close the sink's connection repeatedly while events stream through it.
         for _ in 0..5 {
-            tokio::time::sleep(Duration::from_millis(30)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             sink.close_connection().await;
         }
         writer.await.unwrap();
