@@ -1,14 +1,16 @@
 //! The integration relay: tails the store from a checkpoint, routes, delivers, then checkpoints.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
 
 use super::routing::RoutingTable;
-use super::sink::{IntegrationSink, RoutedEvent};
+use super::sink::{IntegrationSink, RoutedEvent, SinkError};
 use crate::checkpoint::{CheckpointError, CheckpointStore};
 use crate::event::{LogPosition, RecordedEvent};
 use crate::store::{self, EventStore};
@@ -367,7 +369,8 @@ impl Worker {
         Some(batch)
     }
 
-    /// Delivers `routed` until the sink confirms it; false if stopped first.
+    /// Delivers `routed` until the sink confirms it; false if stopped first. A panicking sink
+    /// counts as a failed delivery, so the relay task survives it.
     async fn deliver(&mut self, routed: &[RoutedEvent]) -> bool {
         let mut attempt = 0;
         loop {
@@ -375,7 +378,12 @@ impl Worker {
             let result = tokio::select! {
                 biased;
                 () = stopped(&mut self.stop) => return false,
-                result = sink.deliver(routed) => result,
+                result = AssertUnwindSafe(sink.deliver(routed)).catch_unwind() => {
+                    result.unwrap_or_else(|panic| Err(SinkError::Backend {
+                        sink: sink.name().to_owned(),
+                        source: format!("the sink panicked: {}", panic_message(panic.as_ref())).into(),
+                    }))
+                }
             };
             match result {
                 Ok(()) => {
@@ -503,6 +511,15 @@ fn checkpoint_key(name: &str) -> String {
 /// Resolves once the stop flag is raised or its sender is gone.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// The text of a panic payload, when it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }
 
 /// An error and its sources, joined with `: `.

@@ -532,6 +532,7 @@ async fn relay_delivers_every_event_from_postgres_under_concurrent_writers() {
 /// A real embedded queue behind a switch that fails deliveries on demand.
 struct Flaky {
     inner: Arc<EmbeddedQueue>,
+    panic_next: AtomicU32,
     fail_next: AtomicU32,
     calls: AtomicU32,
 }
@@ -544,6 +545,11 @@ impl IntegrationSink for Flaky {
 
     async fn deliver(&self, batch: &[RoutedEvent]) -> Result<(), SinkError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        let panicking = self
+            .panic_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        assert!(!panicking, "the sink blew up");
         let failing = self
             .fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -568,6 +574,7 @@ async fn relay_retries_a_failing_sink_with_backoff_and_loses_nothing() {
     let (orders, payments, _) = append_mix(&store, 0, 40).await;
     let sink = Arc::new(Flaky {
         inner: q.clone(),
+        panic_next: AtomicU32::new(1),
         fail_next: AtomicU32::new(4),
         calls: AtomicU32::new(0),
     });
@@ -577,9 +584,10 @@ async fn relay_retries_a_failing_sink_with_backoff_and_loses_nothing() {
         .wait_for(store.head().await.unwrap(), WAIT)
         .await
         .unwrap();
-    // Four failures waited 5 + 10 + 20 + 40 ms (capped at 40).
-    assert!(started.elapsed() >= Duration::from_millis(75));
-    assert_eq!(status.failures, 4);
+    // One panic and four failures waited 5 + 10 + 20 + 40 + 40 ms (capped at 40).
+    assert!(started.elapsed() >= Duration::from_millis(115));
+    assert_eq!(status.failures, 5);
+    assert!(sink.calls.load(Ordering::SeqCst) >= 6);
     assert_eq!(status.consecutive_failures, 0);
     assert!(
         status
@@ -968,6 +976,67 @@ mod rabbitmq {
         assert!(
             sink.connections_opened() >= 2,
             "the sink reconnected after its connection was closed"
+        );
+        broker.cleanup().await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_broker_is_retried_without_advancing_the_checkpoint() {
+        // No server needed: nothing listens on port 1 of the loopback interface.
+        let (store, dir) = embedded();
+        append(&store, &StreamId::new("order", "1"), "OrderPlaced", 1).await;
+        let mut options = RabbitMqOptions::new("amqp://guest:guest@127.0.0.1:1/%2f");
+        options.connect_timeout = Duration::from_millis(500);
+        let routing = RoutingTable::new().route("*", "nowhere", "#").unwrap();
+        let relay = relay(
+            &store,
+            Arc::new(RabbitMqSink::new(options)),
+            &dir,
+            routing,
+            10,
+        )
+        .await;
+        let mut status = relay.status();
+        for _ in 0..200 {
+            status = relay.status();
+            if status.failures >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(status.failures >= 2, "{status:?}");
+        assert!(
+            status
+                .last_error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("unavailable"),
+            "{status:?}"
+        );
+        assert_eq!(status.checkpoint, nexus_runtime::LogPosition::START);
+        assert_eq!(status.lag_events, 1);
+        relay.stop().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_conflicting_queue_declaration_fails_at_connect() {
+        let Some(url) = url() else { return };
+        let broker = Broker::new(&url, "conflict").await;
+        // The queue exists already, without a dead-letter exchange.
+        broker
+            .channel
+            .queue_declare(
+                broker.queue.name.as_str().into(),
+                lapin::options::QueueDeclareOptions::durable(),
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let err = RabbitMqSink::connect(broker.options(&url))
+            .await
+            .expect_err("the declaration conflicts");
+        assert!(
+            matches!(err, nexus_runtime::integration::SinkError::Topology { ref what, .. } if what.contains(&broker.queue.name)),
+            "{err:?}"
         );
         broker.cleanup().await;
     }
