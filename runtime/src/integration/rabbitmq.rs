@@ -28,6 +28,21 @@ use tracing::{debug, info, warn};
 use super::sink::{IntegrationSink, RoutedEvent, SinkError, headers};
 use crate::event::RecordedEvent;
 
+/// The kind of a declared queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QueueType {
+    /// A classic durable queue.
+    #[default]
+    Classic,
+    /// A replicated quorum queue. With a delivery limit, a message returned to the queue
+    /// (nacked with requeue, or left unacked by a consumer that went away) more than that many
+    /// times is dead-lettered, like the embedded queue's `max_deliveries`.
+    Quorum {
+        /// Redeliveries allowed before the message is dead-lettered.
+        delivery_limit: Option<u32>,
+    },
+}
+
 /// A durable queue the sink declares and binds, with its own dead-letter queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueSpec {
@@ -37,6 +52,8 @@ pub struct QueueSpec {
     pub exchange: String,
     /// Its binding keys (topic patterns, e.g. `order.*` or `#`).
     pub binding_keys: Vec<String>,
+    /// Classic or quorum.
+    pub queue_type: QueueType,
 }
 
 impl QueueSpec {
@@ -50,7 +67,14 @@ impl QueueSpec {
             name: name.into(),
             exchange: exchange.into(),
             binding_keys: vec![binding_key.into()],
+            queue_type: QueueType::Classic,
         }
+    }
+
+    /// The same queue as a quorum queue, dead-lettering after `delivery_limit` redeliveries.
+    pub fn quorum(mut self, delivery_limit: Option<u32>) -> Self {
+        self.queue_type = QueueType::Quorum { delivery_limit };
+        self
     }
 
     /// The queue's dead-letter exchange: `<queue>.dlx`.
@@ -296,6 +320,18 @@ impl RabbitMqSink {
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(LongString::from(dlx.as_str())),
         );
+        if let QueueType::Quorum { delivery_limit } = spec.queue_type {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(LongString::from("quorum")),
+            );
+            if let Some(limit) = delivery_limit {
+                arguments.insert(
+                    "x-delivery-limit".into(),
+                    AMQPValue::LongInt(i32::try_from(limit).unwrap_or(i32::MAX)),
+                );
+            }
+        }
         channel
             .queue_declare(
                 spec.name.as_str().into(),

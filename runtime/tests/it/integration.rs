@@ -1040,4 +1040,62 @@ mod rabbitmq {
         );
         broker.cleanup().await;
     }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quorum_queue_dead_letters_after_its_delivery_limit() {
+        let Some(url) = url() else { return };
+        let mut broker = Broker::new(&url, "quorum").await;
+        broker.queue = broker.queue.clone().quorum(Some(2));
+        let (store, dir) = embedded();
+        let id = append(&store, &StreamId::new("order", "1"), "OrderPlaced", 3).await;
+        let sink = Arc::new(
+            RabbitMqSink::connect(broker.options(&url))
+                .await
+                .expect("connect"),
+        );
+        let relay = relay(&store, sink, &dir, broker.routing(), 10).await;
+        relay
+            .wait_for(store.head().await.unwrap(), WAIT)
+            .await
+            .unwrap();
+        relay.stop().await.unwrap();
+
+        // Each nack with requeue hands the message back; the third return exceeds the limit.
+        let mut deliveries = 0;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::Instant::now() < deadline {
+            let got = broker
+                .channel
+                .basic_get(
+                    broker.queue.name.as_str().into(),
+                    BasicGetOptions::default(),
+                )
+                .await
+                .unwrap();
+            let Some(message) = got else {
+                if deliveries > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            deliveries += 1;
+            message
+                .delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(deliveries, 3, "delivered once plus two redeliveries");
+        let dead = broker.collect(&broker.queue.dead_letter_queue(), 1).await;
+        assert!(
+            dead.contains_key(&id),
+            "dead-lettered after the delivery limit"
+        );
+        broker.cleanup().await;
+    }
 }
