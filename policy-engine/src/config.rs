@@ -83,23 +83,29 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML or has a value of the wrong shape.
-    #[error("invalid configuration: {message}")]
-    #[diagnostic(
-        code(nexus::config),
-        help("see the `nexus.toml` section of the README for the format")
-    )]
-    Invalid {
-        /// What is wrong.
-        message: String,
-        /// The file text.
-        #[source_code]
-        src: NamedSource<String>,
-        /// Where.
-        #[label("here")]
-        span: Option<SourceSpan>,
-        /// 1-based line of the problem, for non-graphical renderers.
-        line: Option<usize>,
-    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Invalid(Box<InvalidConfig>),
+}
+
+/// Where and why `nexus.toml` is invalid.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("invalid configuration: {message}")]
+#[diagnostic(
+    code(nexus::config),
+    help("see the `nexus.toml` section of the README for the format")
+)]
+pub struct InvalidConfig {
+    /// What is wrong.
+    pub message: String,
+    /// The file text.
+    #[source_code]
+    pub src: NamedSource<String>,
+    /// Where.
+    #[label("here")]
+    pub span: Option<SourceSpan>,
+    /// 1-based line of the problem, for non-graphical renderers.
+    pub line: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -171,12 +177,12 @@ impl Config {
             let line = range
                 .as_ref()
                 .map(|r| text[..r.start.min(text.len())].matches('\n').count() + 1);
-            ConfigError::Invalid {
+            ConfigError::Invalid(Box::new(InvalidConfig {
                 message,
                 src: NamedSource::new(name, text.to_owned()),
                 span: range.map(|r| SourceSpan::from((r.start, r.len()))),
                 line,
-            }
+            }))
         };
         let raw: RawConfig =
             toml::from_str(text).map_err(|err| invalid(err.message().to_owned(), err.span()))?;
@@ -283,9 +289,13 @@ tables = ["ES.\"Events\""]
     fn an_unknown_role_points_at_its_line() {
         let err = Config::parse("nexus.toml", "[services.a]\nrole = \"reader\"\n").unwrap_err();
         match err {
-            ConfigError::Invalid { line, message, .. } => {
-                assert_eq!(line, Some(2));
-                assert!(message.contains("unknown role `reader`"), "{message}");
+            ConfigError::Invalid(invalid) => {
+                assert_eq!(invalid.line, Some(2));
+                assert!(
+                    invalid.message.contains("unknown role `reader`"),
+                    "{}",
+                    invalid.message
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -295,7 +305,7 @@ tables = ["ES.\"Events\""]
     fn an_unknown_key_is_an_error_with_a_line() {
         let err = Config::parse("nexus.toml", "[event_store]\n\ntable = [1]\n").unwrap_err();
         assert!(
-            matches!(err, ConfigError::Invalid { line: Some(3), .. }),
+            matches!(&err, ConfigError::Invalid(i) if i.line == Some(3)),
             "{err:?}"
         );
     }

@@ -162,9 +162,12 @@ impl RuleSet {
 
     /// Evaluates every rule's `deny` set against `input`.
     pub fn evaluate(&mut self, input: Value) -> Result<Vec<(usize, Violation)>, CheckError> {
+        let started = std::time::Instant::now();
         self.engine.set_input(regorus::Value::from(input));
+        tracing::debug!(elapsed = ?started.elapsed(), "converted the input for regorus");
         let mut out = Vec::new();
         for (index, rule) in self.rules.iter().enumerate() {
+            let started = std::time::Instant::now();
             let value = self
                 .engine
                 .eval_rule(format!("{}.deny", rule.package))
@@ -172,6 +175,7 @@ impl RuleSet {
                     rule: rule.name.clone(),
                     message: err.to_string(),
                 })?;
+            tracing::debug!(rule = %rule.name, elapsed = ?started.elapsed(), "evaluated");
             if value == regorus::Value::Undefined {
                 continue;
             }

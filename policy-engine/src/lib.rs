@@ -172,7 +172,9 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
     };
 
     let facts = facts::gather(root, &config, schemas.as_deref())?;
+    let started = std::time::Instant::now();
     let violations = rules.evaluate(facts.input)?;
+    tracing::debug!(violations = violations.len(), elapsed = ?started.elapsed(), "evaluated rules");
     let mut sources = facts.sources;
 
     let mut findings = Vec::new();

@@ -85,13 +85,13 @@ pub fn from_registry_response(body: &str) -> Result<RegisteredSchema, CheckError
     };
     let response: Response =
         serde_json::from_str(body).map_err(|err| invalid(format!("unexpected response: {err}")))?;
-    if let Some(kind) = &response.schema_type {
-        if kind != "JSON" {
-            return Err(invalid(format!(
-                "subject `{}` has a {kind} schema; only JSON Schema is supported",
-                response.subject
-            )));
-        }
+    if let Some(kind) = &response.schema_type
+        && kind != "JSON"
+    {
+        return Err(invalid(format!(
+            "subject `{}` has a {kind} schema; only JSON Schema is supported",
+            response.subject
+        )));
     }
     let schema: Value = serde_json::from_str(&response.schema).map_err(|err| {
         invalid(format!(

@@ -163,15 +163,16 @@ pub fn apply_inline(findings: &mut [Finding], allows: &[Allow]) -> Vec<Finding> 
                 .any(|r| r.eq_ignore_ascii_case(&finding.code) || *r == finding.rule);
             let lines =
                 allow.target_line == finding.span.line || allow.span.line == finding.span.line;
-            if names && lines {
-                if let Some(reason) = &allow.reason {
-                    used[i] = true;
-                    finding.suppressed = Some(Suppression::Inline {
-                        reason: reason.clone(),
-                        span: allow.span.clone(),
-                    });
-                    break;
-                }
+            if names
+                && lines
+                && let Some(reason) = &allow.reason
+            {
+                used[i] = true;
+                finding.suppressed = Some(Suppression::Inline {
+                    reason: reason.clone(),
+                    span: allow.span.clone(),
+                });
+                break;
             }
         }
     }

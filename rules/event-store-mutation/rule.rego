@@ -51,9 +51,15 @@ event_table(op) if {
 	op.name == t
 }
 
+# `input.call_index` maps a call name to the positions of its calls in `input.calls`.
+calls_named(names) := [input.calls[i] | some name in names; some i in object.get(input.call_index, name, [])] if {
+	input.call_index
+}
+
+calls_named(names) := [c | some c in input.calls; c.name in names] if not input.call_index
+
 deny contains v if {
-	some c in input.calls
-	c.name in sql_sinks
+	some c in calls_named(sql_sinks)
 	checked(c)
 	some a in c.args
 	some op in a.sql.ops
@@ -69,8 +75,7 @@ deny contains v if {
 }
 
 deny contains v if {
-	some c in input.calls
-	c.name in store_mutations
+	some c in calls_named(store_mutations)
 	c.kind != "macro"
 	checked(c)
 	v := {

@@ -281,10 +281,10 @@ impl ManifestIndex {
             let line_no = index as u32 + 1;
             let line = raw.trim();
             if line.starts_with('[') {
-                if let Some((key, line)) = header_key.take() {
-                    if let Some((kind, target)) = &section {
-                        entries.push((*kind, target.clone(), key, line, false));
-                    }
+                if let Some((key, line)) = header_key.take()
+                    && let Some((kind, target)) = &section
+                {
+                    entries.push((*kind, target.clone(), key, line, false));
                 }
                 let header = line
                     .trim_start_matches('[')

@@ -37,7 +37,8 @@ pub struct Facts {
     pub files: usize,
 }
 
-/// A call as rules see it.
+/// A call as rules see it. Empty fields are left out to keep the input small: Rego treats a
+/// missing `origin`, `receiver` or `args` like an empty one, and a missing `test` as false.
 #[derive(Debug, Serialize)]
 struct CallFact<'a> {
     file: &'a str,
@@ -45,17 +46,21 @@ struct CallFact<'a> {
     span: &'a Span,
     kind: &'static str,
     name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
     path: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
     origin: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
     receiver: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     args: Vec<ArgFact>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     test: bool,
 }
 
 struct SourceFile {
     rel: String,
     package: usize,
-    test: bool,
     text: Arc<str>,
 }
 
@@ -69,28 +74,35 @@ pub fn gather(
         root: root.display().to_string(),
         message: err.to_string(),
     })?;
+    let started = std::time::Instant::now();
     let packages = cargo::load(&root)?;
     let reach = cargo::reachability(&packages);
+    tracing::debug!(packages = packages.len(), elapsed = ?started.elapsed(), "cargo metadata and graph");
 
-    let files = discover(&root, &packages);
+    let files = discover(&packages);
     let parsed: Vec<(SourceFile, FileFacts)> = files
         .into_par_iter()
         .map(|(path, package, test)| {
             let rel = cargo::relative(&root, &path);
-            let text: Arc<str> = std::fs::read_to_string(&path).unwrap_or_default().into();
-            let facts = syntax::extract(&rel, &text, test);
-            (
-                SourceFile {
-                    rel,
-                    package,
-                    test,
-                    text,
-                },
-                facts,
-            )
+            let (text, facts) = match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let facts = syntax::extract(&rel, &text, test);
+                    (Arc::from(text), facts)
+                }
+                Err(err) => {
+                    let span = Span::line_of(&rel, "", 1);
+                    let facts = FileFacts {
+                        parse_error: Some((format!("cannot read the file: {err}"), span)),
+                        ..FileFacts::default()
+                    };
+                    (Arc::from(""), facts)
+                }
+            };
+            (SourceFile { rel, package, text }, facts)
         })
         .collect();
 
+    tracing::debug!(files = parsed.len(), elapsed = ?started.elapsed(), "parsed Rust files");
     let mut consts: Vec<ConstTable> = packages.iter().map(|_| ConstTable::default()).collect();
     let mut sources = HashMap::new();
     let mut allows = Vec::new();
@@ -103,7 +115,6 @@ pub fn gather(
             parse_errors.push(error.clone());
         }
         allows.extend(suppress::scan(&file.rel, &file.text));
-        let _ = file.test;
     }
     for package in &packages {
         let path = root.join(&package.manifest);
@@ -198,6 +209,15 @@ pub fn gather(
         })
         .collect();
 
+    // Rules look calls up by name instead of scanning every call.
+    let mut call_index: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, call) in calls.iter().enumerate() {
+        if let Some(name) = call["name"].as_str() {
+            call_index.entry(name).or_default().push(index);
+        }
+    }
+    let call_index = serde_json::to_value(&call_index).expect("the call index serialises");
+
     let input = json!({
         "config": {
             "services": config.services,
@@ -207,12 +227,14 @@ pub fn gather(
         "packages": package_facts,
         "reach": reach,
         "calls": calls,
+        "call_index": call_index,
         "events": events,
         "protos": protos,
         "schemas": schemas.unwrap_or_default(),
         "schemas_loaded": schemas.is_some(),
     });
 
+    tracing::debug!(calls = input["calls"].as_array().map_or(0, Vec::len), elapsed = ?started.elapsed(), "built the rule input");
     let count = parsed.len();
     for (file, _) in parsed {
         sources.insert(file.rel, file.text);
@@ -227,7 +249,7 @@ pub fn gather(
 }
 
 /// Lists `.rs` files of each package: (path, package index, is test code).
-fn discover(root: &Path, packages: &[cargo::PackageFact]) -> Vec<(PathBuf, usize, bool)> {
+fn discover(packages: &[cargo::PackageFact]) -> Vec<(PathBuf, usize, bool)> {
     let dirs: Vec<&Path> = packages.iter().map(|p| p.abs_dir.as_path()).collect();
     let mut files = Vec::new();
     for (index, package) in packages.iter().enumerate() {
@@ -259,6 +281,5 @@ fn discover(root: &Path, packages: &[cargo::PackageFact]) -> Vec<(PathBuf, usize
             }
         }
     }
-    let _ = root;
     files
 }

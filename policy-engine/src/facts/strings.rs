@@ -73,7 +73,7 @@ impl ConstTable {
         self.walk(expr, &mut out, 0);
         let sql = out
             .known
-            .then(|| out.text.as_str())
+            .then_some(out.text.as_str())
             .or_else(|| (!out.text.is_empty()).then_some(out.sql_text.as_str()))
             .filter(|t| sql::looks_like_sql(t))
             .map(sql::analyse);

@@ -279,12 +279,12 @@ impl Walker<'_> {
 
     fn resolve_path(&self, path: &syn::Path) -> String {
         let mut segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
-        if path.leading_colon.is_none() {
-            if let Some(full) = segments.first().and_then(|first| self.aliases.get(first)) {
-                let mut resolved: Vec<String> = full.split("::").map(str::to_owned).collect();
-                resolved.extend(segments.drain(1..));
-                segments = resolved;
-            }
+        if path.leading_colon.is_none()
+            && let Some(full) = segments.first().and_then(|first| self.aliases.get(first))
+        {
+            let mut resolved: Vec<String> = full.split("::").map(str::to_owned).collect();
+            resolved.extend(segments.drain(1..));
+            segments = resolved;
         }
         segments.join("::")
     }
@@ -323,10 +323,10 @@ impl Walker<'_> {
                     return StrExpr::Unknown;
                 };
                 let ident = last.ident.to_string();
-                if segments.len() == 1 {
-                    if let Some(local) = self.locals.get(&ident) {
-                        return StrExpr::Bound(local.span.clone(), Box::new(local.value.clone()));
-                    }
+                if segments.len() == 1
+                    && let Some(local) = self.locals.get(&ident)
+                {
+                    return StrExpr::Bound(local.span.clone(), Box::new(local.value.clone()));
                 }
                 if is_const_name(&ident) {
                     StrExpr::Const(ident)
@@ -364,10 +364,10 @@ impl Walker<'_> {
                     {
                         return StrExpr::Env(name.value());
                     }
-                    if let Some(arg) = first {
-                        if let StrExpr::Lit(name) = self.resolved_lit(arg) {
-                            return StrExpr::Env(name);
-                        }
+                    if let Some(arg) = first
+                        && let StrExpr::Lit(name) = self.resolved_lit(arg)
+                    {
+                        return StrExpr::Env(name);
                     }
                     return StrExpr::Unknown;
                 }
@@ -383,12 +383,11 @@ impl Walker<'_> {
                             | "new"
                             | "from_str"
                     )
+                    && let Some(arg) = first
                 {
-                    if let Some(arg) = first {
-                        let inner = self.str_expr(arg);
-                        if inner.is_informative() {
-                            return inner;
-                        }
+                    let inner = self.str_expr(arg);
+                    if inner.is_informative() {
+                        return inner;
                     }
                 }
                 StrExpr::Unknown
@@ -450,10 +449,10 @@ impl Walker<'_> {
         for arg in &args[1..] {
             match arg {
                 Expr::Assign(assign) => {
-                    if let Expr::Path(p) = &*assign.left {
-                        if let Some(ident) = p.path.get_ident() {
-                            named.insert(ident.to_string(), &*assign.right);
-                        }
+                    if let Expr::Path(p) = &*assign.left
+                        && let Some(ident) = p.path.get_ident()
+                    {
+                        named.insert(ident.to_string(), &*assign.right);
                     }
                 }
                 other => positional.push(other),
@@ -549,13 +548,12 @@ impl Walker<'_> {
             syn::MacroDelimiter::Bracket(b) => b.span.close(),
         };
         let span = span_between(self.file, mac.path.span(), close);
-        if name == "include_proto" {
-            if let Some(Expr::Lit(syn::ExprLit {
+        if name == "include_proto"
+            && let Some(Expr::Lit(syn::ExprLit {
                 lit: Lit::Str(s), ..
             })) = Self::macro_args(mac).and_then(|a| a.into_iter().next())
-            {
-                self.out.protos.push((s.value(), span.clone()));
-            }
+        {
+            self.out.protos.push((s.value(), span.clone()));
         }
         match Self::macro_args(mac) {
             Some(args) => {
@@ -618,72 +616,70 @@ impl Walker<'_> {
                 }
                 _ => None,
             };
-            if group.delimiter() == Delimiter::Parenthesis {
-                if let Some((ident, at)) = ident {
-                    let is_macro = at + 1 != i;
-                    let parsed = syn::parse::Parser::parse2(
-                        Punctuated::<Expr, Token![,]>::parse_terminated,
-                        group.stream(),
-                    );
-                    if let Ok(args) = parsed {
-                        let method = at > 0
-                            && matches!(&trees[at - 1], TokenTree::Punct(p) if p.as_char() == '.');
-                        let mut segments = vec![ident.to_string()];
-                        let mut j = at;
-                        while j >= 3 {
-                            match (&trees[j - 1], &trees[j - 2], &trees[j - 3]) {
-                                (
-                                    TokenTree::Punct(a),
-                                    TokenTree::Punct(b),
-                                    TokenTree::Ident(seg),
-                                ) if a.as_char() == ':' && b.as_char() == ':' => {
-                                    segments.insert(0, seg.to_string());
-                                    j -= 3;
-                                }
-                                _ => break,
+            if group.delimiter() == Delimiter::Parenthesis
+                && let Some((ident, at)) = ident
+            {
+                let is_macro = at + 1 != i;
+                let parsed = syn::parse::Parser::parse2(
+                    Punctuated::<Expr, Token![,]>::parse_terminated,
+                    group.stream(),
+                );
+                if let Ok(args) = parsed {
+                    let method = at > 0
+                        && matches!(&trees[at - 1], TokenTree::Punct(p) if p.as_char() == '.');
+                    let mut segments = vec![ident.to_string()];
+                    let mut j = at;
+                    while j >= 3 {
+                        match (&trees[j - 1], &trees[j - 2], &trees[j - 3]) {
+                            (TokenTree::Punct(a), TokenTree::Punct(b), TokenTree::Ident(seg))
+                                if a.as_char() == ':' && b.as_char() == ':' =>
+                            {
+                                segments.insert(0, seg.to_string());
+                                j -= 3;
                             }
+                            _ => break,
                         }
-                        let path = if method {
-                            String::new()
-                        } else {
-                            self.resolve_segments(&segments)
-                        };
-                        let name = if method {
-                            ident.to_string()
-                        } else {
-                            path.rsplit("::").next().unwrap_or_default().to_owned()
-                        };
-                        let args: Vec<Expr> = args.into_iter().collect();
-                        let string_args = if is_macro && FORMAT_MACROS.contains(&name.as_str()) {
-                            let value = self.format_str(&args);
-                            args.first()
-                                .filter(|_| value.is_informative())
-                                .map(|a| vec![(self.span(a.span()), value)])
-                                .unwrap_or_default()
-                        } else {
-                            self.string_args(&args)
-                        };
-                        self.push_call(RawCall {
-                            kind: if is_macro {
-                                "macro"
-                            } else if method {
-                                "method"
-                            } else {
-                                "fn"
-                            },
-                            name,
-                            path,
-                            origin: String::new(),
-                            receiver: String::new(),
-                            args: string_args,
-                            span: span_between(self.file, ident.span(), group.span_close()),
-                            test: self.test(),
-                        });
-                        for arg in &args {
-                            self.visit_expr(arg);
-                        }
-                        continue;
                     }
+                    let path = if method {
+                        String::new()
+                    } else {
+                        self.resolve_segments(&segments)
+                    };
+                    let name = if method {
+                        ident.to_string()
+                    } else {
+                        path.rsplit("::").next().unwrap_or_default().to_owned()
+                    };
+                    let args: Vec<Expr> = args.into_iter().collect();
+                    let string_args = if is_macro && FORMAT_MACROS.contains(&name.as_str()) {
+                        let value = self.format_str(&args);
+                        args.first()
+                            .filter(|_| value.is_informative())
+                            .map(|a| vec![(self.span(a.span()), value)])
+                            .unwrap_or_default()
+                    } else {
+                        self.string_args(&args)
+                    };
+                    self.push_call(RawCall {
+                        kind: if is_macro {
+                            "macro"
+                        } else if method {
+                            "method"
+                        } else {
+                            "fn"
+                        },
+                        name,
+                        path,
+                        origin: String::new(),
+                        receiver: String::new(),
+                        args: string_args,
+                        span: span_between(self.file, ident.span(), group.span_close()),
+                        test: self.test(),
+                    });
+                    for arg in &args {
+                        self.visit_expr(arg);
+                    }
+                    continue;
                 }
             }
             self.scan_tokens(group.stream());

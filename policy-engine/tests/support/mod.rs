@@ -1,7 +1,11 @@
 //! Shared helpers of the policy-engine integration tests: fixture files with `//- path`
 //! headers, materialised into a temporary workspace, and plain rendering of diagnostics.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test binary uses a different subset of these helpers"
+)]
 
 use std::path::{Path, PathBuf};
 
