@@ -206,7 +206,9 @@ impl Rule {
             | Rule::EnumExtended
             | Rule::ConstraintRelaxed
             | Rule::AdditionalPropertiesExtended
-            | Rule::CombinedTypeExtended => "no change needed under the NEXUS level",
+            | Rule::CombinedTypeExtended => {
+                "readers of the old schema reject the values this change admits; keep the previous definition, or use a BACKWARD or NEXUS level"
+            }
         };
         if level == Level::Nexus {
             format!(

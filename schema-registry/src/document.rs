@@ -47,10 +47,26 @@ pub fn parse(text: &str) -> Result<Value, ParseError> {
 /// The canonical text of a parsed schema (see the module documentation).
 pub fn canonical(text: &str, value: &Value, normalize: bool) -> String {
     if normalize || !looks_like_json(text) {
-        // `serde_json::Map` keeps keys sorted in this workspace, so this is the normalised form.
-        value.to_string()
+        sorted(value).to_string()
     } else {
         minify(text)
+    }
+}
+
+/// The value with object keys in sorted order at every depth (whatever `serde_json`'s map type).
+fn sorted(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), sorted(&map[k])))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
     }
 }
 

@@ -108,9 +108,18 @@ pub enum ApiError {
         /// The configured limit.
         limit: usize,
     },
+    /// 42209, when the request body is over the limit before the schema can be read.
+    #[error("Request body is above the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The body limit.
+        limit: usize,
+    },
     /// 50001.
     #[error("Error in the backend data store")]
     Storage(#[from] StorageError),
+    /// 50001, when registrations of one subject keep racing each other.
+    #[error("Subject '{0}' is being changed by too many concurrent registrations; retry")]
+    Contended(String),
     /// 50002.
     #[error("Operation timed out: the compatibility check did not finish in time")]
     CheckTimeout,
@@ -139,8 +148,12 @@ impl ApiError {
             ApiError::InvalidMode(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42204),
             ApiError::NotPermitted(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42205),
             ApiError::InvalidSubject(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42208),
-            ApiError::SchemaTooLarge { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42209),
-            ApiError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50001),
+            ApiError::SchemaTooLarge { .. } | ApiError::BodyTooLarge { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, 42209)
+            }
+            ApiError::Storage(_) | ApiError::Contended(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, 50001)
+            }
             ApiError::CheckTimeout => (StatusCode::INTERNAL_SERVER_ERROR, 50002),
         }
     }

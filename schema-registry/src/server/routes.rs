@@ -158,10 +158,7 @@ fn body<T: for<'de> Deserialize<'de>>(
     limit: usize,
 ) -> Result<T, ApiError> {
     let bytes = bytes.map_err(|e| match e {
-        BytesRejection::FailedToBufferBody(_) => ApiError::SchemaTooLarge {
-            size: usize::MAX,
-            limit,
-        },
+        BytesRejection::FailedToBufferBody(_) => ApiError::BodyTooLarge { limit },
         other => ApiError::MalformedRequest(other.body_text()),
     })?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedRequest(e.to_string()))
@@ -650,10 +647,7 @@ async fn register(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::Storage(StorageError::Conflict {
-        subject,
-        expected: 0,
-    }))
+    Err(ApiError::Contended(subject))
 }
 
 async fn lookup(

@@ -445,6 +445,14 @@ async fn bad_input_gets_a_clear_error_and_stores_nothing() {
         .await
         .expect("infallible");
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    let huge = r
+        .call(
+            Method::POST,
+            "/subjects/bad/versions",
+            Some(json!({"schema": "x".repeat(100_000), "schemaType": "JSON"})),
+        )
+        .await;
+    assert_error(&huge, StatusCode::UNPROCESSABLE_ENTITY, 42209);
     let chosen_id = r
         .call(
             Method::POST,
