@@ -2,6 +2,7 @@
 
 mod commands;
 mod output;
+mod sample;
 
 use std::process::ExitCode;
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 /// Sets up `tracing` output on stderr; `RUST_LOG` overrides the level.
 pub(crate) fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,nexus::registry=info",
         1 => "info,nexus=info",
         _ => "debug",
     };
@@ -35,7 +35,10 @@ pub(crate) fn line(text: &str) -> anyhow::Result<()> {
 }
 
 /// Renders an error that made the tool fail, with its chain of causes.
-#[expect(clippy::print_stderr, reason = "the one place that renders fatal errors")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the one place that renders fatal errors"
+)]
 pub(crate) fn report(err: &anyhow::Error) {
     match err.downcast_ref::<miette::Report>() {
         Some(report) => eprintln!("{report:?}"),

@@ -4,8 +4,14 @@
 //! features. With default features the store is an embedded SQLite file.
 
 pub mod aggregate;
+pub mod bus;
+pub mod checkpoint;
 pub mod command;
 pub mod event;
+#[cfg(feature = "http")]
+pub mod http;
+pub mod integration;
+pub mod projection;
 pub mod snapshot;
 pub mod store;
 pub mod testing;

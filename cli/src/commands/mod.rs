@@ -1,6 +1,13 @@
 //! The command tree of `nexus` and the dispatch from a parsed command to its module.
 
 pub(crate) mod bench;
+pub(crate) mod bench_check;
+pub(crate) mod bench_registry;
+pub(crate) mod bench_store;
+pub(crate) mod check;
+pub(crate) mod registry;
+pub(crate) mod rules;
+pub(crate) mod schema;
 pub(crate) mod up;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +33,17 @@ pub(crate) enum Command {
     /// Measure Nexus components and print JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Check architecture rules (Rego policies under `rules/`) over a workspace.
+    Check(check::CheckArgs),
+    /// Work with policy rules.
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
+    /// Run the schema registry.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
+    /// Register, check, read and compare schemas.
+    #[command(subcommand)]
+    Schema(schema::SchemaCommand),
 }
 
 /// What a successful command found.
@@ -42,6 +60,10 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Up(args) => up::run(args),
         Command::Bench(command) => bench::run(command),
+        Command::Check(args) => check::run(args),
+        Command::Rules(command) => rules::run(command),
+        Command::Registry(command) => registry::run(command),
+        Command::Schema(command) => schema::run(command),
     }
 }
 

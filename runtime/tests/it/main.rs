@@ -3,9 +3,13 @@
 
 mod command;
 mod domain;
+mod integration;
+mod projection;
 mod snapshot;
 mod store_contract;
 mod support;
 
+#[cfg(feature = "nats")]
+mod nats;
 #[cfg(feature = "postgres")]
 mod postgres;

@@ -12,6 +12,40 @@ pub(crate) fn embedded() -> (Arc<dyn EventStore>, tempfile::TempDir) {
     (Arc::new(store), dir)
 }
 
+/// The URL of a test server from `var`, or `None` (test skipped) when it is unset.
+#[allow(
+    dead_code,
+    reason = "used by the server-backed test modules that are compiled in"
+)]
+pub(crate) fn service_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) => Some(url),
+        Err(_) => {
+            skip(&format!("{var} not set"));
+            None
+        }
+    }
+}
+
+/// Skips a test that needs something this machine lacks; with `NEXUS_REQUIRE_SERVICES=1`
+/// (set by CI) the test fails instead.
+#[allow(
+    dead_code,
+    reason = "used by the server-backed test modules that are compiled in"
+)]
+pub(crate) fn skip(reason: &str) {
+    if std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("{reason}, but NEXUS_REQUIRE_SERVICES=1");
+    }
+    #[expect(
+        clippy::print_stderr,
+        reason = "tell the person running the tests why this one did nothing"
+    )]
+    {
+        eprintln!("skipped: {reason}");
+    }
+}
+
 #[cfg(feature = "postgres")]
 pub(crate) use pg::TestDb;
 
@@ -34,19 +68,7 @@ mod pg {
         ///
         /// With `NEXUS_REQUIRE_SERVICES=1` a missing server fails the test instead.
         pub(crate) async fn create() -> Option<Self> {
-            let Ok(admin_url) = std::env::var("NEXUS_TEST_POSTGRES_URL") else {
-                if std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                    panic!("NEXUS_TEST_POSTGRES_URL is not set but NEXUS_REQUIRE_SERVICES=1");
-                }
-                #[expect(
-                    clippy::print_stderr,
-                    reason = "tell the person running the tests why this one did nothing"
-                )]
-                {
-                    eprintln!("skipped: NEXUS_TEST_POSTGRES_URL not set");
-                }
-                return None;
-            };
+            let admin_url = super::service_url("NEXUS_TEST_POSTGRES_URL")?;
             let name = format!("nexus_test_{}", uuid::Uuid::now_v7().simple());
             let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
                 .await

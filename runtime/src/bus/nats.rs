@@ -1,0 +1,221 @@
+//! NATS JetStream bus: one file-backed stream of committed events, one durable pull consumer
+//! per projection, publications de-duplicated by event id (`Nats-Msg-Id`).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{HeaderMap, header};
+use async_trait::async_trait;
+use futures::StreamExt;
+
+use super::{Acker, BusConsumer, BusError, Delivery, EventBus};
+use crate::event::{LogPosition, RecordedEvent};
+
+/// Where and how events are kept in JetStream.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// The JetStream stream name.
+    pub stream: String,
+    /// Subjects are `{subject_prefix}.{partition}.{aggregate_type}`.
+    pub subject_prefix: String,
+    /// How long JetStream remembers message ids to drop duplicates.
+    pub duplicate_window: Duration,
+    /// How long a delivered, unacknowledged message waits before redelivery. Longer than the
+    /// longest retry backoff, so a retrying consumer is not handed the same event twice.
+    pub ack_wait: Duration,
+    /// Deliveries a consumer may hold unacknowledged.
+    pub max_ack_pending: i64,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        Self {
+            stream: "NEXUS_EVENTS".into(),
+            subject_prefix: "nexus.events".into(),
+            duplicate_window: Duration::from_secs(120),
+            ack_wait: Duration::from_secs(600),
+            max_ack_pending: 20_000,
+        }
+    }
+}
+
+/// The JetStream bus.
+#[derive(Clone)]
+pub struct JetStreamBus {
+    context: jetstream::Context,
+    stream: stream::Stream,
+    options: NatsOptions,
+}
+
+impl std::fmt::Debug for JetStreamBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamBus")
+            .field("stream", &self.options.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(err: impl std::error::Error + Send + Sync + 'static) -> BusError {
+    BusError::Unavailable(Box::new(err))
+}
+
+/// A subject token from free text: NATS subjects cannot hold `.`, `*`, `>` or whitespace.
+fn token(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl JetStreamBus {
+    /// Connects to `url` and creates the stream if it does not exist.
+    pub async fn connect(url: &str, options: NatsOptions) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(unavailable)?;
+        let context = jetstream::new(client);
+        let stream = context
+            .get_or_create_stream(stream::Config {
+                name: options.stream.clone(),
+                subjects: vec![format!("{}.>", options.subject_prefix)],
+                storage: stream::StorageType::File,
+                duplicate_window: options.duplicate_window,
+                ..stream::Config::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(Self {
+            context,
+            stream,
+            options,
+        })
+    }
+
+    /// Publishes committed events in order and waits until JetStream has stored each one.
+    ///
+    /// Publishing an event again within the duplicate window is acknowledged as a duplicate
+    /// and stores nothing.
+    pub async fn publish(&self, events: &[RecordedEvent]) -> Result<(), BusError> {
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let subject = format!(
+                "{}.{}.{}",
+                self.options.subject_prefix,
+                event.partition,
+                token(event.stream.aggregate_type())
+            );
+            let payload = serde_json::to_vec(event).map_err(|e| BusError::Backend(Box::new(e)))?;
+            let mut headers = HeaderMap::new();
+            headers.insert(header::NATS_MESSAGE_ID, event.id.to_string().as_str());
+            let ack = self
+                .context
+                .publish_with_headers(subject, headers, payload.into())
+                .await
+                .map_err(unavailable)?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// The number of messages the stream holds.
+    pub async fn stored_messages(&self) -> Result<u64, BusError> {
+        let mut stream = self.stream.clone();
+        Ok(stream.info().await.map_err(unavailable)?.state.messages)
+    }
+}
+
+struct NatsAcker(async_nats::jetstream::Message);
+
+#[async_trait]
+impl Acker for NatsAcker {
+    async fn ack(self: Box<Self>) -> Result<(), BusError> {
+        self.0.ack().await.map_err(BusError::Unavailable)
+    }
+}
+
+struct NatsConsumer {
+    consumer: consumer::PullConsumer,
+    messages: Option<consumer::pull::Stream>,
+}
+
+#[async_trait]
+impl BusConsumer for NatsConsumer {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        loop {
+            if self.messages.is_none() {
+                self.messages = Some(self.consumer.messages().await.map_err(unavailable)?);
+            }
+            let messages = self.messages.as_mut().expect("opened just above");
+            match messages.next().await {
+                Some(Ok(message)) => {
+                    let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+                    let event: RecordedEvent = match serde_json::from_slice(&message.payload) {
+                        Ok(event) => event,
+                        Err(err) => {
+                            // Not ours: terminate it so it is not redelivered forever.
+                            let _ = message.ack_with(jetstream::AckKind::Term).await;
+                            return Err(BusError::Malformed {
+                                sequence,
+                                source: Box::new(err),
+                            });
+                        }
+                    };
+                    return Ok(Delivery::with_acker(event, Box::new(NatsAcker(message))));
+                }
+                Some(Err(err)) => {
+                    // A missed heartbeat or a server restart: reopen the message stream.
+                    self.messages = None;
+                    return Err(unavailable(err));
+                }
+                None => self.messages = None,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for JetStreamBus {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    /// JetStream tracks a durable consumer's acknowledgements itself; a new consumer starts at
+    /// the beginning of the stream and the projection skips what it has already applied.
+    async fn consumer(
+        &self,
+        consumer: &str,
+        _from: LogPosition,
+    ) -> Result<Box<dyn BusConsumer>, BusError> {
+        let name = token(consumer);
+        let consumer = self
+            .stream
+            .get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.options.ack_wait,
+                    max_ack_pending: self.options.max_ack_pending,
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..consumer::pull::Config::default()
+                },
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(Box::new(NatsConsumer {
+            consumer,
+            messages: None,
+        }))
+    }
+}

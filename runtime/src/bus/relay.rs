@@ -1,0 +1,154 @@
+//! The relay: publishes committed events from the store's change-data-capture stream to the
+//! JetStream bus, after persistence and never as a second write of the command path.
+//!
+//! At-least-once from store to bus: the checkpoint moves only after JetStream stored a batch,
+//! and a batch published again after a crash is dropped by JetStream's duplicate window.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::nats::JetStreamBus;
+use crate::checkpoint::CheckpointStore;
+use crate::event::LogPosition;
+use crate::store::{EventStore, subscribe};
+
+/// Events published per JetStream round.
+const BATCH: usize = 512;
+
+/// Publishes the store's log to the bus.
+pub struct Relay {
+    name: String,
+    store: Arc<dyn EventStore>,
+    bus: JetStreamBus,
+    checkpoints: Arc<dyn CheckpointStore>,
+}
+
+impl Relay {
+    /// A relay named `name` (its checkpoint key) from `store` to `bus`.
+    pub fn new(
+        name: impl Into<String>,
+        store: Arc<dyn EventStore>,
+        bus: JetStreamBus,
+        checkpoints: Arc<dyn CheckpointStore>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            store,
+            bus,
+            checkpoints,
+        }
+    }
+
+    /// Starts relaying in a background task.
+    pub fn spawn(self) -> RelayHandle {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(self.run(stopped));
+        RelayHandle {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn run(self, mut stopped: oneshot::Receiver<()>) {
+        let mut backoff = Duration::from_millis(50);
+        let start = loop {
+            match self.checkpoints.load(&self.name).await {
+                Ok(position) => break position.unwrap_or(LogPosition::START),
+                Err(err) => {
+                    tracing::warn!(error = %err, relay = %self.name, "cannot read the relay checkpoint; retrying");
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let mut subscription = subscribe(Arc::clone(&self.store), start);
+        let mut pending = Vec::new();
+        loop {
+            if pending.is_empty() {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    next = subscription.next() => match next {
+                        Ok(event) => pending.push(event),
+                        Err(err) => {
+                            tracing::warn!(error = %err, relay = %self.name, "cannot read the log; retrying");
+                            tokio::time::sleep(backoff).await;
+                            continue;
+                        }
+                    },
+                }
+                match subscription.poll_ready(BATCH - 1).await {
+                    Ok(more) => pending.extend(more),
+                    Err(err) => {
+                        tracing::debug!(error = %err, "read-ahead failed; publishing what we have")
+                    }
+                }
+            }
+            let started = Instant::now();
+            match self.bus.publish(&pending).await {
+                Ok(()) => {
+                    let last = pending
+                        .last()
+                        .expect("a batch is never empty")
+                        .log_position();
+                    metrics::counter!("nexus_relay_published_total", "relay" => self.name.clone())
+                        .increment(pending.len() as u64);
+                    metrics::histogram!("nexus_relay_publish_seconds", "relay" => self.name.clone())
+                        .record(started.elapsed().as_secs_f64());
+                    if let Some(oldest) = pending.first() {
+                        let lag = (chrono::Utc::now() - oldest.recorded_at)
+                            .num_milliseconds()
+                            .max(0);
+                        metrics::gauge!("nexus_relay_lag_seconds", "relay" => self.name.clone())
+                            .set(lag as f64 / 1000.0);
+                    }
+                    pending.clear();
+                    backoff = Duration::from_millis(50);
+                    if let Err(err) = self.checkpoints.save(&self.name, last).await {
+                        // Republishing after a restart is harmless: JetStream drops duplicates.
+                        tracing::warn!(error = %err, relay = %self.name, "cannot save the relay checkpoint");
+                    }
+                }
+                Err(err) => {
+                    metrics::counter!("nexus_relay_failures_total", "relay" => self.name.clone())
+                        .increment(1);
+                    tracing::warn!(error = %err, relay = %self.name, events = pending.len(), "publish failed; retrying");
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Controls a running relay.
+pub struct RelayHandle {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// Stops the relay; events not yet confirmed by JetStream are published again on restart.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        if self.stop.is_some() {
+            self.task.abort();
+        }
+    }
+}

@@ -1,0 +1,731 @@
+//! The projection runner: one supervised task per projection, fed by its own bus consumer.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::Projection;
+use super::changes::Changes;
+use super::health::{HealthRegistry, ProjectionHealth, ProjectionStatus};
+use super::store::{Batch, DeadLetterStatus, NewDeadLetter, ReadModelError, ReadModelStore};
+use crate::bus::{BusError, Delivery, EventBus};
+use crate::event::{LogPosition, RecordedEvent, StreamId};
+use crate::store::{EventStore, ReadError};
+
+/// When to retry a failed event: exponential backoff from `initial`, capped at `max`, and
+/// `max_retries` retries after the first attempt before the event is dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrySchedule {
+    /// Delay before the first retry.
+    pub initial: Duration,
+    /// Longest delay between retries.
+    pub max: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+}
+
+impl Default for RetrySchedule {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            max_retries: 5,
+        }
+    }
+}
+
+impl RetrySchedule {
+    /// The delay before retry number `retry` (1-based).
+    pub fn delay(&self, retry: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retry.saturating_sub(1));
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// What happens to a key's later events once one of its events is dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeadLetterMode {
+    /// The key moves on; only the failed event waits in the dead-letter queue.
+    #[default]
+    Skip,
+    /// The key is parked: its later events queue behind the failed one, in order, until redriven.
+    Park,
+}
+
+/// How a runner drives its projections.
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// Retry schedule of failed events.
+    pub retry: RetrySchedule,
+    /// What a dead letter does to its key.
+    pub dead_letter: DeadLetterMode,
+    /// Events applied per commit.
+    pub batch_size: usize,
+    /// Events a projection holds in memory at most.
+    pub max_pending: usize,
+    /// How often the dead-letter queue is checked for redrive requests.
+    pub redrive_poll: Duration,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        Self {
+            retry: RetrySchedule::default(),
+            dead_letter: DeadLetterMode::Skip,
+            batch_size: 256,
+            max_pending: 10_000,
+            redrive_poll: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Starts projections, each in its own supervised task with its own read model file.
+#[derive(Clone)]
+pub struct ProjectionRunner {
+    store: Arc<dyn EventStore>,
+    bus: Arc<dyn EventBus>,
+    dir: PathBuf,
+    options: RunnerOptions,
+    health: HealthRegistry,
+}
+
+impl std::fmt::Debug for ProjectionRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionRunner")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProjectionRunner {
+    /// A runner reading `bus` (and `store`, to fill gaps), keeping read models under `dir`.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        bus: Arc<dyn EventBus>,
+        dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            store,
+            bus,
+            dir: dir.into(),
+            options: RunnerOptions::default(),
+            health: HealthRegistry::new(),
+        }
+    }
+
+    /// The same runner with other options.
+    pub fn with_options(mut self, options: RunnerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The health of every projection this runner started.
+    pub fn health(&self) -> HealthRegistry {
+        self.health.clone()
+    }
+
+    /// The read model file of projection `name`.
+    pub fn read_model_path(dir: &Path, name: &str) -> PathBuf {
+        dir.join(format!("{name}.db"))
+    }
+
+    /// Starts `projection` in its own supervised task.
+    pub fn spawn<P: Projection>(&self, projection: P) -> Result<ProjectionHandle, ReadModelError> {
+        let name = projection.name().to_owned();
+        let read_model = ReadModelStore::open(Self::read_model_path(&self.dir, &name))?;
+        let health = self.health.register(&name);
+        health.write().expect("health lock poisoned").dead_letters =
+            read_model.dead_letters()?.len() as u64;
+        let (stop, stopped) = watch::channel(false);
+        let worker = Worker {
+            name: name.clone(),
+            projection: Arc::new(projection),
+            read_model: read_model.clone(),
+            store: Arc::clone(&self.store),
+            bus: Arc::clone(&self.bus),
+            options: self.options.clone(),
+            health: Arc::clone(&health),
+        };
+        let task = tokio::spawn(supervise(worker, stopped));
+        Ok(ProjectionHandle {
+            name,
+            read_model,
+            health,
+            stop,
+            task,
+        })
+    }
+}
+
+/// Controls one running projection.
+pub struct ProjectionHandle {
+    name: String,
+    read_model: ReadModelStore,
+    health: Arc<RwLock<ProjectionHealth>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ProjectionHandle {
+    /// The projection's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its read model (documents, checkpoint, dead letters).
+    pub fn read_model(&self) -> &ReadModelStore {
+        &self.read_model
+    }
+
+    /// Its health now.
+    pub fn health(&self) -> ProjectionHealth {
+        self.health.read().expect("health lock poisoned").clone()
+    }
+
+    /// Stops it after the batch in progress commits.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        let _ = (&mut self.task).await;
+    }
+
+    /// Kills it at once, as a crash would: nothing after the last commit is kept.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WorkerError {
+    #[error(transparent)]
+    ReadModel(#[from] ReadModelError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("failed to read missing events from the store")]
+    Store(#[from] ReadError),
+    #[error("the bus consumer stopped")]
+    IntakeClosed,
+}
+
+async fn supervise<P: Projection>(worker: Worker<P>, mut stopped: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stopped.borrow() {
+            break;
+        }
+        match worker.run(stopped.clone()).await {
+            Ok(()) => break,
+            Err(err) => {
+                tracing::error!(projection = %worker.name, error = %err, "projection worker failed; restarting");
+                metrics::counter!("nexus_projection_restarts_total", "projection" => worker.name.clone()).increment(1);
+                worker.update_health(|h| {
+                    h.status = ProjectionStatus::Failing;
+                    h.last_error = Some(err.to_string());
+                });
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    worker.update_health(|h| h.status = ProjectionStatus::Stopped);
+}
+
+struct Worker<P> {
+    name: String,
+    projection: Arc<P>,
+    read_model: ReadModelStore,
+    store: Arc<dyn EventStore>,
+    bus: Arc<dyn EventBus>,
+    options: RunnerOptions,
+    health: Arc<RwLock<ProjectionHealth>>,
+}
+
+struct Item {
+    event: RecordedEvent,
+    delivery: Option<Delivery>,
+    /// The intake sequence number, for the checkpoint; `None` for gap fills and redrives.
+    seq: Option<u64>,
+    /// The dead letter this item redrives.
+    redrive: Option<i64>,
+}
+
+#[derive(Default)]
+struct KeyState {
+    queue: VecDeque<Item>,
+    attempts: u32,
+    first_failed: Option<DateTime<Utc>>,
+    retry_at: Option<Instant>,
+    in_ready: bool,
+    parked: bool,
+}
+
+#[derive(Default)]
+struct State {
+    keys: HashMap<StreamId, KeyState>,
+    ready: VecDeque<StreamId>,
+    /// Received events in order, for the checkpoint: (seq, position, recorded_at).
+    intake: VecDeque<(u64, LogPosition, DateTime<Utc>)>,
+    done: HashSet<u64>,
+    next_seq: u64,
+    pending: usize,
+    redriving: HashSet<i64>,
+    last_position: u64,
+    processed: u64,
+    dead_letters: u64,
+}
+
+impl State {
+    fn make_ready(&mut self, key: &StreamId) {
+        if let Some(state) = self.keys.get_mut(key)
+            && !state.in_ready
+            && state.retry_at.is_none()
+            && !state.queue.is_empty()
+        {
+            state.in_ready = true;
+            self.ready.push_back(key.clone());
+        }
+    }
+
+    fn enqueue(&mut self, item: Item, front: bool) {
+        let key = item.event.stream.clone();
+        let state = self.keys.entry(key.clone()).or_default();
+        if front {
+            state.queue.push_front(item);
+        } else {
+            state.queue.push_back(item);
+        }
+        self.pending += 1;
+        self.make_ready(&key);
+    }
+
+    fn receive(&mut self, delivery: Delivery) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let event = delivery.event.clone();
+        self.intake
+            .push_back((seq, event.log_position(), event.recorded_at));
+        self.enqueue(
+            Item {
+                event,
+                delivery: Some(delivery),
+                seq: Some(seq),
+                redrive: None,
+            },
+            false,
+        );
+    }
+
+    /// Moves keys whose retry time has come back to the ready queue.
+    fn release_due(&mut self, now: Instant) {
+        let due: Vec<StreamId> = self
+            .keys
+            .iter()
+            .filter(|(_, s)| s.retry_at.is_some_and(|at| at <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            if let Some(state) = self.keys.get_mut(&key) {
+                state.retry_at = None;
+            }
+            self.make_ready(&key);
+        }
+    }
+
+    fn next_retry(&self) -> Option<Instant> {
+        self.keys.values().filter_map(|s| s.retry_at).min()
+    }
+
+    fn retrying(&self) -> usize {
+        self.keys.values().filter(|s| s.retry_at.is_some()).count()
+    }
+
+    /// Advances the low-water mark past every completed event; returns it if it moved.
+    fn advance_checkpoint(&mut self) -> Option<LogPosition> {
+        let mut moved = None;
+        while let Some((seq, position, _)) = self.intake.front().copied() {
+            if !self.done.remove(&seq) {
+                break;
+            }
+            self.intake.pop_front();
+            moved = Some(position);
+        }
+        moved
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .map_or_else(
+            || "the handler panicked".to_owned(),
+            |m| format!("the handler panicked: {m}"),
+        )
+}
+
+impl<P: Projection> Worker<P> {
+    fn update_health(&self, f: impl FnOnce(&mut ProjectionHealth)) {
+        let mut health = self.health.write().expect("health lock poisoned");
+        f(&mut health);
+        health.updated_at = Utc::now();
+    }
+
+    async fn run(&self, mut stopped: watch::Receiver<bool>) -> Result<(), WorkerError> {
+        let start = self.read_model.checkpoint()?.unwrap_or(LogPosition::START);
+        let mut consumer = self.bus.consumer(&self.name, start).await?;
+        let (intake_tx, mut intake) = mpsc::channel::<Delivery>(1024);
+        let name = self.name.clone();
+        let intake_task = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                match consumer.next().await {
+                    Ok(delivery) => {
+                        backoff = Duration::from_millis(50);
+                        if intake_tx.send(delivery).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(projection = %name, error = %err, "bus consumer failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        let _intake_guard = AbortOnDrop(intake_task);
+
+        let mut state = State::default();
+        if self.options.dead_letter == DeadLetterMode::Park {
+            for letter in self.read_model.dead_letters()? {
+                if letter.status != DeadLetterStatus::Redrive {
+                    state
+                        .keys
+                        .entry(letter.event.stream.clone())
+                        .or_default()
+                        .parked = true;
+                }
+            }
+        }
+        state.dead_letters = self.read_model.dead_letters()?.len() as u64;
+        state.last_position = start.position;
+        let mut redrive_tick = tokio::time::interval(self.options.redrive_poll);
+        let mut health_tick = tokio::time::interval(Duration::from_secs(1));
+        self.update_health(|h| {
+            h.status = ProjectionStatus::Running;
+            h.last_position = start.position;
+        });
+        loop {
+            if *stopped.borrow() {
+                return Ok(());
+            }
+            while state.pending < self.options.max_pending {
+                match intake.try_recv() {
+                    Ok(delivery) => state.receive(delivery),
+                    Err(_) => break,
+                }
+            }
+            state.release_due(Instant::now());
+            if state.ready.is_empty() {
+                let next_retry = state.next_retry();
+                tokio::select! {
+                    _ = stopped.changed() => return Ok(()),
+                    delivery = intake.recv(), if state.pending < self.options.max_pending => match delivery {
+                        Some(delivery) => state.receive(delivery),
+                        None => return Err(WorkerError::IntakeClosed),
+                    },
+                    () = sleep_until(next_retry) => {}
+                    _ = redrive_tick.tick() => self.pick_up_redrives(&mut state)?,
+                    _ = health_tick.tick() => self.refresh_health(&state).await,
+                }
+                continue;
+            }
+            self.process_batch(&mut state).await?;
+        }
+    }
+
+    fn pick_up_redrives(&self, state: &mut State) -> Result<(), WorkerError> {
+        for letter in self.read_model.redrive_requests()? {
+            if !state.redriving.insert(letter.id) {
+                continue;
+            }
+            let key = letter.event.stream.clone();
+            state.keys.entry(key.clone()).or_default().parked = false;
+            state.enqueue(
+                Item {
+                    event: letter.event,
+                    delivery: None,
+                    seq: None,
+                    redrive: Some(letter.id),
+                },
+                false,
+            );
+        }
+        Ok(())
+    }
+
+    async fn refresh_health(&self, state: &State) {
+        let head = self
+            .store
+            .head()
+            .await
+            .map(|h| h.position)
+            .unwrap_or(state.last_position);
+        let oldest = state.intake.front().map(|(_, _, at)| *at);
+        let lag_seconds = oldest.map_or(0.0, |at| {
+            (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0
+        });
+        let lag_events = head
+            .saturating_sub(state.last_position)
+            .max(state.intake.len() as u64);
+        metrics::gauge!("nexus_projection_lag_events", "projection" => self.name.clone())
+            .set(lag_events as f64);
+        metrics::gauge!("nexus_projection_lag_seconds", "projection" => self.name.clone())
+            .set(lag_seconds);
+        metrics::gauge!("nexus_projection_dead_letters", "projection" => self.name.clone())
+            .set(state.dead_letters as f64);
+        let retrying = state.retrying();
+        self.update_health(|h| {
+            h.lag_events = lag_events;
+            h.lag_seconds = lag_seconds;
+            h.retrying_keys = retrying;
+            h.status = if retrying > 0 {
+                ProjectionStatus::Retrying
+            } else {
+                ProjectionStatus::Running
+            };
+        });
+    }
+
+    async fn process_batch(&self, state: &mut State) -> Result<(), WorkerError> {
+        let mut batch = Batch::default();
+        let mut completed: Vec<Item> = Vec::new();
+        let mut applied = 0usize;
+        let retry = self.options.retry;
+        while applied < self.options.batch_size {
+            let Some(key) = state.ready.pop_front() else {
+                break;
+            };
+            let Some(key_state) = state.keys.get_mut(&key) else {
+                continue;
+            };
+            key_state.in_ready = false;
+            while applied < self.options.batch_size {
+                let Some(item) = key_state.queue.front() else {
+                    break;
+                };
+                let event = &item.event;
+                let applied_version = match batch.versions.get(&key) {
+                    Some(v) => *v,
+                    None => self.read_model.stream_version(&key)?,
+                };
+                if item.redrive.is_none() {
+                    if key_state.parked {
+                        let item = key_state.queue.pop_front().expect("peeked above");
+                        batch.dead_letters.push(NewDeadLetter {
+                            event: item.event.clone(),
+                            error: "parked behind an earlier dead letter of the same key".into(),
+                            attempts: 0,
+                            first_failed_at: Utc::now(),
+                            status: DeadLetterStatus::Parked,
+                            existing: None,
+                        });
+                        state.dead_letters += 1;
+                        completed.push(item);
+                        continue;
+                    }
+                    if event.version <= applied_version {
+                        // Already applied (a redelivery): recognised, not applied twice.
+                        completed.push(key_state.queue.pop_front().expect("peeked above"));
+                        continue;
+                    }
+                    if event.version > applied_version + 1 {
+                        // The bus lost events the store has: fill the gap from the store, in order.
+                        let missing = self
+                            .store
+                            .read_stream(&key, applied_version + 1, Some(event.version - 1))
+                            .await?;
+                        for missed in missing.into_iter().rev() {
+                            key_state.queue.push_front(Item {
+                                event: missed,
+                                delivery: None,
+                                seq: None,
+                                redrive: None,
+                            });
+                            state.pending += 1;
+                        }
+                        metrics::counter!("nexus_projection_gap_fills_total", "projection" => self.name.clone()).increment(1);
+                        continue;
+                    }
+                }
+                let event = event.clone();
+                let outcome = if self.projection.handles(&event) {
+                    let mut changes = Changes::new(&batch.writes, &self.read_model);
+                    let result = AssertUnwindSafe(self.projection.apply(&event, &mut changes))
+                        .catch_unwind()
+                        .await;
+                    match result {
+                        Ok(Ok(())) => Ok(Some(changes.into_writes())),
+                        Ok(Err(err)) => Err(err.to_string()),
+                        Err(panic) => Err(panic_message(panic.as_ref())),
+                    }
+                } else {
+                    Ok(None)
+                };
+                match outcome {
+                    Ok(writes) => {
+                        let item = key_state.queue.pop_front().expect("peeked above");
+                        for (doc, value) in writes.into_iter().flatten() {
+                            batch.positions.insert(doc.clone(), event.position as i64);
+                            batch.writes.insert(doc, value);
+                        }
+                        batch
+                            .versions
+                            .insert(key.clone(), applied_version.max(event.version));
+                        if let Some(id) = item.redrive {
+                            batch.redriven.push(id);
+                            state.dead_letters = state.dead_letters.saturating_sub(1);
+                        }
+                        key_state.attempts = 0;
+                        key_state.first_failed = None;
+                        completed.push(item);
+                        applied += 1;
+                    }
+                    Err(error) => {
+                        key_state.attempts += 1;
+                        let first_failed = *key_state.first_failed.get_or_insert_with(Utc::now);
+                        metrics::counter!("nexus_projection_errors_total", "projection" => self.name.clone()).increment(1);
+                        self.update_health(|h| h.last_error = Some(error.clone()));
+                        if key_state.attempts > retry.max_retries {
+                            let item = key_state.queue.pop_front().expect("peeked above");
+                            tracing::warn!(
+                                projection = %self.name, stream = %key, version = event.version,
+                                attempts = key_state.attempts, %error, "event moved to the dead-letter queue"
+                            );
+                            metrics::counter!("nexus_projection_dead_letters_total", "projection" => self.name.clone()).increment(1);
+                            batch.dead_letters.push(NewDeadLetter {
+                                event: event.clone(),
+                                error,
+                                attempts: key_state.attempts,
+                                first_failed_at: first_failed,
+                                status: DeadLetterStatus::Dead,
+                                existing: item.redrive,
+                            });
+                            if item.redrive.is_none() {
+                                state.dead_letters += 1;
+                                match self.options.dead_letter {
+                                    DeadLetterMode::Skip => {
+                                        batch.versions.insert(
+                                            key.clone(),
+                                            applied_version.max(event.version),
+                                        );
+                                    }
+                                    DeadLetterMode::Park => key_state.parked = true,
+                                }
+                            }
+                            key_state.attempts = 0;
+                            key_state.first_failed = None;
+                            completed.push(item);
+                        } else {
+                            metrics::counter!("nexus_projection_retries_total", "projection" => self.name.clone()).increment(1);
+                            key_state.retry_at =
+                                Some(Instant::now() + retry.delay(key_state.attempts));
+                            break;
+                        }
+                    }
+                }
+            }
+            state.make_ready(&key);
+            if let Some(s) = state.keys.get(&key)
+                && s.queue.is_empty()
+                && s.retry_at.is_none()
+                && s.attempts == 0
+                && !s.parked
+            {
+                state.keys.remove(&key);
+            }
+        }
+        for item in &completed {
+            if let Some(seq) = item.seq {
+                state.done.insert(seq);
+            }
+        }
+        batch.checkpoint = state.advance_checkpoint();
+        if !batch.is_empty() {
+            let read_model = self.read_model.clone();
+            let batch =
+                tokio::task::spawn_blocking(move || read_model.commit(&batch).map(|()| batch))
+                    .await
+                    .expect("the read model commit task panicked")?;
+            drop(batch);
+        }
+        // Only now, with the read model and checkpoint durable, tell the bus.
+        let now = Utc::now();
+        for item in completed {
+            state.pending = state.pending.saturating_sub(1);
+            if let Some(id) = item.redrive {
+                state.redriving.remove(&id);
+            }
+            state.last_position = state.last_position.max(item.event.position);
+            state.processed += 1;
+            let latency = (now - item.event.recorded_at)
+                .num_microseconds()
+                .unwrap_or(0)
+                .max(0) as f64
+                / 1e6;
+            metrics::histogram!("nexus_projection_latency_seconds", "projection" => self.name.clone()).record(latency);
+            metrics::counter!("nexus_projection_events_total", "projection" => self.name.clone())
+                .increment(1);
+            if let Some(delivery) = item.delivery
+                && let Err(err) = delivery.ack().await
+            {
+                // The event is committed; a redelivery will be recognised and skipped.
+                tracing::debug!(projection = %self.name, error = %err, "ack failed");
+            }
+        }
+        let (last_position, processed, dead_letters, retrying) = (
+            state.last_position,
+            state.processed,
+            state.dead_letters,
+            state.retrying(),
+        );
+        self.update_health(|h| {
+            h.last_position = last_position;
+            h.processed = processed;
+            h.dead_letters = dead_letters;
+            h.retrying_keys = retrying;
+            h.status = if retrying > 0 {
+                ProjectionStatus::Retrying
+            } else {
+                ProjectionStatus::Running
+            };
+        });
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,318 @@
+//! The JetStream bus end to end: relay, de-duplication, fan-out, gap filling from the store,
+//! and a NATS server restart in the middle of a stream.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexus_runtime::bus::nats::{JetStreamBus, NatsOptions};
+use nexus_runtime::bus::relay::Relay;
+use nexus_runtime::checkpoint::EmbeddedCheckpoints;
+use nexus_runtime::projection::{ProjectionRunner, RunnerOptions};
+use nexus_runtime::{EventStore, LogPosition, StreamId};
+
+use crate::projection::{Counter, append, count, event, eventually};
+use crate::support;
+
+fn unique_options() -> NatsOptions {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    NatsOptions {
+        stream: format!("NEXUS_TEST_{id}"),
+        subject_prefix: format!("nexus_test_{id}"),
+        ..NatsOptions::default()
+    }
+}
+
+async fn delete_stream(url: &str, name: &str) {
+    if let Ok(client) = async_nats::connect(url).await {
+        let _ = async_nats::jetstream::new(client).delete_stream(name).await;
+    }
+}
+
+fn relay(
+    store: &Arc<dyn EventStore>,
+    bus: &JetStreamBus,
+    dir: &Path,
+    file: &str,
+) -> nexus_runtime::bus::relay::RelayHandle {
+    let checkpoints = EmbeddedCheckpoints::open(dir.join(file)).unwrap();
+    Relay::new(
+        "relay",
+        Arc::clone(store),
+        bus.clone(),
+        Arc::new(checkpoints),
+    )
+    .spawn()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_reaches_every_projection_once_in_order_per_key() {
+    let Some(url) = support::service_url("NEXUS_TEST_NATS_URL") else {
+        return;
+    };
+    let options = unique_options();
+    let (store, dir) = support::embedded();
+    let bus = JetStreamBus::connect(&url, options.clone()).await.unwrap();
+    let relay = relay(&store, &bus, dir.path(), "relay.db");
+    let runner = ProjectionRunner::new(
+        Arc::clone(&store),
+        Arc::new(bus.clone()),
+        dir.path().join("rm"),
+    );
+    let one = runner.spawn(Counter::new("one")).unwrap();
+    let two = runner.spawn(Counter::new("two")).unwrap();
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let store = Arc::clone(&store);
+        writers.push(tokio::spawn(async move {
+            for i in 0..50 {
+                append(
+                    &store,
+                    &format!("k{}", (i + w) % 6),
+                    vec![event(false), event(false)],
+                )
+                .await;
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    for handle in [&one, &two] {
+        eventually(handle, Duration::from_secs(20), "all 300 events", |h| {
+            (0..6).map(|k| count(h, &format!("k{k}"))).sum::<u64>() == 300
+        })
+        .await;
+        for k in 0..6 {
+            let doc = handle
+                .read_model()
+                .get("counts", &format!("k{k}"))
+                .unwrap()
+                .unwrap();
+            let versions: Vec<u64> = doc["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            let expected: Vec<u64> = (1..=versions.len() as u64).collect();
+            assert_eq!(versions, expected, "key k{k} in order, once each");
+        }
+    }
+    assert_eq!(bus.stored_messages().await.unwrap(), 300);
+    relay.stop().await;
+    // A relay that lost its checkpoint publishes everything again: JetStream drops the duplicates.
+    let again = self::relay(&store, &bus, dir.path(), "fresh-relay.db");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        bus.stored_messages().await.unwrap(),
+        300,
+        "duplicates were dropped by message id"
+    );
+    again.stop().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        (0..6).map(|k| count(&one, &format!("k{k}"))).sum::<u64>(),
+        300
+    );
+    one.stop().await;
+    two.stop().await;
+    delete_stream(&url, &options.stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_bus_lost_are_read_from_the_store() {
+    let Some(url) = support::service_url("NEXUS_TEST_NATS_URL") else {
+        return;
+    };
+    let options = unique_options();
+    let (store, dir) = support::embedded();
+    let bus = JetStreamBus::connect(&url, options.clone()).await.unwrap();
+    append(&store, "gappy", (0..10).map(|_| event(false)).collect()).await;
+    let all = store
+        .read_stream(&StreamId::new("meter", "gappy"), 1, None)
+        .await
+        .unwrap();
+    // Only versions 1, 2 and 10 ever reach the bus.
+    bus.publish(&[all[0].clone(), all[1].clone(), all[9].clone()])
+        .await
+        .unwrap();
+    let runner = ProjectionRunner::new(
+        Arc::clone(&store),
+        Arc::new(bus.clone()),
+        dir.path().join("rm"),
+    )
+    .with_options(RunnerOptions::default());
+    let handle = runner.spawn(Counter::new("gaps")).unwrap();
+    eventually(&handle, Duration::from_secs(10), "all ten", |h| {
+        count(h, "gappy") == 10
+    })
+    .await;
+    let doc = handle.read_model().get("counts", "gappy").unwrap().unwrap();
+    assert_eq!(
+        doc["versions"],
+        serde_json::json!([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    );
+    handle.stop().await;
+    delete_stream(&url, &options.stream).await;
+}
+
+/// A private NATS server, so restarting it disturbs no other test.
+struct PrivateNats {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateNats {
+    fn binary() -> Option<String> {
+        let candidates = [
+            std::env::var("NEXUS_TEST_NATS_SERVER").ok(),
+            Some("/usr/sbin/nats-server".to_owned()),
+            Some("/usr/bin/nats-server".to_owned()),
+        ];
+        candidates
+            .into_iter()
+            .flatten()
+            .find(|p| Path::new(p).exists())
+    }
+
+    fn start() -> Option<Self> {
+        if Self::binary().is_none() {
+            support::skip("no nats-server binary (set NEXUS_TEST_NATS_SERVER)");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = Self {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        nats.spawn();
+        Some(nats)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(Self::binary().expect("checked in start"))
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_mid_stream_loses_nothing_and_applies_nothing_twice() {
+    let Some(mut nats) = PrivateNats::start() else {
+        return;
+    };
+    let (store, dir) = support::embedded();
+    let bus = JetStreamBus::connect(&nats.url(), NatsOptions::default())
+        .await
+        .unwrap();
+    let relay = relay(&store, &bus, dir.path(), "relay.db");
+    let runner = ProjectionRunner::new(
+        Arc::clone(&store),
+        Arc::new(bus.clone()),
+        dir.path().join("rm"),
+    );
+    let handle = runner.spawn(Counter::new("survivor")).unwrap();
+    let writer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            for i in 0..200 {
+                append(&store, &format!("k{}", i % 4), vec![event(false)]).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    eventually(
+        &handle,
+        Duration::from_secs(20),
+        "progress before the restart",
+        |h| h.health().processed >= 40,
+    )
+    .await;
+    nats.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.spawn();
+    writer.await.unwrap();
+    eventually(
+        &handle,
+        Duration::from_secs(60),
+        "all 200 events after the restart",
+        |h| (0..4).map(|k| count(h, &format!("k{k}"))).sum::<u64>() >= 200,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for k in 0..4 {
+        let doc = handle
+            .read_model()
+            .get("counts", &format!("k{k}"))
+            .unwrap()
+            .unwrap();
+        let versions: Vec<u64> = doc["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            versions,
+            (1..=50).collect::<Vec<_>>(),
+            "key k{k}: nothing lost, nothing twice, in order"
+        );
+    }
+    assert!(
+        handle
+            .read_model()
+            .checkpoint()
+            .unwrap()
+            .unwrap_or(LogPosition::START)
+            .position
+            > 0
+    );
+    handle.stop().await;
+    relay.stop().await;
+}
