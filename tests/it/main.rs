@@ -1,5 +1,7 @@
 //! End-to-end tests: each module drives the `nexus` binary as a process.
 
 mod check;
+mod dlq;
 mod registry;
 mod support;
+mod up;

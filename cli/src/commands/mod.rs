@@ -1,10 +1,12 @@
 //! The command tree of `nexus` and the dispatch from a parsed command to its module.
 
 pub(crate) mod bench;
+pub(crate) mod bench_bus;
 pub(crate) mod bench_check;
 pub(crate) mod bench_registry;
 pub(crate) mod bench_store;
 pub(crate) mod check;
+pub(crate) mod dlq;
 pub(crate) mod registry;
 pub(crate) mod rules;
 pub(crate) mod schema;
@@ -44,6 +46,8 @@ pub(crate) enum Command {
     /// Register, check, read and compare schemas.
     #[command(subcommand)]
     Schema(schema::SchemaCommand),
+    /// List, inspect and redrive a projection's dead letters.
+    Dlq(dlq::DlqArgs),
 }
 
 /// What a successful command found.
@@ -64,6 +68,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Rules(command) => rules::run(command),
         Command::Registry(command) => registry::run(command),
         Command::Schema(command) => schema::run(command),
+        Command::Dlq(args) => dlq::run(args),
     }
 }
 

@@ -1,0 +1,126 @@
+//! `nexus dlq list|show|redrive`: a projection's dead-letter queue, read from its read model.
+//!
+//! Redrive marks dead letters; the running projection picks them up within a second (it polls
+//! its queue), so this works while the service runs, from another process.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use nexus_runtime::StreamId;
+use nexus_runtime::projection::{ProjectionRunner, ReadModelStore, RedriveFilter};
+
+use super::Outcome;
+use crate::output;
+
+#[derive(Debug, Args)]
+pub(crate) struct DlqArgs {
+    /// Folder holding the projections' read models.
+    #[arg(long, global = true, default_value = ".nexus/data/read-models")]
+    read_models: PathBuf,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: DlqCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DlqCommand {
+    /// List the dead letters of a projection.
+    List {
+        /// The projection.
+        projection: String,
+    },
+    /// Show one dead letter with its full event and metadata.
+    Show {
+        /// The projection.
+        projection: String,
+        /// The dead letter's id.
+        id: i64,
+    },
+    /// Ask the projection to process dead letters again.
+    Redrive {
+        /// The projection.
+        projection: String,
+        /// One dead letter.
+        #[arg(long, conflicts_with_all = ["stream", "all"])]
+        id: Option<i64>,
+        /// Every dead letter of one stream, as `aggregate_type/aggregate_id`.
+        #[arg(long, conflicts_with = "all")]
+        stream: Option<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn open(args: &DlqArgs, projection: &str) -> anyhow::Result<ReadModelStore> {
+    let path = ProjectionRunner::read_model_path(&args.read_models, projection);
+    anyhow::ensure!(
+        path.exists(),
+        "no read model for projection `{projection}` at {} (use --read-models to point at the folder)",
+        path.display()
+    );
+    ReadModelStore::open(&path).with_context(|| format!("failed to open {}", path.display()))
+}
+
+pub(crate) fn run(args: DlqArgs) -> anyhow::Result<Outcome> {
+    match &args.command {
+        DlqCommand::List { projection } => {
+            let letters = open(&args, projection)?.dead_letters()?;
+            if args.json {
+                output::json(&letters)?;
+            } else if letters.is_empty() {
+                output::line(&format!("no dead letters for `{projection}`"))?;
+            } else {
+                for l in &letters {
+                    output::line(&format!(
+                        "{:>5}  {:<8} {} v{} {} (position {}, {} attempts): {}",
+                        l.id,
+                        format!("{:?}", l.status).to_lowercase(),
+                        l.event.stream,
+                        l.event.version,
+                        l.event.event_type,
+                        l.event.position,
+                        l.attempts,
+                        l.error
+                    ))?;
+                }
+            }
+        }
+        DlqCommand::Show { projection, id } => {
+            let letter = open(&args, projection)?.dead_letter(*id)?;
+            output::json(&letter)?;
+        }
+        DlqCommand::Redrive {
+            projection,
+            id,
+            stream,
+            all,
+        } => {
+            let filter = match (id, stream, all) {
+                (Some(id), _, _) => RedriveFilter::Id(*id),
+                (None, Some(stream), _) => {
+                    let (kind, id) = stream.split_once('/').with_context(|| {
+                        format!("--stream `{stream}` must be `aggregate_type/aggregate_id`")
+                    })?;
+                    RedriveFilter::Stream(StreamId::new(kind, id))
+                }
+                (None, None, true) => RedriveFilter::All,
+                (None, None, false) => {
+                    anyhow::bail!("say what to redrive: --id N, --stream TYPE/ID or --all")
+                }
+            };
+            let marked = open(&args, projection)?.request_redrive(&filter)?;
+            if args.json {
+                output::json(&serde_json::json!({ "projection": projection, "marked": marked }))?;
+            } else {
+                output::line(&format!(
+                    "{marked} dead letter(s) of `{projection}` marked for redrive; the running projection picks them up"
+                ))?;
+            }
+        }
+    }
+    Ok(Outcome::Clean)
+}
