@@ -91,11 +91,12 @@ resolved(a) if count(a.env) > 0
 
 # The sibling service an argument addresses, with what matched.
 target(c, a) := [s, sprintf("`%s`", [a.text])] if {
+	h := hosts(a)
 	some s in input.config.services
 	s.package != c.package
 	s.role != "infrastructure"
 	some address in s.addresses
-	lower(address) in hosts(a)
+	lower(address) in h
 }
 
 target(c, a) := [s, sprintf("the environment variable `%s`", [address])] if {

@@ -61,8 +61,29 @@ pub fn looks_like_sql(text: &str) -> bool {
     SQL_KEYWORDS.contains(&word.as_str()) && next.is_none_or(|c| !c.is_alphanumeric() && c != '_')
 }
 
-/// Parses `text` with the PostgreSQL, generic, MySQL and SQLite dialects in turn.
+thread_local! {
+    /// Analyses by SQL text: generated and repetitive code sends the same statements many times.
+    static CACHE: std::cell::RefCell<std::collections::HashMap<String, SqlFact>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Parses `text` with the PostgreSQL, generic, MySQL and SQLite dialects in turn (memoised per thread).
 pub fn analyse(text: &str) -> SqlFact {
+    if let Some(hit) = CACHE.with(|cache| cache.borrow().get(text).cloned()) {
+        return hit;
+    }
+    let fact = analyse_uncached(text);
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(text.to_owned(), fact.clone());
+    });
+    fact
+}
+
+fn analyse_uncached(text: &str) -> SqlFact {
     let dialects: [&dyn Dialect; 4] = [
         &PostgreSqlDialect {},
         &GenericDialect {},
