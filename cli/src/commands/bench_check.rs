@@ -168,7 +168,7 @@ fn module(index: usize, lines: usize) -> String {
     let mut item = 0;
     while out.lines().count() + 24 < lines {
         let n = index * 1000 + item;
-        let violation = n % 997 == 0;
+        let violation = n.is_multiple_of(997);
         let sql = if violation {
             "UPDATE events SET payload = $1 WHERE id = $2"
         } else {
