@@ -131,3 +131,44 @@ fn bench_bus_prints_latency_and_lag_per_projection_count() {
     );
     assert!(runs[0]["latency_ms"]["p999"].is_number());
 }
+
+#[test]
+fn bench_store_measures_postgres_against_its_plain_insert_ceiling() {
+    let Ok(url) = std::env::var("NEXUS_TEST_POSTGRES_URL") else {
+        assert_ne!(
+            std::env::var("NEXUS_REQUIRE_SERVICES").as_deref(),
+            Ok("1"),
+            "NEXUS_TEST_POSTGRES_URL is not set but NEXUS_REQUIRE_SERVICES=1"
+        );
+        return;
+    };
+    let output = Command::new(nexus_bin())
+        .args([
+            "bench",
+            "store",
+            "--backend",
+            "postgres",
+            "--writers",
+            "2",
+            "--events",
+            "200",
+            "--batch",
+            "2",
+            "--json",
+            "--url",
+        ])
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let run = &report["runs"][0];
+    assert_eq!(run["backend"], "postgres");
+    assert_eq!(run["append"]["events"], 200);
+    assert!(run["ceiling"]["events_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(run["ceiling"]["ratio"].as_f64().unwrap() > 0.0);
+}

@@ -446,7 +446,7 @@ async fn ceiling_phase(url: &str, args: &StoreArgs) -> anyhow::Result<serde_json
         let client = connect(url).await?;
         let sql = format!(
             "INSERT INTO {table} (stream_id, version, payload, metadata) \
-             SELECT $1, $2 + g, $3::jsonb, '{{\"correlation_id\":\"bench\"}}'::jsonb FROM generate_series(1, $4::int) AS g"
+             SELECT $1, $2::int8 + g, $3::text::jsonb, '{{\"correlation_id\":\"bench\"}}'::jsonb FROM generate_series(1, $4::int) AS g"
         );
         let batch = args.batch as i32;
         tasks.push(tokio::spawn(async move {
