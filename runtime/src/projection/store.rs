@@ -206,7 +206,10 @@ impl ReadModelStore {
             .map_err(sqlite)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sqlite)?;
-        conn.pragma_update(None, "synchronous", "FULL")
+        // NORMAL, not FULL: in WAL mode a power loss may drop the last commits, but documents
+        // and checkpoint drop together, and the events they came from are still in the store,
+        // so they are applied again. The event store itself stays FULL.
+        conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sqlite)?;
         conn.execute_batch(SCHEMA).map_err(sqlite)?;
         Ok(Self {

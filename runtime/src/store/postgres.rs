@@ -733,8 +733,10 @@ async fn listen(url: String, channel: String, changes: watch::Sender<u64>) {
     }
 }
 
-/// Sends `NOTIFY` after local commits so other processes wake; bursts coalesce into one.
+/// Sends `NOTIFY` after local commits so other processes wake. Bursts coalesce into one, and
+/// at most one goes out per `NOTIFY_EVERY`, so a busy writer does not double its statements.
 async fn notify_loop(pool: Pool, channel: String, wake: Arc<Notify>) {
+    const NOTIFY_EVERY: Duration = Duration::from_millis(2);
     let statement = format!("NOTIFY {channel}");
     loop {
         wake.notified().await;
@@ -743,5 +745,6 @@ async fn notify_loop(pool: Pool, channel: String, wake: Arc<Notify>) {
         {
             tracing::debug!(error = %err, "NOTIFY failed; subscribers fall back to polling");
         }
+        tokio::time::sleep(NOTIFY_EVERY).await;
     }
 }
