@@ -515,10 +515,27 @@ async fn relay_delivers_every_event_from_postgres_under_concurrent_writers() {
         orders.extend(o);
         payments.extend(p);
     }
-    relay
-        .wait_for(store.head().await.unwrap(), WAIT)
-        .await
-        .expect("relay catches up");
+    // On PostgreSQL the readable head trails commits while any transaction in the cluster
+    // is still open (the visibility horizon), so wait until every appended event is readable.
+    let appended = (orders.len() + payments.len()) as u64;
+    let deadline = std::time::Instant::now() + WAIT;
+    let head = loop {
+        let head = store.head().await.unwrap();
+        let readable = store.read_all(LogPosition::START, 10_000).await.unwrap();
+        let routed = readable
+            .iter()
+            .filter(|e| e.event_type != "AuditRecorded")
+            .count() as u64;
+        if routed >= appended {
+            break head;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events never became readable"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    relay.wait_for(head, WAIT).await.expect("relay catches up");
     relay.stop().await.unwrap();
     let got_orders = drain(&q, "orders").await;
     let got_payments = drain(&q, "payments").await;
