@@ -465,11 +465,17 @@ pub(crate) fn same_json(a: &str, b: &str) -> bool {
         )
 }
 
-fn row_to_event(row: &Row<'_>) -> rusqlite::Result<Result<RecordedEvent, ReadError>> {
+/// Decodes one row; `known` is the stream when the query was for one stream (saves allocations).
+fn row_to_event(
+    row: &Row<'_>,
+    known: Option<&StreamId>,
+) -> rusqlite::Result<Result<RecordedEvent, ReadError>> {
     let position = row.get::<_, i64>(0)? as u64;
     let id_bytes: Vec<u8> = row.get(1)?;
-    let aggregate_type: String = row.get(2)?;
-    let aggregate_id: String = row.get(3)?;
+    let stream = match known {
+        Some(stream) => stream.clone(),
+        None => StreamId::new(row.get_ref(2)?.as_str()?, row.get_ref(3)?.as_str()?),
+    };
     let payload: String = row.get(8)?;
     let metadata: String = row.get(9)?;
     let micros: i64 = row.get(10)?;
@@ -487,7 +493,7 @@ fn row_to_event(row: &Row<'_>) -> rusqlite::Result<Result<RecordedEvent, ReadErr
     Ok(match decoded {
         Ok((id, payload, metadata, recorded_at)) => Ok(RecordedEvent {
             id: EventId(id),
-            stream: StreamId::new(aggregate_type, aggregate_id),
+            stream,
             version: row.get::<_, i64>(4)? as u64,
             position,
             commit: position,
@@ -505,8 +511,11 @@ fn row_to_event(row: &Row<'_>) -> rusqlite::Result<Result<RecordedEvent, ReadErr
 fn collect(
     stmt: &mut rusqlite::CachedStatement<'_>,
     params: impl rusqlite::Params,
+    known: Option<&StreamId>,
 ) -> Result<Vec<RecordedEvent>, ReadError> {
-    let rows = stmt.query_map(params, row_to_event).map_err(read_backend)?;
+    let rows = stmt
+        .query_map(params, |row| row_to_event(row, known))
+        .map_err(read_backend)?;
     let mut events = Vec::new();
     for row in rows {
         events.push(row.map_err(read_backend)??);
@@ -565,6 +574,7 @@ impl EventStore for EmbeddedStore {
                     from as i64,
                     to as i64
                 ],
+                Some(&stream),
             )?;
             if events.is_empty() && current_version(conn, &stream).map_err(read_backend)? == 0 {
                 return Err(ReadError::StreamNotFound(stream));
@@ -603,6 +613,7 @@ impl EventStore for EmbeddedStore {
                     to.timestamp_micros(),
                     limit as i64
                 ],
+                Some(&stream),
             )?;
             if events.is_empty() && current_version(conn, &stream).map_err(read_backend)? == 0 {
                 return Err(ReadError::StreamNotFound(stream));
@@ -632,7 +643,7 @@ impl EventStore for EmbeddedStore {
                     "SELECT {SELECT_COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
                 ))
                 .map_err(read_backend)?;
-            collect(&mut stmt, params![after.position as i64, limit as i64])
+            collect(&mut stmt, params![after.position as i64, limit as i64], None)
         })
         .await
     }

@@ -532,7 +532,8 @@ impl PostgresStore {
     }
 }
 
-fn decode_row(row: &Row) -> Result<RecordedEvent, ReadError> {
+/// Decodes one row; `known` is the stream when the query was for one stream (saves allocations).
+fn decode_row(row: &Row, known: Option<&StreamId>) -> Result<RecordedEvent, ReadError> {
     let position = row.get::<_, i64>(0) as u64;
     let corrupt = |e: BoxError| ReadError::Corrupt {
         position,
@@ -542,7 +543,9 @@ fn decode_row(row: &Row) -> Result<RecordedEvent, ReadError> {
     let metadata: Json<Metadata> = row.try_get(10).map_err(|e| corrupt(Box::new(e)))?;
     Ok(RecordedEvent {
         id: EventId(row.get(3)),
-        stream: StreamId::new(row.get::<_, &str>(4), row.get::<_, &str>(5)),
+        stream: known
+            .cloned()
+            .unwrap_or_else(|| StreamId::new(row.get::<_, &str>(4), row.get::<_, &str>(5))),
         version: row.get::<_, i64>(6) as u64,
         position,
         commit: row.get::<_, i64>(1) as u64,
@@ -607,7 +610,9 @@ impl EventStore for PostgresStore {
         if rows.is_empty() && self.stream_version(stream).await?.is_none() {
             return Err(ReadError::StreamNotFound(stream.clone()));
         }
-        rows.iter().map(decode_row).collect()
+        rows.iter()
+            .map(|row| decode_row(row, Some(stream)))
+            .collect()
     }
 
     async fn read_stream_between(
@@ -639,7 +644,9 @@ impl EventStore for PostgresStore {
         if rows.is_empty() && self.stream_version(stream).await?.is_none() {
             return Err(ReadError::StreamNotFound(stream.clone()));
         }
-        rows.iter().map(decode_row).collect()
+        rows.iter()
+            .map(|row| decode_row(row, Some(stream)))
+            .collect()
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, ReadError> {
@@ -669,7 +676,7 @@ impl EventStore for PostgresStore {
                 ],
             )
             .await?;
-        rows.iter().map(decode_row).collect()
+        rows.iter().map(|row| decode_row(row, None)).collect()
     }
 
     async fn head(&self) -> Result<LogPosition, ReadError> {
