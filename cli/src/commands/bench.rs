@@ -24,3 +24,27 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
         BenchCommand::Store(args) => super::bench_store::run(args),
     }
 }
+
+/// Latency percentiles in milliseconds (p50, p99, p999, max) of samples given in seconds.
+pub(crate) fn latency_ms(seconds: &mut [f64]) -> serde_json::Value {
+    seconds.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        if seconds.is_empty() {
+            return 0.0;
+        }
+        let index = ((seconds.len() as f64 * q).ceil() as usize).clamp(1, seconds.len()) - 1;
+        round(seconds[index] * 1000.0)
+    };
+    serde_json::json!({
+        "p50": at(0.5),
+        "p99": at(0.99),
+        "p999": at(0.999),
+        "max": at(1.0),
+        "samples": seconds.len(),
+    })
+}
+
+/// A figure rounded to three decimals, as the reports print it.
+pub(crate) fn round(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}

@@ -20,6 +20,7 @@ use nexus_runtime::{EventStore, ExpectedVersion, NewEvent, RecordedEvent, Stream
 use serde_json::json;
 
 use super::Outcome;
+use super::bench::{latency_ms, round};
 use crate::output;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -332,33 +333,17 @@ async fn bench_run(
     let mut all: Vec<f64> = latencies.values().flatten().copied().collect();
     let per_projection: serde_json::Map<String, serde_json::Value> = latencies
         .into_iter()
-        .map(|(name, mut values)| (name, percentiles(&mut values)))
+        .map(|(name, mut values)| (name, latency_ms(&mut values)))
         .collect();
     Ok(json!({
         "projections": projections,
         "events": total,
         "achieved_rate": round(total as f64 / write_seconds),
-        "latency_ms": percentiles(&mut all),
+        "latency_ms": latency_ms(&mut all),
         "per_projection_latency_ms": per_projection,
         "lag_at_end_events": lag_at_end,
         "drain_ms": round(drain_ms),
         "cpu_seconds": round(cpu),
         "cpu_ms_per_1k_events": round(cpu * 1000.0 / (total as f64 / 1000.0)),
     }))
-}
-
-fn percentiles(values: &mut [f64]) -> serde_json::Value {
-    values.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        if values.is_empty() {
-            return 0.0;
-        }
-        let index = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1;
-        round(values[index] * 1000.0)
-    };
-    json!({ "p50": at(0.5), "p99": at(0.99), "p999": at(0.999), "max": at(1.0), "samples": values.len() })
-}
-
-fn round(value: f64) -> f64 {
-    (value * 1000.0).round() / 1000.0
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Outcome;
+use super::bench::{latency_ms, round};
 use crate::output;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -497,17 +498,6 @@ async fn drop_schema(url: &str, schema: &str) -> anyhow::Result<()> {
 }
 
 fn percentiles(samples: &mut [Duration]) -> serde_json::Value {
-    samples.sort_unstable();
-    let at = |q: f64| {
-        if samples.is_empty() {
-            return 0.0;
-        }
-        let index = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
-        round(samples[index].as_secs_f64() * 1000.0)
-    };
-    json!({ "p50": at(0.50), "p99": at(0.99), "max": at(1.0), "samples": samples.len() })
-}
-
-fn round(value: f64) -> f64 {
-    (value * 1000.0).round() / 1000.0
+    let mut seconds: Vec<f64> = samples.iter().map(Duration::as_secs_f64).collect();
+    latency_ms(&mut seconds)
 }
