@@ -62,6 +62,16 @@ impl ProjectionHealth {
         }
     }
 
+    /// Records how many keys wait to retry; a running projection with any is `Retrying`.
+    pub(crate) fn set_retrying(&mut self, keys: usize) {
+        self.retrying_keys = keys;
+        self.status = if keys > 0 {
+            ProjectionStatus::Retrying
+        } else {
+            ProjectionStatus::Running
+        };
+    }
+
     /// Whether the projection is serving (not failing or stopped).
     pub fn is_healthy(&self) -> bool {
         matches!(

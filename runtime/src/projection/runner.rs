@@ -499,12 +499,7 @@ impl<P: Projection> Worker<P> {
         self.update_health(|h| {
             h.lag_events = lag_events;
             h.lag_seconds = lag_seconds;
-            h.retrying_keys = retrying;
-            h.status = if retrying > 0 {
-                ProjectionStatus::Retrying
-            } else {
-                ProjectionStatus::Running
-            };
+            h.set_retrying(retrying);
         });
     }
 
@@ -704,12 +699,7 @@ impl<P: Projection> Worker<P> {
             h.last_position = last_position;
             h.processed = processed;
             h.dead_letters = dead_letters;
-            h.retrying_keys = retrying;
-            h.status = if retrying > 0 {
-                ProjectionStatus::Retrying
-            } else {
-                ProjectionStatus::Running
-            };
+            h.set_retrying(retrying);
         });
         Ok(())
     }
