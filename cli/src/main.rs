@@ -1,7 +1,23 @@
 //! The `nexus` command line: parses arguments, runs a command, and picks the exit code.
 
 mod commands;
+// The sample orders domain is the same code `nexus new` generates into a project's
+// `crates/events` and query dashboard; `nexus up` runs it from here.
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "shared with the generated projects, where these items are public"
+)]
+#[path = "../../templates/project/crates/events/src/lib.rs"]
+mod events;
 mod output;
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "shared with the generated projects, where these items are public"
+)]
+#[path = "../../templates/project/services/query-dashboard/src/projection.rs"]
+mod projection;
 mod sample;
 
 use std::process::ExitCode;
