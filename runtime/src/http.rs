@@ -1,56 +1,67 @@
-//! HTTP endpoints of the runtime (feature `http`): per-projection health.
+//! HTTP adapters of the runtime (feature `http`): the command service and the query dashboard
+//! as axum routers, per-projection health, Prometheus metrics and OpenAPI documents.
 //!
-//! Health answers from memory (the runner keeps it current), never from a database, so a
-//! check returns in well under a millisecond however busy the projection is.
+//! The two services never call each other: the command service appends to the event store and
+//! the dashboard's projections read the bus. Both are plain [`Router`]s, so an application can
+//! nest them, add its own routes or layers, and serve them however it likes; [`serve`] is the
+//! default (graceful shutdown on Ctrl-C or SIGTERM).
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
+mod command;
+mod error;
+mod health;
+mod metrics;
+mod openapi;
+mod query;
 
-use crate::projection::HealthRegistry;
+use std::future::Future;
 
-/// `GET /health` (every projection) and `GET /health/projections/{name}` (one).
-///
-/// Both answer 200 when healthy and 503 when a projection is failing or stopped.
-pub fn health_router(registry: HealthRegistry) -> Router {
-    Router::new()
-        .route("/health", get(all))
-        .route("/health/projections/{name}", get(one))
-        .with_state(registry)
+use axum::Router;
+use tokio::net::TcpListener;
+
+pub use command::CommandService;
+pub use error::ApiError;
+pub use health::health_router;
+pub use metrics::{metrics_router, prometheus};
+pub use query::QueryDashboard;
+
+/// Serves `router` on `listener` until Ctrl-C or SIGTERM, then lets requests in flight finish.
+pub async fn serve(listener: TcpListener, router: Router) -> std::io::Result<()> {
+    serve_until(listener, router, shutdown_signal()).await
 }
 
-async fn all(State(registry): State<HealthRegistry>) -> Response {
-    let projections = registry.all();
-    let healthy = projections.iter().all(|p| p.is_healthy());
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = json!({
-        "status": if healthy { "ok" } else { "degraded" },
-        "projections": projections,
-    });
-    (status, Json(body)).into_response()
+/// Serves `router` on `listener` until `shutdown` completes, then lets requests in flight finish.
+pub async fn serve_until(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
-async fn one(State(registry): State<HealthRegistry>, Path(name): Path<String>) -> Response {
-    match registry.get(&name) {
-        Some(health) => {
-            let status = if health.is_healthy() {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            (status, Json(health)).into_response()
+/// Completes on Ctrl-C (SIGINT) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        // If the handler cannot be installed, never complete rather than stop at once.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
         }
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": format!("no projection named `{name}`") })),
-        )
-            .into_response(),
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
     }
 }

@@ -3,6 +3,8 @@
 
 mod command;
 mod domain;
+#[cfg(feature = "http")]
+mod http;
 mod integration;
 mod projection;
 mod snapshot;

@@ -1,0 +1,486 @@
+//! The command service: accepts commands for registered aggregates over HTTP.
+//!
+//! `POST /commands/{aggregate}/{id}` with the command as JSON runs it through the aggregate's
+//! [`CommandHandler`]. `If-Match: "<version>"` decides against the version the caller saw (a
+//! stale one is a 409, never retried); without it a conflict is retried by the handler's policy.
+//! `traceparent`, `X-Correlation-Id` and `X-Causation-Id` go into the events' metadata.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use schemars::{JsonSchema, SchemaGenerator};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, chain};
+use super::openapi::OpenApi;
+use crate::command::LoadError;
+use crate::event::{EventId, Metadata};
+use crate::snapshot::SnapshotError;
+use crate::store::{AppendError, ReadError};
+use crate::{Aggregate, CommandError, CommandHandler, EventStore, Repository, SnapshotStore};
+
+/// Header carrying the correlation id in and out.
+const CORRELATION_ID: &str = "x-correlation-id";
+/// Header carrying the id of the message that caused the command.
+const CAUSATION_ID: &str = "x-causation-id";
+/// The W3C trace context header.
+const TRACEPARENT: &str = "traceparent";
+/// Longest correlation or causation id accepted.
+const MAX_ID_LEN: usize = 128;
+
+/// Builds the command service's router from the aggregates it serves.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use nexus_runtime::http::CommandService;
+/// # fn demo<A: nexus_runtime::Aggregate>(store: Arc<dyn nexus_runtime::EventStore>)
+/// # where A::Command: serde::de::DeserializeOwned + schemars::JsonSchema {
+/// let app = CommandService::new(store).aggregate::<A>().router();
+/// # }
+/// ```
+pub struct CommandService {
+    store: Arc<dyn EventStore>,
+    snapshots: Option<Arc<dyn SnapshotStore>>,
+    endpoints: BTreeMap<&'static str, Arc<dyn Endpoint>>,
+    title: String,
+}
+
+impl std::fmt::Debug for CommandService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandService")
+            .field("aggregates", &self.endpoints.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CommandService {
+    /// A service appending to `store`, with no aggregates yet.
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self {
+            store,
+            snapshots: None,
+            endpoints: BTreeMap::new(),
+            title: "command-service".to_owned(),
+        }
+    }
+
+    /// Loads aggregates registered after this call from `snapshots` first.
+    pub fn with_snapshots(mut self, snapshots: Arc<dyn SnapshotStore>) -> Self {
+        self.snapshots = Some(snapshots);
+        self
+    }
+
+    /// The service's name in its OpenAPI document and metrics (default `command-service`).
+    pub fn with_title(mut self, title: impl Into<String>) -> Self {
+        self.title = title.into();
+        self
+    }
+
+    /// Serves aggregate `A` under `/commands/{A::TYPE}/{id}` with the default handler.
+    pub fn aggregate<A>(self) -> Self
+    where
+        A: Aggregate,
+        A::Command: DeserializeOwned + JsonSchema,
+    {
+        let mut repository = Repository::<A>::new(Arc::clone(&self.store));
+        if let Some(snapshots) = &self.snapshots {
+            repository = repository.with_snapshots(Arc::clone(snapshots));
+        }
+        self.handler(CommandHandler::new(repository))
+    }
+
+    /// Serves aggregate `A` through `handler` (for a custom retry policy or repository).
+    pub fn handler<A>(mut self, handler: CommandHandler<A>) -> Self
+    where
+        A: Aggregate,
+        A::Command: DeserializeOwned + JsonSchema,
+    {
+        self.endpoints.insert(A::TYPE, Arc::new(Typed { handler }));
+        self
+    }
+
+    /// The router: the command routes plus `/health`, `/metrics` and `/openapi.json`.
+    pub fn router(self) -> Router {
+        let openapi = Arc::new(self.openapi());
+        let state = Arc::new(Shared {
+            store: self.store,
+            endpoints: self.endpoints,
+        });
+        let service: Arc<str> = self.title.into();
+        Router::new()
+            .route("/commands/{aggregate}/{id}", post(execute))
+            .route("/aggregates/{aggregate}/{id}", get(state_of))
+            .route("/health", get(health))
+            .with_state(state)
+            .route(
+                "/openapi.json",
+                get(move || {
+                    let openapi = Arc::clone(&openapi);
+                    async move { Json(openapi.as_ref().clone()) }
+                }),
+            )
+            .merge(super::metrics_router())
+            .layer(axum::middleware::from_fn(move |request, next| {
+                super::metrics::track(Arc::clone(&service), request, next)
+            }))
+    }
+
+    fn openapi(&self) -> Value {
+        let mut doc = OpenApi::new(
+            &self.title,
+            "Accepts commands for the aggregates of this service and appends their events.",
+        );
+        doc.store_health();
+        let mut generator = OpenApi::generator();
+        for (aggregate, endpoint) in &self.endpoints {
+            let schema = endpoint.command_schema(&mut generator);
+            doc.command_paths(aggregate, schema);
+        }
+        doc.finish(generator)
+    }
+}
+
+struct Shared {
+    store: Arc<dyn EventStore>,
+    endpoints: BTreeMap<&'static str, Arc<dyn Endpoint>>,
+}
+
+impl Shared {
+    fn endpoint(&self, aggregate: &str) -> Result<&Arc<dyn Endpoint>, ApiError> {
+        self.endpoints.get(aggregate).ok_or_else(|| {
+            ApiError::not_found(
+                "unknown_aggregate",
+                format!("this service has no aggregate `{aggregate}`"),
+            )
+            .with(
+                "aggregates",
+                self.endpoints.keys().copied().collect::<Vec<_>>(),
+            )
+        })
+    }
+}
+
+/// What a successful command returns.
+#[derive(Debug, Serialize)]
+struct Executed {
+    aggregate: &'static str,
+    id: String,
+    version: u64,
+    event_ids: Vec<EventId>,
+    position: Option<u64>,
+    correlation_id: Option<String>,
+}
+
+/// One aggregate type behind the service, with its types erased.
+#[async_trait]
+trait Endpoint: Send + Sync {
+    async fn execute(
+        &self,
+        id: &str,
+        body: &[u8],
+        metadata: Metadata,
+        expected: Option<u64>,
+    ) -> Result<Executed, ApiError>;
+
+    async fn state(&self, id: &str) -> Result<(u64, Value), ApiError>;
+
+    fn command_schema(&self, generator: &mut SchemaGenerator) -> Value;
+}
+
+struct Typed<A: Aggregate> {
+    handler: CommandHandler<A>,
+}
+
+#[async_trait]
+impl<A> Endpoint for Typed<A>
+where
+    A: Aggregate,
+    A::Command: DeserializeOwned + JsonSchema,
+{
+    async fn execute(
+        &self,
+        id: &str,
+        body: &[u8],
+        metadata: Metadata,
+        expected: Option<u64>,
+    ) -> Result<Executed, ApiError> {
+        let command: A::Command = serde_json::from_slice(body).map_err(|err| {
+            ApiError::bad_request(
+                "invalid_command",
+                format!("invalid `{}` command: {err}", A::TYPE),
+            )
+            .with("line", err.line())
+            .with("column", err.column())
+        })?;
+        let correlation_id = metadata.correlation_id.clone();
+        let result = match expected {
+            Some(version) => {
+                self.handler
+                    .execute_at(id, version, &command, metadata)
+                    .await
+            }
+            None => self.handler.execute(id, &command, metadata).await,
+        };
+        match result {
+            Ok(done) => Ok(Executed {
+                aggregate: A::TYPE,
+                id: id.to_owned(),
+                version: done.version,
+                event_ids: done.event_ids,
+                position: done.position,
+                correlation_id,
+            }),
+            Err(err) => Err(command_error(err)),
+        }
+    }
+
+    async fn state(&self, id: &str) -> Result<(u64, Value), ApiError> {
+        let loaded = self
+            .handler
+            .repository()
+            .load(id)
+            .await
+            .map_err(load_error)?;
+        if loaded.version == 0 {
+            return Err(ApiError::not_found(
+                "unknown_id",
+                format!("{} `{id}` has no events", A::TYPE),
+            ));
+        }
+        let state = serde_json::to_value(&loaded.state)
+            .map_err(|err| ApiError::internal(format!("failed to serialise the state: {err}")))?;
+        Ok((loaded.version, state))
+    }
+
+    fn command_schema(&self, generator: &mut SchemaGenerator) -> Value {
+        generator.subschema_for::<A::Command>().to_value()
+    }
+}
+
+fn command_error<E: std::error::Error + 'static>(err: CommandError<E>) -> ApiError {
+    match err {
+        CommandError::Rejected(reason) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rejected",
+            reason.to_string(),
+        ),
+        CommandError::Conflict {
+            stream,
+            expected,
+            actual,
+        } => ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("stream `{stream}` is at version {actual}, expected {expected}"),
+        )
+        .with("expected", expected.required())
+        .with("actual", actual),
+        CommandError::Load(err) => load_error(err),
+        CommandError::Encode(err) => {
+            ApiError::internal(format!("failed to serialise an event: {}", chain(&err)))
+        }
+        CommandError::Append(err) => append_error(&err),
+    }
+}
+
+fn append_error(err: &AppendError) -> ApiError {
+    match err {
+        AppendError::Unavailable(_) => ApiError::unavailable(chain(err)),
+        AppendError::InvalidStream { .. } => ApiError::bad_request("invalid_id", err.to_string()),
+        AppendError::InvalidEvent { .. } | AppendError::BatchSize { .. } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_event",
+            err.to_string(),
+        ),
+        _ => ApiError::internal(chain(err)),
+    }
+}
+
+fn load_error(err: LoadError) -> ApiError {
+    match &err {
+        LoadError::Read {
+            source: ReadError::Unavailable(_),
+            ..
+        }
+        | LoadError::Snapshot {
+            source: SnapshotError::Unavailable(_),
+            ..
+        } => ApiError::unavailable(chain(&err)),
+        _ => ApiError::internal(chain(&err)),
+    }
+}
+
+async fn execute(
+    State(shared): State<Arc<Shared>>,
+    Path((aggregate, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let endpoint = shared.endpoint(&aggregate)?;
+    let expected = if_match(&headers)?;
+    let metadata = metadata_from(&headers)?;
+    let done = endpoint.execute(&id, &body, metadata, expected).await?;
+    let mut response = Json(&done).into_response();
+    let headers = response.headers_mut();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", done.version)) {
+        headers.insert(header::ETAG, etag);
+    }
+    if let Some(value) = done
+        .correlation_id
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
+        headers.insert(CORRELATION_ID, value);
+    }
+    Ok(response)
+}
+
+async fn state_of(
+    State(shared): State<Arc<Shared>>,
+    Path((aggregate, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let endpoint = shared.endpoint(&aggregate)?;
+    let (version, state) = endpoint.state(&id).await?;
+    let mut response = Json(json!({
+        "aggregate": aggregate,
+        "id": id,
+        "version": version,
+        "state": state,
+    }))
+    .into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.store.head().await {
+        Ok(head) => Json(json!({ "status": "ok", "head": head })).into_response(),
+        Err(err) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "message": chain(&err) })),
+        )
+            .into_response(),
+    }
+}
+
+/// The version in `If-Match: "<n>"` (weak tags and bare numbers accepted), if present.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    let tag = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    tag.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_header",
+            format!(
+                "If-Match must be the aggregate version as an entity tag, like \"3\"; got `{text}`"
+            ),
+        )
+    })
+}
+
+/// Event metadata from the request's tracing headers.
+fn metadata_from(headers: &HeaderMap) -> Result<Metadata, ApiError> {
+    let mut metadata = Metadata::default();
+    if let Some(traceparent) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()) {
+        // An invalid traceparent is ignored, as W3C Trace Context asks: a new trace starts.
+        if let Some(trace_id) = trace_id(traceparent) {
+            metadata.correlation_id = Some(trace_id.to_owned());
+            metadata.traceparent = Some(traceparent.to_owned());
+        }
+    }
+    if let Some(id) = id_header(headers, CORRELATION_ID)? {
+        metadata.correlation_id = Some(id);
+    }
+    metadata.causation_id = id_header(headers, CAUSATION_ID)?;
+    Ok(metadata)
+}
+
+fn id_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    let valid = value.to_str().ok().filter(|v| {
+        !v.is_empty() && v.len() <= MAX_ID_LEN && v.bytes().all(|b| b.is_ascii_graphic())
+    });
+    match valid {
+        Some(id) => Ok(Some(id.to_owned())),
+        None => Err(ApiError::bad_request(
+            "invalid_header",
+            format!("{name} must be 1 to {MAX_ID_LEN} visible ASCII characters"),
+        )),
+    }
+}
+
+/// The trace id of a valid version-00 `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn trace_id(traceparent: &str) -> Option<&str> {
+    let parts: Vec<&str> = traceparent.trim().split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let [version, trace, parent, flags] = parts.as_slice() else {
+        return None;
+    };
+    let valid = hex(version, 2)
+        && *version != "ff"
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && hex(flags, 2);
+    valid.then_some(*trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_id_accepts_only_valid_traceparents() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id(valid), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(
+            trace_id("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            trace_id("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"),
+            None
+        );
+        assert_eq!(trace_id("garbage"), None);
+    }
+
+    #[test]
+    fn if_match_reads_strong_weak_and_bare_versions() {
+        let with = |v: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::IF_MATCH, HeaderValue::from_str(v).unwrap());
+            if_match(&headers)
+        };
+        assert_eq!(with("\"3\"").unwrap(), Some(3));
+        assert_eq!(with("W/\"4\"").unwrap(), Some(4));
+        assert_eq!(with("5").unwrap(), Some(5));
+        assert_eq!(with("\"abc\"").unwrap_err().code(), "invalid_header");
+        assert_eq!(if_match(&HeaderMap::new()).unwrap(), None);
+    }
+}

@@ -1,0 +1,90 @@
+//! Prometheus metrics: one process-wide recorder, a `/metrics` route, and a layer that counts
+//! and times every request by route.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Quantiles every histogram is summarised by.
+const QUANTILES: [f64; 6] = [0.5, 0.9, 0.95, 0.99, 0.999, 1.0];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process-wide Prometheus recorder, installed on first use.
+///
+/// `None` when the application installed another `metrics` recorder first; the `/metrics`
+/// route then answers 501 and the application exports metrics its own way.
+pub fn prometheus() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_quantiles(&QUANTILES)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            match builder.install_recorder() {
+                Ok(handle) => Some(handle),
+                Err(err) => {
+                    tracing::warn!(%err, "another metrics recorder is installed; /metrics is off");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// `GET /metrics`: every metric of the process in Prometheus text format.
+pub fn metrics_router() -> Router {
+    let handle = prometheus();
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move {
+                match handle {
+                    Some(handle) => {
+                        handle.run_upkeep();
+                        (
+                            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                            handle.render(),
+                        )
+                            .into_response()
+                    }
+                    None => (
+                        StatusCode::NOT_IMPLEMENTED,
+                        "another metrics recorder is installed in this process\n",
+                    )
+                        .into_response(),
+                }
+            }
+        }),
+    )
+}
+
+/// Middleware counting and timing requests by service, route template, method and status.
+pub(crate) async fn track(service: Arc<str>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    ::metrics::histogram!(
+        "nexus_http_request_duration_seconds",
+        "service" => service.to_string(), "route" => route.clone(), "method" => method.clone()
+    )
+    .record(started.elapsed().as_secs_f64());
+    ::metrics::counter!(
+        "nexus_http_requests_total",
+        "service" => service.to_string(), "route" => route, "method" => method, "status" => status
+    )
+    .increment(1);
+    response
+}

@@ -1,0 +1,242 @@
+//! OpenAPI 3.1 documents of the command service and the query dashboard, built from the
+//! registered aggregates and projections (command schemas come from `schemars`).
+
+use schemars::SchemaGenerator;
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
+
+/// An OpenAPI document being assembled.
+pub(crate) struct OpenApi {
+    doc: Value,
+    paths: Map<String, Value>,
+}
+
+impl OpenApi {
+    /// An empty document with the routes every Nexus service has (`/health`, `/metrics`).
+    pub(crate) fn new(title: &str, description: &str) -> Self {
+        let mut paths = Map::new();
+        paths.insert(
+            "/metrics".into(),
+            json!({"get": {
+                "summary": "Prometheus metrics of the process",
+                "operationId": "metrics",
+                "responses": {"200": {"description": "Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}}
+            }}),
+        );
+        paths.insert(
+            "/openapi.json".into(),
+            json!({"get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "responses": {"200": {"description": "OpenAPI 3.1 document",
+                    "content": {"application/json": {"schema": {"type": "object"}}}}}
+            }}),
+        );
+        Self {
+            doc: json!({
+                "openapi": "3.1.0",
+                "info": {
+                    "title": title,
+                    "description": description,
+                    "version": env!("CARGO_PKG_VERSION"),
+                },
+            }),
+            paths,
+        }
+    }
+
+    /// A schema generator whose `$ref`s point into `#/components/schemas`.
+    pub(crate) fn generator() -> SchemaGenerator {
+        SchemaSettings::draft2020_12()
+            .with(|settings| {
+                settings.definitions_path = "/components/schemas".into();
+                settings.meta_schema = None;
+            })
+            .into_generator()
+    }
+
+    /// The routes of one aggregate of the command service.
+    pub(crate) fn command_paths(&mut self, aggregate: &str, command_schema: Value) {
+        self.paths.insert(
+            format!("/commands/{aggregate}/{{id}}"),
+            json!({"post": {
+                "summary": format!("Run a command on a `{aggregate}`"),
+                "operationId": format!("{aggregate}_command"),
+                "tags": [aggregate],
+                "parameters": [
+                    id_parameter(aggregate),
+                    {"name": "If-Match", "in": "header", "required": false,
+                     "description": "Decide only if the aggregate is at this version (its ETag); a stale one is a 409",
+                     "schema": {"type": "string", "examples": ["\"3\""]}},
+                    {"name": "traceparent", "in": "header", "required": false,
+                     "description": "W3C trace context, kept in the events' metadata",
+                     "schema": {"type": "string"}},
+                    {"name": "X-Correlation-Id", "in": "header", "required": false,
+                     "description": "Correlation id kept in the events' metadata (default: the trace id, or a new id)",
+                     "schema": {"type": "string", "maxLength": 128}},
+                    {"name": "X-Causation-Id", "in": "header", "required": false,
+                     "schema": {"type": "string", "maxLength": 128}}
+                ],
+                "requestBody": {"required": true,
+                    "content": {"application/json": {"schema": command_schema}}},
+                "responses": {
+                    "200": {"description": "Executed; the events are stored",
+                        "headers": {"ETag": {"description": "The new version", "schema": {"type": "string"}}},
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Executed"}}}},
+                    "400": error_response("The body is not a valid command, or a header is malformed"),
+                    "404": error_response("No such aggregate type"),
+                    "409": error_response("The aggregate is at another version than If-Match said (`expected`, `actual`)"),
+                    "422": error_response("The aggregate rejected the command"),
+                    "503": error_response("The event store is unreachable; nothing was stored")
+                }
+            }}),
+        );
+        self.paths.insert(
+            format!("/aggregates/{aggregate}/{{id}}"),
+            json!({"get": {
+                "summary": format!("The current state of a `{aggregate}` (for debugging; queries belong to the query side)"),
+                "operationId": format!("{aggregate}_state"),
+                "tags": [aggregate],
+                "parameters": [id_parameter(aggregate)],
+                "responses": {
+                    "200": {"description": "Version and state",
+                        "content": {"application/json": {"schema": {"type": "object",
+                            "properties": {"aggregate": {"type": "string"}, "id": {"type": "string"},
+                                "version": {"type": "integer"}, "state": {}}}}}},
+                    "404": error_response("No such aggregate type, or no events for this id"),
+                    "503": error_response("The event store is unreachable")
+                }
+            }}),
+        );
+    }
+
+    /// The store-health route of the command service.
+    pub(crate) fn store_health(&mut self) {
+        self.paths.insert(
+            "/health".into(),
+            json!({"get": {
+                "summary": "Whether the event store answers",
+                "operationId": "health",
+                "responses": {
+                    "200": {"description": "Healthy; `head` is the log head"},
+                    "503": {"description": "The event store is unreachable"}
+                }
+            }}),
+        );
+    }
+
+    /// The routes of the query dashboard.
+    pub(crate) fn query_paths(&mut self, projections: &[String]) {
+        let projection = json!({"name": "projection", "in": "path", "required": true,
+            "schema": {"type": "string", "enum": projections}});
+        let collection = json!({"name": "collection", "in": "path", "required": true,
+            "schema": {"type": "string"}});
+        let wait_for = json!({"name": "wait_for", "in": "query", "required": false,
+            "description": "Read your writes: wait until the projection has applied `<aggregate>/<id>@<version>` (from the command's answer)",
+            "schema": {"type": "string", "examples": ["order/o-1@3"]}});
+        self.paths.insert(
+            "/read-models".into(),
+            json!({"get": {
+                "summary": "The projections served, with their health and checkpoint",
+                "operationId": "read_models",
+                "responses": {"200": {"description": "Projections"}}
+            }}),
+        );
+        self.paths.insert(
+            "/read-models/{projection}/{collection}".into(),
+            json!({"get": {
+                "summary": "Documents of a collection, ordered by id; other query parameters filter by field (`status=confirmed`, `customer.name=\"Ada\"`)",
+                "operationId": "list_documents",
+                "parameters": [projection, collection,
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                    wait_for],
+                "responses": {
+                    "200": {"description": "A page of documents",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Page"}}}},
+                    "400": error_response("A bad filter, limit or offset"),
+                    "404": error_response("No such projection"),
+                    "503": error_response("wait_for timed out, or the read model is unreadable")
+                }
+            }}),
+        );
+        self.paths.insert(
+            "/read-models/{projection}/{collection}/{id}".into(),
+            json!({"get": {
+                "summary": "One document",
+                "operationId": "get_document",
+                "parameters": [projection, collection,
+                    {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+                    wait_for],
+                "responses": {
+                    "200": {"description": "The document", "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "404": error_response("No such projection or document"),
+                    "503": error_response("wait_for timed out, or the read model is unreadable")
+                }
+            }}),
+        );
+        self.paths.insert(
+            "/health".into(),
+            json!({"get": {
+                "summary": "Health of every projection (status, position, lag, dead letters)",
+                "operationId": "health",
+                "responses": {"200": {"description": "All healthy"}, "503": {"description": "A projection is failing or stopped"}}
+            }}),
+        );
+        self.paths.insert(
+            "/health/projections/{name}".into(),
+            json!({"get": {
+                "summary": "Health of one projection",
+                "operationId": "projection_health",
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "Healthy"}, "404": {"description": "No such projection"},
+                    "503": {"description": "Failing or stopped"}}
+            }}),
+        );
+    }
+
+    /// The finished document, with the generator's definitions as components.
+    pub(crate) fn finish(mut self, mut generator: SchemaGenerator) -> Value {
+        let mut schemas = generator.take_definitions(true);
+        schemas.insert(
+            "Error".into(),
+            json!({"type": "object", "required": ["error", "message"],
+                "properties": {"error": {"type": "string", "description": "Stable machine-readable code"},
+                    "message": {"type": "string"}},
+                "additionalProperties": true}),
+        );
+        schemas.insert(
+            "Executed".into(),
+            json!({"type": "object", "required": ["aggregate", "id", "version", "event_ids"],
+                "properties": {
+                    "aggregate": {"type": "string"}, "id": {"type": "string"},
+                    "version": {"type": "integer", "description": "The aggregate's version after the command"},
+                    "event_ids": {"type": "array", "items": {"type": "string", "format": "uuid"}},
+                    "position": {"type": ["integer", "null"], "description": "Global log position of the last event"},
+                    "correlation_id": {"type": ["string", "null"]}}}),
+        );
+        schemas.insert(
+            "Page".into(),
+            json!({"type": "object", "required": ["items", "limit", "offset"],
+                "properties": {
+                    "items": {"type": "array", "items": {"type": "object",
+                        "properties": {"id": {"type": "string"}, "document": {"type": "object"}}}},
+                    "limit": {"type": "integer"}, "offset": {"type": "integer"},
+                    "next_offset": {"type": ["integer", "null"]}}}),
+        );
+        self.doc["paths"] = Value::Object(self.paths);
+        self.doc["components"] = json!({ "schemas": schemas });
+        self.doc
+    }
+}
+
+fn id_parameter(aggregate: &str) -> Value {
+    json!({"name": "id", "in": "path", "required": true,
+        "description": format!("The `{aggregate}` id"), "schema": {"type": "string"}})
+}
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}

@@ -1,0 +1,434 @@
+//! The query dashboard: serves projections' read models over REST, with their health.
+//!
+//! Reads go to each projection's own read model (never to the event store), on Tokio's
+//! blocking pool so a slow disk does not stall other requests. `wait_for=<aggregate>/<id>@<n>`
+//! lets a client read its own write: the request waits until the projection has applied
+//! version `n` of that stream (the version the command service answered with).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use super::error::{ApiError, chain};
+use super::openapi::OpenApi;
+use crate::event::StreamId;
+use crate::projection::{HealthRegistry, ProjectionHandle, ReadModelError, ReadModelStore};
+
+/// Documents per page when the request does not say.
+const DEFAULT_LIMIT: usize = 100;
+/// Largest page.
+const MAX_LIMIT: usize = 1000;
+/// How long `wait_for` waits by default, and at most.
+const DEFAULT_WAIT: Duration = Duration::from_secs(2);
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// How often a waiting read looks at the read model again.
+const WAIT_POLL: Duration = Duration::from_millis(5);
+
+/// Builds the query dashboard's router from the projections it serves.
+///
+/// ```no_run
+/// # use nexus_runtime::http::QueryDashboard;
+/// # use nexus_runtime::projection::{ProjectionHandle, ProjectionRunner};
+/// # fn demo(runner: &ProjectionRunner, orders: &ProjectionHandle) {
+/// let app = QueryDashboard::new(runner.health()).read_model(orders).router();
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct QueryDashboard {
+    health: HealthRegistry,
+    read_models: BTreeMap<String, ReadModelStore>,
+    title: String,
+}
+
+impl QueryDashboard {
+    /// A dashboard reporting the health in `health`, serving no read model yet.
+    pub fn new(health: HealthRegistry) -> Self {
+        Self {
+            health,
+            read_models: BTreeMap::new(),
+            title: "query-dashboard".to_owned(),
+        }
+    }
+
+    /// Serves the read model of a running projection under `/read-models/{its name}`.
+    pub fn read_model(self, projection: &ProjectionHandle) -> Self {
+        self.with_read_model(projection.name(), projection.read_model().clone())
+    }
+
+    /// Serves `store` under `/read-models/{name}`.
+    pub fn with_read_model(mut self, name: impl Into<String>, store: ReadModelStore) -> Self {
+        self.read_models.insert(name.into(), store);
+        self
+    }
+
+    /// The service's name in its OpenAPI document and metrics (default `query-dashboard`).
+    pub fn with_title(mut self, title: impl Into<String>) -> Self {
+        self.title = title.into();
+        self
+    }
+
+    /// The router: read models, health, `/metrics`, `/openapi.json` and an overview page at `/`.
+    pub fn router(self) -> Router {
+        let names: Vec<String> = self.read_models.keys().cloned().collect();
+        let openapi = {
+            let mut doc = OpenApi::new(
+                &self.title,
+                "Serves the read models of this service's projections and their health.",
+            );
+            doc.query_paths(&names);
+            Arc::new(doc.finish(OpenApi::generator()))
+        };
+        let service: Arc<str> = self.title.as_str().into();
+        let state = Arc::new(Shared {
+            health: self.health.clone(),
+            read_models: self.read_models,
+            title: self.title,
+        });
+        Router::new()
+            .route("/", get(overview))
+            .route("/read-models", get(projections))
+            .route("/read-models/{projection}/{collection}", get(list))
+            .route("/read-models/{projection}/{collection}/{id}", get(one))
+            .with_state(state)
+            .route(
+                "/openapi.json",
+                get(move || {
+                    let openapi = Arc::clone(&openapi);
+                    async move { Json(openapi.as_ref().clone()) }
+                }),
+            )
+            .merge(super::health_router(self.health))
+            .merge(super::metrics_router())
+            .layer(axum::middleware::from_fn(move |request, next| {
+                super::metrics::track(Arc::clone(&service), request, next)
+            }))
+    }
+}
+
+struct Shared {
+    health: HealthRegistry,
+    read_models: BTreeMap<String, ReadModelStore>,
+    title: String,
+}
+
+impl Shared {
+    fn read_model(&self, name: &str) -> Result<ReadModelStore, ApiError> {
+        self.read_models.get(name).cloned().ok_or_else(|| {
+            ApiError::not_found(
+                "unknown_projection",
+                format!("this dashboard serves no projection `{name}`"),
+            )
+            .with(
+                "projections",
+                self.read_models.keys().cloned().collect::<Vec<_>>(),
+            )
+        })
+    }
+}
+
+/// The reserved query parameters; every other one is a field filter.
+#[derive(Debug, Default)]
+struct ListParams {
+    limit: usize,
+    offset: usize,
+    wait: Option<Wait>,
+    filters: Vec<(String, Value)>,
+}
+
+/// A read-your-writes condition: the projection has applied `version` of `stream`.
+#[derive(Debug)]
+struct Wait {
+    stream: StreamId,
+    version: u64,
+    timeout: Duration,
+}
+
+impl ListParams {
+    fn parse(pairs: Vec<(String, String)>) -> Result<Self, ApiError> {
+        let mut params = Self {
+            limit: DEFAULT_LIMIT,
+            ..Self::default()
+        };
+        let mut wait_for = None;
+        let mut wait_ms = None;
+        for (key, value) in pairs {
+            match key.as_str() {
+                "limit" => {
+                    params.limit = number(&key, &value)?;
+                    if !(1..=MAX_LIMIT).contains(&params.limit) {
+                        return Err(ApiError::bad_request(
+                            "invalid_parameter",
+                            format!("limit must be 1 to {MAX_LIMIT}, got {value}"),
+                        ));
+                    }
+                }
+                "offset" => params.offset = number(&key, &value)?,
+                "wait_for" => wait_for = Some(value),
+                "wait_ms" => wait_ms = Some(number(&key, &value)?),
+                _ => params.filters.push((key, filter_value(&value))),
+            }
+        }
+        if let Some(spec) = wait_for {
+            let timeout = wait_ms.map_or(DEFAULT_WAIT, |ms| {
+                Duration::from_millis(ms as u64).min(MAX_WAIT)
+            });
+            params.wait = Some(Wait::parse(&spec, timeout)?);
+        }
+        Ok(params)
+    }
+}
+
+impl Wait {
+    fn parse(spec: &str, timeout: Duration) -> Result<Self, ApiError> {
+        let invalid = || {
+            ApiError::bad_request(
+                "invalid_parameter",
+                format!(
+                    "wait_for must look like `order/o-1@3` (aggregate/id@version), got `{spec}`"
+                ),
+            )
+        };
+        let (stream, version) = spec.rsplit_once('@').ok_or_else(invalid)?;
+        let (aggregate, id) = stream.split_once('/').ok_or_else(invalid)?;
+        let version = version.parse::<u64>().map_err(|_| invalid())?;
+        if aggregate.is_empty() || id.is_empty() {
+            return Err(invalid());
+        }
+        Ok(Self {
+            stream: StreamId::new(aggregate, id),
+            version,
+            timeout,
+        })
+    }
+
+    /// Waits until `store` has applied the version, or fails with 503 when the time is up.
+    async fn until_applied(&self, store: &ReadModelStore) -> Result<(), ApiError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let applied = blocking(store, {
+                let stream = self.stream.clone();
+                move |store| store.stream_version(&stream)
+            })
+            .await?;
+            if applied >= self.version {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ApiError::unavailable(format!(
+                    "the read model has applied `{}` up to version {applied}, not {} yet",
+                    self.stream, self.version
+                ))
+                .with("applied", applied)
+                .with("wanted", self.version));
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+        }
+    }
+}
+
+fn number(key: &str, value: &str) -> Result<usize, ApiError> {
+    value.parse::<usize>().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_parameter",
+            format!("{key} must be a non-negative integer, got `{value}`"),
+        )
+    })
+}
+
+/// A filter value: JSON when it parses as a number, boolean, null or quoted string; else text.
+fn filter_value(text: &str) -> Value {
+    match serde_json::from_str::<Value>(text) {
+        Ok(value @ (Value::Number(_) | Value::Bool(_) | Value::Null | Value::String(_))) => value,
+        _ => Value::String(text.to_owned()),
+    }
+}
+
+/// Runs a read-model call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    store: &ReadModelStore,
+    call: impl FnOnce(&ReadModelStore) -> Result<T, ReadModelError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || call(&store)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(ReadModelError::InvalidField(field))) => Err(ApiError::bad_request(
+            "invalid_filter",
+            format!("`{field}` is not a field name (letters, digits, `_`, and `.` for nesting)"),
+        )),
+        Ok(Err(err)) => Err(ApiError::unavailable(chain(&err))),
+        Err(err) => Err(ApiError::internal(format!("read model task failed: {err}"))),
+    }
+}
+
+async fn projections(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError> {
+    let mut projections = Vec::new();
+    for (name, store) in &shared.read_models {
+        let checkpoint = blocking(store, |store| store.checkpoint()).await?;
+        projections.push(json!({
+            "name": name,
+            "checkpoint": checkpoint.map(|c| c.position),
+            "health": shared.health.get(name),
+        }));
+    }
+    Ok(Json(json!({ "projections": projections })))
+}
+
+async fn list(
+    State(shared): State<Arc<Shared>>,
+    Path((projection, collection)): Path<(String, String)>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let store = shared.read_model(&projection)?;
+    let params = ListParams::parse(pairs)?;
+    if let Some(wait) = &params.wait {
+        wait.until_applied(&store).await?;
+    }
+    let (limit, offset) = (params.limit, params.offset);
+    let filters = params.filters;
+    // One more than asked tells whether a next page exists.
+    let mut documents = blocking(&store, move |store| {
+        store.list(&collection, &filters, limit + 1, offset)
+    })
+    .await?;
+    let next_offset = (documents.len() > limit).then_some(offset + limit);
+    documents.truncate(limit);
+    let items: Vec<Value> = documents
+        .into_iter()
+        .map(|(id, document)| json!({ "id": id, "document": document }))
+        .collect();
+    Ok(Json(json!({
+        "items": items,
+        "limit": limit,
+        "offset": offset,
+        "next_offset": next_offset,
+    })))
+}
+
+async fn one(
+    State(shared): State<Arc<Shared>>,
+    Path((projection, collection, id)): Path<(String, String, String)>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let store = shared.read_model(&projection)?;
+    let params = ListParams::parse(pairs)?;
+    if let Some(wait) = &params.wait {
+        wait.until_applied(&store).await?;
+    }
+    let key = id.clone();
+    let found = blocking(&store, move |store| store.get(&collection, &key)).await?;
+    found.map(Json).ok_or_else(|| {
+        ApiError::not_found(
+            "unknown_id",
+            format!("no document `{id}` in this collection"),
+        )
+    })
+}
+
+/// A small HTML page: each projection's health, with links to its API.
+async fn overview(State(shared): State<Arc<Shared>>) -> Response {
+    let mut rows = String::new();
+    for name in shared.read_models.keys() {
+        let (status, position, lag, dead) = shared.health.get(name).map_or_else(
+            || ("unknown".to_owned(), 0, 0, 0),
+            |h| {
+                (
+                    format!("{:?}", h.status).to_lowercase(),
+                    h.last_position,
+                    h.lag_events,
+                    h.dead_letters,
+                )
+            },
+        );
+        let name = escape(name);
+        rows.push_str(&format!(
+            "<tr><td><a href=\"/health/projections/{name}\">{name}</a></td><td class=\"{status}\">{status}</td>\
+             <td>{position}</td><td>{lag}</td><td>{dead}</td></tr>\n"
+        ));
+    }
+    let title = escape(&shared.title);
+    Html(format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\
+         <meta http-equiv=\"refresh\" content=\"2\">\
+         <style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}\
+         td,th{{padding:.3rem .8rem;border-bottom:1px solid #ddd;text-align:left}}\
+         .running{{color:#070}}.retrying{{color:#a60}}.failing,.stopped{{color:#b00}}</style></head>\
+         <body><h1>{title}</h1><table><thead><tr><th>projection</th><th>status</th><th>position</th>\
+         <th>lag (events)</th><th>dead letters</th></tr></thead><tbody>\n{rows}</tbody></table>\
+         <p><a href=\"/read-models\">/read-models</a> · <a href=\"/health\">/health</a> · \
+         <a href=\"/metrics\">/metrics</a> · <a href=\"/openapi.json\">/openapi.json</a></p></body></html>\n"
+    ))
+    .into_response()
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn list_params_split_reserved_names_from_filters() {
+        let params = ListParams::parse(pairs(&[
+            ("limit", "10"),
+            ("offset", "20"),
+            ("status", "confirmed"),
+            ("items", "2"),
+            ("sku", "\"123\""),
+        ]))
+        .unwrap();
+        assert_eq!((params.limit, params.offset), (10, 20));
+        assert_eq!(
+            params.filters,
+            vec![
+                ("status".to_owned(), json!("confirmed")),
+                ("items".to_owned(), json!(2)),
+                ("sku".to_owned(), json!("123")),
+            ]
+        );
+    }
+
+    #[test]
+    fn list_params_reject_bad_numbers_and_wait_specs() {
+        assert_eq!(
+            ListParams::parse(pairs(&[("limit", "0")]))
+                .unwrap_err()
+                .code(),
+            "invalid_parameter"
+        );
+        assert_eq!(
+            ListParams::parse(pairs(&[("offset", "-1")]))
+                .unwrap_err()
+                .code(),
+            "invalid_parameter"
+        );
+        for spec in ["order", "order/o-1", "order/o-1@x", "/o-1@3", "order/@3"] {
+            assert!(
+                ListParams::parse(pairs(&[("wait_for", spec)])).is_err(),
+                "{spec} accepted"
+            );
+        }
+        let wait = ListParams::parse(pairs(&[("wait_for", "order/o-1@3"), ("wait_ms", "50")]))
+            .unwrap()
+            .wait
+            .unwrap();
+        assert_eq!(wait.stream, StreamId::new("order", "o-1"));
+        assert_eq!((wait.version, wait.timeout), (3, Duration::from_millis(50)));
+    }
+}

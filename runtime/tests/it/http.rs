@@ -1,0 +1,550 @@
+//! The command service and the query dashboard over HTTP, on the embedded store.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use nexus_runtime::bus::EventBus;
+use nexus_runtime::bus::local::InProcessBus;
+use nexus_runtime::http::{CommandService, QueryDashboard};
+use nexus_runtime::projection::{Changes, Projection, ProjectionError, ProjectionRunner};
+use nexus_runtime::{Aggregate, DomainEvent, EventStore, RecordedEvent, StreamId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::support;
+
+/// A ticket that is opened, commented on and closed.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Ticket {
+    open: bool,
+    title: String,
+    comments: u32,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "type", deny_unknown_fields)]
+enum TicketCommand {
+    Open { title: String },
+    Comment { text: String },
+    Close,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type")]
+enum TicketEvent {
+    Opened { title: String },
+    Commented { text: String },
+    Closed,
+}
+
+impl DomainEvent for TicketEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            Self::Opened { .. } => "Opened",
+            Self::Commented { .. } => "Commented",
+            Self::Closed => "Closed",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TicketError {
+    #[error("the ticket is already open")]
+    AlreadyOpen,
+    #[error("the ticket is not open")]
+    NotOpen,
+}
+
+impl Aggregate for Ticket {
+    const TYPE: &'static str = "ticket";
+    type Command = TicketCommand;
+    type Event = TicketEvent;
+    type Error = TicketError;
+
+    fn handle(&self, command: &TicketCommand) -> Result<Vec<TicketEvent>, TicketError> {
+        match command {
+            TicketCommand::Open { .. } if self.open => Err(TicketError::AlreadyOpen),
+            TicketCommand::Open { title } => Ok(vec![TicketEvent::Opened {
+                title: title.clone(),
+            }]),
+            _ if !self.open => Err(TicketError::NotOpen),
+            TicketCommand::Comment { text } => {
+                Ok(vec![TicketEvent::Commented { text: text.clone() }])
+            }
+            TicketCommand::Close => Ok(vec![TicketEvent::Closed]),
+        }
+    }
+
+    fn apply(&mut self, event: &TicketEvent) {
+        match event {
+            TicketEvent::Opened { title } => {
+                self.open = true;
+                self.title.clone_from(title);
+            }
+            TicketEvent::Commented { .. } => self.comments += 1,
+            TicketEvent::Closed => self.open = false,
+        }
+    }
+}
+
+/// Keeps one `tickets` document per ticket.
+struct Tickets;
+
+#[async_trait]
+impl Projection for Tickets {
+    fn name(&self) -> &str {
+        "tickets"
+    }
+
+    async fn apply(
+        &self,
+        event: &RecordedEvent,
+        changes: &mut Changes<'_>,
+    ) -> Result<(), ProjectionError> {
+        let id = event.stream.aggregate_id().to_owned();
+        let mut doc = changes
+            .get("tickets", &id)
+            .await?
+            .unwrap_or_else(|| json!({ "comments": 0 }));
+        match event.decode::<TicketEvent>()? {
+            TicketEvent::Opened { title } => {
+                doc["title"] = json!(title);
+                doc["status"] = json!("open");
+            }
+            TicketEvent::Commented { .. } => {
+                doc["comments"] = json!(doc["comments"].as_u64().unwrap_or(0) + 1);
+            }
+            TicketEvent::Closed => doc["status"] = json!("closed"),
+        }
+        changes.put("tickets", &id, doc);
+        Ok(())
+    }
+}
+
+fn commands(store: &Arc<dyn EventStore>) -> Router {
+    CommandService::new(Arc::clone(store))
+        .aggregate::<Ticket>()
+        .router()
+}
+
+async fn call(app: &Router, request: Request<Body>) -> (StatusCode, Response<Body>) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    (response.status(), response)
+}
+
+async fn json_of(response: Response<Body>) -> Value {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|err| panic!("not JSON ({err}): {}", String::from_utf8_lossy(&bytes)))
+}
+
+fn post(uri: &str, body: Value) -> Request<Body> {
+    Request::post(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_appends_and_answers_with_version_ids_and_etag() {
+    let (store, _dir) = support::embedded();
+    let app = commands(&store);
+    let (status, response) = call(
+        &app,
+        post(
+            "/commands/ticket/t-1",
+            json!({"type": "Open", "title": "printer on fire"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(response.headers()["etag"], "\"1\"");
+    let body = json_of(response).await;
+    assert_eq!(body["aggregate"], "ticket");
+    assert_eq!(body["id"], "t-1");
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["event_ids"].as_array().unwrap().len(), 1);
+    assert!(body["position"].as_u64().is_some());
+
+    let (status, _) = call(
+        &app,
+        post(
+            "/commands/ticket/t-1",
+            json!({"type": "Comment", "text": "still burning"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, response) = call(&app, get("/aggregates/ticket/t-1")).await;
+    assert_eq!(status, StatusCode::OK);
+    let body = json_of(response).await;
+    assert_eq!(body["version"], 2);
+    assert_eq!(body["state"]["comments"], 1);
+    assert_eq!(body["state"]["title"], "printer on fire");
+    let events = store
+        .read_stream(&StreamId::new("ticket", "t-1"), 1, None)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_status_a_code_and_a_message_and_store_nothing() {
+    let (store, _dir) = support::embedded();
+    let app = commands(&store);
+
+    // Malformed JSON: 400 with the location.
+    let request = Request::post("/commands/ticket/t-1")
+        .body(Body::from("{\"type\": \"Open\", \"title\": "))
+        .unwrap();
+    let (status, response) = call(&app, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let body = json_of(response).await;
+    assert_eq!(body["error"], "invalid_command");
+    assert_eq!(body["line"], 1);
+    assert!(
+        body["message"].as_str().unwrap().contains("ticket"),
+        "{body}"
+    );
+
+    // An unknown command type and an unknown field: 400.
+    for bad in [
+        json!({"type": "Reopen"}),
+        json!({"type": "Open", "title": "x", "extra": 1}),
+    ] {
+        let (status, response) = call(&app, post("/commands/ticket/t-1", bad.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(json_of(response).await["error"], "invalid_command");
+    }
+
+    // A domain rule: 422 with the aggregate's reason.
+    let (status, response) =
+        call(&app, post("/commands/ticket/t-2", json!({"type": "Close"}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let body = json_of(response).await;
+    assert_eq!(body["error"], "rejected");
+    assert_eq!(body["message"], "the ticket is not open");
+
+    // An aggregate the service does not serve: 404 listing the ones it does.
+    let (status, response) = call(&app, post("/commands/invoice/i-1", json!({}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(json_of(response).await["aggregates"], json!(["ticket"]));
+
+    // Unknown ids read as 404, and a malformed If-Match as 400.
+    let (status, _) = call(&app, get("/aggregates/ticket/t-9")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let request = Request::post("/commands/ticket/t-1")
+        .header("if-match", "\"soon\"")
+        .body(Body::from(
+            json!({"type": "Open", "title": "x"}).to_string(),
+        ))
+        .unwrap();
+    let (status, response) = call(&app, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(json_of(response).await["error"], "invalid_header");
+
+    assert_eq!(
+        store.head().await.unwrap().position,
+        0,
+        "nothing was appended"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_if_match_is_a_409_with_the_actual_version() {
+    let (store, _dir) = support::embedded();
+    let app = commands(&store);
+    for body in [
+        json!({"type": "Open", "title": "t"}),
+        json!({"type": "Comment", "text": "a"}),
+    ] {
+        let (status, _) = call(&app, post("/commands/ticket/t-1", body)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let stale = Request::post("/commands/ticket/t-1")
+        .header("if-match", "\"1\"")
+        .body(Body::from(json!({"type": "Close"}).to_string()))
+        .unwrap();
+    let (status, response) = call(&app, stale).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let body = json_of(response).await;
+    assert_eq!(body["error"], "conflict");
+    assert_eq!(
+        (body["expected"].clone(), body["actual"].clone()),
+        (json!(1), json!(2))
+    );
+
+    let current = Request::post("/commands/ticket/t-1")
+        .header("if-match", "\"2\"")
+        .body(Body::from(json!({"type": "Close"}).to_string()))
+        .unwrap();
+    let (status, response) = call(&app, current).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json_of(response).await["version"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_headers_reach_the_event_metadata() {
+    let (store, _dir) = support::embedded();
+    let app = commands(&store);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let request = Request::post("/commands/ticket/t-1")
+        .header("traceparent", traceparent)
+        .header("x-causation-id", "msg-7")
+        .body(Body::from(
+            json!({"type": "Open", "title": "t"}).to_string(),
+        ))
+        .unwrap();
+    let (status, response) = call(&app, request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        response.headers()["x-correlation-id"],
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "the trace id correlates when no correlation id is sent"
+    );
+    let request = Request::post("/commands/ticket/t-1")
+        .header("x-correlation-id", "checkout-42")
+        .body(Body::from(json!({"type": "Close"}).to_string()))
+        .unwrap();
+    let (status, _) = call(&app, request).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let events = store
+        .read_stream(&StreamId::new("ticket", "t-1"), 1, None)
+        .await
+        .unwrap();
+    assert_eq!(events[0].metadata.traceparent.as_deref(), Some(traceparent));
+    assert_eq!(
+        events[0].metadata.correlation_id.as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert_eq!(events[0].metadata.causation_id.as_deref(), Some("msg-7"));
+    assert_eq!(
+        events[1].metadata.correlation_id.as_deref(),
+        Some("checkout-42")
+    );
+    assert_eq!(events[1].metadata.traceparent, None);
+
+    let request = Request::post("/commands/ticket/t-1")
+        .header("x-correlation-id", "has spaces")
+        .body(Body::from(
+            json!({"type": "Open", "title": "t"}).to_string(),
+        ))
+        .unwrap();
+    let (status, _) = call(&app, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_service_exposes_health_metrics_and_openapi() {
+    let (store, _dir) = support::embedded();
+    let app = commands(&store);
+    let (status, _) = call(
+        &app,
+        post(
+            "/commands/ticket/m-1",
+            json!({"type": "Open", "title": "t"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, response) = call(&app, get("/health")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json_of(response).await["status"], "ok");
+
+    let (status, response) = call(&app, get("/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    for needle in [
+        "nexus_commands_total{aggregate=\"ticket\",outcome=\"ok\"}",
+        "nexus_command_duration_seconds{aggregate=\"ticket\",outcome=\"ok\",quantile=\"0.99\"}",
+        "nexus_events_appended_total{aggregate=\"ticket\"}",
+        "nexus_http_requests_total{",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+
+    let (status, response) = call(&app, get("/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    let doc = json_of(response).await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let command = &doc["paths"]["/commands/ticket/{id}"]["post"];
+    assert!(command["responses"]["409"].is_object());
+    assert_all_refs_resolve(&doc, &doc);
+    let schema = serde_json::to_string(&command["requestBody"]).unwrap();
+    let resolved = serde_json::to_string(&doc["components"]).unwrap();
+    assert!(
+        schema.contains("TicketCommand") && resolved.contains("Comment"),
+        "the command schema is published: {schema}"
+    );
+}
+
+/// Every `$ref` in `value` points at something in `doc`.
+fn assert_all_refs_resolve(doc: &Value, value: &Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(target)) = map.get("$ref") {
+                let pointer = target.strip_prefix('#').expect("a local $ref");
+                assert!(doc.pointer(pointer).is_some(), "dangling $ref {target}");
+            }
+            map.values().for_each(|v| assert_all_refs_resolve(doc, v));
+        }
+        Value::Array(items) => items.iter().for_each(|v| assert_all_refs_resolve(doc, v)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_serves_read_models_with_filters_pages_and_read_your_writes() {
+    let (store, dir) = support::embedded();
+    let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Arc::clone(&store)));
+    let runner = ProjectionRunner::new(Arc::clone(&store), bus, dir.path().join("read-models"));
+    let tickets = runner.spawn(Tickets).unwrap();
+    let dashboard = QueryDashboard::new(runner.health())
+        .read_model(&tickets)
+        .router();
+    let app = commands(&store);
+
+    let mut last = Value::Null;
+    for n in 0..5 {
+        let (status, response) = call(
+            &app,
+            post(
+                &format!("/commands/ticket/t-{n}"),
+                json!({"type": "Open", "title": format!("ticket {n}")}),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        if n % 2 == 0 {
+            let (status, response) = call(
+                &app,
+                post(&format!("/commands/ticket/t-{n}"), json!({"type": "Close"})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            last = json_of(response).await;
+        } else {
+            let _ = json_of(response).await;
+        }
+    }
+    // Read your writes: wait until the projection has applied what the command answered.
+    let wait = format!("ticket/t-4@{}", last["version"]);
+    let (status, response) = call(
+        &dashboard,
+        get(&format!("/read-models/tickets/tickets/t-4?wait_for={wait}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json_of(response).await["status"], "closed");
+
+    let (status, response) = call(
+        &dashboard,
+        get("/read-models/tickets/tickets?status=closed&wait_for=ticket/t-4@2"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let page = json_of(response).await;
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["t-0", "t-2", "t-4"]);
+
+    let (status, response) = call(&dashboard, get("/read-models/tickets/tickets?limit=2")).await;
+    assert_eq!(status, StatusCode::OK);
+    let page = json_of(response).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert_eq!(page["next_offset"], 2);
+    let (_, response) = call(
+        &dashboard,
+        get("/read-models/tickets/tickets?limit=2&offset=4"),
+    )
+    .await;
+    assert_eq!(json_of(response).await["next_offset"], Value::Null);
+
+    // A version that never comes: 503 after the wait, saying how far the model is.
+    let (status, response) = call(
+        &dashboard,
+        get("/read-models/tickets/tickets/t-4?wait_for=ticket/t-4@9&wait_ms=50"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let body = json_of(response).await;
+    assert_eq!(
+        (body["applied"].clone(), body["wanted"].clone()),
+        (json!(2), json!(9))
+    );
+
+    for (uri, expected, code) in [
+        (
+            "/read-models/nope/tickets",
+            StatusCode::NOT_FOUND,
+            "unknown_projection",
+        ),
+        (
+            "/read-models/tickets/tickets/t-99",
+            StatusCode::NOT_FOUND,
+            "unknown_id",
+        ),
+        (
+            "/read-models/tickets/tickets?bad%20field=1",
+            StatusCode::BAD_REQUEST,
+            "invalid_filter",
+        ),
+        (
+            "/read-models/tickets/tickets?limit=5000",
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+        ),
+        (
+            "/read-models/tickets/tickets?wait_for=t-4",
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+        ),
+    ] {
+        let (status, response) = call(&dashboard, get(uri)).await;
+        assert_eq!(status, expected, "{uri}");
+        assert_eq!(json_of(response).await["error"], code, "{uri}");
+    }
+
+    let (status, response) = call(&dashboard, get("/read-models")).await;
+    assert_eq!(status, StatusCode::OK);
+    let body = json_of(response).await;
+    assert_eq!(body["projections"][0]["name"], "tickets");
+    assert_eq!(body["projections"][0]["health"]["status"], "running");
+    let (status, response) = call(&dashboard, get("/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    let doc = json_of(response).await;
+    assert!(doc["paths"]["/read-models/{projection}/{collection}"].is_object());
+    assert_all_refs_resolve(&doc, &doc);
+    let (status, response) = call(&dashboard, get("/")).await;
+    assert_eq!(status, StatusCode::OK);
+    let page = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&page).contains("tickets"));
+    let (status, _) = call(&dashboard, get("/health/projections/tickets")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    tickets.stop().await;
+}
