@@ -6,6 +6,7 @@ pub(crate) mod bench_check;
 pub(crate) mod bench_registry;
 pub(crate) mod bench_store;
 pub(crate) mod check;
+pub(crate) mod completions;
 pub(crate) mod dlq;
 pub(crate) mod registry;
 pub(crate) mod rules;
@@ -48,6 +49,8 @@ pub(crate) enum Command {
     Schema(schema::SchemaCommand),
     /// List, inspect and redrive a projection's dead letters.
     Dlq(dlq::DlqArgs),
+    /// Print a shell completion script for `nexus`.
+    Completions(completions::CompletionsArgs),
 }
 
 /// What a successful command found.
@@ -69,6 +72,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Registry(command) => registry::run(command),
         Command::Schema(command) => schema::run(command),
         Command::Dlq(args) => dlq::run(args),
+        Command::Completions(args) => completions::run(args),
     }
 }
 
