@@ -2,6 +2,7 @@
 
 mod check;
 mod dlq;
+mod doctor;
 mod registry;
 mod support;
 mod up;

@@ -8,6 +8,7 @@ pub(crate) mod bench_store;
 pub(crate) mod check;
 pub(crate) mod completions;
 pub(crate) mod dlq;
+pub(crate) mod doctor;
 pub(crate) mod registry;
 pub(crate) mod rules;
 pub(crate) mod schema;
@@ -49,6 +50,8 @@ pub(crate) enum Command {
     Schema(schema::SchemaCommand),
     /// List, inspect and redrive a projection's dead letters.
     Dlq(dlq::DlqArgs),
+    /// Check this machine: Rust toolchain, servers, free ports, the data folder.
+    Doctor(doctor::DoctorArgs),
     /// Print a shell completion script for `nexus`.
     Completions(completions::CompletionsArgs),
 }
@@ -72,6 +75,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Registry(command) => registry::run(command),
         Command::Schema(command) => schema::run(command),
         Command::Dlq(args) => dlq::run(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::Completions(args) => completions::run(args),
     }
 }
