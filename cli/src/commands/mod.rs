@@ -8,6 +8,7 @@ pub(crate) mod bench_store;
 pub(crate) mod check;
 pub(crate) mod completions;
 pub(crate) mod dlq;
+pub(crate) mod new;
 pub(crate) mod doctor;
 pub(crate) mod registry;
 pub(crate) mod rules;
@@ -32,6 +33,8 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// Generate a project: a command service, a query dashboard and their events crate.
+    New(new::NewArgs),
     /// Run the reference system on the embedded default.
     Up(up::UpArgs),
     /// Measure Nexus components and print JSON.
@@ -68,6 +71,7 @@ pub(crate) enum Outcome {
 /// Runs one parsed command line.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
+        Command::New(args) => new::run(args),
         Command::Up(args) => up::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Check(args) => check::run(args),

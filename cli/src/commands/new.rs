@@ -1,0 +1,613 @@
+//! `nexus new PATH`: generates a Cargo workspace with a command service, a query dashboard and
+//! a shared events crate, from the templates in `templates/project/` embedded at build time.
+//!
+//! Everything is validated and rendered in memory first, then written into a temporary folder
+//! beside the target and renamed into place, so a failure leaves nothing half-written.
+
+mod schemas;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+use include_dir::{Dir, include_dir};
+use minijinja::Environment;
+use minijinja::syntax::SyntaxConfig;
+use serde::Serialize;
+
+use super::Outcome;
+use crate::output;
+
+/// The project template: `*.jinja` files are rendered (and lose the suffix), others are copied.
+static TEMPLATE: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../templates/project");
+
+/// Files of the orders sample that an empty skeleton (`--no-sample`) leaves out.
+const SAMPLE_ONLY: &[&str] = &["services/query-dashboard/src/projection.rs"];
+
+/// A file named `<stem>.empty.<ext>` replaces `<stem>.<ext>` in an empty skeleton.
+const EMPTY_MARKER: &str = ".empty";
+
+/// The Nexus checkout this binary was built from.
+const BUILT_FROM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// Workspace dependencies a generated project takes from the Nexus checkout, at the same versions.
+const SHARED_DEPENDENCIES: &[&str] = &[
+    "anyhow",
+    "async-trait",
+    "schemars",
+    "serde",
+    "serde_json",
+    "tempfile",
+    "thiserror",
+    "tokio",
+    "tracing",
+    "tracing-subscriber",
+];
+
+/// Where a generated project keeps its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum StoreKind {
+    /// An SQLite file under the data folder, shared by both services (no server needed).
+    Embedded,
+    /// PostgreSQL at `DATABASE_URL`.
+    Postgres,
+}
+
+/// How a generated project's query side receives events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BusKind {
+    /// The dashboard tails the event store's change-data-capture stream itself.
+    #[value(name = "inprocess")]
+    InProcess,
+    /// The command service relays events to NATS JetStream at `NATS_URL`; the dashboard consumes them.
+    Nats,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NewArgs {
+    /// Folder to create; its last component is the project name unless `--name` is given.
+    pub(crate) path: PathBuf,
+    /// Project name (a valid crate name); defaults to the folder name.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Event store of the generated services.
+    #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
+    pub(crate) store: StoreKind,
+    /// Event bus between the command service and the query dashboard.
+    #[arg(long, value_enum, default_value_t = BusKind::InProcess)]
+    pub(crate) bus: BusKind,
+    /// Generate an empty skeleton instead of the orders sample.
+    #[arg(long)]
+    pub(crate) no_sample: bool,
+    /// Local Nexus checkout the project depends on by path (default: the checkout `nexus` was built from).
+    #[arg(long, value_name = "PATH", env = "NEXUS_PATH")]
+    pub(crate) nexus_path: Option<PathBuf>,
+    /// Print the files that would be written, and write nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Print the result as JSON (project, options and files written).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// What `nexus new` did, as printed by `--json`.
+#[derive(Debug, Serialize)]
+struct Report {
+    name: String,
+    path: String,
+    store: StoreKind,
+    bus: BusKind,
+    sample: bool,
+    nexus_path: String,
+    dry_run: bool,
+    files: Vec<String>,
+}
+
+pub(crate) fn run(args: NewArgs) -> anyhow::Result<Outcome> {
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => args
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .with_context(|| {
+                format!(
+                    "cannot take a project name from `{}`; pass --name",
+                    args.path.display()
+                )
+            })?,
+    };
+    validate_name(&name)?;
+    check_target(&args.path)?;
+    let nexus = NexusCheckout::open(args.nexus_path.as_deref())?;
+    let files = render(&name, &args, &nexus)?;
+
+    let listed: Vec<String> = files
+        .keys()
+        .map(|p| p.to_string_lossy().replace('\\', "/"))
+        .collect();
+    if !args.dry_run {
+        write_atomically(&args.path, &files)?;
+    }
+    let report = Report {
+        name: name.clone(),
+        path: args.path.display().to_string(),
+        store: args.store,
+        bus: args.bus,
+        sample: !args.no_sample,
+        nexus_path: nexus.root.display().to_string(),
+        dry_run: args.dry_run,
+        files: listed,
+    };
+    if args.json {
+        output::json(&report)?;
+    } else {
+        print_human(&report)?;
+    }
+    Ok(Outcome::Clean)
+}
+
+fn print_human(report: &Report) -> anyhow::Result<()> {
+    let verb = if report.dry_run {
+        "Would create"
+    } else {
+        "Created"
+    };
+    let store = match report.store {
+        StoreKind::Embedded => "embedded store",
+        StoreKind::Postgres => "PostgreSQL store",
+    };
+    let bus = match report.bus {
+        BusKind::InProcess => "in-process bus",
+        BusKind::Nats => "NATS bus",
+    };
+    let sample = if report.sample {
+        "orders sample"
+    } else {
+        "empty skeleton"
+    };
+    output::line(&format!(
+        "{verb} `{}` in {} ({store}, {bus}, {sample}; Nexus at {})",
+        report.name, report.path, report.nexus_path
+    ))?;
+    if report.dry_run {
+        for file in &report.files {
+            output::line(&format!("  {file}"))?;
+        }
+        return Ok(());
+    }
+    output::line(&format!("\nNext:\n  cd {}", report.path))?;
+    output::line("  cargo test                       # aggregate, projection and schema tests")?;
+    output::line("  nexus check                      # architecture rules, schemas included")?;
+    if report.store == StoreKind::Postgres || report.bus == BusKind::Nats {
+        output::line("  docker compose up -d             # PostgreSQL, NATS and RabbitMQ")?;
+    }
+    output::line("  cargo run -p command-service     # http://127.0.0.1:8080")?;
+    output::line("  cargo run -p query-dashboard     # http://127.0.0.1:8081")?;
+    Ok(())
+}
+
+/// Rust keywords and names cargo refuses for packages.
+const RESERVED: &[&str] = &[
+    "abstract",
+    "as",
+    "async",
+    "await",
+    "become",
+    "box",
+    "break",
+    "const",
+    "continue",
+    "crate",
+    "do",
+    "dyn",
+    "else",
+    "enum",
+    "extern",
+    "false",
+    "final",
+    "fn",
+    "for",
+    "gen",
+    "if",
+    "impl",
+    "in",
+    "let",
+    "loop",
+    "macro",
+    "match",
+    "mod",
+    "move",
+    "mut",
+    "override",
+    "priv",
+    "pub",
+    "ref",
+    "return",
+    "self",
+    "Self",
+    "static",
+    "struct",
+    "super",
+    "trait",
+    "true",
+    "try",
+    "type",
+    "typeof",
+    "unsafe",
+    "unsized",
+    "use",
+    "virtual",
+    "where",
+    "while",
+    "yield",
+    "alloc",
+    "core",
+    "std",
+    "proc-macro",
+    "proc_macro",
+    "test",
+    "build",
+    "deps",
+    "examples",
+    "incremental",
+    "nexus",
+    "nexus-runtime",
+    "nexus_runtime",
+];
+
+/// Checks `name` against cargo's rules for package names (plus the names the project uses itself).
+fn validate_name(name: &str) -> anyhow::Result<()> {
+    let help =
+        "a project name is ASCII letters, digits, `-` and `_`, and does not start with a digit";
+    let Some(first) = name.chars().next() else {
+        bail!("the project name is empty; {help}");
+    };
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        bail!("invalid project name `{name}`: `{bad}` is not allowed; {help}");
+    }
+    if first.is_ascii_digit() {
+        bail!("invalid project name `{name}`: it starts with a digit; {help}");
+    }
+    if RESERVED.contains(&name) {
+        bail!(
+            "invalid project name `{name}`: it is a Rust keyword or a reserved name; pick another one or pass --name"
+        );
+    }
+    if matches!(name, "command-service" | "query-dashboard") || name.ends_with("-events") {
+        bail!("invalid project name `{name}`: it clashes with a package of the generated project");
+    }
+    Ok(())
+}
+
+/// The target must not exist, or be an empty folder; its parent must exist.
+fn check_target(path: &Path) -> anyhow::Result<()> {
+    match std::fs::read_dir(path) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!(
+                    "`{}` already exists and is not empty; nexus new never overwrites files, pick another folder",
+                    path.display()
+                );
+            }
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(_) if path.exists() => {
+            bail!(
+                "`{}` already exists and is not a folder; pick another path",
+                path.display()
+            )
+        }
+        Err(err) => {
+            return Err(err).with_context(|| format!("failed to inspect `{}`", path.display()));
+        }
+    }
+    let parent = parent_of(path);
+    if !parent.is_dir() {
+        bail!(
+            "the parent folder `{}` does not exist; create it first",
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The Nexus checkout a generated project depends on.
+struct NexusCheckout {
+    root: PathBuf,
+    lockfile: Option<String>,
+    dependencies: BTreeMap<String, String>,
+}
+
+impl NexusCheckout {
+    fn open(given: Option<&Path>) -> anyhow::Result<Self> {
+        let (path, hint) = match given {
+            Some(path) => (path.to_path_buf(), "check --nexus-path"),
+            None => (
+                PathBuf::from(BUILT_FROM),
+                "this `nexus` was built from a checkout that is gone; pass --nexus-path PATH (a Nexus checkout)",
+            ),
+        };
+        if !path.join("runtime/Cargo.toml").is_file() {
+            bail!(
+                "`{}` is not a Nexus checkout (it has no runtime/Cargo.toml); {hint}",
+                path.display()
+            );
+        }
+        let root = path
+            .canonicalize()
+            .with_context(|| format!("failed to resolve `{}`", path.display()))?;
+        let manifest = std::fs::read_to_string(root.join("Cargo.toml"))
+            .with_context(|| format!("failed to read `{}`", root.join("Cargo.toml").display()))?;
+        let dependencies = workspace_dependencies(&manifest)
+            .with_context(|| format!("failed to read `{}`", root.join("Cargo.toml").display()))?;
+        let lockfile = std::fs::read_to_string(root.join("Cargo.lock")).ok();
+        Ok(Self {
+            root,
+            lockfile,
+            dependencies,
+        })
+    }
+}
+
+/// The `[workspace.dependencies]` entries a generated project shares, as inline TOML.
+fn workspace_dependencies(manifest: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let value: toml::Table = toml::from_str(manifest)?;
+    let table = value
+        .get("workspace")
+        .and_then(|w| w.get("dependencies"))
+        .and_then(toml::Value::as_table)
+        .context("it has no [workspace.dependencies]")?;
+    let mut out = BTreeMap::new();
+    for name in SHARED_DEPENDENCIES {
+        let spec = table
+            .get(*name)
+            .with_context(|| format!("[workspace.dependencies] has no `{name}`"))?;
+        out.insert((*name).to_owned(), inline_toml(spec)?);
+    }
+    Ok(out)
+}
+
+/// Writes a dependency specification (a version string or a table of strings, booleans and
+/// arrays of strings) as inline TOML.
+fn inline_toml(value: &toml::Value) -> anyhow::Result<String> {
+    Ok(match value {
+        toml::Value::String(s) => serde_json::to_string(s)?,
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Array(items) => {
+            let items: anyhow::Result<Vec<String>> = items.iter().map(inline_toml).collect();
+            format!("[{}]", items?.join(", "))
+        }
+        toml::Value::Table(table) => {
+            // `version` first, as people write it.
+            let mut entries: Vec<_> = table.iter().collect();
+            entries.sort_by_key(|(k, _)| *k != "version");
+            let fields: anyhow::Result<Vec<String>> = entries
+                .into_iter()
+                .map(|(k, v)| Ok(format!("{k} = {}", inline_toml(v)?)))
+                .collect();
+            format!("{{ {} }}", fields?.join(", "))
+        }
+        other => bail!("unsupported value `{other:?}` in a dependency specification"),
+    })
+}
+
+/// Renders every file of the project in memory, keyed by its path relative to the project.
+fn render(
+    name: &str,
+    args: &NewArgs,
+    nexus: &NexusCheckout,
+) -> anyhow::Result<BTreeMap<PathBuf, Vec<u8>>> {
+    let sample = !args.no_sample;
+    let context = minijinja::context! {
+        name => name,
+        crate_name => name.replace('-', "_"),
+        store => minijinja::value::Serde(args.store),
+        bus => minijinja::value::Serde(args.bus),
+        sample => sample,
+        nexus_path => nexus.root.display().to_string(),
+        nexus_runtime_path => serde_json::to_string(&nexus.root.join("runtime").display().to_string())?,
+        deps => minijinja::value::Serde(&nexus.dependencies),
+        version => env!("CARGO_PKG_VERSION"),
+    };
+    let mut env = Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    // The files are TOML, YAML, Markdown and Rust: nothing to escape.
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.set_syntax(
+        SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .keep_trailing_newline(true)
+            .build()
+            .context("invalid template syntax configuration")?,
+    );
+
+    let mut template_files = Vec::new();
+    collect(&TEMPLATE, &mut template_files);
+    let replaced: Vec<PathBuf> = template_files
+        .iter()
+        .filter_map(|f| empty_variant_of(f.path()))
+        .collect();
+
+    let mut files = BTreeMap::new();
+    for file in template_files {
+        let source_path = file.path();
+        let mut path = source_path.to_path_buf();
+        if let Some(original) = empty_variant_of(source_path) {
+            if sample {
+                continue;
+            }
+            path = original;
+        } else if !sample
+            && (replaced.contains(&path) || SAMPLE_ONLY.iter().any(|s| Path::new(s) == source_path))
+        {
+            continue;
+        }
+        let mut contents = file.contents().to_vec();
+        if path.extension().is_some_and(|e| e == "jinja") {
+            let source = std::str::from_utf8(&contents)
+                .with_context(|| format!("template `{}` is not UTF-8", source_path.display()))?;
+            let rendered = env
+                .render_named_str(&source_path.to_string_lossy(), source, &context)
+                .map_err(|err| anyhow::anyhow!("{err:#}"))
+                .with_context(|| format!("failed to render `{}`", source_path.display()))?;
+            contents = rendered.into_bytes();
+            path.set_extension("");
+        }
+        files.insert(output_path(&path), contents);
+    }
+    if let Some(lockfile) = &nexus.lockfile {
+        files.insert(PathBuf::from("Cargo.lock"), lockfile.clone().into_bytes());
+    }
+    if sample {
+        for (subject, schema) in schemas::event_schemas()? {
+            let mut text = serde_json::to_string_pretty(&schema)?;
+            text.push('\n');
+            files.insert(
+                PathBuf::from("schemas").join(format!("{subject}.json")),
+                text.into_bytes(),
+            );
+        }
+    }
+    Ok(files)
+}
+
+fn collect<'a>(dir: &'a Dir<'a>, out: &mut Vec<&'a include_dir::File<'a>>) {
+    for file in dir.files() {
+        out.push(file);
+    }
+    for sub in dir.dirs() {
+        collect(sub, out);
+    }
+}
+
+/// For `x/lib.empty.rs(.jinja)`, the path it replaces: `x/lib.rs(.jinja)`.
+fn empty_variant_of(path: &Path) -> Option<PathBuf> {
+    let file = path.file_name()?.to_str()?;
+    let (stem, rest) = file.split_once('.')?;
+    let rest = rest.strip_prefix(&EMPTY_MARKER[1..])?.strip_prefix('.')?;
+    Some(path.with_file_name(format!("{stem}.{rest}")))
+}
+
+/// Template paths start dotfiles with `dot-` so they do not act on the Nexus repository itself.
+fn output_path(path: &Path) -> PathBuf {
+    path.components()
+        .map(|c| {
+            let part = c.as_os_str().to_string_lossy();
+            match part.strip_prefix("dot-") {
+                Some(rest) => format!(".{rest}"),
+                None => part.into_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Writes `files` into a temporary folder beside `target`, then renames it into place.
+fn write_atomically(target: &Path, files: &BTreeMap<PathBuf, Vec<u8>>) -> anyhow::Result<()> {
+    let parent = parent_of(target);
+    let staging = tempfile::Builder::new()
+        .prefix(".nexus-new-")
+        .tempdir_in(&parent)
+        .with_context(|| {
+            format!(
+                "failed to create a temporary folder in `{}`",
+                parent.display()
+            )
+        })?;
+    for (path, contents) in files {
+        let full = staging.path().join(path);
+        if let Some(dir) = full.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("failed to create `{}`", dir.display()))?;
+        }
+        std::fs::write(&full, contents)
+            .with_context(|| format!("failed to write `{}`", full.display()))?;
+    }
+    // An empty target folder is replaced; `check_target` made sure it is empty.
+    if target.is_dir() {
+        std::fs::remove_dir(target).with_context(|| {
+            format!("failed to replace the empty folder `{}`", target.display())
+        })?;
+    }
+    let staged = staging.keep();
+    if let Err(err) = std::fs::rename(&staged, target) {
+        let _ = std::fs::remove_dir_all(&staged);
+        return Err(err)
+            .with_context(|| format!("failed to move the project to `{}`", target.display()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_cargo_rules() {
+        for good in ["demo", "my-shop", "shop_2", "_x"] {
+            validate_name(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in [
+            "",
+            "2shop",
+            "my shop",
+            "shop!",
+            "test",
+            "std",
+            "fn",
+            "command-service",
+            "x-events",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn empty_variants_replace_their_originals() {
+        assert_eq!(
+            empty_variant_of(Path::new("crates/events/src/lib.empty.rs")),
+            Some(PathBuf::from("crates/events/src/lib.rs"))
+        );
+        assert_eq!(
+            empty_variant_of(Path::new("a/main.empty.rs.jinja")),
+            Some(PathBuf::from("a/main.rs.jinja"))
+        );
+        assert_eq!(empty_variant_of(Path::new("a/main.rs.jinja")), None);
+    }
+
+    #[test]
+    fn dotfiles_are_renamed() {
+        assert_eq!(
+            output_path(Path::new("dot-github/workflows/ci.yml")),
+            PathBuf::from(".github/workflows/ci.yml")
+        );
+    }
+
+    #[test]
+    fn dependency_specifications_are_inline_toml() {
+        let deps = workspace_dependencies(
+            "[workspace.dependencies]\nanyhow = \"1\"\nasync-trait = \"0.1\"\nschemars = { version = \"1.2\", default-features = false, features = [\"derive\"] }\nserde = \"1\"\nserde_json = \"1\"\ntempfile = \"3\"\nthiserror = \"2\"\ntokio = \"1\"\ntracing = \"0.1\"\ntracing-subscriber = \"0.3\"\n",
+        )
+        .expect("valid manifest");
+        assert_eq!(deps["anyhow"], "\"1\"");
+        assert_eq!(
+            deps["schemars"],
+            "{ version = \"1.2\", default-features = false, features = [\"derive\"] }"
+        );
+    }
+}

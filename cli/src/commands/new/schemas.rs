@@ -1,0 +1,83 @@
+//! JSON Schemas of the sample's events, one document per event type, as `nexus check` reads them.
+//!
+//! The generated project's `crates/events/tests/schemas.rs` splits the schemas the same way and
+//! fails when `schemas/` no longer matches the Rust types.
+
+use anyhow::Context as _;
+use serde_json::{Map, Value};
+
+use crate::events::OrderEvent;
+
+/// The schema of every variant of the sample's event enum, keyed by event type.
+pub(super) fn event_schemas() -> anyhow::Result<Vec<(String, Value)>> {
+    split(serde_json::to_value(schemars::schema_for!(OrderEvent))?)
+}
+
+/// Splits the schema of an internally tagged enum (`#[serde(tag = "type")]`) into one
+/// self-contained schema per variant, named by the variant's tag.
+pub(super) fn split(root: Value) -> anyhow::Result<Vec<(String, Value)>> {
+    let variants = root
+        .get("oneOf")
+        .or_else(|| root.get("anyOf"))
+        .and_then(Value::as_array)
+        .context("the event enum's schema has no `oneOf`: is it an internally tagged enum?")?;
+    let mut out = Vec::new();
+    for variant in variants {
+        let tag = variant
+            .pointer("/properties/type")
+            .and_then(|t| {
+                t.get("const")
+                    .or_else(|| t.get("enum").and_then(|e| e.get(0)))
+            })
+            .and_then(Value::as_str)
+            .context("an event variant's schema has no constant `type` property")?
+            .to_owned();
+        let mut schema = Map::new();
+        schema.insert(
+            "$schema".into(),
+            root.get("$schema")
+                .cloned()
+                .unwrap_or_else(|| "https://json-schema.org/draft/2020-12/schema".into()),
+        );
+        schema.insert("title".into(), Value::String(tag.clone()));
+        if let Some(fields) = variant.as_object() {
+            for (key, value) in fields {
+                schema.insert(key.clone(), value.clone());
+            }
+        }
+        // `nexus check` (NX004) compares required properties with the event's Rust fields, and
+        // serde's tag is not one of them: keep `type` described, but not required.
+        if let Some(required) = schema.get_mut("required").and_then(Value::as_array_mut) {
+            required.retain(|r| r != "type");
+        }
+        if let Some(defs) = root.get("$defs") {
+            schema.insert("$defs".into(), defs.clone());
+        }
+        out.push((tag, Value::Object(schema)));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_type_gets_one_schema() {
+        let schemas = event_schemas().expect("the sample's events have schemas");
+        let subjects: Vec<&str> = schemas.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(
+            subjects,
+            [
+                "OrderPlaced",
+                "ItemAdded",
+                "OrderConfirmed",
+                "OrderCancelled"
+            ]
+        );
+        let (_, placed) = &schemas[0];
+        assert_eq!(placed["title"], "OrderPlaced");
+        assert_eq!(placed["properties"]["customer"]["type"], "string");
+        assert_eq!(placed["required"], serde_json::json!(["customer"]));
+    }
+}
