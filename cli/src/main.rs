@@ -18,7 +18,6 @@ mod output;
 )]
 #[path = "../../templates/project/services/query-dashboard/src/projection.rs"]
 mod projection;
-mod sample;
 
 use std::process::ExitCode;
 

@@ -1,46 +1,395 @@
 //! `nexus up` and `nexus bench store|bus`: the reference system runs end to end, and the
 //! benchmarks print the JSON documents their users parse.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use crate::support::nexus_bin;
+use serde_json::{Value, json};
+
+use crate::support::{nexus_bin, service_url};
+
+/// A running `nexus up`; tests stop it with [`Up::interrupt`], a panic kills it.
+struct Up {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    command_url: String,
+    query_url: String,
+}
+
+impl Up {
+    fn start(data: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(nexus_bin())
+            .args([
+                "up",
+                "--json",
+                "--command-port",
+                "0",
+                "--query-port",
+                "0",
+                "--registry-port",
+                "0",
+                "--data-dir",
+            ])
+            .arg(data)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nexus up");
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("nexus up prints its URLs");
+        let urls: Value = serde_json::from_str(&first).expect("the first line is JSON");
+        Self {
+            child,
+            lines,
+            command_url: urls["command_service"].as_str().unwrap().to_owned(),
+            query_url: urls["query_dashboard"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    fn next_line(&self) -> Value {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("nexus up prints another line");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"))
+    }
+
+    /// Sends SIGINT and returns the exit code and the last line printed.
+    fn interrupt(mut self) -> (Option<i32>, Value) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let code = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nexus up did not stop within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let last = self
+            .lines
+            .try_iter()
+            .last()
+            .map(|l| serde_json::from_str(&l).unwrap())
+            .unwrap_or(Value::Null);
+        (code, last)
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns the status and the JSON body.
+fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<Value>) -> (u16, Value) {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = TcpStream::connect(host).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(&body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status: u16 = response[9..12].parse().unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    // Bodies are small and sent with Content-Length or one chunk; take the JSON part.
+    let json_body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body.split_once("\r\n")
+            .map_or("", |(_, rest)| rest)
+            .rsplit_once("\r\n0\r\n")
+            .map_or("", |(json, _)| json)
+    } else {
+        body
+    };
+    (
+        status,
+        serde_json::from_str(json_body).unwrap_or(Value::Null),
+    )
+}
+
+fn command(up: &Up, id: &str, body: Value) -> (u16, Value) {
+    http(
+        "POST",
+        &format!("{}/commands/order/{id}", up.command_url),
+        &[],
+        Some(body),
+    )
+}
 
 #[test]
-fn up_drives_the_sample_through_the_command_path_and_keeps_its_data() {
+fn up_serves_commands_and_read_models_and_keeps_them_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let run = || {
-        Command::new(nexus_bin())
-            .args(["up", "--orders", "2", "--data-dir"])
-            .arg(&data)
-            .output()
-            .expect("run nexus up")
-    };
-    let first = run();
+    let up = Up::start(&data, &[]);
+    assert_eq!(
+        command(&up, "o-1", json!({"type": "PlaceOrder", "customer": "ada"})).0,
+        200
+    );
+    let (status, added) = command(
+        &up,
+        "o-1",
+        json!({"type": "AddItem", "sku": "tea", "quantity": 3, "unit_price_cents": 150}),
+    );
+    assert_eq!(status, 200, "{added}");
+    assert_eq!(added["version"], 2);
+    let (status, confirmed) = command(&up, "o-1", json!({"type": "ConfirmOrder"}));
+    assert_eq!(status, 200, "{confirmed}");
+
+    // Domain rules are 422, a stale If-Match is 409 with the actual version, bad JSON is 400.
+    let (status, rejected) = command(&up, "o-1", json!({"type": "CancelOrder", "reason": "late"}));
+    assert_eq!(status, 422, "{rejected}");
+    let (status, conflict) = http(
+        "POST",
+        &format!("{}/commands/order/o-1", up.command_url),
+        &[("If-Match", "\"1\"")],
+        Some(json!({"type": "ConfirmOrder"})),
+    );
+    assert_eq!(
+        (status, conflict["actual"].clone()),
+        (409, json!(3)),
+        "{conflict}"
+    );
+    let (status, _) = command(&up, "o-1", json!({"type": "Teleport"}));
+    assert_eq!(status, 400);
+
+    // The read model catches up (read-your-writes on the version the command answered).
+    let (status, order) = http(
+        "GET",
+        &format!(
+            "{}/read-models/orders/orders/o-1?wait_for=order/o-1@3",
+            up.query_url
+        ),
+        &[],
+        None,
+    );
+    assert_eq!(status, 200, "{order}");
+    assert_eq!(order["status"], "confirmed");
+    assert_eq!(order["total_cents"], 450);
+    let (status, health) = http("GET", &format!("{}/health", up.query_url), &[], None);
+    assert_eq!(
+        (status, health["status"].clone()),
+        (200, json!("ok")),
+        "{health}"
+    );
+
+    let (code, last) = up.interrupt();
+    assert_eq!(code, Some(0), "SIGINT stops nexus up cleanly");
+    assert_eq!(last["stopped"], true, "{last}");
+    assert_eq!(last["events"], 3);
+
+    // Started again on the same data: the events and the read model are still there.
+    let up = Up::start(&data, &[]);
+    let (status, order) = http(
+        "GET",
+        &format!("{}/read-models/orders/orders/o-1", up.query_url),
+        &[],
+        None,
+    );
+    assert_eq!(
+        (status, order["status"].clone()),
+        (200, json!("confirmed")),
+        "{order}"
+    );
+    let (status, state) = http(
+        "GET",
+        &format!("{}/aggregates/order/o-1", up.command_url),
+        &[],
+        None,
+    );
+    assert_eq!(
+        (status, state["version"].clone()),
+        (200, json!(3)),
+        "{state}"
+    );
+    let (status, placed) = command(&up, "o-2", json!({"type": "PlaceOrder", "customer": "ada"}));
+    assert_eq!(status, 200, "{placed}");
+    let (status, customer) = http(
+        "GET",
+        &format!(
+            "{}/read-models/orders/customers/ada?wait_for=order/o-2@1",
+            up.query_url
+        ),
+        &[],
+        None,
+    );
+    assert_eq!(
+        (status, customer["orders"].clone()),
+        (200, json!(2)),
+        "{customer}"
+    );
+    let (code, _) = up.interrupt();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn up_demo_sends_orders_and_shows_the_read_model_changing() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        &dir.path().join("data"),
+        &["--demo", "--demo-orders", "1", "--no-registry"],
+    );
+    let steps: Vec<Value> = (0..4).map(|_| up.next_line()).collect();
+    let commands: Vec<&str> = steps
+        .iter()
+        .map(|s| s["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        commands,
+        ["PlaceOrder", "AddItem", "AddItem", "ConfirmOrder"]
+    );
+    assert_eq!(steps[0]["read_model"]["status"], "placed");
+    assert_eq!(steps[3]["read_model"]["status"], "confirmed");
+    assert_eq!(steps[3]["version"], 4);
     assert!(
-        first.status.success(),
+        steps[3]["customer"]["total_cents"].as_u64().unwrap() > 0,
         "{}",
-        String::from_utf8_lossy(&first.stderr)
+        steps[3]
     );
-    let text = String::from_utf8_lossy(&first.stdout);
-    assert!(text.contains("PlaceOrder     -> version 1"), "{text}");
-    assert!(
-        text.contains("rejected: the order is Confirmed and can no longer change"),
-        "{text}"
+    let (code, _) = up.interrupt();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn up_refuses_a_port_in_use_and_names_the_flag() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(nexus_bin())
+        .args([
+            "up",
+            "--query-port",
+            "0",
+            "--registry-port",
+            "0",
+            "--command-port",
+            &port,
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--command-port"), "{stderr}");
+}
+
+#[test]
+fn up_runs_on_postgres_and_nats() {
+    let (Some(pg), Some(nats)) = (
+        service_url("NEXUS_TEST_POSTGRES_URL"),
+        service_url("NEXUS_TEST_NATS_URL"),
+    ) else {
+        return;
+    };
+    let database = format!("nexus_up_{}", std::process::id());
+    let url = fresh_database(&pg, &database);
+    let dir = tempfile::tempdir().unwrap();
+    let stream = format!("NEXUS_UP_TEST_{}", std::process::id());
+    let up = Up::start(
+        &dir.path().join("data"),
+        &[
+            "--store",
+            "postgres",
+            "--url",
+            &url,
+            "--bus",
+            "nats",
+            "--nats-url",
+            &nats,
+            "--nats-stream",
+            &stream,
+        ],
     );
-    assert!(
-        text.contains("is at version 4, expected 1"),
-        "a stale version is a conflict: {text}"
+    assert_eq!(
+        command(
+            &up,
+            "p-1",
+            json!({"type": "PlaceOrder", "customer": "grace"})
+        )
+        .0,
+        200
     );
-    assert!(text.contains("cdc "), "committed events are tailed: {text}");
-    assert!(text.contains("8 events appended for 2 orders"), "{text}");
-    assert!(data.join("events.db").exists());
-    assert!(data.join("events.snapshots.db").exists());
-    let second = run();
-    assert!(second.status.success());
-    let text = String::from_utf8_lossy(&second.stdout);
-    // The log keeps the first run's events: the second run's first event is at position 9.
-    assert!(text.contains("cdc  #9 "), "{text}");
+    let (status, order) = http(
+        "GET",
+        &format!(
+            "{}/read-models/orders/orders/p-1?wait_for=order/p-1@1&wait_ms=10000",
+            up.query_url
+        ),
+        &[],
+        None,
+    );
+    assert_eq!(
+        (status, order["customer"].clone()),
+        (200, json!("grace")),
+        "{order}"
+    );
+    let (code, _) = up.interrupt();
+    assert_eq!(code, Some(0));
+}
+
+/// Creates database `name` on the server at `admin_url` and returns its URL.
+fn fresh_database(admin_url: &str, name: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .await
+            .unwrap();
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+    });
+    match admin_url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("unexpected PostgreSQL URL {admin_url}"),
+    }
 }
 
 #[test]

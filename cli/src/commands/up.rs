@@ -1,25 +1,35 @@
-//! `nexus up`: runs the reference system (the orders sample) on the embedded default.
+//! `nexus up`: runs the reference system (the orders sample) until Ctrl-C.
 //!
-//! It drives sample orders through the command path, tails the store's change-data-capture
-//! stream as the bus relay would, and lets the snapshot manager snapshot busy orders.
+//! The command service, the query dashboard with its projection, the snapshot manager and the
+//! schema registry run in one process, on the embedded store and the in-process bus by default
+//! (`--store postgres --bus nats` for the real servers). The two services share nothing but
+//! the bus, exactly as in a project `nexus new` generates: the sample domain is the same code.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use nexus_runtime::bus::EventBus;
+use nexus_runtime::bus::local::InProcessBus;
+use nexus_runtime::http::{CommandService, QueryDashboard, serve_until, shutdown_signal};
+use nexus_runtime::projection::ProjectionRunner;
 use nexus_runtime::snapshot::embedded::EmbeddedSnapshotStore;
 use nexus_runtime::store::embedded::EmbeddedStore;
-use nexus_runtime::store::subscribe;
-use nexus_runtime::{
-    CommandError, CommandHandler, EventStore, Metadata, Repository, SnapshotManager,
-    SnapshotPolicy, SnapshotStore,
-};
+use nexus_runtime::{EventStore, SnapshotManager, SnapshotPolicy, SnapshotStore};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::Outcome;
+use crate::events::Order;
 use crate::output;
-use crate::sample::{Order, OrderCommand};
+use crate::projection::OrderSummaries;
 
 /// Where the reference system keeps its events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -30,6 +40,15 @@ pub(crate) enum StoreKind {
     Postgres,
 }
 
+/// How events reach the projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BusKind {
+    /// Projections tail the store's change-data-capture stream in this process.
+    Inprocess,
+    /// A relay publishes the log to NATS JetStream; projections consume it from there.
+    Nats,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
     /// The event store backend.
@@ -38,18 +57,50 @@ pub(crate) struct UpArgs {
     /// PostgreSQL URL for `--store postgres`.
     #[arg(long, env = "NEXUS_POSTGRES_URL")]
     url: Option<String>,
-    /// Folder of the embedded store's files.
+    /// The event bus.
+    #[arg(long, value_enum, default_value_t = BusKind::Inprocess)]
+    bus: BusKind,
+    /// NATS URL for `--bus nats`.
+    #[arg(long, env = "NEXUS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// JetStream stream of the events with `--bus nats` (subjects `nexus.<name in lower case>.>`).
+    #[arg(long, default_value = "NEXUS_EVENTS")]
+    nats_stream: String,
+    /// Folder of the embedded store, read models, checkpoints and registry.
     #[arg(long, default_value = ".nexus/data")]
     data_dir: PathBuf,
-    /// How many sample orders to drive through the command path.
-    #[arg(long, default_value_t = 3)]
-    orders: u32,
+    /// Address the services listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port of the command service (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    command_port: u16,
+    /// Port of the query dashboard (0 picks a free one).
+    #[arg(long, default_value_t = 8081)]
+    query_port: u16,
+    /// Port of the schema registry (0 picks a free one).
+    #[arg(long, default_value_t = 8082)]
+    registry_port: u16,
+    /// Do not start the schema registry.
+    #[arg(long)]
+    no_registry: bool,
+    /// Send a stream of sample commands through the command service and show the read
+    /// models changing.
+    #[arg(long)]
+    demo: bool,
+    /// With `--demo`: stop sending after this many orders (default: until Ctrl-C).
+    #[arg(long, requires = "demo")]
+    demo_orders: Option<u32>,
+    /// Print the service URLs (and demo steps) as JSON lines.
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) fn run(args: UpArgs) -> anyhow::Result<Outcome> {
     super::tokio_runtime()?.block_on(up(args))
 }
 
+/// The event and snapshot stores, and a description for people.
 async fn open(
     args: &UpArgs,
 ) -> anyhow::Result<(Arc<dyn EventStore>, Arc<dyn SnapshotStore>, String)> {
@@ -61,11 +112,8 @@ async fn open(
             })?;
             let snapshots = EmbeddedSnapshotStore::open(EmbeddedSnapshotStore::path_beside(&path))
                 .context("failed to open the embedded snapshot store")?;
-            Ok((
-                Arc::new(store),
-                Arc::new(snapshots),
-                path.display().to_string(),
-            ))
+            let description = format!("embedded store at {}", path.display());
+            Ok((Arc::new(store), Arc::new(snapshots), description))
         }
         StoreKind::Postgres => {
             use nexus_runtime::snapshot::postgres::PostgresSnapshotStore;
@@ -78,138 +126,461 @@ async fn open(
                 .await
                 .context("failed to open the PostgreSQL store")?;
             let snapshots = PostgresSnapshotStore::with_pool(store.pool().clone(), store.schema());
-            Ok((Arc::new(store), Arc::new(snapshots), url.to_owned()))
+            let description = format!("PostgreSQL store at {}", redact(url));
+            Ok((Arc::new(store), Arc::new(snapshots), description))
         }
     }
+}
+
+/// The bus the projections read, and the relay feeding it when it is NATS.
+async fn connect_bus(
+    args: &UpArgs,
+    store: &Arc<dyn EventStore>,
+) -> anyhow::Result<(
+    Arc<dyn EventBus>,
+    Option<nexus_runtime::bus::relay::RelayHandle>,
+)> {
+    match args.bus {
+        BusKind::Inprocess => Ok((Arc::new(InProcessBus::new(Arc::clone(store))), None)),
+        BusKind::Nats => {
+            use nexus_runtime::bus::nats::{JetStreamBus, NatsOptions};
+            use nexus_runtime::bus::relay::Relay;
+            use nexus_runtime::checkpoint::EmbeddedCheckpoints;
+            let options = NatsOptions {
+                stream: args.nats_stream.clone(),
+                subject_prefix: format!("nexus.{}", args.nats_stream.to_lowercase()),
+                ..NatsOptions::default()
+            };
+            let bus = JetStreamBus::connect(&args.nats_url, options)
+                .await
+                .with_context(|| format!("failed to connect to NATS at {}", args.nats_url))?;
+            let checkpoints = EmbeddedCheckpoints::open(args.data_dir.join("relay.db"))
+                .context("failed to open the relay's checkpoint")?;
+            let relay = Relay::new("up", Arc::clone(store), bus.clone(), Arc::new(checkpoints));
+            Ok((Arc::new(bus), Some(relay.spawn())))
+        }
+    }
+}
+
+/// Binds `port` on the configured host, saying which service wanted it when that fails.
+async fn bind(args: &UpArgs, port: u16, service: &str, flag: &str) -> anyhow::Result<TcpListener> {
+    let addr = SocketAddr::new(args.host, port);
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("failed to listen on {addr} for the {service}; pick another port with {flag} (0 picks a free one)")
+    })
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
-    let (store, snapshots, location) = open(&args).await?;
-    output::line(&format!("nexus up: event store at {location}"))?;
-    let head = store.head().await.context("failed to read the log head")?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("failed to create {}", args.data_dir.display()))?;
+    // Bind first: a port in use fails before anything starts.
+    let command_listener = bind(
+        &args,
+        args.command_port,
+        "command service",
+        "--command-port",
+    )
+    .await?;
+    let query_listener = bind(&args, args.query_port, "query dashboard", "--query-port").await?;
+    let registry_listener = if args.no_registry {
+        None
+    } else {
+        Some(
+            bind(
+                &args,
+                args.registry_port,
+                "schema registry",
+                "--registry-port",
+            )
+            .await?,
+        )
+    };
 
-    // The change-data-capture tail: what the bus relay publishes, after commit.
-    let tail = {
-        let mut subscription = subscribe(Arc::clone(&store), head);
-        tokio::spawn(async move {
-            let mut seen = 0u64;
-            while let Ok(event) = subscription.next().await {
-                seen += 1;
-                let line = format!(
-                    "  cdc  #{:<5} {:<24} v{:<3} {}",
-                    event.position,
-                    event.stream.to_string(),
-                    event.version,
-                    event.event_type
-                );
-                if output::line(&line).is_err() {
-                    break;
-                }
-            }
-            seen
-        })
-    };
-    let policy = SnapshotPolicy {
-        every_events: Some(3),
-        ..SnapshotPolicy::default()
-    };
+    let (store, snapshots, store_description) = open(&args).await?;
+    let (bus, relay) = connect_bus(&args, &store).await?;
+
+    // The command side: aggregates loaded from snapshots, snapshots taken in the background.
     let manager = SnapshotManager::new(Arc::clone(&store), Arc::clone(&snapshots))
-        .register::<Order>(policy)
+        .register::<Order>(SnapshotPolicy {
+            every_events: Some(100),
+            ..SnapshotPolicy::default()
+        })
         .spawn();
-    let repository =
-        Repository::<Order>::new(Arc::clone(&store)).with_snapshots(Arc::clone(&snapshots));
-    let handler = CommandHandler::new(repository.clone());
+    let commands = CommandService::new(Arc::clone(&store))
+        .with_snapshots(Arc::clone(&snapshots))
+        .aggregate::<Order>()
+        .router();
 
-    let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let mut appended = 0usize;
-    for n in 0..args.orders {
-        let id = format!("{}-{n}", &run_id[run_id.len() - 8..]);
-        let metadata = Metadata::correlated(format!("up-{id}"));
-        let mut script = vec![
-            OrderCommand::PlaceOrder {
-                customer: format!("customer-{n}"),
-            },
-            OrderCommand::AddItem {
-                sku: "espresso".into(),
-                quantity: 2,
-                unit_price_cents: 250,
-            },
-            OrderCommand::AddItem {
-                sku: "croissant".into(),
-                quantity: 1,
-                unit_price_cents: 320,
-            },
-        ];
-        script.push(if n % 3 == 2 {
-            OrderCommand::CancelOrder {
-                reason: "customer left".into(),
-            }
-        } else {
-            OrderCommand::ConfirmOrder
-        });
-        // A command the order must refuse, to show a domain error.
-        script.push(OrderCommand::AddItem {
-            sku: "late".into(),
-            quantity: 1,
-            unit_price_cents: 100,
-        });
-        for command in &script {
-            match handler.execute(&id, command, metadata.clone()).await {
-                Ok(done) => {
-                    appended += done.event_ids.len();
-                    output::line(&format!(
-                        "  cmd  order-{id:<18} {:<14} -> version {}",
-                        command_name(command),
-                        done.version
-                    ))?;
-                }
-                Err(CommandError::Rejected(reason)) => output::line(&format!(
-                    "  cmd  order-{id:<18} {:<14} -> rejected: {reason}",
-                    command_name(command)
-                ))?,
-                Err(other) => return Err(other).context("the command path failed"),
-            }
+    // The query side: the projection reads the bus, never the command service.
+    let runner = ProjectionRunner::new(Arc::clone(&store), bus, args.data_dir.join("read-models"));
+    let orders = runner
+        .spawn(OrderSummaries)
+        .context("failed to open the orders read model")?;
+    let dashboard = QueryDashboard::new(runner.health())
+        .read_model(&orders)
+        .router();
+
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = move |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let command_url = format!("http://{}", command_listener.local_addr()?);
+    let query_url = format!("http://{}", query_listener.local_addr()?);
+    let mut servers: Vec<(&str, JoinHandle<std::io::Result<()>>)> = vec![
+        (
+            "command service",
+            tokio::spawn(serve_until(
+                command_listener,
+                commands,
+                until_stopped(stopped.clone()),
+            )),
+        ),
+        (
+            "query dashboard",
+            tokio::spawn(serve_until(
+                query_listener,
+                dashboard,
+                until_stopped(stopped.clone()),
+            )),
+        ),
+    ];
+    let registry_url = match registry_listener {
+        Some(listener) => {
+            let url = format!("http://{}", listener.local_addr()?);
+            let spec = match (&args.store, &args.url) {
+                (StoreKind::Postgres, Some(url)) => url.clone(),
+                _ => format!("sqlite:{}", args.data_dir.join("registry.db").display()),
+            };
+            let storage = super::registry::open_storage(&spec).await?;
+            let state = nexus_schema_registry::server::AppState::new(
+                storage,
+                nexus_schema_registry::server::Options::default(),
+            );
+            servers.push((
+                "schema registry",
+                tokio::spawn(nexus_schema_registry::server::serve(
+                    listener,
+                    state,
+                    until_stopped(stopped.clone()),
+                )),
+            ));
+            Some(url)
         }
-        // A caller deciding on a stale version gets a conflict, never a lost write.
-        if n == 0 {
-            let stale = handler
-                .execute_at(&id, 1, &OrderCommand::ConfirmOrder, metadata.clone())
-                .await;
-            if let Err(err @ CommandError::Conflict { .. }) = stale {
-                output::line(&format!("  cmd  order-{id:<18} ConfirmOrder@1  -> {err}"))?;
-            }
-        }
-        let loaded = repository
-            .load(&id)
-            .await
-            .context("failed to load an order")?;
-        output::line(&format!(
-            "  load order-{id:<18} {:?}, {} lines, total {} cents (snapshot at {:?}, {} events replayed)",
-            loaded.state.status,
-            loaded.state.lines.len(),
-            loaded.state.total_cents(),
-            loaded.snapshot_version,
-            loaded.events_applied
-        ))?;
+        None => None,
+    };
+
+    let bus_description = match args.bus {
+        BusKind::Inprocess => "in-process bus".to_owned(),
+        BusKind::Nats => format!("NATS JetStream at {}", args.nats_url),
+    };
+    announce(
+        &args,
+        &store_description,
+        &bus_description,
+        &command_url,
+        &query_url,
+        registry_url.as_deref(),
+    )?;
+
+    let demo = args.demo.then(|| {
+        tokio::spawn(demo(
+            command_url.clone(),
+            query_url.clone(),
+            args.demo_orders,
+            args.json,
+            stopped.clone(),
+        ))
+    });
+
+    // Run until Ctrl-C or SIGTERM, or until a server fails.
+    let failed = tokio::select! {
+        () = shutdown_signal() => None,
+        failure = first_failure(&mut servers) => Some(failure),
+    };
+    if !args.json {
+        output::line("nexus up: stopping (requests in flight finish, projections commit)")?;
     }
-
-    // Let the tail and the snapshot manager catch up before stopping cleanly.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop.send(true);
+    if let Some(demo) = demo {
+        let _ = demo.await;
+    }
+    for (name, server) in servers {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(%err, "the {name} stopped with an error"),
+            Err(err) => tracing::warn!(%err, "the {name} task failed"),
+        }
+    }
+    if let Some(relay) = relay {
+        relay.stop().await;
+    }
+    let checkpoint = orders.read_model().checkpoint().ok().flatten();
+    orders.stop().await;
     let snapshots_taken = manager.snapshots_taken();
     manager.stop().await;
-    tail.abort();
-    output::line(&format!(
-        "nexus up: {appended} events appended for {} orders, {snapshots_taken} snapshots taken",
-        args.orders
-    ))?;
-    Ok(Outcome::Clean)
+    let head = store.head().await.map(|h| h.position).unwrap_or_default();
+    let summary = json!({
+        "stopped": true,
+        "events": head,
+        "projection_position": checkpoint.map(|c| c.position),
+        "snapshots_taken": snapshots_taken,
+    });
+    if args.json {
+        output::line(&summary.to_string())?;
+    } else {
+        output::line(&format!(
+            "nexus up: stopped cleanly; the log holds {head} events, the orders projection is at {}, {snapshots_taken} snapshots taken this run",
+            checkpoint.map_or_else(
+                || "the start".to_owned(),
+                |c| format!("position {}", c.position)
+            )
+        ))?;
+    }
+    match failed {
+        Some((name, message)) => Err(anyhow::anyhow!("the {name} failed: {message}")),
+        None => Ok(Outcome::Clean),
+    }
 }
 
-fn command_name(command: &OrderCommand) -> &'static str {
-    match command {
-        OrderCommand::PlaceOrder { .. } => "PlaceOrder",
-        OrderCommand::AddItem { .. } => "AddItem",
-        OrderCommand::ConfirmOrder => "ConfirmOrder",
-        OrderCommand::CancelOrder { .. } => "CancelOrder",
+/// Waits for the first server task that ends on its own (which only happens on failure).
+async fn first_failure(
+    servers: &mut [(&str, JoinHandle<std::io::Result<()>>)],
+) -> (String, String) {
+    let (result, index, _) =
+        futures::future::select_all(servers.iter_mut().map(|(_, task)| task)).await;
+    let name = servers[index].0.to_owned();
+    let message = match result {
+        Ok(Ok(())) => "it stopped unexpectedly".to_owned(),
+        Ok(Err(err)) => err.to_string(),
+        Err(err) => err.to_string(),
+    };
+    (name, message)
+}
+
+fn announce(
+    args: &UpArgs,
+    store: &str,
+    bus: &str,
+    command_url: &str,
+    query_url: &str,
+    registry_url: Option<&str>,
+) -> anyhow::Result<()> {
+    if args.json {
+        return output::line(
+            &json!({
+                "store": store,
+                "bus": bus,
+                "command_service": command_url,
+                "query_dashboard": query_url,
+                "schema_registry": registry_url,
+            })
+            .to_string(),
+        );
+    }
+    let mut text = format!(
+        "nexus up: the orders reference system on the {store}, {bus}\n\
+         \x20 command service  {command_url}  POST /commands/order/{{id}} · /openapi.json · /metrics\n\
+         \x20 query dashboard  {query_url}  /read-models/orders/orders · /health · /openapi.json\n"
+    );
+    if let Some(url) = registry_url {
+        text.push_str(&format!(
+            "  schema registry  {url}  /subjects · /openapi.json\n"
+        ));
+    }
+    text.push_str(&format!(
+        "try:\n\
+         \x20 curl -s -X POST {command_url}/commands/order/o-1 -H 'content-type: application/json' -d '{{\"type\":\"PlaceOrder\",\"customer\":\"ada\"}}'\n\
+         \x20 curl -s '{query_url}/read-models/orders/orders/o-1?wait_for=order/o-1@1'\n\
+         Ctrl-C stops; the data stays in {}.",
+        args.data_dir.display()
+    ));
+    output::line(&text)
+}
+
+/// `postgres://user:secret@host/db` without the password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Sends sample orders through the command service over HTTP and prints how the read model
+/// answers after each command (read-your-writes with `wait_for`).
+async fn demo(
+    command_url: String,
+    query_url: String,
+    limit: Option<u32>,
+    json_lines: bool,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let client = Client::new();
+    let customers = ["ada", "grace", "linus", "barbara"];
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let mut n = 0u32;
+    while limit.is_none_or(|limit| n < limit) && !*stopped.borrow() {
+        let id = format!("{}-{n}", &run[run.len() - 6..]);
+        let customer = customers[n as usize % customers.len()];
+        let mut script = vec![
+            json!({"type": "PlaceOrder", "customer": customer}),
+            json!({"type": "AddItem", "sku": "espresso", "quantity": 2, "unit_price_cents": 250}),
+            json!({"type": "AddItem", "sku": "croissant", "quantity": 1 + n % 3, "unit_price_cents": 320}),
+        ];
+        script.push(if n % 4 == 3 {
+            json!({"type": "CancelOrder", "reason": "customer left"})
+        } else {
+            json!({"type": "ConfirmOrder"})
+        });
+        for command in script {
+            if *stopped.borrow() {
+                return;
+            }
+            let step = demo_step(&client, &command_url, &query_url, &id, &command).await;
+            let line = match step {
+                Ok(step) if json_lines => step.to_string(),
+                Ok(step) => describe(&step),
+                Err(err) => format!("  demo  order {id}: {err:#}"),
+            };
+            if output::line(&line).is_err() {
+                return;
+            }
+        }
+        n += 1;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+async fn demo_step(
+    client: &Client,
+    command_url: &str,
+    query_url: &str,
+    id: &str,
+    command: &Value,
+) -> anyhow::Result<Value> {
+    let (status, answer) = client
+        .send(
+            hyper::Method::POST,
+            &format!("{command_url}/commands/order/{id}"),
+            Some(command),
+        )
+        .await?;
+    if !status.is_success() {
+        return Ok(
+            json!({"order": id, "command": command["type"], "status": status.as_u16(), "answer": answer}),
+        );
+    }
+    let version = answer["version"].as_u64().unwrap_or_default();
+    let (_, order) = client
+        .send(
+            hyper::Method::GET,
+            &format!("{query_url}/read-models/orders/orders/{id}?wait_for=order/{id}@{version}"),
+            None,
+        )
+        .await?;
+    let customer = order["customer"].as_str().unwrap_or_default().to_owned();
+    let (_, spending) = client
+        .send(
+            hyper::Method::GET,
+            &format!("{query_url}/read-models/orders/customers/{customer}"),
+            None,
+        )
+        .await?;
+    Ok(json!({
+        "order": id,
+        "command": command["type"],
+        "status": status.as_u16(),
+        "version": version,
+        "read_model": order,
+        "customer": spending,
+    }))
+}
+
+fn describe(step: &Value) -> String {
+    let command = step["command"].as_str().unwrap_or_default();
+    let order = step["order"].as_str().unwrap_or_default();
+    if step["status"] != 200 {
+        return format!(
+            "  demo  order {order:<10} {command:<13} -> {}: {}",
+            step["status"],
+            step["answer"]["message"].as_str().unwrap_or_default()
+        );
+    }
+    let model = &step["read_model"];
+    let customer = &step["customer"];
+    format!(
+        "  demo  order {order:<10} {command:<13} -> v{:<2} read model: {:<9} {} items {:>5} cents | {} {} orders, {} cents confirmed",
+        step["version"],
+        model["status"].as_str().unwrap_or("?"),
+        model["items"],
+        model["total_cents"],
+        customer["id"].as_str().unwrap_or("?"),
+        customer["orders"],
+        customer["total_cents"],
+    )
+}
+
+/// A small JSON-over-HTTP client for the demo.
+struct Client {
+    inner: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+}
+
+impl Client {
+    fn new() -> Self {
+        Self {
+            inner:
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http(),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: hyper::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(hyper::StatusCode, Value)> {
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(
+                body.map(Value::to_string).unwrap_or_default(),
+            )))?;
+        let response = tokio::time::timeout(Duration::from_secs(10), self.inner.request(request))
+            .await
+            .with_context(|| format!("no answer from {url} within 10 s"))??;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/orders"),
+            "postgres://app:***@db:5432/orders"
+        );
+        assert_eq!(
+            redact("postgres://postgres@127.0.0.1/test"),
+            "postgres://postgres@127.0.0.1/test"
+        );
     }
 }
