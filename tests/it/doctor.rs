@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::support::nexus_bin;
+use crate::support::{nexus_bin, service_url};
 
 /// Every check `nexus doctor` runs with no `--port`, in its printed order.
 const IDS: &[&str] = &[
@@ -73,27 +73,6 @@ fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
-}
-
-/// The URL of a test server from `var`, or `None` (test skipped) when it is unset;
-/// with `NEXUS_REQUIRE_SERVICES=1` (set by CI) a missing variable fails the test.
-fn service_url(var: &str) -> Option<String> {
-    if let Ok(url) = std::env::var(var) {
-        return Some(url);
-    }
-    assert_ne!(
-        std::env::var("NEXUS_REQUIRE_SERVICES").as_deref(),
-        Ok("1"),
-        "{var} is not set but NEXUS_REQUIRE_SERVICES=1"
-    );
-    #[expect(
-        clippy::print_stderr,
-        reason = "tell the person running the tests why this one did nothing"
-    )]
-    {
-        eprintln!("skipped: {var} not set");
-    }
-    None
 }
 
 #[test]

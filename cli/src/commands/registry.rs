@@ -22,7 +22,7 @@ pub(crate) enum RegistryCommand {
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// Address to listen on; port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:8081", env = "NEXUS_REGISTRY_ADDR")]
+    #[arg(long, default_value = "127.0.0.1:8082", env = "NEXUS_REGISTRY_ADDR")]
     addr: SocketAddr,
     /// Where schemas live: `sqlite:PATH` (embedded, the default) or a `postgres://` URL.
     #[arg(

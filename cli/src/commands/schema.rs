@@ -45,7 +45,7 @@ struct RegistryUrl {
     #[arg(
         long = "registry",
         env = "NEXUS_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081"
+        default_value = "http://127.0.0.1:8082"
     )]
     url: String,
 }
