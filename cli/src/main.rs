@@ -27,7 +27,7 @@ use crate::commands::{Cli, Outcome};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    output::init_tracing(cli.verbose);
+    output::init_tracing(cli.verbose, cli.command.default_log_filter());
     match commands::run(cli) {
         Ok(Outcome::Clean) => ExitCode::from(0),
         Ok(Outcome::Findings) => ExitCode::from(1),

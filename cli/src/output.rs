@@ -4,10 +4,10 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-/// Sets up `tracing` output on stderr; `RUST_LOG` overrides the level.
-pub(crate) fn init_tracing(verbose: u8) {
+/// Sets up `tracing` output on stderr: `quiet` without `-v`, more with each `-v`; `RUST_LOG` overrides.
+pub(crate) fn init_tracing(verbose: u8, quiet: &str) {
     let default = match verbose {
-        0 => "warn,nexus::registry=info",
+        0 => quiet,
         1 => "info,nexus=info",
         _ => "debug",
     };

@@ -18,6 +18,8 @@ struct Up {
     lines: mpsc::Receiver<String>,
     command_url: String,
     query_url: String,
+    /// The first line: URLs and the subjects registered.
+    announced: Value,
 }
 
 impl Up {
@@ -58,6 +60,7 @@ impl Up {
             lines,
             command_url: urls["command_service"].as_str().unwrap().to_owned(),
             query_url: urls["query_dashboard"].as_str().unwrap().to_owned(),
+            announced: urls,
         }
     }
 
@@ -216,8 +219,15 @@ fn up_serves_commands_and_read_models_and_keeps_them_across_a_restart() {
     assert_eq!(last["stopped"], true, "{last}");
     assert_eq!(last["events"], 3);
 
-    // Started again on the same data: the events and the read model are still there.
+    // Started again on the same data: the events and the read model are still there, and
+    // registering the unchanged schemas again is accepted.
     let up = Up::start(&data, &[]);
+    assert_eq!(
+        up.announced["registration_error"],
+        Value::Null,
+        "{}",
+        up.announced
+    );
     let (status, order) = http(
         "GET",
         &format!("{}/read-models/orders/orders/o-1", up.query_url),

@@ -8,8 +8,8 @@ pub(crate) mod bench_store;
 pub(crate) mod check;
 pub(crate) mod completions;
 pub(crate) mod dlq;
-pub(crate) mod new;
 pub(crate) mod doctor;
+pub(crate) mod new;
 pub(crate) mod registry;
 pub(crate) mod rules;
 pub(crate) mod schema;
@@ -57,6 +57,16 @@ pub(crate) enum Command {
     Doctor(doctor::DoctorArgs),
     /// Print a shell completion script for `nexus`.
     Completions(completions::CompletionsArgs),
+}
+
+impl Command {
+    /// The log filter without `-v`: warnings, plus the request log of a registry served on its own.
+    pub(crate) fn default_log_filter(&self) -> &'static str {
+        match self {
+            Self::Registry(_) => "warn,nexus::registry=info",
+            _ => "warn",
+        }
+    }
 }
 
 /// What a successful command found.

@@ -4,7 +4,7 @@
 //! Everything is validated and rendered in memory first, then written into a temporary folder
 //! beside the target and renamed into place, so a failure leaves nothing half-written.
 
-mod schemas;
+pub(crate) mod schemas;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

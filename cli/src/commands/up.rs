@@ -269,6 +269,12 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         None => None,
     };
 
+    // The sample's event schemas, so producers, consumers and `nexus check --registry` find them.
+    let registered = match &registry_url {
+        Some(url) => Some(register_schemas(url).await),
+        None => None,
+    };
+
     let bus_description = match args.bus {
         BusKind::Inprocess => "in-process bus".to_owned(),
         BusKind::Nats => format!("NATS JetStream at {}", args.nats_url),
@@ -280,6 +286,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         &command_url,
         &query_url,
         registry_url.as_deref(),
+        registered.as_ref(),
     )?;
 
     let demo = args.demo.then(|| {
@@ -364,7 +371,13 @@ fn announce(
     command_url: &str,
     query_url: &str,
     registry_url: Option<&str>,
+    registered: Option<&anyhow::Result<Vec<String>>>,
 ) -> anyhow::Result<()> {
+    let (subjects, registration_error) = match registered {
+        Some(Ok(subjects)) => (subjects.clone(), None),
+        Some(Err(err)) => (Vec::new(), Some(format!("{err:#}"))),
+        None => (Vec::new(), None),
+    };
     if args.json {
         return output::line(
             &json!({
@@ -373,6 +386,8 @@ fn announce(
                 "command_service": command_url,
                 "query_dashboard": query_url,
                 "schema_registry": registry_url,
+                "registered_subjects": subjects,
+                "registration_error": registration_error,
             })
             .to_string(),
         );
@@ -386,6 +401,15 @@ fn announce(
         text.push_str(&format!(
             "  schema registry  {url}  /subjects · /openapi.json\n"
         ));
+        match registration_error {
+            Some(err) => text.push_str(&format!(
+                "  warning: the sample's event schemas were not registered: {err}\n"
+            )),
+            None => text.push_str(&format!(
+                "                   event schemas: {}\n",
+                subjects.join(", ")
+            )),
+        }
     }
     text.push_str(&format!(
         "try:\n\
@@ -395,6 +419,21 @@ fn announce(
         args.data_dir.display()
     ));
     output::line(&text)
+}
+
+/// Registers the JSON Schema of every sample event type under its event type's subject
+/// (major version 1); registering an unchanged schema again is a no-op in the registry.
+async fn register_schemas(url: &str) -> anyhow::Result<Vec<String>> {
+    let client = nexus_schema_registry::client::Client::new(url)?;
+    let mut subjects = Vec::new();
+    for (subject, schema) in super::new::schemas::event_schemas()? {
+        client
+            .register(&subject, &schema.to_string(), Some(1), None)
+            .await
+            .with_context(|| format!("failed to register the schema of `{subject}`"))?;
+        subjects.push(subject);
+    }
+    Ok(subjects)
 }
 
 /// `postgres://user:secret@host/db` without the password.

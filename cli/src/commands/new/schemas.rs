@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::events::OrderEvent;
 
 /// The schema of every variant of the sample's event enum, keyed by event type.
-pub(super) fn event_schemas() -> anyhow::Result<Vec<(String, Value)>> {
+pub(crate) fn event_schemas() -> anyhow::Result<Vec<(String, Value)>> {
     split(serde_json::to_value(schemars::schema_for!(OrderEvent))?)
 }
 
