@@ -207,6 +207,11 @@ fn up_serves_commands_and_read_models_and_keeps_them_across_a_restart() {
     assert_eq!(status, 200, "{order}");
     assert_eq!(order["status"], "confirmed");
     assert_eq!(order["total_cents"], 450);
+    for base in [&up.command_url, &up.query_url] {
+        let (status, doc) = http("GET", &format!("{base}/openapi.json"), &[], None);
+        assert_eq!(status, 200);
+        assert_valid_openapi(&doc);
+    }
     let (status, health) = http("GET", &format!("{}/health", up.query_url), &[], None);
     assert_eq!(
         (status, health["status"].clone()),
@@ -268,6 +273,27 @@ fn up_serves_commands_and_read_models_and_keeps_them_across_a_restart() {
     );
     let (code, _) = up.interrupt();
     assert_eq!(code, Some(0));
+}
+
+/// Validates `doc` against the official OpenAPI 3.1 schema.
+fn assert_valid_openapi(doc: &Value) {
+    let schema: Value =
+        serde_json::from_str(include_str!("fixtures/openapi-3.1.schema.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the OpenAPI schema compiles");
+    assert!(
+        !validator
+            .is_valid(&json!({"openapi": "3.1.0", "paths": {"/x": {"get": {"responses": 5}}}})),
+        "the schema rejects a document without info and with a malformed operation"
+    );
+    let errors: Vec<String> = validator
+        .iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "not a valid OpenAPI 3.1 document: {errors:#?}"
+    );
+    assert!(doc["paths"].as_object().is_some_and(|p| !p.is_empty()));
 }
 
 #[test]
