@@ -3,6 +3,7 @@
 mod check;
 mod dlq;
 mod doctor;
+mod new;
 mod registry;
 mod support;
 mod up;

@@ -439,9 +439,11 @@ fn render(
 
     let mut template_files = Vec::new();
     collect(&TEMPLATE, &mut template_files);
+    // What the empty variants replace, compared without `.jinja` (either side may be a template).
     let replaced: Vec<PathBuf> = template_files
         .iter()
         .filter_map(|f| empty_variant_of(f.path()))
+        .map(|p| without_jinja(&p))
         .collect();
 
     let mut files = BTreeMap::new();
@@ -454,7 +456,8 @@ fn render(
             }
             path = original;
         } else if !sample
-            && (replaced.contains(&path) || SAMPLE_ONLY.iter().any(|s| Path::new(s) == source_path))
+            && (replaced.contains(&without_jinja(&path))
+                || SAMPLE_ONLY.iter().any(|s| Path::new(s) == source_path))
         {
             continue;
         }
@@ -469,7 +472,12 @@ fn render(
             contents = rendered.into_bytes();
             path.set_extension("");
         }
-        files.insert(output_path(&path), contents);
+        if files.insert(output_path(&path), contents).is_some() {
+            bail!(
+                "two templates write `{}`; this is a bug in the templates",
+                output_path(&path).display()
+            );
+        }
     }
     if let Some(lockfile) = &nexus.lockfile {
         files.insert(PathBuf::from("Cargo.lock"), lockfile.clone().into_bytes());
@@ -502,6 +510,14 @@ fn empty_variant_of(path: &Path) -> Option<PathBuf> {
     let (stem, rest) = file.split_once('.')?;
     let rest = rest.strip_prefix(&EMPTY_MARKER[1..])?.strip_prefix('.')?;
     Some(path.with_file_name(format!("{stem}.{rest}")))
+}
+
+fn without_jinja(path: &Path) -> PathBuf {
+    if path.extension().is_some_and(|e| e == "jinja") {
+        path.with_extension("")
+    } else {
+        path.to_path_buf()
+    }
 }
 
 /// Template paths start dotfiles with `dot-` so they do not act on the Nexus repository itself.

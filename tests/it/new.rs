@@ -1,0 +1,330 @@
+//! `nexus new` end to end: bad input writes nothing; generated projects build, pass their own
+//! tests and `nexus check`, and `nexus check` catches a planted call between the two services.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::support::nexus_bin;
+
+/// Runs `nexus new ARGS` in `dir`.
+fn nexus_new(dir: &Path, args: &[&str]) -> Output {
+    Command::new(nexus_bin())
+        .arg("new")
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("NEXUS_PATH")
+        .output()
+        .expect("nexus runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The names in `dir`, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("readable folder")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Asserts `nexus new` failed as a tool error (exit 2) saying `expected`.
+fn assert_refused(output: &Output, expected: &str) {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "expected `{expected}` in stderr: {stderr}"
+    );
+}
+
+#[test]
+fn an_invalid_name_writes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (args, expected) in [
+        (&["2shop"][..], "starts with a digit"),
+        (&["my shop"][..], "` ` is not allowed"),
+        (&["test"][..], "reserved name"),
+        (&["shop", "--name", "fn"][..], "Rust keyword"),
+        (&["shop", "--name", ""][..], "empty"),
+    ] {
+        let output = nexus_new(dir.path(), args);
+        assert_refused(&output, expected);
+        assert!(
+            entries(dir.path()).is_empty(),
+            "{args:?} wrote {:?}",
+            entries(dir.path())
+        );
+    }
+}
+
+#[test]
+fn a_non_empty_folder_is_left_untouched() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = dir.path().join("demo");
+    std::fs::create_dir(&target).expect("mkdir");
+    std::fs::write(target.join("notes.txt"), "mine\n").expect("write sentinel");
+    let output = nexus_new(dir.path(), &["demo"]);
+    assert_refused(&output, "already exists and is not empty");
+    assert_eq!(entries(&target), ["notes.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(target.join("notes.txt")).expect("sentinel"),
+        "mine\n"
+    );
+    assert_eq!(entries(dir.path()), ["demo"], "no staging folder is left");
+}
+
+#[test]
+fn an_unknown_option_value_writes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = nexus_new(dir.path(), &["demo", "--store", "mysql"]);
+    assert_refused(&output, "invalid value 'mysql' for '--store");
+    assert!(text(&output.stderr).contains("embedded, postgres"));
+    let output = nexus_new(dir.path(), &["demo", "--bus", "kafka"]);
+    assert_refused(&output, "invalid value 'kafka' for '--bus");
+    assert!(entries(dir.path()).is_empty());
+}
+
+#[test]
+fn a_missing_nexus_checkout_asks_for_nexus_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = nexus_new(dir.path(), &["demo", "--nexus-path", "no-such-checkout"]);
+    assert_refused(&output, "is not a Nexus checkout");
+    assert!(text(&output.stderr).contains("--nexus-path"));
+    assert!(entries(dir.path()).is_empty());
+}
+
+#[test]
+fn dry_run_lists_the_files_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = nexus_new(dir.path(), &["demo", "--dry-run", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(report["dry_run"], true);
+    let files: Vec<&str> = report["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for expected in [
+        ".github/workflows/ci.yml",
+        ".gitignore",
+        "Cargo.lock",
+        "Cargo.toml",
+        "README.md",
+        "compose.yaml",
+        "crates/events/Cargo.toml",
+        "crates/events/src/lib.rs",
+        "crates/events/tests/schemas.rs",
+        "nexus.toml",
+        "schemas/ItemAdded.json",
+        "schemas/OrderCancelled.json",
+        "schemas/OrderConfirmed.json",
+        "schemas/OrderPlaced.json",
+        "services/command-service/Cargo.toml",
+        "services/command-service/src/main.rs",
+        "services/query-dashboard/Cargo.toml",
+        "services/query-dashboard/src/main.rs",
+        "services/query-dashboard/src/projection.rs",
+    ] {
+        assert!(
+            files.contains(&expected),
+            "{expected} missing from {files:?}"
+        );
+    }
+    assert!(entries(dir.path()).is_empty());
+}
+
+#[test]
+fn json_lists_the_files_written_into_an_empty_folder() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("skeleton")).expect("mkdir");
+    let output = nexus_new(dir.path(), &["skeleton", "--no-sample", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(report["sample"], false);
+    let files: Vec<&str> = report["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let root = dir.path().join("skeleton");
+    for file in &files {
+        assert!(
+            root.join(file).is_file(),
+            "{file} was listed but not written"
+        );
+    }
+    assert!(!files.iter().any(|f| f.ends_with("projection.rs")));
+    assert!(files.contains(&"schemas/README.md"));
+    let lib = std::fs::read_to_string(root.join("crates/events/src/lib.rs")).expect("lib.rs");
+    assert!(!lib.contains("OrderEvent"), "the skeleton has no sample");
+    assert_eq!(
+        entries(dir.path()),
+        ["skeleton"],
+        "no staging folder is left"
+    );
+}
+
+/// The target folder shared by every generated project, outside the running test's own
+/// target folder (whose lock cargo holds).
+fn shared_target() -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    base.join("e2e-generated")
+}
+
+/// Runs `cargo ARGS --offline` in `project` with the shared target folder.
+fn cargo(project: &Path, args: &[&str]) {
+    let started = Instant::now();
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .args(if args[0] == "fmt" {
+            None
+        } else {
+            Some("--offline")
+        })
+        .current_dir(project)
+        .env("CARGO_TARGET_DIR", shared_target())
+        .env("CARGO_TERM_COLOR", "never")
+        .env_remove("NEXUS_UPDATE_SCHEMAS")
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "cargo {args:?} failed in {}:\n{}\n{}",
+        project.display(),
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    #[expect(clippy::print_stderr, reason = "show where the minutes go")]
+    {
+        eprintln!(
+            "cargo {} in {}: {:.1?}",
+            args.join(" "),
+            project.file_name().unwrap_or_default().to_string_lossy(),
+            started.elapsed()
+        );
+    }
+}
+
+/// Runs `nexus check --format json` on `project`: (exit code, report).
+fn check(project: &Path) -> (Option<i32>, Value) {
+    let output = Command::new(nexus_bin())
+        .args(["check", "--format", "json"])
+        .arg(project)
+        .env("NO_COLOR", "1")
+        .env_remove("NEXUS_REGISTRY_URL")
+        .output()
+        .expect("nexus check runs");
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "nexus check printed no JSON ({err}): {}{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        )
+    });
+    (output.status.code(), report)
+}
+
+/// Generates `name` with `options` under `dir`, then checks it is formatted and clean.
+fn generate(dir: &Path, name: &str, options: &[&str]) -> PathBuf {
+    let mut args = vec![name];
+    args.extend_from_slice(options);
+    let output = nexus_new(dir, &args);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let project = dir.join(name);
+    cargo(&project, &["fmt", "--check"]);
+    let (code, report) = check(&project);
+    assert_eq!(
+        code,
+        Some(0),
+        "nexus check on {name} {options:?}: {report:#}"
+    );
+    assert_eq!(report["summary"]["errors"], 0, "{report:#}");
+    assert_eq!(report["summary"]["warnings"], 0, "{report:#}");
+    assert_eq!(
+        report["summary"]["notes"], 0,
+        "every event has a schema: {report:#}"
+    );
+    project
+}
+
+/// Adds a direct call from the command service to the query dashboard; returns its line.
+fn plant_direct_call(project: &Path) -> usize {
+    let main = project.join("services/command-service/src/main.rs");
+    let mut source = std::fs::read_to_string(&main).expect("main.rs");
+    source.push_str(
+        r#"
+/// Asks the dashboard directly instead of projecting events: what `nexus check` refuses.
+#[allow(dead_code)]
+async fn confirmed_orders() -> anyhow::Result<String> {
+    let dashboard = std::env::var("QUERY_DASHBOARD_URL")?;
+    let body = reqwest::get(format!("{dashboard}/read-models/orders/orders?status=confirmed"))
+        .await?
+        .text()
+        .await?;
+    Ok(body)
+}
+"#,
+    );
+    std::fs::write(&main, &source).expect("write main.rs");
+    source
+        .lines()
+        .position(|l| l.contains("reqwest::get"))
+        .expect("planted line")
+        + 1
+}
+
+/// The heavy part, run in one test so the builds do not fight over the cores: each option
+/// combination that changes the code is built and tested once, in one shared target folder.
+#[test]
+fn generated_projects_pass_their_tests_and_nexus_check() {
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // The default: the orders sample on the embedded store and the in-process bus.
+    let demo = generate(
+        dir.path(),
+        "demo",
+        &["--store", "embedded", "--bus", "inprocess"],
+    );
+    cargo(&demo, &["test", "--workspace"]);
+    let line = plant_direct_call(&demo);
+    let (code, report) = check(&demo);
+    assert_eq!(code, Some(1), "{report:#}");
+    let findings = report["findings"].as_array().expect("findings");
+    assert_eq!(findings.len(), 1, "{report:#}");
+    assert_eq!(findings[0]["rule"], "NX001");
+    assert_eq!(findings[0]["file"], "services/command-service/src/main.rs");
+    assert_eq!(findings[0]["line"], line);
+    assert!(
+        findings[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("query-dashboard")),
+        "{report:#}"
+    );
+
+    // The server-backed variant: its tests need no server.
+    let servers = generate(
+        dir.path(),
+        "shop",
+        &["--store", "postgres", "--bus", "nats"],
+    );
+    cargo(&servers, &["test", "--workspace"]);
+
+    // The empty skeleton.
+    let skeleton = generate(dir.path(), "skeleton", &["--no-sample"]);
+    cargo(&skeleton, &["test", "--workspace"]);
+}
