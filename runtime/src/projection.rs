@@ -21,7 +21,9 @@ pub use health::{HealthRegistry, ProjectionHealth, ProjectionStatus};
 pub use runner::{
     DeadLetterMode, ProjectionHandle, ProjectionRunner, RetrySchedule, RunnerOptions,
 };
-pub use store::{DeadLetter, DeadLetterStatus, ReadModelError, ReadModelStore, RedriveFilter};
+pub use store::{
+    DeadLetter, DeadLetterStatus, ReadModelError, ReadModelStore, ReadModels, RedriveFilter,
+};
 
 /// Why a projection could not apply an event. The runner retries it, then dead-letters it.
 #[derive(Debug, thiserror::Error)]

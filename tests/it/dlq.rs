@@ -65,7 +65,7 @@ fn dead_letter_in(dir: &std::path::Path) {
             .await
             .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while handle.read_model().dead_letters().unwrap().is_empty() {
+        while handle.read_model().dead_letters().await.unwrap().is_empty() {
             assert!(std::time::Instant::now() < deadline, "no dead letter");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

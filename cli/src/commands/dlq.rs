@@ -66,9 +66,13 @@ fn open(args: &DlqArgs, projection: &str) -> anyhow::Result<ReadModelStore> {
 }
 
 pub(crate) fn run(args: DlqArgs) -> anyhow::Result<Outcome> {
+    super::tokio_runtime()?.block_on(run_async(args))
+}
+
+async fn run_async(args: DlqArgs) -> anyhow::Result<Outcome> {
     match &args.command {
         DlqCommand::List { projection } => {
-            let letters = open(&args, projection)?.dead_letters()?;
+            let letters = open(&args, projection)?.dead_letters().await?;
             if args.json {
                 output::json(&letters)?;
             } else if letters.is_empty() {
@@ -90,7 +94,7 @@ pub(crate) fn run(args: DlqArgs) -> anyhow::Result<Outcome> {
             }
         }
         DlqCommand::Show { projection, id } => {
-            let letter = open(&args, projection)?.dead_letter(*id)?;
+            let letter = open(&args, projection)?.dead_letter(*id).await?;
             output::json(&letter)?;
         }
         DlqCommand::Redrive {
@@ -112,7 +116,7 @@ pub(crate) fn run(args: DlqArgs) -> anyhow::Result<Outcome> {
                     anyhow::bail!("say what to redrive: --id N, --stream TYPE/ID or --all")
                 }
             };
-            let marked = open(&args, projection)?.request_redrive(&filter)?;
+            let marked = open(&args, projection)?.request_redrive(&filter).await?;
             if args.json {
                 output::json(&serde_json::json!({ "projection": projection, "marked": marked }))?;
             } else {

@@ -321,7 +321,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     if let Some(relay) = relay {
         relay.stop().await;
     }
-    let checkpoint = orders.read_model().checkpoint().ok().flatten();
+    let checkpoint = orders.read_model().checkpoint().await.ok().flatten();
     orders.stop().await;
     let snapshots_taken = manager.snapshots_taken();
     manager.stop().await;

@@ -1,7 +1,7 @@
 //! The query dashboard: serves projections' read models over REST, with their health.
 //!
-//! Reads go to each projection's own read model (never to the event store), on Tokio's
-//! blocking pool so a slow disk does not stall other requests. `wait_for=<aggregate>/<id>@<n>`
+//! Reads go to each projection's own read model (never to the event store) through its async
+//! API, which keeps blocking work (SQLite) off the request tasks. `wait_for=<aggregate>/<id>@<n>`
 //! lets a client read its own write: the request waits until the projection has applied
 //! version `n` of that stream (the version the command service answered with).
 
@@ -211,11 +211,10 @@ impl Wait {
     async fn until_applied(&self, store: &ReadModelStore) -> Result<(), ApiError> {
         let deadline = Instant::now() + self.timeout;
         loop {
-            let applied = blocking(store, {
-                let stream = self.stream.clone();
-                move |store| store.stream_version(&stream)
-            })
-            .await?;
+            let applied = store
+                .stream_version(&self.stream)
+                .await
+                .map_err(read_model_error)?;
             if applied >= self.version {
                 return Ok(());
             }
@@ -249,27 +248,21 @@ fn filter_value(text: &str) -> Value {
     }
 }
 
-/// Runs a read-model call on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    store: &ReadModelStore,
-    call: impl FnOnce(&ReadModelStore) -> Result<T, ReadModelError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let store = store.clone();
-    match tokio::task::spawn_blocking(move || call(&store)).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(ReadModelError::InvalidField(field))) => Err(ApiError::bad_request(
+/// The answer to a failed read-model call: 400 for a bad filter field, else 503.
+fn read_model_error(err: ReadModelError) -> ApiError {
+    match err {
+        ReadModelError::InvalidField(field) => ApiError::bad_request(
             "invalid_filter",
             format!("`{field}` is not a field name (letters, digits, `_`, and `.` for nesting)"),
-        )),
-        Ok(Err(err)) => Err(ApiError::unavailable(chain(&err))),
-        Err(err) => Err(ApiError::internal(format!("read model task failed: {err}"))),
+        ),
+        err => ApiError::unavailable(chain(&err)),
     }
 }
 
 async fn projections(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError> {
     let mut projections = Vec::new();
     for (name, store) in &shared.read_models {
-        let checkpoint = blocking(store, |store| store.checkpoint()).await?;
+        let checkpoint = store.checkpoint().await.map_err(read_model_error)?;
         projections.push(json!({
             "name": name,
             "checkpoint": checkpoint.map(|c| c.position),
@@ -290,12 +283,11 @@ async fn list(
         wait.until_applied(&store).await?;
     }
     let (limit, offset) = (params.limit, params.offset);
-    let filters = params.filters;
     // One more than asked tells whether a next page exists.
-    let mut documents = blocking(&store, move |store| {
-        store.list(&collection, &filters, limit + 1, offset)
-    })
-    .await?;
+    let mut documents = store
+        .list(&collection, &params.filters, limit + 1, offset)
+        .await
+        .map_err(read_model_error)?;
     let next_offset = (documents.len() > limit).then_some(offset + limit);
     documents.truncate(limit);
     let items: Vec<Value> = documents
@@ -320,8 +312,10 @@ async fn one(
     if let Some(wait) = &params.wait {
         wait.until_applied(&store).await?;
     }
-    let key = id.clone();
-    let found = blocking(&store, move |store| store.get(&collection, &key)).await?;
+    let found = store
+        .get(&collection, &id)
+        .await
+        .map_err(read_model_error)?;
     found.map(Json).ok_or_else(|| {
         ApiError::not_found(
             "unknown_id",

@@ -34,7 +34,7 @@ impl<'a> Changes<'a> {
         if let Some(pending) = self.writes.get(&key).or_else(|| self.batch.get(&key)) {
             return Ok(pending.clone());
         }
-        self.store.get(collection, id)
+        self.store.get(collection, id).await
     }
 
     /// Writes document `id` of `collection`.

@@ -15,7 +15,9 @@ use tokio::time::Instant;
 use super::Projection;
 use super::changes::Changes;
 use super::health::{HealthRegistry, ProjectionHealth, ProjectionStatus};
-use super::store::{Batch, DeadLetterStatus, NewDeadLetter, ReadModelError, ReadModelStore};
+use super::store::{
+    Batch, DeadLetterStatus, NewDeadLetter, ReadModelError, ReadModelStore, ReadModels,
+};
 use crate::bus::{BusError, Delivery, EventBus};
 use crate::event::{LogPosition, RecordedEvent, StreamId};
 use crate::store::{EventStore, ReadError};
@@ -87,12 +89,12 @@ impl Default for RunnerOptions {
     }
 }
 
-/// Starts projections, each in its own supervised task with its own read model file.
+/// Starts projections, each in its own supervised task with its own read model.
 #[derive(Clone)]
 pub struct ProjectionRunner {
     store: Arc<dyn EventStore>,
     bus: Arc<dyn EventBus>,
-    dir: PathBuf,
+    read_models: ReadModels,
     options: RunnerOptions,
     health: HealthRegistry,
 }
@@ -100,22 +102,33 @@ pub struct ProjectionRunner {
 impl std::fmt::Debug for ProjectionRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProjectionRunner")
-            .field("dir", &self.dir)
+            .field("read_models", &self.read_models)
             .finish_non_exhaustive()
     }
 }
 
 impl ProjectionRunner {
-    /// A runner reading `bus` (and `store`, to fill gaps), keeping read models under `dir`.
+    /// A runner reading `bus` (and `store`, to fill gaps), keeping read models in SQLite files
+    /// under `dir`.
     pub fn new(
         store: Arc<dyn EventStore>,
         bus: Arc<dyn EventBus>,
         dir: impl Into<PathBuf>,
     ) -> Self {
+        Self::with_read_models(store, bus, ReadModels::sqlite(dir))
+    }
+
+    /// A runner reading `bus` (and `store`, to fill gaps), keeping read models in
+    /// `read_models` (SQLite files or PostgreSQL tables).
+    pub fn with_read_models(
+        store: Arc<dyn EventStore>,
+        bus: Arc<dyn EventBus>,
+        read_models: ReadModels,
+    ) -> Self {
         Self {
             store,
             bus,
-            dir: dir.into(),
+            read_models,
             options: RunnerOptions::default(),
             health: HealthRegistry::new(),
         }
@@ -132,18 +145,24 @@ impl ProjectionRunner {
         self.health.clone()
     }
 
-    /// The read model file of projection `name`.
+    /// The SQLite read model file of projection `name` under `dir`.
     pub fn read_model_path(dir: &Path, name: &str) -> PathBuf {
-        dir.join(format!("{name}.db"))
+        super::store::sqlite_path(dir, name)
+    }
+
+    /// Where this runner keeps read models.
+    pub fn read_models(&self) -> &ReadModels {
+        &self.read_models
     }
 
     /// Starts `projection` in its own supervised task.
+    ///
+    /// A SQLite read model is opened (created if missing) here; its dead letters are counted
+    /// into the health by the task as it starts.
     pub fn spawn<P: Projection>(&self, projection: P) -> Result<ProjectionHandle, ReadModelError> {
         let name = projection.name().to_owned();
-        let read_model = ReadModelStore::open(Self::read_model_path(&self.dir, &name))?;
+        let read_model = self.read_models.open(&name)?;
         let health = self.health.register(&name);
-        health.write().expect("health lock poisoned").dead_letters =
-            read_model.dead_letters()?.len() as u64;
         let (stop, stopped) = watch::channel(false);
         let worker = Worker {
             name: name.clone(),
@@ -382,7 +401,11 @@ impl<P: Projection> Worker<P> {
     }
 
     async fn run(&self, mut stopped: watch::Receiver<bool>) -> Result<(), WorkerError> {
-        let start = self.read_model.checkpoint()?.unwrap_or(LogPosition::START);
+        let start = self
+            .read_model
+            .checkpoint()
+            .await?
+            .unwrap_or(LogPosition::START);
         let mut consumer = self.bus.consumer(&self.name, start).await?;
         let (intake_tx, mut intake) = mpsc::channel::<Delivery>(1024);
         let name = self.name.clone();
@@ -407,8 +430,9 @@ impl<P: Projection> Worker<P> {
         let _intake_guard = AbortOnDrop(intake_task);
 
         let mut state = State::default();
+        let letters = self.read_model.dead_letters().await?;
         if self.options.dead_letter == DeadLetterMode::Park {
-            for letter in self.read_model.dead_letters()? {
+            for letter in &letters {
                 if letter.status != DeadLetterStatus::Redrive {
                     state
                         .keys
@@ -418,13 +442,15 @@ impl<P: Projection> Worker<P> {
                 }
             }
         }
-        state.dead_letters = self.read_model.dead_letters()?.len() as u64;
+        state.dead_letters = letters.len() as u64;
         state.last_position = start.position;
         let mut redrive_tick = tokio::time::interval(self.options.redrive_poll);
         let mut health_tick = tokio::time::interval(Duration::from_secs(1));
+        let dead_letters = state.dead_letters;
         self.update_health(|h| {
             h.status = ProjectionStatus::Running;
             h.last_position = start.position;
+            h.dead_letters = dead_letters;
         });
         loop {
             if *stopped.borrow() {
@@ -446,7 +472,7 @@ impl<P: Projection> Worker<P> {
                         None => return Err(WorkerError::IntakeClosed),
                     },
                     () = sleep_until(next_retry) => {}
-                    _ = redrive_tick.tick() => self.pick_up_redrives(&mut state)?,
+                    _ = redrive_tick.tick() => self.pick_up_redrives(&mut state).await?,
                     _ = health_tick.tick() => self.refresh_health(&state).await,
                 }
                 continue;
@@ -455,8 +481,8 @@ impl<P: Projection> Worker<P> {
         }
     }
 
-    fn pick_up_redrives(&self, state: &mut State) -> Result<(), WorkerError> {
-        for letter in self.read_model.redrive_requests()? {
+    async fn pick_up_redrives(&self, state: &mut State) -> Result<(), WorkerError> {
+        for letter in self.read_model.redrive_requests().await? {
             if !state.redriving.insert(letter.id) {
                 continue;
             }
@@ -523,7 +549,7 @@ impl<P: Projection> Worker<P> {
                 let event = &item.event;
                 let applied_version = match batch.versions.get(&key) {
                     Some(v) => *v,
-                    None => self.read_model.stream_version(&key)?,
+                    None => self.read_model.stream_version(&key).await?,
                 };
                 if item.redrive.is_none() {
                     if key_state.parked {
@@ -658,12 +684,7 @@ impl<P: Projection> Worker<P> {
         }
         batch.checkpoint = state.advance_checkpoint();
         if !batch.is_empty() {
-            let read_model = self.read_model.clone();
-            let batch =
-                tokio::task::spawn_blocking(move || read_model.commit(&batch).map(|()| batch))
-                    .await
-                    .expect("the read model commit task panicked")?;
-            drop(batch);
+            self.read_model.commit(batch).await?;
         }
         // Only now, with the read model and checkpoint durable, tell the bus.
         let now = Utc::now();

@@ -1,17 +1,26 @@
-//! A projection's read model: documents, the checkpoint and the dead-letter queue in one
-//! SQLite file, so that a batch of document writes and the checkpoint commit together.
+//! A projection's read model: documents, applied stream versions, the checkpoint and the
+//! dead-letter queue, so that a batch of document writes and the checkpoint commit together.
+//!
+//! Two backends sit behind one handle, [`ReadModelStore`]: one SQLite file per projection
+//! (the default, [`ReadModels::sqlite`]) and tables in one PostgreSQL schema shared by every
+//! projection (feature `postgres`, [`ReadModels::postgres`]). Every call is async; the SQLite
+//! backend does its blocking work on Tokio's blocking pool.
+
+#[cfg(feature = "postgres")]
+mod postgres;
+mod sqlite;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::changes::Writes;
 use crate::event::{LogPosition, RecordedEvent, StreamId};
+use crate::store::BoxError;
 
 /// Why the read model failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,15 +35,39 @@ pub enum ReadModelError {
         #[source]
         source: rusqlite::Error,
     },
+    /// PostgreSQL answered with an error.
+    #[error("read model `{projection}` failed in PostgreSQL")]
+    Postgres {
+        /// The projection.
+        projection: String,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+    /// The database could not be reached (a connection failed or was closed).
+    #[error("read model `{read_model}` is unavailable")]
+    Unavailable {
+        /// The projection or file.
+        read_model: String,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
     /// A stored document or dead letter does not decode.
-    #[error("read model `{path}` holds a corrupt record")]
+    #[error("read model `{read_model}` holds a corrupt record")]
     Corrupt {
-        /// The file.
-        path: PathBuf,
+        /// The projection or file.
+        read_model: String,
         /// The cause.
         #[source]
         source: serde_json::Error,
     },
+    /// The read models are configured wrongly (a schema name that is not an identifier).
+    #[error("invalid read model configuration: {0}")]
+    Config(String),
+    /// Applying the PostgreSQL schema migrations failed.
+    #[error("failed to migrate the read model schema")]
+    Migration(#[source] BoxError),
     /// A filter field is not a plain field name.
     #[error("invalid filter field `{0}`: use letters, digits, `_` and `.` for nesting")]
     InvalidField(String),
@@ -43,43 +76,18 @@ pub enum ReadModelError {
     NoSuchDeadLetter(i64),
 }
 
-const SCHEMA: &str = r"
-CREATE TABLE IF NOT EXISTS documents (
-    collection TEXT    NOT NULL,
-    id         TEXT    NOT NULL,
-    body       TEXT    NOT NULL,
-    position   INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    PRIMARY KEY (collection, id)
-);
-CREATE TABLE IF NOT EXISTS stream_versions (
-    aggregate_type TEXT    NOT NULL,
-    aggregate_id   TEXT    NOT NULL,
-    version        INTEGER NOT NULL,
-    PRIMARY KEY (aggregate_type, aggregate_id)
-);
-CREATE TABLE IF NOT EXISTS checkpoint (
-    singleton  INTEGER PRIMARY KEY CHECK (singleton = 1),
-    commit_key INTEGER NOT NULL,
-    position   INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id              INTEGER PRIMARY KEY,
-    event_id        TEXT    NOT NULL,
-    aggregate_type  TEXT    NOT NULL,
-    aggregate_id    TEXT    NOT NULL,
-    version         INTEGER NOT NULL,
-    position        INTEGER NOT NULL,
-    event_type      TEXT    NOT NULL,
-    envelope        TEXT    NOT NULL,
-    error           TEXT    NOT NULL,
-    attempts        INTEGER NOT NULL,
-    first_failed_at INTEGER NOT NULL,
-    last_failed_at  INTEGER NOT NULL,
-    status          TEXT    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dead_letters_status ON dead_letters (status, position);
-";
+/// Checks that a filter field is a plain (possibly nested) field name.
+fn check_field(field: &str) -> Result<(), ReadModelError> {
+    let valid = !field.is_empty()
+        && field
+            .split('.')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ReadModelError::InvalidField(field.to_owned()))
+    }
+}
 
 /// Where a dead letter stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -174,364 +182,263 @@ impl Batch {
     }
 }
 
-/// The SQLite file of one projection's read model.
+/// Where a runner keeps its projections' read models.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use nexus_runtime::projection::{ProjectionRunner, ReadModels};
+/// # fn demo(store: Arc<dyn nexus_runtime::EventStore>, bus: Arc<dyn nexus_runtime::bus::EventBus>) {
+/// // One SQLite file per projection under `data/read-models` (what `ProjectionRunner::new` does).
+/// let runner = ProjectionRunner::with_read_models(store, bus, ReadModels::sqlite("data/read-models"));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ReadModels {
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Sqlite(PathBuf),
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::Tables),
+}
+
+impl std::fmt::Debug for ReadModels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Sqlite(dir) => f.debug_tuple("ReadModels::Sqlite").field(dir).finish(),
+            #[cfg(feature = "postgres")]
+            Kind::Postgres(tables) => f
+                .debug_tuple("ReadModels::Postgres")
+                .field(&tables.schema())
+                .finish(),
+        }
+    }
+}
+
+impl ReadModels {
+    /// The schema PostgreSQL read models live in unless told otherwise.
+    pub const DEFAULT_POSTGRES_SCHEMA: &'static str = "nexus_read_models";
+
+    /// One SQLite file per projection under `dir` (`{dir}/{projection}.db`).
+    pub fn sqlite(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            kind: Kind::Sqlite(dir.into()),
+        }
+    }
+
+    /// Tables in `schema` of the PostgreSQL database at `url`, shared by every projection and
+    /// keyed by projection name; connects and applies pending migrations under an advisory lock.
+    #[cfg(feature = "postgres")]
+    pub async fn postgres(url: &str, schema: &str) -> Result<Self, ReadModelError> {
+        let pool = crate::store::postgres::pool(url, postgres::POOL_SIZE).map_err(|e| {
+            ReadModelError::Config(format!("failed to configure the read model pool: {e}"))
+        })?;
+        Self::postgres_with_pool(pool, schema).await
+    }
+
+    /// Like [`ReadModels::postgres`] on an existing pool (for instance the event store's,
+    /// `PostgresStore::pool().clone()`, when read models live in the same database).
+    #[cfg(feature = "postgres")]
+    pub async fn postgres_with_pool(
+        pool: deadpool_postgres::Pool,
+        schema: &str,
+    ) -> Result<Self, ReadModelError> {
+        Ok(Self {
+            kind: Kind::Postgres(postgres::Tables::open(pool, schema).await?),
+        })
+    }
+
+    /// The read model of projection `name` (for SQLite, its file is created if missing).
+    pub fn open(&self, name: &str) -> Result<ReadModelStore, ReadModelError> {
+        match &self.kind {
+            Kind::Sqlite(dir) => ReadModelStore::open(sqlite_path(dir, name)),
+            #[cfg(feature = "postgres")]
+            Kind::Postgres(tables) => Ok(ReadModelStore {
+                backend: Backend::Postgres(Arc::new(tables.projection(name))),
+            }),
+        }
+    }
+}
+
+/// The SQLite file of projection `name` under `dir`.
+pub(crate) fn sqlite_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.db"))
+}
+
+/// One projection's read model: a cheap-to-clone handle, whichever backend holds it.
 #[derive(Clone)]
 pub struct ReadModelStore {
-    path: PathBuf,
-    conn: Arc<Mutex<Connection>>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<sqlite::SqliteReadModel>),
+    #[cfg(feature = "postgres")]
+    Postgres(Arc<postgres::PostgresReadModel>),
 }
 
 impl std::fmt::Debug for ReadModelStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadModelStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        let mut debug = f.debug_struct("ReadModelStore");
+        match &self.backend {
+            Backend::Sqlite(db) => debug.field("path", &db.path()),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => debug
+                .field("schema", &db.schema())
+                .field("projection", &db.projection()),
+        };
+        debug.finish_non_exhaustive()
+    }
+}
+
+/// Runs `call` on the blocking pool; a panic in it is resumed here.
+async fn blocking<T: Send + 'static>(
+    db: &Arc<sqlite::SqliteReadModel>,
+    call: impl FnOnce(&sqlite::SqliteReadModel) -> Result<T, ReadModelError> + Send + 'static,
+) -> Result<T, ReadModelError> {
+    let db = Arc::clone(db);
+    let read_model = db.path().display().to_string();
+    match tokio::task::spawn_blocking(move || call(&db)).await {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(err) => Err(ReadModelError::Unavailable {
+            read_model,
+            source: Box::new(err),
+        }),
     }
 }
 
 impl ReadModelStore {
-    /// Opens (creating if needed) the read model at `path`.
+    /// Opens (creating if needed) the SQLite read model at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ReadModelError> {
-        let path = path.as_ref().to_path_buf();
-        let sqlite = |source| ReadModelError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        }
-        let conn = Connection::open(&path).map_err(sqlite)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sqlite)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sqlite)?;
-        // NORMAL, not FULL: in WAL mode a power loss may drop the last commits, but documents
-        // and checkpoint drop together, and the events they came from are still in the store,
-        // so they are applied again. The event store itself stays FULL.
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(sqlite)?;
-        conn.execute_batch(SCHEMA).map_err(sqlite)?;
         Ok(Self {
-            path,
-            conn: Arc::new(Mutex::new(conn)),
+            backend: Backend::Sqlite(Arc::new(sqlite::SqliteReadModel::open(path.as_ref())?)),
         })
     }
 
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn sqlite(&self, source: rusqlite::Error) -> ReadModelError {
-        ReadModelError::Sqlite {
-            path: self.path.clone(),
-            source,
+    /// The SQLite file, or `None` when the read model lives in PostgreSQL.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Sqlite(db) => Some(db.path()),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => None,
         }
-    }
-
-    fn corrupt(&self, source: serde_json::Error) -> ReadModelError {
-        ReadModelError::Corrupt {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn
-            .lock()
-            .expect("read model connection lock poisoned")
     }
 
     /// Document `id` of `collection`.
-    pub fn get(&self, collection: &str, id: &str) -> Result<Option<Value>, ReadModelError> {
-        let conn = self.lock();
-        let body: Option<String> = conn
-            .prepare_cached("SELECT body FROM documents WHERE collection = ?1 AND id = ?2")
-            .and_then(|mut s| {
-                s.query_row(params![collection, id], |row| row.get(0))
-                    .optional()
-            })
-            .map_err(|e| self.sqlite(e))?;
-        body.map(|b| serde_json::from_str(&b).map_err(|e| self.corrupt(e)))
-            .transpose()
+    pub async fn get(&self, collection: &str, id: &str) -> Result<Option<Value>, ReadModelError> {
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                let (collection, id) = (collection.to_owned(), id.to_owned());
+                blocking(db, move |db| db.get(&collection, &id)).await
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.get(collection, id).await,
+        }
     }
 
     /// Documents of `collection` whose fields equal the given values, ordered by id.
     ///
     /// Field names may use `.` for nested fields (`customer.name`).
-    pub fn list(
+    pub async fn list(
         &self,
         collection: &str,
         filters: &[(String, Value)],
         limit: usize,
         offset: usize,
     ) -> Result<Vec<(String, Value)>, ReadModelError> {
-        let mut sql = String::from("SELECT id, body FROM documents WHERE collection = ?1");
-        let mut values: Vec<rusqlite::types::Value> = vec![collection.to_owned().into()];
-        for (field, value) in filters {
-            let valid = !field.is_empty()
-                && field.split('.').all(|p| {
-                    !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                });
-            if !valid {
-                return Err(ReadModelError::InvalidField(field.clone()));
+        for (field, _) in filters {
+            check_field(field)?;
+        }
+        let limit = limit.min(10_000);
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                let (collection, filters) = (collection.to_owned(), filters.to_vec());
+                blocking(db, move |db| db.list(&collection, &filters, limit, offset)).await
             }
-            values.push(format!("$.{field}").into());
-            let index = values.len();
-            values.push(match value {
-                Value::String(s) => s.clone().into(),
-                Value::Bool(b) => i64::from(*b).into(),
-                Value::Number(n) if n.is_i64() => n.as_i64().unwrap_or_default().into(),
-                Value::Number(n) => n.as_f64().unwrap_or_default().into(),
-                Value::Null => rusqlite::types::Value::Null,
-                other => other.to_string().into(),
-            });
-            sql.push_str(&format!(
-                " AND json_extract(body, ?{index}) IS ?{}",
-                index + 1
-            ));
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.list(collection, filters, limit, offset).await,
         }
-        sql.push_str(&format!(
-            " ORDER BY id LIMIT {} OFFSET {}",
-            limit.min(10_000),
-            offset
-        ));
-        let conn = self.lock();
-        let mut stmt = conn.prepare(&sql).map_err(|e| self.sqlite(e))?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(values), |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-            })
-            .map_err(|e| self.sqlite(e))?;
-        let mut documents = Vec::new();
-        for row in rows {
-            let (id, body) = row.map_err(|e| self.sqlite(e))?;
-            documents.push((
-                id,
-                serde_json::from_str(&body).map_err(|e| self.corrupt(e))?,
-            ));
-        }
-        Ok(documents)
     }
 
     /// The version of `stream` this read model has applied.
-    pub fn stream_version(&self, stream: &StreamId) -> Result<u64, ReadModelError> {
-        let conn = self.lock();
-        conn.prepare_cached(
-            "SELECT version FROM stream_versions WHERE aggregate_type = ?1 AND aggregate_id = ?2",
-        )
-        .and_then(|mut s| {
-            s.query_row(
-                params![stream.aggregate_type(), stream.aggregate_id()],
-                |row| row.get::<_, i64>(0),
-            )
-            .optional()
-        })
-        .map(|v| v.unwrap_or(0) as u64)
-        .map_err(|e| self.sqlite(e))
+    pub async fn stream_version(&self, stream: &StreamId) -> Result<u64, ReadModelError> {
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                let stream = stream.clone();
+                blocking(db, move |db| db.stream_version(&stream)).await
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.stream_version(stream).await,
+        }
     }
 
     /// The log position up to which every event has been applied or dead-lettered.
-    pub fn checkpoint(&self) -> Result<Option<LogPosition>, ReadModelError> {
-        let conn = self.lock();
-        conn.query_row(
-            "SELECT commit_key, position FROM checkpoint WHERE singleton = 1",
-            [],
-            |row| {
-                Ok(LogPosition {
-                    commit: row.get::<_, i64>(0)? as u64,
-                    position: row.get::<_, i64>(1)? as u64,
-                })
-            },
-        )
-        .optional()
-        .map_err(|e| self.sqlite(e))
-    }
-
-    /// Commits a batch in one transaction (and one fsync).
-    pub(crate) fn commit(&self, batch: &Batch) -> Result<(), ReadModelError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
-        let now = Utc::now().timestamp_micros();
-        {
-            let mut put = tx
-                .prepare_cached(
-                    "INSERT INTO documents (collection, id, body, position, updated_at) VALUES (?1, ?2, ?3, ?4, ?5) \
-                     ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body, \
-                     position = excluded.position, updated_at = excluded.updated_at",
-                )
-                .map_err(|e| self.sqlite(e))?;
-            let mut delete = tx
-                .prepare_cached("DELETE FROM documents WHERE collection = ?1 AND id = ?2")
-                .map_err(|e| self.sqlite(e))?;
-            for ((collection, id), document) in &batch.writes {
-                match document {
-                    Some(document) => {
-                        let position = batch
-                            .positions
-                            .get(&(collection.clone(), id.clone()))
-                            .copied()
-                            .unwrap_or(0);
-                        put.execute(params![collection, id, document.to_string(), position, now])
-                            .map_err(|e| self.sqlite(e))?;
-                    }
-                    None => {
-                        delete
-                            .execute(params![collection, id])
-                            .map_err(|e| self.sqlite(e))?;
-                    }
-                }
-            }
-            let mut version = tx
-                .prepare_cached(
-                    "INSERT INTO stream_versions (aggregate_type, aggregate_id, version) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = MAX(version, excluded.version)",
-                )
-                .map_err(|e| self.sqlite(e))?;
-            for (stream, v) in &batch.versions {
-                version
-                    .execute(params![
-                        stream.aggregate_type(),
-                        stream.aggregate_id(),
-                        *v as i64
-                    ])
-                    .map_err(|e| self.sqlite(e))?;
-            }
-            for letter in &batch.dead_letters {
-                let envelope = serde_json::to_string(&letter.event).map_err(|e| self.corrupt(e))?;
-                match letter.existing {
-                    Some(id) => tx.execute(
-                        "UPDATE dead_letters SET error = ?2, attempts = attempts + ?3, last_failed_at = ?4, status = ?5 WHERE id = ?1",
-                        params![id, letter.error, letter.attempts, now, letter.status.as_str()],
-                    ),
-                    None => tx.execute(
-                        "INSERT INTO dead_letters (event_id, aggregate_type, aggregate_id, version, position, event_type, \
-                         envelope, error, attempts, first_failed_at, last_failed_at, status) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                        params![
-                            letter.event.id.to_string(),
-                            letter.event.stream.aggregate_type(),
-                            letter.event.stream.aggregate_id(),
-                            letter.event.version as i64,
-                            letter.event.position as i64,
-                            letter.event.event_type,
-                            envelope,
-                            letter.error,
-                            letter.attempts,
-                            letter.first_failed_at.timestamp_micros(),
-                            now,
-                            letter.status.as_str(),
-                        ],
-                    ),
-                }
-                .map_err(|e| self.sqlite(e))?;
-            }
-            for id in &batch.redriven {
-                tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])
-                    .map_err(|e| self.sqlite(e))?;
-            }
-            if let Some(checkpoint) = batch.checkpoint {
-                tx.execute(
-                    "INSERT INTO checkpoint (singleton, commit_key, position) VALUES (1, ?1, ?2) \
-                     ON CONFLICT (singleton) DO UPDATE SET commit_key = excluded.commit_key, position = excluded.position",
-                    params![checkpoint.commit as i64, checkpoint.position as i64],
-                )
-                .map_err(|e| self.sqlite(e))?;
-            }
+    pub async fn checkpoint(&self) -> Result<Option<LogPosition>, ReadModelError> {
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, |db| db.checkpoint()).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.checkpoint().await,
         }
-        tx.commit().map_err(|e| self.sqlite(e))
     }
 
-    fn row_to_dead_letter(
-        &self,
-        row: &rusqlite::Row<'_>,
-    ) -> rusqlite::Result<Result<DeadLetter, ReadModelError>> {
-        let envelope: String = row.get(1)?;
-        let micros = |v: i64| DateTime::<Utc>::from_timestamp_micros(v).unwrap_or_default();
-        let status: String = row.get(6)?;
-        let id: i64 = row.get(0)?;
-        let error: String = row.get(2)?;
-        let attempts: u32 = row.get(3)?;
-        let first_failed_at = micros(row.get(4)?);
-        let last_failed_at = micros(row.get(5)?);
-        Ok(serde_json::from_str::<RecordedEvent>(&envelope)
-            .map_err(|e| self.corrupt(e))
-            .map(|event| DeadLetter {
-                id,
-                event,
-                error,
-                attempts,
-                first_failed_at,
-                last_failed_at,
-                status: DeadLetterStatus::parse(&status),
-            }))
-    }
-
-    fn query_dead_letters(
-        &self,
-        where_sql: &str,
-        params: impl rusqlite::Params,
-    ) -> Result<Vec<DeadLetter>, ReadModelError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT id, envelope, error, attempts, first_failed_at, last_failed_at, status \
-                 FROM dead_letters {where_sql} ORDER BY position, id"
-            ))
-            .map_err(|e| self.sqlite(e))?;
-        let rows = stmt
-            .query_map(params, |row| self.row_to_dead_letter(row))
-            .map_err(|e| self.sqlite(e))?;
-        let mut letters = Vec::new();
-        for row in rows {
-            letters.push(row.map_err(|e| self.sqlite(e))??);
+    /// Commits a batch in one transaction: documents, stream versions, dead letters and the
+    /// checkpoint together or not at all.
+    pub(crate) async fn commit(&self, batch: Batch) -> Result<(), ReadModelError> {
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.commit(&batch)).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.commit(&batch).await,
         }
-        Ok(letters)
     }
 
     /// Every dead letter, in log order.
-    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, ReadModelError> {
-        self.query_dead_letters("", [])
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, ReadModelError> {
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, |db| db.dead_letters(None)).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.dead_letters(None).await,
+        }
     }
 
     /// One dead letter.
-    pub fn dead_letter(&self, id: i64) -> Result<DeadLetter, ReadModelError> {
-        self.query_dead_letters("WHERE id = ?1", [id])?
-            .pop()
-            .ok_or(ReadModelError::NoSuchDeadLetter(id))
+    pub async fn dead_letter(&self, id: i64) -> Result<DeadLetter, ReadModelError> {
+        let found = match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.dead_letter(id)).await?,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.dead_letter(id).await?,
+        };
+        found.ok_or(ReadModelError::NoSuchDeadLetter(id))
     }
 
     /// Dead letters waiting to be processed again, in log order.
-    pub(crate) fn redrive_requests(&self) -> Result<Vec<DeadLetter>, ReadModelError> {
-        self.query_dead_letters("WHERE status = 'redrive'", [])
+    pub(crate) async fn redrive_requests(&self) -> Result<Vec<DeadLetter>, ReadModelError> {
+        let status = Some(DeadLetterStatus::Redrive);
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.dead_letters(status)).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.dead_letters(status).await,
+        }
     }
 
     /// Asks the running projection to process dead letters again; returns how many were marked.
     ///
     /// Works from another process too: the runner polls its queue for redrive requests.
-    pub fn request_redrive(&self, filter: &RedriveFilter) -> Result<usize, ReadModelError> {
-        let conn = self.lock();
-        let changed = match filter {
-            RedriveFilter::Id(id) => {
-                let n = conn
-                    .execute("UPDATE dead_letters SET status = 'redrive' WHERE id = ?1", [id])
-                    .map_err(|e| self.sqlite(e))?;
-                if n == 0 {
-                    return Err(ReadModelError::NoSuchDeadLetter(*id));
-                }
-                n
+    pub async fn request_redrive(&self, filter: &RedriveFilter) -> Result<usize, ReadModelError> {
+        let changed = match &self.backend {
+            Backend::Sqlite(db) => {
+                let filter = filter.clone();
+                blocking(db, move |db| db.request_redrive(&filter)).await?
             }
-            RedriveFilter::Stream(stream) => conn
-                .execute(
-                    "UPDATE dead_letters SET status = 'redrive' WHERE aggregate_type = ?1 AND aggregate_id = ?2",
-                    params![stream.aggregate_type(), stream.aggregate_id()],
-                )
-                .map_err(|e| self.sqlite(e))?,
-            RedriveFilter::All => conn
-                .execute("UPDATE dead_letters SET status = 'redrive'", [])
-                .map_err(|e| self.sqlite(e))?,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.request_redrive(filter).await?,
         };
-        Ok(changed)
+        match filter {
+            RedriveFilter::Id(id) if changed == 0 => Err(ReadModelError::NoSuchDeadLetter(*id)),
+            _ => Ok(changed),
+        }
     }
 }

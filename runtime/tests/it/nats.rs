@@ -13,7 +13,7 @@ use nexus_runtime::checkpoint::EmbeddedCheckpoints;
 use nexus_runtime::projection::{ProjectionRunner, RunnerOptions};
 use nexus_runtime::{EventStore, LogPosition, StreamId};
 
-use crate::projection::{Counter, append, count, event, eventually};
+use crate::projection::{Counter, append, count, event, eventually, total};
 use crate::support;
 
 fn unique_options() -> NatsOptions {
@@ -81,14 +81,18 @@ async fn every_event_reaches_every_projection_once_in_order_per_key() {
         writer.await.unwrap();
     }
     for handle in [&one, &two] {
-        eventually(handle, Duration::from_secs(20), "all 300 events", |h| {
-            (0..6).map(|k| count(h, &format!("k{k}"))).sum::<u64>() == 300
-        })
+        eventually(
+            handle,
+            Duration::from_secs(20),
+            "all 300 events",
+            async |h| total(h, (0..6).map(|k| format!("k{k}"))).await == 300,
+        )
         .await;
         for k in 0..6 {
             let doc = handle
                 .read_model()
                 .get("counts", &format!("k{k}"))
+                .await
                 .unwrap()
                 .unwrap();
             let versions: Vec<u64> = doc["versions"]
@@ -113,10 +117,7 @@ async fn every_event_reaches_every_projection_once_in_order_per_key() {
     );
     again.stop().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        (0..6).map(|k| count(&one, &format!("k{k}"))).sum::<u64>(),
-        300
-    );
+    assert_eq!(total(&one, (0..6).map(|k| format!("k{k}"))).await, 300);
     one.stop().await;
     two.stop().await;
     delete_stream(&url, &options.stream).await;
@@ -146,11 +147,16 @@ async fn events_the_bus_lost_are_read_from_the_store() {
     )
     .with_options(RunnerOptions::default());
     let handle = runner.spawn(Counter::new("gaps")).unwrap();
-    eventually(&handle, Duration::from_secs(10), "all ten", |h| {
-        count(h, "gappy") == 10
+    eventually(&handle, Duration::from_secs(10), "all ten", async |h| {
+        count(h, "gappy").await == 10
     })
     .await;
-    let doc = handle.read_model().get("counts", "gappy").unwrap().unwrap();
+    let doc = handle
+        .read_model()
+        .get("counts", "gappy")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         doc["versions"],
         serde_json::json!([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
@@ -271,7 +277,7 @@ async fn a_nats_restart_mid_stream_loses_nothing_and_applies_nothing_twice() {
         &handle,
         Duration::from_secs(20),
         "progress before the restart",
-        |h| h.health().processed >= 40,
+        async |h| h.health().processed >= 40,
     )
     .await;
     nats.kill();
@@ -282,7 +288,7 @@ async fn a_nats_restart_mid_stream_loses_nothing_and_applies_nothing_twice() {
         &handle,
         Duration::from_secs(60),
         "all 200 events after the restart",
-        |h| (0..4).map(|k| count(h, &format!("k{k}"))).sum::<u64>() >= 200,
+        async |h| total(h, (0..4).map(|k| format!("k{k}"))).await >= 200,
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -290,6 +296,7 @@ async fn a_nats_restart_mid_stream_loses_nothing_and_applies_nothing_twice() {
         let doc = handle
             .read_model()
             .get("counts", &format!("k{k}"))
+            .await
             .unwrap()
             .unwrap();
         let versions: Vec<u64> = doc["versions"]
@@ -308,6 +315,7 @@ async fn a_nats_restart_mid_stream_loses_nothing_and_applies_nothing_twice() {
         handle
             .read_model()
             .checkpoint()
+            .await
             .unwrap()
             .unwrap_or(LogPosition::START)
             .position

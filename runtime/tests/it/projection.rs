@@ -1,5 +1,6 @@
 //! Projections: exactly-once application across crashes, retries with backoff, dead letters,
-//! redrive, per-key order, isolation between projections, and rebuilds.
+//! redrive, per-key order, isolation between projections, and rebuilds; the read-model tests
+//! run once with SQLite files and once with PostgreSQL tables (feature `postgres`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,8 @@ use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
 use nexus_runtime::projection::{
     Changes, DeadLetterMode, DeadLetterStatus, Projection, ProjectionError, ProjectionHandle,
-    ProjectionRunner, ProjectionStatus, RedriveFilter, RetrySchedule, RunnerOptions,
+    ProjectionRunner, ProjectionStatus, ReadModelError, ReadModelStore, ReadModels, RedriveFilter,
+    RetrySchedule, RunnerOptions,
 };
 use nexus_runtime::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
 use serde_json::json;
@@ -104,10 +106,10 @@ pub(crate) async fn eventually(
     handle: &ProjectionHandle,
     timeout: Duration,
     what: &str,
-    check: impl Fn(&ProjectionHandle) -> bool,
+    check: impl AsyncFn(&ProjectionHandle) -> bool,
 ) {
     let deadline = Instant::now() + timeout;
-    while !check(handle) {
+    while !check(handle).await {
         assert!(
             Instant::now() < deadline,
             "timed out waiting for {what}: {:?}",
@@ -117,18 +119,32 @@ pub(crate) async fn eventually(
     }
 }
 
-pub(crate) fn count(handle: &ProjectionHandle, id: &str) -> u64 {
+pub(crate) async fn count(handle: &ProjectionHandle, id: &str) -> u64 {
     handle
         .read_model()
         .get("counts", id)
+        .await
         .unwrap()
         .map_or(0, |d| d["count"].as_u64().unwrap())
 }
 
-fn versions(handle: &ProjectionHandle, id: &str) -> Vec<u64> {
+/// The sum of the counts of `ids`.
+pub(crate) async fn total(
+    handle: &ProjectionHandle,
+    ids: impl IntoIterator<Item = impl AsRef<str>>,
+) -> u64 {
+    let mut sum = 0;
+    for id in ids {
+        sum += count(handle, id.as_ref()).await;
+    }
+    sum
+}
+
+pub(crate) async fn versions(handle: &ProjectionHandle, id: &str) -> Vec<u64> {
     handle
         .read_model()
         .get("counts", id)
+        .await
         .unwrap()
         .map_or_else(Vec::new, |d| {
             d["versions"]
@@ -138,6 +154,10 @@ fn versions(handle: &ProjectionHandle, id: &str) -> Vec<u64> {
                 .map(|v| v.as_u64().unwrap())
                 .collect()
         })
+}
+
+async fn dead_letters(handle: &ProjectionHandle) -> usize {
+    handle.read_model().dead_letters().await.unwrap().len()
 }
 
 fn fast_retries() -> RunnerOptions {
@@ -162,19 +182,119 @@ fn runner(
         .with_options(options)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn applies_every_event_once_across_a_crash() {
-    let (store, dir) = support::embedded();
-    let runner = runner(
-        &store,
-        &dir,
+/// Where a test keeps its read models.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    #[cfg(feature = "postgres")]
+    Postgres,
+}
+
+/// An embedded event store and a runner whose read models live on one backend.
+struct Setup {
+    store: Arc<dyn EventStore>,
+    runner: ProjectionRunner,
+    _dir: tempfile::TempDir,
+    #[cfg(feature = "postgres")]
+    db: Option<support::TestDb>,
+}
+
+impl Setup {
+    /// `None` (the test is skipped) when the backend's server is not configured.
+    async fn new(backend: Backend, options: RunnerOptions) -> Option<Self> {
+        let (store, dir) = support::embedded();
+        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Arc::clone(&store)));
+        match backend {
+            Backend::Sqlite => Some(Self {
+                runner: ProjectionRunner::with_read_models(
+                    Arc::clone(&store),
+                    bus,
+                    ReadModels::sqlite(dir.path().join("read-models")),
+                )
+                .with_options(options),
+                store,
+                _dir: dir,
+                #[cfg(feature = "postgres")]
+                db: None,
+            }),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => {
+                let db = support::TestDb::create().await?;
+                let read_models =
+                    ReadModels::postgres(&db.url, ReadModels::DEFAULT_POSTGRES_SCHEMA)
+                        .await
+                        .expect("the PostgreSQL read models open");
+                let runner =
+                    ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models)
+                        .with_options(options);
+                Some(Self {
+                    store,
+                    runner,
+                    _dir: dir,
+                    db: Some(db),
+                })
+            }
+        }
+    }
+
+    /// The read model of `name` opened afresh, as another process (`nexus dlq`) would.
+    async fn reopen(&self, name: &str) -> ReadModelStore {
+        #[cfg(feature = "postgres")]
+        if let Some(db) = &self.db {
+            return ReadModels::postgres(&db.url, ReadModels::DEFAULT_POSTGRES_SCHEMA)
+                .await
+                .unwrap()
+                .open(name)
+                .unwrap();
+        }
+        match self.runner.read_models().open(name) {
+            Ok(store) => store,
+            Err(err) => panic!("reopen {name}: {err}"),
+        }
+    }
+}
+
+/// Runs a test taking a [`Backend`] once on SQLite and once on PostgreSQL (feature `postgres`).
+macro_rules! on_each_backend {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$test(super::Backend::Sqlite).await;
+            }
+
+            #[cfg(feature = "postgres")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$test(super::Backend::Postgres).await;
+            }
+        }
+    )*};
+}
+
+on_each_backend!(
+    applies_every_event_once_across_a_crash,
+    a_poison_event_is_dead_lettered_after_exactly_five_retries_with_backoff,
+    a_redriven_dead_letter_is_applied_once_the_handler_is_fixed,
+    park_mode_holds_a_key_in_order_until_redriven,
+    list_filters_by_fields_and_pages_in_id_order,
+);
+
+async fn applies_every_event_once_across_a_crash(backend: Backend) {
+    let Some(setup) = Setup::new(
+        backend,
         RunnerOptions {
             batch_size: 16,
             ..RunnerOptions::default()
         },
-    );
+    )
+    .await
+    else {
+        return;
+    };
+    let (store, runner) = (&setup.store, &setup.runner);
     let writer = {
-        let store = Arc::clone(&store);
+        let store = Arc::clone(store);
         tokio::spawn(async move {
             for round in 0..100 {
                 for id in ["a", "b", "c", "d"] {
@@ -187,58 +307,59 @@ async fn applies_every_event_once_across_a_crash() {
         })
     };
     let first = runner.spawn(Counter::new("counts")).unwrap();
-    eventually(&first, Duration::from_secs(10), "some progress", |h| {
-        count(h, "a") > 20
-    })
+    eventually(
+        &first,
+        Duration::from_secs(10),
+        "some progress",
+        async |h| count(h, "a").await > 20,
+    )
     .await;
     // Crash mid-stream: whatever was not committed is lost with the task.
     first.abort();
     writer.await.unwrap();
     let second = runner.spawn(Counter::new("counts")).unwrap();
-    eventually(&second, Duration::from_secs(20), "all 800 events", |h| {
-        ["a", "b", "c", "d"]
-            .iter()
-            .map(|id| count(h, id))
-            .sum::<u64>()
-            >= 800
-    })
+    eventually(
+        &second,
+        Duration::from_secs(20),
+        "all 800 events",
+        async |h| total(h, ["a", "b", "c", "d"]).await >= 800,
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     for id in ["a", "b", "c", "d"] {
         assert_eq!(
-            count(&second, id),
+            count(&second, id).await,
             200,
             "stream {id}: every event applied exactly once"
         );
         assert_eq!(
-            versions(&second, id),
+            versions(&second, id).await,
             (1..=200).collect::<Vec<_>>(),
             "stream {id}: in order"
         );
     }
-    assert!(second.read_model().checkpoint().unwrap().is_some());
+    assert!(second.read_model().checkpoint().await.unwrap().is_some());
     second.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_event_is_dead_lettered_after_exactly_five_retries_with_backoff() {
-    let (store, dir) = support::embedded();
+async fn a_poison_event_is_dead_lettered_after_exactly_five_retries_with_backoff(backend: Backend) {
     let options = fast_retries();
     let schedule = options.retry;
-    let runner = runner(&store, &dir, options);
+    let Some(setup) = Setup::new(backend, options).await else {
+        return;
+    };
+    let (store, runner) = (&setup.store, &setup.runner);
     let counter = Counter::new("poison");
     let attempts = Arc::clone(&counter.attempts);
     let handle = runner.spawn(counter).unwrap();
-    append(
-        &store,
-        "sick",
-        vec![event(false), event(true), event(false)],
+    append(store, "sick", vec![event(false), event(true), event(false)]).await;
+    append(store, "well", vec![event(false)]).await;
+    eventually(
+        &handle,
+        Duration::from_secs(10),
+        "the dead letter",
+        async |h| dead_letters(h).await == 1 && count(h, "sick").await == 2,
     )
-    .await;
-    append(&store, "well", vec![event(false)]).await;
-    eventually(&handle, Duration::from_secs(10), "the dead letter", |h| {
-        h.read_model().dead_letters().unwrap().len() == 1 && count(h, "sick") == 2
-    })
     .await;
     let attempts = attempts.lock().unwrap().clone();
     let poisoned: Vec<Instant> = attempts
@@ -268,11 +389,11 @@ async fn a_poison_event_is_dead_lettered_after_exactly_five_retries_with_backoff
         "the other key was not held back"
     );
     assert_eq!(
-        versions(&handle, "sick"),
+        versions(&handle, "sick").await,
         [1, 3],
         "the key continues past its dead letter, in order"
     );
-    let letter = &handle.read_model().dead_letters().unwrap()[0];
+    let letter = &handle.read_model().dead_letters().await.unwrap()[0];
     assert_eq!(letter.event.version, 2);
     assert_eq!(letter.event.stream, StreamId::new("meter", "sick"));
     assert_eq!(letter.attempts, 6);
@@ -286,77 +407,89 @@ async fn a_poison_event_is_dead_lettered_after_exactly_five_retries_with_backoff
         letter.event.payload.get().contains("poison"),
         "the full envelope is kept"
     );
+    let shown = handle.read_model().dead_letter(letter.id).await.unwrap();
+    assert_eq!(shown.event.id, letter.event.id);
     assert_eq!(handle.health().dead_letters, 1);
     handle.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redriven_dead_letter_is_applied_once_the_handler_is_fixed() {
-    let (store, dir) = support::embedded();
-    let runner = runner(&store, &dir, fast_retries());
+async fn a_redriven_dead_letter_is_applied_once_the_handler_is_fixed(backend: Backend) {
+    let Some(setup) = Setup::new(backend, fast_retries()).await else {
+        return;
+    };
+    let (store, runner) = (&setup.store, &setup.runner);
     let counter = Counter::new("redrive");
     let healthy = Arc::clone(&counter.healthy);
     let handle = runner.spawn(counter).unwrap();
-    append(&store, "r", vec![event(true)]).await;
-    eventually(&handle, Duration::from_secs(10), "the dead letter", |h| {
-        h.read_model().dead_letters().unwrap().len() == 1
-    })
+    append(store, "r", vec![event(true)]).await;
+    eventually(
+        &handle,
+        Duration::from_secs(10),
+        "the dead letter",
+        async |h| dead_letters(h).await == 1,
+    )
     .await;
     healthy.store(true, Ordering::SeqCst);
-    let id = handle.read_model().dead_letters().unwrap()[0].id;
+    // The request comes from another handle on the same read model, as `nexus dlq` sends it.
+    let elsewhere = setup.reopen("redrive").await;
+    let id = elsewhere.dead_letters().await.unwrap()[0].id;
     assert_eq!(
-        handle
-            .read_model()
+        elsewhere
             .request_redrive(&RedriveFilter::Id(id))
+            .await
             .unwrap(),
         1
     );
-    eventually(&handle, Duration::from_secs(5), "the redrive", |h| {
-        count(h, "r") == 1
+    eventually(&handle, Duration::from_secs(5), "the redrive", async |h| {
+        count(h, "r").await == 1
     })
     .await;
-    eventually(&handle, Duration::from_secs(5), "an empty queue", |h| {
-        h.read_model().dead_letters().unwrap().is_empty()
-    })
+    eventually(
+        &handle,
+        Duration::from_secs(5),
+        "an empty queue",
+        async |h| dead_letters(h).await == 0,
+    )
     .await;
-    let err = handle
-        .read_model()
+    let err = elsewhere
         .request_redrive(&RedriveFilter::Id(id))
+        .await
         .unwrap_err();
+    assert_eq!(err.to_string(), format!("no dead letter with id {id}"));
+    let err = elsewhere.dead_letter(id).await.unwrap_err();
     assert_eq!(err.to_string(), format!("no dead letter with id {id}"));
     handle.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn park_mode_holds_a_key_in_order_until_redriven() {
-    let (store, dir) = support::embedded();
-    let runner = runner(
-        &store,
-        &dir,
-        RunnerOptions {
-            dead_letter: DeadLetterMode::Park,
-            ..fast_retries()
-        },
-    );
+async fn park_mode_holds_a_key_in_order_until_redriven(backend: Backend) {
+    let options = RunnerOptions {
+        dead_letter: DeadLetterMode::Park,
+        ..fast_retries()
+    };
+    let Some(setup) = Setup::new(backend, options).await else {
+        return;
+    };
+    let (store, runner) = (&setup.store, &setup.runner);
     let counter = Counter::new("park");
     let healthy = Arc::clone(&counter.healthy);
     let handle = runner.spawn(counter).unwrap();
     append(
-        &store,
+        store,
         "p",
         vec![event(false), event(true), event(false), event(false)],
     )
     .await;
-    append(&store, "q", vec![event(false)]).await;
-    eventually(&handle, Duration::from_secs(10), "parking", |h| {
-        h.read_model().dead_letters().unwrap().len() == 3
+    append(store, "q", vec![event(false)]).await;
+    eventually(&handle, Duration::from_secs(10), "parking", async |h| {
+        dead_letters(h).await == 3
     })
     .await;
-    assert_eq!(versions(&handle, "p"), [1]);
-    assert_eq!(count(&handle, "q"), 1, "other keys are not parked");
+    assert_eq!(versions(&handle, "p").await, [1]);
+    assert_eq!(count(&handle, "q").await, 1, "other keys are not parked");
     let statuses: Vec<_> = handle
         .read_model()
         .dead_letters()
+        .await
         .unwrap()
         .iter()
         .map(|l| (l.event.version, l.status))
@@ -373,20 +506,187 @@ async fn park_mode_holds_a_key_in_order_until_redriven() {
     handle
         .read_model()
         .request_redrive(&RedriveFilter::Stream(StreamId::new("meter", "p")))
+        .await
         .unwrap();
-    eventually(&handle, Duration::from_secs(5), "the redriven key", |h| {
-        count(h, "p") == 4
-    })
+    eventually(
+        &handle,
+        Duration::from_secs(5),
+        "the redriven key",
+        async |h| count(h, "p").await == 4,
+    )
     .await;
-    assert_eq!(versions(&handle, "p"), [1, 2, 3, 4], "redriven in order");
-    append(&store, "p", vec![event(false)]).await;
+    assert_eq!(
+        versions(&handle, "p").await,
+        [1, 2, 3, 4],
+        "redriven in order"
+    );
+    append(store, "p", vec![event(false)]).await;
     eventually(
         &handle,
         Duration::from_secs(5),
         "the key moving again",
-        |h| count(h, "p") == 5,
+        async |h| count(h, "p").await == 5,
     )
     .await;
+    handle.stop().await;
+}
+
+/// Puts the event's `doc` under its aggregate id in `collection`, or deletes it on `"delete": true`.
+struct Documents;
+
+#[async_trait]
+impl Projection for Documents {
+    fn name(&self) -> &str {
+        "documents"
+    }
+
+    async fn apply(
+        &self,
+        event: &RecordedEvent,
+        changes: &mut Changes<'_>,
+    ) -> Result<(), ProjectionError> {
+        let payload: serde_json::Value = serde_json::from_str(event.payload.get())?;
+        let collection = payload["collection"].as_str().unwrap_or("items");
+        let id = event.stream.aggregate_id();
+        if payload["delete"] == json!(true) {
+            changes.delete(collection, id);
+        } else {
+            changes.put(collection, id, payload["doc"].clone());
+        }
+        Ok(())
+    }
+}
+
+fn document(collection: &str, doc: serde_json::Value) -> NewEvent {
+    NewEvent::from_json(
+        "Documented",
+        1,
+        json!({"collection": collection, "doc": doc}).to_string(),
+        Metadata::default(),
+    )
+    .unwrap()
+}
+
+async fn list_filters_by_fields_and_pages_in_id_order(backend: Backend) {
+    let Some(setup) = Setup::new(backend, RunnerOptions::default()).await else {
+        return;
+    };
+    let (store, runner) = (&setup.store, &setup.runner);
+    let handle = runner.spawn(Documents).unwrap();
+    let names = ["ada", "bob", "cy"];
+    for i in 0..25 {
+        let mut doc = json!({
+            "status": if i % 2 == 0 { "open" } else { "closed" },
+            "n": i % 5,
+            "flag": i % 2 == 1,
+            "customer": {"name": names[i % 3]},
+        });
+        if i < 5 {
+            doc["tag"] = serde_json::Value::Null;
+        } else if i >= 20 {
+            doc["tag"] = json!("x");
+        }
+        append(store, &format!("d{i:02}"), vec![document("items", doc)]).await;
+    }
+    let deletion = NewEvent::from_json(
+        "Deleted",
+        1,
+        json!({"collection": "items", "delete": true}).to_string(),
+        Metadata::default(),
+    )
+    .unwrap();
+    append(store, "d24", vec![deletion]).await;
+    for id in ["b", "B", "a", "_"] {
+        append(store, id, vec![document("other", json!({"id": id}))]).await;
+    }
+    eventually(
+        &handle,
+        Duration::from_secs(10),
+        "every document",
+        async |h| h.health().processed == 30,
+    )
+    .await;
+    let read_model = handle.read_model();
+    let ids = async |filters: &[(&str, serde_json::Value)], limit, offset| -> Vec<String> {
+        let filters: Vec<(String, serde_json::Value)> = filters
+            .iter()
+            .map(|(f, v)| ((*f).to_owned(), v.clone()))
+            .collect();
+        read_model
+            .list("items", &filters, limit, offset)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    };
+    let page = |range: std::ops::Range<usize>| -> Vec<String> {
+        range.map(|i| format!("d{i:02}")).collect()
+    };
+    assert_eq!(ids(&[], 10, 0).await, page(0..10), "the first page");
+    assert_eq!(ids(&[], 10, 10).await, page(10..20), "the second page");
+    assert_eq!(
+        ids(&[], 10, 20).await,
+        page(20..24),
+        "the last page, d24 deleted"
+    );
+    assert_eq!(ids(&[("status", json!("open"))], 100, 0).await.len(), 12);
+    assert_eq!(
+        ids(&[("n", json!(3))], 100, 0).await,
+        ["d03", "d08", "d13", "d18", "d23"]
+    );
+    assert_eq!(
+        ids(&[("status", json!("open")), ("n", json!(3))], 100, 0).await,
+        ["d08", "d18"]
+    );
+    assert_eq!(
+        ids(&[("status", json!("open")), ("n", json!(3))], 1, 1).await,
+        ["d18"],
+        "filters and pages together"
+    );
+    assert_eq!(
+        ids(&[("customer.name", json!("ada"))], 100, 0).await.len(),
+        8
+    );
+    assert_eq!(ids(&[("flag", json!(true))], 100, 0).await.len(), 12);
+    assert_eq!(
+        ids(&[("tag", serde_json::Value::Null)], 100, 0).await.len(),
+        20,
+        "null matches a JSON null or a missing field"
+    );
+    assert_eq!(ids(&[("tag", json!("x"))], 100, 0).await, page(20..24));
+    assert!(
+        ids(&[("n", json!("3"))], 100, 0).await.is_empty(),
+        "a string does not equal a number"
+    );
+    assert!(
+        ids(&[("customer.name", json!("nobody"))], 100, 0)
+            .await
+            .is_empty()
+    );
+    let other: Vec<String> = read_model
+        .list("other", &[], 10, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(other, ["B", "_", "a", "b"], "ids in byte order");
+    for field in ["bad field!", "a..b", "", "x' OR '1'='1", "n)--"] {
+        let err = read_model
+            .list("items", &[(field.into(), json!(1))], 10, 0)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ReadModelError::InvalidField(ref f) if f == field),
+            "{field}: {err}"
+        );
+    }
+    assert_eq!(
+        read_model.get("items", "d07").await.unwrap().unwrap()["n"],
+        2
+    );
+    assert_eq!(read_model.get("items", "d24").await.unwrap(), None);
     handle.stop().await;
 }
 
@@ -406,17 +706,17 @@ async fn a_panicking_projection_does_not_stop_or_slow_the_others() {
         &good,
         Duration::from_secs(10),
         "the steady projection",
-        |h| h.health().processed == 50,
+        async |h| h.health().processed == 50,
     )
     .await;
     eventually(
         &bad,
         Duration::from_secs(10),
         "the panicking projection",
-        |h| h.health().processed == 50,
+        async |h| h.health().processed == 50,
     )
     .await;
-    let letters = bad.read_model().dead_letters().unwrap();
+    let letters = bad.read_model().dead_letters().await.unwrap();
     assert_eq!(letters.len(), 8);
     assert!(
         letters[0].error.contains("panicked"),
@@ -441,14 +741,17 @@ async fn a_slow_projection_does_not_hold_back_a_fast_one() {
     let fast = runner.spawn(Counter::new("fast")).unwrap();
     let events = (0..100).map(|_| event(false)).collect();
     append(&store, "s", events).await;
-    eventually(&fast, Duration::from_secs(5), "the fast projection", |h| {
-        count(h, "s") == 100
-    })
+    eventually(
+        &fast,
+        Duration::from_secs(5),
+        "the fast projection",
+        async |h| count(h, "s").await == 100,
+    )
     .await;
     assert!(
-        count(&slow, "s") < 100,
+        count(&slow, "s").await < 100,
         "the slow one is still behind: {}",
-        count(&slow, "s")
+        count(&slow, "s").await
     );
     assert!(slow.health().lag_events > 0 || slow.health().processed < 100);
     slow.stop().await;
@@ -463,32 +766,49 @@ async fn rebuilding_from_position_zero_gives_the_same_read_model() {
         append(&store, &format!("k{}", i % 6), vec![event(false)]).await;
     }
     let handle = runner.spawn(Counter::new("rebuild")).unwrap();
-    eventually(&handle, Duration::from_secs(5), "the first build", |h| {
-        h.health().processed == 60
-    })
+    eventually(
+        &handle,
+        Duration::from_secs(5),
+        "the first build",
+        async |h| h.health().processed == 60,
+    )
     .await;
-    let before = handle.read_model().list("counts", &[], 100, 0).unwrap();
-    let path = handle.read_model().path().to_path_buf();
+    let before = handle
+        .read_model()
+        .list("counts", &[], 100, 0)
+        .await
+        .unwrap();
+    let path = handle
+        .read_model()
+        .path()
+        .expect("a SQLite read model")
+        .to_path_buf();
     handle.stop().await;
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
     let rebuilt = runner.spawn(Counter::new("rebuild")).unwrap();
-    eventually(&rebuilt, Duration::from_secs(5), "the rebuild", |h| {
+    eventually(&rebuilt, Duration::from_secs(5), "the rebuild", async |h| {
         h.health().processed == 60
     })
     .await;
-    let after = rebuilt.read_model().list("counts", &[], 100, 0).unwrap();
+    let after = rebuilt
+        .read_model()
+        .list("counts", &[], 100, 0)
+        .await
+        .unwrap();
     assert_eq!(before, after);
     assert_eq!(before.len(), 6);
     let filtered = rebuilt
         .read_model()
         .list("counts", &[("count".into(), json!(10))], 100, 0)
+        .await
         .unwrap();
     assert_eq!(filtered.len(), 6);
     let err = rebuilt
         .read_model()
         .list("counts", &[("bad field!".into(), json!(1))], 10, 0)
+        .await
         .unwrap_err();
     assert!(err.to_string().contains("invalid filter field"), "{err}");
     rebuilt.stop().await;
@@ -508,9 +828,12 @@ async fn health_reports_status_position_and_retries() {
     let runner = runner(&store, &dir, options);
     let handle = runner.spawn(Counter::new("health")).unwrap();
     append(&store, "h", vec![event(false), event(true)]).await;
-    eventually(&handle, Duration::from_secs(5), "a retrying key", |h| {
-        h.health().retrying_keys == 1
-    })
+    eventually(
+        &handle,
+        Duration::from_secs(5),
+        "a retrying key",
+        async |h| h.health().retrying_keys == 1,
+    )
     .await;
     let health = runner.health().get("health").expect("registered");
     assert_eq!(health.status, ProjectionStatus::Retrying);
@@ -539,7 +862,7 @@ async fn the_health_endpoint_reports_each_projection() {
     let runner = runner(&store, &dir, RunnerOptions::default());
     let handle = runner.spawn(Counter::new("served")).unwrap();
     append(&store, "x", vec![event(false)]).await;
-    eventually(&handle, Duration::from_secs(5), "one event", |h| {
+    eventually(&handle, Duration::from_secs(5), "one event", async |h| {
         h.health().processed == 1
     })
     .await;
@@ -571,4 +894,141 @@ async fn the_health_endpoint_reports_each_projection() {
     handle.stop().await;
     let response = app.oneshot(get("/health")).await.unwrap();
     assert_eq!(response.status(), 503, "a stopped projection is unhealthy");
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_killed_mid_commit_applies_nothing_twice() {
+    let Some(setup) = Setup::new(
+        Backend::Postgres,
+        RunnerOptions {
+            batch_size: 4,
+            ..RunnerOptions::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let db = setup
+        .db
+        .as_ref()
+        .expect("a PostgreSQL setup has its database");
+    let handle = setup.runner.spawn(Counter::new("killed")).unwrap();
+    let writer = {
+        let store = Arc::clone(&setup.store);
+        tokio::spawn(async move {
+            for i in 0..600 {
+                append(&store, &format!("k{}", i % 4), vec![event(false)]).await;
+                if i % 4 == 3 {
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+            }
+        })
+    };
+    // Terminate read-model connections inside a write transaction (they hold a transaction
+    // id): documents, versions and checkpoint are half-sent or waiting for COMMIT.
+    let admin = db.client().await;
+    let mut killed = 0;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while killed < 3 && Instant::now() < deadline {
+        let row = admin
+            .query_one(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                 AND backend_xid IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap();
+        let now: i64 = row.get(0);
+        if now > 0 {
+            killed += now;
+            // Let the runner restart (its backoff doubles with each failure) before the next one.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(killed > 0, "no connection was caught inside a commit");
+    writer.await.unwrap();
+    let ids = ["k0", "k1", "k2", "k3"];
+    eventually(
+        &handle,
+        Duration::from_secs(30),
+        "all 600 events",
+        async |h| total(h, ids).await >= 600,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for id in ids {
+        assert_eq!(
+            versions(&handle, id).await,
+            (1..=150).collect::<Vec<_>>(),
+            "stream {id}: each event once, in order, after {killed} killed commits"
+        );
+    }
+    handle.stop().await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_share_the_postgres_tables_but_not_their_rows() {
+    let Some(setup) = Setup::new(Backend::Postgres, fast_retries()).await else {
+        return;
+    };
+    let one = setup.runner.spawn(Counter::new("one")).unwrap();
+    let two = setup.runner.spawn(Counter::new("two")).unwrap();
+    append(&setup.store, "x", vec![event(false), event(true)]).await;
+    for handle in [&one, &two] {
+        eventually(handle, Duration::from_secs(10), "both events", async |h| {
+            h.health().processed == 2
+        })
+        .await;
+    }
+    assert_eq!(count(&one, "x").await, 1);
+    assert_eq!(dead_letters(&one).await, 1);
+    one.stop().await;
+    // Rebuild `one` from scratch: its rows go, `two` keeps its own.
+    let client = setup.db.as_ref().unwrap().client().await;
+    for table in [
+        "documents",
+        "stream_versions",
+        "checkpoints",
+        "dead_letters",
+    ] {
+        client
+            .execute(
+                &format!("DELETE FROM nexus_read_models.{table} WHERE projection = $1"),
+                &[&"one"],
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        setup.reopen("one").await.get("counts", "x").await.unwrap(),
+        None
+    );
+    assert_eq!(count(&two, "x").await, 1);
+    assert_eq!(dead_letters(&two).await, 1);
+    assert_eq!(
+        two.read_model()
+            .checkpoint()
+            .await
+            .unwrap()
+            .map(|c| c.position),
+        Some(2)
+    );
+    let rebuilt = setup.runner.spawn(Counter::new("one")).unwrap();
+    eventually(
+        &rebuilt,
+        Duration::from_secs(10),
+        "the rebuild",
+        async |h| count(h, "x").await == 1 && dead_letters(h).await == 1,
+    )
+    .await;
+    rebuilt.stop().await;
+    two.stop().await;
+    let err = ReadModels::postgres(&setup.db.as_ref().unwrap().url, "Bad-Schema")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ReadModelError::Config(_)), "{err}");
 }

@@ -138,6 +138,7 @@ mod tests {
             let document = projection
                 .read_model()
                 .get(OrderSummaries::ORDERS, id)
+                .await
                 .expect("the read model is readable");
             if let Some(document) = document
                 && document["version"] == json!(version)
@@ -207,6 +208,7 @@ mod tests {
         let ada = projection
             .read_model()
             .get(OrderSummaries::CUSTOMERS, "ada")
+            .await
             .expect("the read model is readable")
             .expect("ada has a summary");
         assert_eq!(ada["orders"], 2);

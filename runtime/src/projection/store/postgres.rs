@@ -1,0 +1,604 @@
+//! The PostgreSQL backend of read models: one schema (default `nexus_read_models`) whose
+//! tables (`documents`, `stream_versions`, `checkpoints`, `dead_letters`) hold every
+//! projection's rows, keyed by projection name.
+//!
+//! One set of tables rather than tables per projection: the schema is migrated once at start,
+//! a new projection needs no DDL while others run, and a projection's name never becomes an
+//! SQL identifier. Every statement is fixed text with parameters; only the (validated) schema
+//! name is spliced in.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use serde_json::Value;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::{Batch, DeadLetter, DeadLetterStatus, ReadModelError, RedriveFilter};
+use crate::event::{LogPosition, RecordedEvent, StreamId};
+
+/// Connections in a pool the read models create for themselves.
+pub(super) const POOL_SIZE: usize = 8;
+
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "read_models",
+    include_str!("../../../migrations/postgres-read-models/0001_read_models.sql"),
+)];
+
+const DEAD_LETTER_COLUMNS: &str =
+    "id, envelope, error, attempts, first_failed_at, last_failed_at, status";
+
+fn is_connection_error(err: &tokio_postgres::Error) -> bool {
+    match err.code() {
+        None => true,
+        Some(code) => {
+            let code = code.code();
+            // Class 08: connection exception; 57P01..57P03: admin shutdown, crash shutdown, cannot connect now.
+            code.starts_with("08") || code.starts_with("57P")
+        }
+    }
+}
+
+/// Applies pending migrations to `schema`, serialised across processes by an advisory lock.
+async fn migrate(pool: &Pool, schema: &str) -> Result<(), ReadModelError> {
+    let migration = |e: tokio_postgres::Error| {
+        if is_connection_error(&e) {
+            ReadModelError::Unavailable {
+                read_model: schema.to_owned(),
+                source: Box::new(e),
+            }
+        } else {
+            ReadModelError::Migration(Box::new(e))
+        }
+    };
+    let mut client = pool.get().await.map_err(|e| ReadModelError::Unavailable {
+        read_model: schema.to_owned(),
+        source: Box::new(e),
+    })?;
+    let tx = client.transaction().await.map_err(migration)?;
+    // The event store takes the same lock for its own migrations of a schema.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &[&format!("nexus-migrate-{schema}")],
+    )
+    .await
+    .map_err(migration)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}; \
+         CREATE TABLE IF NOT EXISTS {schema}.read_model_migrations ( \
+             version integer PRIMARY KEY, name text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now())"
+    ))
+    .await
+    .map_err(migration)?;
+    let applied: Vec<i32> = tx
+        .query(
+            &format!("SELECT version FROM {schema}.read_model_migrations"),
+            &[],
+        )
+        .await
+        .map_err(migration)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tx.batch_execute(&sql.replace("{schema}", schema))
+            .await
+            .map_err(migration)?;
+        tx.execute(
+            &format!("INSERT INTO {schema}.read_model_migrations (version, name) VALUES ($1, $2)"),
+            &[version, name],
+        )
+        .await
+        .map_err(migration)?;
+        tracing::info!(schema, version, name, "applied read model migration");
+    }
+    tx.commit().await.map_err(migration)
+}
+
+/// The statements, with the schema spliced in once.
+struct Sql {
+    get: String,
+    list: String,
+    stream_version: String,
+    checkpoint: String,
+    put: String,
+    delete: String,
+    versions: String,
+    dead_letter_insert: String,
+    dead_letter_update: String,
+    redriven: String,
+    save_checkpoint: String,
+    dead_letters: String,
+    dead_letters_with_status: String,
+    dead_letter: String,
+    redrive_one: String,
+    redrive_stream: String,
+    redrive_all: String,
+}
+
+impl Sql {
+    fn new(s: &str) -> Self {
+        Self {
+            get: format!(
+                "SELECT body FROM {s}.documents WHERE projection = $1 AND collection = $2 AND id = $3"
+            ),
+            list: format!(
+                "SELECT id, body FROM {s}.documents WHERE projection = $1 AND collection = $2"
+            ),
+            stream_version: format!(
+                "SELECT version FROM {s}.stream_versions \
+                 WHERE projection = $1 AND aggregate_type = $2 AND aggregate_id = $3"
+            ),
+            checkpoint: format!(
+                "SELECT commit_key, position FROM {s}.checkpoints WHERE projection = $1"
+            ),
+            put: format!(
+                "INSERT INTO {s}.documents (projection, collection, id, body, position, updated_at) \
+                 SELECT $1, d.collection, d.id, d.body, d.position, now() \
+                 FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::int8[]) AS d(collection, id, body, position) \
+                 ON CONFLICT (projection, collection, id) DO UPDATE SET body = excluded.body, \
+                 position = excluded.position, updated_at = excluded.updated_at"
+            ),
+            delete: format!(
+                "DELETE FROM {s}.documents d USING unnest($2::text[], $3::text[]) AS x(collection, id) \
+                 WHERE d.projection = $1 AND d.collection = x.collection AND d.id = x.id"
+            ),
+            versions: format!(
+                "INSERT INTO {s}.stream_versions (projection, aggregate_type, aggregate_id, version) \
+                 SELECT $1, v.aggregate_type, v.aggregate_id, v.version \
+                 FROM unnest($2::text[], $3::text[], $4::int8[]) AS v(aggregate_type, aggregate_id, version) \
+                 ON CONFLICT (projection, aggregate_type, aggregate_id) \
+                 DO UPDATE SET version = GREATEST({s}.stream_versions.version, excluded.version)"
+            ),
+            dead_letter_insert: format!(
+                "INSERT INTO {s}.dead_letters (projection, event_id, aggregate_type, aggregate_id, version, \
+                 position, event_type, envelope, error, attempts, first_failed_at, last_failed_at, status) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now(), $12)"
+            ),
+            dead_letter_update: format!(
+                "UPDATE {s}.dead_letters SET error = $3, attempts = attempts + $4, \
+                 last_failed_at = now(), status = $5 WHERE projection = $1 AND id = $2"
+            ),
+            redriven: format!(
+                "DELETE FROM {s}.dead_letters WHERE projection = $1 AND id = ANY($2)"
+            ),
+            save_checkpoint: format!(
+                "INSERT INTO {s}.checkpoints (projection, commit_key, position) VALUES ($1, $2, $3) \
+                 ON CONFLICT (projection) DO UPDATE SET commit_key = excluded.commit_key, \
+                 position = excluded.position"
+            ),
+            dead_letters: format!(
+                "SELECT {DEAD_LETTER_COLUMNS} FROM {s}.dead_letters WHERE projection = $1 \
+                 ORDER BY position, id"
+            ),
+            dead_letters_with_status: format!(
+                "SELECT {DEAD_LETTER_COLUMNS} FROM {s}.dead_letters WHERE projection = $1 \
+                 AND status = $2 ORDER BY position, id"
+            ),
+            dead_letter: format!(
+                "SELECT {DEAD_LETTER_COLUMNS} FROM {s}.dead_letters WHERE projection = $1 AND id = $2"
+            ),
+            redrive_one: format!(
+                "UPDATE {s}.dead_letters SET status = 'redrive' WHERE projection = $1 AND id = $2"
+            ),
+            redrive_stream: format!(
+                "UPDATE {s}.dead_letters SET status = 'redrive' \
+                 WHERE projection = $1 AND aggregate_type = $2 AND aggregate_id = $3"
+            ),
+            redrive_all: format!(
+                "UPDATE {s}.dead_letters SET status = 'redrive' WHERE projection = $1"
+            ),
+        }
+    }
+}
+
+/// The migrated tables of one schema, shared by every projection's read model.
+#[derive(Clone)]
+pub(super) struct Tables {
+    pool: Pool,
+    schema: Arc<str>,
+    sql: Arc<Sql>,
+}
+
+impl Tables {
+    /// Checks the schema name and applies pending migrations.
+    pub(super) async fn open(pool: Pool, schema: &str) -> Result<Self, ReadModelError> {
+        crate::store::postgres::check_schema_name(schema).map_err(|_| {
+            ReadModelError::Config(format!(
+                "schema name `{schema}` must be a lowercase SQL identifier"
+            ))
+        })?;
+        migrate(&pool, schema).await?;
+        Ok(Self {
+            pool,
+            schema: schema.into(),
+            sql: Arc::new(Sql::new(schema)),
+        })
+    }
+
+    pub(super) fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The read model of projection `name`.
+    pub(super) fn projection(&self, name: &str) -> PostgresReadModel {
+        PostgresReadModel {
+            tables: self.clone(),
+            projection: name.to_owned(),
+        }
+    }
+}
+
+/// One projection's rows in the shared tables.
+pub(super) struct PostgresReadModel {
+    tables: Tables,
+    projection: String,
+}
+
+type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
+
+impl PostgresReadModel {
+    pub(super) fn schema(&self) -> &str {
+        &self.tables.schema
+    }
+
+    pub(super) fn projection(&self) -> &str {
+        &self.projection
+    }
+
+    fn sql(&self) -> &Sql {
+        &self.tables.sql
+    }
+
+    fn error(&self, err: tokio_postgres::Error) -> ReadModelError {
+        if is_connection_error(&err) {
+            ReadModelError::Unavailable {
+                read_model: self.projection.clone(),
+                source: Box::new(err),
+            }
+        } else {
+            ReadModelError::Postgres {
+                projection: self.projection.clone(),
+                source: Box::new(err),
+            }
+        }
+    }
+
+    fn corrupt(&self, source: serde_json::Error) -> ReadModelError {
+        ReadModelError::Corrupt {
+            read_model: format!("{}/{}", self.tables.schema, self.projection),
+            source,
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, ReadModelError> {
+        self.tables
+            .pool
+            .get()
+            .await
+            .map_err(|e| ReadModelError::Unavailable {
+                read_model: self.projection.clone(),
+                source: Box::new(e),
+            })
+    }
+
+    /// Runs a read statement; a connection that died since it was pooled is replaced once,
+    /// since reads are safe to repeat.
+    async fn read(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, ReadModelError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let client = self.client().await?;
+            let result = match client.prepare_cached(sql).await {
+                Ok(statement) => client.query(&statement, params).await,
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(rows) => return Ok(rows),
+                Err(err) if attempt < 2 && is_connection_error(&err) => {
+                    drop(deadpool_postgres::Object::take(client));
+                }
+                Err(err) => return Err(self.error(err)),
+            }
+        }
+    }
+
+    /// Runs a write statement outside a transaction (a redrive request).
+    async fn write(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, ReadModelError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| self.error(e))?;
+        client
+            .execute(&statement, params)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    pub(super) async fn get(
+        &self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<Value>, ReadModelError> {
+        let rows = self
+            .read(&self.sql().get, &[&self.projection, &collection, &id])
+            .await?;
+        Ok(rows.first().map(|row| row.get::<_, Value>(0)))
+    }
+
+    pub(super) async fn list(
+        &self,
+        collection: &str,
+        filters: &[(String, Value)],
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<(String, Value)>, ReadModelError> {
+        // Field names are checked by the caller; they still travel as parameters (text[]
+        // paths), never as SQL text.
+        let paths: Vec<Vec<&str>> = filters
+            .iter()
+            .map(|(field, _)| field.split('.').collect())
+            .collect();
+        let (limit, offset) = (limit as i64, offset as i64);
+        let mut sql = self.sql().list.clone();
+        let mut params: Params<'_> = vec![&self.projection, &collection];
+        for (path, (_, value)) in paths.iter().zip(filters) {
+            params.push(path);
+            let at = params.len();
+            if value.is_null() {
+                // A missing field or a JSON null, as `json_extract(..) IS NULL` in SQLite.
+                sql.push_str(&format!(
+                    " AND ((body #> ${at}) IS NULL OR (body #> ${at}) = 'null'::jsonb)"
+                ));
+            } else {
+                params.push(value);
+                sql.push_str(&format!(" AND (body #> ${at}) = ${}", at + 1));
+            }
+        }
+        params.push(&limit);
+        params.push(&offset);
+        sql.push_str(&format!(
+            " ORDER BY id LIMIT ${} OFFSET ${}",
+            params.len() - 1,
+            params.len()
+        ));
+        let rows = self.read(&sql, &params).await?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get::<_, String>(0), row.get::<_, Value>(1)))
+            .collect())
+    }
+
+    pub(super) async fn stream_version(&self, stream: &StreamId) -> Result<u64, ReadModelError> {
+        let rows = self
+            .read(
+                &self.sql().stream_version,
+                &[
+                    &self.projection,
+                    &stream.aggregate_type(),
+                    &stream.aggregate_id(),
+                ],
+            )
+            .await?;
+        Ok(rows.first().map_or(0, |row| row.get::<_, i64>(0) as u64))
+    }
+
+    pub(super) async fn checkpoint(&self) -> Result<Option<LogPosition>, ReadModelError> {
+        let rows = self
+            .read(&self.sql().checkpoint, &[&self.projection])
+            .await?;
+        Ok(rows.first().map(|row| LogPosition {
+            commit: row.get::<_, i64>(0) as u64,
+            position: row.get::<_, i64>(1) as u64,
+        }))
+    }
+
+    /// Commits a batch in one transaction. A connection lost before `COMMIT` is answered
+    /// leaves the outcome unknown to us, but never half-applied: on restart the runner reads
+    /// the checkpoint and stream versions back, so whichever way it went nothing applies twice.
+    pub(super) async fn commit(&self, batch: &Batch) -> Result<(), ReadModelError> {
+        let sql = self.sql();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.error(e))?;
+        let (mut put_collections, mut put_ids, mut bodies, mut positions) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut delete_collections, mut delete_ids) = (Vec::new(), Vec::new());
+        for ((collection, id), document) in &batch.writes {
+            match document {
+                Some(document) => {
+                    put_collections.push(collection.as_str());
+                    put_ids.push(id.as_str());
+                    bodies.push(document);
+                    positions.push(
+                        batch
+                            .positions
+                            .get(&(collection.clone(), id.clone()))
+                            .copied()
+                            .unwrap_or(0),
+                    );
+                }
+                None => {
+                    delete_collections.push(collection.as_str());
+                    delete_ids.push(id.as_str());
+                }
+            }
+        }
+        if !put_ids.is_empty() {
+            tx.execute(
+                &sql.put,
+                &[
+                    &self.projection,
+                    &put_collections,
+                    &put_ids,
+                    &bodies,
+                    &positions,
+                ],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        }
+        if !delete_ids.is_empty() {
+            tx.execute(
+                &sql.delete,
+                &[&self.projection, &delete_collections, &delete_ids],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        }
+        if !batch.versions.is_empty() {
+            let (mut types, mut ids, mut versions) = (Vec::new(), Vec::new(), Vec::new());
+            for (stream, version) in &batch.versions {
+                types.push(stream.aggregate_type());
+                ids.push(stream.aggregate_id());
+                versions.push(*version as i64);
+            }
+            tx.execute(&sql.versions, &[&self.projection, &types, &ids, &versions])
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        for letter in &batch.dead_letters {
+            let attempts = i32::try_from(letter.attempts).unwrap_or(i32::MAX);
+            let status = letter.status.as_str();
+            match letter.existing {
+                Some(id) => {
+                    tx.execute(
+                        &sql.dead_letter_update,
+                        &[&self.projection, &id, &letter.error, &attempts, &status],
+                    )
+                    .await
+                }
+                None => {
+                    let envelope =
+                        serde_json::to_string(&letter.event).map_err(|e| self.corrupt(e))?;
+                    let event = &letter.event;
+                    let (event_id, version, position) = (
+                        event.id.to_string(),
+                        event.version as i64,
+                        event.position as i64,
+                    );
+                    tx.execute(
+                        &sql.dead_letter_insert,
+                        &[
+                            &self.projection,
+                            &event_id,
+                            &event.stream.aggregate_type(),
+                            &event.stream.aggregate_id(),
+                            &version,
+                            &position,
+                            &event.event_type,
+                            &envelope,
+                            &letter.error,
+                            &attempts,
+                            &letter.first_failed_at,
+                            &status,
+                        ],
+                    )
+                    .await
+                }
+            }
+            .map_err(|e| self.error(e))?;
+        }
+        if !batch.redriven.is_empty() {
+            tx.execute(&sql.redriven, &[&self.projection, &batch.redriven])
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        if let Some(checkpoint) = batch.checkpoint {
+            tx.execute(
+                &sql.save_checkpoint,
+                &[
+                    &self.projection,
+                    &(checkpoint.commit as i64),
+                    &(checkpoint.position as i64),
+                ],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        }
+        tx.commit().await.map_err(|e| self.error(e))
+    }
+
+    fn dead_letter_from(&self, row: &Row) -> Result<DeadLetter, ReadModelError> {
+        let envelope: &str = row.get(1);
+        let event: RecordedEvent = serde_json::from_str(envelope).map_err(|e| self.corrupt(e))?;
+        Ok(DeadLetter {
+            id: row.get(0),
+            event,
+            error: row.get(2),
+            attempts: u32::try_from(row.get::<_, i32>(3)).unwrap_or_default(),
+            first_failed_at: row.get::<_, DateTime<Utc>>(4),
+            last_failed_at: row.get::<_, DateTime<Utc>>(5),
+            status: DeadLetterStatus::parse(row.get(6)),
+        })
+    }
+
+    pub(super) async fn dead_letters(
+        &self,
+        status: Option<DeadLetterStatus>,
+    ) -> Result<Vec<DeadLetter>, ReadModelError> {
+        let rows = match status {
+            Some(status) => {
+                self.read(
+                    &self.sql().dead_letters_with_status,
+                    &[&self.projection, &status.as_str()],
+                )
+                .await?
+            }
+            None => {
+                self.read(&self.sql().dead_letters, &[&self.projection])
+                    .await?
+            }
+        };
+        rows.iter().map(|row| self.dead_letter_from(row)).collect()
+    }
+
+    pub(super) async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, ReadModelError> {
+        let rows = self
+            .read(&self.sql().dead_letter, &[&self.projection, &id])
+            .await?;
+        rows.first()
+            .map(|row| self.dead_letter_from(row))
+            .transpose()
+    }
+
+    pub(super) async fn request_redrive(
+        &self,
+        filter: &RedriveFilter,
+    ) -> Result<usize, ReadModelError> {
+        let sql = self.sql();
+        let changed = match filter {
+            RedriveFilter::Id(id) => {
+                self.write(&sql.redrive_one, &[&self.projection, id])
+                    .await?
+            }
+            RedriveFilter::Stream(stream) => {
+                self.write(
+                    &sql.redrive_stream,
+                    &[
+                        &self.projection,
+                        &stream.aggregate_type(),
+                        &stream.aggregate_id(),
+                    ],
+                )
+                .await?
+            }
+            RedriveFilter::All => self.write(&sql.redrive_all, &[&self.projection]).await?,
+        };
+        Ok(changed as usize)
+    }
+}

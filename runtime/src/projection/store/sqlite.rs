@@ -1,0 +1,385 @@
+//! The SQLite backend of read models: one file per projection holding its documents,
+//! applied stream versions, checkpoint and dead letters. Every method blocks; the
+//! `ReadModelStore` handle calls them on Tokio's blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+use super::{Batch, DeadLetter, DeadLetterStatus, ReadModelError, RedriveFilter};
+use crate::event::{LogPosition, RecordedEvent, StreamId};
+
+const SCHEMA: &str = r"
+CREATE TABLE IF NOT EXISTS documents (
+    collection TEXT    NOT NULL,
+    id         TEXT    NOT NULL,
+    body       TEXT    NOT NULL,
+    position   INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (collection, id)
+);
+CREATE TABLE IF NOT EXISTS stream_versions (
+    aggregate_type TEXT    NOT NULL,
+    aggregate_id   TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id)
+);
+CREATE TABLE IF NOT EXISTS checkpoint (
+    singleton  INTEGER PRIMARY KEY CHECK (singleton = 1),
+    commit_key INTEGER NOT NULL,
+    position   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id              INTEGER PRIMARY KEY,
+    event_id        TEXT    NOT NULL,
+    aggregate_type  TEXT    NOT NULL,
+    aggregate_id    TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    position        INTEGER NOT NULL,
+    event_type      TEXT    NOT NULL,
+    envelope        TEXT    NOT NULL,
+    error           TEXT    NOT NULL,
+    attempts        INTEGER NOT NULL,
+    first_failed_at INTEGER NOT NULL,
+    last_failed_at  INTEGER NOT NULL,
+    status          TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_status ON dead_letters (status, position);
+";
+
+/// The SQLite file of one projection's read model.
+pub(super) struct SqliteReadModel {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteReadModel {
+    /// Opens (creating if needed) the read model at `path`.
+    pub(super) fn open(path: &Path) -> Result<Self, ReadModelError> {
+        let path = path.to_path_buf();
+        let sqlite = |source| ReadModelError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        }
+        let conn = Connection::open(&path).map_err(sqlite)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sqlite)?;
+        // NORMAL, not FULL: in WAL mode a power loss may drop the last commits, but documents
+        // and checkpoint drop together, and the events they came from are still in the store,
+        // so they are applied again. The event store itself stays FULL.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sqlite)?;
+        conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        Ok(Self {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The file.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sqlite(&self, source: rusqlite::Error) -> ReadModelError {
+        ReadModelError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, source: serde_json::Error) -> ReadModelError {
+        ReadModelError::Corrupt {
+            read_model: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .expect("read model connection lock poisoned")
+    }
+
+    /// Document `id` of `collection`.
+    pub(super) fn get(&self, collection: &str, id: &str) -> Result<Option<Value>, ReadModelError> {
+        let conn = self.lock();
+        let body: Option<String> = conn
+            .prepare_cached("SELECT body FROM documents WHERE collection = ?1 AND id = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![collection, id], |row| row.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.sqlite(e))?;
+        body.map(|b| serde_json::from_str(&b).map_err(|e| self.corrupt(e)))
+            .transpose()
+    }
+
+    /// Documents of `collection` whose fields equal the given values, ordered by id.
+    ///
+    /// Field names may use `.` for nested fields (`customer.name`).
+    pub(super) fn list(
+        &self,
+        collection: &str,
+        filters: &[(String, Value)],
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<(String, Value)>, ReadModelError> {
+        let mut sql = String::from("SELECT id, body FROM documents WHERE collection = ?1");
+        let mut values: Vec<rusqlite::types::Value> = vec![collection.to_owned().into()];
+        for (field, value) in filters {
+            super::check_field(field)?;
+            values.push(format!("$.{field}").into());
+            let index = values.len();
+            values.push(match value {
+                Value::String(s) => s.clone().into(),
+                Value::Bool(b) => i64::from(*b).into(),
+                Value::Number(n) if n.is_i64() => n.as_i64().unwrap_or_default().into(),
+                Value::Number(n) => n.as_f64().unwrap_or_default().into(),
+                Value::Null => rusqlite::types::Value::Null,
+                other => other.to_string().into(),
+            });
+            sql.push_str(&format!(
+                " AND json_extract(body, ?{index}) IS ?{}",
+                index + 1
+            ));
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT {} OFFSET {}", limit, offset));
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&sql).map_err(|e| self.sqlite(e))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(values), |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .map_err(|e| self.sqlite(e))?;
+        let mut documents = Vec::new();
+        for row in rows {
+            let (id, body) = row.map_err(|e| self.sqlite(e))?;
+            documents.push((
+                id,
+                serde_json::from_str(&body).map_err(|e| self.corrupt(e))?,
+            ));
+        }
+        Ok(documents)
+    }
+
+    /// The version of `stream` this read model has applied.
+    pub(super) fn stream_version(&self, stream: &StreamId) -> Result<u64, ReadModelError> {
+        let conn = self.lock();
+        conn.prepare_cached(
+            "SELECT version FROM stream_versions WHERE aggregate_type = ?1 AND aggregate_id = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                params![stream.aggregate_type(), stream.aggregate_id()],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+        })
+        .map(|v| v.unwrap_or(0) as u64)
+        .map_err(|e| self.sqlite(e))
+    }
+
+    /// The log position up to which every event has been applied or dead-lettered.
+    pub(super) fn checkpoint(&self) -> Result<Option<LogPosition>, ReadModelError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT commit_key, position FROM checkpoint WHERE singleton = 1",
+            [],
+            |row| {
+                Ok(LogPosition {
+                    commit: row.get::<_, i64>(0)? as u64,
+                    position: row.get::<_, i64>(1)? as u64,
+                })
+            },
+        )
+        .optional()
+        .map_err(|e| self.sqlite(e))
+    }
+
+    /// Commits a batch in one transaction (and one fsync).
+    pub(super) fn commit(&self, batch: &Batch) -> Result<(), ReadModelError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
+        let now = Utc::now().timestamp_micros();
+        {
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT INTO documents (collection, id, body, position, updated_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+                     ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body, \
+                     position = excluded.position, updated_at = excluded.updated_at",
+                )
+                .map_err(|e| self.sqlite(e))?;
+            let mut delete = tx
+                .prepare_cached("DELETE FROM documents WHERE collection = ?1 AND id = ?2")
+                .map_err(|e| self.sqlite(e))?;
+            for ((collection, id), document) in &batch.writes {
+                match document {
+                    Some(document) => {
+                        let position = batch
+                            .positions
+                            .get(&(collection.clone(), id.clone()))
+                            .copied()
+                            .unwrap_or(0);
+                        put.execute(params![collection, id, document.to_string(), position, now])
+                            .map_err(|e| self.sqlite(e))?;
+                    }
+                    None => {
+                        delete
+                            .execute(params![collection, id])
+                            .map_err(|e| self.sqlite(e))?;
+                    }
+                }
+            }
+            let mut version = tx
+                .prepare_cached(
+                    "INSERT INTO stream_versions (aggregate_type, aggregate_id, version) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = MAX(version, excluded.version)",
+                )
+                .map_err(|e| self.sqlite(e))?;
+            for (stream, v) in &batch.versions {
+                version
+                    .execute(params![
+                        stream.aggregate_type(),
+                        stream.aggregate_id(),
+                        *v as i64
+                    ])
+                    .map_err(|e| self.sqlite(e))?;
+            }
+            for letter in &batch.dead_letters {
+                let envelope = serde_json::to_string(&letter.event).map_err(|e| self.corrupt(e))?;
+                match letter.existing {
+                    Some(id) => tx.execute(
+                        "UPDATE dead_letters SET error = ?2, attempts = attempts + ?3, last_failed_at = ?4, status = ?5 WHERE id = ?1",
+                        params![id, letter.error, letter.attempts, now, letter.status.as_str()],
+                    ),
+                    None => tx.execute(
+                        "INSERT INTO dead_letters (event_id, aggregate_type, aggregate_id, version, position, event_type, \
+                         envelope, error, attempts, first_failed_at, last_failed_at, status) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                        params![
+                            letter.event.id.to_string(),
+                            letter.event.stream.aggregate_type(),
+                            letter.event.stream.aggregate_id(),
+                            letter.event.version as i64,
+                            letter.event.position as i64,
+                            letter.event.event_type,
+                            envelope,
+                            letter.error,
+                            letter.attempts,
+                            letter.first_failed_at.timestamp_micros(),
+                            now,
+                            letter.status.as_str(),
+                        ],
+                    ),
+                }
+                .map_err(|e| self.sqlite(e))?;
+            }
+            for id in &batch.redriven {
+                tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])
+                    .map_err(|e| self.sqlite(e))?;
+            }
+            if let Some(checkpoint) = batch.checkpoint {
+                tx.execute(
+                    "INSERT INTO checkpoint (singleton, commit_key, position) VALUES (1, ?1, ?2) \
+                     ON CONFLICT (singleton) DO UPDATE SET commit_key = excluded.commit_key, position = excluded.position",
+                    params![checkpoint.commit as i64, checkpoint.position as i64],
+                )
+                .map_err(|e| self.sqlite(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.sqlite(e))
+    }
+
+    fn row_to_dead_letter(
+        &self,
+        row: &rusqlite::Row<'_>,
+    ) -> rusqlite::Result<Result<DeadLetter, ReadModelError>> {
+        let envelope: String = row.get(1)?;
+        let micros = |v: i64| DateTime::<Utc>::from_timestamp_micros(v).unwrap_or_default();
+        let status: String = row.get(6)?;
+        let id: i64 = row.get(0)?;
+        let error: String = row.get(2)?;
+        let attempts: u32 = row.get(3)?;
+        let first_failed_at = micros(row.get(4)?);
+        let last_failed_at = micros(row.get(5)?);
+        Ok(serde_json::from_str::<RecordedEvent>(&envelope)
+            .map_err(|e| self.corrupt(e))
+            .map(|event| DeadLetter {
+                id,
+                event,
+                error,
+                attempts,
+                first_failed_at,
+                last_failed_at,
+                status: DeadLetterStatus::parse(&status),
+            }))
+    }
+
+    fn query_dead_letters(
+        &self,
+        where_sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<DeadLetter>, ReadModelError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT id, envelope, error, attempts, first_failed_at, last_failed_at, status \
+                 FROM dead_letters {where_sql} ORDER BY position, id"
+            ))
+            .map_err(|e| self.sqlite(e))?;
+        let rows = stmt
+            .query_map(params, |row| self.row_to_dead_letter(row))
+            .map_err(|e| self.sqlite(e))?;
+        let mut letters = Vec::new();
+        for row in rows {
+            letters.push(row.map_err(|e| self.sqlite(e))??);
+        }
+        Ok(letters)
+    }
+
+    /// Dead letters (with `status`, or all), in log order.
+    pub(super) fn dead_letters(
+        &self,
+        status: Option<DeadLetterStatus>,
+    ) -> Result<Vec<DeadLetter>, ReadModelError> {
+        match status {
+            Some(status) => self.query_dead_letters("WHERE status = ?1", [status.as_str()]),
+            None => self.query_dead_letters("", []),
+        }
+    }
+
+    /// One dead letter.
+    pub(super) fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, ReadModelError> {
+        Ok(self.query_dead_letters("WHERE id = ?1", [id])?.pop())
+    }
+
+    /// Marks dead letters for redrive; returns how many were marked.
+    pub(super) fn request_redrive(&self, filter: &RedriveFilter) -> Result<usize, ReadModelError> {
+        let conn = self.lock();
+        let changed = match filter {
+            RedriveFilter::Id(id) => conn
+                .execute("UPDATE dead_letters SET status = 'redrive' WHERE id = ?1", [id])
+                .map_err(|e| self.sqlite(e))?,
+            RedriveFilter::Stream(stream) => conn
+                .execute(
+                    "UPDATE dead_letters SET status = 'redrive' WHERE aggregate_type = ?1 AND aggregate_id = ?2",
+                    params![stream.aggregate_type(), stream.aggregate_id()],
+                )
+                .map_err(|e| self.sqlite(e))?,
+            RedriveFilter::All => conn
+                .execute("UPDATE dead_letters SET status = 'redrive'", [])
+                .map_err(|e| self.sqlite(e))?,
+        };
+        Ok(changed)
+    }
+}
