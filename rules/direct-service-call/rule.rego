@@ -28,38 +28,51 @@ tonic_constructors := {"from_static", "from_shared", "new", "try_from", "from_st
 # Every call name any branch below looks at; checked first so other calls cost one lookup.
 candidate_names := (url_verbs | tonic_constructors) | {"with_origin"}
 
+# The calls this rule reads: `nexus check` leaves every other call out of `input.calls`.
+call_names := candidate_names
+
 first_segment(path) := split(path, "::")[0]
 
 checked(c) if not c.test
 
 checked(_) if input.config.include_tests
 
-client_call(c) if {
-	c.name in verbs
+# Checked calls that send a request, one way per body below; a set, so each call is judged once
+# however many rules use it.
+client_calls contains c if {
+	some c in candidates
 	c.kind == "fn"
+	c.name in verbs
 	first_segment(c.path) in function_clients
+	checked(c)
 }
 
-client_call(c) if {
+client_calls contains c if {
+	some c in candidates
+	c.kind == "fn"
 	c.name in tonic_constructors
-	c.kind == "fn"
 	first_segment(c.path) == "tonic"
-	some part in split(c.path, "::")
-	part in {"Channel", "Endpoint"}
+	tonic_channel(c.path)
+	checked(c)
 }
 
-client_call(c) if {
-	c.name == "connect"
+client_calls contains c if {
+	some c in candidates
 	c.kind == "fn"
+	c.name == "connect"
 	endswith(c.path, "Client::connect")
+	checked(c)
 }
 
-client_call(c) if {
-	c.name in verbs
+client_calls contains c if {
+	some c in candidates
 	c.kind == "method"
+	c.name in verbs
 	first_segment(c.origin) in value_clients
-	not split(c.origin, "::")[count(split(c.origin, "::")) - 1] in verbs
+	segments := split(c.origin, "::")
+	not segments[count(segments) - 1] in verbs
 	not tonic_channel(c.origin)
+	checked(c)
 }
 
 # Methods on a tonic channel or endpoint act on the target given to its constructor.
@@ -69,11 +82,13 @@ tonic_channel(path) if {
 }
 
 # A request verb with a URL literal is a client call whatever the receiver is.
-client_call(c) if {
-	c.name in url_verbs
+client_calls contains c if {
+	some c in candidates
 	c.kind == "method"
+	c.name in url_verbs
 	some a in c.args
 	regex.match(`^[a-zA-Z][a-zA-Z0-9+.-]*://`, a.text)
+	checked(c)
 }
 
 # Host and host:port of an argument, when its text starts with a URL whose host is known.
@@ -89,22 +104,40 @@ resolved(a) if count(hosts(a)) > 0
 
 resolved(a) if count(a.env) > 0
 
+# Services a call may not reach (not infrastructure), looked up by lower-cased address, by address
+# as written (environment variable names) and by crate identifier, so each argument costs a few
+# lookups instead of a scan of every service's addresses.
+sibling_services := [s | some s in input.config.services; s.role != "infrastructure"]
+
+services_by_host := {h: [s | some s in sibling_services; some x in s.addresses; lower(x) == h] |
+	some t in sibling_services
+	some address in t.addresses
+	h := lower(address)
+}
+
+services_by_env := {address: [s | some s in sibling_services; address in s.addresses] |
+	some t in sibling_services
+	some address in t.addresses
+}
+
+crate_idents(s) := {replace(s.name, "-", "_"), replace(s.package, "-", "_")}
+
+services_by_ident := {ident: [s | some s in sibling_services; ident in crate_idents(s)] |
+	some t in sibling_services
+	some ident in crate_idents(t)
+}
+
 # The sibling service an argument addresses, with what matched.
 target(c, a) := [s, sprintf("`%s`", [a.text])] if {
-	h := hosts(a)
-	some s in input.config.services
+	some h in hosts(a)
+	some s in object.get(services_by_host, h, [])
 	s.package != c.package
-	s.role != "infrastructure"
-	some address in s.addresses
-	lower(address) in h
 }
 
 target(c, a) := [s, sprintf("the environment variable `%s`", [address])] if {
-	some s in input.config.services
+	some address in a.env
+	some s in object.get(services_by_env, address, [])
 	s.package != c.package
-	s.role != "infrastructure"
-	some address in s.addresses
-	address in a.env
 }
 
 caller(c) := s.name if {
@@ -139,12 +172,15 @@ generated_candidates := array.concat(
 	[c | some c in calls_named({"new"}); endswith(c.path, "Client::new")],
 )
 
-deny contains v if {
-	some c in candidates
-	checked(c)
-	client_call(c)
+# Each client call argument that addresses a sibling, with the sibling and what matched.
+addressing contains [c, a, t] if {
+	some c in client_calls
 	some a in c.args
-	[s, via] := target(c, a)
+	t := target(c, a)
+}
+
+deny contains v if {
+	some [c, a, [s, via]] in addressing
 	v := {
 		"message": sprintf("`%s` calls service `%s` directly through %s", [caller(c), s.name, via]),
 		"span": c.span,
@@ -160,12 +196,9 @@ generated_sibling(c) := s if {
 	c.kind == "fn"
 	some suffix in {"Client::connect", "Client::new", "Client::with_origin"}
 	endswith(c.path, suffix)
-	segments := {lower(p) | some p in split(c.path, "::")}
-	some s in input.config.services
+	some segment in split(c.path, "::")
+	some s in object.get(services_by_ident, lower(segment), [])
 	s.package != c.package
-	s.role != "infrastructure"
-	some name in {replace(s.name, "-", "_"), replace(s.package, "-", "_")}
-	name in segments
 }
 
 deny contains v if {
@@ -182,12 +215,11 @@ deny contains v if {
 	}
 }
 
-# A client call whose target is not statically known is a note, not silence.
+# A client call whose target is not statically known is a note, not silence. (A call whose
+# target is known, `any_resolved`, includes every call that addresses a sibling.)
 deny contains v if {
-	some c in candidates
-	checked(c)
-	client_call(c)
-	not addressed(c)
+	some c in client_calls
+	not any_resolved(c)
 	not generated_sibling(c)
 	not generated_client(c)
 	not any_resolved(c)
