@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 fn main() {
+    facts_fingerprint();
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
     println!("cargo::rerun-if-changed={}", rules.display());
     let mut folders: Vec<_> = std::fs::read_dir(&rules)
@@ -41,4 +42,23 @@ fn main() {
     let out =
         Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("builtin_rules.rs");
     std::fs::write(out, code).expect("OUT_DIR is writable");
+}
+
+/// A fingerprint of the per-file fact extractor's sources, so the facts cache (`facts::cache`)
+/// never serves facts that an older extractor produced.
+fn facts_fingerprint() {
+    use std::hash::{Hash as _, Hasher as _};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/facts");
+    let mut hasher = std::hash::DefaultHasher::new();
+    for name in ["syntax.rs", "strings.rs", "cache.rs"] {
+        let path = dir.join(name);
+        println!("cargo::rerun-if-changed={}", path.display());
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .hash(&mut hasher);
+    }
+    println!(
+        "cargo::rustc-env=NEXUS_FACTS_FINGERPRINT={:016x}",
+        hasher.finish()
+    );
 }

@@ -1,6 +1,7 @@
 //! The Rego side: loads rule folders into regorus, evaluates every rule's `deny` set against the
 //! facts, and runs `test_*` rules of `*_test.rego` files like `opa test`.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,10 @@ pub struct Rule {
     pub package: String,
     /// Where the rule was loaded from (`builtin:<folder>` or a path).
     pub source: String,
+    /// The call names the rule reads from `input.calls`, from its optional `call_names` set;
+    /// `None` when it does not declare them (it then sees every call).
+    #[serde(skip)]
+    pub call_names: Option<BTreeSet<String>>,
 }
 
 /// A violation as a rule's `deny` set returns it.
@@ -130,6 +135,8 @@ impl RuleSet {
                     policy_error(&path, format!("unknown severity `{s}` in metadata"))
                 })?,
             };
+            let call_names = declared_call_names(&mut engine, &package)
+                .map_err(|message| policy_error(&path, message))?;
             if let Some(existing) = rules.iter().find(|r| r.code == code || r.name == name) {
                 return Err(policy_error(
                     &path,
@@ -149,6 +156,7 @@ impl RuleSet {
                 readme,
                 package,
                 source: path,
+                call_names,
             });
         }
         rules.sort_by(|a, b| a.code.cmp(&b.code));
@@ -160,11 +168,22 @@ impl RuleSet {
         &self.rules
     }
 
-    /// Evaluates every rule's `deny` set against `input`.
-    pub fn evaluate(&mut self, input: Value) -> Result<Vec<(usize, Violation)>, CheckError> {
-        let started = std::time::Instant::now();
-        self.engine.set_input(regorus::Value::from(input));
-        tracing::debug!(elapsed = ?started.elapsed(), "converted the input for regorus");
+    /// The call names the loaded rules read, when every rule declares them (`call_names`);
+    /// `None` when some rule does not, so that rule sees every call.
+    pub fn call_names(&self) -> Option<BTreeSet<String>> {
+        let mut all = BTreeSet::new();
+        for rule in &self.rules {
+            all.extend(rule.call_names.as_ref()?.iter().cloned());
+        }
+        Some(all)
+    }
+
+    /// Evaluates every rule's `deny` set against `input` (built by [`crate::facts::gather`]).
+    pub fn evaluate(
+        &mut self,
+        input: regorus::Value,
+    ) -> Result<Vec<(usize, Violation)>, CheckError> {
+        self.engine.set_input(input);
         let mut out = Vec::new();
         for (index, rule) in self.rules.iter().enumerate() {
             let started = std::time::Instant::now();
@@ -192,6 +211,40 @@ impl RuleSet {
         }
         Ok(out)
     }
+}
+
+/// The rule's `call_names` set: `Ok(None)` when the package does not define it.
+fn declared_call_names(
+    engine: &mut regorus::Engine,
+    package: &str,
+) -> Result<Option<BTreeSet<String>>, String> {
+    let results = engine
+        .eval_query(format!("{package}.call_names"), false)
+        .map_err(|err| err.to_string())?;
+    let Some(value) = results
+        .result
+        .first()
+        .and_then(|r| r.expressions.first())
+        .map(|e| &e.value)
+    else {
+        return Ok(None);
+    };
+    let invalid = || "`call_names` must be a set or array of strings".to_owned();
+    let items: Vec<&regorus::Value> = match value {
+        regorus::Value::Set(set) => set.iter().collect(),
+        regorus::Value::Array(array) => array.iter().collect(),
+        regorus::Value::Undefined => return Ok(None),
+        _ => return Err(invalid()),
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            item.as_string()
+                .map(|s| s.to_string())
+                .map_err(|_| invalid())
+        })
+        .collect::<Result<BTreeSet<_>, _>>()
+        .map(Some)
 }
 
 /// Rule folders under `dir`: `dir` itself when it has a `rule.rego`, else its sub-folders that do.

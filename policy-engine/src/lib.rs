@@ -87,6 +87,9 @@ pub struct CheckOptions {
     pub baseline: Option<PathBuf>,
     /// Configuration; `None` reads `nexus.toml` under the root.
     pub config: Option<Config>,
+    /// Reuse per-file facts cached under the workspace's target folder, and store new ones
+    /// (see [`facts::cache`]). Off by default; `nexus check` turns it on unless `--no-cache`.
+    pub cache: bool,
 }
 
 /// The result of a check.
@@ -171,7 +174,16 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
         (None, None) => None,
     };
 
-    let facts = facts::gather(root, &config, schemas.as_deref())?;
+    let call_names = rules.call_names();
+    let facts = facts::gather(
+        root,
+        &config,
+        schemas.as_deref(),
+        facts::GatherOptions {
+            call_names: call_names.as_ref(),
+            cache: options.cache,
+        },
+    )?;
     let started = std::time::Instant::now();
     let violations = rules.evaluate(facts.input)?;
     tracing::debug!(violations = violations.len(), elapsed = ?started.elapsed(), "evaluated rules");

@@ -9,6 +9,9 @@ metadata := {
 	"remediation": "share messages through a contract crate (events, commands, DTOs) that no service owns, and talk over the event bus",
 }
 
+# This rule reads no calls (`nexus check` passes only the calls some rule names).
+call_names := set()
+
 services[p.name] := s if {
 	some p in input.packages
 	some s in input.config.services

@@ -64,8 +64,9 @@ pub struct ReachFact {
     pub dev: bool,
 }
 
-/// Loads local packages with `cargo metadata --no-deps --offline`.
-pub fn load(root: &Path) -> Result<Vec<PackageFact>, CheckError> {
+/// Loads local packages with `cargo metadata --no-deps --offline`; also returns the
+/// workspace's target folder.
+pub fn load(root: &Path) -> Result<(Vec<PackageFact>, PathBuf), CheckError> {
     let manifest = root.join("Cargo.toml");
     if !manifest.is_file() {
         return Err(CheckError::Workspace {
@@ -145,7 +146,7 @@ pub fn load(root: &Path) -> Result<Vec<PackageFact>, CheckError> {
         });
     }
     packages.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(packages)
+    Ok((packages, metadata.target_directory.into_std_path_buf()))
 }
 
 /// For every local package, the shortest chain to every other local package it reaches: first

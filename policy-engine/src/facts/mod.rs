@@ -1,12 +1,13 @@
 //! Facts about a workspace: Cargo packages and graph, and per-file syntax facts, gathered in
 //! parallel and assembled into the one JSON input every rule is evaluated against.
 
+pub mod cache;
 pub mod cargo;
 pub mod sql;
 pub mod strings;
 pub mod syntax;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,14 +20,15 @@ use crate::config::Config;
 use crate::diagnostic::Span;
 use crate::schemas::RegisteredSchema;
 use crate::suppress::{self, Allow};
+use cache::FactsCache;
 use strings::{ArgFact, ConstTable};
 use syntax::FileFacts;
 
 /// Everything gathered about a workspace.
 #[derive(Debug)]
 pub struct Facts {
-    /// The document rules see as `input`.
-    pub input: Value,
+    /// The document rules see as `input`, ready for regorus.
+    pub input: regorus::Value,
     /// Text of every file read, by relative path.
     pub sources: HashMap<String, Arc<str>>,
     /// Suppression comments.
@@ -58,10 +60,54 @@ struct CallFact<'a> {
     test: bool,
 }
 
+/// The document rules see as `input`.
+#[derive(Serialize)]
+struct Input<'a> {
+    config: Value,
+    packages: Vec<Value>,
+    reach: &'a [cargo::ReachFact],
+    calls: &'a [CallFact<'a>],
+    call_index: BTreeMap<&'a str, Vec<usize>>,
+    events: Vec<Value>,
+    protos: Vec<Value>,
+    schemas: &'a [RegisteredSchema],
+    schemas_loaded: bool,
+}
+
+/// A file's syntax facts, from the cache when it has them.
+fn file_facts(
+    cache: Option<&FactsCache>,
+    rel: &str,
+    text: &str,
+    test: bool,
+    call_names: Option<&BTreeSet<String>>,
+) -> FileFacts {
+    let Some(cache) = cache else {
+        return syntax::extract_calls_named(rel, text, test, call_names);
+    };
+    let key = FactsCache::key(rel, test, text);
+    if let Some(facts) = cache.get(&key) {
+        return facts;
+    }
+    let facts = syntax::extract_calls_named(rel, text, test, call_names);
+    cache.put(&key, &facts);
+    facts
+}
+
 struct SourceFile {
     rel: String,
     package: usize,
     text: Arc<str>,
+}
+
+/// What [`gather`] keeps and reuses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GatherOptions<'a> {
+    /// Keep only calls with these names in `input.calls` (every call when `None`); see
+    /// [`crate::RuleSet::call_names`].
+    pub call_names: Option<&'a BTreeSet<String>>,
+    /// Reuse and store per-file facts in the workspace's target folder ([`cache`]).
+    pub cache: bool,
 }
 
 /// Reads the workspace at `root` and builds the rule input.
@@ -69,24 +115,28 @@ pub fn gather(
     root: &Path,
     config: &Config,
     schemas: Option<&[RegisteredSchema]>,
+    options: GatherOptions<'_>,
 ) -> Result<Facts, CheckError> {
     let root = root.canonicalize().map_err(|err| CheckError::Workspace {
         root: root.display().to_string(),
         message: err.to_string(),
     })?;
     let started = std::time::Instant::now();
-    let packages = cargo::load(&root)?;
+    let (packages, target_dir) = cargo::load(&root)?;
     let reach = cargo::reachability(&packages);
     tracing::debug!(packages = packages.len(), elapsed = ?started.elapsed(), "cargo metadata and graph");
 
+    let cache = options
+        .cache
+        .then(|| FactsCache::new(&target_dir, options.call_names));
     let files = discover(&packages);
-    let parsed: Vec<(SourceFile, FileFacts)> = files
+    let parsed: Vec<(SourceFile, FileFacts, Vec<Allow>)> = files
         .into_par_iter()
         .map(|(path, package, test)| {
             let rel = cargo::relative(&root, &path);
             let (text, facts) = match std::fs::read_to_string(&path) {
                 Ok(text) => {
-                    let facts = syntax::extract(&rel, &text, test);
+                    let facts = file_facts(cache.as_ref(), &rel, &text, test, options.call_names);
                     (Arc::from(text), facts)
                 }
                 Err(err) => {
@@ -98,24 +148,32 @@ pub fn gather(
                     (Arc::from(""), facts)
                 }
             };
-            (SourceFile { rel, package, text }, facts)
+            let allows = suppress::scan(&rel, &text);
+            (SourceFile { rel, package, text }, facts, allows)
         })
         .collect();
+    if let Some(cache) = &cache {
+        cache.prune();
+    }
 
     tracing::debug!(files = parsed.len(), elapsed = ?started.elapsed(), "parsed Rust files");
     let mut consts: Vec<ConstTable> = packages.iter().map(|_| ConstTable::default()).collect();
     let mut sources = HashMap::new();
     let mut allows = Vec::new();
     let mut parse_errors = Vec::new();
-    for (file, facts) in &parsed {
-        for (name, span, expr) in &facts.consts {
-            consts[file.package].insert(name.clone(), span.clone(), expr.clone());
-        }
-        if let Some(error) = &facts.parse_error {
-            parse_errors.push(error.clone());
-        }
-        allows.extend(suppress::scan(&file.rel, &file.text));
-    }
+    let parsed: Vec<(SourceFile, FileFacts)> = parsed
+        .into_iter()
+        .map(|(file, facts, file_allows)| {
+            for (name, span, expr) in &facts.consts {
+                consts[file.package].insert(name.clone(), span.clone(), expr.clone());
+            }
+            if let Some(error) = &facts.parse_error {
+                parse_errors.push(error.clone());
+            }
+            allows.extend(file_allows);
+            (file, facts)
+        })
+        .collect();
     for package in &packages {
         let path = root.join(&package.manifest);
         if let Ok(text) = std::fs::read_to_string(&path) {
@@ -124,7 +182,7 @@ pub fn gather(
         }
     }
 
-    let calls: Vec<Value> = parsed
+    let calls: Vec<CallFact<'_>> = parsed
         .par_iter()
         .flat_map_iter(|(file, facts)| {
             let table = &consts[file.package];
@@ -135,7 +193,7 @@ pub fn gather(
                     .iter()
                     .map(|(span, expr)| table.resolve(expr, span.clone()))
                     .collect();
-                serde_json::to_value(CallFact {
+                CallFact {
                     file: &file.rel,
                     package,
                     span: &call.span,
@@ -146,8 +204,7 @@ pub fn gather(
                     receiver: &call.receiver,
                     args,
                     test: call.test,
-                })
-                .expect("call facts serialise")
+                }
             })
         })
         .collect();
@@ -212,29 +269,36 @@ pub fn gather(
     // Rules look calls up by name instead of scanning every call.
     let mut call_index: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (index, call) in calls.iter().enumerate() {
-        if let Some(name) = call["name"].as_str() {
-            call_index.entry(name).or_default().push(index);
-        }
+        call_index.entry(call.name).or_default().push(index);
     }
-    let call_index = serde_json::to_value(&call_index).expect("the call index serialises");
 
-    let input = json!({
-        "config": {
+    // Serialised once as JSON text and parsed by regorus, which shares repeated object keys;
+    // a `serde_json::Value` tree in between would cost more than both.
+    let input = Input {
+        config: json!({
             "services": config.services,
             "event_tables": config.event_tables,
             "include_tests": config.include_tests,
-        },
-        "packages": package_facts,
-        "reach": reach,
-        "calls": calls,
-        "call_index": call_index,
-        "events": events,
-        "protos": protos,
-        "schemas": schemas.unwrap_or_default(),
-        "schemas_loaded": schemas.is_some(),
-    });
-
-    tracing::debug!(calls = input["calls"].as_array().map_or(0, Vec::len), elapsed = ?started.elapsed(), "built the rule input");
+        }),
+        packages: package_facts,
+        reach: &reach,
+        calls: &calls,
+        call_index,
+        events,
+        protos,
+        schemas: schemas.unwrap_or_default(),
+        schemas_loaded: schemas.is_some(),
+    };
+    let text = serde_json::to_string(&input).map_err(|err| CheckError::Workspace {
+        root: root.display().to_string(),
+        message: format!("failed to serialise the rule input: {err}"),
+    })?;
+    let input = regorus::Value::from_json_str(&text).map_err(|err| CheckError::Workspace {
+        root: root.display().to_string(),
+        message: format!("failed to load the rule input: {err}"),
+    })?;
+    tracing::debug!(calls = calls.len(), bytes = text.len(), elapsed = ?started.elapsed(), "built the rule input");
+    drop(calls);
     let count = parsed.len();
     for (file, _) in parsed {
         sources.insert(file.rel, file.text);

@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::diagnostic::Span;
 use crate::facts::sql::{self, SqlFact};
 
 /// A string-valued expression before `const`s are resolved.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum StrExpr {
     /// A string literal.
     Lit(String),

@@ -1,10 +1,10 @@
 //! Syntax facts from one Rust file: calls with their string arguments, `const` strings,
 //! `use … as` aliases, `DomainEvent` impls with serde field shapes, and test-code markers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use proc_macro2::{Delimiter, TokenStream, TokenTree};
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::visit::{self, Visit};
@@ -13,8 +13,8 @@ use syn::{Expr, Lit, Token};
 use crate::diagnostic::Span;
 use crate::facts::strings::{FormatPiece, StrExpr, format_pieces};
 
-/// Everything extracted from one file before crate-wide resolution.
-#[derive(Debug, Default)]
+/// Everything extracted from one file before crate-wide resolution (what the facts cache stores).
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct FileFacts {
     /// Calls of functions, methods and macros that have string arguments or may matter to rules.
     pub calls: Vec<RawCall>,
@@ -31,10 +31,11 @@ pub struct FileFacts {
 }
 
 /// A call before its arguments are resolved.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RawCall {
     /// `fn`, `method` or `macro`.
-    pub kind: &'static str,
+    #[serde(deserialize_with = "call_kind")]
+    pub kind: Kind,
     /// Last segment (function, method or macro name, after aliases).
     pub name: String,
     /// Full path after `use … as` aliases; empty for methods.
@@ -52,7 +53,7 @@ pub struct RawCall {
 }
 
 /// One `impl DomainEvent for X`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventImpl {
     /// The implementing type (last path segment).
     pub type_name: String,
@@ -67,19 +68,50 @@ pub struct EventImpl {
 }
 
 /// One serialised field of an event type.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldShape {
     /// Name after serde renames.
     pub name: String,
     /// JSON type (`string`, `integer`, `number`, `boolean`, `array`, `object`) when known.
-    #[serde(rename = "type")]
-    pub json_type: Option<&'static str>,
+    #[serde(rename = "type", deserialize_with = "json_type_name")]
+    pub json_type: Option<Kind>,
     /// `Option<…>` or `#[serde(default)]`.
     pub optional: bool,
     /// The Rust type as written.
     pub rust_type: String,
     /// The field's name in the source.
     pub span: Span,
+}
+
+/// A name from a fixed list (a call kind, a JSON type). Named, so that serde does not try to
+/// borrow it from the cached text as it would a field written `&str`.
+pub type Kind = &'static str;
+
+/// Reads back a cached call kind as the `&'static str` the extractor uses.
+fn call_kind<'de, D: Deserializer<'de>>(deserializer: D) -> Result<&'static str, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    ["fn", "method", "macro"]
+        .into_iter()
+        .find(|kind| *kind == text)
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown call kind `{text}`")))
+}
+
+/// Reads back a cached JSON type name as the `&'static str` the extractor uses.
+fn json_type_name<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'static str>, D::Error> {
+    const NAMES: &[&str] = &[
+        "string", "integer", "number", "boolean", "array", "object", "null",
+    ];
+    match Option::<String>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(text) => NAMES
+            .iter()
+            .copied()
+            .find(|name| *name == text)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown JSON type `{text}`"))),
+    }
 }
 
 /// Turns a proc-macro2 span into a file span (1-based columns).
@@ -105,6 +137,16 @@ fn span_between(file: &str, start: proc_macro2::Span, end: proc_macro2::Span) ->
 
 /// Parses `text` and extracts its facts. `test_file` marks the whole file as test code.
 pub fn extract(file: &str, text: &str, test_file: bool) -> FileFacts {
+    extract_calls_named(file, text, test_file, None)
+}
+
+/// Like [`extract`], keeping only calls whose name is in `names` (every call when `None`).
+pub fn extract_calls_named(
+    file: &str,
+    text: &str,
+    test_file: bool,
+    names: Option<&BTreeSet<String>>,
+) -> FileFacts {
     let syntax = match syn::parse_file(text) {
         Ok(syntax) => syntax,
         Err(err) => {
@@ -118,6 +160,7 @@ pub fn extract(file: &str, text: &str, test_file: bool) -> FileFacts {
     aliases.visit_file(&syntax);
     let mut walker = Walker {
         file,
+        names,
         aliases: aliases.map,
         test_depth: u32::from(test_file),
         locals: HashMap::new(),
@@ -202,6 +245,7 @@ struct Local {
 
 struct Walker<'a> {
     file: &'a str,
+    names: Option<&'a BTreeSet<String>>,
     aliases: HashMap<String, String>,
     test_depth: u32,
     locals: HashMap<String, Local>,
@@ -535,8 +579,15 @@ impl Walker<'_> {
             .collect()
     }
 
+    /// Whether calls named `name` are kept.
+    fn wants(&self, name: &str) -> bool {
+        self.names.is_none_or(|names| names.contains(name))
+    }
+
     fn push_call(&mut self, call: RawCall) {
-        self.out.calls.push(call);
+        if self.wants(&call.name) {
+            self.out.calls.push(call);
+        }
     }
 
     fn record_macro(&mut self, mac: &syn::Macro) {
@@ -880,6 +931,10 @@ impl<'ast> Visit<'ast> for Walker<'_> {
         if let Expr::Path(func) = &*call.func {
             let path = self.resolve_path(&func.path);
             let name = path.rsplit("::").next().unwrap_or_default().to_owned();
+            if !self.wants(&name) {
+                visit::visit_expr_call(self, call);
+                return;
+            }
             let args = self.string_args(&call.args);
             let span = span_between(self.file, func.span(), call.paren_token.span.close());
             self.push_call(RawCall {
@@ -898,6 +953,10 @@ impl<'ast> Visit<'ast> for Walker<'_> {
 
     fn visit_expr_method_call(&mut self, call: &'ast syn::ExprMethodCall) {
         let name = call.method.to_string();
+        if !self.wants(&name) {
+            visit::visit_expr_method_call(self, call);
+            return;
+        }
         let args = self.string_args(&call.args);
         let span = span_between(self.file, call.method.span(), call.paren_token.span.close());
         let origin = self.origin(&call.receiver).unwrap_or_default();
