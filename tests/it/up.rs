@@ -349,7 +349,7 @@ fn up_refuses_a_port_in_use_and_names_the_flag() {
 }
 
 #[test]
-fn up_runs_on_postgres_and_nats() {
+fn up_runs_on_postgres_and_nats_and_keeps_its_read_models_in_postgres() {
     let (Some(pg), Some(nats)) = (
         service_url("NEXUS_TEST_POSTGRES_URL"),
         service_url("NEXUS_TEST_NATS_URL"),
@@ -358,32 +358,29 @@ fn up_runs_on_postgres_and_nats() {
     };
     let database = format!("nexus_up_{}", std::process::id());
     let url = fresh_database(&pg, &database);
-    let dir = tempfile::tempdir().unwrap();
     let stream = format!("NEXUS_UP_TEST_{}", std::process::id());
-    let up = Up::start(
-        &dir.path().join("data"),
-        &[
-            "--store",
-            "postgres",
-            "--url",
-            &url,
-            "--bus",
-            "nats",
-            "--nats-url",
-            &nats,
-            "--nats-stream",
-            &stream,
-        ],
+    let args = [
+        "--store",
+        "postgres",
+        "--url",
+        &url,
+        "--read-models",
+        "postgres",
+        "--bus",
+        "nats",
+        "--nats-url",
+        &nats,
+        "--nats-stream",
+        &stream,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(&dir.path().join("data"), &args);
+    let placed = command(
+        &up,
+        "p-1",
+        json!({"type": "PlaceOrder", "customer": "grace"}),
     );
-    assert_eq!(
-        command(
-            &up,
-            "p-1",
-            json!({"type": "PlaceOrder", "customer": "grace"})
-        )
-        .0,
-        200
-    );
+    assert_eq!(placed.0, 200, "{}", placed.1);
     let (status, order) = http(
         "GET",
         &format!(
@@ -400,6 +397,36 @@ fn up_runs_on_postgres_and_nats() {
     );
     let (code, _) = up.interrupt();
     assert_eq!(code, Some(0));
+
+    // A fresh data folder: the read model lives in PostgreSQL, not in a local file.
+    let other = tempfile::tempdir().unwrap();
+    let up = Up::start(&other.path().join("data"), &args);
+    let (status, order) = http(
+        "GET",
+        &format!("{}/read-models/orders/orders/p-1", up.query_url),
+        &[],
+        None,
+    );
+    assert_eq!(
+        (status, order["status"].clone()),
+        (200, json!("placed")),
+        "{order}"
+    );
+    let (code, _) = up.interrupt();
+    assert_eq!(code, Some(0));
+    drop_stream(&nats, &stream);
+}
+
+/// Deletes a JetStream stream a test created.
+fn drop_stream(url: &str, name: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let _ = async_nats::jetstream::new(client).delete_stream(name).await;
+    });
 }
 
 /// Creates database `name` on the server at `admin_url` and returns its URL.

@@ -17,7 +17,7 @@ use hyper::body::Bytes;
 use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
 use nexus_runtime::http::{CommandService, QueryDashboard, serve_until, shutdown_signal};
-use nexus_runtime::projection::ProjectionRunner;
+use nexus_runtime::projection::{ProjectionRunner, ReadModels};
 use nexus_runtime::snapshot::embedded::EmbeddedSnapshotStore;
 use nexus_runtime::store::embedded::EmbeddedStore;
 use nexus_runtime::{EventStore, SnapshotManager, SnapshotPolicy, SnapshotStore};
@@ -40,6 +40,15 @@ pub(crate) enum StoreKind {
     Postgres,
 }
 
+/// Where projections keep their read models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ReadModelKind {
+    /// One SQLite file per projection under `--data-dir`.
+    Sqlite,
+    /// Tables in the schema `nexus_read_models` of the PostgreSQL at `--url`.
+    Postgres,
+}
+
 /// How events reach the projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BusKind {
@@ -57,6 +66,9 @@ pub(crate) struct UpArgs {
     /// PostgreSQL URL for `--store postgres`.
     #[arg(long, env = "NEXUS_POSTGRES_URL")]
     url: Option<String>,
+    /// Where the projections keep their read models (PostgreSQL needs `--url`).
+    #[arg(long, value_enum, default_value_t = ReadModelKind::Sqlite)]
+    read_models: ReadModelKind,
     /// The event bus.
     #[arg(long, value_enum, default_value_t = BusKind::Inprocess)]
     bus: BusKind,
@@ -146,14 +158,10 @@ async fn connect_bus(
             use nexus_runtime::bus::nats::{JetStreamBus, NatsOptions};
             use nexus_runtime::bus::relay::Relay;
             use nexus_runtime::checkpoint::EmbeddedCheckpoints;
-            let options = NatsOptions {
-                stream: args.nats_stream.clone(),
-                subject_prefix: format!("nexus.{}", args.nats_stream.to_lowercase()),
-                ..NatsOptions::default()
-            };
-            let bus = JetStreamBus::connect(&args.nats_url, options)
-                .await
-                .with_context(|| format!("failed to connect to NATS at {}", args.nats_url))?;
+            let bus =
+                JetStreamBus::connect(&args.nats_url, NatsOptions::for_stream(&args.nats_stream))
+                    .await
+                    .with_context(|| format!("failed to connect to NATS at {}", args.nats_url))?;
             let checkpoints = EmbeddedCheckpoints::open(args.data_dir.join("relay.db"))
                 .context("failed to open the relay's checkpoint")?;
             let relay = Relay::new("up", Arc::clone(store), bus.clone(), Arc::new(checkpoints));
@@ -212,7 +220,19 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         .router();
 
     // The query side: the projection reads the bus, never the command service.
-    let runner = ProjectionRunner::new(Arc::clone(&store), bus, args.data_dir.join("read-models"));
+    let read_models = match args.read_models {
+        ReadModelKind::Sqlite => ReadModels::sqlite(args.data_dir.join("read-models")),
+        ReadModelKind::Postgres => {
+            let url = args
+                .url
+                .as_deref()
+                .context("--read-models postgres needs --url (or NEXUS_POSTGRES_URL)")?;
+            ReadModels::postgres(url, ReadModels::DEFAULT_POSTGRES_SCHEMA)
+                .await
+                .context("failed to open the PostgreSQL read models")?
+        }
+    };
+    let runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models);
     let orders = runner
         .spawn(OrderSummaries)
         .context("failed to open the orders read model")?;

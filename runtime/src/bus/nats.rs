@@ -27,6 +27,18 @@ pub struct NatsOptions {
     pub max_ack_pending: i64,
 }
 
+impl NatsOptions {
+    /// The defaults with the events in stream `name` under subjects `nexus.<name in lower case>.>`,
+    /// so systems sharing one NATS server keep their events apart (streams must not overlap).
+    pub fn for_stream(name: &str) -> Self {
+        Self {
+            stream: name.to_owned(),
+            subject_prefix: format!("nexus.{}", token(&name.to_lowercase())),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for NatsOptions {
     fn default() -> Self {
         Self {
