@@ -234,14 +234,31 @@ enum WorkerError {
 }
 
 async fn supervise<P: Projection>(worker: Worker<P>, mut stopped: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(100);
+    const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+    let mut backoff = FIRST_BACKOFF;
     loop {
         if *stopped.borrow() {
             break;
         }
+        let processed = worker
+            .health
+            .read()
+            .expect("health lock poisoned")
+            .processed;
         match worker.run(stopped.clone()).await {
             Ok(()) => break,
             Err(err) => {
+                // A run that made progress was healthy until it failed: start backing off anew,
+                // so a server that drops connections now and then does not slow restarts for good.
+                if worker
+                    .health
+                    .read()
+                    .expect("health lock poisoned")
+                    .processed
+                    > processed
+                {
+                    backoff = FIRST_BACKOFF;
+                }
                 tracing::error!(projection = %worker.name, error = %err, "projection worker failed; restarting");
                 metrics::counter!("nexus_projection_restarts_total", "projection" => worker.name.clone()).increment(1);
                 worker.update_health(|h| {
