@@ -4,9 +4,10 @@
 //!
 //! Entries live in `<target>/nexus-check-cache/<version>/<key>.json`. `<version>` hashes the
 //! extractor's fingerprint (computed by `build.rs` from the sources of `facts::syntax`,
-//! `facts::strings` and this module), the engine's version and the call names kept, so a changed
-//! extractor or rule set never reads facts extracted differently. Entries a run did not use are
-//! removed after it. Reading or writing the cache never fails a check: it only saves time.
+//! `facts::strings` and this module), the engine's version, the call names kept and the
+//! workspace root, so a changed extractor or rule set never reads facts extracted differently,
+//! and workspaces sharing one target folder (`CARGO_TARGET_DIR`) do not evict each other's
+//! entries. Entries a run did not use are removed after it. Reading or writing the cache never fails a check: it only saves time.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -35,12 +36,15 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl FactsCache {
-    /// The cache under `target_dir` for facts that keep the calls named `call_names` (all when `None`).
-    pub fn new(target_dir: &Path, call_names: Option<&BTreeSet<String>>) -> Self {
+    /// The cache under `target_dir` for the workspace at `root`, for facts that keep the calls
+    /// named `call_names` (all when `None`).
+    pub fn new(target_dir: &Path, root: &Path, call_names: Option<&BTreeSet<String>>) -> Self {
         let mut hasher = Sha256::new();
         hasher.update(EXTRACTOR_FINGERPRINT.as_bytes());
         hasher.update(b"\0");
         hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+        hasher.update(b"\0");
+        hasher.update(root.to_string_lossy().as_bytes());
         match call_names {
             None => hasher.update(b"\0*"),
             Some(names) => {
@@ -136,7 +140,7 @@ mod tests {
     #[test]
     fn cached_facts_read_back_the_same() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let cache = FactsCache::new(dir.path(), None);
+        let cache = FactsCache::new(dir.path(), dir.path(), None);
         let text = "const T: &str = \"events\";\nfn f() { sqlx::query(&format!(\"DELETE FROM {T}\")); }\n#[derive(serde::Serialize)]\nstruct E { a: Option<u32> }\n";
         let facts = syntax::extract("src/lib.rs", text, false);
         let key = FactsCache::key("src/lib.rs", false, text);
@@ -151,8 +155,8 @@ mod tests {
     fn the_kept_call_names_select_the_folder() {
         let root = Path::new("/t");
         let names: BTreeSet<String> = ["query".to_owned()].into();
-        let all = FactsCache::new(root, None);
-        let some = FactsCache::new(root, Some(&names));
+        let all = FactsCache::new(root, root, None);
+        let some = FactsCache::new(root, root, Some(&names));
         assert_ne!(all.dir(), some.dir());
         assert!(all.dir().starts_with("/t/nexus-check-cache"));
     }
@@ -161,8 +165,8 @@ mod tests {
     fn unused_entries_are_pruned() {
         let dir = tempfile::tempdir().expect("temp dir");
         let facts = syntax::extract("src/lib.rs", "fn f() {}", false);
-        FactsCache::new(dir.path(), None).put("old", &facts);
-        let cache = FactsCache::new(dir.path(), None);
+        FactsCache::new(dir.path(), dir.path(), None).put("old", &facts);
+        let cache = FactsCache::new(dir.path(), dir.path(), None);
         cache.put("new", &facts);
         cache.prune();
         assert!(cache.get("new").is_some());

@@ -128,7 +128,7 @@ pub fn gather(
 
     let cache = options
         .cache
-        .then(|| FactsCache::new(&target_dir, options.call_names));
+        .then(|| FactsCache::new(&target_dir, &root, options.call_names));
     let files = discover(&packages);
     let parsed: Vec<(SourceFile, FileFacts, Vec<Allow>)> = files
         .into_par_iter()
