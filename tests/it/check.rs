@@ -277,6 +277,58 @@ fn write_baseline_accepts_current_findings() {
 }
 
 #[test]
+fn the_facts_cache_gives_the_same_findings_and_no_cache_bypasses_it() {
+    let dir = workspace(VIOLATING);
+    // The cache lives in the workspace's Cargo target folder, wherever that is configured.
+    let target = dir.path().join("build");
+    let cache = target.join("nexus-check-cache");
+    let nexus = |args: &[&str], root: &Path| -> Output {
+        Command::new(nexus_bin())
+            .args(args)
+            .arg(root)
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("NEXUS_REGISTRY_URL")
+            .output()
+            .expect("nexus runs")
+    };
+    let uncached = nexus(&["check", "--format", "json", "--no-cache"], dir.path());
+    assert_eq!(uncached.status.code(), Some(1), "{uncached:?}");
+    assert!(!cache.exists(), "--no-cache writes no cache");
+
+    let cold = nexus(&["check", "--format", "json"], dir.path());
+    let entries = |dir: &Path| -> usize {
+        walkdir_count(dir, |p| p.extension().is_some_and(|e| e == "json"))
+    };
+    assert_eq!(entries(&cache), 1, "one entry per Rust file");
+    let warm = nexus(&["check", "--format", "json"], dir.path());
+    assert_eq!(stdout(&cold), stdout(&uncached));
+    assert_eq!(stdout(&warm), stdout(&uncached));
+
+    // A changed file is parsed again, and the stale entry is removed.
+    write(dir.path(), "src/lib.rs", CLEAN);
+    let changed = nexus(&["check", "--format", "json"], dir.path());
+    assert_eq!(changed.status.code(), Some(0), "{changed:?}");
+    assert_eq!(entries(&cache), 1);
+}
+
+/// Files under `dir` (recursively) for which `keep` holds.
+fn walkdir_count(dir: &Path, keep: impl Fn(&Path) -> bool + Copy) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .map(|p| {
+                if p.is_dir() {
+                    walkdir_count(&p, keep)
+                } else {
+                    usize::from(keep(&p))
+                }
+            })
+            .sum()
+    })
+}
+
+#[test]
 fn user_rules_run_without_rust_changes() {
     let dir = workspace(CLEAN);
     write(

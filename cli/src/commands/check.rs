@@ -62,6 +62,10 @@ pub(crate) struct CheckArgs {
     /// Colour of human output.
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     pub(crate) color: Color,
+    /// Parse every file again instead of reusing the per-file facts cached in the workspace's
+    /// target folder (`target/nexus-check-cache/`), and leave that cache untouched.
+    #[arg(long)]
+    pub(crate) no_cache: bool,
 }
 
 pub(crate) fn run(args: CheckArgs) -> anyhow::Result<Outcome> {
@@ -86,6 +90,7 @@ pub(crate) fn run(args: CheckArgs) -> anyhow::Result<Outcome> {
         schemas,
         baseline: args.baseline.clone(),
         config: Some(config),
+        cache: !args.no_cache,
     };
     let report = nexus_policy_engine::check(&options)
         .map_err(|err| anyhow::Error::msg(miette::Report::new(err)))?;
