@@ -7,12 +7,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nexus_runtime::bus::local::InProcessBus;
 use nexus_runtime::projection::{
-    Changes, Projection, ProjectionError, ProjectionRunner, RetrySchedule, RunnerOptions,
+    Changes, Projection, ProjectionError, ProjectionRunner, ReadModels, RetrySchedule,
+    RunnerOptions,
 };
 use nexus_runtime::store::embedded::EmbeddedStore;
 use nexus_runtime::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
 
-use crate::support::nexus_bin;
+use crate::support::{drop_database, fresh_database, nexus_bin, service_url};
 
 struct Refuses;
 
@@ -34,7 +35,17 @@ impl Projection for Refuses {
     }
 }
 
+/// Where the projection under test keeps its read model.
+enum Backend<'a> {
+    Sqlite,
+    Postgres(&'a str),
+}
+
 fn dead_letter_in(dir: &std::path::Path) {
+    dead_letter_with(dir, &Backend::Sqlite);
+}
+
+fn dead_letter_with(dir: &std::path::Path, backend: &Backend<'_>) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -51,7 +62,15 @@ fn dead_letter_in(dir: &std::path::Path) {
             ..RunnerOptions::default()
         };
         let bus = Arc::new(InProcessBus::new(Arc::clone(&store)));
-        let runner = ProjectionRunner::new(Arc::clone(&store), bus, dir.join("read-models"))
+        let read_models = match backend {
+            Backend::Sqlite => ReadModels::sqlite(dir.join("read-models")),
+            Backend::Postgres(url) => {
+                ReadModels::postgres(url, ReadModels::DEFAULT_POSTGRES_SCHEMA)
+                    .await
+                    .unwrap()
+            }
+        };
+        let runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models)
             .with_options(options);
         let handle = runner.spawn(Refuses).unwrap();
         let event =
@@ -129,4 +148,48 @@ fn dlq_lists_shows_and_redrives_dead_letters() {
     assert!(
         String::from_utf8_lossy(&unknown.stderr).contains("no read model for projection `nobody`")
     );
+}
+
+#[test]
+fn dlq_reads_and_redrives_dead_letters_kept_in_postgres() {
+    let Some(admin) = service_url("NEXUS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let database = format!("nexus_dlq_{}", std::process::id());
+    let url = fresh_database(&admin, &database);
+    let dir = tempfile::tempdir().unwrap();
+    dead_letter_with(dir.path(), &Backend::Postgres(&url));
+    let run = |args: &[&str]| {
+        Command::new(nexus_bin())
+            .arg("dlq")
+            .args(args)
+            .args(["--postgres-url", &url])
+            .output()
+            .expect("run nexus")
+    };
+
+    let listed = run(&["list", "refuser", "--json"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let letters: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(letters.as_array().unwrap().len(), 1, "{letters}");
+    assert_eq!(letters[0]["error"], "refusing Odd");
+    let redrive = run(&["redrive", "refuser", "--all", "--json"]);
+    assert!(
+        redrive.status.success(),
+        "{}",
+        String::from_utf8_lossy(&redrive.stderr)
+    );
+    let marked: serde_json::Value = serde_json::from_slice(&redrive.stdout).unwrap();
+    assert_eq!(marked["marked"], 1);
+    let other = run(&["list", "someone-else", "--json"]);
+    assert!(other.status.success());
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&other.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    drop_database(&admin, &database);
 }

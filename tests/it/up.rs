@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{nexus_bin, service_url};
+use crate::support::{drop_database, fresh_database, nexus_bin, service_url};
 
 /// A running `nexus up`; tests stop it with [`Up::interrupt`], a panic kills it.
 struct Up {
@@ -415,6 +415,7 @@ fn up_runs_on_postgres_and_nats_and_keeps_its_read_models_in_postgres() {
     let (code, _) = up.interrupt();
     assert_eq!(code, Some(0));
     drop_stream(&nats, &stream);
+    drop_database(&pg, &database);
 }
 
 /// Deletes a JetStream stream a test created.
@@ -427,32 +428,6 @@ fn drop_stream(url: &str, name: &str) {
         let client = async_nats::connect(url).await.unwrap();
         let _ = async_nats::jetstream::new(client).delete_stream(name).await;
     });
-}
-
-/// Creates database `name` on the server at `admin_url` and returns its URL.
-fn fresh_database(admin_url: &str, name: &str) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-            .await
-            .unwrap();
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-    });
-    match admin_url.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{name}"),
-        None => panic!("unexpected PostgreSQL URL {admin_url}"),
-    }
 }
 
 #[test]

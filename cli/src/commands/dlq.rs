@@ -8,16 +8,22 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use nexus_runtime::StreamId;
-use nexus_runtime::projection::{ProjectionRunner, ReadModelStore, RedriveFilter};
+use nexus_runtime::projection::{ProjectionRunner, ReadModelStore, ReadModels, RedriveFilter};
 
 use super::Outcome;
 use crate::output;
 
 #[derive(Debug, Args)]
 pub(crate) struct DlqArgs {
-    /// Folder holding the projections' read models.
+    /// Folder holding the projections' read models (SQLite files).
     #[arg(long, global = true, default_value = ".nexus/data/read-models")]
     read_models: PathBuf,
+    /// Read models in PostgreSQL instead: the database URL.
+    #[arg(long, global = true, env = "NEXUS_READ_MODELS_URL")]
+    postgres_url: Option<String>,
+    /// With `--postgres-url`: the schema holding the read models.
+    #[arg(long, global = true, default_value = ReadModels::DEFAULT_POSTGRES_SCHEMA)]
+    schema: String,
     /// Print JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -55,7 +61,13 @@ pub(crate) enum DlqCommand {
     },
 }
 
-fn open(args: &DlqArgs, projection: &str) -> anyhow::Result<ReadModelStore> {
+async fn open(args: &DlqArgs, projection: &str) -> anyhow::Result<ReadModelStore> {
+    if let Some(url) = &args.postgres_url {
+        let read_models = ReadModels::postgres(url, &args.schema)
+            .await
+            .context("failed to open the read models in PostgreSQL")?;
+        return Ok(read_models.open(projection)?);
+    }
     let path = ProjectionRunner::read_model_path(&args.read_models, projection);
     anyhow::ensure!(
         path.exists(),
@@ -72,7 +84,7 @@ pub(crate) fn run(args: DlqArgs) -> anyhow::Result<Outcome> {
 async fn run_async(args: DlqArgs) -> anyhow::Result<Outcome> {
     match &args.command {
         DlqCommand::List { projection } => {
-            let letters = open(&args, projection)?.dead_letters().await?;
+            let letters = open(&args, projection).await?.dead_letters().await?;
             if args.json {
                 output::json(&letters)?;
             } else if letters.is_empty() {
@@ -94,7 +106,7 @@ async fn run_async(args: DlqArgs) -> anyhow::Result<Outcome> {
             }
         }
         DlqCommand::Show { projection, id } => {
-            let letter = open(&args, projection)?.dead_letter(*id).await?;
+            let letter = open(&args, projection).await?.dead_letter(*id).await?;
             output::json(&letter)?;
         }
         DlqCommand::Redrive {
@@ -116,7 +128,10 @@ async fn run_async(args: DlqArgs) -> anyhow::Result<Outcome> {
                     anyhow::bail!("say what to redrive: --id N, --stream TYPE/ID or --all")
                 }
             };
-            let marked = open(&args, projection)?.request_redrive(&filter).await?;
+            let marked = open(&args, projection)
+                .await?
+                .request_redrive(&filter)
+                .await?;
             if args.json {
                 output::json(&serde_json::json!({ "projection": projection, "marked": marked }))?;
             } else {
