@@ -11,6 +11,8 @@ pub mod event;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod integration;
+#[cfg(feature = "postgres")]
+mod pg;
 pub mod projection;
 pub mod snapshot;
 pub mod store;

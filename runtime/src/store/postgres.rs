@@ -22,11 +22,12 @@ use super::{
     StoreLimits, validate_append,
 };
 use crate::event::{EventId, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::pg::is_connection_error;
 
 /// Default number of partitions.
 pub const DEFAULT_PARTITIONS: u16 = 16;
 
-const MIGRATIONS: &[(i32, &str, &str)] = &[
+const MIGRATIONS: &[crate::pg::Migration] = &[
     (
         1,
         "events",
@@ -150,17 +151,6 @@ impl Sql {
     }
 }
 
-fn is_connection_error(err: &tokio_postgres::Error) -> bool {
-    match err.code() {
-        None => true,
-        Some(code) => {
-            let code = code.code();
-            // Class 08: connection exception; 57P01..57P03: admin shutdown, crash shutdown, cannot connect now.
-            code.starts_with("08") || code.starts_with("57P")
-        }
-    }
-}
-
 fn append_err(err: tokio_postgres::Error) -> AppendError {
     if is_connection_error(&err) {
         AppendError::Unavailable(Box::new(err))
@@ -229,45 +219,9 @@ pub(crate) async fn migrate(pool: &Pool, schema: &str, partitions: u16) -> Resul
         .await
         .map_err(|e| OpenError::Unavailable(Box::new(e)))?;
     let tx = client.transaction().await.map_err(migration)?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext($1))",
-        &[&format!("nexus-migrate-{schema}")],
-    )
-    .await
-    .map_err(migration)?;
-    tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema}; \
-         CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ( \
-             version integer PRIMARY KEY, name text NOT NULL, \
-             applied_at timestamptz NOT NULL DEFAULT now())"
-    ))
-    .await
-    .map_err(migration)?;
-    let applied: Vec<i32> = tx
-        .query(
-            &format!("SELECT version FROM {schema}.schema_migrations"),
-            &[],
-        )
-        .await
-        .map_err(migration)?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    for (version, name, sql) in MIGRATIONS {
-        if applied.contains(version) {
-            continue;
-        }
-        tx.batch_execute(&sql.replace("{schema}", schema))
-            .await
-            .map_err(migration)?;
-        tx.execute(
-            &format!("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"),
-            &[version, name],
-        )
+    crate::pg::migrate(&tx, schema, "schema_migrations", MIGRATIONS)
         .await
         .map_err(migration)?;
-        tracing::info!(schema, version, name, "applied event store migration");
-    }
     let stored: Option<String> = tx
         .query_opt(
             &format!("SELECT value FROM {schema}.store_meta WHERE key = 'partitions'"),

@@ -17,11 +17,12 @@ use tokio_postgres::types::ToSql;
 
 use super::{Batch, DeadLetter, DeadLetterStatus, ReadModelError, RedriveFilter};
 use crate::event::{LogPosition, RecordedEvent, StreamId};
+use crate::pg::is_connection_error;
 
 /// Connections in a pool the read models create for themselves.
 pub(super) const POOL_SIZE: usize = 8;
 
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
+const MIGRATIONS: &[crate::pg::Migration] = &[(
     1,
     "read_models",
     include_str!("../../../migrations/postgres-read-models/0001_read_models.sql"),
@@ -29,17 +30,6 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
 
 const DEAD_LETTER_COLUMNS: &str =
     "id, envelope, error, attempts, first_failed_at, last_failed_at, status";
-
-fn is_connection_error(err: &tokio_postgres::Error) -> bool {
-    match err.code() {
-        None => true,
-        Some(code) => {
-            let code = code.code();
-            // Class 08: connection exception; 57P01..57P03: admin shutdown, crash shutdown, cannot connect now.
-            code.starts_with("08") || code.starts_with("57P")
-        }
-    }
-}
 
 /// Applies pending migrations to `schema`, serialised across processes by an advisory lock.
 async fn migrate(pool: &Pool, schema: &str) -> Result<(), ReadModelError> {
@@ -59,45 +49,9 @@ async fn migrate(pool: &Pool, schema: &str) -> Result<(), ReadModelError> {
     })?;
     let tx = client.transaction().await.map_err(migration)?;
     // The event store takes the same lock for its own migrations of a schema.
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext($1))",
-        &[&format!("nexus-migrate-{schema}")],
-    )
-    .await
-    .map_err(migration)?;
-    tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema}; \
-         CREATE TABLE IF NOT EXISTS {schema}.read_model_migrations ( \
-             version integer PRIMARY KEY, name text NOT NULL, \
-             applied_at timestamptz NOT NULL DEFAULT now())"
-    ))
-    .await
-    .map_err(migration)?;
-    let applied: Vec<i32> = tx
-        .query(
-            &format!("SELECT version FROM {schema}.read_model_migrations"),
-            &[],
-        )
-        .await
-        .map_err(migration)?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    for (version, name, sql) in MIGRATIONS {
-        if applied.contains(version) {
-            continue;
-        }
-        tx.batch_execute(&sql.replace("{schema}", schema))
-            .await
-            .map_err(migration)?;
-        tx.execute(
-            &format!("INSERT INTO {schema}.read_model_migrations (version, name) VALUES ($1, $2)"),
-            &[version, name],
-        )
+    crate::pg::migrate(&tx, schema, "read_model_migrations", MIGRATIONS)
         .await
         .map_err(migration)?;
-        tracing::info!(schema, version, name, "applied read model migration");
-    }
     tx.commit().await.map_err(migration)
 }
 

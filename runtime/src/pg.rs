@@ -1,0 +1,63 @@
+//! What the PostgreSQL adapters (event store, snapshots, read models) share: telling a lost
+//! connection from a failed statement, and versioned migrations under an advisory lock.
+
+use tokio_postgres::Transaction;
+
+/// A versioned migration: its version, a name, and SQL with `{schema}` where the schema goes.
+pub(crate) type Migration = (i32, &'static str, &'static str);
+
+/// Whether `err` means the connection or the server went away (retryable elsewhere), rather
+/// than a statement that failed.
+pub(crate) fn is_connection_error(err: &tokio_postgres::Error) -> bool {
+    match err.code() {
+        None => true,
+        Some(code) => {
+            let code = code.code();
+            // Class 08: connection exception; 57P01..57P03: admin shutdown, crash shutdown, cannot connect now.
+            code.starts_with("08") || code.starts_with("57P")
+        }
+    }
+}
+
+/// Applies the `migrations` of `schema` that its `ledger` table does not list yet, inside `tx`.
+///
+/// Every migrator of one schema takes the same transaction-scoped advisory lock first, so
+/// processes starting together apply each migration exactly once.
+pub(crate) async fn migrate(
+    tx: &Transaction<'_>,
+    schema: &str,
+    ledger: &str,
+    migrations: &[Migration],
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &[&format!("nexus-migrate-{schema}")],
+    )
+    .await?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}; \
+         CREATE TABLE IF NOT EXISTS {schema}.{ledger} ( \
+             version integer PRIMARY KEY, name text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now())"
+    ))
+    .await?;
+    let applied: Vec<i32> = tx
+        .query(&format!("SELECT version FROM {schema}.{ledger}"), &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for (version, name, sql) in migrations {
+        if applied.contains(version) {
+            continue;
+        }
+        tx.batch_execute(&sql.replace("{schema}", schema)).await?;
+        tx.execute(
+            &format!("INSERT INTO {schema}.{ledger} (version, name) VALUES ($1, $2)"),
+            &[version, name],
+        )
+        .await?;
+        tracing::info!(schema, ledger, version, name, "applied migration");
+    }
+    Ok(())
+}
