@@ -24,6 +24,25 @@ pub use health::health_router;
 pub use metrics::{metrics_router, prometheus};
 pub use query::QueryDashboard;
 
+/// Adds what every Nexus service serves beside its own routes: `/openapi.json` (`openapi`),
+/// `/metrics`, and per-route request metrics labelled with `service`.
+fn with_service_routes(routes: Router, service: &str, openapi: serde_json::Value) -> Router {
+    let openapi = std::sync::Arc::new(openapi);
+    let service: std::sync::Arc<str> = service.into();
+    routes
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let openapi = std::sync::Arc::clone(&openapi);
+                async move { axum::Json(openapi.as_ref().clone()) }
+            }),
+        )
+        .merge(metrics_router())
+        .layer(axum::middleware::from_fn(move |request, next| {
+            metrics::track(std::sync::Arc::clone(&service), request, next)
+        }))
+}
+
 /// Serves `router` on `listener` until Ctrl-C or SIGTERM, then lets requests in flight finish.
 pub async fn serve(listener: TcpListener, router: Router) -> std::io::Result<()> {
     serve_until(listener, router, shutdown_signal()).await

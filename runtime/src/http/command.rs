@@ -110,28 +110,17 @@ impl CommandService {
 
     /// The router: the command routes plus `/health`, `/metrics` and `/openapi.json`.
     pub fn router(self) -> Router {
-        let openapi = Arc::new(self.openapi());
+        let openapi = self.openapi();
         let state = Arc::new(Shared {
             store: self.store,
             endpoints: self.endpoints,
         });
-        let service: Arc<str> = self.title.into();
-        Router::new()
+        let routes = Router::new()
             .route("/commands/{aggregate}/{id}", post(execute))
             .route("/aggregates/{aggregate}/{id}", get(state_of))
             .route("/health", get(health))
-            .with_state(state)
-            .route(
-                "/openapi.json",
-                get(move || {
-                    let openapi = Arc::clone(&openapi);
-                    async move { Json(openapi.as_ref().clone()) }
-                }),
-            )
-            .merge(super::metrics_router())
-            .layer(axum::middleware::from_fn(move |request, next| {
-                super::metrics::track(Arc::clone(&service), request, next)
-            }))
+            .with_state(state);
+        super::with_service_routes(routes, &self.title, openapi)
     }
 
     fn openapi(&self) -> Value {

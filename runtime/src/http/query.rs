@@ -76,38 +76,26 @@ impl QueryDashboard {
     /// The router: read models, health, `/metrics`, `/openapi.json` and an overview page at `/`.
     pub fn router(self) -> Router {
         let names: Vec<String> = self.read_models.keys().cloned().collect();
-        let openapi = {
-            let mut doc = OpenApi::new(
-                &self.title,
-                "Serves the read models of this service's projections and their health.",
-            );
-            doc.query_paths(&names);
-            Arc::new(doc.finish(OpenApi::generator()))
-        };
-        let service: Arc<str> = self.title.as_str().into();
+        let mut openapi = OpenApi::new(
+            &self.title,
+            "Serves the read models of this service's projections and their health.",
+        );
+        openapi.query_paths(&names);
+        let openapi = openapi.finish(OpenApi::generator());
+        let title = self.title.clone();
         let state = Arc::new(Shared {
             health: self.health.clone(),
             read_models: self.read_models,
             title: self.title,
         });
-        Router::new()
+        let routes = Router::new()
             .route("/", get(overview))
             .route("/read-models", get(projections))
             .route("/read-models/{projection}/{collection}", get(list))
             .route("/read-models/{projection}/{collection}/{id}", get(one))
             .with_state(state)
-            .route(
-                "/openapi.json",
-                get(move || {
-                    let openapi = Arc::clone(&openapi);
-                    async move { Json(openapi.as_ref().clone()) }
-                }),
-            )
-            .merge(super::health_router(self.health))
-            .merge(super::metrics_router())
-            .layer(axum::middleware::from_fn(move |request, next| {
-                super::metrics::track(Arc::clone(&service), request, next)
-            }))
+            .merge(super::health_router(self.health));
+        super::with_service_routes(routes, &title, openapi)
     }
 }
 
@@ -118,6 +106,20 @@ struct Shared {
 }
 
 impl Shared {
+    /// The projection's read model and the request's parameters, once any `wait_for` is met.
+    async fn ready(
+        &self,
+        projection: &str,
+        pairs: Vec<(String, String)>,
+    ) -> Result<(ReadModelStore, ListParams), ApiError> {
+        let store = self.read_model(projection)?;
+        let params = ListParams::parse(pairs)?;
+        if let Some(wait) = &params.wait {
+            wait.until_applied(&store).await?;
+        }
+        Ok((store, params))
+    }
+
     fn read_model(&self, name: &str) -> Result<ReadModelStore, ApiError> {
         self.read_models.get(name).cloned().ok_or_else(|| {
             ApiError::not_found(
@@ -277,11 +279,7 @@ async fn list(
     Path((projection, collection)): Path<(String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = shared.read_model(&projection)?;
-    let params = ListParams::parse(pairs)?;
-    if let Some(wait) = &params.wait {
-        wait.until_applied(&store).await?;
-    }
+    let (store, params) = shared.ready(&projection, pairs).await?;
     let (limit, offset) = (params.limit, params.offset);
     // One more than asked tells whether a next page exists.
     let mut documents = store
@@ -307,11 +305,7 @@ async fn one(
     Path((projection, collection, id)): Path<(String, String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = shared.read_model(&projection)?;
-    let params = ListParams::parse(pairs)?;
-    if let Some(wait) = &params.wait {
-        wait.until_applied(&store).await?;
-    }
+    let (store, _) = shared.ready(&projection, pairs).await?;
     let found = store
         .get(&collection, &id)
         .await
