@@ -27,27 +27,14 @@ pub(crate) fn service_url(var: &str) -> Option<String> {
     }
 }
 
-/// Creates database `name` on the server at `admin_url` and returns its URL.
+/// Creates database `name` on the server at `admin_url` (dropping a leftover one first) and
+/// returns its URL.
 #[allow(dead_code)]
 pub(crate) fn fresh_database(admin_url: &str, name: &str) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-            .await
-            .unwrap();
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-    });
+    admin(
+        admin_url,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE); CREATE DATABASE {name}"),
+    );
     match admin_url.rsplit_once('/') {
         Some((server, _)) => format!("{server}/{name}"),
         None => panic!("unexpected PostgreSQL URL {admin_url}"),
@@ -57,6 +44,14 @@ pub(crate) fn fresh_database(admin_url: &str, name: &str) -> String {
 /// Drops database `name` (and any connection still open to it) on the server at `admin_url`.
 #[allow(dead_code)]
 pub(crate) fn drop_database(admin_url: &str, name: &str) {
+    admin(
+        admin_url,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    );
+}
+
+/// Runs `sql` (statements that may not run in a transaction, one at a time) on `admin_url`.
+fn admin(admin_url: &str, sql: &str) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -66,9 +61,8 @@ pub(crate) fn drop_database(admin_url: &str, name: &str) {
             .await
             .unwrap();
         tokio::spawn(connection);
-        client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await
-            .unwrap();
+        for statement in sql.split("; ") {
+            client.batch_execute(statement).await.unwrap();
+        }
     });
 }
