@@ -127,22 +127,26 @@ services_by_ident := {ident: [s | some s in sibling_services; ident in crate_ide
 	some ident in crate_idents(t)
 }
 
-# The sibling service an argument addresses, with what matched.
-target(c, a) := [s, sprintf("`%s`", [a.text])] if {
+# Every sibling service an argument addresses, as [service, what matched] pairs. A set, because
+# one argument may reach several siblings: the host of one and the environment variable of
+# another, or an address two services share.
+targets(c, a) := {[s, via] |
 	some h in hosts(a)
 	some s in object.get(services_by_host, h, [])
 	s.package != c.package
-}
-
-target(c, a) := [s, sprintf("the environment variable `%s`", [address])] if {
+	via := sprintf("`%s`", [a.text])
+} | {[s, via] |
 	some address in a.env
 	some s in object.get(services_by_env, address, [])
 	s.package != c.package
+	via := sprintf("the environment variable `%s`", [address])
 }
 
-caller(c) := s.name if {
-	some s in input.config.services
-	s.package == c.package
+# The service built by the caller's package: the first one `nexus.toml` lists, as `nexus check`
+# itself picks it, so two services sharing a package cannot make this ambiguous.
+caller(c) := names[0] if {
+	names := [s.name | some s in input.config.services; s.package == c.package]
+	count(names) > 0
 }
 
 caller(c) := sprintf("package `%s`", [c.package]) if {
@@ -151,7 +155,7 @@ caller(c) := sprintf("package `%s`", [c.package]) if {
 
 addressed(c) if {
 	some a in c.args
-	target(c, a)
+	count(targets(c, a)) > 0
 }
 
 # `input.call_index` maps a call name to the positions of its calls in `input.calls`.
@@ -172,11 +176,15 @@ generated_candidates := array.concat(
 	[c | some c in calls_named({"new"}); endswith(c.path, "Client::new")],
 )
 
-# Each client call argument that addresses a sibling, with the sibling and what matched.
-addressing contains [c, a, t] if {
+# Each client call argument and each sibling it addresses, with what matched: one finding per
+# sibling reached. When one argument reaches the same sibling in two ways (its host and its
+# environment variable), the finding names the first of them in sorted order.
+addressing contains [c, a, [s, via]] if {
 	some c in client_calls
 	some a in c.args
-	t := target(c, a)
+	found := targets(c, a)
+	some s in {t | some [t, _] in found}
+	via := min({v | some [t, v] in found; t == s})
 }
 
 deny contains v if {
@@ -190,8 +198,9 @@ deny contains v if {
 	}
 }
 
-# gRPC clients generated from a sibling's proto (`query_dashboard::…Client::connect`).
-generated_sibling(c) := s if {
+# gRPC clients generated from a sibling's proto (`query_dashboard::…Client::connect`): every
+# sibling the path names, a set, since two path segments may each name one.
+generated_siblings(c) := {s |
 	c.name in {"connect", "new", "with_origin"}
 	c.kind == "fn"
 	some suffix in {"Client::connect", "Client::new", "Client::with_origin"}
@@ -201,11 +210,13 @@ generated_sibling(c) := s if {
 	s.package != c.package
 }
 
+generated_sibling(c) if count(generated_siblings(c)) > 0
+
 deny contains v if {
 	some c in generated_candidates
 	checked(c)
 	not addressed(c)
-	s := generated_sibling(c)
+	some s in generated_siblings(c)
 	v := {
 		"message": sprintf("`%s` calls service `%s` directly through a gRPC client generated from its proto", [caller(c), s.name]),
 		"span": c.span,

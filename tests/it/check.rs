@@ -144,6 +144,50 @@ fn an_unparsable_file_is_reported_not_fatal() {
 }
 
 #[test]
+fn a_call_reaching_two_sibling_services_is_reported_not_fatal() {
+    // One argument names the dashboard's host and the billing service's environment variable;
+    // the billing service and a reporting service share the `gateway` address.
+    let dir = workspace(
+        r#"pub async fn forward(client: &reqwest::Client) -> Result<(), reqwest::Error> {
+    let billing = std::env::var("BILLING_URL").unwrap_or_default();
+    reqwest::get(format!("http://query-dashboard/proxy?to={billing}")).await?;
+    client.get("http://gateway:8080/totals").send().await?;
+    Ok(())
+}
+"#,
+    );
+    let config = format!(
+        "{CONFIG}\n[services.billing]\npackage = \"billing\"\nrole = \"service\"\naddresses = [\"gateway\", \"BILLING_URL\"]\n\n[services.reporting]\npackage = \"reporting\"\nrole = \"query\"\naddresses = [\"gateway\"]\n"
+    );
+    write(dir.path(), "nexus.toml", &config);
+    let out = nexus(&["check", "--format", "json"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let mut found: Vec<(u64, String)> = json["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["rule"] == "NX001")
+        .map(|f| {
+            let message = f["message"].as_str().expect("message");
+            let service = message.split('`').nth(3).expect("a service name");
+            (f["line"].as_u64().expect("line"), service.to_owned())
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            (3, "billing".to_owned()),
+            (3, "query-dashboard".to_owned()),
+            (4, "billing".to_owned()),
+            (4, "reporting".to_owned()),
+        ],
+        "{json:#}"
+    );
+}
+
+#[test]
 fn json_has_the_documented_shape() {
     let dir = workspace(VIOLATING);
     let out = nexus(&["check", "--format", "json"], dir.path());
