@@ -211,14 +211,14 @@ pub fn gather(
 
     let mut events = Vec::new();
     let mut protos = Vec::new();
-    let mut shapes: Vec<BTreeMap<&str, Vec<&Vec<syntax::FieldShape>>>> =
+    let mut shapes: Vec<BTreeMap<&str, Vec<&syntax::TypeShape>>> =
         packages.iter().map(|_| BTreeMap::new()).collect();
     for (file, facts) in &parsed {
-        for (name, fields) in &facts.shapes {
+        for (name, shape) in &facts.shapes {
             shapes[file.package]
                 .entry(name.as_str())
                 .or_default()
-                .push(fields);
+                .push(shape);
         }
     }
     for (file, facts) in &parsed {
@@ -227,16 +227,20 @@ pub fn gather(
             protos.push(json!({"package": package, "proto": proto, "span": span}));
         }
         for event in &facts.event_impls {
+            // The fields and serde's tagging of a type defined once in the package.
             let lookup = |name: &str| match shapes[file.package].get(name).map(Vec::as_slice) {
-                Some([fields]) => serde_json::to_value(fields).ok(),
-                _ => None,
+                Some([shape]) => (
+                    serde_json::to_value(&shape.fields).ok(),
+                    serde_json::to_value(&shape.tagging).ok(),
+                ),
+                _ => (None, None),
             };
             let mut types = event.event_types.clone();
             if types.is_empty() {
                 types.push((event.type_name.clone(), None));
             }
             for (event_type, variant) in types {
-                let fields = match &variant {
+                let (fields, tagging) = match &variant {
                     Some(variant) => lookup(&format!("{}::{variant}", event.type_name)),
                     None => lookup(&event.type_name),
                 };
@@ -249,6 +253,7 @@ pub fn gather(
                     "version": event.version.unwrap_or(1),
                     "span": event.span,
                     "fields": fields,
+                    "serde": tagging,
                     "test": event.test,
                 }));
             }

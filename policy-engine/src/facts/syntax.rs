@@ -23,7 +23,7 @@ pub struct FileFacts {
     /// `impl DomainEvent for X` blocks.
     pub event_impls: Vec<EventImpl>,
     /// Named-field structs and enum variants, by type name (`Type` or `Enum::Variant`).
-    pub shapes: Vec<(String, Vec<FieldShape>)>,
+    pub shapes: Vec<(String, TypeShape)>,
     /// `tonic::include_proto!("pkg")` invocations.
     pub protos: Vec<(String, Span)>,
     /// The parse error, when the file is not valid Rust.
@@ -65,6 +65,52 @@ pub struct EventImpl {
     pub span: Span,
     /// Whether it is test code.
     pub test: bool,
+}
+
+/// How serde serialises a named-field struct or enum variant: its fields, and where they go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeShape {
+    /// The fields, after serde renames, skips and flattens.
+    pub fields: Vec<FieldShape>,
+    /// What serde writes around them.
+    pub tagging: Tagging,
+}
+
+/// serde's enum representation (and a struct's `#[serde(tag = "…")]`), which decides where a
+/// variant's fields sit in the payload. `variant` is the name serde writes for the variant
+/// (after `rename` and the enum's `rename_all`); `span` is the `tag = "…"` attribute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "style", rename_all = "lowercase")]
+pub enum Tagging {
+    /// A struct without `tag`: the fields are the payload.
+    None,
+    /// An enum without `tag` or `untagged`, serde's default: `{"<variant>": {fields}}`.
+    External {
+        /// The variant's key.
+        variant: String,
+    },
+    /// `#[serde(tag = "t")]`: `{"t": "<variant>", fields}`.
+    Internal {
+        /// The tag's key.
+        tag: String,
+        /// The tag's value.
+        variant: String,
+        /// The `tag = "…"` attribute.
+        span: Span,
+    },
+    /// `#[serde(tag = "t", content = "c")]`: `{"t": "<variant>", "c": {fields}}`.
+    Adjacent {
+        /// The tag's key.
+        tag: String,
+        /// The content's key.
+        content: String,
+        /// The tag's value.
+        variant: String,
+        /// The `tag = "…"` attribute.
+        span: Span,
+    },
+    /// `#[serde(untagged)]`: the fields are the payload.
+    Untagged,
 }
 
 /// One serialised field of an event type.
@@ -876,20 +922,43 @@ impl<'ast> Visit<'ast> for Walker<'_> {
     fn visit_item_struct(&mut self, item: &'ast syn::ItemStruct) {
         if let syn::Fields::Named(fields) = &item.fields {
             let rename_all = serde_rename_all(&item.attrs);
-            let shape = field_shapes(self.file, fields, rename_all.as_deref());
-            self.out.shapes.push((item.ident.to_string(), shape));
+            let fields = field_shapes(self.file, fields, rename_all.as_deref());
+            let container = serde_container(self.file, &item.attrs);
+            let tagging = match container.tag {
+                Some((tag, span)) => Tagging::Internal {
+                    tag,
+                    variant: container.rename.unwrap_or_else(|| item.ident.to_string()),
+                    span,
+                },
+                None => Tagging::None,
+            };
+            self.out
+                .shapes
+                .push((item.ident.to_string(), TypeShape { fields, tagging }));
         }
         visit::visit_item_struct(self, item);
     }
 
     fn visit_item_enum(&mut self, item: &'ast syn::ItemEnum) {
         let rename_all = serde_rename_all_fields(&item.attrs);
+        let container = serde_container(self.file, &item.attrs);
         for variant in &item.variants {
             if let syn::Fields::Named(fields) = &variant.fields {
-                let shape = field_shapes(self.file, fields, rename_all.as_deref());
-                self.out
-                    .shapes
-                    .push((format!("{}::{}", item.ident, variant.ident), shape));
+                let fields = field_shapes(self.file, fields, rename_all.as_deref());
+                let mut name = None;
+                serde_meta(&variant.attrs, |key, value| {
+                    if key == "rename" {
+                        name = value.filter(|v| !v.is_empty());
+                    }
+                });
+                let variant_name = name.unwrap_or_else(|| {
+                    rename_variant(&variant.ident.to_string(), container.rename_all.as_deref())
+                });
+                let tagging = container.tagging(variant_name);
+                self.out.shapes.push((
+                    format!("{}::{}", item.ident, variant.ident),
+                    TypeShape { fields, tagging },
+                ));
             }
         }
         visit::visit_item_enum(self, item);
@@ -1018,6 +1087,96 @@ fn serde_meta(attrs: &[syn::Attribute], mut f: impl FnMut(&str, Option<String>))
             Ok(())
         });
     }
+}
+
+/// The serde container attributes that decide where an enum's variants put their fields.
+#[derive(Debug, Default)]
+struct SerdeContainer {
+    /// `tag = "…"`, with the attribute's span.
+    tag: Option<(String, Span)>,
+    /// `content = "…"`.
+    content: Option<String>,
+    /// `untagged`.
+    untagged: bool,
+    /// `rename_all = "…"` (for an enum, the variants' names).
+    rename_all: Option<String>,
+    /// `rename = "…"` (for a struct with `tag`, the tag's value).
+    rename: Option<String>,
+}
+
+impl SerdeContainer {
+    /// The tagging of a variant serialised under `variant`.
+    fn tagging(&self, variant: String) -> Tagging {
+        match (&self.tag, &self.content) {
+            _ if self.untagged => Tagging::Untagged,
+            (Some((tag, span)), Some(content)) => Tagging::Adjacent {
+                tag: tag.clone(),
+                content: content.clone(),
+                variant,
+                span: span.clone(),
+            },
+            (Some((tag, span)), None) => Tagging::Internal {
+                tag: tag.clone(),
+                variant,
+                span: span.clone(),
+            },
+            (None, _) => Tagging::External { variant },
+        }
+    }
+}
+
+/// Reads `#[serde(tag, content, untagged, rename_all, rename)]` off a struct or enum.
+fn serde_container(file: &str, attrs: &[syn::Attribute]) -> SerdeContainer {
+    let mut out = SerdeContainer::default();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("serde")) {
+        let _ = attr.parse_nested_meta(|meta| {
+            let key = meta
+                .path
+                .get_ident()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            if meta.input.peek(Token![=]) {
+                let value: Expr = meta.value()?.parse()?;
+                let Expr::Lit(syn::ExprLit {
+                    lit: Lit::Str(text),
+                    ..
+                }) = value
+                else {
+                    return Ok(());
+                };
+                match key.as_str() {
+                    "tag" => {
+                        let span = span_between(file, meta.path.span(), text.span());
+                        out.tag = Some((text.value(), span));
+                    }
+                    "content" => out.content = Some(text.value()),
+                    "rename_all" => out.rename_all = Some(text.value()),
+                    "rename" => out.rename = Some(text.value()),
+                    _ => {}
+                }
+            } else if meta.input.peek(syn::token::Paren) {
+                // `rename_all(serialize = "…", deserialize = "…")`: the payload is what is
+                // serialised.
+                let _ = meta.parse_nested_meta(|inner| {
+                    if inner.input.peek(Token![=]) {
+                        let value: syn::LitStr = inner.value()?.parse()?;
+                        if inner.path.is_ident("serialize") {
+                            match key.as_str() {
+                                "rename_all" => out.rename_all = Some(value.value()),
+                                "rename" => out.rename = Some(value.value()),
+                                _ => {}
+                            }
+                        }
+                    }
+                    Ok(())
+                });
+            } else if key == "untagged" {
+                out.untagged = true;
+            }
+            Ok(())
+        });
+    }
+    out
 }
 
 fn serde_rename_all(attrs: &[syn::Attribute]) -> Option<String> {
@@ -1158,6 +1317,35 @@ fn json_type(ty: &syn::Type) -> (Option<&'static str>, bool) {
     }
 }
 
+/// Applies a serde `rename_all` rule to a PascalCase variant name, as serde does.
+pub fn rename_variant(variant: &str, rule: Option<&str>) -> String {
+    let snake = || {
+        let mut out = String::new();
+        for (i, c) in variant.char_indices() {
+            if i > 0 && c.is_uppercase() {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        out
+    };
+    match rule {
+        Some("lowercase") => variant.to_ascii_lowercase(),
+        Some("UPPERCASE") => variant.to_ascii_uppercase(),
+        Some("camelCase") => {
+            let mut chars = variant.chars();
+            chars.next().map_or_else(String::new, |c| {
+                c.to_ascii_lowercase().to_string() + chars.as_str()
+            })
+        }
+        Some("snake_case") => snake(),
+        Some("SCREAMING_SNAKE_CASE") => snake().to_ascii_uppercase(),
+        Some("kebab-case") => snake().replace('_', "-"),
+        Some("SCREAMING-KEBAB-CASE") => snake().to_ascii_uppercase().replace('_', "-"),
+        _ => variant.to_owned(),
+    }
+}
+
 /// Applies a serde `rename_all` rule to a snake_case field name.
 pub fn apply_rename_rule(field: &str, rule: Option<&str>) -> String {
     let words: Vec<&str> = field.split('_').filter(|w| !w.is_empty()).collect();
@@ -1202,6 +1390,75 @@ mod tests {
             "order-id"
         );
         assert_eq!(apply_rename_rule("order_id", None), "order_id");
+    }
+
+    #[test]
+    fn variant_rename_rules_follow_serde() {
+        let cases = [
+            (Some("snake_case"), "order_placed"),
+            (Some("SCREAMING_SNAKE_CASE"), "ORDER_PLACED"),
+            (Some("kebab-case"), "order-placed"),
+            (Some("SCREAMING-KEBAB-CASE"), "ORDER-PLACED"),
+            (Some("camelCase"), "orderPlaced"),
+            (Some("lowercase"), "orderplaced"),
+            (Some("UPPERCASE"), "ORDERPLACED"),
+            (Some("PascalCase"), "OrderPlaced"),
+            (None, "OrderPlaced"),
+        ];
+        for (rule, expected) in cases {
+            assert_eq!(rename_variant("OrderPlaced", rule), expected, "{rule:?}");
+        }
+    }
+
+    fn tagging_of(source: &str, name: &str) -> Tagging {
+        let facts = extract("src/lib.rs", source, false);
+        facts
+            .shapes
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, shape)| shape.tagging)
+            .expect("the type has a shape")
+    }
+
+    #[test]
+    fn serde_tagging_is_recorded() {
+        let internal = tagging_of(
+            "#[derive(Serialize)]\n#[serde(tag = \"type\", rename_all = \"snake_case\")]\nenum E { OrderPlaced { id: String } }\n",
+            "E::OrderPlaced",
+        );
+        let Tagging::Internal { tag, variant, span } = internal else {
+            panic!("internally tagged: {internal:?}");
+        };
+        assert_eq!((tag.as_str(), variant.as_str()), ("type", "order_placed"));
+        assert_eq!((span.line, span.column, span.end_column), (2, 9, 21));
+
+        let adjacent = tagging_of(
+            "#[serde(tag = \"kind\")]\n#[serde(content = \"data\")]\nenum E { #[serde(rename = \"placed\")] A { id: String } }\n",
+            "E::A",
+        );
+        assert!(
+            matches!(&adjacent, Tagging::Adjacent { tag, content, variant, .. }
+                if tag == "kind" && content == "data" && variant == "placed"),
+            "{adjacent:?}"
+        );
+        assert_eq!(
+            tagging_of("enum E { A { id: String } }", "E::A"),
+            Tagging::External {
+                variant: "A".to_owned()
+            }
+        );
+        assert_eq!(
+            tagging_of(
+                "#[serde(untagged, tag = \"t\")]\nenum E { A { id: String } }",
+                "E::A"
+            ),
+            Tagging::Untagged
+        );
+        assert_eq!(tagging_of("struct S { id: String }", "S"), Tagging::None);
+        assert!(matches!(
+            tagging_of("#[serde(tag = \"t\")]\nstruct S { id: String }", "S"),
+            Tagging::Internal { variant, .. } if variant == "S"
+        ));
     }
 
     #[test]
