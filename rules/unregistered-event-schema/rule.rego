@@ -54,35 +54,117 @@ deny contains v if {
 	}
 }
 
-fields_of(e) := {f.name: f | some f in e.fields}
+# How serde lays an event's payload out, from the `serde` fact of its type: a list of layers
+# [schema part, fields, wrapper], each comparing the fields serde writes at one level with the
+# part of the registered schema that describes that level (`wrapper` names the key the level sits
+# under, "" for the top level).
+#
+# - A struct, or an `untagged` enum: the fields are the payload.
+# - Internally tagged (`tag = "t"`): the fields plus the tag, a string every payload carries.
+# - Adjacently tagged (`tag = "t", content = "c"`): `t` and the object `c` at the top, the fields
+#   inside `c`, when the schema names `t` or `c`. A schema that names neither describes only the
+#   variant's fields, and is compared with them.
+# - Externally tagged (serde's default for enums): the object `<variant>` at the top, the fields
+#   inside it, when the schema names the variant; otherwise, as above, the schema describes the
+#   variant's fields.
+style(e) := object.get(e, ["serde", "style"], "none")
 
-deny contains v if {
+layers(e, schema) := [[schema, array.concat(e.fields, [tag_field(e)]), ""]] if {
+	style(e) == "internal"
+} else := [
+	[schema, [tag_field(e), added_field(e.serde.content, "object", "content field", e.serde.span)], ""],
+	[inner(schema, e.serde.content), e.fields, e.serde.content],
+] if {
+	style(e) == "adjacent"
+	names_any(schema, {e.serde.tag, e.serde.content})
+} else := [
+	[schema, [added_field(e.serde.variant, "object", "variant key", e.span)], ""],
+	[inner(schema, e.serde.variant), e.fields, e.serde.variant],
+] if {
+	style(e) == "external"
+	names_any(schema, {e.serde.variant})
+} else := [[schema, e.fields, ""]]
+
+tag_field(e) := added_field(e.serde.tag, "string", "tag", e.serde.span)
+
+# A key serde adds around the variant's fields: never optional, of a fixed JSON type.
+added_field(name, type, what, span) := {"name": name, "type": type, "optional": false, "rust_type": type, "span": span, "added": what}
+
+names_any(schema, keys) if {
+	some k in keys
+	k in object.keys(object.get(schema, "properties", {}))
+}
+
+names_any(schema, keys) if {
+	some k in keys
+	k in object.get(schema, "required", [])
+}
+
+# The schema of the object under `key`; `{}` (anything) when it is not spelled out inline.
+inner(schema, key) := part if {
+	part := object.get(schema, ["properties", key], {})
+	is_object(part)
+} else := {}
+
+# Every level of every checked event that has a registered schema of its version.
+compared contains [e, part, fields, wrapper] if {
 	input.schemas_loaded
 	some e in input.events
 	checked(e)
 	e.fields != null
 	schema := schema_for(e)
-	some name in object.get(schema, "required", [])
-	not fields_of(e)[name]
+	some [part, fields, wrapper] in layers(e, schema)
+}
+
+fields_of(fields) := {f.name: f | some f in fields}
+
+# "field `x` of event `E`", "field `x` inside `data` of event `E`", "serde tag `type` of event `E`".
+describe(e, f, "") := sprintf("field `%s` of event `%s`", [f.name, e.event_type]) if not f.added
+
+describe(e, f, wrapper) := sprintf("field `%s` inside `%s` of event `%s`", [f.name, wrapper, e.event_type]) if {
+	wrapper != ""
+	not f.added
+}
+
+describe(e, f, _) := sprintf("serde %s `%s` of event `%s`", [f.added, f.name, e.event_type]) if f.added
+
+inside("") := ""
+
+inside(wrapper) := sprintf(" inside `%s`", [wrapper]) if wrapper != ""
+
+missing_help(e, "") := "add the field (mind serde renames), or register a schema version that does not require it" if {
+	not style(e) in {"adjacent", "external"}
+}
+
+missing_help(e, "") := sprintf("serde writes this variant's fields inside `%s`: describe them under the schema's `properties.%s`, or register a schema version that does not require the field", [wrapper_key(e), wrapper_key(e)]) if {
+	style(e) in {"adjacent", "external"}
+}
+
+missing_help(_, wrapper) := "add the field (mind serde renames), or register a schema version that does not require it" if wrapper != ""
+
+wrapper_key(e) := e.serde.content if style(e) == "adjacent"
+
+wrapper_key(e) := e.serde.variant if style(e) == "external"
+
+deny contains v if {
+	some [e, part, fields, wrapper] in compared
+	some name in object.get(part, "required", [])
+	not fields_of(fields)[name]
 	v := {
-		"message": sprintf("event `%s` has no field `%s`, which its registered schema requires", [e.event_type, name]),
+		"message": sprintf("event `%s` has no field `%s`%s, which its registered schema requires", [e.event_type, name, inside(wrapper)]),
 		"span": e.span,
 		"label": sprintf("`%s` is missing `%s`", [e.type_name, name]),
-		"help": "add the field (mind serde renames), or register a schema version that does not require it",
+		"help": missing_help(e, wrapper),
 	}
 }
 
 deny contains v if {
-	input.schemas_loaded
-	some e in input.events
-	checked(e)
-	e.fields != null
-	schema := schema_for(e)
-	some name in object.get(schema, "required", [])
-	f := fields_of(e)[name]
+	some [e, part, fields, wrapper] in compared
+	some name in object.get(part, "required", [])
+	f := fields_of(fields)[name]
 	f.optional
 	v := {
-		"message": sprintf("field `%s` of event `%s` is optional, but its registered schema requires it", [name, e.event_type]),
+		"message": sprintf("%s is optional, but its registered schema requires it", [describe(e, f, wrapper)]),
 		"span": f.span,
 		"label": sprintf("`%s` may be absent", [f.rust_type]),
 		"help": "make the field required, or register a schema version where it is optional",
@@ -90,41 +172,50 @@ deny contains v if {
 }
 
 deny contains v if {
-	input.schemas_loaded
-	some e in input.events
-	checked(e)
-	e.fields != null
-	schema := schema_for(e)
-	object.get(schema, "additionalProperties", true) == false
-	some f in e.fields
-	not f.name in object.keys(object.get(schema, "properties", {}))
+	some [e, part, fields, wrapper] in compared
+	object.get(part, "additionalProperties", true) == false
+	some f in fields
+	not f.name in object.keys(object.get(part, "properties", {}))
 	v := {
-		"message": sprintf("field `%s` of event `%s` is not in its registered schema, which allows no other properties", [f.name, e.event_type]),
+		"message": sprintf("%s is not in its registered schema, which allows no other properties", [describe(e, f, wrapper)]),
 		"span": f.span,
 		"label": "not in the schema",
-		"help": "register a schema version with this property, or rename the field to match (`#[serde(rename = \"…\")]`)",
+		"help": extra_help(e, f),
 	}
 }
 
+extra_help(_, f) := "register a schema version with this property, or rename the field to match (`#[serde(rename = \"…\")]`)" if not f.added
+
+extra_help(e, f) := sprintf("every `%s` payload carries serde's tag: register a schema version with the property (`\"%s\": {\"const\": \"%s\"}`)", [e.event_type, f.name, e.serde.variant]) if f.added == "tag"
+
+extra_help(_, f) := sprintf("serde writes `%s` around the variant's fields: register a schema version with this property", [f.name]) if {
+	f.added
+	f.added != "tag"
+}
+
 deny contains v if {
-	input.schemas_loaded
-	some e in input.events
-	checked(e)
-	e.fields != null
-	schema := schema_for(e)
-	some f in e.fields
+	some [e, part, fields, wrapper] in compared
+	some f in fields
 	f.type != null
-	property := object.get(schema, ["properties", f.name], {})
+	property := object.get(part, ["properties", f.name], {})
 	declared := object.get(property, "type", null)
 	declared != null
 	not type_matches(f.type, declared)
 	v := {
-		"message": sprintf("field `%s` of event `%s` serialises as %s, but its registered schema says %s", [f.name, e.event_type, f.type, json.marshal(declared)]),
+		"message": sprintf("%s serialises as %s, but its registered schema says %s", [describe(e, f, wrapper), f.type, json.marshal(declared)]),
 		"span": f.span,
-		"label": sprintf("`%s`", [f.rust_type]),
-		"help": "change the field's type to match the schema, or register a new major version",
+		"label": type_label(f),
+		"help": type_help(f),
 	}
 }
+
+type_label(f) := sprintf("`%s`", [f.rust_type]) if not f.added
+
+type_label(f) := sprintf("serde writes a %s here", [f.type]) if f.added
+
+type_help(f) := "change the field's type to match the schema, or register a new major version" if not f.added
+
+type_help(f) := sprintf("serde always writes its %s as a %s: register a new major version whose schema says so", [f.added, f.type]) if f.added
 
 type_matches(t, declared) if t == declared
 

@@ -33,3 +33,49 @@ test_without_schemas_each_event_gets_a_note if {
 	some v in violations
 	v.severity == "note"
 }
+
+tagged(fields, serde) := object.union(event(fields), {"serde": serde})
+
+internal := {"style": "internal", "tag": "type", "variant": "OrderPlaced", "span": span}
+
+test_an_internal_tag_is_a_present_required_string if {
+	doc := {"properties": {"type": {"type": "string", "const": "OrderPlaced"}, "id": {"type": "string"}}, "required": ["type", "id"], "additionalProperties": false}
+	count(rule.deny) == 0 with input as object.union(base, {"events": [tagged([field("id", "string", false)], internal)], "schemas": [schema(doc)]})
+}
+
+test_an_internal_tag_must_be_in_a_closed_schema if {
+	doc := {"properties": {"id": {"type": "string"}}, "additionalProperties": false}
+	violations := rule.deny with input as object.union(base, {"events": [tagged([field("id", "string", false)], internal)], "schemas": [schema(doc)]})
+	count(violations) == 1
+	some v in violations
+	startswith(v.message, "serde tag `type` of event `OrderPlaced` is not in its registered schema")
+}
+
+test_an_internal_tag_is_a_string if {
+	doc := {"properties": {"type": {"type": "integer"}}}
+	count(rule.deny) == 1 with input as object.union(base, {"events": [tagged([], internal)], "schemas": [schema(doc)]})
+}
+
+test_an_adjacent_schema_is_read_inside_the_content if {
+	adjacent := {"style": "adjacent", "tag": "kind", "content": "data", "variant": "OrderPlaced", "span": span}
+	ok := {"properties": {"kind": {"const": "OrderPlaced"}, "data": {"properties": {"id": {"type": "string"}}, "required": ["id"]}}, "required": ["kind", "data"], "additionalProperties": false}
+	count(rule.deny) == 0 with input as object.union(base, {"events": [tagged([field("id", "string", false)], adjacent)], "schemas": [schema(ok)]})
+	missing := {"properties": {"data": {"required": ["id", "n"]}}}
+	violations := rule.deny with input as object.union(base, {"events": [tagged([field("id", "string", false)], adjacent)], "schemas": [schema(missing)]})
+	{v.message | some v in violations} == {"event `OrderPlaced` has no field `n` inside `data`, which its registered schema requires"}
+}
+
+test_a_wrapped_variant_may_be_described_by_its_fields_alone if {
+	doc := {"properties": {"id": {"type": "string"}}, "required": ["id"], "additionalProperties": false}
+	external := {"style": "external", "variant": "OrderPlaced"}
+	adjacent := {"style": "adjacent", "tag": "kind", "content": "data", "variant": "OrderPlaced", "span": span}
+	count(rule.deny) == 0 with input as object.union(base, {"events": [tagged([field("id", "string", false)], external)], "schemas": [schema(doc)]})
+	count(rule.deny) == 0 with input as object.union(base, {"events": [tagged([field("id", "string", false)], adjacent)], "schemas": [schema(doc)]})
+}
+
+test_an_external_schema_naming_the_variant_is_read_inside_it if {
+	external := {"style": "external", "variant": "OrderPlaced"}
+	doc := {"properties": {"OrderPlaced": {"properties": {"id": {"type": "integer"}}}}, "required": ["OrderPlaced"], "additionalProperties": false}
+	violations := rule.deny with input as object.union(base, {"events": [tagged([field("id", "string", false)], external)], "schemas": [schema(doc)]})
+	{v.message | some v in violations} == {"field `id` inside `OrderPlaced` of event `OrderPlaced` serialises as string, but its registered schema says \"integer\""}
+}
