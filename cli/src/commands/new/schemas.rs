@@ -45,11 +45,6 @@ pub(super) fn split(root: Value) -> anyhow::Result<Vec<(String, Value)>> {
                 schema.insert(key.clone(), value.clone());
             }
         }
-        // `nexus check` (NX004) compares required properties with the event's Rust fields, and
-        // serde's tag is not one of them: keep `type` described, but not required.
-        if let Some(required) = schema.get_mut("required").and_then(Value::as_array_mut) {
-            required.retain(|r| r != "type");
-        }
         if let Some(defs) = root.get("$defs") {
             schema.insert("$defs".into(), defs.clone());
         }
@@ -78,6 +73,8 @@ mod tests {
         let (_, placed) = &schemas[0];
         assert_eq!(placed["title"], "OrderPlaced");
         assert_eq!(placed["properties"]["customer"]["type"], "string");
-        assert_eq!(placed["required"], serde_json::json!(["customer"]));
+        // Every payload carries serde's tag, so the schema requires it (NX004 knows the tag).
+        assert_eq!(placed["required"], serde_json::json!(["type", "customer"]));
+        assert_eq!(placed["properties"]["type"]["const"], "OrderPlaced");
     }
 }
