@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::aggregate::Aggregate;
-use crate::event::{EventId, Metadata, NewEvent, PayloadError, RecordedEvent, StreamId};
+use crate::event::{EventId, Metadata, NewEvent, PayloadError, StreamId};
 use crate::snapshot::{Snapshot, SnapshotError, SnapshotStore};
-use crate::store::{AppendError, EventStore, ExpectedVersion, ReadError};
+use crate::store::{AppendError, EventStore, ExpectedVersion, ReadError, StoredPayload};
 
 /// An aggregate's state rebuilt from the store.
 #[derive(Debug, Clone)]
@@ -189,18 +189,13 @@ impl<A: Aggregate> Repository<A> {
                 events_applied: 0,
             },
         };
-        let tail = match self
-            .store
-            .read_stream(&stream, loaded.version + 1, None)
-            .await
-        {
+        let tail = match self.store.read_payloads(&stream, loaded.version + 1).await {
             Ok(events) => events,
-            Err(ReadError::StreamNotFound(_)) => Vec::new(),
             Err(source) => return Err(LoadError::Read { stream, source }),
         };
-        for recorded in &tail {
-            apply_recorded(&mut loaded.state, recorded)?;
-            loaded.version = recorded.version;
+        for stored in &tail {
+            apply_stored(&mut loaded.state, &stream, stored)?;
+            loaded.version = stored.version;
         }
         loaded.events_applied = tail.len();
         if loaded.snapshot_version.is_some() {
@@ -291,13 +286,18 @@ fn decode_snapshot<A: Aggregate>(snapshot: &Snapshot) -> Option<Loaded<A>> {
     })
 }
 
-fn apply_recorded<A: Aggregate>(state: &mut A, recorded: &RecordedEvent) -> Result<(), LoadError> {
-    let event: A::Event = recorded.decode().map_err(|source| LoadError::Decode {
-        stream: recorded.stream.clone(),
-        version: recorded.version,
-        event_type: recorded.event_type.clone(),
-        source,
-    })?;
+fn apply_stored<A: Aggregate>(
+    state: &mut A,
+    stream: &StreamId,
+    stored: &StoredPayload,
+) -> Result<(), LoadError> {
+    let event: A::Event =
+        serde_json::from_str(&stored.payload).map_err(|source| LoadError::Decode {
+            stream: stream.clone(),
+            version: stored.version,
+            event_type: stored.event_type.clone(),
+            source,
+        })?;
     state.apply(&event);
     Ok(())
 }

@@ -24,4 +24,4 @@ pub use event::{
     DomainEvent, EventEnvelope, EventId, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId,
 };
 pub use snapshot::{Snapshot, SnapshotManager, SnapshotPolicy, SnapshotStore};
-pub use store::{AppendError, AppendResult, EventStore, ExpectedVersion, ReadError};
+pub use store::{AppendError, AppendResult, EventStore, ExpectedVersion, ReadError, StoredPayload};

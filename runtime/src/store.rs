@@ -51,6 +51,17 @@ impl fmt::Display for ExpectedVersion {
     }
 }
 
+/// One stored event as [`EventStore::read_payloads`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPayload {
+    /// The event's version in its stream.
+    pub version: u64,
+    /// Its type name.
+    pub event_type: String,
+    /// Its payload, as JSON text.
+    pub payload: String,
+}
+
 /// What an append stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendResult {
@@ -224,6 +235,30 @@ pub trait EventStore: Send + Sync + 'static {
         to: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, ReadError>;
+
+    /// The version, type and payload of events `from..` of one stream, in version order: what
+    /// rebuilding an aggregate needs, and nothing else.
+    ///
+    /// Lighter than [`EventStore::read_stream`]: ids, metadata and timestamps are not decoded,
+    /// and a stream without events is an empty list, not an error.
+    async fn read_payloads(
+        &self,
+        stream: &StreamId,
+        from: u64,
+    ) -> Result<Vec<StoredPayload>, ReadError> {
+        match self.read_stream(stream, from, None).await {
+            Ok(events) => Ok(events
+                .into_iter()
+                .map(|event| StoredPayload {
+                    version: event.version,
+                    payload: event.payload.get().to_owned(),
+                    event_type: event.event_type,
+                })
+                .collect()),
+            Err(ReadError::StreamNotFound(_)) => Ok(Vec::new()),
+            Err(err) => Err(err),
+        }
+    }
 
     /// The current version of a stream, or `None` if it has no events.
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, ReadError>;

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     AppendError, AppendResult, EventStore, ExpectedVersion, OpenError, ReadError, StoreLimits,
-    validate_append,
+    StoredPayload, validate_append,
 };
 use crate::event::{EventId, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId};
 
@@ -580,6 +580,40 @@ impl EventStore for EmbeddedStore {
                 return Err(ReadError::StreamNotFound(stream));
             }
             Ok(events)
+        })
+        .await
+    }
+
+    async fn read_payloads(
+        &self,
+        stream: &StreamId,
+        from: u64,
+    ) -> Result<Vec<StoredPayload>, ReadError> {
+        let stream = stream.clone();
+        self.with_reader(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT version, event_type, payload FROM events \
+                     WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version >= ?3 ORDER BY version",
+                )
+                .map_err(read_backend)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        stream.aggregate_type(),
+                        stream.aggregate_id(),
+                        from.min(i64::MAX as u64) as i64
+                    ],
+                    |row| {
+                        Ok(StoredPayload {
+                            version: row.get::<_, i64>(0)? as u64,
+                            event_type: row.get(1)?,
+                            payload: row.get(2)?,
+                        })
+                    },
+                )
+                .map_err(read_backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(read_backend)
         })
         .await
     }

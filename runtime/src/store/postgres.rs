@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::embedded::same_json;
 use super::{
     AppendError, AppendResult, BoxError, EventStore, ExpectedVersion, OpenError, ReadError,
-    StoreLimits, validate_append,
+    StoreLimits, StoredPayload, validate_append,
 };
 use crate::event::{EventId, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId};
 use crate::pg::is_connection_error;
@@ -99,6 +99,7 @@ struct Sql {
     version: String,
     by_ids: String,
     read_stream: String,
+    read_payloads: String,
     read_between: String,
     read_all: String,
     head: String,
@@ -130,6 +131,10 @@ impl Sql {
             read_stream: format!(
                 "SELECT {COLUMNS} FROM {schema}.events WHERE partition = $1 AND aggregate_type = $2 \
                  AND aggregate_id = $3 AND version >= $4 AND version <= $5 ORDER BY version"
+            ),
+            read_payloads: format!(
+                "SELECT version, event_type, payload::text FROM {schema}.events WHERE partition = $1 \
+                 AND aggregate_type = $2 AND aggregate_id = $3 AND version >= $4 ORDER BY version"
             ),
             read_between: format!(
                 "SELECT {COLUMNS} FROM {schema}.events WHERE partition = $1 AND aggregate_type = $2 \
@@ -566,6 +571,34 @@ impl EventStore for PostgresStore {
         }
         rows.iter()
             .map(|row| decode_row(row, Some(stream)))
+            .collect()
+    }
+
+    async fn read_payloads(
+        &self,
+        stream: &StreamId,
+        from: u64,
+    ) -> Result<Vec<StoredPayload>, ReadError> {
+        let partition = stream.partition(self.options.partitions) as i16;
+        let rows = self
+            .query_read(
+                &self.sql.read_payloads,
+                &[
+                    &partition,
+                    &stream.aggregate_type(),
+                    &stream.aggregate_id(),
+                    &(from.min(i64::MAX as u64) as i64),
+                ],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredPayload {
+                    version: row.try_get::<_, i64>(0).map_err(read_err)? as u64,
+                    event_type: row.try_get(1).map_err(read_err)?,
+                    payload: row.try_get(2).map_err(read_err)?,
+                })
+            })
             .collect()
     }
 

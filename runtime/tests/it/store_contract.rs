@@ -279,6 +279,41 @@ async fn unknown_stream_is_not_found(store: Arc<dyn EventStore>) {
     );
 }
 
+async fn reads_payloads_for_rebuilding_state(store: Arc<dyn EventStore>) {
+    let s = stream("folded");
+    store
+        .append(&s, ExpectedVersion::NoStream, events(0..4))
+        .await
+        .unwrap();
+    // Another stream's events never show up in this one's payloads.
+    store
+        .append(&stream("other"), ExpectedVersion::NoStream, events(10..12))
+        .await
+        .unwrap();
+    let all = store.read_payloads(&s, 1).await.unwrap();
+    assert_eq!(
+        all.iter().map(|p| p.version).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert!(all.iter().all(|p| p.event_type == "Happened"));
+    let ns: Vec<serde_json::Value> = all
+        .iter()
+        .map(|p| serde_json::from_str::<serde_json::Value>(&p.payload).unwrap()["n"].clone())
+        .collect();
+    assert_eq!(ns, (0..4).map(serde_json::Value::from).collect::<Vec<_>>());
+    let tail = store.read_payloads(&s, 3).await.unwrap();
+    assert_eq!(tail.iter().map(|p| p.version).collect::<Vec<_>>(), [3, 4]);
+    assert!(store.read_payloads(&s, 5).await.unwrap().is_empty());
+    assert!(
+        store
+            .read_payloads(&stream("never"), 1)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a stream without events has no payloads, which is not an error"
+    );
+}
+
 async fn reads_a_stream_within_a_time_range(store: Arc<dyn EventStore>) {
     let s = stream("timed");
     store
@@ -493,6 +528,7 @@ contract!(
     failed_batch_writes_nothing,
     rejects_bad_batches_with_clear_errors,
     unknown_stream_is_not_found,
+    reads_payloads_for_rebuilding_state,
     reads_a_stream_within_a_time_range,
     global_log_reads_every_event_once_in_order,
     subscription_delivers_commits_as_they_happen,
