@@ -6,6 +6,9 @@
 //! file of each subject is checked against the registry; with `--offline`, every version is
 //! checked against the versions before it in the folder. Each violation is shown as a
 //! diagnostic pointing at the file, line and property, with the remediation.
+//!
+//! `register`, `check` and `diff` take `--json` to print one JSON document for scripts instead:
+//! it is written only once the command has its answer, so a failure (exit 2) leaves stdout empty.
 
 use std::{
     ops::Range,
@@ -20,6 +23,7 @@ use nexus_schema_registry::{
     compat::{self, CheckError, Level, Prior},
     document,
 };
+use serde::Serialize;
 use serde_json::Value;
 
 use super::Outcome;
@@ -68,6 +72,9 @@ pub(crate) struct RegisterArgs {
     /// Semantic version of this schema, e.g. `2.1.0`; derived when left out.
     #[arg(long)]
     semver: Option<String>,
+    /// Print what the registry answered as JSON (or the violations, when it refused the schema).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     registry: RegistryUrl,
 }
@@ -92,6 +99,9 @@ pub(crate) struct CheckArgs {
     /// Major version the file is meant for (single-file mode).
     #[arg(long)]
     major: Option<u64>,
+    /// Print the verdict and every violation as JSON.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     registry: RegistryUrl,
 }
@@ -124,6 +134,9 @@ pub(crate) struct DiffArgs {
     old: String,
     /// The new schema: a file, or SUBJECT@VERSION.
     new: String,
+    /// Print the differences as JSON.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     registry: RegistryUrl,
 }
@@ -264,11 +277,203 @@ fn remote(v: &compat::Violation) -> RemoteViolation {
     }
 }
 
+/// `check --json`: the verdict over every subject checked.
+#[derive(Debug, Serialize)]
+struct CheckJson {
+    /// No subject has a violation.
+    compatible: bool,
+    /// How many schema files were checked (the count of the human summary line).
+    checked: usize,
+    subjects: Vec<SubjectJson>,
+}
+
+/// One subject's verdict; also what `register --json` prints when the registry refused the schema.
+#[derive(Debug, Serialize)]
+struct SubjectJson {
+    subject: String,
+    /// The file checked; with `--dir`, the subject's newest file.
+    file: String,
+    compatible: bool,
+    violations: Vec<ViolationJson>,
+}
+
+/// One violation, located in the file the way the human diagnostic locates it.
+#[derive(Debug, Serialize)]
+struct ViolationJson {
+    rule: String,
+    pointer: String,
+    message: String,
+    remediation: String,
+    /// The earlier version it breaks; `None` for a skipped major version.
+    version: Option<u32>,
+    file: String,
+    /// 1-based line of the diagnostic's label; `None` when the diagnostic has no label.
+    line: Option<usize>,
+    /// 1-based byte column of the label, as miette prints it.
+    column: Option<usize>,
+}
+
+impl ViolationJson {
+    fn new(file: &SchemaFile, v: &RemoteViolation) -> Self {
+        let start = locate(&file.text, &v.pointer).start;
+        let before = &file.text[..start];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Self {
+            rule: v.rule.clone(),
+            pointer: v.pointer.clone(),
+            message: v.message.clone(),
+            remediation: v.remediation.clone(),
+            version: Some(v.version),
+            file: file.path.display().to_string(),
+            line: Some(before.matches('\n').count() + 1),
+            column: Some(start - line_start + 1),
+        }
+    }
+}
+
+/// What `check` found so far: printed as it comes for humans, printed once at the end as JSON.
+struct CheckOutput {
+    json: bool,
+    checked: usize,
+    findings: usize,
+    subjects: Vec<SubjectJson>,
+}
+
+impl CheckOutput {
+    fn new(json: bool) -> Self {
+        Self {
+            json,
+            checked: 0,
+            findings: 0,
+            subjects: Vec::new(),
+        }
+    }
+
+    /// Starts the entry of a subject whose current file is `file`.
+    fn subject(&mut self, subject: &str, file: &SchemaFile) {
+        self.subjects.push(SubjectJson {
+            subject: subject.to_owned(),
+            file: file.path.display().to_string(),
+            compatible: true,
+            violations: Vec::new(),
+        });
+    }
+
+    fn current(&mut self) -> &mut SubjectJson {
+        self.subjects
+            .last_mut()
+            .expect("a subject is started before its findings")
+    }
+
+    /// Records the violations of one checked file.
+    fn violations(
+        &mut self,
+        file: &SchemaFile,
+        violations: &[RemoteViolation],
+    ) -> anyhow::Result<()> {
+        self.checked += 1;
+        self.findings += violations.len();
+        if self.json {
+            let subject = self.current();
+            subject.compatible &= violations.is_empty();
+            subject
+                .violations
+                .extend(violations.iter().map(|v| ViolationJson::new(file, v)));
+            Ok(())
+        } else {
+            show(file, violations)
+        }
+    }
+
+    /// Records a file named after a major version that skips one.
+    fn major_skipped(&mut self, file: &SchemaFile, error: &CheckError) -> anyhow::Result<()> {
+        const HELP: &str = "name the file after the next major version, or keep the current one";
+        self.checked += 1;
+        self.findings += 1;
+        if self.json {
+            let subject = self.current();
+            subject.compatible = false;
+            subject.violations.push(ViolationJson {
+                rule: "major-version-skipped".to_owned(),
+                pointer: String::new(),
+                message: error.to_string(),
+                remediation: HELP.to_owned(),
+                version: None,
+                file: file.path.display().to_string(),
+                line: None,
+                column: None,
+            });
+            Ok(())
+        } else {
+            let diag = MietteDiagnostic::new(error.to_string())
+                .with_code("nexus::schema::major-version-skipped")
+                .with_help(HELP);
+            output::line(&format!(
+                "{:?}",
+                Report::new(diag).with_source_code(named(&file.path, &file.text))
+            ))
+        }
+    }
+
+    /// Records a verdict of incompatible that came without violations.
+    fn incompatible(&mut self) {
+        self.findings += 1;
+        self.current().compatible = false;
+    }
+
+    fn finish(self) -> anyhow::Result<Outcome> {
+        if self.json {
+            output::json(&CheckJson {
+                compatible: self.findings == 0,
+                checked: self.checked,
+                subjects: self.subjects,
+            })?;
+        } else {
+            output::line(&format!(
+                "checked {} schema(s): {} violation(s)",
+                self.checked, self.findings
+            ))?;
+        }
+        Ok(if self.findings == 0 {
+            Outcome::Clean
+        } else {
+            Outcome::Findings
+        })
+    }
+}
+
 fn show(file: &SchemaFile, violations: &[RemoteViolation]) -> anyhow::Result<()> {
     for v in violations {
         output::line(&format!("{:?}", diagnostic(file, v)))?;
     }
     Ok(())
+}
+
+/// `register --json`: the version the registry stored.
+#[derive(Debug, Serialize)]
+struct RegisteredJson {
+    subject: String,
+    version: Option<u64>,
+    id: Option<u64>,
+    major_version: Option<u64>,
+    semver: Option<String>,
+}
+
+impl RegisteredJson {
+    fn from_answer(subject: &str, answer: &Value) -> Self {
+        let properties = &answer["metadata"]["properties"];
+        Self {
+            subject: answer["subject"].as_str().unwrap_or(subject).to_owned(),
+            version: answer["version"].as_u64(),
+            id: answer["id"].as_u64(),
+            // Registry metadata properties are strings; a script wants the number.
+            major_version: properties["major_version"]
+                .as_str()
+                .and_then(|m| m.parse().ok())
+                .or_else(|| properties["major_version"].as_u64()),
+            semver: properties["semver"].as_str().map(str::to_owned),
+        }
+    }
 }
 
 async fn register(args: RegisterArgs) -> anyhow::Result<Outcome> {
@@ -283,6 +488,10 @@ async fn register(args: RegisterArgs) -> anyhow::Result<Outcome> {
         )
         .await
     {
+        Ok(version) if args.json => {
+            output::json(&RegisteredJson::from_answer(&args.subject, &version))?;
+            Ok(Outcome::Clean)
+        }
         Ok(version) => {
             output::line(&format!(
                 "registered `{}` version {} (id {}, semver {})",
@@ -300,6 +509,19 @@ async fn register(args: RegisterArgs) -> anyhow::Result<Outcome> {
             let answer = client
                 .check(&args.subject, &file.wire_text(), args.major)
                 .await?;
+            if args.json {
+                output::json(&SubjectJson {
+                    subject: args.subject.clone(),
+                    file: file.path.display().to_string(),
+                    compatible: false,
+                    violations: answer
+                        .violations
+                        .iter()
+                        .map(|v| ViolationJson::new(&file, v))
+                        .collect(),
+                })?;
+                return Ok(Outcome::Findings);
+            }
             show(&file, &answer.violations)?;
             output::line(&format!(
                 "`{}` was not registered: it is incompatible",
@@ -372,8 +594,7 @@ fn scan(dir: &Path) -> anyhow::Result<Vec<SubjectFiles>> {
 }
 
 async fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
-    let mut findings = 0usize;
-    let mut checked = 0usize;
+    let mut out = CheckOutput::new(args.json);
     if let Some(dir) = &args.dir {
         let subjects = scan(dir)?;
         if subjects.is_empty() {
@@ -393,23 +614,22 @@ async fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
                 .iter()
                 .map(|(_, p)| SchemaFile::read(p))
                 .collect::<anyhow::Result<_>>()?;
+            let newest = files.last().expect("a subject has at least one file");
+            out.subject(&subject.subject, newest);
             match &client {
                 Some(client) => {
                     let (version, _) = subject
                         .versions
                         .last()
                         .expect("a subject has at least one file");
-                    let file = files.last().expect("a subject has at least one file");
                     let answer = client
                         .check(
                             &subject.subject,
-                            &file.wire_text(),
+                            &newest.wire_text(),
                             version.as_ref().map(|v| v.major),
                         )
                         .await?;
-                    checked += 1;
-                    findings += answer.violations.len();
-                    show(file, &answer.violations)?;
+                    out.violations(newest, &answer.violations)?;
                 }
                 None => {
                     let prepared: Vec<Value> = files
@@ -425,24 +645,14 @@ async fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
                             })
                             .collect();
                         let major = subject.versions[i].0.as_ref().map(|v| v.major);
-                        checked += 1;
                         match compat::check(args.level, &priors, &prepared[i], major, true) {
                             Ok(verdict) => {
                                 let violations: Vec<RemoteViolation> =
                                     verdict.violations.iter().map(remote).collect();
-                                findings += violations.len();
-                                show(&files[i], &violations)?;
+                                out.violations(&files[i], &violations)?;
                             }
                             Err(e @ CheckError::MajorVersionSkipped { .. }) => {
-                                findings += 1;
-                                let diag = MietteDiagnostic::new(e.to_string())
-                                    .with_code("nexus::schema::major-version-skipped")
-                                    .with_help("name the file after the next major version, or keep the current one");
-                                output::line(&format!(
-                                    "{:?}",
-                                    Report::new(diag)
-                                        .with_source_code(named(&files[i].path, &files[i].text))
-                                ))?;
+                                out.major_skipped(&files[i], &e)?;
                             }
                             Err(e) => {
                                 return Err(e).context(format!(
@@ -470,21 +680,13 @@ async fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
             .client()?
             .check(subject, &file.wire_text(), args.major)
             .await?;
-        checked += 1;
-        findings += answer.violations.len();
-        show(&file, &answer.violations)?;
+        out.subject(subject, &file);
+        out.violations(&file, &answer.violations)?;
         if !answer.is_compatible && answer.violations.is_empty() {
-            findings += 1;
+            out.incompatible();
         }
     }
-    output::line(&format!(
-        "checked {checked} schema(s): {findings} violation(s)"
-    ))?;
-    Ok(if findings == 0 {
-        Outcome::Clean
-    } else {
-        Outcome::Findings
-    })
+    out.finish()
 }
 
 async fn get(args: GetArgs) -> anyhow::Result<Outcome> {
@@ -538,27 +740,56 @@ async fn operand(spec: &str, registry: &RegistryUrl) -> anyhow::Result<Value> {
     Ok(compat::prepare(&value)?)
 }
 
+/// `diff --json`: every difference, and whether the NEXUS level accepts it.
+#[derive(Debug, Serialize)]
+struct DiffJson {
+    /// No difference is breaking.
+    compatible: bool,
+    /// The level `breaking` is judged under.
+    level: &'static str,
+    differences: Vec<DifferenceJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct DifferenceJson {
+    pointer: String,
+    rule: &'static str,
+    message: String,
+    breaking: bool,
+}
+
 async fn diff(args: DiffArgs) -> anyhow::Result<Outcome> {
     let old = operand(&args.old, &args.registry).await?;
     let new = operand(&args.new, &args.registry).await?;
     let differences = compat::differences(&old, &new)?;
-    let mut breaking = 0;
-    for d in &differences {
-        let verdict = if d.additive {
-            "ok"
-        } else {
-            breaking += 1;
-            "breaking"
-        };
+    let breaking = differences.iter().filter(|d| !d.additive).count();
+    if args.json {
+        output::json(&DiffJson {
+            compatible: breaking == 0,
+            level: Level::Nexus.as_str(),
+            differences: differences
+                .iter()
+                .map(|d| DifferenceJson {
+                    pointer: d.pointer.clone(),
+                    rule: d.rule.as_str(),
+                    message: d.message.clone(),
+                    breaking: !d.additive,
+                })
+                .collect(),
+        })?;
+    } else {
+        for d in &differences {
+            let verdict = if d.additive { "ok" } else { "breaking" };
+            output::line(&format!(
+                "{verdict:8} {} [{}] {}",
+                d.pointer, d.rule, d.message
+            ))?;
+        }
         output::line(&format!(
-            "{verdict:8} {} [{}] {}",
-            d.pointer, d.rule, d.message
+            "{} difference(s), {breaking} breaking under NEXUS",
+            differences.len()
         ))?;
     }
-    output::line(&format!(
-        "{} difference(s), {breaking} breaking under NEXUS",
-        differences.len()
-    ))?;
     Ok(if breaking == 0 {
         Outcome::Clean
     } else {
