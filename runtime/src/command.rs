@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::aggregate::Aggregate;
 use crate::event::{EventId, Metadata, NewEvent, PayloadError, StreamId};
@@ -90,6 +91,14 @@ pub enum CommandError<E: std::error::Error + 'static> {
     /// The append failed for another reason.
     #[error("failed to append events")]
     Append(#[source] AppendError),
+    /// The idempotency key was used before for a different request on this aggregate.
+    #[error("idempotency key `{key}` was already used for a different command on `{stream}`")]
+    IdempotencyKeyReused {
+        /// The stream.
+        stream: StreamId,
+        /// The key.
+        key: String,
+    },
 }
 
 /// What a successful command did.
@@ -103,6 +112,41 @@ pub struct CommandOutcome {
     pub event_ids: Vec<EventId>,
     /// The global position of its last event, if it appended any.
     pub position: Option<u64>,
+    /// Whether this is the stored outcome of an earlier attempt with the same idempotency key
+    /// (nothing was decided or appended this time).
+    pub replayed: bool,
+}
+
+/// How [`CommandHandler::execute_with`] runs one command.
+#[derive(Debug, Clone, Default)]
+pub struct ExecuteOptions {
+    /// Decide only if the aggregate is at this version; a conflict is never retried.
+    pub expected: Option<u64>,
+    /// Makes the command safe to send again: the events it appends get ids derived from the
+    /// stream and this key, so a retry after a lost answer finds them and returns the stored
+    /// outcome instead of deciding a second time.
+    pub idempotency_key: Option<String>,
+    /// What identifies the request itself (e.g. a hash of its canonical body), kept with the
+    /// events; a retry with the same key but another fingerprint is
+    /// [`CommandError::IdempotencyKeyReused`].
+    pub fingerprint: Option<String>,
+}
+
+/// Events one command appends at most, when looking for what an idempotent attempt stored.
+const MAX_EVENTS_PER_COMMAND: usize = 256;
+
+/// The namespace of event ids derived from idempotency keys (a UUIDv5 namespace).
+const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6e65_7875_735f_6964_656d_706f_7465_6e74);
+
+/// The id of the `index`-th event appended to `stream` under idempotency key `key`.
+fn idempotent_event_id(stream: &StreamId, key: &str, index: usize) -> EventId {
+    let name = format!(
+        "{}\u{0}{}\u{0}{key}\u{0}{index}",
+        stream.aggregate_type(),
+        stream.aggregate_id()
+    );
+    EventId(uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()))
 }
 
 /// What to do when another writer wins the race for a stream version.
@@ -344,7 +388,8 @@ impl<A: Aggregate> CommandHandler<A> {
         command: &A::Command,
         metadata: Metadata,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
-        self.run(id, command, metadata, None).await
+        self.execute_with(id, command, metadata, &ExecuteOptions::default())
+            .await
     }
 
     /// Executes `command` only if aggregate `id` is at `expected` (the version the caller saw).
@@ -357,15 +402,20 @@ impl<A: Aggregate> CommandHandler<A> {
         command: &A::Command,
         metadata: Metadata,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
-        self.run(id, command, metadata, Some(expected)).await
+        let options = ExecuteOptions {
+            expected: Some(expected),
+            ..ExecuteOptions::default()
+        };
+        self.execute_with(id, command, metadata, &options).await
     }
 
-    async fn run(
+    /// Executes `command` on aggregate `id` as `options` say (expected version, idempotency).
+    pub async fn execute_with(
         &self,
         id: &str,
         command: &A::Command,
         metadata: Metadata,
-        expected: Option<u64>,
+        options: &ExecuteOptions,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
         let started = Instant::now();
         let span = tracing::info_span!(
@@ -374,9 +424,12 @@ impl<A: Aggregate> CommandHandler<A> {
             id,
             correlation_id = metadata.correlation_id.as_deref().unwrap_or_default()
         );
-        let _entered = span.enter();
-        let result = self.attempt_all(id, command, metadata, expected).await;
+        let result = self
+            .attempt_all(id, command, metadata, options)
+            .instrument(span)
+            .await;
         let outcome = match &result {
+            Ok(done) if done.replayed => "replayed",
             Ok(_) => "ok",
             Err(CommandError::Rejected(_)) => "rejected",
             Err(CommandError::Conflict { .. }) => "conflict",
@@ -386,7 +439,9 @@ impl<A: Aggregate> CommandHandler<A> {
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("nexus_commands_total", "aggregate" => A::TYPE, "outcome" => outcome)
             .increment(1);
-        if let Ok(done) = &result {
+        if let Ok(done) = &result
+            && !done.replayed
+        {
             metrics::counter!("nexus_events_appended_total", "aggregate" => A::TYPE)
                 .increment(done.event_ids.len() as u64);
         }
@@ -398,12 +453,25 @@ impl<A: Aggregate> CommandHandler<A> {
         id: &str,
         command: &A::Command,
         mut metadata: Metadata,
-        expected: Option<u64>,
+        options: &ExecuteOptions,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
         if metadata.correlation_id.is_none() {
             metadata.correlation_id = Some(EventId::new().to_string());
         }
-        let attempts = if expected.is_some() {
+        if let Some(key) = &options.idempotency_key {
+            if let Some(done) = self.replay(id, key, options.fingerprint.as_deref()).await? {
+                return Ok(done);
+            }
+            let mut idempotency = serde_json::Map::new();
+            idempotency.insert("key".into(), key.clone().into());
+            if let Some(fingerprint) = &options.fingerprint {
+                idempotency.insert("fingerprint".into(), fingerprint.clone().into());
+            }
+            metadata
+                .extra
+                .insert("idempotency".into(), idempotency.into());
+        }
+        let attempts = if options.expected.is_some() {
             1
         } else {
             self.retry.max_attempts.max(1)
@@ -411,7 +479,16 @@ impl<A: Aggregate> CommandHandler<A> {
         let mut backoff = self.retry.backoff;
         let mut attempt = 1;
         loop {
-            match self.attempt(id, command, &metadata, expected).await {
+            let result = self.attempt(id, command, &metadata, options).await;
+            if let (Err(CommandError::Conflict { .. }), Some(key)) =
+                (&result, &options.idempotency_key)
+            {
+                // A duplicate of this request may have won the race: answer as it did.
+                if let Some(done) = self.replay(id, key, options.fingerprint.as_deref()).await? {
+                    return Ok(done);
+                }
+            }
+            match result {
                 Err(CommandError::Conflict { .. }) if attempt < attempts => {
                     tracing::debug!(attempt, "version conflict, retrying");
                     metrics::counter!("nexus_command_retries_total", "aggregate" => A::TYPE)
@@ -425,13 +502,62 @@ impl<A: Aggregate> CommandHandler<A> {
         }
     }
 
+    /// The stored outcome of an earlier attempt with idempotency key `key`, if one appended.
+    async fn replay(
+        &self,
+        id: &str,
+        key: &str,
+        fingerprint: Option<&str>,
+    ) -> Result<Option<CommandOutcome>, CommandError<A::Error>> {
+        let stream = Repository::<A>::stream(id);
+        let ids: Vec<EventId> = (0..MAX_EVENTS_PER_COMMAND)
+            .map(|index| idempotent_event_id(&stream, key, index))
+            .collect();
+        let stored = self
+            .repository
+            .store
+            .find_events(&stream, &ids)
+            .await
+            .map_err(|source| {
+                CommandError::Load(LoadError::Read {
+                    stream: stream.clone(),
+                    source,
+                })
+            })?;
+        let Some(last) = stored.last() else {
+            return Ok(None);
+        };
+        let stored_fingerprint = stored[0]
+            .metadata
+            .extra
+            .get("idempotency")
+            .and_then(|i| i.get("fingerprint"))
+            .and_then(serde_json::Value::as_str);
+        if let (Some(stored), Some(given)) = (stored_fingerprint, fingerprint)
+            && stored != given
+        {
+            return Err(CommandError::IdempotencyKeyReused {
+                stream,
+                key: key.to_owned(),
+            });
+        }
+        Ok(Some(CommandOutcome {
+            version: last.version,
+            position: Some(last.position),
+            event_ids: stored.iter().map(|e| e.id).collect(),
+            stream,
+            replayed: true,
+        }))
+    }
+
     async fn attempt(
         &self,
         id: &str,
         command: &A::Command,
         metadata: &Metadata,
-        expected: Option<u64>,
+        options: &ExecuteOptions,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        let expected = options.expected;
         let loaded = self.repository.load(id).await?;
         let stream = Repository::<A>::stream(id);
         if let Some(expected) = expected
@@ -453,11 +579,19 @@ impl<A: Aggregate> CommandHandler<A> {
                 version: loaded.version,
                 event_ids: Vec::new(),
                 position: None,
+                replayed: false,
             });
         }
         let batch = events
             .iter()
-            .map(|event| NewEvent::from_domain(event, metadata.clone()))
+            .enumerate()
+            .map(|(index, event)| {
+                let new = NewEvent::from_domain(event, metadata.clone())?;
+                Ok(match &options.idempotency_key {
+                    Some(key) => new.with_id(idempotent_event_id(&stream, key, index)),
+                    None => new,
+                })
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(CommandError::Encode)?;
         let expected_version = ExpectedVersion::Exact(loaded.version);
@@ -472,6 +606,7 @@ impl<A: Aggregate> CommandHandler<A> {
                 version: appended.version,
                 event_ids: appended.event_ids,
                 position: Some(appended.last_position),
+                replayed: false,
             }),
             Err(AppendError::Conflict {
                 stream,

@@ -19,7 +19,9 @@ pub mod store;
 pub mod testing;
 
 pub use aggregate::Aggregate;
-pub use command::{CommandError, CommandHandler, CommandOutcome, Loaded, Repository, RetryPolicy};
+pub use command::{
+    CommandError, CommandHandler, CommandOutcome, ExecuteOptions, Loaded, Repository, RetryPolicy,
+};
 pub use event::{
     DomainEvent, EventEnvelope, EventId, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId,
 };

@@ -260,6 +260,20 @@ pub trait EventStore: Send + Sync + 'static {
         }
     }
 
+    /// The events of `stream` among `ids`, in version order; ids stored elsewhere or not at all
+    /// are left out. What a retried command uses to find what its first attempt stored.
+    async fn find_events(
+        &self,
+        stream: &StreamId,
+        ids: &[EventId],
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        match self.read_stream(stream, 1, None).await {
+            Ok(events) => Ok(events.into_iter().filter(|e| ids.contains(&e.id)).collect()),
+            Err(ReadError::StreamNotFound(_)) => Ok(Vec::new()),
+            Err(err) => Err(err),
+        }
+    }
+
     /// The current version of a stream, or `None` if it has no events.
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, ReadError>;
 

@@ -26,16 +26,24 @@ use crate::command::LoadError;
 use crate::event::{EventId, Metadata};
 use crate::snapshot::SnapshotError;
 use crate::store::{AppendError, ReadError};
-use crate::{Aggregate, CommandError, CommandHandler, EventStore, Repository, SnapshotStore};
+use crate::{
+    Aggregate, CommandError, CommandHandler, EventStore, ExecuteOptions, Repository, SnapshotStore,
+};
 
 /// Header carrying the correlation id in and out.
 const CORRELATION_ID: &str = "x-correlation-id";
 /// Header carrying the id of the message that caused the command.
 const CAUSATION_ID: &str = "x-causation-id";
+/// Header making a command safe to send again.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Header set on the answer to a repeated idempotent command.
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 /// The W3C trace context header.
 const TRACEPARENT: &str = "traceparent";
 /// Longest correlation or causation id accepted.
 const MAX_ID_LEN: usize = 128;
+/// Longest idempotency key accepted.
+const MAX_KEY_LEN: usize = 255;
 
 /// Builds the command service's router from the aggregates it serves.
 ///
@@ -167,6 +175,7 @@ struct Executed {
     event_ids: Vec<EventId>,
     position: Option<u64>,
     correlation_id: Option<String>,
+    replayed: bool,
 }
 
 /// One aggregate type behind the service, with its types erased.
@@ -177,7 +186,7 @@ trait Endpoint: Send + Sync {
         id: &str,
         body: &[u8],
         metadata: Metadata,
-        expected: Option<u64>,
+        options: ExecuteOptions,
     ) -> Result<Executed, ApiError>;
 
     async fn state(&self, id: &str) -> Result<(u64, Value), ApiError>;
@@ -200,7 +209,7 @@ where
         id: &str,
         body: &[u8],
         metadata: Metadata,
-        expected: Option<u64>,
+        mut options: ExecuteOptions,
     ) -> Result<Executed, ApiError> {
         let command: A::Command = serde_json::from_slice(body).map_err(|err| {
             ApiError::bad_request(
@@ -210,16 +219,15 @@ where
             .with("line", err.line())
             .with("column", err.column())
         })?;
+        if options.idempotency_key.is_some() {
+            options.fingerprint = Some(fingerprint(body));
+        }
         let correlation_id = metadata.correlation_id.clone();
-        let result = match expected {
-            Some(version) => {
-                self.handler
-                    .execute_at(id, version, &command, metadata)
-                    .await
-            }
-            None => self.handler.execute(id, &command, metadata).await,
-        };
-        match result {
+        match self
+            .handler
+            .execute_with(id, &command, metadata, &options)
+            .await
+        {
             Ok(done) => Ok(Executed {
                 aggregate: A::TYPE,
                 id: id.to_owned(),
@@ -227,6 +235,7 @@ where
                 event_ids: done.event_ids,
                 position: done.position,
                 correlation_id,
+                replayed: done.replayed,
             }),
             Err(err) => Err(command_error(err)),
         }
@@ -274,6 +283,11 @@ fn command_error<E: std::error::Error + 'static>(err: CommandError<E>) -> ApiErr
         .with("expected", expected.required())
         .with("actual", actual),
         CommandError::Load(err) => load_error(err),
+        err @ CommandError::IdempotencyKeyReused { .. } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            err.to_string(),
+        ),
         CommandError::Encode(err) => {
             ApiError::internal(format!("failed to serialise an event: {}", chain(&err)))
         }
@@ -315,11 +329,18 @@ async fn execute(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let endpoint = shared.endpoint(&aggregate)?;
-    let expected = if_match(&headers)?;
+    let options = ExecuteOptions {
+        expected: if_match(&headers)?,
+        idempotency_key: id_header(&headers, IDEMPOTENCY_KEY, MAX_KEY_LEN)?,
+        fingerprint: None,
+    };
     let metadata = metadata_from(&headers)?;
-    let done = endpoint.execute(&id, &body, metadata, expected).await?;
+    let done = endpoint.execute(&id, &body, metadata, options).await?;
     let mut response = Json(&done).into_response();
     let headers = response.headers_mut();
+    if done.replayed {
+        headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", done.version)) {
         headers.insert(header::ETAG, etag);
     }
@@ -390,14 +411,14 @@ fn metadata_from(headers: &HeaderMap) -> Result<Metadata, ApiError> {
             metadata.traceparent = Some(traceparent.to_owned());
         }
     }
-    if let Some(id) = id_header(headers, CORRELATION_ID)? {
+    if let Some(id) = id_header(headers, CORRELATION_ID, MAX_ID_LEN)? {
         metadata.correlation_id = Some(id);
     }
-    metadata.causation_id = id_header(headers, CAUSATION_ID)?;
+    metadata.causation_id = id_header(headers, CAUSATION_ID, MAX_ID_LEN)?;
     Ok(metadata)
 }
 
-fn id_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
+fn id_header(headers: &HeaderMap, name: &str, max: usize) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(name) else {
         return Ok(None);
     };
@@ -408,8 +429,30 @@ fn id_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError
         Some(id) => Ok(Some(id.to_owned())),
         None => Err(ApiError::bad_request(
             "invalid_header",
-            format!("{name} must be 1 to {MAX_ID_LEN} visible ASCII characters"),
+            format!("{name} must be 1 to {max} visible ASCII characters"),
         )),
+    }
+}
+
+/// What identifies a command request: a UUIDv5 of its body as canonical JSON (keys sorted, no
+/// insignificant whitespace), so the same command sent with other formatting is the same request.
+fn fingerprint(body: &[u8]) -> String {
+    let canonical = serde_json::from_slice::<Value>(body)
+        .map(|value| sorted(value).to_string().into_bytes())
+        .unwrap_or_else(|_| body.to_vec());
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &canonical).to_string()
+}
+
+/// `value` with every object's keys in order, whatever order the map type keeps.
+fn sorted(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
     }
 }
 
@@ -457,6 +500,13 @@ mod tests {
             None
         );
         assert_eq!(trace_id("garbage"), None);
+    }
+
+    #[test]
+    fn fingerprints_ignore_formatting_and_key_order_but_not_content() {
+        let a = fingerprint(br#"{"type": "Open", "title": "x"}"#);
+        assert_eq!(a, fingerprint(br#"{"title":"x","type":"Open"}"#));
+        assert_ne!(a, fingerprint(br#"{"type": "Open", "title": "y"}"#));
     }
 
     #[test]

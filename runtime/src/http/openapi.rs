@@ -76,7 +76,10 @@ impl OpenApi {
                      "description": "Correlation id kept in the events' metadata (default: the trace id, or a new id)",
                      "schema": {"type": "string", "maxLength": 128}},
                     {"name": "X-Causation-Id", "in": "header", "required": false,
-                     "schema": {"type": "string", "maxLength": 128}}
+                     "schema": {"type": "string", "maxLength": 128}},
+                    {"name": "Idempotency-Key", "in": "header", "required": false,
+                     "description": "Makes the command safe to send again: a repeat answers with the stored outcome (and `Idempotent-Replayed: true`) instead of deciding twice; the same key with another command is a 422",
+                     "schema": {"type": "string", "maxLength": 255}}
                 ],
                 "requestBody": {"required": true,
                     "content": {"application/json": {"schema": command_schema}}},
@@ -87,7 +90,7 @@ impl OpenApi {
                     "400": error_response("The body is not a valid command, or a header is malformed"),
                     "404": error_response("No such aggregate type"),
                     "409": error_response("The aggregate is at another version than If-Match said (`expected`, `actual`)"),
-                    "422": error_response("The aggregate rejected the command"),
+                    "422": error_response("The aggregate rejected the command, or the Idempotency-Key was used for another command"),
                     "503": error_response("The event store is unreachable; nothing was stored")
                 }
             }}),
@@ -214,7 +217,8 @@ impl OpenApi {
                     "version": {"type": "integer", "description": "The aggregate's version after the command"},
                     "event_ids": {"type": "array", "items": {"type": "string", "format": "uuid"}},
                     "position": {"type": ["integer", "null"], "description": "Global log position of the last event"},
-                    "correlation_id": {"type": ["string", "null"]}}}),
+                    "correlation_id": {"type": ["string", "null"]},
+                    "replayed": {"type": "boolean", "description": "The stored outcome of an earlier request with the same Idempotency-Key"}}}),
         );
         schemas.insert(
             "Page".into(),

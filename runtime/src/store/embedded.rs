@@ -584,6 +584,38 @@ impl EventStore for EmbeddedStore {
         .await
     }
 
+    async fn find_events(
+        &self,
+        stream: &StreamId,
+        ids: &[EventId],
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        let stream = stream.clone();
+        let ids = ids.to_vec();
+        self.with_reader(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {SELECT_COLUMNS} FROM events \
+                     WHERE event_id = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3"
+                ))
+                .map_err(read_backend)?;
+            let mut found = Vec::new();
+            for id in ids {
+                found.extend(collect(
+                    &mut stmt,
+                    params![
+                        id.0.as_bytes().as_slice(),
+                        stream.aggregate_type(),
+                        stream.aggregate_id()
+                    ],
+                    Some(&stream),
+                )?);
+            }
+            found.sort_by_key(|event| event.version);
+            Ok(found)
+        })
+        .await
+    }
+
     async fn read_payloads(
         &self,
         stream: &StreamId,

@@ -100,6 +100,7 @@ struct Sql {
     by_ids: String,
     read_stream: String,
     read_payloads: String,
+    find_events: String,
     read_between: String,
     read_all: String,
     head: String,
@@ -135,6 +136,10 @@ impl Sql {
             read_payloads: format!(
                 "SELECT version, event_type, payload::text FROM {schema}.events WHERE partition = $1 \
                  AND aggregate_type = $2 AND aggregate_id = $3 AND version >= $4 ORDER BY version"
+            ),
+            find_events: format!(
+                "SELECT {COLUMNS} FROM {schema}.events WHERE partition = $1 AND event_id = ANY($2) \
+                 AND aggregate_type = $3 AND aggregate_id = $4 ORDER BY version"
             ),
             read_between: format!(
                 "SELECT {COLUMNS} FROM {schema}.events WHERE partition = $1 AND aggregate_type = $2 \
@@ -569,6 +574,29 @@ impl EventStore for PostgresStore {
         if rows.is_empty() && self.stream_version(stream).await?.is_none() {
             return Err(ReadError::StreamNotFound(stream.clone()));
         }
+        rows.iter()
+            .map(|row| decode_row(row, Some(stream)))
+            .collect()
+    }
+
+    async fn find_events(
+        &self,
+        stream: &StreamId,
+        ids: &[EventId],
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        let partition = stream.partition(self.options.partitions) as i16;
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let rows = self
+            .query_read(
+                &self.sql.find_events,
+                &[
+                    &partition,
+                    &ids,
+                    &stream.aggregate_type(),
+                    &stream.aggregate_id(),
+                ],
+            )
+            .await?;
         rows.iter()
             .map(|row| decode_row(row, Some(stream)))
             .collect()

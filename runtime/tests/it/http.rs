@@ -292,6 +292,86 @@ async fn a_stale_if_match_is_a_409_with_the_actual_version() {
     assert_eq!(json_of(response).await["version"], 3);
 }
 
+fn keyed(key: &str, body: Value) -> Request<Body> {
+    Request::post("/commands/ticket/t-1")
+        .header("idempotency-key", key)
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_again_with_its_idempotency_key_is_applied_once() {
+    let (store, _dir) = support::embedded();
+    let app = commands(&store);
+    let (status, first) = call(&app, keyed("k-open", json!({"type": "Open", "title": "t"}))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first = json_of(first).await;
+    let (status, _) = call(
+        &app,
+        keyed("k-comment", json!({"type": "Comment", "text": "a"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The answer to the first was lost; the client sends it again, formatted differently.
+    let (status, again) = call(&app, keyed("k-open", json!({"title": "t", "type": "Open"}))).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a replay, not the aggregate's `already open`"
+    );
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again = json_of(again).await;
+    assert_eq!(again["event_ids"], first["event_ids"]);
+    assert_eq!(
+        again["version"], 1,
+        "the version the first attempt answered with"
+    );
+    assert_eq!(again["replayed"], true);
+
+    // The same key for another command is refused; a command without a key is not affected.
+    let (status, reused) = call(
+        &app,
+        keyed("k-open", json!({"type": "Open", "title": "other"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(json_of(reused).await["error"], "idempotency_key_reused");
+    let events = store
+        .read_stream(&StreamId::new("ticket", "t-1"), 1, None)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2, "each keyed command stored its events once");
+    assert_eq!(events[0].metadata.extra["idempotency"]["key"], "k-open");
+
+    // Racing duplicates: one set of events, every caller gets the same ids.
+    let mut racers = Vec::new();
+    for _ in 0..4 {
+        let app = app.clone();
+        racers.push(tokio::spawn(async move {
+            let (status, response) = call(
+                &app,
+                keyed("k-race", json!({"type": "Comment", "text": "race"})),
+            )
+            .await;
+            (status, json_of(response).await)
+        }));
+    }
+    let mut ids = Vec::new();
+    for racer in racers {
+        let (status, body) = racer.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        ids.push(body["event_ids"].clone());
+    }
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+    let events = store
+        .read_stream(&StreamId::new("ticket", "t-1"), 1, None)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 3, "the raced comment is stored once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_headers_reach_the_event_metadata() {
     let (store, _dir) = support::embedded();

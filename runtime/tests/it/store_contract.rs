@@ -314,6 +314,39 @@ async fn reads_payloads_for_rebuilding_state(store: Arc<dyn EventStore>) {
     );
 }
 
+async fn finds_events_of_a_stream_by_id(store: Arc<dyn EventStore>) {
+    let s = stream("found");
+    let appended = store
+        .append(&s, ExpectedVersion::NoStream, events(0..3))
+        .await
+        .unwrap();
+    let other = store
+        .append(
+            &stream("elsewhere"),
+            ExpectedVersion::NoStream,
+            events(0..1),
+        )
+        .await
+        .unwrap();
+    let wanted = [
+        appended.event_ids[2],
+        EventId::new(),
+        appended.event_ids[0],
+        other.event_ids[0],
+    ];
+    let found = store.find_events(&s, &wanted).await.unwrap();
+    assert_eq!(found.iter().map(|e| e.version).collect::<Vec<_>>(), [1, 3]);
+    assert_eq!(found[0].id, appended.event_ids[0]);
+    assert_eq!(found[0].metadata.correlation_id.as_deref(), Some("corr-1"));
+    assert!(
+        store
+            .find_events(&stream("nobody"), &wanted)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 async fn reads_a_stream_within_a_time_range(store: Arc<dyn EventStore>) {
     let s = stream("timed");
     store
@@ -529,6 +562,7 @@ contract!(
     rejects_bad_batches_with_clear_errors,
     unknown_stream_is_not_found,
     reads_payloads_for_rebuilding_state,
+    finds_events_of_a_stream_by_id,
     reads_a_stream_within_a_time_range,
     global_log_reads_every_event_once_in_order,
     subscription_delivers_commits_as_they_happen,
