@@ -177,6 +177,24 @@ fn json_lists_the_files_written_into_an_empty_folder() {
 
 /// The target folder shared by every generated project, outside the running test's own
 /// target folder (whose lock cargo holds).
+#[test]
+fn missing_parent_folders_are_created_and_a_file_in_the_way_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = nexus_new(dir.path(), &["work/clients/shop", "--no-sample", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(dir.path().join("work/clients/shop/Cargo.toml").is_file());
+    assert_eq!(entries(&dir.path().join("work/clients")), ["shop"]);
+
+    std::fs::write(dir.path().join("notes"), "mine\n").expect("write a file");
+    let output = nexus_new(dir.path(), &["notes/shop"]);
+    assert_refused(&output, "is a file, so");
+    assert_eq!(
+        entries(dir.path()),
+        ["notes", "work"],
+        "nothing else was written"
+    );
+}
+
 fn shared_target() -> PathBuf {
     let base = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),

@@ -286,8 +286,16 @@ fn validate_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The target must not exist, or be an empty folder; its parent must exist.
+/// The target must not exist, or be an empty folder; missing parent folders are created when
+/// the project is written, as `cargo new` does.
 fn check_target(path: &Path) -> anyhow::Result<()> {
+    if let Some(file) = path.ancestors().skip(1).find(|a| a.exists() && !a.is_dir()) {
+        bail!(
+            "`{}` is a file, so `{}` cannot be created under it",
+            file.display(),
+            path.display()
+        );
+    }
     match std::fs::read_dir(path) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -307,13 +315,6 @@ fn check_target(path: &Path) -> anyhow::Result<()> {
         Err(err) => {
             return Err(err).with_context(|| format!("failed to inspect `{}`", path.display()));
         }
-    }
-    let parent = parent_of(path);
-    if !parent.is_dir() {
-        bail!(
-            "the parent folder `{}` does not exist; create it first",
-            parent.display()
-        );
     }
     Ok(())
 }
@@ -536,9 +537,32 @@ fn output_path(path: &Path) -> PathBuf {
 /// Writes `files` into a temporary folder beside `target`, then renames it into place.
 fn write_atomically(target: &Path, files: &BTreeMap<PathBuf, Vec<u8>>) -> anyhow::Result<()> {
     let parent = parent_of(target);
+    // The outermost parent folder this creates, removed again if writing fails.
+    let created = parent
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .last()
+        .map(Path::to_path_buf);
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("failed to create `{}`", parent.display()))?;
+    let written = stage_and_move(target, &parent, files);
+    if written.is_err()
+        && let Some(created) = created
+    {
+        let _ = std::fs::remove_dir_all(created);
+    }
+    written
+}
+
+/// Writes `files` into a staging folder in `parent`, then renames it to `target`.
+fn stage_and_move(
+    target: &Path,
+    parent: &Path,
+    files: &BTreeMap<PathBuf, Vec<u8>>,
+) -> anyhow::Result<()> {
     let staging = tempfile::Builder::new()
         .prefix(".nexus-new-")
-        .tempdir_in(&parent)
+        .tempdir_in(parent)
         .with_context(|| {
             format!(
                 "failed to create a temporary folder in `{}`",
