@@ -378,7 +378,14 @@ pub fn check(
     let mut violations = Vec::new();
     let mut seen = HashSet::new();
     let mut all = Vec::new();
+    // A version that shares its schema with a newer one (the same value, not an equal copy)
+    // yields the same changes, which the newer version already reported.
+    let mut compared: Vec<&Value> = Vec::new();
     for prior in line {
+        if compared.iter().any(|s| std::ptr::eq(*s, prior.schema)) {
+            continue;
+        }
+        compared.push(prior.schema);
         for change in changes(level, prior.schema, proposed)? {
             all.push((prior.version, change));
         }
@@ -408,19 +415,20 @@ pub fn check(
 }
 
 /// The breaking changes between one earlier version and a proposal under a level.
+///
+/// The diff records only those changes, so the accepted ones cost no allocation.
 fn changes(level: Level, old: &Value, new: &Value) -> Result<Vec<diff::Change>, CheckError> {
-    let backward = |changes: Vec<diff::Change>| changes.into_iter().filter(|c| !c.backward);
+    use diff::{Keep, diff_keeping};
     Ok(match level {
         Level::None => Vec::new(),
-        Level::Nexus => diff::diff(old, new)?
-            .into_iter()
-            .filter(|c| !c.additive)
-            .collect(),
-        Level::Backward | Level::BackwardTransitive => backward(diff::diff(old, new)?).collect(),
-        Level::Forward | Level::ForwardTransitive => backward(diff::diff(new, old)?).collect(),
-        Level::Full | Level::FullTransitive => backward(diff::diff(old, new)?)
-            .chain(backward(diff::diff(new, old)?))
-            .collect(),
+        Level::Nexus => diff_keeping(old, new, Keep::NotAdditive)?,
+        Level::Backward | Level::BackwardTransitive => diff_keeping(old, new, Keep::NotBackward)?,
+        Level::Forward | Level::ForwardTransitive => diff_keeping(new, old, Keep::NotBackward)?,
+        Level::Full | Level::FullTransitive => {
+            let mut changes = diff_keeping(old, new, Keep::NotBackward)?;
+            changes.extend(diff_keeping(new, old, Keep::NotBackward)?);
+            changes
+        }
     })
 }
 
@@ -441,7 +449,7 @@ pub struct Difference {
 
 /// Every difference between two dereferenced schemas, breaking or not (for `nexus schema diff`).
 pub fn differences(old: &Value, new: &Value) -> Result<Vec<Difference>, CheckError> {
-    Ok(diff::diff(old, new)?
+    Ok(diff::diff_keeping(old, new, diff::Keep::All)?
         .into_iter()
         .map(|c| Difference {
             pointer: c.pointer,

@@ -6,6 +6,8 @@
 //! content model (open, closed, partially open), and the Nexus additive-only verdict, which does
 //! not: removing a property is always breaking and adding an optional one never is.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use super::{CheckError, Rule};
@@ -99,11 +101,44 @@ enum ContentModel {
     Partial,
 }
 
+/// Which changes a diff records; the others are dropped before their pointer and message are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// Every change.
+    All,
+    /// The changes the Nexus additive-only rule rejects.
+    NotAdditive,
+    /// The changes Confluent's STRICT backward check rejects.
+    NotBackward,
+}
+
+impl Keep {
+    fn keeps(self, backward: bool, additive: bool) -> bool {
+        match self {
+            Keep::All => true,
+            Keep::NotAdditive => !additive,
+            Keep::NotBackward => !backward,
+        }
+    }
+}
+
 /// Computes every difference between `original` and `update`.
+#[cfg(test)]
 pub(crate) fn diff(original: &Value, update: &Value) -> Result<Vec<Change>, CheckError> {
+    diff_keeping(original, update, Keep::All)
+}
+
+/// Computes the differences between `original` and `update` that `keep` selects, in the order
+/// [`diff`] reports them.
+pub(crate) fn diff_keeping(
+    original: &Value,
+    update: &Value,
+    keep: Keep,
+) -> Result<Vec<Change>, CheckError> {
     let mut differ = Differ {
         changes: Vec::new(),
         steps: 0,
+        keep,
     };
     differ.schema(original, update, &mut String::new(), 0)?;
     Ok(differ.changes)
@@ -112,10 +147,15 @@ pub(crate) fn diff(original: &Value, update: &Value) -> Result<Vec<Change>, Chec
 struct Differ {
     changes: Vec<Change>,
     steps: usize,
+    keep: Keep,
 }
 
-fn escape(segment: &str) -> String {
-    segment.replace('~', "~0").replace('/', "~1")
+fn escape(segment: &str) -> Cow<'_, str> {
+    if segment.contains(['~', '/']) {
+        Cow::Owned(segment.replace('~', "~0").replace('/', "~1"))
+    } else {
+        Cow::Borrowed(segment)
+    }
 }
 
 fn as_object(value: &Value) -> Option<&Map<String, Value>> {
@@ -196,7 +236,15 @@ fn number(value: &Value) -> Option<f64> {
 }
 
 impl Differ {
+    /// Whether a change with these verdicts is recorded.
+    fn keeps(&self, backward: bool, additive: bool) -> bool {
+        self.keep.keeps(backward, additive)
+    }
+
     fn push(&mut self, pointer: &str, rule: Rule, message: String, backward: bool, additive: bool) {
+        if !self.keeps(backward, additive) {
+            return;
+        }
         self.changes.push(Change {
             pointer: if pointer.is_empty() {
                 "/".to_owned()
@@ -221,6 +269,7 @@ impl Differ {
         let mut nested = Differ {
             changes: Vec::new(),
             steps: self.steps,
+            keep: Keep::All,
         };
         nested.schema(original, update, &mut String::new(), depth)?;
         self.steps = nested.steps;
@@ -414,11 +463,11 @@ impl Differ {
             ("minItems", false),
             ("minProperties", false),
         ] {
-            let pointer = format!("{path}/{keyword}");
+            let pointer = || format!("{path}/{keyword}");
             match (o.get(keyword), u.get(keyword)) {
                 (None, None) => {}
                 (Some(_), None) => self.push(
-                    &pointer,
+                    &pointer(),
                     Rule::ConstraintRelaxed,
                     format!("`{keyword}` removed"),
                     true,
@@ -426,7 +475,7 @@ impl Differ {
                 ),
                 (None, Some(Value::Bool(false))) => {}
                 (None, Some(v)) => self.push(
-                    &pointer,
+                    &pointer(),
                     Rule::ConstraintTightened,
                     format!("`{keyword}: {v}` added"),
                     false,
@@ -450,7 +499,7 @@ impl Differ {
                         Rule::ConstraintRelaxed
                     };
                     self.push(
-                        &pointer,
+                        &pointer(),
                         rule,
                         format!("`{keyword}` changed from {a} to {b}"),
                         !tightened,
@@ -461,21 +510,21 @@ impl Differ {
             }
         }
 
-        let pointer = format!("{path}/multipleOf");
+        let pointer = || format!("{path}/multipleOf");
         match (
             o.get("multipleOf").and_then(number),
             u.get("multipleOf").and_then(number),
         ) {
             (None, None) => {}
             (Some(_), None) => self.push(
-                &pointer,
+                &pointer(),
                 Rule::ConstraintRelaxed,
                 "`multipleOf` removed".to_owned(),
                 true,
                 true,
             ),
             (None, Some(b)) => self.push(
-                &pointer,
+                &pointer(),
                 Rule::ConstraintTightened,
                 format!("`multipleOf: {b}` added"),
                 false,
@@ -490,7 +539,7 @@ impl Differ {
                     Rule::ConstraintTightened
                 };
                 self.push(
-                    &pointer,
+                    &pointer(),
                     rule,
                     format!("`multipleOf` changed from {a} to {b}"),
                     divides,
@@ -501,25 +550,25 @@ impl Differ {
         }
 
         for keyword in ["pattern", "format"] {
-            let pointer = format!("{path}/{keyword}");
+            let pointer = || format!("{path}/{keyword}");
             match (o.get(keyword), u.get(keyword)) {
                 (None, None) => {}
                 (Some(_), None) => self.push(
-                    &pointer,
+                    &pointer(),
                     Rule::ConstraintRelaxed,
                     format!("`{keyword}` removed"),
                     true,
                     true,
                 ),
                 (None, Some(v)) => self.push(
-                    &pointer,
+                    &pointer(),
                     Rule::ConstraintTightened,
                     format!("`{keyword}: {v}` added"),
                     false,
                     false,
                 ),
                 (Some(a), Some(b)) if a != b => self.push(
-                    &pointer,
+                    &pointer(),
                     Rule::ConstraintTightened,
                     format!("`{keyword}` changed from {a} to {b}"),
                     false,
@@ -641,6 +690,10 @@ impl Differ {
                 has_default,
                 depth,
             )?;
+            // Most additions are dropped under the NEXUS level: build no pointer or message for them.
+            if !self.keeps(backward, !required) {
+                continue;
+            }
             if required {
                 self.push(
                     &at(name),
@@ -671,11 +724,15 @@ impl Differ {
                 schema.get("default").is_some(),
                 depth,
             )?;
+            let backward = removal_ok && addition_ok;
+            if !self.keeps(backward, false) {
+                continue;
+            }
             self.push(
                 &at(new),
                 Rule::PropertyRenamed,
                 format!("property `{old}` was renamed to `{new}`"),
-                removal_ok && addition_ok,
+                backward,
                 false,
             );
             if let Some(last) = self.changes.last_mut() {
