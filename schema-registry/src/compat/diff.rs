@@ -621,31 +621,27 @@ impl Differ {
         let original_cover = covering_schema(o);
         let update_cover = covering_schema(u);
 
-        let mut removed: Vec<&String> = o_props
-            .keys()
-            .filter(|k| !u_props.contains_key(*k))
-            .collect();
-        let mut added: Vec<&String> = u_props
-            .keys()
-            .filter(|k| !o_props.contains_key(*k))
-            .collect();
+        let Alignment {
+            mut removed,
+            mut added,
+            common,
+        } = align(o_props, u_props);
 
         // Renames: an explicit marker first, then one removed and one added property with the same schema.
         let mut renames: Vec<(&String, &String)> = Vec::new();
-        for new in added.clone() {
-            if let Some(old) = u_props[new].get(RENAMED_FROM).and_then(Value::as_str)
+        for (new, schema) in added.clone() {
+            if let Some(old) = schema.get(RENAMED_FROM).and_then(Value::as_str)
                 && let Some(pos) = removed.iter().position(|r| r.as_str() == old)
             {
                 renames.push((removed.remove(pos), new));
             }
         }
-        added.retain(|a| !renames.iter().any(|(_, n)| n == a));
+        added.retain(|(a, _)| !renames.iter().any(|(_, n)| n == a));
         for old in removed.clone() {
-            let same: Vec<&&String> = added
+            let same: Vec<&(&String, &Value)> = added
                 .iter()
-                .filter(|a| {
-                    strip_annotations(&u_props[a.as_str()])
-                        == strip_annotations(&o_props[old.as_str()])
+                .filter(|(_, schema)| {
+                    strip_annotations(schema) == strip_annotations(&o_props[old.as_str()])
                 })
                 .collect();
             let twins = removed
@@ -656,9 +652,9 @@ impl Differ {
                 })
                 .count();
             if same.len() == 1 && twins == 1 {
-                let new = *same[0];
+                let new = same[0].0;
                 renames.push((old, new));
-                added.retain(|a| *a != new);
+                added.retain(|(a, _)| *a != new);
                 removed.retain(|r| *r != old);
             }
         }
@@ -678,9 +674,8 @@ impl Differ {
                 additive,
             );
         }
-        for name in &added {
-            let schema = &u_props[name.as_str()];
-            let required = u_required.contains(*name);
+        for &(name, schema) in &added {
+            let required = u_required.contains(name);
             let has_default = schema.get("default").is_some();
             let backward = self.addition_verdict(
                 original_model,
@@ -741,20 +736,18 @@ impl Differ {
         }
 
         // Properties on both sides: recurse.
-        for (name, o_schema) in o_props {
-            if let Some(u_schema) = u_props.get(name) {
-                let len = path.len();
-                path.push_str("/properties/");
-                path.push_str(&escape(name));
-                self.schema(o_schema, u_schema, path, depth + 1)?;
-                path.truncate(len);
-            }
+        for &(name, o_schema, u_schema) in &common {
+            let len = path.len();
+            path.push_str("/properties/");
+            path.push_str(&escape(name));
+            self.schema(o_schema, u_schema, path, depth + 1)?;
+            path.truncate(len);
         }
 
         // Required: names that become required and were not just added as new properties.
         for name in &u_required {
             if o_required.contains(name)
-                || added.contains(&name)
+                || added.iter().any(|(a, _)| *a == name)
                 || renames.iter().any(|(_, n)| *n == name)
             {
                 continue;
@@ -1200,6 +1193,72 @@ fn merge(sum: &Map<String, Value>, keyword: &str, alternative: &Value) -> Value 
         }
     }
     Value::Object(merged)
+}
+
+/// The properties of two `properties` maps: only in the original, only in the update, in both.
+struct Alignment<'a> {
+    /// In the original only, in its order.
+    removed: Vec<&'a String>,
+    /// In the update only, in its order, with their schemas.
+    added: Vec<(&'a String, &'a Value)>,
+    /// In both, in the original's order, with both schemas.
+    common: Vec<(&'a String, &'a Value, &'a Value)>,
+}
+
+/// Aligns two `properties` maps by name.
+///
+/// `serde_json`'s default map iterates its keys sorted, so one merge pass replaces a lookup per
+/// key (what dominates a diff of wide schemas); another map type falls back to lookups.
+fn align<'a>(original: &'a Map<String, Value>, update: &'a Map<String, Value>) -> Alignment<'a> {
+    let mut alignment = Alignment {
+        removed: Vec::new(),
+        added: Vec::new(),
+        common: Vec::new(),
+    };
+    if !(original.keys().is_sorted() && update.keys().is_sorted()) {
+        for (name, o) in original {
+            match update.get(name) {
+                Some(u) => alignment.common.push((name, o, u)),
+                None => alignment.removed.push(name),
+            }
+        }
+        alignment.added = update
+            .iter()
+            .filter(|(name, _)| !original.contains_key(*name))
+            .collect();
+        return alignment;
+    }
+    let mut o = original.iter().peekable();
+    let mut u = update.iter().peekable();
+    loop {
+        match (o.peek(), u.peek()) {
+            (None, None) => break,
+            (Some(&(name, _)), None) => {
+                alignment.removed.push(name);
+                o.next();
+            }
+            (None, Some(&added)) => {
+                alignment.added.push(added);
+                u.next();
+            }
+            (Some(&(o_name, o_schema)), Some(&(u_name, u_schema))) => match o_name.cmp(u_name) {
+                std::cmp::Ordering::Less => {
+                    alignment.removed.push(o_name);
+                    o.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    alignment.added.push((u_name, u_schema));
+                    u.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    alignment.common.push((o_name, o_schema, u_schema));
+                    o.next();
+                    u.next();
+                }
+            },
+        }
+    }
+    alignment
 }
 
 /// A schema without annotations, for comparing the shape of two properties.
