@@ -1,6 +1,7 @@
 //! The document writes of one event, read through to what earlier events wrote.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use serde_json::Value;
 
@@ -9,6 +10,86 @@ use super::store::{ReadModelError, ReadModelStore};
 /// Document writes not yet committed, keyed by (collection, id); `None` is a deletion.
 pub(crate) type Writes = HashMap<(String, String), Option<Value>>;
 
+/// Committed documents a runner has read or written since it started, keyed by collection and
+/// id; `None` is a document known not to exist.
+///
+/// Only the runner writes its read model, and it records every commit here once it has
+/// succeeded, so an entry never goes stale; a failed run drops the cache with the run. It holds
+/// at most `capacity` documents and forgets some when full, so a read may still go to the store.
+pub(crate) struct DocumentCache {
+    inner: Mutex<CachedDocuments>,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct CachedDocuments {
+    collections: HashMap<String, HashMap<String, Option<Value>>>,
+    len: usize,
+}
+
+impl DocumentCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(CachedDocuments::default()),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedDocuments> {
+        self.inner.lock().expect("document cache lock poisoned")
+    }
+
+    fn get(&self, collection: &str, id: &str) -> Option<Option<Value>> {
+        self.lock()
+            .collections
+            .get(collection)
+            .and_then(|documents| documents.get(id))
+            .cloned()
+    }
+
+    /// Records the committed state of one document.
+    pub(crate) fn insert(&self, collection: &str, id: &str, document: Option<Value>) {
+        let mut cache = self.lock();
+        if cache.len >= self.capacity {
+            // Forget about half, in no particular order: cheaper than tracking recency, and
+            // the documents a projection keeps reading come back on their next read.
+            let mut keep = true;
+            for documents in cache.collections.values_mut() {
+                documents.retain(|_, _| {
+                    keep = !keep;
+                    keep
+                });
+            }
+            cache
+                .collections
+                .retain(|_, documents| !documents.is_empty());
+            cache.len = cache.collections.values().map(HashMap::len).sum();
+        }
+        if !cache.collections.contains_key(collection) {
+            cache
+                .collections
+                .insert(collection.to_owned(), HashMap::new());
+        }
+        let documents = cache
+            .collections
+            .get_mut(collection)
+            .expect("inserted just above");
+        let added = match documents.get_mut(id) {
+            Some(slot) => {
+                *slot = document;
+                false
+            }
+            None => {
+                documents.insert(id.to_owned(), document);
+                true
+            }
+        };
+        if added {
+            cache.len += 1;
+        }
+    }
+}
+
 /// The changes one event makes to a read model.
 ///
 /// Reads see this event's own writes first, then the uncommitted writes of earlier events in
@@ -16,25 +97,38 @@ pub(crate) type Writes = HashMap<(String, String), Option<Value>>;
 pub struct Changes<'a> {
     writes: Writes,
     batch: &'a Writes,
+    committed: &'a DocumentCache,
     store: &'a ReadModelStore,
 }
 
 impl<'a> Changes<'a> {
-    pub(crate) fn new(batch: &'a Writes, store: &'a ReadModelStore) -> Self {
+    pub(crate) fn new(
+        batch: &'a Writes,
+        committed: &'a DocumentCache,
+        store: &'a ReadModelStore,
+    ) -> Self {
         Self {
             writes: Writes::new(),
             batch,
+            committed,
             store,
         }
     }
 
     /// The current document `id` of `collection`, if any.
     pub async fn get(&self, collection: &str, id: &str) -> Result<Option<Value>, ReadModelError> {
-        let key = (collection.to_owned(), id.to_owned());
-        if let Some(pending) = self.writes.get(&key).or_else(|| self.batch.get(&key)) {
-            return Ok(pending.clone());
+        if !self.writes.is_empty() || !self.batch.is_empty() {
+            let key = (collection.to_owned(), id.to_owned());
+            if let Some(pending) = self.writes.get(&key).or_else(|| self.batch.get(&key)) {
+                return Ok(pending.clone());
+            }
         }
-        self.store.get(collection, id).await
+        if let Some(committed) = self.committed.get(collection, id) {
+            return Ok(committed);
+        }
+        let document = self.store.get(collection, id).await?;
+        self.committed.insert(collection, id, document.clone());
+        Ok(document)
     }
 
     /// Writes document `id` of `collection`.

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::Projection;
-use super::changes::Changes;
+use super::changes::{Changes, DocumentCache};
 use super::health::{HealthRegistry, ProjectionHealth, ProjectionStatus};
 use super::store::{
     Batch, DeadLetterStatus, NewDeadLetter, ReadModelError, ReadModelStore, ReadModels,
@@ -287,13 +287,24 @@ struct Worker<P> {
 }
 
 struct Item {
-    event: RecordedEvent,
-    delivery: Option<Delivery>,
+    /// The event, with what acknowledges it on the bus (nothing for gap fills and redrives).
+    delivery: Delivery,
     /// The intake sequence number, for the checkpoint; `None` for gap fills and redrives.
     seq: Option<u64>,
     /// The dead letter this item redrives.
     redrive: Option<i64>,
 }
+
+impl Item {
+    fn event(&self) -> &RecordedEvent {
+        &self.delivery.event
+    }
+}
+
+/// Most applied stream versions a run remembers before it starts over from the read model.
+const CACHED_VERSIONS: usize = 65_536;
+/// Most committed documents a run remembers.
+const CACHED_DOCUMENTS: usize = 4_096;
 
 #[derive(Default)]
 struct KeyState {
@@ -305,9 +316,12 @@ struct KeyState {
     parked: bool,
 }
 
-#[derive(Default)]
 struct State {
     keys: HashMap<StreamId, KeyState>,
+    /// Stream versions the read model has committed, as far as this run knows them.
+    versions: HashMap<StreamId, u64>,
+    /// Documents the read model has committed, as far as this run knows them.
+    documents: DocumentCache,
     ready: VecDeque<StreamId>,
     /// Received events in order, for the checkpoint: (seq, position, recorded_at).
     intake: VecDeque<(u64, LogPosition, DateTime<Utc>)>,
@@ -320,7 +334,40 @@ struct State {
     dead_letters: u64,
 }
 
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            keys: HashMap::new(),
+            versions: HashMap::new(),
+            documents: DocumentCache::new(CACHED_DOCUMENTS),
+            ready: VecDeque::new(),
+            intake: VecDeque::new(),
+            done: HashSet::new(),
+            next_seq: 0,
+            pending: 0,
+            redriving: HashSet::new(),
+            last_position: 0,
+            processed: 0,
+            dead_letters: 0,
+        }
+    }
+}
+
 impl State {
+    /// Records what a batch committed.
+    fn committed(&mut self, batch: Batch) {
+        if self.versions.len() + batch.versions.len() > CACHED_VERSIONS {
+            self.versions.clear();
+        }
+        for (stream, version) in batch.versions {
+            let known = self.versions.entry(stream).or_insert(version);
+            *known = (*known).max(version);
+        }
+        for ((collection, id), document) in batch.writes {
+            self.documents.insert(&collection, &id, document);
+        }
+    }
+
     fn make_ready(&mut self, key: &StreamId) {
         if let Some(state) = self.keys.get_mut(key)
             && !state.in_ready
@@ -333,7 +380,7 @@ impl State {
     }
 
     fn enqueue(&mut self, item: Item, front: bool) {
-        let key = item.event.stream.clone();
+        let key = item.event().stream.clone();
         let state = self.keys.entry(key.clone()).or_default();
         if front {
             state.queue.push_front(item);
@@ -347,13 +394,14 @@ impl State {
     fn receive(&mut self, delivery: Delivery) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let event = delivery.event.clone();
-        self.intake
-            .push_back((seq, event.log_position(), event.recorded_at));
+        self.intake.push_back((
+            seq,
+            delivery.event.log_position(),
+            delivery.event.recorded_at,
+        ));
         self.enqueue(
             Item {
-                event,
-                delivery: Some(delivery),
+                delivery,
                 seq: Some(seq),
                 redrive: None,
             },
@@ -507,8 +555,7 @@ impl<P: Projection> Worker<P> {
             state.keys.entry(key.clone()).or_default().parked = false;
             state.enqueue(
                 Item {
-                    event: letter.event,
-                    delivery: None,
+                    delivery: Delivery::unacknowledged(letter.event),
                     seq: None,
                     redrive: Some(letter.id),
                 },
@@ -546,7 +593,35 @@ impl<P: Projection> Worker<P> {
         });
     }
 
+    /// The version of `key` applied so far: in this batch, else committed.
+    async fn applied_version(
+        &self,
+        state: &mut State,
+        batch: &Batch,
+        key: &StreamId,
+    ) -> Result<u64, WorkerError> {
+        if let Some(version) = batch.versions.get(key).or_else(|| state.versions.get(key)) {
+            return Ok(*version);
+        }
+        let version = self.read_model.stream_version(key).await?;
+        state.versions.insert(key.clone(), version);
+        Ok(version)
+    }
+
     async fn process_batch(&self, state: &mut State) -> Result<(), WorkerError> {
+        // One round trip for the versions of every key this batch may touch that the run
+        // does not know yet, rather than one per key.
+        let unknown: Vec<StreamId> = state
+            .ready
+            .iter()
+            .take(self.options.batch_size)
+            .filter(|key| !state.versions.contains_key(*key))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            let versions = self.read_model.stream_versions(unknown).await?;
+            state.versions.extend(versions);
+        }
         let mut batch = Batch::default();
         let mut completed: Vec<Item> = Vec::new();
         let mut applied = 0usize;
@@ -555,24 +630,23 @@ impl<P: Projection> Worker<P> {
             let Some(key) = state.ready.pop_front() else {
                 break;
             };
-            let Some(key_state) = state.keys.get_mut(&key) else {
+            if let Some(key_state) = state.keys.get_mut(&key) {
+                key_state.in_ready = false;
+            } else {
                 continue;
-            };
-            key_state.in_ready = false;
+            }
             while applied < self.options.batch_size {
-                let Some(item) = key_state.queue.front() else {
+                if state.keys.get(&key).is_none_or(|k| k.queue.is_empty()) {
                     break;
-                };
-                let event = &item.event;
-                let applied_version = match batch.versions.get(&key) {
-                    Some(v) => *v,
-                    None => self.read_model.stream_version(&key).await?,
-                };
+                }
+                let applied_version = self.applied_version(state, &batch, &key).await?;
+                let key_state = state.keys.get_mut(&key).expect("checked above");
+                let item = key_state.queue.pop_front().expect("checked above");
+                let event = item.event();
                 if item.redrive.is_none() {
                     if key_state.parked {
-                        let item = key_state.queue.pop_front().expect("peeked above");
                         batch.dead_letters.push(NewDeadLetter {
-                            event: item.event.clone(),
+                            event: event.clone(),
                             error: "parked behind an earlier dead letter of the same key".into(),
                             attempts: 0,
                             first_failed_at: Utc::now(),
@@ -585,19 +659,18 @@ impl<P: Projection> Worker<P> {
                     }
                     if event.version <= applied_version {
                         // Already applied (a redelivery): recognised, not applied twice.
-                        completed.push(key_state.queue.pop_front().expect("peeked above"));
+                        completed.push(item);
                         continue;
                     }
                     if event.version > applied_version + 1 {
                         // The bus lost events the store has: fill the gap from the store, in order.
-                        let missing = self
-                            .store
-                            .read_stream(&key, applied_version + 1, Some(event.version - 1))
-                            .await?;
+                        let (from, to) = (applied_version + 1, event.version - 1);
+                        key_state.queue.push_front(item);
+                        let missing = self.store.read_stream(&key, from, Some(to)).await?;
+                        let key_state = state.keys.get_mut(&key).expect("checked above");
                         for missed in missing.into_iter().rev() {
                             key_state.queue.push_front(Item {
-                                event: missed,
-                                delivery: None,
+                                delivery: Delivery::unacknowledged(missed),
                                 seq: None,
                                 redrive: None,
                             });
@@ -607,10 +680,10 @@ impl<P: Projection> Worker<P> {
                         continue;
                     }
                 }
-                let event = event.clone();
-                let outcome = if self.projection.handles(&event) {
-                    let mut changes = Changes::new(&batch.writes, &self.read_model);
-                    let result = AssertUnwindSafe(self.projection.apply(&event, &mut changes))
+                let outcome = if self.projection.handles(event) {
+                    let mut changes =
+                        Changes::new(&batch.writes, &state.documents, &self.read_model);
+                    let result = AssertUnwindSafe(self.projection.apply(event, &mut changes))
                         .catch_unwind()
                         .await;
                     match result {
@@ -621,9 +694,9 @@ impl<P: Projection> Worker<P> {
                 } else {
                     Ok(None)
                 };
+                let key_state = state.keys.get_mut(&key).expect("checked above");
                 match outcome {
                     Ok(writes) => {
-                        let item = key_state.queue.pop_front().expect("peeked above");
                         for (doc, value) in writes.into_iter().flatten() {
                             batch.positions.insert(doc.clone(), event.position as i64);
                             batch.writes.insert(doc, value);
@@ -646,7 +719,6 @@ impl<P: Projection> Worker<P> {
                         metrics::counter!("nexus_projection_errors_total", "projection" => self.name.clone()).increment(1);
                         self.update_health(|h| h.last_error = Some(error.clone()));
                         if key_state.attempts > retry.max_retries {
-                            let item = key_state.queue.pop_front().expect("peeked above");
                             tracing::warn!(
                                 projection = %self.name, stream = %key, version = event.version,
                                 attempts = key_state.attempts, %error, "event moved to the dead-letter queue"
@@ -679,6 +751,7 @@ impl<P: Projection> Worker<P> {
                             metrics::counter!("nexus_projection_retries_total", "projection" => self.name.clone()).increment(1);
                             key_state.retry_at =
                                 Some(Instant::now() + retry.delay(key_state.attempts));
+                            key_state.queue.push_front(item);
                             break;
                         }
                     }
@@ -701,7 +774,8 @@ impl<P: Projection> Worker<P> {
         }
         batch.checkpoint = state.advance_checkpoint();
         if !batch.is_empty() {
-            self.read_model.commit(batch).await?;
+            let committed = self.read_model.commit(batch).await?;
+            state.committed(committed);
         }
         // Only now, with the read model and checkpoint durable, tell the bus.
         let now = Utc::now();
@@ -710,9 +784,10 @@ impl<P: Projection> Worker<P> {
             if let Some(id) = item.redrive {
                 state.redriving.remove(&id);
             }
-            state.last_position = state.last_position.max(item.event.position);
+            let event = item.event();
+            state.last_position = state.last_position.max(event.position);
             state.processed += 1;
-            let latency = (now - item.event.recorded_at)
+            let latency = (now - event.recorded_at)
                 .num_microseconds()
                 .unwrap_or(0)
                 .max(0) as f64
@@ -720,9 +795,7 @@ impl<P: Projection> Worker<P> {
             metrics::histogram!("nexus_projection_latency_seconds", "projection" => self.name.clone()).record(latency);
             metrics::counter!("nexus_projection_events_total", "projection" => self.name.clone())
                 .increment(1);
-            if let Some(delivery) = item.delivery
-                && let Err(err) = delivery.ack().await
-            {
+            if let Err(err) = item.delivery.ack().await {
                 // The event is committed; a redelivery will be recognised and skipped.
                 tracing::debug!(projection = %self.name, error = %err, "ack failed");
             }

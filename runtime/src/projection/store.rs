@@ -376,6 +376,19 @@ impl ReadModelStore {
         }
     }
 
+    /// The versions of `streams` this read model has applied (0 for a stream it has not seen),
+    /// in one round trip.
+    pub(crate) async fn stream_versions(
+        &self,
+        streams: Vec<StreamId>,
+    ) -> Result<HashMap<StreamId, u64>, ReadModelError> {
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.stream_versions(streams)).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.stream_versions(streams).await,
+        }
+    }
+
     /// The log position up to which every event has been applied or dead-lettered.
     pub async fn checkpoint(&self) -> Result<Option<LogPosition>, ReadModelError> {
         match &self.backend {
@@ -386,12 +399,12 @@ impl ReadModelStore {
     }
 
     /// Commits a batch in one transaction: documents, stream versions, dead letters and the
-    /// checkpoint together or not at all.
-    pub(crate) async fn commit(&self, batch: Batch) -> Result<(), ReadModelError> {
+    /// checkpoint together or not at all; hands the committed batch back.
+    pub(crate) async fn commit(&self, batch: Batch) -> Result<Batch, ReadModelError> {
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, move |db| db.commit(&batch)).await,
+            Backend::Sqlite(db) => blocking(db, move |db| db.commit(&batch).map(|()| batch)).await,
             #[cfg(feature = "postgres")]
-            Backend::Postgres(db) => db.commit(&batch).await,
+            Backend::Postgres(db) => db.commit(&batch).await.map(|()| batch),
         }
     }
 

@@ -7,6 +7,7 @@
 //! SQL identifier. Every statement is fixed text with parameters; only the (validated) schema
 //! name is spliced in.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -60,6 +61,7 @@ struct Sql {
     get: String,
     list: String,
     stream_version: String,
+    stream_versions: String,
     checkpoint: String,
     put: String,
     delete: String,
@@ -88,6 +90,12 @@ impl Sql {
             stream_version: format!(
                 "SELECT version FROM {s}.stream_versions \
                  WHERE projection = $1 AND aggregate_type = $2 AND aggregate_id = $3"
+            ),
+            stream_versions: format!(
+                "SELECT v.aggregate_type, v.aggregate_id, v.version FROM {s}.stream_versions v \
+                 JOIN unnest($2::text[], $3::text[]) AS x(aggregate_type, aggregate_id) \
+                 ON v.aggregate_type = x.aggregate_type AND v.aggregate_id = x.aggregate_id \
+                 WHERE v.projection = $1"
             ),
             checkpoint: format!(
                 "SELECT commit_key, position FROM {s}.checkpoints WHERE projection = $1"
@@ -350,6 +358,27 @@ impl PostgresReadModel {
             )
             .await?;
         Ok(rows.first().map_or(0, |row| row.get::<_, i64>(0) as u64))
+    }
+
+    pub(super) async fn stream_versions(
+        &self,
+        streams: Vec<StreamId>,
+    ) -> Result<HashMap<StreamId, u64>, ReadModelError> {
+        let types: Vec<&str> = streams.iter().map(StreamId::aggregate_type).collect();
+        let ids: Vec<&str> = streams.iter().map(StreamId::aggregate_id).collect();
+        let rows = self
+            .read(
+                &self.sql().stream_versions,
+                &[&self.projection, &types, &ids],
+            )
+            .await?;
+        let mut versions: HashMap<StreamId, u64> =
+            streams.iter().map(|stream| (stream.clone(), 0)).collect();
+        for row in rows {
+            let stream = StreamId::new(row.get::<_, &str>(0), row.get::<_, &str>(1));
+            versions.insert(stream, row.get::<_, i64>(2) as u64);
+        }
+        Ok(versions)
     }
 
     pub(super) async fn checkpoint(&self) -> Result<Option<LogPosition>, ReadModelError> {

@@ -2,6 +2,7 @@
 //! applied stream versions, checkpoint and dead letters. Every method blocks; the
 //! `ReadModelStore` handle calls them on Tokio's blocking pool.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -187,6 +188,31 @@ impl SqliteReadModel {
         })
         .map(|v| v.unwrap_or(0) as u64)
         .map_err(|e| self.sqlite(e))
+    }
+
+    /// The versions of `streams` this read model has applied (0 for a stream it has not seen).
+    pub(super) fn stream_versions(
+        &self,
+        streams: Vec<StreamId>,
+    ) -> Result<HashMap<StreamId, u64>, ReadModelError> {
+        let conn = self.lock();
+        let mut select = conn
+            .prepare_cached(
+                "SELECT version FROM stream_versions WHERE aggregate_type = ?1 AND aggregate_id = ?2",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let mut versions = HashMap::with_capacity(streams.len());
+        for stream in streams {
+            let version = select
+                .query_row(
+                    params![stream.aggregate_type(), stream.aggregate_id()],
+                    |row| row.get::<_, i64>(0),
+                )
+                .optional()
+                .map_err(|e| self.sqlite(e))?;
+            versions.insert(stream, version.unwrap_or(0) as u64);
+        }
+        Ok(versions)
     }
 
     /// The log position up to which every event has been applied or dead-lettered.
