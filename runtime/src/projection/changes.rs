@@ -147,3 +147,32 @@ impl<'a> Changes<'a> {
         self.writes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::DocumentCache;
+
+    #[test]
+    fn the_document_cache_answers_what_was_recorded_and_stays_within_its_capacity() {
+        let cache = DocumentCache::new(8);
+        cache.insert("orders", "gone", None);
+        assert_eq!(cache.get("orders", "gone"), Some(None));
+        assert_eq!(cache.get("orders", "unknown"), None);
+        for i in 0..100 {
+            cache.insert("orders", &i.to_string(), Some(json!({ "n": i })));
+            cache.insert("orders", &i.to_string(), Some(json!({ "n": i + 1 })));
+            assert_eq!(
+                cache.get("orders", &i.to_string()),
+                Some(Some(json!({ "n": i + 1 })))
+            );
+        }
+        let cached = cache.lock();
+        assert!(cached.len <= 8, "{} documents cached", cached.len);
+        assert_eq!(
+            cached.len,
+            cached.collections.values().map(|d| d.len()).sum::<usize>()
+        );
+    }
+}
