@@ -7,14 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
+use nexus_runtime::bus::{BusConsumer, EventBus};
 use nexus_runtime::projection::{
     Changes, DeadLetterMode, DeadLetterStatus, Projection, ProjectionError, ProjectionHandle,
     ProjectionRunner, ProjectionStatus, ReadModelError, ReadModelStore, ReadModels, RedriveFilter,
     RetrySchedule, RunnerOptions,
 };
-use nexus_runtime::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
+use nexus_runtime::{
+    EventStore, ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId,
+};
 use serde_json::json;
 
 use crate::support;
@@ -756,6 +758,58 @@ async fn a_slow_projection_does_not_hold_back_a_fast_one() {
     assert!(slow.health().lag_events > 0 || slow.health().processed < 100);
     slow.stop().await;
     fast.stop().await;
+}
+
+/// Takes `n` deliveries from `consumer` and returns their log positions.
+async fn positions(consumer: &mut Box<dyn BusConsumer>, n: usize) -> Vec<u64> {
+    let mut seen = Vec::with_capacity(n);
+    for _ in 0..n {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("a delivery within 10 s")
+            .expect("the consumer reads");
+        seen.push(delivery.event.position);
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_consumers_share_the_log_tail_and_each_see_every_event_once_in_order() {
+    let (store, _dir) = support::embedded();
+    let bus = InProcessBus::new(Arc::clone(&store));
+    // Two consumers at the head, reading while the log grows past what the shared tail keeps.
+    let mut head = Vec::new();
+    for name in ["a", "b"] {
+        let mut consumer = bus.consumer(name, LogPosition::START).await.unwrap();
+        head.push(tokio::spawn(async move {
+            positions(&mut consumer, 6_000).await
+        }));
+    }
+    for i in 0..60 {
+        let events = (0..100).map(|_| event(false)).collect();
+        append(&store, &format!("k{}", i % 7), events).await;
+    }
+    let all: Vec<u64> = (1..=6_000).collect();
+    for task in head {
+        assert_eq!(task.await.unwrap(), all);
+    }
+    // A consumer from the start is behind the shared tail and reads the store until it joins;
+    // one from the middle starts inside it.
+    let mut behind = bus.consumer("c", LogPosition::START).await.unwrap();
+    assert_eq!(positions(&mut behind, 6_000).await, all);
+    let middle = LogPosition {
+        commit: 5_500,
+        position: 5_500,
+    };
+    let mut inside = bus.consumer("d", middle).await.unwrap();
+    assert_eq!(
+        positions(&mut inside, 500).await,
+        (5_501..=6_000).collect::<Vec<_>>()
+    );
+    // Both are at the head now, and see new commits like the others.
+    append(&store, "k0", vec![event(false)]).await;
+    assert_eq!(positions(&mut behind, 1).await, vec![6_001]);
+    assert_eq!(positions(&mut inside, 1).await, vec![6_001]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
