@@ -3,18 +3,14 @@
 //! [`app`] builds the router (tests drive it with `oneshot`); [`serve`] runs it on a listener
 //! until a shutdown future resolves, finishing the requests in flight.
 
+mod cache;
 mod error;
 mod metrics;
 mod routes;
 #[cfg(test)]
 mod tests;
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -22,7 +18,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use serde_json::Value;
 
 pub use self::error::ApiError;
 use crate::{compat::Level, storage::Storage};
@@ -39,6 +34,9 @@ pub struct Options {
     pub default_level: Level,
     /// How long one compatibility check may run before the request fails with 50002.
     pub check_timeout: Duration,
+    /// How much memory dereferenced schemas may hold in the cache by schema id, in bytes
+    /// (estimated); the least recently used leave first.
+    pub prepared_cache_bytes: usize,
 }
 
 impl Default for Options {
@@ -47,6 +45,7 @@ impl Default for Options {
             max_schema_bytes: 256 * 1024,
             default_level: Level::Nexus,
             check_timeout: Duration::from_secs(2),
+            prepared_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -61,7 +60,7 @@ struct Inner {
     storage: Arc<dyn Storage>,
     options: Options,
     /// Dereferenced schemas by id; ids are immutable, so entries never go stale.
-    prepared: RwLock<HashMap<i64, Arc<Value>>>,
+    prepared: cache::PreparedCache,
     metrics: metrics::Metrics,
 }
 
@@ -79,8 +78,8 @@ impl AppState {
         Self {
             inner: Arc::new(Inner {
                 storage,
+                prepared: cache::PreparedCache::new(options.prepared_cache_bytes),
                 options,
-                prepared: RwLock::new(HashMap::new()),
                 metrics: metrics::Metrics::default(),
             }),
         }

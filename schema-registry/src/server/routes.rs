@@ -488,14 +488,8 @@ async fn ensure_writable(state: &AppState, subject: &str) -> Result<(), ApiError
 
 /// The dereferenced schema of a stored version, from the cache when possible.
 fn prepared(state: &AppState, id: i64, text: &str) -> Result<Arc<Value>, ApiError> {
-    if let Some(hit) = state
-        .inner
-        .prepared
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&id)
-    {
-        return Ok(Arc::clone(hit));
+    if let Some(hit) = state.inner.prepared.get(id) {
+        return Ok(hit);
     }
     let value = document::parse(text)
         .ok()
@@ -504,12 +498,7 @@ fn prepared(state: &AppState, id: i64, text: &str) -> Result<Arc<Value>, ApiErro
             ApiError::InvalidSchema(format!("stored schema {id} can no longer be read"))
         })?;
     let value = Arc::new(value);
-    state
-        .inner
-        .prepared
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(id, Arc::clone(&value));
+    state.inner.prepared.insert(id, Arc::clone(&value));
     Ok(value)
 }
 

@@ -1102,3 +1102,92 @@ async fn storage_down_answers_500_and_health_503() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+/// Checks a proposal that drops `b` while versions come and go; returns every verbose answer.
+async fn checks_while_versions_change(r: &Registry) -> Vec<Value> {
+    let proposal = json!({"schema": order(json!({"a": {"type": "string"}, "c": {"type": "string"}})).to_string(), "schemaType": "JSON"});
+    let check = || {
+        r.call(
+            Method::POST,
+            "/compatibility/subjects/cached/versions?verbose=true",
+            Some(proposal.clone()),
+        )
+    };
+    let mut answers = Vec::new();
+    r.register("cached", &order(json!({"a": {"type": "string"}})))
+        .await;
+    r.register(
+        "cached",
+        &order(json!({"a": {"type": "string"}, "b": {"type": "integer"}})),
+    )
+    .await;
+    let before = check().await.body;
+    assert_eq!(before["is_compatible"], false);
+    assert_eq!(before["violations"][0]["version"], 2);
+    assert_eq!(before["violations"][0]["pointer"], "/properties/b");
+    answers.push(before);
+
+    // A soft-deleted version is no longer checked against, though its schema stays cached.
+    let deleted = r
+        .call(Method::DELETE, "/subjects/cached/versions/2", None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.text);
+    let after_delete = check().await.body;
+    assert_eq!(
+        after_delete,
+        json!({"is_compatible": true, "messages": [], "violations": []})
+    );
+    answers.push(after_delete);
+
+    // A new registration is checked against at once.
+    let v3 = r
+        .register(
+            "cached",
+            &order(
+                json!({"a": {"type": "string"}, "b": {"type": "integer"}, "d": {"type": "boolean"}}),
+            ),
+        )
+        .await;
+    assert_eq!(v3.body["version"], 3, "{}", v3.text);
+    let after_register = check().await.body;
+    assert_eq!(after_register["is_compatible"], false);
+    let pointers: Vec<&Value> = after_register["violations"]
+        .as_array()
+        .expect("violations")
+        .iter()
+        .map(|v| &v["pointer"])
+        .collect();
+    assert_eq!(pointers, [&json!("/properties/b"), &json!("/properties/d")]);
+    assert_eq!(after_register["violations"][0]["version"], 3);
+    answers.push(after_register);
+
+    // Deleting the soft-deleted version for good changes nothing.
+    let removed = r
+        .call(
+            Method::DELETE,
+            "/subjects/cached/versions/2?permanent=true",
+            None,
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.text);
+    answers.push(check().await.body);
+    assert_eq!(answers[3], answers[2]);
+    answers
+}
+
+#[tokio::test]
+async fn checks_see_deletes_and_registrations_whatever_the_schema_cache_holds() {
+    let default = checks_while_versions_change(&registry()).await;
+    // No room for any schema, and room for about one: every check re-reads or evicts.
+    for budget in [1, 400] {
+        let small = registry_with(Options {
+            prepared_cache_bytes: budget,
+            ..Options::default()
+        });
+        assert_eq!(
+            checks_while_versions_change(&small).await,
+            default,
+            "cache budget {budget}"
+        );
+    }
+}
