@@ -779,6 +779,9 @@ impl<P: Projection> Worker<P> {
         }
         // Only now, with the read model and checkpoint durable, tell the bus.
         let now = Utc::now();
+        let latencies = metrics::histogram!("nexus_projection_latency_seconds", "projection" => self.name.clone());
+        metrics::counter!("nexus_projection_events_total", "projection" => self.name.clone())
+            .increment(completed.len() as u64);
         for item in completed {
             state.pending = state.pending.saturating_sub(1);
             if let Some(id) = item.redrive {
@@ -792,9 +795,7 @@ impl<P: Projection> Worker<P> {
                 .unwrap_or(0)
                 .max(0) as f64
                 / 1e6;
-            metrics::histogram!("nexus_projection_latency_seconds", "projection" => self.name.clone()).record(latency);
-            metrics::counter!("nexus_projection_events_total", "projection" => self.name.clone())
-                .increment(1);
+            latencies.record(latency);
             if let Err(err) = item.delivery.ack().await {
                 // The event is committed; a redelivery will be recognised and skipped.
                 tracing::debug!(projection = %self.name, error = %err, "ack failed");
