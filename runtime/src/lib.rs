@@ -17,6 +17,7 @@ pub mod projection;
 pub mod snapshot;
 pub mod store;
 pub mod testing;
+mod wal;
 
 pub use aggregate::Aggregate;
 pub use command::{

@@ -19,6 +19,7 @@ use super::{
     StoredPayload, validate_append,
 };
 use crate::event::{EventId, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::wal::Checkpointer;
 
 /// Default number of partitions streams are spread over.
 pub const DEFAULT_PARTITIONS: u16 = 16;
@@ -175,12 +176,17 @@ impl EmbeddedStore {
             .map(|v| v as u64)
             .map_err(|e| OpenError::Migration(Box::new(e)))?;
 
+        // Commits never copy the log back into the database themselves (a stall of a sync now
+        // and then); a background checkpointer does.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| OpenError::Unavailable(Box::new(e)))?;
+        let checkpointer = Checkpointer::new(&path);
         let (tx, rx) = mpsc::unbounded_channel();
         let (changes_tx, changes) = watch::channel(head);
         let limits = options.limits;
         thread::Builder::new()
             .name("nexus-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, changes_tx, limits))
+            .spawn(move || writer_loop(conn, rx, changes_tx, limits, checkpointer))
             .map_err(|e| OpenError::Unavailable(Box::new(e)))?;
         Ok(Self {
             path,
@@ -228,6 +234,7 @@ fn writer_loop(
     mut rx: mpsc::UnboundedReceiver<AppendRequest>,
     changes: watch::Sender<u64>,
     limits: StoreLimits,
+    mut checkpointer: Checkpointer,
 ) {
     let partitions: u16 = conn
         .query_row(
@@ -252,6 +259,7 @@ fn writer_loop(
                 for (request, result) in group.into_iter().zip(results) {
                     let _ = request.reply.send(result);
                 }
+                checkpointer.committed();
                 changes.send_if_modified(|current| {
                     let moved = head > *current;
                     *current = head.max(*current);

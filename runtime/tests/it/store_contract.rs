@@ -568,3 +568,35 @@ contract!(
     subscription_delivers_commits_as_they_happen,
     racing_writers_get_one_winner_per_version,
 );
+
+/// The embedded store's log is copied back into the database file in the background: after
+/// many commits the file holds the events, not only the write-ahead log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_checkpoints_its_log_in_the_background() {
+    let (store, dir) = crate::support::embedded();
+    let file = dir.path().join("events.db");
+    let before = std::fs::metadata(&file).unwrap().len();
+    for n in 0..600 {
+        store
+            .append(
+                &stream(&format!("s-{n}")),
+                ExpectedVersion::NoStream,
+                events(0..1),
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = std::fs::metadata(&file).unwrap().len();
+        if now > before * 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {now} bytes (from {before}): nothing was checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.head().await.unwrap().position, 600);
+}

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, mpsc};
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::{Batch, DeadLetter, DeadLetterStatus, ReadModelError, RedriveFilter};
 use crate::event::{LogPosition, RecordedEvent, StreamId};
+use crate::wal::Checkpointer;
 
 const SCHEMA: &str = r"
 CREATE TABLE IF NOT EXISTS documents (
@@ -58,92 +59,6 @@ pub(super) struct SqliteReadModel {
     checkpointer: Mutex<Checkpointer>,
 }
 
-/// Commits between two checkpoints of the write-ahead log (SQLite's own default, 1000 pages,
-/// is about this many of a projection's commits).
-const CHECKPOINT_EVERY: u32 = 128;
-
-/// Copies the write-ahead log back into the database file on a thread of its own, with its
-/// own connection, so commits never wait for it. The thread starts on the first checkpoint
-/// and ends with the read model.
-#[derive(Default)]
-struct Checkpointer {
-    commits: u32,
-    wake: Option<mpsc::SyncSender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Checkpointer {
-    /// Counts a commit; every [`CHECKPOINT_EVERY`] commits, asks for a checkpoint.
-    fn committed(&mut self, path: &Path) {
-        self.commits += 1;
-        if self.commits < CHECKPOINT_EVERY {
-            return;
-        }
-        self.commits = 0;
-        if let Some(wake) = &self.wake {
-            match wake.try_send(()) {
-                Ok(()) | Err(mpsc::TrySendError::Full(())) => return,
-                Err(mpsc::TrySendError::Disconnected(())) => self.wake = None,
-            }
-        }
-        let (wake, woken) = mpsc::sync_channel(1);
-        let thread_path = path.to_path_buf();
-        let spawned = std::thread::Builder::new()
-            .name("nexus-read-model-checkpoint".into())
-            .spawn(move || checkpoint_loop(&thread_path, &woken));
-        match spawned {
-            Ok(thread) => {
-                let _ = wake.try_send(());
-                self.wake = Some(wake);
-                self.thread = Some(thread);
-            }
-            Err(err) => {
-                tracing::warn!(path = %path.display(), error = %err, "cannot start the read model checkpoint thread")
-            }
-        }
-    }
-}
-
-impl Drop for SqliteReadModel {
-    /// Stops the checkpoint thread and waits for it to close its connection, so that once the
-    /// read model is dropped nothing holds the file open any more (a rebuild may delete it).
-    fn drop(&mut self) {
-        let checkpointer = self
-            .checkpointer
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        checkpointer.wake = None;
-        if let Some(thread) = checkpointer.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Copies the write-ahead log into the database file each time it is woken, until the read
-/// model is dropped.
-fn checkpoint_loop(path: &Path, woken: &mpsc::Receiver<()>) {
-    let conn = Connection::open(path).and_then(|conn| {
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        // The checkpoint syncs the log before it overwrites pages of the database, and the
-        // database after: a crash half-way leaves both readable.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        Ok(conn)
-    });
-    let conn = match conn {
-        Ok(conn) => conn,
-        Err(err) => {
-            tracing::warn!(path = %path.display(), error = %err, "cannot open the read model to checkpoint it");
-            return;
-        }
-    };
-    while woken.recv().is_ok() {
-        // PASSIVE: copies what no reader still needs and never waits for readers or writers.
-        if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(path = %path.display(), error = %err, "read model checkpoint failed");
-        }
-    }
-}
-
 impl SqliteReadModel {
     /// Opens (creating if needed) the read model at `path`.
     pub(super) fn open(path: &Path) -> Result<Self, ReadModelError> {
@@ -172,9 +87,9 @@ impl SqliteReadModel {
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(sqlite)?;
         Ok(Self {
+            checkpointer: Mutex::new(Checkpointer::new(&path)),
             path,
             conn: Mutex::new(conn),
-            checkpointer: Mutex::new(Checkpointer::default()),
         })
     }
 
@@ -422,7 +337,7 @@ impl SqliteReadModel {
         self.checkpointer
             .lock()
             .expect("read model checkpointer lock poisoned")
-            .committed(&self.path);
+            .committed();
         Ok(())
     }
 
