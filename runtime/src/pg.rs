@@ -1,7 +1,9 @@
 //! What the PostgreSQL adapters (event store, snapshots, read models) share: telling a lost
 //! connection from a failed statement, and versioned migrations under an advisory lock.
 
-use tokio_postgres::Transaction;
+use deadpool_postgres::{Pool, PoolError};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Transaction};
 
 /// A versioned migration: its version, a name, and SQL with `{schema}` where the schema goes.
 pub(crate) type Migration = (i32, &'static str, &'static str);
@@ -60,4 +62,38 @@ pub(crate) async fn migrate(
         tracing::info!(schema, ledger, version, name, "applied migration");
     }
     Ok(())
+}
+
+/// Why [`read`] failed: no connection from the pool, or the statement itself.
+#[derive(Debug)]
+pub(crate) enum ReadFailure {
+    /// The pool gave no connection.
+    Pool(PoolError),
+    /// The statement failed (after one retry on a fresh connection, if the first one died).
+    Query(tokio_postgres::Error),
+}
+
+/// Runs a read statement on a pooled connection; a connection that died since it was pooled
+/// is discarded and the statement run once more on a fresh one, since reads are safe to repeat.
+pub(crate) async fn read(
+    pool: &Pool,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, ReadFailure> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let client = pool.get().await.map_err(ReadFailure::Pool)?;
+        let result = match client.prepare_cached(sql).await {
+            Ok(statement) => client.query(&statement, params).await,
+            Err(err) => Err(err),
+        };
+        match result {
+            Ok(rows) => return Ok(rows),
+            Err(err) if attempt < 2 && is_connection_error(&err) => {
+                drop(deadpool_postgres::Object::take(client));
+            }
+            Err(err) => return Err(ReadFailure::Query(err)),
+        }
+    }
 }

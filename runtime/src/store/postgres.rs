@@ -341,22 +341,12 @@ impl PostgresStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>, ReadError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let client = self.client().await.map_err(ReadError::Unavailable)?;
-            let result = match client.prepare_cached(sql).await {
-                Ok(statement) => client.query(&statement, params).await,
-                Err(err) => Err(err),
-            };
-            match result {
-                Ok(rows) => return Ok(rows),
-                Err(err) if attempt < 2 && is_connection_error(&err) => {
-                    drop(deadpool_postgres::Object::take(client));
-                }
-                Err(err) => return Err(read_err(err)),
-            }
-        }
+        crate::pg::read(&self.pool, sql, params)
+            .await
+            .map_err(|failure| match failure {
+                crate::pg::ReadFailure::Pool(err) => ReadError::Unavailable(Box::new(err)),
+                crate::pg::ReadFailure::Query(err) => read_err(err),
+            })
     }
 
     async fn replay(

@@ -257,22 +257,15 @@ impl PostgresReadModel {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, ReadModelError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let client = self.client().await?;
-            let result = match client.prepare_cached(sql).await {
-                Ok(statement) => client.query(&statement, params).await,
-                Err(err) => Err(err),
-            };
-            match result {
-                Ok(rows) => return Ok(rows),
-                Err(err) if attempt < 2 && is_connection_error(&err) => {
-                    drop(deadpool_postgres::Object::take(client));
-                }
-                Err(err) => return Err(self.error(err)),
-            }
-        }
+        crate::pg::read(&self.tables.pool, sql, params)
+            .await
+            .map_err(|failure| match failure {
+                crate::pg::ReadFailure::Pool(err) => ReadModelError::Unavailable {
+                    read_model: self.projection.clone(),
+                    source: Box::new(err),
+                },
+                crate::pg::ReadFailure::Query(err) => self.error(err),
+            })
     }
 
     /// Runs a write statement outside a transaction (a redrive request).
