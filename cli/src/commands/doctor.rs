@@ -358,7 +358,7 @@ fn parse_rust_version(text: &str) -> Option<semver::Version> {
 /// PostgreSQL answers `SELECT version()`.
 async fn postgres(url: String) -> Check {
     const ID: &str = "service.postgres";
-    let shown = redact(&url);
+    let shown = output::redact_url(&url);
     let fix = "start PostgreSQL (`docker compose up -d postgres` with the generated compose.yaml, \
                or the system service), or point --postgres-url / NEXUS_POSTGRES_URL at one; \
                only needed for `--store postgres`";
@@ -408,7 +408,7 @@ fn postgres_error(err: &tokio_postgres::Error) -> String {
 /// NATS accepts a connection and JetStream answers for the account.
 async fn nats(url: String) -> Check {
     const ID: &str = "service.nats";
-    let shown = redact(&url);
+    let shown = output::redact_url(&url);
     let client = match async_nats::ConnectOptions::new()
         .connection_timeout(CHECK_TIMEOUT)
         .request_timeout(Some(CHECK_TIMEOUT))
@@ -475,7 +475,7 @@ async fn nats(url: String) -> Check {
 /// RabbitMQ answers the AMQP 0-9-1 protocol header with `Connection.Start`.
 async fn rabbitmq(url: String) -> Check {
     const ID: &str = "service.rabbitmq";
-    let shown = redact(&url);
+    let shown = output::redact_url(&url);
     let fix = "start RabbitMQ (`docker compose up -d rabbitmq` with the generated compose.yaml, \
                or the system service), or point --rabbitmq-url / NEXUS_RABBITMQ_URL at one; \
                only needed for the RabbitMQ integration sink";
@@ -808,28 +808,6 @@ fn check_data_dir(dir: &Path) -> Check {
     }
 }
 
-/// `url` with its password replaced by `***`.
-fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let authority_end = url[scheme_end..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| scheme_end + i);
-    let authority = &url[scheme_end..authority_end];
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!(
-                "{}{user}:***@{host}{}",
-                &url[..scheme_end],
-                &url[authority_end..]
-            ),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
 /// An error and its causes, joined with `: `, without repeating a cause already shown.
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
@@ -848,19 +826,6 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redact_hides_only_the_password() {
-        assert_eq!(
-            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(
-            redact("postgres://postgres@127.0.0.1:5432/postgres"),
-            "postgres://postgres@127.0.0.1:5432/postgres"
-        );
-        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
-    }
 
     #[test]
     fn amqp_address_reads_host_port_and_tls() {

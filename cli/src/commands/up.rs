@@ -138,7 +138,7 @@ async fn open(
                 .await
                 .context("failed to open the PostgreSQL store")?;
             let snapshots = PostgresSnapshotStore::with_pool(store.pool().clone(), store.schema());
-            let description = format!("PostgreSQL store at {}", redact(url));
+            let description = format!("PostgreSQL store at {}", output::redact_url(url));
             Ok((Arc::new(store), Arc::new(snapshots), description))
         }
     }
@@ -456,20 +456,6 @@ async fn register_schemas(url: &str) -> anyhow::Result<Vec<String>> {
     Ok(subjects)
 }
 
-/// `postgres://user:secret@host/db` without the password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 /// Sends sample orders through the command service over HTTP and prints how the read model
 /// answers after each command (read-your-writes with `wait_for`).
 async fn demo(
@@ -624,22 +610,5 @@ impl Client {
         let bytes = response.into_body().collect().await?.to_bytes();
         let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok((status, value))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn redact_hides_only_the_password() {
-        assert_eq!(
-            redact("postgres://app:s3cret@db:5432/orders"),
-            "postgres://app:***@db:5432/orders"
-        );
-        assert_eq!(
-            redact("postgres://postgres@127.0.0.1/test"),
-            "postgres://postgres@127.0.0.1/test"
-        );
     }
 }
