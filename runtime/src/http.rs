@@ -18,6 +18,8 @@ mod serve;
 
 use axum::Router;
 
+/// The access-control layer shared with the schema registry (`nexus-access`).
+pub use nexus_access as access;
 pub use command::CommandService;
 pub use error::{ApiError, Cause};
 pub use extract::BodyLimits;
