@@ -20,6 +20,8 @@ use std::future::Future;
 use axum::Router;
 use tokio::net::TcpListener;
 
+/// The access-control layer shared with the schema registry (`nexus-access`).
+pub use nexus_access as access;
 pub use command::CommandService;
 pub use error::{ApiError, Cause};
 pub use extract::BodyLimits;

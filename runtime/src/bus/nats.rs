@@ -202,6 +202,10 @@ impl EventBus for JetStreamBus {
         "nats"
     }
 
+    fn replays_from_position(&self) -> bool {
+        false
+    }
+
     /// JetStream tracks a durable consumer's acknowledgements itself; a new consumer starts at
     /// the beginning of the stream and the projection skips what it has already applied.
     async fn consumer(
