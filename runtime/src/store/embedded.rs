@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS events (
     UNIQUE (aggregate_type, aggregate_id, version)
 );
 CREATE INDEX IF NOT EXISTS events_stream_time ON events (aggregate_type, aggregate_id, recorded_at);
+-- Temporal queries: time to position, and positions of one aggregate type (rowid is implied).
+CREATE INDEX IF NOT EXISTS events_recorded_at ON events (recorded_at);
+CREATE INDEX IF NOT EXISTS events_aggregate_type ON events (aggregate_type);
 CREATE TRIGGER IF NOT EXISTS events_are_immutable_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'nexus: events are immutable, UPDATE is not allowed'); END;
 CREATE TRIGGER IF NOT EXISTS events_are_immutable_delete BEFORE DELETE ON events
