@@ -14,20 +14,22 @@ mod health;
 mod metrics;
 mod openapi;
 mod query;
+mod temporal;
 
 use std::future::Future;
 
 use axum::Router;
 use tokio::net::TcpListener;
 
-/// The access-control layer shared with the schema registry (`nexus-access`).
-pub use nexus_access as access;
 pub use command::CommandService;
 pub use error::{ApiError, Cause};
 pub use extract::BodyLimits;
 pub use health::health_router;
 pub use metrics::{metrics_router, prometheus};
+/// The access-control layer shared with the schema registry (`nexus-access`).
+pub use nexus_access as access;
 pub use query::QueryDashboard;
+pub use temporal::TemporalApi;
 
 /// Adds what every Nexus service serves beside its own routes: `/openapi.json` (`openapi`),
 /// `/metrics`, JSON errors for unknown routes and methods, the body limits, per-route request

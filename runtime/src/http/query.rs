@@ -45,6 +45,7 @@ pub struct QueryDashboard {
     health: HealthRegistry,
     read_models: BTreeMap<String, ReadModelStore>,
     title: String,
+    extra: Vec<(Router, Value)>,
 }
 
 impl QueryDashboard {
@@ -54,7 +55,15 @@ impl QueryDashboard {
             health,
             read_models: BTreeMap::new(),
             title: "query-dashboard".to_owned(),
+            extra: Vec::new(),
         }
+    }
+
+    /// Serves `routes` too (for instance [`super::TemporalApi::dashboard_routes`]), documented
+    /// by `openapi_paths` (`{"/path": {...}}`) in the service's OpenAPI document.
+    pub fn with_routes(mut self, routes: Router, openapi_paths: Value) -> Self {
+        self.extra.push((routes, openapi_paths));
+        self
     }
 
     /// Serves the read model of a running projection under `/read-models/{its name}`.
@@ -82,6 +91,9 @@ impl QueryDashboard {
             "Serves the read models of this service's projections and their health.",
         );
         openapi.query_paths(&names);
+        for (_, paths) in &self.extra {
+            openapi.extra_paths(paths);
+        }
         let openapi = openapi.finish(OpenApi::generator());
         let title = self.title.clone();
         let state = Arc::new(Shared {
@@ -89,13 +101,16 @@ impl QueryDashboard {
             read_models: self.read_models,
             title: self.title,
         });
-        let routes = Router::new()
+        let mut routes = Router::new()
             .route("/", get(overview))
             .route("/read-models", get(projections))
             .route("/read-models/{projection}/{collection}", get(list))
             .route("/read-models/{projection}/{collection}/{id}", get(one))
             .with_state(state)
             .merge(super::health_router(self.health));
+        for (extra, _) in self.extra {
+            routes = routes.merge(extra);
+        }
         super::with_service_routes(routes, &title, openapi, super::BodyLimits::default())
     }
 }
