@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 use nexus_access::{AccessControl, Permission, Principal};
 use serde_json::{Value, json};
 
+use super::extract::{Path, Query};
 use crate::aggregate::Aggregate;
 use crate::audit::{AuditLog, AuditOutcome, AuditRecord};
 use crate::event::StreamId;
