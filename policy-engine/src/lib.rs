@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, SchemaGate};
 pub use diagnostic::{Finding, Label, Severity, Span, Suppression};
 pub use engine::{Rule, RuleSet, TestReport};
 pub use schemas::RegisteredSchema;
@@ -99,8 +99,10 @@ pub struct CheckReport {
     pub findings: Vec<Finding>,
     /// The rules that ran.
     pub rules: Vec<Rule>,
-    /// Number of Rust files read.
+    /// Number of Rust files read (every target's module tree).
     pub files: usize,
+    /// `.rs` files in the packages' folders that no target compiles, left alone.
+    pub skipped: usize,
     /// Text of the files read, by relative path (for rendering).
     pub sources: HashMap<String, Arc<str>>,
     /// The baseline file in use, relative to the root.
@@ -122,6 +124,7 @@ impl CheckReport {
     pub fn summary(&self) -> Summary {
         let mut summary = Summary {
             files: self.files,
+            skipped: self.skipped,
             rules: self.rules.len(),
             ..Summary::default()
         };
@@ -142,6 +145,8 @@ impl CheckReport {
 pub struct Summary {
     /// Rust files read.
     pub files: usize,
+    /// `.rs` files no target compiles, which were not read.
+    pub skipped: usize,
     /// Rules evaluated.
     pub rules: usize,
     /// Unsuppressed errors.
@@ -185,12 +190,26 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
         },
     )?;
     let started = std::time::Instant::now();
-    let violations = rules.evaluate(facts.input)?;
-    tracing::debug!(violations = violations.len(), elapsed = ?started.elapsed(), "evaluated rules");
+    let evaluation = rules.evaluate(facts.input);
+    tracing::debug!(violations = evaluation.violations.len(), elapsed = ?started.elapsed(), "evaluated rules");
     let mut sources = facts.sources;
 
     let mut findings = Vec::new();
-    for (index, violation) in violations {
+    for (index, message) in evaluation.failures {
+        let rule = &rules.rules()[index];
+        findings.push(suppress::meta_finding(
+            "NX904",
+            "rule-error",
+            Severity::Error,
+            Span::line_of(&rule.source, "", 1),
+            format!(
+                "rule {} `{}` failed to evaluate, so it checked nothing: {message}",
+                rule.code, rule.name
+            ),
+            "this is a defect of the rule, not of your code: report it with this message (for a rule of your own, `nexus rules test` runs its tests)",
+        ));
+    }
+    for (index, violation) in evaluation.violations {
         let rule = &rules.rules()[index];
         let severity = violation
             .severity
@@ -222,6 +241,16 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
             fingerprint: String::new(),
             suppressed: None,
         });
+    }
+    for (message, span) in facts.notes {
+        findings.push(suppress::meta_finding(
+            "NX905",
+            "toolchain-fallback",
+            Severity::Note,
+            span,
+            message,
+            "install the pinned toolchain to check with it, or ignore this: the rules read source, not compiler output",
+        ));
     }
     for (message, span) in facts.parse_errors {
         findings.push(suppress::meta_finding(
@@ -265,6 +294,7 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
         findings,
         rules: rules.rules().to_vec(),
         files: facts.files,
+        skipped: facts.skipped,
         sources,
         baseline_path: baseline_rel,
     })

@@ -81,24 +81,20 @@ tonic_channel(path) if {
 	part in {"Channel", "Endpoint"}
 }
 
-# A request verb with a URL literal is a client call whatever the receiver is.
+# A request verb with a URL (`a.url`: the argument starts with `scheme://`) is a client call
+# whatever the receiver is.
 client_calls contains c if {
 	some c in candidates
 	c.kind == "method"
 	c.name in url_verbs
 	some a in c.args
-	regex.match(`^[a-zA-Z][a-zA-Z0-9+.-]*://`, a.text)
+	a.url
 	checked(c)
 }
 
-# Host and host:port of an argument, when its text starts with a URL whose host is known.
-hosts(a) := {lower(m[1]), lower(concat("", [m[1], m[2]]))} if {
-	m := regex.find_all_string_submatch_n(`^[a-zA-Z][a-zA-Z0-9+.-]*://([A-Za-z0-9._-]+)(:[0-9]+)?`, a.text, 1)[0]
-}
-
-hosts(a) := {lower(m[1]), lower(concat("", [m[1], m[2]]))} if {
-	m := regex.find_all_string_submatch_n(`^([A-Za-z0-9._-]+)(:[0-9]+)(/.*)?$`, a.text, 1)[0]
-}
+# Lower-cased host and host:port of an argument that starts with a URL or `host:port`, computed
+# by `nexus check` (`a.hosts`), so each argument costs lookups, not regular expressions.
+hosts(a) := object.get(a, "hosts", [])
 
 resolved(a) if count(hosts(a)) > 0
 
@@ -198,16 +194,29 @@ deny contains v if {
 	}
 }
 
-# gRPC clients generated from a sibling's proto (`query_dashboard::…Client::connect`): every
-# sibling the path names, a set, since two path segments may each name one.
+# gRPC clients generated from a sibling's proto: every sibling the path names
+# (`query_dashboard::…Client::connect`), and the sibling whose folder holds the `.proto` file
+# declaring the client's service (`input.grpc_clients`, so an alias or a module named after the
+# proto package still resolves). A set, since two path segments may each name one.
 generated_siblings(c) := {s |
+	generated_call(c)
+	some segment in split(c.path, "::")
+	some s in object.get(services_by_ident, lower(segment), [])
+	s.package != c.package
+} | {s |
+	generated_call(c)
+	segments := split(c.path, "::")
+	owner := object.get(object.get(input, "grpc_clients", {}), segments[count(segments) - 2], null)
+	some s in sibling_services
+	s.package == owner
+	s.package != c.package
+}
+
+generated_call(c) if {
 	c.name in {"connect", "new", "with_origin"}
 	c.kind == "fn"
 	some suffix in {"Client::connect", "Client::new", "Client::with_origin"}
 	endswith(c.path, suffix)
-	some segment in split(c.path, "::")
-	some s in object.get(services_by_ident, lower(segment), [])
-	s.package != c.package
 }
 
 generated_sibling(c) if count(generated_siblings(c)) > 0
