@@ -7,7 +7,9 @@
 //! default (graceful shutdown on Ctrl-C or SIGTERM).
 
 mod command;
+mod correlation;
 mod error;
+pub mod extract;
 mod health;
 mod metrics;
 mod openapi;
@@ -19,14 +21,21 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 pub use command::CommandService;
-pub use error::ApiError;
+pub use error::{ApiError, Cause};
+pub use extract::BodyLimits;
 pub use health::health_router;
 pub use metrics::{metrics_router, prometheus};
 pub use query::QueryDashboard;
 
 /// Adds what every Nexus service serves beside its own routes: `/openapi.json` (`openapi`),
-/// `/metrics`, and per-route request metrics labelled with `service`.
-fn with_service_routes(routes: Router, service: &str, openapi: serde_json::Value) -> Router {
+/// `/metrics`, JSON errors for unknown routes and methods, the body limits, per-route request
+/// metrics labelled with `service`, and a correlation id and `tracing` span per request.
+fn with_service_routes(
+    routes: Router,
+    service: &str,
+    openapi: serde_json::Value,
+    limits: BodyLimits,
+) -> Router {
     let openapi = std::sync::Arc::new(openapi);
     let service: std::sync::Arc<str> = service.into();
     routes
@@ -38,9 +47,13 @@ fn with_service_routes(routes: Router, service: &str, openapi: serde_json::Value
             }),
         )
         .merge(metrics_router())
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::Extension(limits))
         .layer(axum::middleware::from_fn(move |request, next| {
             metrics::track(std::sync::Arc::clone(&service), request, next)
         }))
+        .layer(axum::middleware::from_fn(correlation::correlate))
 }
 
 /// Serves `router` on `listener` until Ctrl-C or SIGTERM, then lets requests in flight finish.

@@ -9,13 +9,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::error::{ApiError, chain};
+use super::error::ApiError;
+use super::extract::{Path, Query};
 use super::openapi::OpenApi;
 use crate::event::StreamId;
 use crate::projection::{HealthRegistry, ProjectionHandle, ReadModelError, ReadModelStore};
@@ -95,7 +96,7 @@ impl QueryDashboard {
             .route("/read-models/{projection}/{collection}/{id}", get(one))
             .with_state(state)
             .merge(super::health_router(self.health));
-        super::with_service_routes(routes, &title, openapi)
+        super::with_service_routes(routes, &title, openapi, super::BodyLimits::default())
     }
 }
 
@@ -121,16 +122,13 @@ impl Shared {
     }
 
     fn read_model(&self, name: &str) -> Result<ReadModelStore, ApiError> {
-        self.read_models.get(name).cloned().ok_or_else(|| {
-            ApiError::not_found(
-                "unknown_projection",
-                format!("this dashboard serves no projection `{name}`"),
-            )
-            .with(
-                "projections",
-                self.read_models.keys().cloned().collect::<Vec<_>>(),
-            )
-        })
+        self.read_models
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::UnknownProjection {
+                name: name.to_owned(),
+                known: self.read_models.keys().cloned().collect(),
+            })
     }
 }
 
@@ -164,10 +162,9 @@ impl ListParams {
                 "limit" => {
                     params.limit = number(&key, &value)?;
                     if !(1..=MAX_LIMIT).contains(&params.limit) {
-                        return Err(ApiError::bad_request(
-                            "invalid_parameter",
-                            format!("limit must be 1 to {MAX_LIMIT}, got {value}"),
-                        ));
+                        return Err(ApiError::InvalidParameter(format!(
+                            "limit must be 1 to {MAX_LIMIT}, got {value}"
+                        )));
                     }
                 }
                 "offset" => params.offset = number(&key, &value)?,
@@ -189,12 +186,9 @@ impl ListParams {
 impl Wait {
     fn parse(spec: &str, timeout: Duration) -> Result<Self, ApiError> {
         let invalid = || {
-            ApiError::bad_request(
-                "invalid_parameter",
-                format!(
-                    "wait_for must look like `order/o-1@3` (aggregate/id@version), got `{spec}`"
-                ),
-            )
+            ApiError::InvalidParameter(format!(
+                "wait_for must look like `order/o-1@3` (aggregate/id@version), got `{spec}`"
+            ))
         };
         let (stream, version) = spec.rsplit_once('@').ok_or_else(invalid)?;
         let (aggregate, id) = stream.split_once('/').ok_or_else(invalid)?;
@@ -221,12 +215,11 @@ impl Wait {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(ApiError::unavailable(format!(
-                    "the read model has applied `{}` up to version {applied}, not {} yet",
-                    self.stream, self.version
-                ))
-                .with("applied", applied)
-                .with("wanted", self.version));
+                return Err(ApiError::NotAppliedYet {
+                    stream: self.stream.to_string(),
+                    applied,
+                    wanted: self.version,
+                });
             }
             tokio::time::sleep(WAIT_POLL).await;
         }
@@ -235,10 +228,9 @@ impl Wait {
 
 fn number(key: &str, value: &str) -> Result<usize, ApiError> {
     value.parse::<usize>().map_err(|_| {
-        ApiError::bad_request(
-            "invalid_parameter",
-            format!("{key} must be a non-negative integer, got `{value}`"),
-        )
+        ApiError::InvalidParameter(format!(
+            "{key} must be a non-negative integer, got `{value}`"
+        ))
     })
 }
 
@@ -250,14 +242,13 @@ fn filter_value(text: &str) -> Value {
     }
 }
 
-/// The answer to a failed read-model call: 400 for a bad filter field, else 503.
+/// The answer to a failed read-model call: 400 for a bad filter field, 503 when the database
+/// is unreachable, else 500 (the cause is logged, never returned).
 fn read_model_error(err: ReadModelError) -> ApiError {
     match err {
-        ReadModelError::InvalidField(field) => ApiError::bad_request(
-            "invalid_filter",
-            format!("`{field}` is not a field name (letters, digits, `_`, and `.` for nesting)"),
-        ),
-        err => ApiError::unavailable(chain(&err)),
+        ReadModelError::InvalidField(field) => ApiError::InvalidFilter(field),
+        err @ ReadModelError::Unavailable { .. } => ApiError::unavailable(err),
+        err => ApiError::internal(err),
     }
 }
 
@@ -310,12 +301,9 @@ async fn one(
         .get(&collection, &id)
         .await
         .map_err(read_model_error)?;
-    found.map(Json).ok_or_else(|| {
-        ApiError::not_found(
-            "unknown_id",
-            format!("no document `{id}` in this collection"),
-        )
-    })
+    found
+        .map(Json)
+        .ok_or_else(|| ApiError::UnknownId(format!("no document `{id}` in this collection")))
 }
 
 /// A small HTML page: each projection's health, with links to its API.

@@ -628,3 +628,138 @@ async fn the_dashboard_serves_read_models_with_filters_pages_and_read_your_write
 
     tickets.stop().await;
 }
+
+/// A `tracing` writer that keeps everything logged, to look for a cause in the log.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// A store that stops answering: the database refuses connections and every session is killed.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_5xx_body_carries_no_internal_cause_which_is_logged_with_the_correlation_id() {
+    let Some(db) = support::TestDb::create().await else {
+        return;
+    };
+    let log = LogBuffer::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let store = db.store().await;
+    let app = commands(&store);
+    let (status, _) = call(
+        &app,
+        post(
+            "/commands/ticket/t-1",
+            json!({"type": "Open", "title": "t"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let (superuser, connection) = tokio_postgres::connect(
+        &std::env::var("NEXUS_TEST_POSTGRES_URL").unwrap(),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    superuser
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .await
+        .unwrap();
+    superuser
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+
+    let request = Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
+        .header("x-correlation-id", "corr-5xx-test")
+        .body(Body::from(
+            json!({"type": "Comment", "text": "x"}).to_string(),
+        ))
+        .unwrap();
+    let (status, response) = call(&app, request).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["x-correlation-id"], "corr-5xx-test");
+    let body = json_of(response).await;
+    assert_eq!(body["error"], "unavailable");
+    let text = body.to_string();
+    for internal in [name.as_str(), "FATAL", "db error", "connection", "postgres"] {
+        assert!(!text.contains(internal), "`{internal}` in the body: {text}");
+    }
+    let (status, response) = call(&app, get("/health")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let text = json_of(response).await.to_string();
+    assert!(!text.contains(&name) && !text.contains("FATAL"), "{text}");
+
+    let logged = log.text();
+    let line = logged
+        .lines()
+        .find(|l| l.contains("request failed"))
+        .unwrap_or_else(|| panic!("the cause is not logged:\n{logged}"));
+    assert!(line.contains("corr-5xx-test"), "{line}");
+    assert!(line.contains("unavailable"), "{line}");
+    superuser
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_methods_and_paths_get_json_errors_and_bounded_metric_labels() {
+    let (store, _dir) = support::embedded();
+    let app = commands(&store);
+    for (request, expected, code) in [
+        (get("/nope"), StatusCode::NOT_FOUND, "route_not_found"),
+        (
+            Request::builder()
+                .method("FROBNICATE")
+                .uri("/commands/ticket/t-1")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            post("/commands/ticket/%FF%FE", json!({"type": "Close"})),
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+        ),
+    ] {
+        let uri = request.uri().clone();
+        let (status, response) = call(&app, request).await;
+        assert_eq!(status, expected, "{uri}");
+        assert!(response.headers().contains_key("x-correlation-id"));
+        assert_eq!(json_of(response).await["error"], code, "{uri}");
+    }
+    let (_, response) = call(&app, get("/metrics")).await;
+    let metrics = response.into_body().collect().await.unwrap().to_bytes();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains(r#"method="OTHER""#), "{metrics}");
+    assert!(!metrics.contains("FROBNICATE"), "{metrics}");
+    assert!(!metrics.contains("/nope"), "{metrics}");
+}
