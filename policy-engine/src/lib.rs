@@ -83,6 +83,9 @@ pub struct CheckOptions {
     pub no_builtin_rules: bool,
     /// Registered schemas fetched by the caller; `None` loads the configured schemas folder, if any.
     pub schemas: Option<Vec<RegisteredSchema>>,
+    /// Files of `schemas` the caller read in the deprecated flat layout ([`schemas::load_dir`]),
+    /// each reported once.
+    pub deprecated_schema_files: Vec<PathBuf>,
     /// Baseline file; `None` uses the configured one or `nexus-baseline.json` when it exists.
     pub baseline: Option<PathBuf>,
     /// Configuration; `None` reads `nexus.toml` under the root.
@@ -170,13 +173,19 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
     rule_dirs.extend(options.rules.iter().cloned());
     let mut rules = RuleSet::load(!options.no_builtin_rules, &rule_dirs)?;
 
+    let mut deprecated_schemas = options.deprecated_schema_files.clone();
     let schemas = match (&options.schemas, &config.schemas_dir) {
         (Some(schemas), _) => Some(schemas.clone()),
-        (None, Some(dir)) => Some(schemas::load_dir(&root.join(dir))?),
-        (None, None) if root.join("schemas").is_dir() => {
-            Some(schemas::load_dir(&root.join("schemas"))?)
+        (None, dir) => {
+            let dir = root.join(dir.as_deref().unwrap_or("schemas"));
+            if dir.is_dir() || config.schemas_dir.is_some() {
+                let loaded = schemas::load_dir(&dir)?;
+                deprecated_schemas.extend(loaded.deprecated);
+                Some(loaded.schemas)
+            } else {
+                None
+            }
         }
-        (None, None) => None,
     };
 
     let call_names = rules.call_names();
@@ -241,6 +250,17 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
             fingerprint: String::new(),
             suppressed: None,
         });
+    }
+    for file in &deprecated_schemas {
+        let rel = facts::cargo::relative(root, file);
+        findings.push(suppress::meta_finding(
+            "NX906",
+            "deprecated-schema-layout",
+            Severity::Warning,
+            Span::line_of(&rel, "", 1),
+            format!("`{rel}` is in the deprecated flat schemas layout"),
+            "move `<Subject>.json` to `<Subject>/1.0.0.json` and `<Subject>.v<N>.json` to `<Subject>/<N>.0.0.json`: one folder per subject, one file per semantic version, as `nexus schema check --dir` and `nexus new` use",
+        ));
     }
     for (message, span) in facts.notes {
         findings.push(suppress::meta_finding(

@@ -53,6 +53,13 @@ const META_RULES: &[(&str, &str, Severity, &str, &str)] = &[
         "the pinned toolchain is not installed, so `cargo metadata` ran with rustup's default one",
         "Install the pinned toolchain, or ignore this: the rules read source, not compiler output.",
     ),
+    (
+        "NX906",
+        "deprecated-schema-layout",
+        Severity::Warning,
+        "a schema file is in the deprecated flat layout",
+        "Move `<Subject>.json` to `<Subject>/1.0.0.json`: one folder per subject, one file per semantic version.",
+    ),
 ];
 
 /// `--format json`: `{"findings": […], "summary": {…}}`, suppressed findings left out.

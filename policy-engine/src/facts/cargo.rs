@@ -110,6 +110,8 @@ pub fn load(root: &Path) -> Result<Workspace, CheckError> {
             .current_dir(root)
             .no_deps()
             .other_options(vec!["--offline".to_owned()]);
+        // Never let rustup download a toolchain for a static check.
+        command.env("RUSTUP_AUTO_INSTALL", "0");
         if let Some(toolchain) = toolchain {
             command.env("RUSTUP_TOOLCHAIN", toolchain);
         }
