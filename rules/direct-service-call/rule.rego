@@ -75,6 +75,25 @@ client_calls contains c if {
 	checked(c)
 }
 
+# A verb on a receiver whose declared type is a client of a client crate (a parameter
+# `client: &reqwest::Client`, a field `http: reqwest::Client`).
+client_calls contains c if {
+	some c in candidates
+	c.kind == "method"
+	c.name in verbs
+	object.get(c, "origin", "") == ""
+	words := regex.split(`[^A-Za-z0-9_]+`, object.get(c, "receiver_type", ""))
+	some crate in words
+	crate in value_clients
+	some word in words
+	client_type(word)
+	checked(c)
+}
+
+client_type(word) if endswith(word, "Client")
+
+client_type(word) if word == "Agent"
+
 # Methods on a tonic channel or endpoint act on the target given to its constructor.
 tonic_channel(path) if {
 	some part in split(path, "::")
@@ -130,13 +149,19 @@ targets(c, a) := {[s, via] |
 	some h in hosts(a)
 	some s in object.get(services_by_host, h, [])
 	s.package != c.package
-	via := sprintf("`%s`", [a.text])
+	via := host_via(a, h)
 } | {[s, via] |
 	some address in a.env
 	some s in object.get(services_by_env, address, [])
 	s.package != c.package
 	via := sprintf("the environment variable `%s`", [address])
 }
+
+# How a host was reached: the argument's text, or (for a settings field given several values)
+# the address it may hold.
+host_via(a, h) := sprintf("`%s`", [a.text]) if contains(lower(a.text), h)
+
+host_via(a, h) := sprintf("`%s`, which may hold `%s`", [a.text, h]) if not contains(lower(a.text), h)
 
 # The service built by the caller's package: the first one `nexus.toml` lists, as `nexus check`
 # itself picks it, so two services sharing a package cannot make this ambiguous.

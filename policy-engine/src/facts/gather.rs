@@ -13,9 +13,10 @@ use crate::diagnostic::Span;
 use crate::facts::cache::FactsCache;
 use crate::facts::cargo::{self, PackageFact};
 use crate::facts::input::{CallFact, ConfigInput, EventFact, Input, PackageInput};
+use crate::facts::macros::{self, MacroDef};
 use crate::facts::modules::{self, SourceFile};
 use crate::facts::strings::ConstTable;
-use crate::facts::syntax::{self, EventImpl, FileFacts, TypeShape};
+use crate::facts::syntax::{self, EventImpl, FileFacts, RawCall, TypeShape};
 use crate::facts::{Facts, GatherOptions};
 use crate::schemas::RegisteredSchema;
 
@@ -68,7 +69,8 @@ pub fn gather(
     tracing::debug!(files = files.len(), skipped, elapsed = ?started.elapsed(), "parsed the module trees");
 
     let tables = PackageTables::new(packages, &files);
-    let calls = call_facts(packages, &files, &tables);
+    let expanded = expand_macros(packages, &files, options.call_names);
+    let calls = call_facts(packages, &files, &expanded, &tables);
     let events = event_facts(packages, &files, &tables);
     let store_types = store_types(config, &files);
     let grpc_clients = grpc_clients(packages);
@@ -255,18 +257,73 @@ fn crate_path(module: &str, written: &str) -> String {
     out.join("::")
 }
 
+/// The calls hidden in macro invocations, expanded from the invoked `macro_rules!`: the file's
+/// own, else its package's, else a workspace crate's exported one. Each call is reported at the
+/// invocation (`Vec` index = file index).
+fn expand_macros(
+    packages: &[PackageFact],
+    files: &[SourceFile],
+    call_names: Option<&BTreeSet<String>>,
+) -> Vec<Vec<RawCall>> {
+    let mut local: HashMap<(usize, &str), (&MacroDef, usize)> = HashMap::new();
+    let mut exported: HashMap<&str, (&MacroDef, usize)> = HashMap::new();
+    for file in files {
+        for def in &file.facts.macros {
+            local
+                .entry((file.package, def.name.as_str()))
+                .or_insert((def, file.package));
+            if def.exported {
+                exported
+                    .entry(def.name.as_str())
+                    .or_insert((def, file.package));
+            }
+        }
+    }
+    files
+        .par_iter()
+        .map(|file| {
+            let mut calls = Vec::new();
+            // A macro without arguments has a fixed body, checked where it is defined.
+            for call in file.facts.macro_calls.iter().filter(|c| !c.args.is_empty()) {
+                let own = file.facts.macros.iter().find(|d| d.name == call.name);
+                let found = own
+                    .map(|def| (def, file.package))
+                    .or_else(|| local.get(&(file.package, call.name.as_str())).copied())
+                    .or_else(|| exported.get(call.name.as_str()).copied());
+                let Some((def, home)) = found else { continue };
+                let krate = packages[home].name.replace('-', "_");
+                let Some(body) = macros::expand(def, call, &krate) else {
+                    continue;
+                };
+                let text = format!("async fn __nexus_expanded() {{ {body} }}");
+                let facts = syntax::extract_calls_named(&file.rel, &text, call.test, call_names);
+                for mut expanded in facts.calls {
+                    expanded.span = call.span.clone();
+                    for (span, _) in &mut expanded.args {
+                        *span = call.span.clone();
+                    }
+                    calls.push(expanded);
+                }
+            }
+            calls
+        })
+        .collect()
+}
+
 fn call_facts<'f>(
     packages: &'f [PackageFact],
     files: &'f [SourceFile],
+    expanded: &'f [Vec<RawCall>],
     tables: &PackageTables<'f>,
 ) -> Vec<CallFact<'f>> {
     files
         .par_iter()
-        .flat_map_iter(|file| {
+        .zip(expanded.par_iter())
+        .flat_map_iter(|(file, expanded)| {
             let strings = &tables.strings[file.package];
             let field_types = &tables.field_types[file.package];
             let package = packages[file.package].name.as_str();
-            file.facts.calls.iter().map(move |call| {
+            file.facts.calls.iter().chain(expanded).map(move |call| {
                 let args = call
                     .args
                     .iter()

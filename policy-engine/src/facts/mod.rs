@@ -5,6 +5,7 @@ pub mod cache;
 pub mod cargo;
 mod gather;
 mod input;
+pub mod macros;
 mod modules;
 pub mod sql;
 pub mod strings;

@@ -11,6 +11,7 @@ use syn::visit::{self, Visit};
 use syn::{Expr, Lit, Token};
 
 use crate::diagnostic::Span;
+use crate::facts::macros::{self, MacroCall, MacroDef};
 use crate::facts::strings::{FormatPiece, StrExpr, format_pieces};
 
 /// Everything extracted from one file before crate-wide resolution (what the facts cache stores).
@@ -39,6 +40,10 @@ pub struct FileFacts {
     pub mods: Vec<ModDecl>,
     /// `include!("file")` arguments, relative to the including file's folder.
     pub includes: Vec<String>,
+    /// `macro_rules!` definitions in their simple form ([`macros`]).
+    pub macros: Vec<MacroDef>,
+    /// Invocations of macros that are not well-known ones, for expansion across files.
+    pub macro_calls: Vec<MacroCall>,
     /// The parse error, when the file is not valid Rust.
     pub parse_error: Option<(String, Span)>,
 }
@@ -389,6 +394,48 @@ const FORMAT_MACROS: &[&str] = &[
     "todo",
     "unimplemented",
 ];
+
+/// Macros of the standard library and common crates that never hide a user's `macro_rules!`.
+const WELL_KNOWN_MACROS: &[&str] = &[
+    "macro_rules",
+    "concat",
+    "env",
+    "option_env",
+    "vec",
+    "include",
+    "include_str",
+    "include_bytes",
+    "include_proto",
+    "matches",
+    "assert",
+    "assert_eq",
+    "assert_ne",
+    "debug_assert",
+    "debug_assert_eq",
+    "debug_assert_ne",
+    "cfg",
+    "stringify",
+    "line",
+    "file",
+    "column",
+    "module_path",
+    "json",
+    "dbg",
+    "compile_error",
+    "thread_local",
+    "select",
+    "join",
+    "pin",
+];
+
+/// Whether a token stream mentions a `$` (a `macro_rules!` parameter), at any depth.
+fn has_dollar(tokens: TokenStream) -> bool {
+    tokens.into_iter().any(|tree| match tree {
+        TokenTree::Punct(p) => p.as_char() == '$',
+        TokenTree::Group(g) => has_dollar(g.stream()),
+        _ => false,
+    })
+}
 
 fn is_const_name(ident: &str) -> bool {
     ident.chars().any(|c| c.is_ascii_uppercase())
@@ -771,6 +818,17 @@ impl Walker<'_> {
             syn::MacroDelimiter::Bracket(b) => b.span.close(),
         };
         let span = span_between(self.file, mac.path.span(), close);
+        if !WELL_KNOWN_MACROS.contains(&name.as_str())
+            && !FORMAT_MACROS.contains(&name.as_str())
+            && let Some(args) = macros::invocation_args(mac.tokens.clone())
+        {
+            self.out.macro_calls.push(MacroCall {
+                name: name.clone(),
+                args,
+                span: span.clone(),
+                test: self.test(),
+            });
+        }
         if let Some(Expr::Lit(syn::ExprLit {
             lit: Lit::Str(s), ..
         })) = Self::macro_args(mac).and_then(|a| a.into_iter().next())
@@ -894,6 +952,11 @@ impl Walker<'_> {
                     } else {
                         self.string_args(&args)
                     };
+                    // A call whose arguments are a macro's `$parameters` is a template: it is
+                    // checked where the macro is invoked, with the arguments given there.
+                    if has_dollar(group.stream()) {
+                        continue;
+                    }
                     self.push_call(RawCall {
                         kind: if is_macro {
                             CallKind::Macro
@@ -1266,6 +1329,20 @@ impl<'ast> Visit<'ast> for Walker<'_> {
             self.field_value(name, &assign.right);
         }
         visit::visit_expr_assign(self, assign);
+    }
+
+    fn visit_item_macro(&mut self, item: &'ast syn::ItemMacro) {
+        if let Some(ident) = &item.ident
+            && item.mac.path.is_ident("macro_rules")
+        {
+            let exported = item.attrs.iter().any(|a| a.path().is_ident("macro_export"));
+            if let Some(def) =
+                macros::definition(ident.to_string(), exported, item.mac.tokens.clone())
+            {
+                self.out.macros.push(def);
+            }
+        }
+        visit::visit_item_macro(self, item);
     }
 
     fn visit_macro(&mut self, mac: &'ast syn::Macro) {
