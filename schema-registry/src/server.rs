@@ -34,6 +34,8 @@ pub struct Options {
     pub default_level: Level,
     /// How long one compatibility check may run before the request fails with 50002.
     pub check_timeout: Duration,
+    /// Bounds of dereferencing one schema (nodes and depth once its references are inlined).
+    pub prepare_limits: crate::compat::Limits,
     /// How much memory dereferenced schemas may hold in the cache by schema id, in bytes
     /// (estimated); the least recently used leave first.
     pub prepared_cache_bytes: usize,
@@ -42,9 +44,10 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            max_schema_bytes: 256 * 1024,
+            max_schema_bytes: 8 * 1024 * 1024,
             default_level: Level::Nexus,
             check_timeout: Duration::from_secs(2),
+            prepare_limits: crate::compat::Limits::default(),
             prepared_cache_bytes: 64 * 1024 * 1024,
         }
     }

@@ -10,6 +10,7 @@ mod projection;
 mod snapshot;
 mod store_contract;
 mod support;
+mod temporal;
 
 #[cfg(feature = "nats")]
 mod nats;

@@ -215,7 +215,7 @@ struct Metadata {
 struct Proposal {
     canonical: String,
     value: Value,
-    prepared: Value,
+    prepared: Arc<Value>,
     major: Option<u64>,
     semver: Option<semver::Version>,
 }
@@ -228,11 +228,8 @@ fn property(request: &SchemaRequest, key: &str) -> Option<String> {
     })
 }
 
-fn proposal(
-    state: &AppState,
-    request: &SchemaRequest,
-    normalize: bool,
-) -> Result<Proposal, ApiError> {
+/// Checks the parts of a schema request that cost nothing to check: type, references, size.
+fn screen(state: &AppState, request: &SchemaRequest) -> Result<(), ApiError> {
     let kind = request.schema_type.as_deref().unwrap_or("AVRO");
     if !kind.eq_ignore_ascii_case("JSON") {
         return Err(ApiError::InvalidSchema(format!(
@@ -252,9 +249,36 @@ fn proposal(
             limit,
         });
     }
-    let value =
-        document::parse(&request.schema).map_err(|e| ApiError::InvalidSchema(e.to_string()))?;
-    let prepared = compat::prepare(&value).map_err(|e| ApiError::InvalidSchema(e.to_string()))?;
+    Ok(())
+}
+
+/// Runs CPU-bound work on the blocking pool under the configured deadline, so no schema can
+/// hold an async worker (the registry shares its process with other services in `nexus up`).
+///
+/// `late` is the error when the deadline passes first.
+async fn off_workers<T: Send + 'static>(
+    state: &AppState,
+    late: ApiError,
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let task = tokio::task::spawn_blocking(work);
+    match tokio::time::timeout(state.options().check_timeout, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panicked)) => {
+            tracing::error!(error = %panicked, "registry preparation or check panicked");
+            Err(ApiError::CheckTimeout)
+        }
+        Err(_) => Err(late),
+    }
+}
+
+/// Parses and prepares the schema of a request, off the async workers.
+async fn proposal(
+    state: &AppState,
+    request: &SchemaRequest,
+    normalize: bool,
+) -> Result<Proposal, ApiError> {
+    screen(state, request)?;
     let major = property(request, "major_version")
         .map(|m| {
             m.trim().parse::<u64>().map_err(|_| {
@@ -273,10 +297,24 @@ fn proposal(
             })
         })
         .transpose()?;
+    let text = request.schema.clone();
+    let limits = state.options().prepare_limits;
+    let late = ApiError::PrepareTimeout(state.options().check_timeout);
+    let (canonical, value, prepared) = off_workers(state, late, move || {
+        let value = document::parse(&text).map_err(|e| ApiError::InvalidSchema(e.to_string()))?;
+        let prepared = compat::prepare_with(&value, &[], limits)
+            .map_err(|e| ApiError::InvalidSchema(e.to_string()))?;
+        Ok((
+            document::canonical(&text, &value, normalize),
+            value,
+            prepared,
+        ))
+    })
+    .await?;
     Ok(Proposal {
-        canonical: document::canonical(&request.schema, &value, normalize),
+        canonical,
         value,
-        prepared,
+        prepared: Arc::new(prepared),
         major,
         semver,
     })
@@ -486,14 +524,15 @@ async fn ensure_writable(state: &AppState, subject: &str) -> Result<(), ApiError
     Ok(())
 }
 
-/// The dereferenced schema of a stored version, from the cache when possible.
+/// The dereferenced schema of a stored version, from the cache when possible (blocking).
 fn prepared(state: &AppState, id: i64, text: &str) -> Result<Arc<Value>, ApiError> {
     if let Some(hit) = state.inner.prepared.get(id) {
         return Ok(hit);
     }
+    let limits = state.options().prepare_limits;
     let value = document::parse(text)
         .ok()
-        .and_then(|v| compat::prepare(&v).ok())
+        .and_then(|v| compat::prepare_with(&v, &[], limits).ok())
         .ok_or_else(|| {
             ApiError::InvalidSchema(format!("stored schema {id} can no longer be read"))
         })?;
@@ -502,7 +541,8 @@ fn prepared(state: &AppState, id: i64, text: &str) -> Result<Arc<Value>, ApiErro
     Ok(value)
 }
 
-/// Runs the checker off the async workers, under the configured deadline.
+/// Prepares the earlier versions and runs the checker off the async workers, under the
+/// configured deadline.
 async fn run_check(
     state: &AppState,
     level: Level,
@@ -510,13 +550,18 @@ async fn run_check(
     priors: &[VersionRecord],
     proposal: &Proposal,
 ) -> Result<compat::Verdict, ApiError> {
-    let schemas: Vec<(u32, Arc<Value>, u64)> = priors
+    let stored: Vec<(u32, i64, String, u64)> = priors
         .iter()
-        .map(|v| Ok((v.version, prepared(state, v.id, &v.schema)?, v.major)))
-        .collect::<Result<_, ApiError>>()?;
-    let proposed = proposal.prepared.clone();
+        .map(|v| (v.version, v.id, v.schema.clone(), v.major))
+        .collect();
+    let proposed = Arc::clone(&proposal.prepared);
     let major = proposal.major;
-    let task = tokio::task::spawn_blocking(move || {
+    let shared = state.clone();
+    let verdict = off_workers(state, ApiError::CheckTimeout, move || {
+        let schemas: Vec<(u32, Arc<Value>, u64)> = stored
+            .iter()
+            .map(|(version, id, text, major)| Ok((*version, prepared(&shared, *id, text)?, *major)))
+            .collect::<Result<_, ApiError>>()?;
         let priors: Vec<Prior<'_>> = schemas
             .iter()
             .map(|(version, schema, major)| Prior {
@@ -526,15 +571,9 @@ async fn run_check(
             })
             .collect();
         compat::check(level, &priors, &proposed, major, group)
-    });
-    let verdict = tokio::time::timeout(state.options().check_timeout, task)
-        .await
-        .map_err(|_| ApiError::CheckTimeout)?
-        .map_err(|_| ApiError::CheckTimeout)?;
-    let verdict = verdict.map_err(|e| match e {
-        CheckError::TooComplex => ApiError::CheckTimeout,
-        other => ApiError::InvalidSchema(other.to_string()),
-    })?;
+            .map_err(|e: CheckError| ApiError::InvalidSchema(e.to_string()))
+    })
+    .await?;
     state.inner.metrics.check(verdict.is_compatible());
     Ok(verdict)
 }
@@ -590,7 +629,7 @@ async fn register(
             "a schema id or version may only be chosen by the caller in IMPORT mode, which this registry does not offer".to_owned(),
         ));
     }
-    let proposal = proposal(&state, &request, flag(&params, "normalize"))?;
+    let proposal = proposal(&state, &request, flag(&params, "normalize")).await?;
     let who = registered_by(&headers);
     for _ in 0..REGISTER_ATTEMPTS {
         let all = state.storage().versions(&subject).await?;
@@ -647,7 +686,7 @@ async fn lookup(
 ) -> ApiResult {
     let params = params(query);
     let request: SchemaRequest = body(bytes, state.options().max_schema_bytes)?;
-    let proposal = proposal(&state, &request, flag(&params, "normalize"))?;
+    let proposal = proposal(&state, &request, flag(&params, "normalize")).await?;
     let versions = live_versions(&state, &subject, flag(&params, "deleted")).await?;
     let found = versions
         .iter()
@@ -811,7 +850,7 @@ async fn check_all(
 ) -> ApiResult {
     let params = params(query);
     let request: SchemaRequest = body(bytes, state.options().max_schema_bytes)?;
-    let proposal = proposal(&state, &request, flag(&params, "normalize"))?;
+    let proposal = proposal(&state, &request, flag(&params, "normalize")).await?;
     let live: Vec<VersionRecord> = state
         .storage()
         .versions(&subject)
@@ -832,7 +871,7 @@ async fn check_one(
 ) -> ApiResult {
     let params = params(query);
     let request: SchemaRequest = body(bytes, state.options().max_schema_bytes)?;
-    let proposal = proposal(&state, &request, flag(&params, "normalize"))?;
+    let proposal = proposal(&state, &request, flag(&params, "normalize")).await?;
     let target = find_version(&state, &subject, &version, false).await?;
     let (level, group) = policy(&state, &subject).await?;
     // Against one named version, the transitive levels reduce to their plain form.
