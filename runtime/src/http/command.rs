@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::access::OriginPolicy;
 use super::correlation::{CORRELATION_ID, MAX_ID_LEN, TRACEPARENT, trace_id, valid_id};
 use super::error::ApiError;
 use super::extract::{BodyLimits, JsonBody, Path};
@@ -56,6 +57,7 @@ pub struct CommandService {
     endpoints: BTreeMap<&'static str, Arc<dyn Endpoint>>,
     title: String,
     limits: BodyLimits,
+    origins: OriginPolicy,
 }
 
 impl std::fmt::Debug for CommandService {
@@ -75,7 +77,15 @@ impl CommandService {
             endpoints: BTreeMap::new(),
             title: "command-service".to_owned(),
             limits: BodyLimits::default(),
+            origins: OriginPolicy::new(),
         }
+    }
+
+    /// Which hosts, origins and body media types the service accepts (default: IP addresses and
+    /// `localhost`, same-origin writes, JSON), against DNS rebinding and cross-site writes.
+    pub fn with_origin_policy(mut self, policy: OriginPolicy) -> Self {
+        self.origins = policy;
+        self
     }
 
     /// How large a command body may be and how long it may take to arrive (default 1 MiB, 10 s).
@@ -131,7 +141,7 @@ impl CommandService {
             .route("/aggregates/{aggregate}/{id}", get(state_of))
             .route("/health", get(health))
             .with_state(state);
-        super::with_service_routes(routes, &self.title, openapi, self.limits)
+        super::with_service_routes(routes, &self.title, openapi, self.limits, self.origins)
     }
 
     fn openapi(&self) -> Value {

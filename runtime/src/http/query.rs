@@ -17,6 +17,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use super::access::OriginPolicy;
 use super::error::ApiError;
 use super::extract::{Path, Query};
 use super::openapi::OpenApi;
@@ -47,6 +48,7 @@ pub struct QueryDashboard {
     read_models: BTreeMap<String, ReadModelStore>,
     title: String,
     limits: QueryLimits,
+    origins: OriginPolicy,
 }
 
 /// Bounds on the dashboard's read-your-writes waits.
@@ -76,7 +78,15 @@ impl QueryDashboard {
             read_models: BTreeMap::new(),
             title: "query-dashboard".to_owned(),
             limits: QueryLimits::default(),
+            origins: OriginPolicy::new(),
         }
+    }
+
+    /// Which hosts and origins the dashboard accepts (default: IP addresses and `localhost`,
+    /// same-origin writes), against DNS rebinding.
+    pub fn with_origin_policy(mut self, policy: OriginPolicy) -> Self {
+        self.origins = policy;
+        self
     }
 
     /// Bounds on `wait_for` (default: 256 waiters, `wait_ms` up to 30 s).
@@ -126,7 +136,13 @@ impl QueryDashboard {
             .route("/read-models/{projection}/{collection}/{id}", get(one))
             .with_state(state)
             .merge(super::health_router(self.health));
-        super::with_service_routes(routes, &title, openapi, super::BodyLimits::default())
+        super::with_service_routes(
+            routes,
+            &title,
+            openapi,
+            super::BodyLimits::default(),
+            self.origins,
+        )
     }
 }
 
