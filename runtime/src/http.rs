@@ -18,13 +18,13 @@ mod serve;
 
 use axum::Router;
 
-/// The access-control layer shared with the schema registry (`nexus-access`).
-pub use nexus_access as access;
 pub use command::CommandService;
 pub use error::{ApiError, Cause};
 pub use extract::BodyLimits;
 pub use health::health_router;
 pub use metrics::{metrics_router, prometheus};
+/// The access-control layer shared with the schema registry (`nexus-access`).
+pub use nexus_access as access;
 pub use query::{QueryDashboard, QueryLimits};
 pub use serve::{ServeOptions, serve, serve_until, serve_with, shutdown_signal};
 

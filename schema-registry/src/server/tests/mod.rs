@@ -1192,4 +1192,5 @@ async fn checks_see_deletes_and_registrations_whatever_the_schema_cache_holds() 
     }
 }
 
+mod access;
 mod hostile;
