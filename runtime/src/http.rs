@@ -15,6 +15,7 @@ mod metrics;
 mod openapi;
 mod query;
 mod serve;
+mod temporal;
 
 use axum::Router;
 
@@ -27,6 +28,7 @@ pub use metrics::{metrics_router, prometheus};
 pub use nexus_access as access;
 pub use query::{QueryDashboard, QueryLimits};
 pub use serve::{ServeOptions, serve, serve_until, serve_with, shutdown_signal};
+pub use temporal::TemporalApi;
 
 /// Adds what every Nexus service serves beside its own routes: `/openapi.json` (`openapi`),
 /// `/metrics`, JSON errors for unknown routes and methods, the body limits, per-route request

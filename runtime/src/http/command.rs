@@ -59,6 +59,7 @@ pub struct CommandService {
     title: String,
     limits: BodyLimits,
     access: AccessControl,
+    extra: Vec<(Router, Value)>,
 }
 
 impl std::fmt::Debug for CommandService {
@@ -79,6 +80,7 @@ impl CommandService {
             title: "command-service".to_owned(),
             limits: BodyLimits::default(),
             access: AccessControl::open(),
+            extra: Vec::new(),
         }
     }
 
@@ -93,6 +95,13 @@ impl CommandService {
     /// How large a command body may be and how long it may take to arrive (default 1 MiB, 10 s).
     pub fn with_body_limits(mut self, limits: BodyLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Serves `routes` too (for instance [`super::TemporalApi::command_routes`]), documented
+    /// by `openapi_paths` (`{"/path": {...}}`) in the service's OpenAPI document.
+    pub fn with_routes(mut self, routes: Router, openapi_paths: Value) -> Self {
+        self.extra.push((routes, openapi_paths));
         self
     }
 
@@ -138,7 +147,7 @@ impl CommandService {
             store: self.store,
             endpoints: self.endpoints,
         });
-        let routes = Router::new()
+        let mut routes = Router::new()
             .route(
                 "/commands/{aggregate}/{id}",
                 post(execute).route_layer(self.access.require(Permission::CommandsWrite)),
@@ -149,6 +158,9 @@ impl CommandService {
             )
             .route("/health", get(health))
             .with_state(state);
+        for (extra, _) in self.extra {
+            routes = routes.merge(extra);
+        }
         super::with_service_routes(routes, &self.title, openapi, self.limits)
     }
 
@@ -162,6 +174,9 @@ impl CommandService {
         for (aggregate, endpoint) in &self.endpoints {
             let schema = endpoint.command_schema(&mut generator);
             doc.command_paths(aggregate, schema);
+        }
+        for (_, paths) in &self.extra {
+            doc.extra_paths(paths);
         }
         doc.finish(generator)
     }

@@ -50,6 +50,7 @@ pub struct QueryDashboard {
     title: String,
     limits: QueryLimits,
     access: AccessControl,
+    extra: Vec<(Router, Value)>,
 }
 
 /// Bounds on the dashboard's read-your-writes waits.
@@ -80,6 +81,7 @@ impl QueryDashboard {
             title: "query-dashboard".to_owned(),
             limits: QueryLimits::default(),
             access: AccessControl::open(),
+            extra: Vec::new(),
         }
     }
 
@@ -94,6 +96,13 @@ impl QueryDashboard {
     /// Bounds on `wait_for` (default: 256 waiters, `wait_ms` up to 30 s).
     pub fn with_limits(mut self, limits: QueryLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Serves `routes` too (for instance [`super::TemporalApi::dashboard_routes`]), documented
+    /// by `openapi_paths` (`{"/path": {...}}`) in the service's OpenAPI document.
+    pub fn with_routes(mut self, routes: Router, openapi_paths: Value) -> Self {
+        self.extra.push((routes, openapi_paths));
         self
     }
 
@@ -122,6 +131,9 @@ impl QueryDashboard {
             "Serves the read models of this service's projections and their health.",
         );
         openapi.query_paths(&names, self.limits.max_wait);
+        for (_, paths) in &self.extra {
+            openapi.extra_paths(paths);
+        }
         let openapi = openapi.finish(OpenApi::generator());
         let title = self.title.clone();
         let state = Arc::new(Shared {
@@ -131,7 +143,7 @@ impl QueryDashboard {
             waiters: Arc::new(Semaphore::new(self.limits.max_waiters)),
             limits: self.limits,
         });
-        let routes = Router::new()
+        let mut routes = Router::new()
             .route("/", get(overview))
             .route("/read-models", get(projections))
             .route("/read-models/{projection}/{collection}", get(list))
@@ -139,6 +151,9 @@ impl QueryDashboard {
             .route_layer(self.access.require(Permission::ReadModelsRead))
             .with_state(state)
             .merge(super::health_router(self.health));
+        for (extra, _) in self.extra {
+            routes = routes.merge(extra);
+        }
         super::with_service_routes(routes, &title, openapi, super::BodyLimits::default())
     }
 }
