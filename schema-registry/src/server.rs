@@ -37,6 +37,11 @@ pub struct Options {
     pub check_timeout: Duration,
     /// Bounds of dereferencing one schema (nodes and depth once its references are inlined).
     pub prepare_limits: crate::compat::Limits,
+    /// The level every subject is held to, whatever clients configure (`--lock-compatibility`).
+    pub locked_level: Option<Level>,
+    /// The most versions one subject may hold (soft-deleted ones included), which bounds what
+    /// one request reads.
+    pub max_versions_per_subject: usize,
     /// How much memory dereferenced schemas may hold in the cache by schema id, in bytes
     /// (estimated); the least recently used leave first.
     pub prepared_cache_bytes: usize,
@@ -54,6 +59,8 @@ impl Default for Options {
             default_level: Level::Nexus,
             check_timeout: Duration::from_secs(2),
             prepare_limits: crate::compat::Limits::default(),
+            locked_level: None,
+            max_versions_per_subject: 1_000,
             prepared_cache_bytes: 64 * 1024 * 1024,
             access: None,
         }
@@ -71,6 +78,8 @@ struct Inner {
     options: Options,
     /// Dereferenced schemas by id; ids are immutable, so entries never go stale.
     prepared: cache::PreparedCache,
+    /// One registration at a time per subject.
+    subject_locks: routes::SubjectLocks,
     metrics: metrics::Metrics,
 }
 
@@ -89,6 +98,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 storage,
                 prepared: cache::PreparedCache::new(options.prepared_cache_bytes),
+                subject_locks: routes::SubjectLocks::default(),
                 options,
                 metrics: metrics::Metrics::default(),
             }),
