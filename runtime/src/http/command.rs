@@ -19,6 +19,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use nexus_access::{AccessControl, Permission};
+
 use super::access::OriginPolicy;
 use super::correlation::{CORRELATION_ID, MAX_ID_LEN, TRACEPARENT, trace_id, valid_id};
 use super::error::ApiError;
@@ -58,6 +60,7 @@ pub struct CommandService {
     title: String,
     limits: BodyLimits,
     origins: OriginPolicy,
+    access: AccessControl,
     extra: Vec<(Router, Value)>,
 }
 
@@ -79,6 +82,7 @@ impl CommandService {
             title: "command-service".to_owned(),
             limits: BodyLimits::default(),
             origins: OriginPolicy::new(),
+            access: AccessControl::open(),
             extra: Vec::new(),
         }
     }
@@ -87,6 +91,14 @@ impl CommandService {
     /// `localhost`, same-origin writes, JSON), against DNS rebinding and cross-site writes.
     pub fn with_origin_policy(mut self, policy: OriginPolicy) -> Self {
         self.origins = policy;
+        self
+    }
+
+    /// Who may call: `commands:write` for commands, `aggregates:read` for state (default
+    /// [`AccessControl::open`]: anonymous callers may do both, nothing that always needs a
+    /// credential).
+    pub fn with_access(mut self, access: AccessControl) -> Self {
+        self.access = access;
         self
     }
 
@@ -146,8 +158,14 @@ impl CommandService {
             endpoints: self.endpoints,
         });
         let mut routes = Router::new()
-            .route("/commands/{aggregate}/{id}", post(execute))
-            .route("/aggregates/{aggregate}/{id}", get(state_of))
+            .route(
+                "/commands/{aggregate}/{id}",
+                post(execute).route_layer(self.access.require(Permission::CommandsWrite)),
+            )
+            .route(
+                "/aggregates/{aggregate}/{id}",
+                get(state_of).route_layer(self.access.require(Permission::AggregatesRead)),
+            )
             .route("/health", get(health))
             .with_state(state);
         for (extra, _) in self.extra {

@@ -17,6 +17,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use nexus_access::{AccessControl, Permission};
+
 use super::access::OriginPolicy;
 use super::error::ApiError;
 use super::extract::{Path, Query};
@@ -49,6 +51,7 @@ pub struct QueryDashboard {
     title: String,
     limits: QueryLimits,
     origins: OriginPolicy,
+    access: AccessControl,
     extra: Vec<(Router, Value)>,
 }
 
@@ -80,6 +83,7 @@ impl QueryDashboard {
             title: "query-dashboard".to_owned(),
             limits: QueryLimits::default(),
             origins: OriginPolicy::new(),
+            access: AccessControl::open(),
             extra: Vec::new(),
         }
     }
@@ -88,6 +92,14 @@ impl QueryDashboard {
     /// same-origin writes), against DNS rebinding.
     pub fn with_origin_policy(mut self, policy: OriginPolicy) -> Self {
         self.origins = policy;
+        self
+    }
+
+    /// Who may call: `read-models:read` for the overview and read models (default
+    /// [`AccessControl::open`]: anonymous callers may read, nothing that always needs a
+    /// credential).
+    pub fn with_access(mut self, access: AccessControl) -> Self {
+        self.access = access;
         self
     }
 
@@ -146,6 +158,7 @@ impl QueryDashboard {
             .route("/read-models", get(projections))
             .route("/read-models/{projection}/{collection}", get(list))
             .route("/read-models/{projection}/{collection}/{id}", get(one))
+            .route_layer(self.access.require(Permission::ReadModelsRead))
             .with_state(state)
             .merge(super::health_router(self.health));
         for (extra, _) in self.extra {
