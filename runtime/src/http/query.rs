@@ -17,6 +17,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use nexus_access::{AccessControl, Permission};
+
+use super::access::OriginPolicy;
 use super::error::ApiError;
 use super::extract::{Path, Query};
 use super::openapi::OpenApi;
@@ -47,6 +50,8 @@ pub struct QueryDashboard {
     read_models: BTreeMap<String, ReadModelStore>,
     title: String,
     limits: QueryLimits,
+    origins: OriginPolicy,
+    access: AccessControl,
     extra: Vec<(Router, Value)>,
 }
 
@@ -77,8 +82,25 @@ impl QueryDashboard {
             read_models: BTreeMap::new(),
             title: "query-dashboard".to_owned(),
             limits: QueryLimits::default(),
+            origins: OriginPolicy::new(),
+            access: AccessControl::open(),
             extra: Vec::new(),
         }
+    }
+
+    /// Which hosts and origins the dashboard accepts (default: IP addresses and `localhost`,
+    /// same-origin writes), against DNS rebinding.
+    pub fn with_origin_policy(mut self, policy: OriginPolicy) -> Self {
+        self.origins = policy;
+        self
+    }
+
+    /// Who may call: `read-models:read` for the overview and read models (default
+    /// [`AccessControl::open`]: anonymous callers may read, nothing that always needs a
+    /// credential).
+    pub fn with_access(mut self, access: AccessControl) -> Self {
+        self.access = access;
+        self
     }
 
     /// Bounds on `wait_for` (default: 256 waiters, `wait_ms` up to 30 s).
@@ -136,12 +158,19 @@ impl QueryDashboard {
             .route("/read-models", get(projections))
             .route("/read-models/{projection}/{collection}", get(list))
             .route("/read-models/{projection}/{collection}/{id}", get(one))
+            .route_layer(self.access.require(Permission::ReadModelsRead))
             .with_state(state)
             .merge(super::health_router(self.health));
         for (extra, _) in self.extra {
             routes = routes.merge(extra);
         }
-        super::with_service_routes(routes, &title, openapi, super::BodyLimits::default())
+        super::with_service_routes(
+            routes,
+            &title,
+            openapi,
+            super::BodyLimits::default(),
+            self.origins,
+        )
     }
 }
 

@@ -1190,5 +1190,6 @@ async fn checks_see_deletes_and_registrations_whatever_the_schema_cache_holds() 
     }
 }
 
+mod access;
 mod confluent;
 mod hostile;
