@@ -53,6 +53,9 @@ pub(crate) struct CheckArgs {
     /// Folder of registered JSON Schemas (`<Subject>.json`, `<Subject>.v<N>.json`).
     #[arg(long, value_name = "DIR", conflicts_with = "registry")]
     pub(crate) schemas: Option<PathBuf>,
+    /// Bearer token (JWT or API key) for a registry with access control.
+    #[arg(long, env = "NEXUS_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
     /// Baseline file of accepted findings (default: `nexus-baseline.json` at the root).
     #[arg(long, value_name = "FILE")]
     pub(crate) baseline: Option<PathBuf>,
@@ -76,7 +79,9 @@ pub(crate) fn run(args: CheckArgs) -> anyhow::Result<Outcome> {
     let config = Config::load(&root).map_err(|err| anyhow::Error::msg(miette::Report::new(err)))?;
     let schemas: Option<Vec<RegisteredSchema>> =
         match (&args.registry, &args.schemas, &config.registry_url) {
-            (Some(url), _, _) | (None, None, Some(url)) => Some(fetch_registry(url)?),
+            (Some(url), _, _) | (None, None, Some(url)) => {
+                Some(fetch_registry(url, args.token.as_deref())?)
+            }
             (None, Some(dir), _) => Some(
                 nexus_policy_engine::schemas::load_dir(dir)
                     .map_err(|err| anyhow::Error::msg(miette::Report::new(err)))?,
@@ -168,7 +173,7 @@ fn print_human(report: &CheckReport, color: Color) -> anyhow::Result<()> {
 }
 
 /// Fetches every version of every subject from a Confluent-compatible registry.
-fn fetch_registry(url: &str) -> anyhow::Result<Vec<RegisteredSchema>> {
+fn fetch_registry(url: &str, token: Option<&str>) -> anyhow::Result<Vec<RegisteredSchema>> {
     let base = url.trim_end_matches('/').to_owned();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -184,9 +189,19 @@ fn fetch_registry(url: &str) -> anyhow::Result<Vec<RegisteredSchema>> {
                 let request_uri: hyper::Uri = uri
                     .parse()
                     .with_context(|| format!("invalid registry URL `{uri}`"))?;
+                let mut request = hyper::Request::get(request_uri);
+                if let Some(token) = token.filter(|t| !t.trim().is_empty()) {
+                    request = request.header(
+                        hyper::header::AUTHORIZATION,
+                        format!("Bearer {}", token.trim()),
+                    );
+                }
+                let request = request
+                    .body(http_body_util::Empty::new())
+                    .with_context(|| format!("invalid registry URL `{uri}`"))?;
                 let response = tokio::time::timeout(
                     std::time::Duration::from_secs(10),
-                    client.get(request_uri),
+                    client.request(request),
                 )
                 .await
                 .with_context(|| format!("schema registry did not answer `GET {uri}` within 10 s"))?

@@ -1,5 +1,6 @@
 //! The command tree of `nexus` and the dispatch from a parsed command to its module.
 
+pub(crate) mod auth;
 pub(crate) mod bench;
 pub(crate) mod bench_bus;
 pub(crate) mod bench_check;
@@ -13,6 +14,7 @@ pub(crate) mod new;
 pub(crate) mod registry;
 pub(crate) mod rules;
 pub(crate) mod schema;
+pub(crate) mod token;
 pub(crate) mod up;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +55,9 @@ pub(crate) enum Command {
     Schema(schema::SchemaCommand),
     /// List, inspect and redrive a projection's dead letters.
     Dlq(dlq::DlqArgs),
+    /// Issue development tokens and API keys for the services' access control.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Check this machine: Rust toolchain, servers, free ports, the data folder.
     Doctor(doctor::DoctorArgs),
     /// Print a shell completion script for `nexus`.
@@ -89,6 +94,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Registry(command) => registry::run(command),
         Command::Schema(command) => schema::run(command),
         Command::Dlq(args) => dlq::run(args),
+        Command::Token(command) => token::run(command),
         Command::Doctor(args) => doctor::run(args),
         Command::Completions(args) => completions::run(args),
     }

@@ -106,6 +106,8 @@ pub(crate) struct UpArgs {
     /// Print the service URLs (and demo steps) as JSON lines.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    auth: super::auth::AuthArgs,
 }
 
 pub(crate) fn run(args: UpArgs) -> anyhow::Result<Outcome> {
@@ -204,6 +206,20 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         )
     };
 
+    // Access: `--auth FILE`, else a development key created once in the data folder.
+    let dev_key = super::auth::dev_key_path(&args.data_dir);
+    if args.auth.auth.is_none() {
+        nexus_runtime::http::access::ensure_secret_file(&dev_key).with_context(|| {
+            format!("failed to create the development key {}", dev_key.display())
+        })?;
+    }
+    let access = super::auth::access_for(
+        &args.auth,
+        SocketAddr::new(args.host, 0),
+        Some(super::auth::dev_config(&dev_key)),
+    )
+    .await?;
+
     let (store, snapshots, store_description) = open(&args).await?;
     let (bus, relay) = connect_bus(&args, &store).await?;
 
@@ -216,6 +232,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         .spawn();
     let commands = CommandService::new(Arc::clone(&store))
         .with_snapshots(Arc::clone(&snapshots))
+        .with_access(access.clone())
         .aggregate::<Order>()
         .router();
 
@@ -237,6 +254,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         .spawn(OrderSummaries)
         .context("failed to open the orders read model")?;
     let dashboard = QueryDashboard::new(runner.health())
+        .with_access(access.clone())
         .read_model(&orders)
         .router();
 
@@ -274,7 +292,10 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
             let storage = super::registry::open_storage(&spec).await?;
             let state = nexus_schema_registry::server::AppState::new(
                 storage,
-                nexus_schema_registry::server::Options::default(),
+                nexus_schema_registry::server::Options {
+                    access: Some(access.clone()),
+                    ..nexus_schema_registry::server::Options::default()
+                },
             );
             servers.push((
                 "schema registry",
@@ -408,6 +429,7 @@ fn announce(
                 "schema_registry": registry_url,
                 "registered_subjects": subjects,
                 "registration_error": registration_error,
+                "dev_signing_key": args.auth.auth.is_none().then(|| super::auth::dev_key_path(&args.data_dir)),
             })
             .to_string(),
         );
@@ -430,6 +452,14 @@ fn announce(
                 subjects.join(", ")
             )),
         }
+    }
+    if args.auth.auth.is_none() {
+        text.push_str(&format!(
+            "  access           history, audit and admin endpoints need a token (dev key {}):\n\
+             \x20                  export NEXUS_TOKEN=$(nexus token issue --role admin --data-dir {})\n",
+            super::auth::dev_key_path(&args.data_dir).display(),
+            args.data_dir.display()
+        ));
     }
     text.push_str(&format!(
         "try:\n\
