@@ -233,7 +233,12 @@ async fn bench_run(
             stream_name = Some(options.stream.clone());
             let bus = JetStreamBus::connect(&args.url, options)
                 .await
-                .with_context(|| format!("failed to connect to NATS at {}", args.url))?;
+                .with_context(|| {
+                    format!(
+                        "failed to connect to NATS at {}",
+                        crate::output::redact_url(&args.url)
+                    )
+                })?;
             let checkpoints = EmbeddedCheckpoints::open(dir.path().join("relay.db"))?;
             relay = Some(
                 Relay::new(

@@ -180,25 +180,28 @@ fn fetch_registry(url: &str) -> anyhow::Result<Vec<RegisteredSchema>> {
         let get = |path: String| {
             let client = client.clone();
             let uri = format!("{base}{path}");
+            let shown = crate::output::redact_url(&uri);
             async move {
                 let request_uri: hyper::Uri = uri
                     .parse()
-                    .with_context(|| format!("invalid registry URL `{uri}`"))?;
+                    .with_context(|| format!("invalid registry URL `{shown}`"))?;
                 let response = tokio::time::timeout(
                     std::time::Duration::from_secs(10),
                     client.get(request_uri),
                 )
                 .await
-                .with_context(|| format!("schema registry did not answer `GET {uri}` within 10 s"))?
-                .with_context(|| format!("failed to reach the schema registry at `{uri}`"))?;
+                .with_context(|| {
+                    format!("schema registry did not answer `GET {shown}` within 10 s")
+                })?
+                .with_context(|| format!("failed to reach the schema registry at `{shown}`"))?;
                 let status = response.status();
                 let body = http_body_util::BodyExt::collect(response.into_body())
                     .await
-                    .with_context(|| format!("failed to read the response of `GET {uri}`"))?
+                    .with_context(|| format!("failed to read the response of `GET {shown}`"))?
                     .to_bytes();
                 let text = String::from_utf8_lossy(&body).into_owned();
                 if !status.is_success() {
-                    anyhow::bail!("schema registry answered {status} to `GET {uri}`: {text}");
+                    anyhow::bail!("schema registry answered {status} to `GET {shown}`: {text}");
                 }
                 Ok::<String, anyhow::Error>(text)
             }
