@@ -848,3 +848,71 @@ async fn embedded_store_checkpoints_its_log_in_the_background() {
     }
     assert_eq!(store.head().await.unwrap().position, 600);
 }
+
+/// The embedded store's writer queue is bounded: while the writer thread cannot commit, at most
+/// `queue_capacity` appends wait in it and further callers wait for room; all complete after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_writer_queue_holds_at_most_its_capacity() {
+    use nexus_runtime::store::embedded::{EmbeddedOptions, EmbeddedStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let options = EmbeddedOptions {
+        queue_capacity: 4,
+        ..EmbeddedOptions::default()
+    };
+    let store = Arc::new(EmbeddedStore::open_with(&path, options).unwrap());
+    let blocker = rusqlite::Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut appends = Vec::new();
+    for n in 0..10 {
+        let store = Arc::clone(&store);
+        appends.push(tokio::spawn(async move {
+            store
+                .append(
+                    &stream(&format!("queued-{n}")),
+                    ExpectedVersion::NoStream,
+                    events(0..1),
+                )
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        store.queued_appends(),
+        4,
+        "the queue holds its capacity, no more"
+    );
+    assert!(appends.iter().all(|a| !a.is_finished()));
+    blocker.execute_batch("COMMIT").unwrap();
+    for append in appends {
+        append.await.unwrap().unwrap();
+    }
+    assert_eq!(store.queued_appends(), 0);
+}
+
+/// The embedded store keeps at most `readers` read connections, however many reads run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_reader_pool_stays_within_its_bound() {
+    use nexus_runtime::store::embedded::{EmbeddedOptions, EmbeddedStore};
+    let dir = tempfile::tempdir().unwrap();
+    let options = EmbeddedOptions {
+        readers: 2,
+        ..EmbeddedOptions::default()
+    };
+    let store = Arc::new(EmbeddedStore::open_with(dir.path().join("events.db"), options).unwrap());
+    let s = stream("pooled");
+    store
+        .append(&s, ExpectedVersion::NoStream, events(0..20))
+        .await
+        .unwrap();
+    let reads = (0..32).map(|_| {
+        let store = Arc::clone(&store);
+        let s = s.clone();
+        tokio::spawn(async move { store.read_stream(&s, 1, None).await.unwrap().len() })
+    });
+    for read in futures::future::join_all(reads).await {
+        assert_eq!(read.unwrap(), 20);
+    }
+    let connections = store.reader_connections();
+    assert!(connections <= 2, "{connections} read connections");
+}
