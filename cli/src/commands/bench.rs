@@ -48,3 +48,20 @@ pub(crate) fn latency_ms(seconds: &mut [f64]) -> serde_json::Value {
 pub(crate) fn round(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
 }
+
+/// The process's peak resident memory in MiB so far (what `getrusage` reports as max RSS), read
+/// from `/proc/self/status`; `None` where that file does not exist.
+pub(crate) fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(round(kib / 1024.0))
+}
+
+/// The process's resident memory in MiB now, from `/proc/self/status`.
+pub(crate) fn rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(round(kib / 1024.0))
+}

@@ -160,6 +160,7 @@ pub(crate) fn run(args: BusArgs) -> anyhow::Result<Outcome> {
             "offered_rate": args.rate,
             "duration_s": args.duration,
             "runs": runs,
+            "peak_rss_mb": super::bench::peak_rss_mb(),
         });
         let cpu_per_event = |k: usize| {
             report["runs"].as_array().and_then(|runs| {

@@ -1,4 +1,5 @@
-//! `nexus bench store`: append throughput and latency, rehydration, stream reads and
+//! `nexus bench store`: append throughput and latency (raw appends, or whole commands through
+//! `CommandHandler`), rehydration through `Repository::load`, stream reads and
 //! change-data-capture latency, with PostgreSQL's plain-INSERT ceiling measured in the same run.
 
 use std::sync::Arc;
@@ -11,8 +12,8 @@ use nexus_runtime::store::embedded::EmbeddedStore;
 use nexus_runtime::store::postgres::{PostgresOptions, PostgresStore};
 use nexus_runtime::store::subscribe;
 use nexus_runtime::{
-    Aggregate, DomainEvent, EventStore, ExpectedVersion, LogPosition, Metadata, NewEvent,
-    Repository, SnapshotStore, StreamId,
+    Aggregate, CommandHandler, DomainEvent, EventStore, ExpectedVersion, LogPosition, Metadata,
+    NewEvent, Repository, SnapshotStore, StreamId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -29,8 +30,20 @@ pub(crate) enum Backend {
     Postgres,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum WritePath {
+    /// Raw `EventStore::append` calls.
+    Append,
+    /// Whole commands through `CommandHandler::execute` (fresh aggregate loaded, decision,
+    /// append with the expected version), measured beside the append path in the same run.
+    Command,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct StoreArgs {
+    /// What the writers call: raw appends, or commands (which also measures appends).
+    #[arg(long, value_enum, default_value_t = WritePath::Append)]
+    path: WritePath,
     /// Backends to measure, one after the other in this run (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "embedded")]
     backend: Vec<Backend>,
@@ -71,7 +84,9 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<Outcome> {
             "writers": args.writers,
             "events": args.events,
             "batch": args.batch,
+            "path": match args.path { WritePath::Append => "append", WritePath::Command => "command" },
             "runs": runs,
+            "peak_rss_mb": super::bench::peak_rss_mb(),
         });
         let rate = |name: &str| {
             report["runs"].as_array().and_then(|runs| {
@@ -107,6 +122,15 @@ fn summary(report: &serde_json::Value) -> anyhow::Result<()> {
         ))?;
         if let Some(ratio) = run["ceiling"]["ratio"].as_f64() {
             output::line(&format!("  {ratio} of the plain-INSERT ceiling"))?;
+        }
+        if run["command"].is_object() {
+            output::line(&format!(
+                "  commands: {} events/s, p50 {} ms p99 {} ms, {} of the append path",
+                run["command"]["events_per_sec"],
+                run["command"]["latency_ms"]["p50"],
+                run["command"]["latency_ms"]["p99"],
+                run["command"]["to_append_ratio"],
+            ))?;
         }
     }
     Ok(())
@@ -173,6 +197,10 @@ async fn open(backend: Backend, args: &StoreArgs) -> anyhow::Result<Target> {
 async fn bench_backend(backend: Backend, args: &StoreArgs) -> anyhow::Result<serde_json::Value> {
     let target = open(backend, args).await?;
     let append = append_phase(&target.store, args).await?;
+    let command = match args.path {
+        WritePath::Append => None,
+        WritePath::Command => Some(command_phase(&target.store, args).await?),
+    };
     let rehydrate = rehydrate_phase(&target.store, &target.snapshots).await?;
     let reads = read_phase(&target.store).await?;
     let cdc = cdc_phase(&target.store).await?;
@@ -183,6 +211,15 @@ async fn bench_backend(backend: Backend, args: &StoreArgs) -> anyhow::Result<ser
         "stream_read_ms": reads,
         "cdc_latency_ms": cdc,
     });
+    if let Some(mut command) = command {
+        if let (Some(commands), Some(appends)) = (
+            command["events_per_sec"].as_f64(),
+            run["append"]["events_per_sec"].as_f64(),
+        ) {
+            command["to_append_ratio"] = json!(round(commands / appends));
+        }
+        run["command"] = command;
+    }
     drop(target.store);
     if let Cleanup::Schema { url, schema } = &target.cleanup {
         let ceiling = ceiling_phase(url, args).await?;
@@ -192,6 +229,9 @@ async fn bench_backend(backend: Backend, args: &StoreArgs) -> anyhow::Result<ser
         ) {
             run["ceiling"] = ceiling;
             run["ceiling"]["ratio"] = json!(round(nexus / raw));
+            if let Some(commands) = run["command"]["events_per_sec"].as_f64() {
+                run["command"]["ceiling_ratio"] = json!(round(commands / raw));
+            }
         }
         drop_schema(url, schema).await?;
     }
@@ -258,6 +298,53 @@ async fn append_phase(
     }))
 }
 
+/// Commands as users run them: per command a fresh aggregate is loaded (its stream is empty),
+/// decides `--batch` events, and appends them with the expected version through
+/// `CommandHandler`; the same writers, event count and payload as the append phase.
+async fn command_phase(
+    store: &Arc<dyn EventStore>,
+    args: &StoreArgs,
+) -> anyhow::Result<serde_json::Value> {
+    let commands_per_writer = args.events / args.writers / args.batch;
+    let handler = CommandHandler::new(Repository::<Counter>::new(Arc::clone(store)));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for writer in 0..args.writers {
+        let handler = handler.clone();
+        let batch = args.batch;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(commands_per_writer);
+            for i in 0..commands_per_writer {
+                let id = format!("w{writer}-c{i}");
+                let t = Instant::now();
+                let done = handler
+                    .execute(&id, &batch, Metadata::correlated("bench"))
+                    .await?;
+                latencies.push(t.elapsed());
+                anyhow::ensure!(
+                    done.version == batch as u64,
+                    "a fresh aggregate was not empty"
+                );
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let commands = latencies.len();
+    Ok(json!({
+        "commands": commands,
+        "events": commands * args.batch,
+        "seconds": round(seconds),
+        "commands_per_sec": round(commands as f64 / seconds),
+        "events_per_sec": round((commands * args.batch) as f64 / seconds),
+        "latency_ms": percentiles(&mut latencies),
+    }))
+}
+
 /// The aggregate the rehydration phase rebuilds: a running total over every event.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Counter {
@@ -279,12 +366,18 @@ impl DomainEvent for Counted {
 
 impl Aggregate for Counter {
     const TYPE: &'static str = "counter";
-    type Command = ();
+    /// How many events to emit.
+    type Command = usize;
     type Event = Counted;
     type Error = std::convert::Infallible;
 
-    fn handle(&self, (): &()) -> Result<Vec<Counted>, Self::Error> {
-        Ok(Vec::new())
+    fn handle(&self, events: &usize) -> Result<Vec<Counted>, Self::Error> {
+        Ok((0..*events)
+            .map(|n| Counted {
+                amount: (self.total + n as u64) % 1000,
+                note: "benchmark event".into(),
+            })
+            .collect())
     }
 
     fn apply(&mut self, event: &Counted) {
