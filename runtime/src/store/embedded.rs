@@ -3,6 +3,10 @@
 //! One writer thread owns the write connection and coalesces concurrent appends into one
 //! transaction (group commit), so many writers share one fsync. Readers use their own
 //! connections (WAL mode lets them read while the writer commits).
+//!
+//! Commits made by another process on the same file wake this process's readers too: a
+//! file-change watch (inotify, kqueue, ReadDirectoryChanges through `notify`) on the file's
+//! write-ahead log signals [`EventStore::changes`]; subscribers still poll as a fallback.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -97,6 +101,8 @@ pub struct EmbeddedStore {
     readers: Arc<Mutex<Vec<Connection>>>,
     reader_permits: Arc<Semaphore>,
     changes: watch::Receiver<u64>,
+    /// Watches the write-ahead log for commits of other processes; stops when dropped.
+    _log_watch: Option<notify::RecommendedWatcher>,
     options: EmbeddedOptions,
 }
 
@@ -199,6 +205,7 @@ impl EmbeddedStore {
         let checkpointer = Checkpointer::new(&path);
         let (tx, rx) = mpsc::channel(options.queue_capacity);
         let (changes_tx, changes) = watch::channel(head);
+        let log_watch = watch_log(&path, changes_tx.clone());
         let limits = options.limits;
         thread::Builder::new()
             .name("nexus-sqlite-writer".into())
@@ -210,6 +217,7 @@ impl EmbeddedStore {
             readers: Arc::new(Mutex::new(Vec::new())),
             reader_permits: Arc::new(Semaphore::new(options.readers)),
             changes,
+            _log_watch: log_watch,
             options,
         })
     }
@@ -268,6 +276,43 @@ impl EmbeddedStore {
     }
 }
 
+/// Watches the folder of the store's file and signals `changes` whenever its write-ahead log
+/// is written, which is how commits of other processes show. `None` (readers poll) when the
+/// platform gives no watch.
+fn watch_log(path: &Path, changes: watch::Sender<u64>) -> Option<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let mut log = path.as_os_str().to_owned();
+    log.push("-wal");
+    let log = PathBuf::from(log);
+    let folder = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(folder) => folder.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let file_name = log.file_name().map(ToOwned::to_owned);
+    let handler = move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if matches!(event.kind, EventKind::Modify(_) | EventKind::Create(_))
+            && event
+                .paths
+                .iter()
+                .any(|p| p.file_name().map(ToOwned::to_owned) == file_name)
+        {
+            changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    };
+    let watched = notify::recommended_watcher(handler).and_then(|mut watcher| {
+        watcher.watch(&folder, RecursiveMode::NonRecursive)?;
+        Ok(watcher)
+    });
+    match watched {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch the event store's log; commits of other processes are found by polling");
+            None
+        }
+    }
+}
+
 fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<AppendRequest>,
@@ -299,11 +344,9 @@ fn writer_loop(
                     let _ = request.reply.send(result);
                 }
                 checkpointer.committed();
-                changes.send_if_modified(|current| {
-                    let moved = head > *current;
-                    *current = head.max(*current);
-                    moved
-                });
+                if head > 0 {
+                    changes.send_modify(|n| *n = n.wrapping_add(1));
+                }
             }
             Err(err) => {
                 let message = err.to_string();

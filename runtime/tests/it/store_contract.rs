@@ -916,3 +916,52 @@ async fn embedded_reader_pool_stays_within_its_bound() {
     let connections = store.reader_connections();
     assert!(connections <= 2, "{connections} read connections");
 }
+
+/// A commit made through another store on the same file (as another process makes it: its own
+/// writer, its own connections) wakes this store's subscribers through the log watch, well
+/// before the 250 ms fallback poll would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_commits_of_another_writer_wake_subscribers_at_once() {
+    use nexus_runtime::store::embedded::EmbeddedStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let writer = EmbeddedStore::open(&path).unwrap();
+    let reader: Arc<dyn EventStore> = Arc::new(EmbeddedStore::open(&path).unwrap());
+    let mut subscription = subscribe(Arc::clone(&reader), LogPosition::START);
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let tail = tokio::spawn(async move {
+        while let Ok(event) = subscription.next().await {
+            if seen_tx
+                .send((event.version, std::time::Instant::now()))
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let s = stream("elsewhere");
+    for round in 0..5u32 {
+        // Idle long enough for the subscription to back off to its slowest poll.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let started = std::time::Instant::now();
+        writer
+            .append(
+                &s,
+                ExpectedVersion::Exact(round.into()),
+                events(round..round + 1),
+            )
+            .await
+            .unwrap();
+        let (version, at) = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let latency = at.saturating_duration_since(started);
+        assert_eq!(version, u64::from(round) + 1);
+        assert!(
+            latency < Duration::from_millis(100),
+            "round {round}: the commit took {latency:?} to reach the other store's subscriber"
+        );
+    }
+    tail.abort();
+}
