@@ -8,6 +8,11 @@ use super::Outcome;
 pub(crate) enum BenchCommand {
     /// Event bus: offered load, commit-to-projection latency and lag, for 1..K projections.
     Bus(super::bench_bus::BusArgs),
+    /// The writer process of `nexus bench bus --cross-process`.
+    #[command(hide = true)]
+    BusWriter(super::bench_bus::BusWriterArgs),
+    /// Command service over HTTP: a built-in load generator, beside the store's own append rate.
+    Http(super::bench_http::HttpArgs),
     /// Generate a workspace of N lines of Rust and time `nexus check` on it.
     Check(super::bench_check::BenchCheckArgs),
     /// Time registry reads and a compatibility check against 100 versions on loopback.
@@ -19,7 +24,9 @@ pub(crate) enum BenchCommand {
 pub(crate) fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
     match command {
         BenchCommand::Bus(args) => super::bench_bus::run(args),
+        BenchCommand::BusWriter(args) => super::bench_bus::run_writer(args),
         BenchCommand::Check(args) => super::bench_check::run(args),
+        BenchCommand::Http(args) => super::bench_http::run(args),
         BenchCommand::Registry(args) => super::bench_registry::run(args),
         BenchCommand::Store(args) => super::bench_store::run(args),
     }

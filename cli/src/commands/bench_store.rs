@@ -59,12 +59,25 @@ pub(crate) struct StoreArgs {
     /// Events per append.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Memory soak instead of the throughput phases: `--commands` commands, each on a stream
+    /// of its own, with snapshots on; reports resident memory along the way.
+    #[arg(long)]
+    soak: bool,
+    /// Commands of the soak run (a smaller count makes a quick check).
+    #[arg(long, default_value_t = 1_000_000)]
+    commands: usize,
     /// Print JSON (the default output is a short summary).
     #[arg(long)]
     json: bool,
 }
 
+/// Resident memory the soak run must stay under, in MiB.
+const SOAK_RSS_LIMIT_MB: f64 = 80.0;
+
 pub(crate) fn run(args: StoreArgs) -> anyhow::Result<Outcome> {
+    if args.soak {
+        return run_soak(&args);
+    }
     if args.writers == 0 || args.batch == 0 || args.events < args.writers * args.batch {
         anyhow::bail!(
             "--events ({}) must cover at least one batch ({}) per writer ({})",
@@ -105,6 +118,116 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<Outcome> {
         }
         Ok(Outcome::Clean)
     })
+}
+
+fn run_soak(args: &StoreArgs) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(
+        args.commands >= args.writers && args.writers > 0,
+        "--commands must be at least --writers"
+    );
+    let backend = args.backend.first().copied().unwrap_or(Backend::Embedded);
+    super::tokio_runtime()?.block_on(async {
+        let target = open(backend, args).await?;
+        let soak = soak_phase(&target, args).await?;
+        drop(target.store);
+        drop(target.snapshots);
+        if let Cleanup::Schema { url, schema } = &target.cleanup {
+            drop_schema(url, schema).await?;
+        }
+        let report = json!({
+            "benchmark": "store-soak",
+            "backend": match backend { Backend::Embedded => "embedded", Backend::Postgres => "postgres" },
+            "machine": { "cores": std::thread::available_parallelism().map_or(1, |n| n.get()) },
+            "writers": args.writers,
+            "soak": soak,
+            "peak_rss_mb": super::bench::peak_rss_mb(),
+        });
+        if args.json {
+            output::json(&report)?;
+        } else {
+            output::line(&format!(
+                "soak: {} commands at {} commands/s; resident memory {} MiB at start, {} MiB at most, under {SOAK_RSS_LIMIT_MB} MiB: {}",
+                report["soak"]["commands"],
+                report["soak"]["commands_per_sec"],
+                report["soak"]["rss_mb"]["start"],
+                report["soak"]["rss_mb"]["max"],
+                report["soak"]["rss_mb"]["under_limit"],
+            ))?;
+        }
+        Ok(Outcome::Clean)
+    })
+}
+
+/// Commands on as many streams as commands, with the snapshot manager watching every one,
+/// sampling resident memory ten times along the way.
+async fn soak_phase(target: &Target, args: &StoreArgs) -> anyhow::Result<serde_json::Value> {
+    let repository = Repository::<Counter>::new(Arc::clone(&target.store))
+        .with_snapshots(Arc::clone(&target.snapshots));
+    let handler = CommandHandler::new(repository);
+    let manager = nexus_runtime::SnapshotManager::new(
+        Arc::clone(&target.store),
+        Arc::clone(&target.snapshots),
+    )
+    .register::<Counter>(nexus_runtime::SnapshotPolicy {
+        every_events: Some(1),
+        ..nexus_runtime::SnapshotPolicy::default()
+    })
+    .spawn();
+    let start = super::bench::rss_mb();
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    let per_writer = args.commands / args.writers;
+    let step = (per_writer / 10).max(1);
+    for round in 0..per_writer.div_ceil(step) {
+        let from = round * step;
+        let to = (from + step).min(per_writer);
+        let mut tasks = Vec::new();
+        for writer in 0..args.writers {
+            let handler = handler.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in from..to {
+                    handler
+                        .execute(
+                            &format!("soak-w{writer}-{i}"),
+                            &1,
+                            Metadata::correlated("soak"),
+                        )
+                        .await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        samples.push(json!({
+            "commands": to * args.writers,
+            "rss_mb": super::bench::rss_mb(),
+        }));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let snapshots = manager.snapshots_taken();
+    manager.stop().await;
+    let max = samples
+        .iter()
+        .filter_map(|s| s["rss_mb"].as_f64())
+        .fold(start.unwrap_or(0.0), f64::max);
+    let commands = per_writer * args.writers;
+    Ok(json!({
+        "commands": commands,
+        "streams": commands,
+        "snapshots_taken": snapshots,
+        "seconds": round(seconds),
+        "commands_per_sec": round(commands as f64 / seconds),
+        "rss_mb": {
+            "start": start,
+            "samples": samples,
+            "end": super::bench::rss_mb(),
+            "max": max,
+            "limit": SOAK_RSS_LIMIT_MB,
+            "under_limit": max < SOAK_RSS_LIMIT_MB,
+        },
+    }))
 }
 
 fn summary(report: &serde_json::Value) -> anyhow::Result<()> {
