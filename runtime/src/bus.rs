@@ -97,6 +97,14 @@ pub trait EventBus: Send + Sync + 'static {
     /// A short name for logs and metrics (`inprocess`, `nats`).
     fn name(&self) -> &'static str;
 
+    /// Whether [`EventBus::consumer`] delivers every event after `from`, whatever the consumer
+    /// acknowledged before. When it does not (JetStream tracks acknowledgements itself), a
+    /// projection first reads the store from its checkpoint, so nothing a crashed consumer
+    /// held unacknowledged, or a lost read-model commit, waits for the bus to redeliver it.
+    fn replays_from_position(&self) -> bool {
+        true
+    }
+
     /// Opens the durable consumer `consumer`, resuming where it left off; a new consumer starts
     /// after `from` (a store position the consumer has already processed).
     async fn consumer(

@@ -302,7 +302,7 @@ impl<A: Aggregate> Repository<A> {
 }
 
 /// Decodes a snapshot, upcasting an older schema version; `None` means "rebuild from events".
-fn decode_snapshot<A: Aggregate>(snapshot: &Snapshot) -> Option<Loaded<A>> {
+pub(crate) fn decode_snapshot<A: Aggregate>(snapshot: &Snapshot) -> Option<Loaded<A>> {
     let state = if snapshot.schema_version == A::SNAPSHOT_VERSION {
         serde_json::from_str::<A>(&snapshot.state).ok()
     } else if snapshot.schema_version < A::SNAPSHOT_VERSION {

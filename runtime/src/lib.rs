@@ -4,6 +4,7 @@
 //! features. With default features the store is an embedded SQLite file.
 
 pub mod aggregate;
+pub mod audit;
 pub mod bus;
 pub mod checkpoint;
 pub mod command;
@@ -16,6 +17,7 @@ mod pg;
 pub mod projection;
 pub mod snapshot;
 pub mod store;
+pub mod temporal;
 pub mod testing;
 mod wal;
 

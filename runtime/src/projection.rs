@@ -17,6 +17,7 @@ use crate::event::RecordedEvent;
 use crate::store::BoxError;
 
 pub use changes::Changes;
+pub(crate) use changes::DocumentCache;
 pub use health::{HealthRegistry, ProjectionHealth, ProjectionStatus};
 pub use runner::{
     DeadLetterMode, ProjectionHandle, ProjectionRunner, RetrySchedule, RunnerOptions,

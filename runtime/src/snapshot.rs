@@ -15,6 +15,10 @@ use crate::store::BoxError;
 
 pub use manager::{SnapshotManager, SnapshotManagerHandle, SnapshotPolicy, TriggerReason};
 
+/// Snapshots kept per stream in the snapshot history (the newest ones; older ones are deleted
+/// when a new one is saved), so state-as-of reads can start near any recent point.
+pub const SNAPSHOT_HISTORY: usize = 32;
+
 /// The serialised state of one aggregate as of one stream version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -50,6 +54,18 @@ pub trait SnapshotStore: Send + Sync + 'static {
 
     /// Stores a snapshot durably; an older version than the stored one is ignored.
     async fn save(&self, snapshot: &Snapshot) -> Result<(), SnapshotError>;
+
+    /// The newest snapshot of `stream` at or before `version`, for state-as-of reads.
+    ///
+    /// Stores that keep a history of snapshots (both built-in ones keep the newest
+    /// [`SNAPSHOT_HISTORY`] per stream) search it; the default looks at the latest one only.
+    async fn load_at_or_before(
+        &self,
+        stream: &StreamId,
+        version: u64,
+    ) -> Result<Option<Snapshot>, SnapshotError> {
+        Ok(self.load(stream).await?.filter(|s| s.version <= version))
+    }
 
     /// The log position a named snapshot manager has processed up to.
     async fn load_checkpoint(&self, name: &str) -> Result<Option<LogPosition>, SnapshotError>;

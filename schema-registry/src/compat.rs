@@ -11,6 +11,7 @@
 //!   the first version of the next major line (`metadata.properties.major_version` = latest + 1).
 
 mod diff;
+mod prepare;
 #[cfg(test)]
 mod tests;
 
@@ -20,6 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use diff::RENAMED_FROM;
+pub use prepare::{Limits, PrepareError, Referenced, draft_of, prepare, prepare_with};
 
 /// A compatibility level: which earlier versions a proposal is compared with, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -296,30 +298,6 @@ pub enum CheckError {
     /// The schemas are too large or too deeply nested to compare within the budget.
     #[error("the schemas are too complex to compare within the checker's budget")]
     TooComplex,
-}
-
-/// Why a schema cannot be prepared for comparison.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PrepareError {
-    /// The schema is not a valid JSON Schema.
-    #[error("invalid JSON Schema: {0}")]
-    Invalid(String),
-    /// A `$ref` does not resolve inside the schema.
-    #[error("unresolved reference: {0}")]
-    UnresolvedRef(String),
-}
-
-/// Validates a schema against its meta-schema and inlines every `$ref` (recursive ones stay as `$ref`).
-pub fn prepare(schema: &Value) -> Result<Value, PrepareError> {
-    jsonschema::meta::validate(schema).map_err(|e| PrepareError::Invalid(e.to_string()))?;
-    jsonschema::validator_for(schema).map_err(|e| match e.kind() {
-        jsonschema::error::ValidationErrorKind::Referencing(_) => {
-            PrepareError::UnresolvedRef(e.to_string())
-        }
-        _ => PrepareError::Invalid(e.to_string()),
-    })?;
-    jsonschema::dereference(schema).map_err(|e| PrepareError::UnresolvedRef(e.to_string()))
 }
 
 /// The major line a proposal belongs to, or why it may not join one.

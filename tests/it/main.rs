@@ -3,7 +3,23 @@
 mod check;
 mod dlq;
 mod doctor;
+// The sample orders domain `nexus up` runs, so the fault suite can rebuild its read model.
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "shared with the generated projects, where these items are public"
+)]
+#[path = "../../templates/project/crates/events/src/lib.rs"]
+mod events;
+mod faults;
 mod new;
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "shared with the generated projects, where these items are public"
+)]
+#[path = "../../templates/project/services/query-dashboard/src/projection.rs"]
+mod projection;
 mod registry;
 mod support;
 mod up;

@@ -31,12 +31,16 @@ pub(crate) struct ServeArgs {
         env = "NEXUS_REGISTRY_STORAGE"
     )]
     storage: String,
-    /// The largest schema text accepted, in bytes.
-    #[arg(long, default_value_t = 256 * 1024)]
+    /// The largest schema text accepted, in bytes (the compatibility budget bounds the cost).
+    #[arg(long, default_value_t = Options::default().max_schema_bytes)]
     max_schema_bytes: usize,
     /// Compatibility level of subjects without their own configuration (NEXUS = additive-only).
     #[arg(long, default_value = "NEXUS")]
     default_compatibility: Level,
+    /// Hold every subject to this level and refuse requests to set another (e.g. NEXUS, so
+    /// clients cannot switch a subject to NONE).
+    #[arg(long, value_name = "LEVEL")]
+    lock_compatibility: Option<Level>,
 }
 
 pub(crate) fn run(command: RegistryCommand) -> anyhow::Result<Outcome> {
@@ -54,7 +58,10 @@ pub(crate) async fn open_storage(spec: &str) -> anyhow::Result<Arc<dyn Storage>>
         return Ok(Arc::new(storage));
     }
     let Some(path) = spec.strip_prefix("sqlite:") else {
-        anyhow::bail!("unknown storage `{spec}`: expected `sqlite:PATH` or a `postgres://` URL");
+        anyhow::bail!(
+            "unknown storage `{}`: expected `sqlite:PATH` or a `postgres://` URL",
+            output::redact_url(spec)
+        );
     };
     let storage = SqliteStorage::open(path)
         .with_context(|| format!("failed to open the SQLite registry storage at `{path}`"))?;
@@ -68,10 +75,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("failed to listen on {}", args.addr))?;
     let local = listener.local_addr()?;
     output::line(&format!("http://{local}"))?;
-    tracing::info!(target: "nexus::registry", %local, storage = %args.storage, "schema registry listening");
+    let storage_spec = output::redact_url(&args.storage);
+    tracing::info!(target: "nexus::registry", %local, storage = %storage_spec, "schema registry listening");
     let options = Options {
         max_schema_bytes: args.max_schema_bytes,
         default_level: args.default_compatibility,
+        locked_level: args.lock_compatibility,
         ..Options::default()
     };
     server::serve(listener, AppState::new(storage, options), shutdown_signal())

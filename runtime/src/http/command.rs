@@ -9,9 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,7 +19,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::error::{ApiError, chain};
+use nexus_access::{AccessControl, Permission};
+
+use super::access::OriginPolicy;
+use super::correlation::{CORRELATION_ID, MAX_ID_LEN, TRACEPARENT, trace_id, valid_id};
+use super::error::ApiError;
+use super::extract::{BodyLimits, JsonBody, Path};
 use super::openapi::OpenApi;
 use crate::command::LoadError;
 use crate::event::{EventId, Metadata};
@@ -30,18 +34,12 @@ use crate::{
     Aggregate, CommandError, CommandHandler, EventStore, ExecuteOptions, Repository, SnapshotStore,
 };
 
-/// Header carrying the correlation id in and out.
-const CORRELATION_ID: &str = "x-correlation-id";
 /// Header carrying the id of the message that caused the command.
 const CAUSATION_ID: &str = "x-causation-id";
 /// Header making a command safe to send again.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Header set on the answer to a repeated idempotent command.
 const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
-/// The W3C trace context header.
-const TRACEPARENT: &str = "traceparent";
-/// Longest correlation or causation id accepted.
-const MAX_ID_LEN: usize = 128;
 /// Longest idempotency key accepted.
 const MAX_KEY_LEN: usize = 255;
 
@@ -60,6 +58,10 @@ pub struct CommandService {
     snapshots: Option<Arc<dyn SnapshotStore>>,
     endpoints: BTreeMap<&'static str, Arc<dyn Endpoint>>,
     title: String,
+    limits: BodyLimits,
+    origins: OriginPolicy,
+    access: AccessControl,
+    extra: Vec<(Router, Value)>,
 }
 
 impl std::fmt::Debug for CommandService {
@@ -78,7 +80,39 @@ impl CommandService {
             snapshots: None,
             endpoints: BTreeMap::new(),
             title: "command-service".to_owned(),
+            limits: BodyLimits::default(),
+            origins: OriginPolicy::new(),
+            access: AccessControl::open(),
+            extra: Vec::new(),
         }
+    }
+
+    /// Which hosts, origins and body media types the service accepts (default: IP addresses and
+    /// `localhost`, same-origin writes, JSON), against DNS rebinding and cross-site writes.
+    pub fn with_origin_policy(mut self, policy: OriginPolicy) -> Self {
+        self.origins = policy;
+        self
+    }
+
+    /// Who may call: `commands:write` for commands, `aggregates:read` for state (default
+    /// [`AccessControl::open`]: anonymous callers may do both, nothing that always needs a
+    /// credential).
+    pub fn with_access(mut self, access: AccessControl) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// How large a command body may be and how long it may take to arrive (default 1 MiB, 10 s).
+    pub fn with_body_limits(mut self, limits: BodyLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Serves `routes` too (for instance [`super::TemporalApi::command_routes`]), documented
+    /// by `openapi_paths` (`{"/path": {...}}`) in the service's OpenAPI document.
+    pub fn with_routes(mut self, routes: Router, openapi_paths: Value) -> Self {
+        self.extra.push((routes, openapi_paths));
+        self
     }
 
     /// Loads aggregates registered after this call from `snapshots` first.
@@ -123,12 +157,21 @@ impl CommandService {
             store: self.store,
             endpoints: self.endpoints,
         });
-        let routes = Router::new()
-            .route("/commands/{aggregate}/{id}", post(execute))
-            .route("/aggregates/{aggregate}/{id}", get(state_of))
+        let mut routes = Router::new()
+            .route(
+                "/commands/{aggregate}/{id}",
+                post(execute).route_layer(self.access.require(Permission::CommandsWrite)),
+            )
+            .route(
+                "/aggregates/{aggregate}/{id}",
+                get(state_of).route_layer(self.access.require(Permission::AggregatesRead)),
+            )
             .route("/health", get(health))
             .with_state(state);
-        super::with_service_routes(routes, &self.title, openapi)
+        for (extra, _) in self.extra {
+            routes = routes.merge(extra);
+        }
+        super::with_service_routes(routes, &self.title, openapi, self.limits, self.origins)
     }
 
     fn openapi(&self) -> Value {
@@ -142,6 +185,9 @@ impl CommandService {
             let schema = endpoint.command_schema(&mut generator);
             doc.command_paths(aggregate, schema);
         }
+        for (_, paths) in &self.extra {
+            doc.extra_paths(paths);
+        }
         doc.finish(generator)
     }
 }
@@ -153,16 +199,12 @@ struct Shared {
 
 impl Shared {
     fn endpoint(&self, aggregate: &str) -> Result<&Arc<dyn Endpoint>, ApiError> {
-        self.endpoints.get(aggregate).ok_or_else(|| {
-            ApiError::not_found(
-                "unknown_aggregate",
-                format!("this service has no aggregate `{aggregate}`"),
-            )
-            .with(
-                "aggregates",
-                self.endpoints.keys().copied().collect::<Vec<_>>(),
-            )
-        })
+        self.endpoints
+            .get(aggregate)
+            .ok_or_else(|| ApiError::UnknownAggregate {
+                name: aggregate.to_owned(),
+                known: self.endpoints.keys().map(|k| (*k).to_owned()).collect(),
+            })
     }
 }
 
@@ -211,14 +253,13 @@ where
         metadata: Metadata,
         mut options: ExecuteOptions,
     ) -> Result<Executed, ApiError> {
-        let command: A::Command = serde_json::from_slice(body).map_err(|err| {
-            ApiError::bad_request(
-                "invalid_command",
-                format!("invalid `{}` command: {err}", A::TYPE),
-            )
-            .with("line", err.line())
-            .with("column", err.column())
-        })?;
+        let command: A::Command =
+            serde_json::from_slice(body).map_err(|err| ApiError::InvalidCommand {
+                aggregate: A::TYPE.to_owned(),
+                message: err.to_string(),
+                line: err.line(),
+                column: err.column(),
+            })?;
         if options.idempotency_key.is_some() {
             options.fingerprint = Some(fingerprint(body));
         }
@@ -249,13 +290,12 @@ where
             .await
             .map_err(load_error)?;
         if loaded.version == 0 {
-            return Err(ApiError::not_found(
-                "unknown_id",
-                format!("{} `{id}` has no events", A::TYPE),
-            ));
+            return Err(ApiError::UnknownId(format!(
+                "{} `{id}` has no events",
+                A::TYPE
+            )));
         }
-        let state = serde_json::to_value(&loaded.state)
-            .map_err(|err| ApiError::internal(format!("failed to serialise the state: {err}")))?;
+        let state = serde_json::to_value(&loaded.state).map_err(ApiError::internal)?;
         Ok((loaded.version, state))
     }
 
@@ -266,45 +306,33 @@ where
 
 fn command_error<E: std::error::Error + 'static>(err: CommandError<E>) -> ApiError {
     match err {
-        CommandError::Rejected(reason) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "rejected",
-            reason.to_string(),
-        ),
+        CommandError::Rejected(reason) => ApiError::Rejected(reason.to_string()),
         CommandError::Conflict {
             stream,
             expected,
             actual,
-        } => ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("stream `{stream}` is at version {actual}, expected {expected}"),
-        )
-        .with("expected", expected.required())
-        .with("actual", actual),
+        } => ApiError::Conflict {
+            stream: stream.to_string(),
+            expected: expected.required(),
+            actual,
+        },
         CommandError::Load(err) => load_error(err),
-        err @ CommandError::IdempotencyKeyReused { .. } => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency_key_reused",
-            err.to_string(),
-        ),
-        CommandError::Encode(err) => {
-            ApiError::internal(format!("failed to serialise an event: {}", chain(&err)))
+        err @ CommandError::IdempotencyKeyReused { .. } => {
+            ApiError::IdempotencyKeyReused(err.to_string())
         }
-        CommandError::Append(err) => append_error(&err),
+        CommandError::Encode(err) => ApiError::internal(err),
+        CommandError::Append(err) => append_error(err),
     }
 }
 
-fn append_error(err: &AppendError) -> ApiError {
+fn append_error(err: AppendError) -> ApiError {
     match err {
-        AppendError::Unavailable(_) => ApiError::unavailable(chain(err)),
-        AppendError::InvalidStream { .. } => ApiError::bad_request("invalid_id", err.to_string()),
-        AppendError::InvalidEvent { .. } | AppendError::BatchSize { .. } => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_event",
-            err.to_string(),
-        ),
-        _ => ApiError::internal(chain(err)),
+        AppendError::Unavailable(_) => ApiError::unavailable(err),
+        AppendError::InvalidStream { .. } => ApiError::InvalidId(err.to_string()),
+        AppendError::InvalidEvent { .. } | AppendError::BatchSize { .. } => {
+            ApiError::InvalidEvent(err.to_string())
+        }
+        _ => ApiError::internal(err),
     }
 }
 
@@ -317,8 +345,8 @@ fn load_error(err: LoadError) -> ApiError {
         | LoadError::Snapshot {
             source: SnapshotError::Unavailable(_),
             ..
-        } => ApiError::unavailable(chain(&err)),
-        _ => ApiError::internal(chain(&err)),
+        } => ApiError::unavailable(err),
+        _ => ApiError::internal(err),
     }
 }
 
@@ -326,7 +354,7 @@ async fn execute(
     State(shared): State<Arc<Shared>>,
     Path((aggregate, id)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let endpoint = shared.endpoint(&aggregate)?;
     let options = ExecuteOptions {
@@ -376,11 +404,17 @@ async fn state_of(
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     match shared.store.head().await {
         Ok(head) => Json(json!({ "status": "ok", "head": head })).into_response(),
-        Err(err) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable", "message": chain(&err) })),
-        )
-            .into_response(),
+        Err(err) => {
+            // The body says nothing internal; the cause goes to the log.
+            tracing::error!(cause = %super::error::chain(&err), "event store health check failed");
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                Json(
+                    json!({ "status": "unavailable", "message": "the event store is unreachable" }),
+                ),
+            )
+                .into_response()
+        }
     }
 }
 
@@ -392,12 +426,9 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let text = value.to_str().unwrap_or_default().trim();
     let tag = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
     tag.parse::<u64>().map(Some).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_header",
-            format!(
-                "If-Match must be the aggregate version as an entity tag, like \"3\"; got `{text}`"
-            ),
-        )
+        ApiError::InvalidHeader(format!(
+            "If-Match must be the aggregate version as an entity tag, like \"3\"; got `{text}`"
+        ))
     })
 }
 
@@ -422,15 +453,12 @@ fn id_header(headers: &HeaderMap, name: &str, max: usize) -> Result<Option<Strin
     let Some(value) = headers.get(name) else {
         return Ok(None);
     };
-    let valid = value.to_str().ok().filter(|v| {
-        !v.is_empty() && v.len() <= MAX_ID_LEN && v.bytes().all(|b| b.is_ascii_graphic())
-    });
+    let valid = value.to_str().ok().filter(|v| valid_id(v, max));
     match valid {
         Some(id) => Ok(Some(id.to_owned())),
-        None => Err(ApiError::bad_request(
-            "invalid_header",
-            format!("{name} must be 1 to {max} visible ASCII characters"),
-        )),
+        None => Err(ApiError::InvalidHeader(format!(
+            "{name} must be 1 to {max} visible ASCII characters"
+        ))),
     }
 }
 
@@ -456,51 +484,9 @@ fn sorted(value: Value) -> Value {
     }
 }
 
-/// The trace id of a valid version-00 `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
-fn trace_id(traceparent: &str) -> Option<&str> {
-    let parts: Vec<&str> = traceparent.trim().split('-').collect();
-    let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let [version, trace, parent, flags] = parts.as_slice() else {
-        return None;
-    };
-    let valid = hex(version, 2)
-        && *version != "ff"
-        && hex(trace, 32)
-        && trace.bytes().any(|b| b != b'0')
-        && hex(parent, 16)
-        && parent.bytes().any(|b| b != b'0')
-        && hex(flags, 2);
-    valid.then_some(*trace)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn trace_id_accepts_only_valid_traceparents() {
-        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(trace_id(valid), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-        assert_eq!(
-            trace_id("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
-            None
-        );
-        assert_eq!(
-            trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
-            None
-        );
-        assert_eq!(
-            trace_id("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            None
-        );
-        assert_eq!(
-            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"),
-            None
-        );
-        assert_eq!(trace_id("garbage"), None);
-    }
 
     #[test]
     fn fingerprints_ignore_formatting_and_key_order_but_not_content() {

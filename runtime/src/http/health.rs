@@ -3,13 +3,15 @@
 //! Health answers from memory (the runner keeps it current), never from a database, so a
 //! check returns in well under a millisecond however busy the projection is.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use super::error::ApiError;
+use super::extract::Path;
 use crate::projection::HealthRegistry;
 
 /// `GET /health` (every projection) and `GET /health/projections/{name}` (one).
@@ -47,10 +49,10 @@ async fn one(State(registry): State<HealthRegistry>, Path(name): Path<String>) -
             };
             (status, Json(health)).into_response()
         }
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": format!("no projection named `{name}`") })),
-        )
-            .into_response(),
+        None => ApiError::UnknownProjection {
+            name,
+            known: registry.all().into_iter().map(|h| h.name).collect(),
+        }
+        .into_response(),
     }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -66,6 +66,23 @@ pub fn metrics_router() -> Router {
     )
 }
 
+/// The method as a metric label: the standard methods by name, any other as `OTHER`, so a
+/// client inventing methods cannot grow the label set.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
 /// Middleware counting and timing requests by service, route template, method and status.
 pub(crate) async fn track(service: Arc<str>, request: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -73,12 +90,12 @@ pub(crate) async fn track(service: Arc<str>, request: Request, next: Next) -> Re
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     ::metrics::histogram!(
         "nexus_http_request_duration_seconds",
-        "service" => service.to_string(), "route" => route.clone(), "method" => method.clone()
+        "service" => service.to_string(), "route" => route.clone(), "method" => method
     )
     .record(started.elapsed().as_secs_f64());
     ::metrics::counter!(

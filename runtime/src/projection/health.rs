@@ -15,7 +15,8 @@ pub enum ProjectionStatus {
     Running,
     /// At least one key is waiting to retry a failed event.
     Retrying,
-    /// Its worker failed and is being restarted, or events went to the dead-letter queue recently.
+    /// Its worker failed and is being restarted, or a key has waited longer than the gap wait
+    /// for versions the store does not have.
     Failing,
     /// Stopped.
     Stopped,
@@ -32,9 +33,10 @@ pub struct ProjectionHealth {
     pub last_position: u64,
     /// Events it completed since it started.
     pub processed: u64,
-    /// Events committed to the store that it has not completed yet (approximate).
+    /// Events committed to the store after its low-water mark (the lowest event it has not
+    /// completed), so a hole below completed events counts (approximate).
     pub lag_events: u64,
-    /// Age of the oldest event it has received but not completed, in seconds.
+    /// Age of the oldest event it has received but not completed (the low-water mark), in seconds.
     pub lag_seconds: f64,
     /// Keys waiting to retry.
     pub retrying_keys: usize,
@@ -62,10 +64,15 @@ impl ProjectionHealth {
         }
     }
 
-    /// Records how many keys wait to retry; a running projection with any is `Retrying`.
-    pub(crate) fn set_retrying(&mut self, keys: usize) {
-        self.retrying_keys = keys;
-        self.status = if keys > 0 {
+    /// Records how many keys wait to retry and what a key stuck on missing versions waits
+    /// for: a running projection with a stuck key is `Failing` (the reason in `last_error`),
+    /// else with any key retrying `Retrying`.
+    pub(crate) fn set_activity(&mut self, retrying: usize, stalled: Option<String>) {
+        self.retrying_keys = retrying;
+        self.status = if let Some(reason) = stalled {
+            self.last_error = Some(reason);
+            ProjectionStatus::Failing
+        } else if retrying > 0 {
             ProjectionStatus::Retrying
         } else {
             ProjectionStatus::Running

@@ -75,6 +75,12 @@ pub struct RunnerOptions {
     pub max_pending: usize,
     /// How often the dead-letter queue is checked for redrive requests.
     pub redrive_poll: Duration,
+    /// Redrive requests read per poll (a page, so a huge queue is never loaded at once).
+    pub redrive_page: usize,
+    /// How long a key may wait for versions the bus skipped and the store does not have (a
+    /// stray publish, a shared stream, a store restored from an older backup) before the
+    /// projection reports `failing`; it keeps checking the store with backoff either way.
+    pub gap_wait: Duration,
 }
 
 impl Default for RunnerOptions {
@@ -85,6 +91,8 @@ impl Default for RunnerOptions {
             batch_size: 256,
             max_pending: 10_000,
             redrive_poll: Duration::from_millis(500),
+            redrive_page: 256,
+            gap_wait: Duration::from_secs(30),
         }
     }
 }
@@ -305,6 +313,12 @@ impl Item {
 const CACHED_VERSIONS: usize = 65_536;
 /// Most committed documents a run remembers.
 const CACHED_DOCUMENTS: usize = 4_096;
+/// Events read from the store per round while a run catches up from its checkpoint.
+const CATCH_UP_BATCH: usize = 512;
+/// How often a projection's lag is measured.
+const HEALTH_REFRESH: Duration = Duration::from_secs(1);
+/// Longest pause between two looks at the store for versions a key is missing.
+const GAP_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct KeyState {
@@ -313,13 +327,27 @@ struct KeyState {
     first_failed: Option<DateTime<Utc>>,
     retry_at: Option<Instant>,
     in_ready: bool,
-    parked: bool,
+}
+
+/// A key waiting for versions the bus skipped but the store does not have (yet).
+struct Gap {
+    since: Instant,
+    checks: u32,
+    /// The version the bus delivered.
+    delivered: u64,
+    /// The last version the store had.
+    stored: u64,
+    /// The version the read model has applied.
+    applied: u64,
 }
 
 struct State {
     keys: HashMap<StreamId, KeyState>,
     /// Stream versions the read model has committed, as far as this run knows them.
     versions: HashMap<StreamId, u64>,
+    /// The lowest dead-letter version of each stream, as far as this run knows it (`None`: the
+    /// stream has no dead letter).
+    letter_heads: HashMap<StreamId, Option<u64>>,
     /// Documents the read model has committed, as far as this run knows them.
     documents: DocumentCache,
     ready: VecDeque<StreamId>,
@@ -329,16 +357,22 @@ struct State {
     next_seq: u64,
     pending: usize,
     redriving: HashSet<i64>,
+    /// The id after which the next page of redrive requests starts.
+    redrive_cursor: i64,
+    gaps: HashMap<StreamId, Gap>,
+    /// The low-water mark: every event received before it is applied or dead-lettered.
+    checkpoint: LogPosition,
     last_position: u64,
     processed: u64,
     dead_letters: u64,
 }
 
-impl Default for State {
-    fn default() -> Self {
+impl State {
+    fn new(checkpoint: LogPosition) -> Self {
         Self {
             keys: HashMap::new(),
             versions: HashMap::new(),
+            letter_heads: HashMap::new(),
             documents: DocumentCache::new(CACHED_DOCUMENTS),
             ready: VecDeque::new(),
             intake: VecDeque::new(),
@@ -346,14 +380,15 @@ impl Default for State {
             next_seq: 0,
             pending: 0,
             redriving: HashSet::new(),
-            last_position: 0,
+            redrive_cursor: 0,
+            gaps: HashMap::new(),
+            checkpoint,
+            last_position: checkpoint.position,
             processed: 0,
             dead_letters: 0,
         }
     }
-}
 
-impl State {
     /// Records what a batch committed.
     fn committed(&mut self, batch: Batch) {
         if self.versions.len() + batch.versions.len() > CACHED_VERSIONS {
@@ -433,7 +468,9 @@ impl State {
         self.keys.values().filter(|s| s.retry_at.is_some()).count()
     }
 
-    /// Advances the low-water mark past every completed event; returns it if it moved.
+    /// Advances the low-water mark past every completed event; returns it if it moved forward.
+    ///
+    /// A redelivery of an event applied long ago completes at once but never moves the mark back.
     fn advance_checkpoint(&mut self) -> Option<LogPosition> {
         let mut moved = None;
         while let Some((seq, position, _)) = self.intake.front().copied() {
@@ -441,9 +478,37 @@ impl State {
                 break;
             }
             self.intake.pop_front();
-            moved = Some(position);
+            if position > self.checkpoint {
+                self.checkpoint = position;
+                moved = Some(position);
+            }
         }
         moved
+    }
+
+    /// What a key stuck on a gap longer than `wait` is missing, for the health.
+    fn stalled(&self, wait: Duration) -> Option<String> {
+        let now = Instant::now();
+        let stuck: Vec<String> = self
+            .gaps
+            .iter()
+            .filter(|(_, gap)| now.duration_since(gap.since) >= wait)
+            .map(|(stream, gap)| {
+                format!(
+                    "stream `{stream}`: the bus delivered version {} after version {}, \
+                     but the store has only up to version {}",
+                    gap.delivered, gap.applied, gap.stored
+                )
+            })
+            .collect();
+        match stuck.len() {
+            0 => None,
+            1 => stuck.into_iter().next(),
+            n => Some(format!(
+                "{n} streams wait for missing versions; {}",
+                stuck[0]
+            )),
+        }
     }
 }
 
@@ -456,6 +521,83 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
             || "the handler panicked".to_owned(),
             |m| format!("the handler panicked: {m}"),
         )
+}
+
+/// Feeds a run's intake: first the store from the checkpoint up to `catch_up_to` (when the bus
+/// does not replay from the checkpoint), then the bus consumer.
+async fn feed(
+    name: String,
+    store: Arc<dyn EventStore>,
+    start: LogPosition,
+    catch_up_to: Option<LogPosition>,
+    mut consumer: Box<dyn crate::bus::BusConsumer>,
+    intake: mpsc::Sender<Delivery>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    if let Some(head) = catch_up_to {
+        let mut after = start;
+        while after < head {
+            match store.read_all(after, CATCH_UP_BATCH).await {
+                Ok(events) if events.is_empty() => break,
+                Ok(events) => {
+                    backoff = Duration::from_millis(50);
+                    for event in events {
+                        after = event.log_position();
+                        if intake.send(Delivery::unacknowledged(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(projection = %name, error = %err, "cannot read the store to catch up; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        tracing::debug!(projection = %name, position = after.position, "caught up from the store");
+    }
+    loop {
+        match consumer.next().await {
+            Ok(delivery) => {
+                backoff = Duration::from_millis(50);
+                if intake.send(delivery).await.is_err() {
+                    return;
+                }
+            }
+            Err(BusError::Malformed { sequence, .. }) => {
+                tracing::warn!(projection = %name, sequence, "skipped a message that is not a Nexus event");
+            }
+            Err(err) if catch_up_to.is_some() => {
+                // Deliveries in flight when the connection broke come back only after the
+                // bus's ack wait: end the run, so the next one reads the store from its
+                // checkpoint instead.
+                tracing::warn!(projection = %name, error = %err, "bus consumer failed; restarting from the checkpoint");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(projection = %name, error = %err, "bus consumer failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// What to do with the next item of a key.
+enum Step {
+    /// Apply it.
+    Apply,
+    /// Nothing to apply (already applied); complete it.
+    Complete,
+    /// Park it behind its stream's earlier dead letter.
+    Park,
+    /// Resolve its dead letter without applying it (the event is already applied).
+    Resolve(i64),
+    /// A redrive that must wait for an older dead letter of its stream.
+    Defer(i64),
+    /// Fill versions `from..=to` from the store first.
+    Fill(u64, u64),
 }
 
 impl<P: Projection> Worker<P> {
@@ -471,46 +613,28 @@ impl<P: Projection> Worker<P> {
             .checkpoint()
             .await?
             .unwrap_or(LogPosition::START);
-        let mut consumer = self.bus.consumer(&self.name, start).await?;
+        let catch_up_to = if self.bus.replays_from_position() {
+            None
+        } else {
+            Some(self.store.head().await?)
+        };
+        let consumer = self.bus.consumer(&self.name, start).await?;
         let (intake_tx, mut intake) = mpsc::channel::<Delivery>(1024);
-        let name = self.name.clone();
-        let intake_task = tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                match consumer.next().await {
-                    Ok(delivery) => {
-                        backoff = Duration::from_millis(50);
-                        if intake_tx.send(delivery).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(err) => {
-                        tracing::warn!(projection = %name, error = %err, "bus consumer failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        });
+        let intake_task = tokio::spawn(feed(
+            self.name.clone(),
+            Arc::clone(&self.store),
+            start,
+            catch_up_to,
+            consumer,
+            intake_tx,
+        ));
         let _intake_guard = AbortOnDrop(intake_task);
 
-        let mut state = State::default();
-        let letters = self.read_model.dead_letters().await?;
-        if self.options.dead_letter == DeadLetterMode::Park {
-            for letter in &letters {
-                if letter.status != DeadLetterStatus::Redrive {
-                    state
-                        .keys
-                        .entry(letter.event.stream.clone())
-                        .or_default()
-                        .parked = true;
-                }
-            }
-        }
-        state.dead_letters = letters.len() as u64;
-        state.last_position = start.position;
+        let mut state = State::new(start);
+        state.dead_letters = self.read_model.dead_letter_count().await?;
         let mut redrive_tick = tokio::time::interval(self.options.redrive_poll);
-        let mut health_tick = tokio::time::interval(Duration::from_secs(1));
+        // Health (lag above all) is refreshed once a second, busy or idle.
+        let mut next_health = Instant::now();
         let dead_letters = state.dead_letters;
         self.update_health(|h| {
             h.status = ProjectionStatus::Running;
@@ -528,6 +652,10 @@ impl<P: Projection> Worker<P> {
                 }
             }
             state.release_due(Instant::now());
+            if Instant::now() >= next_health {
+                self.refresh_health(&state).await;
+                next_health = Instant::now() + HEALTH_REFRESH;
+            }
             if state.ready.is_empty() {
                 let next_retry = state.next_retry();
                 tokio::select! {
@@ -538,7 +666,7 @@ impl<P: Projection> Worker<P> {
                     },
                     () = sleep_until(next_retry) => {}
                     _ = redrive_tick.tick() => self.pick_up_redrives(&mut state).await?,
-                    _ = health_tick.tick() => self.refresh_health(&state).await,
+                    () = tokio::time::sleep_until(next_health) => {}
                 }
                 continue;
             }
@@ -546,13 +674,24 @@ impl<P: Projection> Worker<P> {
         }
     }
 
+    /// Enqueues one page of redrive requests, walking the queue page by page across polls.
     async fn pick_up_redrives(&self, state: &mut State) -> Result<(), WorkerError> {
-        for letter in self.read_model.redrive_requests().await? {
+        let page = self.options.redrive_page.max(1);
+        let letters = self
+            .read_model
+            .redrive_requests(state.redrive_cursor, page)
+            .await?;
+        state.redrive_cursor = match letters.last() {
+            Some(last) if letters.len() == page => last.id,
+            _ => 0,
+        };
+        for letter in letters {
+            if state.pending >= self.options.max_pending {
+                break;
+            }
             if !state.redriving.insert(letter.id) {
                 continue;
             }
-            let key = letter.event.stream.clone();
-            state.keys.entry(key.clone()).or_default().parked = false;
             state.enqueue(
                 Item {
                     delivery: Delivery::unacknowledged(letter.event),
@@ -571,13 +710,15 @@ impl<P: Projection> Worker<P> {
             .head()
             .await
             .map(|h| h.position)
-            .unwrap_or(state.last_position);
+            .unwrap_or(state.checkpoint.position);
         let oldest = state.intake.front().map(|(_, _, at)| *at);
         let lag_seconds = oldest.map_or(0.0, |at| {
             (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0
         });
+        // From the low-water mark, not the furthest event applied: a hole below events
+        // already applied is lag too.
         let lag_events = head
-            .saturating_sub(state.last_position)
+            .saturating_sub(state.checkpoint.position)
             .max(state.intake.len() as u64);
         metrics::gauge!("nexus_projection_lag_events", "projection" => self.name.clone())
             .set(lag_events as f64);
@@ -586,10 +727,11 @@ impl<P: Projection> Worker<P> {
         metrics::gauge!("nexus_projection_dead_letters", "projection" => self.name.clone())
             .set(state.dead_letters as f64);
         let retrying = state.retrying();
+        let stalled = state.stalled(self.options.gap_wait);
         self.update_health(|h| {
             h.lag_events = lag_events;
             h.lag_seconds = lag_seconds;
-            h.set_retrying(retrying);
+            h.set_activity(retrying, stalled);
         });
     }
 
@@ -608,24 +750,162 @@ impl<P: Projection> Worker<P> {
         Ok(version)
     }
 
-    async fn process_batch(&self, state: &mut State) -> Result<(), WorkerError> {
-        // One round trip for the versions of every key this batch may touch that the run
-        // does not know yet, rather than one per key.
-        let unknown: Vec<StreamId> = state
-            .ready
-            .iter()
-            .take(self.options.batch_size)
+    /// The lowest dead-letter version of `key`, if it has dead letters.
+    async fn letter_head(
+        &self,
+        state: &mut State,
+        key: &StreamId,
+    ) -> Result<Option<u64>, WorkerError> {
+        if let Some(head) = state.letter_heads.get(key) {
+            return Ok(*head);
+        }
+        let head = self
+            .read_model
+            .letter_heads(vec![key.clone()])
+            .await?
+            .remove(key);
+        // Never cleared mid-batch (heads updated by this batch are not committed yet); the
+        // next batch's prefetch bounds the map.
+        state.letter_heads.insert(key.clone(), head);
+        Ok(head)
+    }
+
+    /// Loads, in one round trip each, what the keys of the coming batch need and the run does
+    /// not know yet: their applied versions and (in park mode) their dead-letter heads.
+    async fn prefetch(&self, state: &mut State) -> Result<(), WorkerError> {
+        let coming = || state.ready.iter().take(self.options.batch_size);
+        let unknown: Vec<StreamId> = coming()
             .filter(|key| !state.versions.contains_key(*key))
             .cloned()
             .collect();
+        let no_head: Vec<StreamId> = if self.options.dead_letter == DeadLetterMode::Park {
+            coming()
+                .filter(|key| !state.letter_heads.contains_key(*key))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
         if !unknown.is_empty() {
             let versions = self.read_model.stream_versions(unknown).await?;
             state.versions.extend(versions);
         }
+        if state.letter_heads.len() + no_head.len() > CACHED_VERSIONS {
+            state.letter_heads.clear();
+        }
+        if !no_head.is_empty() {
+            let mut heads = self.read_model.letter_heads(no_head.clone()).await?;
+            for key in no_head {
+                let head = heads.remove(&key);
+                state.letter_heads.insert(key, head);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides what to do with `item`, the next event of its key.
+    async fn step(
+        &self,
+        state: &mut State,
+        item: &Item,
+        applied: u64,
+    ) -> Result<Step, WorkerError> {
+        let event = item.event();
+        let park = self.options.dead_letter == DeadLetterMode::Park;
+        match item.redrive {
+            None => {
+                if event.version <= applied {
+                    // Already applied (a redelivery): recognised, not applied twice.
+                    return Ok(Step::Complete);
+                }
+                if park && self.letter_head(state, &event.stream).await?.is_some() {
+                    return Ok(Step::Park);
+                }
+                if event.version > applied + 1 {
+                    return Ok(Step::Fill(applied + 1, event.version - 1));
+                }
+                Ok(Step::Apply)
+            }
+            Some(id) => {
+                // Dead letters of one stream are redriven in version order: only the oldest
+                // goes; the others wait for it.
+                let head = self.letter_head(state, &event.stream).await?;
+                if head != Some(event.version) {
+                    return Ok(Step::Defer(id));
+                }
+                if park && event.version <= applied {
+                    return Ok(Step::Resolve(id));
+                }
+                if park && event.version > applied + 1 {
+                    return Ok(Step::Defer(id));
+                }
+                Ok(Step::Apply)
+            }
+        }
+    }
+
+    /// Fills versions `from..=to` of `key` from the store in front of its queue; `false` when
+    /// the store does not have them all (the key then waits with backoff).
+    async fn fill_gap(
+        &self,
+        state: &mut State,
+        key: &StreamId,
+        (from, to): (u64, u64),
+        delivered: u64,
+    ) -> Result<bool, WorkerError> {
+        let missing = match self.store.read_stream(key, from, Some(to)).await {
+            Ok(events) => events,
+            Err(ReadError::StreamNotFound(_)) => Vec::new(),
+            Err(err) => return Err(err.into()),
+        };
+        let complete = missing.len() as u64 == to - from + 1
+            && missing.first().is_some_and(|e| e.version == from);
+        if !complete {
+            let gap = state.gaps.entry(key.clone()).or_insert_with(|| Gap {
+                since: Instant::now(),
+                checks: 0,
+                delivered,
+                stored: 0,
+                applied: from - 1,
+            });
+            gap.checks += 1;
+            gap.delivered = delivered;
+            gap.applied = from - 1;
+            gap.stored = missing.last().map_or(from - 1, |e| e.version);
+            let delay = Duration::from_millis(50)
+                .saturating_mul(2u32.saturating_pow(gap.checks.min(16)))
+                .min(GAP_BACKOFF_MAX);
+            if gap.checks == 1 {
+                tracing::warn!(
+                    projection = %self.name, stream = %key, delivered, missing_from = from,
+                    "the bus delivered a version the store does not have; waiting for it"
+                );
+            }
+            if let Some(key_state) = state.keys.get_mut(key) {
+                key_state.retry_at = Some(Instant::now() + delay);
+            }
+            return Ok(false);
+        }
+        state.gaps.remove(key);
+        let key_state = state.keys.get_mut(key).expect("the key has queued items");
+        for missed in missing.into_iter().rev() {
+            key_state.queue.push_front(Item {
+                delivery: Delivery::unacknowledged(missed),
+                seq: None,
+                redrive: None,
+            });
+            state.pending += 1;
+        }
+        metrics::counter!("nexus_projection_gap_fills_total", "projection" => self.name.clone())
+            .increment(1);
+        Ok(true)
+    }
+
+    async fn process_batch(&self, state: &mut State) -> Result<(), WorkerError> {
+        self.prefetch(state).await?;
         let mut batch = Batch::default();
         let mut completed: Vec<Item> = Vec::new();
         let mut applied = 0usize;
-        let retry = self.options.retry;
         while applied < self.options.batch_size {
             let Some(key) = state.ready.pop_front() else {
                 break;
@@ -635,138 +915,200 @@ impl<P: Projection> Worker<P> {
             } else {
                 continue;
             }
-            while applied < self.options.batch_size {
-                if state.keys.get(&key).is_none_or(|k| k.queue.is_empty()) {
-                    break;
-                }
-                let applied_version = self.applied_version(state, &batch, &key).await?;
-                let key_state = state.keys.get_mut(&key).expect("checked above");
-                let item = key_state.queue.pop_front().expect("checked above");
-                let event = item.event();
-                if item.redrive.is_none() {
-                    if key_state.parked {
-                        batch.dead_letters.push(NewDeadLetter {
-                            event: event.clone(),
-                            error: "parked behind an earlier dead letter of the same key".into(),
-                            attempts: 0,
-                            first_failed_at: Utc::now(),
-                            status: DeadLetterStatus::Parked,
-                            existing: None,
-                        });
-                        state.dead_letters += 1;
-                        completed.push(item);
-                        continue;
-                    }
-                    if event.version <= applied_version {
-                        // Already applied (a redelivery): recognised, not applied twice.
-                        completed.push(item);
-                        continue;
-                    }
-                    if event.version > applied_version + 1 {
-                        // The bus lost events the store has: fill the gap from the store, in order.
-                        let (from, to) = (applied_version + 1, event.version - 1);
-                        key_state.queue.push_front(item);
-                        let missing = self.store.read_stream(&key, from, Some(to)).await?;
-                        let key_state = state.keys.get_mut(&key).expect("checked above");
-                        for missed in missing.into_iter().rev() {
-                            key_state.queue.push_front(Item {
-                                delivery: Delivery::unacknowledged(missed),
-                                seq: None,
-                                redrive: None,
-                            });
-                            state.pending += 1;
-                        }
-                        metrics::counter!("nexus_projection_gap_fills_total", "projection" => self.name.clone()).increment(1);
-                        continue;
-                    }
-                }
-                let outcome = if self.projection.handles(event) {
-                    let mut changes =
-                        Changes::new(&batch.writes, &state.documents, &self.read_model);
-                    let result = AssertUnwindSafe(self.projection.apply(event, &mut changes))
-                        .catch_unwind()
-                        .await;
-                    match result {
-                        Ok(Ok(())) => Ok(Some(changes.into_writes())),
-                        Ok(Err(err)) => Err(err.to_string()),
-                        Err(panic) => Err(panic_message(panic.as_ref())),
-                    }
-                } else {
-                    Ok(None)
-                };
-                let key_state = state.keys.get_mut(&key).expect("checked above");
-                match outcome {
-                    Ok(writes) => {
-                        for (doc, value) in writes.into_iter().flatten() {
-                            batch.positions.insert(doc.clone(), event.position as i64);
-                            batch.writes.insert(doc, value);
-                        }
-                        batch
-                            .versions
-                            .insert(key.clone(), applied_version.max(event.version));
-                        if let Some(id) = item.redrive {
-                            batch.redriven.push(id);
-                            state.dead_letters = state.dead_letters.saturating_sub(1);
-                        }
-                        key_state.attempts = 0;
-                        key_state.first_failed = None;
-                        completed.push(item);
-                        applied += 1;
-                    }
-                    Err(error) => {
-                        key_state.attempts += 1;
-                        let first_failed = *key_state.first_failed.get_or_insert_with(Utc::now);
-                        metrics::counter!("nexus_projection_errors_total", "projection" => self.name.clone()).increment(1);
-                        self.update_health(|h| h.last_error = Some(error.clone()));
-                        if key_state.attempts > retry.max_retries {
-                            tracing::warn!(
-                                projection = %self.name, stream = %key, version = event.version,
-                                attempts = key_state.attempts, %error, "event moved to the dead-letter queue"
-                            );
-                            metrics::counter!("nexus_projection_dead_letters_total", "projection" => self.name.clone()).increment(1);
-                            batch.dead_letters.push(NewDeadLetter {
-                                event: event.clone(),
-                                error,
-                                attempts: key_state.attempts,
-                                first_failed_at: first_failed,
-                                status: DeadLetterStatus::Dead,
-                                existing: item.redrive,
-                            });
-                            if item.redrive.is_none() {
-                                state.dead_letters += 1;
-                                match self.options.dead_letter {
-                                    DeadLetterMode::Skip => {
-                                        batch.versions.insert(
-                                            key.clone(),
-                                            applied_version.max(event.version),
-                                        );
-                                    }
-                                    DeadLetterMode::Park => key_state.parked = true,
-                                }
-                            }
-                            key_state.attempts = 0;
-                            key_state.first_failed = None;
-                            completed.push(item);
-                        } else {
-                            metrics::counter!("nexus_projection_retries_total", "projection" => self.name.clone()).increment(1);
-                            key_state.retry_at =
-                                Some(Instant::now() + retry.delay(key_state.attempts));
-                            key_state.queue.push_front(item);
-                            break;
-                        }
-                    }
-                }
-            }
+            self.process_key(state, &key, &mut batch, &mut completed, &mut applied)
+                .await?;
             state.make_ready(&key);
             if let Some(s) = state.keys.get(&key)
                 && s.queue.is_empty()
                 && s.retry_at.is_none()
                 && s.attempts == 0
-                && !s.parked
             {
                 state.keys.remove(&key);
             }
         }
+        self.commit(state, batch, completed).await
+    }
+
+    /// Processes the queue of one key until it empties, waits, or the batch is full.
+    async fn process_key(
+        &self,
+        state: &mut State,
+        key: &StreamId,
+        batch: &mut Batch,
+        completed: &mut Vec<Item>,
+        applied: &mut usize,
+    ) -> Result<(), WorkerError> {
+        while *applied < self.options.batch_size {
+            if state.keys.get(key).is_none_or(|k| k.queue.is_empty()) {
+                break;
+            }
+            let applied_version = self.applied_version(state, batch, key).await?;
+            let key_state = state.keys.get_mut(key).expect("checked above");
+            let item = key_state.queue.pop_front().expect("checked above");
+            let step = self.step(state, &item, applied_version).await?;
+            match step {
+                Step::Complete => completed.push(item),
+                Step::Park => {
+                    batch.dead_letters.push(NewDeadLetter {
+                        event: item.event().clone(),
+                        error: "parked behind an earlier dead letter of the same key".into(),
+                        attempts: 0,
+                        first_failed_at: Utc::now(),
+                        status: DeadLetterStatus::Parked,
+                        existing: None,
+                    });
+                    state.dead_letters += 1;
+                    completed.push(item);
+                }
+                Step::Resolve(id) => {
+                    // Its event is already applied: the letter goes, the event is not applied twice.
+                    batch.redriven.push(id);
+                    batch.release.push(key.clone());
+                    state.dead_letters = state.dead_letters.saturating_sub(1);
+                    completed.push(item);
+                    // The stream's next dead letter is known only after this batch commits.
+                    break;
+                }
+                Step::Defer(id) => {
+                    state.redriving.remove(&id);
+                    state.pending = state.pending.saturating_sub(1);
+                }
+                Step::Fill(from, to) => {
+                    let delivered = item.event().version;
+                    state
+                        .keys
+                        .get_mut(key)
+                        .expect("checked above")
+                        .queue
+                        .push_front(item);
+                    if !self.fill_gap(state, key, (from, to), delivered).await? {
+                        break;
+                    }
+                }
+                Step::Apply => {
+                    let redrive = item.redrive.is_some();
+                    let go_on = self
+                        .apply(state, key, item, applied_version, batch, completed)
+                        .await;
+                    *applied += 1;
+                    // After a redrive the stream's next dead letter is known only once this
+                    // batch commits.
+                    if !go_on || redrive {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `item`; on failure schedules a retry or dead-letters it. `false` when the key
+    /// must wait (a retry is scheduled).
+    async fn apply(
+        &self,
+        state: &mut State,
+        key: &StreamId,
+        item: Item,
+        applied_version: u64,
+        batch: &mut Batch,
+        completed: &mut Vec<Item>,
+    ) -> bool {
+        let event = item.event();
+        let outcome = if self.projection.handles(event) {
+            let mut changes = Changes::new(&batch.writes, &state.documents, &self.read_model);
+            let result = AssertUnwindSafe(self.projection.apply(event, &mut changes))
+                .catch_unwind()
+                .await;
+            match result {
+                Ok(Ok(())) => Ok(Some(changes.into_writes())),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(panic) => Err(panic_message(panic.as_ref())),
+            }
+        } else {
+            Ok(None)
+        };
+        let park = self.options.dead_letter == DeadLetterMode::Park;
+        let retry = self.options.retry;
+        let key_state = state.keys.get_mut(key).expect("the key is being processed");
+        match outcome {
+            Ok(writes) => {
+                for (doc, value) in writes.into_iter().flatten() {
+                    batch.positions.insert(doc.clone(), event.position as i64);
+                    batch.writes.insert(doc, value);
+                }
+                batch
+                    .versions
+                    .insert(key.clone(), applied_version.max(event.version));
+                if let Some(id) = item.redrive {
+                    batch.redriven.push(id);
+                    if park {
+                        // What was parked behind this letter may follow it now, in order.
+                        batch.release.push(key.clone());
+                    }
+                    state.dead_letters = state.dead_letters.saturating_sub(1);
+                }
+                key_state.attempts = 0;
+                key_state.first_failed = None;
+                completed.push(item);
+                true
+            }
+            Err(error) => {
+                key_state.attempts += 1;
+                let first_failed = *key_state.first_failed.get_or_insert_with(Utc::now);
+                metrics::counter!("nexus_projection_errors_total", "projection" => self.name.clone()).increment(1);
+                self.update_health(|h| h.last_error = Some(error.clone()));
+                if key_state.attempts <= retry.max_retries {
+                    metrics::counter!("nexus_projection_retries_total", "projection" => self.name.clone()).increment(1);
+                    key_state.retry_at = Some(Instant::now() + retry.delay(key_state.attempts));
+                    key_state.queue.push_front(item);
+                    return false;
+                }
+                tracing::warn!(
+                    projection = %self.name, stream = %key, version = event.version,
+                    attempts = key_state.attempts, %error, "event moved to the dead-letter queue"
+                );
+                metrics::counter!("nexus_projection_dead_letters_total", "projection" => self.name.clone()).increment(1);
+                batch.dead_letters.push(NewDeadLetter {
+                    event: event.clone(),
+                    error,
+                    attempts: key_state.attempts,
+                    first_failed_at: first_failed,
+                    status: DeadLetterStatus::Dead,
+                    existing: item.redrive,
+                });
+                key_state.attempts = 0;
+                key_state.first_failed = None;
+                let mut go_on = true;
+                if item.redrive.is_none() {
+                    state.dead_letters += 1;
+                    if !park {
+                        // Skip mode: the key moves on past the dead letter.
+                        batch
+                            .versions
+                            .insert(key.clone(), applied_version.max(event.version));
+                    }
+                    // The stream's lowest dead letter, known exactly only if it was known
+                    // before; otherwise the key waits for the commit and reads it afresh.
+                    match state.letter_heads.get_mut(key) {
+                        Some(head) => {
+                            *head = Some(head.map_or(event.version, |h| h.min(event.version)));
+                        }
+                        None => go_on = false,
+                    }
+                }
+                completed.push(item);
+                go_on
+            }
+        }
+    }
+
+    /// Commits the batch, then acknowledges its events on the bus.
+    async fn commit(
+        &self,
+        state: &mut State,
+        mut batch: Batch,
+        completed: Vec<Item>,
+    ) -> Result<(), WorkerError> {
         for item in &completed {
             if let Some(seq) = item.seq {
                 state.done.insert(seq);
@@ -786,6 +1128,8 @@ impl<P: Projection> Worker<P> {
             state.pending = state.pending.saturating_sub(1);
             if let Some(id) = item.redrive {
                 state.redriving.remove(&id);
+                // Its stream's next dead letter is known only from the committed queue.
+                state.letter_heads.remove(&item.event().stream);
             }
             let event = item.event();
             state.last_position = state.last_position.max(event.position);
@@ -807,11 +1151,12 @@ impl<P: Projection> Worker<P> {
             state.dead_letters,
             state.retrying(),
         );
+        let stalled = state.stalled(self.options.gap_wait);
         self.update_health(|h| {
             h.last_position = last_position;
             h.processed = processed;
             h.dead_letters = dead_letters;
-            h.set_retrying(retrying);
+            h.set_activity(retrying, stalled);
         });
         Ok(())
     }

@@ -169,6 +169,8 @@ pub(crate) struct Batch {
     pub(crate) versions: HashMap<StreamId, u64>,
     pub(crate) dead_letters: Vec<NewDeadLetter>,
     pub(crate) redriven: Vec<i64>,
+    /// Streams whose parked letters are released for redrive (their head letter was redriven).
+    pub(crate) release: Vec<StreamId>,
     pub(crate) checkpoint: Option<LogPosition>,
 }
 
@@ -178,6 +180,7 @@ impl Batch {
             && self.versions.is_empty()
             && self.dead_letters.is_empty()
             && self.redriven.is_empty()
+            && self.release.is_empty()
             && self.checkpoint.is_none()
     }
 }
@@ -427,13 +430,40 @@ impl ReadModelStore {
         found.ok_or(ReadModelError::NoSuchDeadLetter(id))
     }
 
-    /// Dead letters waiting to be processed again, in log order.
-    pub(crate) async fn redrive_requests(&self) -> Result<Vec<DeadLetter>, ReadModelError> {
-        let status = Some(DeadLetterStatus::Redrive);
+    /// How many dead letters the queue holds.
+    pub async fn dead_letter_count(&self) -> Result<u64, ReadModelError> {
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, move |db| db.dead_letters(status)).await,
+            Backend::Sqlite(db) => blocking(db, |db| db.dead_letter_count()).await,
             #[cfg(feature = "postgres")]
-            Backend::Postgres(db) => db.dead_letters(status).await,
+            Backend::Postgres(db) => db.dead_letter_count().await,
+        }
+    }
+
+    /// The lowest version among the dead letters of each of `streams`; streams without dead
+    /// letters are left out. One round trip.
+    pub(crate) async fn letter_heads(
+        &self,
+        streams: Vec<StreamId>,
+    ) -> Result<HashMap<StreamId, u64>, ReadModelError> {
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.letter_heads(streams)).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.letter_heads(streams).await,
+        }
+    }
+
+    /// At most `limit` dead letters waiting to be processed again whose id is above `after`,
+    /// in id order: one page of the redrive requests.
+    pub(crate) async fn redrive_requests(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, ReadModelError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.redrive_requests(after, limit)).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.redrive_requests(after, limit).await,
         }
     }
 

@@ -20,6 +20,15 @@ CREATE TABLE IF NOT EXISTS snapshots (
     taken_at       INTEGER NOT NULL,
     PRIMARY KEY (aggregate_type, aggregate_id)
 );
+CREATE TABLE IF NOT EXISTS snapshot_history (
+    aggregate_type TEXT    NOT NULL,
+    aggregate_id   TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL,
+    state          TEXT    NOT NULL,
+    taken_at       INTEGER NOT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id, version)
+);
 CREATE TABLE IF NOT EXISTS snapshot_checkpoints (
     name     TEXT PRIMARY KEY,
     commit_key INTEGER NOT NULL,
@@ -119,7 +128,9 @@ impl SnapshotStore for EmbeddedSnapshotStore {
     async fn save(&self, snapshot: &Snapshot) -> Result<(), SnapshotError> {
         let snapshot = snapshot.clone();
         self.run(move |conn| {
-            conn.prepare_cached(
+            // The latest snapshot and its history entry commit together (one fsync).
+            let tx = conn.unchecked_transaction()?;
+            tx.prepare_cached(
                 "INSERT INTO snapshots (aggregate_type, aggregate_id, version, schema_version, state, taken_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET \
@@ -134,8 +145,43 @@ impl SnapshotStore for EmbeddedSnapshotStore {
                 snapshot.schema_version,
                 snapshot.state,
                 snapshot.taken_at.timestamp_micros(),
-            ])
-            .map(drop)
+            ])?;
+            save_history(&tx, &snapshot)?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn load_at_or_before(
+        &self,
+        stream: &StreamId,
+        version: u64,
+    ) -> Result<Option<Snapshot>, SnapshotError> {
+        let stream = stream.clone();
+        self.run(move |conn| {
+            conn.prepare_cached(
+                "SELECT version, schema_version, state, taken_at FROM snapshot_history \
+                 WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version <= ?3 \
+                 ORDER BY version DESC LIMIT 1",
+            )?
+            .query_row(
+                params![
+                    stream.aggregate_type(),
+                    stream.aggregate_id(),
+                    version.min(i64::MAX as u64) as i64
+                ],
+                |row| {
+                    Ok(Snapshot {
+                        stream: stream.clone(),
+                        version: row.get::<_, i64>(0)? as u64,
+                        schema_version: row.get(1)?,
+                        state: row.get(2)?,
+                        taken_at: DateTime::<Utc>::from_timestamp_micros(row.get(3)?)
+                            .unwrap_or_default(),
+                    })
+                },
+            )
+            .optional()
         })
         .await
     }
@@ -174,4 +220,33 @@ impl SnapshotStore for EmbeddedSnapshotStore {
         })
         .await
     }
+}
+
+/// Adds `snapshot` to its stream's history and deletes all but the newest
+/// [`super::SNAPSHOT_HISTORY`] of that stream.
+fn save_history(conn: &Connection, snapshot: &Snapshot) -> rusqlite::Result<()> {
+    let (kind, id) = (
+        snapshot.stream.aggregate_type(),
+        snapshot.stream.aggregate_id(),
+    );
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO snapshot_history \
+         (aggregate_type, aggregate_id, version, schema_version, state, taken_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        kind,
+        id,
+        snapshot.version as i64,
+        snapshot.schema_version,
+        snapshot.state,
+        snapshot.taken_at.timestamp_micros(),
+    ])?;
+    conn.prepare_cached(
+        "DELETE FROM snapshot_history WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
+         AND version < (SELECT version FROM snapshot_history WHERE aggregate_type = ?1 \
+         AND aggregate_id = ?2 ORDER BY version DESC LIMIT 1 OFFSET ?3)",
+    )?
+    .execute(params![kind, id, super::SNAPSHOT_HISTORY as i64 - 1])?;
+    Ok(())
 }

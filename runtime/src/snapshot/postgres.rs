@@ -17,6 +17,9 @@ pub struct PostgresSnapshotStore {
     save: String,
     load_checkpoint: String,
     save_checkpoint: String,
+    save_history: String,
+    prune_history: String,
+    load_at_or_before: String,
 }
 
 impl std::fmt::Debug for PostgresSnapshotStore {
@@ -68,6 +71,21 @@ impl PostgresSnapshotStore {
             load_checkpoint: format!(
                 "SELECT commit_key, position FROM {schema}.snapshot_checkpoints WHERE name = $1"
             ),
+            save_history: format!(
+                "INSERT INTO {schema}.snapshot_history \
+                 (aggregate_type, aggregate_id, version, schema_version, state, taken_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING"
+            ),
+            prune_history: format!(
+                "DELETE FROM {schema}.snapshot_history WHERE aggregate_type = $1 AND aggregate_id = $2 \
+                 AND version < (SELECT version FROM {schema}.snapshot_history WHERE aggregate_type = $1 \
+                 AND aggregate_id = $2 ORDER BY version DESC LIMIT 1 OFFSET $3)"
+            ),
+            load_at_or_before: format!(
+                "SELECT version, schema_version, state, taken_at FROM {schema}.snapshot_history \
+                 WHERE aggregate_type = $1 AND aggregate_id = $2 AND version <= $3 \
+                 ORDER BY version DESC LIMIT 1"
+            ),
             save_checkpoint: format!(
                 "INSERT INTO {schema}.snapshot_checkpoints (name, commit_key, position) VALUES ($1, $2, $3) \
                  ON CONFLICT (name) DO UPDATE SET commit_key = excluded.commit_key, position = excluded.position"
@@ -104,22 +122,58 @@ impl SnapshotStore for PostgresSnapshotStore {
     }
 
     async fn save(&self, snapshot: &Snapshot) -> Result<(), SnapshotError> {
+        let mut client = self.client().await?;
+        // The latest snapshot and its history entry commit together.
+        let tx = client.transaction().await.map_err(backend)?;
+        let row: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            &snapshot.stream.aggregate_type(),
+            &snapshot.stream.aggregate_id(),
+            &(snapshot.version as i64),
+            &(snapshot.schema_version as i32),
+            &snapshot.state,
+            &snapshot.taken_at,
+        ];
+        tx.execute(&self.save, &row).await.map_err(backend)?;
+        tx.execute(&self.save_history, &row)
+            .await
+            .map_err(backend)?;
+        tx.execute(
+            &self.prune_history,
+            &[
+                &snapshot.stream.aggregate_type(),
+                &snapshot.stream.aggregate_id(),
+                &(super::SNAPSHOT_HISTORY as i64 - 1),
+            ],
+        )
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn load_at_or_before(
+        &self,
+        stream: &StreamId,
+        version: u64,
+    ) -> Result<Option<Snapshot>, SnapshotError> {
         let client = self.client().await?;
-        client
-            .execute(
-                &self.save,
+        let row = client
+            .query_opt(
+                &self.load_at_or_before,
                 &[
-                    &snapshot.stream.aggregate_type(),
-                    &snapshot.stream.aggregate_id(),
-                    &(snapshot.version as i64),
-                    &(snapshot.schema_version as i32),
-                    &snapshot.state,
-                    &snapshot.taken_at,
+                    &stream.aggregate_type(),
+                    &stream.aggregate_id(),
+                    &(version.min(i64::MAX as u64) as i64),
                 ],
             )
             .await
             .map_err(backend)?;
-        Ok(())
+        Ok(row.map(|row| Snapshot {
+            stream: stream.clone(),
+            version: row.get::<_, i64>(0) as u64,
+            schema_version: row.get::<_, i32>(1) as u32,
+            state: row.get(2),
+            taken_at: row.get(3),
+        }))
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<LogPosition>, SnapshotError> {

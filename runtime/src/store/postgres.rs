@@ -40,6 +40,11 @@ const MIGRATIONS: &[crate::pg::Migration] = &[
         "snapshots",
         include_str!("../../migrations/postgres/0002_snapshots.sql"),
     ),
+    (
+        3,
+        "temporal",
+        include_str!("../../migrations/postgres/0003_temporal.sql"),
+    ),
 ];
 
 const COLUMNS: &str = "global_position, tx_id::text::int8, partition, event_id, aggregate_type, \

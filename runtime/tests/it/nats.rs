@@ -324,3 +324,263 @@ async fn a_nats_restart_mid_stream_loses_nothing_and_applies_nothing_twice() {
     handle.stop().await;
     relay.stop().await;
 }
+
+/// Opens a runner on `bus` whose read models live under `dir/rm`.
+fn nats_runner(
+    store: &Arc<dyn EventStore>,
+    bus: &JetStreamBus,
+    dir: &Path,
+    options: RunnerOptions,
+) -> ProjectionRunner {
+    ProjectionRunner::new(Arc::clone(store), Arc::new(bus.clone()), dir.join("rm"))
+        .with_options(options)
+}
+
+/// The versions of stream `id` the projection applied, in the order it applied them.
+async fn applied(handle: &nexus_runtime::projection::ProjectionHandle, id: &str) -> Vec<u64> {
+    crate::projection::versions(handle, id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_in_flight_at_a_crash_are_applied_within_seconds_not_after_the_ack_wait() {
+    let Some(url) = support::service_url("NEXUS_TEST_NATS_URL") else {
+        return;
+    };
+    let options = unique_options();
+    assert_eq!(options.ack_wait, Duration::from_secs(600));
+    let (store, dir) = support::embedded();
+    let bus = JetStreamBus::connect(&url, options.clone()).await.unwrap();
+    let keys: Vec<String> = (0..30).map(|i| format!("s{i}")).collect();
+    for key in &keys {
+        append(&store, key, vec![event(false)]).await;
+    }
+    bus.publish(&store.read_all(LogPosition::START, 100).await.unwrap())
+        .await
+        .unwrap();
+    // A slow handler: the consumer pulls the messages at once, so most are delivered to this
+    // runner and not acknowledged when it dies.
+    let mut slow = Counter::new("inflight");
+    slow.delay = Duration::from_millis(100);
+    let one_at_a_time = RunnerOptions {
+        batch_size: 1,
+        ..RunnerOptions::default()
+    };
+    let first = nats_runner(&store, &bus, dir.path(), one_at_a_time.clone())
+        .spawn(slow)
+        .unwrap();
+    eventually(
+        &first,
+        Duration::from_secs(10),
+        "a few applied",
+        async |h| h.health().processed >= 2,
+    )
+    .await;
+    first.abort();
+    // Traffic goes on after the restart, on other streams: it must not hide the hole.
+    append(&store, "after", vec![event(false)]).await;
+    let head = store.head().await.unwrap();
+    bus.publish(&store.read_all(LogPosition::START, 100).await.unwrap()[30..])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut steady = Counter::new("inflight");
+    steady.delay = Duration::from_millis(50);
+    let second = nats_runner(&store, &bus, dir.path(), one_at_a_time)
+        .spawn(steady)
+        .unwrap();
+    eventually(
+        &second,
+        Duration::from_secs(3),
+        "lag while the hole is being filled",
+        async |h| h.health().lag_events > 0 && h.health().lag_seconds > 0.0,
+    )
+    .await;
+    eventually(
+        &second,
+        Duration::from_secs(5),
+        "every event on the same durable consumer within seconds",
+        async |h| total(h, keys.iter().chain(["after".to_owned()].iter())).await == 31,
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(6));
+    for key in &keys {
+        assert_eq!(applied(&second, key).await, [1], "{key}: once");
+    }
+    eventually(
+        &second,
+        Duration::from_secs(5),
+        "no lag once whole",
+        async |h| {
+            h.health().lag_events == 0
+                && h.read_model()
+                    .checkpoint()
+                    .await
+                    .unwrap()
+                    .unwrap_or_default()
+                    >= head
+        },
+    )
+    .await;
+    second.stop().await;
+    delete_stream(&url, &options.stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_a_read_model_lost_are_applied_again_from_the_store() {
+    let Some(url) = support::service_url("NEXUS_TEST_NATS_URL") else {
+        return;
+    };
+    let options = unique_options();
+    let (store, dir) = support::embedded();
+    let bus = JetStreamBus::connect(&url, options.clone()).await.unwrap();
+    let relay = relay(&store, &bus, dir.path(), "relay.db");
+    let handle = nats_runner(&store, &bus, dir.path(), RunnerOptions::default())
+        .spawn(Counter::new("lossy"))
+        .unwrap();
+    append(&store, "l", (0..5).map(|_| event(false)).collect()).await;
+    eventually(&handle, Duration::from_secs(10), "five", async |h| {
+        count(h, "l").await == 5
+    })
+    .await;
+    handle.stop().await;
+    // The file as a power cut could leave it: the commits after this copy never reached disk,
+    // though JetStream was told they were done.
+    let file = ProjectionRunner::read_model_path(&dir.path().join("rm"), "lossy");
+    let saved = dir.path().join("saved.db");
+    std::fs::copy(&file, &saved).unwrap();
+    let handle = nats_runner(&store, &bus, dir.path(), RunnerOptions::default())
+        .spawn(Counter::new("lossy"))
+        .unwrap();
+    append(&store, "l", (0..5).map(|_| event(false)).collect()).await;
+    eventually(&handle, Duration::from_secs(10), "ten", async |h| {
+        count(h, "l").await == 10
+    })
+    .await;
+    handle.stop().await;
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
+    std::fs::copy(&saved, &file).unwrap();
+    let handle = nats_runner(&store, &bus, dir.path(), RunnerOptions::default())
+        .spawn(Counter::new("lossy"))
+        .unwrap();
+    eventually(
+        &handle,
+        Duration::from_secs(5),
+        "the lost commits applied again",
+        async |h| count(h, "l").await == 10,
+    )
+    .await;
+    assert_eq!(applied(&handle, "l").await, (1..=10).collect::<Vec<_>>());
+    handle.stop().await;
+    relay.stop().await;
+    delete_stream(&url, &options.stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_the_store_lacks_fails_the_projection_by_name_and_stop_still_returns() {
+    let Some(url) = support::service_url("NEXUS_TEST_NATS_URL") else {
+        return;
+    };
+    let options = unique_options();
+    let (store, dir) = support::embedded();
+    let bus = JetStreamBus::connect(&url, options.clone()).await.unwrap();
+    append(&store, "stray", vec![event(false)]).await;
+    append(&store, "fine", vec![event(false)]).await;
+    let events = store.read_all(LogPosition::START, 10).await.unwrap();
+    // A stray publish: version 5 of a stream whose store ends at version 1.
+    let mut stray = events[0].clone();
+    stray.version = 5;
+    stray.id = nexus_runtime::EventId::new();
+    bus.publish(&[events[0].clone(), stray]).await.unwrap();
+    let handle = nats_runner(
+        &store,
+        &bus,
+        dir.path(),
+        RunnerOptions {
+            gap_wait: Duration::from_millis(300),
+            ..RunnerOptions::default()
+        },
+    )
+    .spawn(Counter::new("stray"))
+    .unwrap();
+    bus.publish(&events[1..]).await.unwrap();
+    eventually(&handle, Duration::from_secs(10), "failing", async |h| {
+        h.health().status == nexus_runtime::projection::ProjectionStatus::Failing
+    })
+    .await;
+    let error = handle.health().last_error.unwrap_or_default();
+    assert!(
+        error.contains("meter-stray") && error.contains("version 5") && error.contains("version 1"),
+        "the health names the stream and versions: {error}"
+    );
+    assert_eq!(count(&handle, "stray").await, 1);
+    assert_eq!(count(&handle, "fine").await, 1, "other keys go on");
+    assert!(handle.health().lag_events > 0, "the waiting event is lag");
+    tokio::time::timeout(Duration::from_secs(3), handle.stop())
+        .await
+        .expect("stop returns while a key waits for a gap");
+    delete_stream(&url, &options.stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_republishes_from_the_store_when_the_stream_lost_what_it_published() {
+    let Some(url) = support::service_url("NEXUS_TEST_NATS_URL") else {
+        return;
+    };
+    let options = unique_options();
+    let (store, dir) = support::embedded();
+    let bus = JetStreamBus::connect(&url, options.clone()).await.unwrap();
+    let first = relay(&store, &bus, dir.path(), "relay.db");
+    let handle = nats_runner(&store, &bus, dir.path(), RunnerOptions::default())
+        .spawn(Counter::new("wiped"))
+        .unwrap();
+    append(&store, "w", (0..10).map(|_| event(false)).collect()).await;
+    eventually(&handle, Duration::from_secs(10), "ten", async |h| {
+        count(h, "w").await == 10
+    })
+    .await;
+    first.stop().await;
+    // The stream is wiped (deleted and created again empty), as a server that lost its data.
+    delete_stream(&url, &options.stream).await;
+    let fresh = JetStreamBus::connect(&url, options.clone()).await.unwrap();
+    assert_eq!(fresh.stored_messages().await.unwrap(), 0);
+    let second = relay(&store, &fresh, dir.path(), "relay.db");
+    append(&store, "w", (0..5).map(|_| event(false)).collect()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fresh.stored_messages().await.unwrap() < 15 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream holds {} of 15 events",
+            fresh.stored_messages().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Restarting again republishes nothing: the stream holds what the checkpoint claims.
+    second.stop().await;
+    let third = relay(&store, &fresh, dir.path(), "relay.db");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fresh.stored_messages().await.unwrap(), 15);
+    eventually(&handle, Duration::from_secs(15), "fifteen", async |h| {
+        count(h, "w").await == 15
+    })
+    .await;
+    assert_eq!(
+        applied(&handle, "w").await,
+        (1..=15).collect::<Vec<_>>(),
+        "each once"
+    );
+    // A consumer that starts now on the new stream sees every event once.
+    let late = nats_runner(&store, &fresh, dir.path(), RunnerOptions::default())
+        .spawn(Counter::new("late"))
+        .unwrap();
+    eventually(&late, Duration::from_secs(10), "fifteen", async |h| {
+        count(h, "w").await == 15
+    })
+    .await;
+    assert_eq!(applied(&late, "w").await, (1..=15).collect::<Vec<_>>());
+    late.stop().await;
+    handle.stop().await;
+    third.stop().await;
+    delete_stream(&url, &options.stream).await;
+}

@@ -279,6 +279,8 @@ on_each_backend!(
     a_poison_event_is_dead_lettered_after_exactly_five_retries_with_backoff,
     a_redriven_dead_letter_is_applied_once_the_handler_is_fixed,
     park_mode_holds_a_key_in_order_until_redriven,
+    redriving_one_letter_does_not_unpark_its_stream_nor_apply_anything_twice,
+    redrives_of_one_stream_apply_in_version_order_in_skip_mode,
     list_filters_by_fields_and_pages_in_id_order,
 );
 
@@ -531,6 +533,362 @@ async fn park_mode_holds_a_key_in_order_until_redriven(backend: Backend) {
     )
     .await;
     handle.stop().await;
+}
+
+/// The id of the dead letter of `stream` at `version`.
+async fn letter_id(read_model: &ReadModelStore, stream: &str, version: u64) -> i64 {
+    read_model
+        .dead_letters()
+        .await
+        .unwrap()
+        .iter()
+        .find(|l| l.event.stream.aggregate_id() == stream && l.event.version == version)
+        .unwrap_or_else(|| panic!("a dead letter for {stream} v{version}"))
+        .id
+}
+
+async fn redriving_one_letter_does_not_unpark_its_stream_nor_apply_anything_twice(
+    backend: Backend,
+) {
+    let options = RunnerOptions {
+        dead_letter: DeadLetterMode::Park,
+        ..fast_retries()
+    };
+    let Some(setup) = Setup::new(backend, options).await else {
+        return;
+    };
+    let (store, runner) = (&setup.store, &setup.runner);
+    let counter = Counter::new("park1");
+    let healthy = Arc::clone(&counter.healthy);
+    let handle = runner.spawn(counter).unwrap();
+    append(store, "p", vec![event(true), event(false), event(false)]).await;
+    eventually(&handle, Duration::from_secs(10), "parking", async |h| {
+        dead_letters(h).await == 3
+    })
+    .await;
+    healthy.store(true, Ordering::SeqCst);
+    let elsewhere = setup.reopen("park1").await;
+    // A newer letter alone waits for the older one: nothing is applied out of order.
+    let third = letter_id(&elsewhere, "p", 3).await;
+    elsewhere
+        .request_redrive(&RedriveFilter::Id(third))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(versions(&handle, "p").await, Vec::<u64>::new());
+    assert_eq!(dead_letters(&handle).await, 3);
+    // The head letter goes, and what was parked behind it follows in order.
+    let first = letter_id(&elsewhere, "p", 1).await;
+    elsewhere
+        .request_redrive(&RedriveFilter::Id(first))
+        .await
+        .unwrap();
+    append(store, "p", vec![event(false)]).await;
+    eventually(
+        &handle,
+        Duration::from_secs(10),
+        "the stream drained",
+        async |h| dead_letters(h).await == 0 && count(h, "p").await == 4,
+    )
+    .await;
+    elsewhere
+        .request_redrive(&RedriveFilter::All)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        versions(&handle, "p").await,
+        [1, 2, 3, 4],
+        "each once, in stream order"
+    );
+    handle.stop().await;
+}
+
+async fn redrives_of_one_stream_apply_in_version_order_in_skip_mode(backend: Backend) {
+    let Some(setup) = Setup::new(backend, fast_retries()).await else {
+        return;
+    };
+    let (store, runner) = (&setup.store, &setup.runner);
+    let counter = Counter::new("skip1");
+    let healthy = Arc::clone(&counter.healthy);
+    let handle = runner.spawn(counter).unwrap();
+    append(store, "s", vec![event(true), event(true), event(false)]).await;
+    eventually(&handle, Duration::from_secs(10), "two letters", async |h| {
+        dead_letters(h).await == 2 && count(h, "s").await == 1
+    })
+    .await;
+    healthy.store(true, Ordering::SeqCst);
+    let elsewhere = setup.reopen("skip1").await;
+    let second = letter_id(&elsewhere, "s", 2).await;
+    elsewhere
+        .request_redrive(&RedriveFilter::Id(second))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        versions(&handle, "s").await,
+        [3],
+        "version 2 waits for version 1"
+    );
+    let first = letter_id(&elsewhere, "s", 1).await;
+    elsewhere
+        .request_redrive(&RedriveFilter::Id(first))
+        .await
+        .unwrap();
+    eventually(
+        &handle,
+        Duration::from_secs(5),
+        "both redriven",
+        async |h| dead_letters(h).await == 0 && count(h, "s").await == 3,
+    )
+    .await;
+    assert_eq!(versions(&handle, "s").await, [3, 1, 2]);
+    handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_reads_the_queue_a_page_at_a_time_and_drains_more_than_a_page() {
+    let (store, dir) = support::embedded();
+    let options = RunnerOptions {
+        redrive_page: 3,
+        ..fast_retries()
+    };
+    let handle = runner(&store, &dir, options.clone())
+        .spawn(Counter::new("paged"))
+        .unwrap();
+    for k in 0..10 {
+        append(&store, &format!("k{k}"), vec![event(true)]).await;
+    }
+    eventually(&handle, Duration::from_secs(10), "ten letters", async |h| {
+        dead_letters(h).await == 10
+    })
+    .await;
+    handle.stop().await;
+    // A restart counts the queue instead of loading it.
+    let counter = Counter::new("paged");
+    counter.healthy.store(true, Ordering::SeqCst);
+    let handle = runner(&store, &dir, options).spawn(counter).unwrap();
+    eventually(&handle, Duration::from_secs(5), "the count", async |h| {
+        h.health().dead_letters == 10
+    })
+    .await;
+    handle
+        .read_model()
+        .request_redrive(&RedriveFilter::All)
+        .await
+        .unwrap();
+    eventually(&handle, Duration::from_secs(10), "every page", async |h| {
+        dead_letters(h).await == 0
+    })
+    .await;
+    assert_eq!(total(&handle, (0..10).map(|k| format!("k{k}"))).await, 10);
+    assert_eq!(handle.health().dead_letters, 0);
+    handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_counts_from_the_lowest_event_not_yet_applied() {
+    let (store, dir) = support::embedded();
+    let options = RunnerOptions {
+        retry: RetrySchedule {
+            initial: Duration::from_secs(30),
+            max: Duration::from_secs(60),
+            max_retries: 5,
+        },
+        ..RunnerOptions::default()
+    };
+    let handle = runner(&store, &dir, options)
+        .spawn(Counter::new("hole"))
+        .unwrap();
+    append(&store, "stuck", vec![event(true)]).await;
+    for k in 0..5 {
+        append(&store, &format!("k{k}"), vec![event(false)]).await;
+    }
+    eventually(&handle, Duration::from_secs(5), "later events", async |h| {
+        total(h, (0..5).map(|k| format!("k{k}"))).await == 5
+    })
+    .await;
+    eventually(
+        &handle,
+        Duration::from_secs(3),
+        "the hole as lag",
+        async |h| {
+            let health = h.health();
+            health.lag_events == 6 && health.lag_seconds > 0.0 && health.last_position == 6
+        },
+    )
+    .await;
+    assert_eq!(
+        handle
+            .read_model()
+            .checkpoint()
+            .await
+            .unwrap()
+            .unwrap_or_default()
+            .position,
+        0,
+        "the checkpoint stays below the hole"
+    );
+    handle.stop().await;
+}
+
+/// Redrive against arbitrary interleavings of failures, redrives and new events: every event
+/// is applied exactly once, and in park mode in stream order.
+mod redrive_interleavings {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    use nexus_runtime::StreamId;
+    use nexus_runtime::projection::{DeadLetterMode, RedriveFilter, RetrySchedule, RunnerOptions};
+    use proptest::prelude::*;
+
+    use super::{Counter, append, dead_letters, event, runner, versions};
+    use crate::support;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append {
+            stream: u8,
+            poison: bool,
+        },
+        /// Flips whether poisoned events fail.
+        Toggle,
+        RedriveOne(u8),
+        RedriveStream(u8),
+        RedriveAll,
+        Pause(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            5 => (0..3u8, any::<bool>()).prop_map(|(stream, poison)| Op::Append { stream, poison }),
+            2 => Just(Op::Toggle),
+            2 => any::<u8>().prop_map(Op::RedriveOne),
+            1 => (0..3u8).prop_map(Op::RedriveStream),
+            1 => Just(Op::RedriveAll),
+            2 => (0..20u8).prop_map(Op::Pause),
+        ]
+    }
+
+    async fn run(mode: DeadLetterMode, ops: Vec<Op>) {
+        let (store, dir) = support::embedded();
+        let options = RunnerOptions {
+            dead_letter: mode,
+            retry: RetrySchedule {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(2),
+                max_retries: 1,
+            },
+            redrive_poll: Duration::from_millis(5),
+            batch_size: 4,
+            ..RunnerOptions::default()
+        };
+        let counter = Counter::new("interleaved");
+        let healthy = Arc::clone(&counter.healthy);
+        let handle = runner(&store, &dir, options).spawn(counter).unwrap();
+        let read_model = handle.read_model().clone();
+        let mut appended = [0u64; 3];
+        for op in ops {
+            match op {
+                Op::Append { stream, poison } => {
+                    append(&store, &format!("s{stream}"), vec![event(poison)]).await;
+                    appended[usize::from(stream)] += 1;
+                }
+                Op::Toggle => {
+                    healthy.fetch_xor(true, Ordering::SeqCst);
+                }
+                Op::RedriveOne(n) => {
+                    let letters = read_model.dead_letters().await.unwrap();
+                    if !letters.is_empty() {
+                        let id = letters[usize::from(n) % letters.len()].id;
+                        // It may have been redriven meanwhile.
+                        let _ = read_model.request_redrive(&RedriveFilter::Id(id)).await;
+                    }
+                }
+                Op::RedriveStream(stream) => {
+                    read_model
+                        .request_redrive(&RedriveFilter::Stream(StreamId::new(
+                            "meter",
+                            format!("s{stream}"),
+                        )))
+                        .await
+                        .unwrap();
+                }
+                Op::RedriveAll => {
+                    read_model
+                        .request_redrive(&RedriveFilter::All)
+                        .await
+                        .unwrap();
+                }
+                Op::Pause(ms) => tokio::time::sleep(Duration::from_millis(u64::from(ms))).await,
+            }
+        }
+        healthy.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            read_model
+                .request_redrive(&RedriveFilter::All)
+                .await
+                .unwrap();
+            let mut done = dead_letters(&handle).await == 0;
+            for (stream, n) in appended.iter().enumerate() {
+                done &= versions(&handle, &format!("s{stream}")).await.len() as u64 >= *n;
+            }
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "did not drain: {:?}",
+                handle.health()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Anything applied twice would show up now.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        for (stream, n) in appended.iter().enumerate() {
+            let applied = versions(&handle, &format!("s{stream}")).await;
+            let mut sorted = applied.clone();
+            sorted.sort_unstable();
+            assert_eq!(
+                sorted,
+                (1..=*n).collect::<Vec<_>>(),
+                "s{stream}: every event exactly once (applied {applied:?})"
+            );
+            if mode == DeadLetterMode::Park {
+                assert_eq!(applied, sorted, "s{stream}: in stream order");
+            }
+        }
+        handle.stop().await;
+    }
+
+    fn check(mode: DeadLetterMode, ops: Vec<Op>) {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(run(mode, ops));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 12,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn park_mode(ops in proptest::collection::vec(op(), 1..24)) {
+            check(DeadLetterMode::Park, ops);
+        }
+
+        #[test]
+        fn skip_mode(ops in proptest::collection::vec(op(), 1..24)) {
+            check(DeadLetterMode::Skip, ops);
+        }
+    }
 }
 
 /// Puts the event's `doc` under its aggregate id in `collection`, or deletes it on `"delete": true`.

@@ -2,7 +2,10 @@
 
 use serde_json::{Value, json};
 
-use super::{CheckError, Level, Prior, Rule, check, differences, prepare, resolve_major};
+use super::{
+    CheckError, Level, Limits, PrepareError, Prior, Rule, check, differences, prepare,
+    prepare_with, resolve_major,
+};
 
 /// Verdicts for one edit, in the order BACKWARD, FORWARD, FULL, NEXUS.
 struct Case {
@@ -665,4 +668,82 @@ fn level_names_parse_case_insensitively() {
         assert_eq!(level.as_str().to_lowercase().parse::<Level>(), Ok(level));
     }
     assert!("SIDEWAYS".parse::<Level>().is_err());
+}
+
+/// `depth` definitions, each only a reference to the next.
+fn reference_chain(depth: usize) -> Value {
+    let mut defs = serde_json::Map::new();
+    for i in 0..depth {
+        defs.insert(
+            format!("d{i}"),
+            json!({"$ref": format!("#/definitions/d{}", i + 1)}),
+        );
+    }
+    defs.insert(format!("d{depth}"), json!({"type": "string"}));
+    json!({"definitions": defs, "$ref": "#/definitions/d0"})
+}
+
+#[test]
+fn reference_expansion_is_bounded_by_depth_and_nodes_within_two_seconds() {
+    let chain = reference_chain(100_000);
+    assert!(matches!(
+        prepare(&chain),
+        Err(PrepareError::TooDeep { limit: 256 })
+    ));
+    let mut defs = serde_json::Map::new();
+    for i in 0..40 {
+        let next = format!("#/definitions/d{}", i + 1);
+        defs.insert(
+            format!("d{i}"),
+            json!({"type": "object", "properties": {"a": {"$ref": next}, "b": {"$ref": next}}}),
+        );
+    }
+    defs.insert("d40".to_owned(), json!({"type": "string"}));
+    let bomb = json!({"definitions": defs, "$ref": "#/definitions/d0"});
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        prepare(&bomb),
+        Err(PrepareError::TooLarge { limit: 100_000 })
+    ));
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    // Within the budget, the same shapes are inlined.
+    let inlined = prepare(&reference_chain(100)).expect("a short chain is fine");
+    assert_eq!(inlined["type"], "string");
+    let tight = Limits {
+        max_nodes: 10,
+        max_depth: 4,
+    };
+    assert!(matches!(
+        prepare_with(&reference_chain(5), &[], tight),
+        Err(PrepareError::TooDeep { limit: 4 })
+    ));
+}
+
+#[test]
+fn the_node_budget_grows_with_the_document_but_not_with_repetition() {
+    // A large flat document is not refused for its size.
+    let props: serde_json::Map<String, Value> = (0..2_000)
+        .map(|i| (format!("p{i}"), json!({"type": "string", "maxLength": 10})))
+        .collect();
+    let wide = json!({"type": "object", "properties": props});
+    let tight = Limits {
+        max_nodes: 100,
+        max_depth: 256,
+    };
+    prepare_with(&wide, &[], tight).expect("eight times the written nodes is the budget");
+    // One definition used a few times fits; used thousands of times it does not.
+    let uses = |n: usize| {
+        let props: serde_json::Map<String, Value> = (0..n)
+            .map(|i| (format!("p{i}"), json!({"$ref": "#/definitions/big"})))
+            .collect();
+        let big: serde_json::Map<String, Value> = (0..50)
+            .map(|i| (format!("q{i}"), json!({"type": "string"})))
+            .collect();
+        json!({"definitions": {"big": {"properties": big}}, "properties": props})
+    };
+    prepare_with(&uses(3), &[], tight).expect("small repetition");
+    assert!(matches!(
+        prepare_with(&uses(500), &[], tight),
+        Err(PrepareError::TooLarge { .. })
+    ));
 }

@@ -83,6 +83,11 @@ pub enum ApiError {
     /// 42201.
     #[error("Invalid schema: {0}")]
     InvalidSchema(String),
+    /// 42201, when reading and dereferencing the schema outlasts the deadline.
+    #[error(
+        "Invalid schema: it could not be read and dereferenced within {0:?}; it is too large or too complex"
+    )]
+    PrepareTimeout(std::time::Duration),
     /// 42202.
     #[error(
         "The specified version '{0}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\""
@@ -97,6 +102,14 @@ pub enum ApiError {
     /// 42205.
     #[error("Operation not permitted: {0}")]
     NotPermitted(String),
+    /// 42206.
+    #[error("One or more references exist to the schema {{subject={subject},version={version}}}")]
+    ReferenceExists {
+        /// The subject.
+        subject: String,
+        /// The version other schemas refer to.
+        version: u32,
+    },
     /// 42208.
     #[error("Invalid subject: {0}")]
     InvalidSubject(String),
@@ -142,11 +155,14 @@ impl ApiError {
             ApiError::SubjectConfigNotFound(_) => (StatusCode::NOT_FOUND, 40408),
             ApiError::SubjectModeNotFound(_) => (StatusCode::NOT_FOUND, 40409),
             ApiError::Incompatible { .. } => (StatusCode::CONFLICT, 40901),
-            ApiError::InvalidSchema(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
+            ApiError::InvalidSchema(_) | ApiError::PrepareTimeout(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, 42201)
+            }
             ApiError::InvalidVersion(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42202),
             ApiError::InvalidCompatibility(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42203),
             ApiError::InvalidMode(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42204),
             ApiError::NotPermitted(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42205),
+            ApiError::ReferenceExists { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42206),
             ApiError::InvalidSubject(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42208),
             ApiError::SchemaTooLarge { .. } | ApiError::BodyTooLarge { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, 42209)

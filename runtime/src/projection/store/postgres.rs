@@ -76,6 +76,10 @@ struct Sql {
     redrive_one: String,
     redrive_stream: String,
     redrive_all: String,
+    release: String,
+    dead_letter_count: String,
+    letter_heads: String,
+    redrive_requests: String,
 }
 
 impl Sql {
@@ -155,6 +159,23 @@ impl Sql {
             ),
             redrive_all: format!(
                 "UPDATE {s}.dead_letters SET status = 'redrive' WHERE projection = $1"
+            ),
+            release: format!(
+                "UPDATE {s}.dead_letters SET status = 'redrive' WHERE projection = $1 \
+                 AND aggregate_type = $2 AND aggregate_id = $3 AND status = 'parked'"
+            ),
+            dead_letter_count: format!(
+                "SELECT count(*) FROM {s}.dead_letters WHERE projection = $1"
+            ),
+            letter_heads: format!(
+                "SELECT d.aggregate_type, d.aggregate_id, min(d.version) FROM {s}.dead_letters d \
+                 JOIN unnest($2::text[], $3::text[]) AS x(aggregate_type, aggregate_id) \
+                 ON d.aggregate_type = x.aggregate_type AND d.aggregate_id = x.aggregate_id \
+                 WHERE d.projection = $1 GROUP BY d.aggregate_type, d.aggregate_id"
+            ),
+            redrive_requests: format!(
+                "SELECT {DEAD_LETTER_COLUMNS} FROM {s}.dead_letters WHERE projection = $1 \
+                 AND status = 'redrive' AND id > $2 ORDER BY id LIMIT $3"
             ),
         }
     }
@@ -494,6 +515,18 @@ impl PostgresReadModel {
                 .await
                 .map_err(|e| self.error(e))?;
         }
+        for stream in &batch.release {
+            tx.execute(
+                &sql.release,
+                &[
+                    &self.projection,
+                    &stream.aggregate_type(),
+                    &stream.aggregate_id(),
+                ],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        }
         if let Some(checkpoint) = batch.checkpoint {
             tx.execute(
                 &sql.save_checkpoint,
@@ -540,6 +573,47 @@ impl PostgresReadModel {
                     .await?
             }
         };
+        rows.iter().map(|row| self.dead_letter_from(row)).collect()
+    }
+
+    pub(super) async fn dead_letter_count(&self) -> Result<u64, ReadModelError> {
+        let rows = self
+            .read(&self.sql().dead_letter_count, &[&self.projection])
+            .await?;
+        Ok(rows.first().map_or(0, |row| row.get::<_, i64>(0) as u64))
+    }
+
+    pub(super) async fn letter_heads(
+        &self,
+        streams: Vec<StreamId>,
+    ) -> Result<HashMap<StreamId, u64>, ReadModelError> {
+        let types: Vec<&str> = streams.iter().map(StreamId::aggregate_type).collect();
+        let ids: Vec<&str> = streams.iter().map(StreamId::aggregate_id).collect();
+        let rows = self
+            .read(&self.sql().letter_heads, &[&self.projection, &types, &ids])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                (
+                    StreamId::new(row.get::<_, &str>(0), row.get::<_, &str>(1)),
+                    row.get::<_, i64>(2) as u64,
+                )
+            })
+            .collect())
+    }
+
+    pub(super) async fn redrive_requests(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, ReadModelError> {
+        let rows = self
+            .read(
+                &self.sql().redrive_requests,
+                &[&self.projection, &after, &limit],
+            )
+            .await?;
         rows.iter().map(|row| self.dead_letter_from(row)).collect()
     }
 

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     status          TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_status ON dead_letters (status, position);
+CREATE INDEX IF NOT EXISTS dead_letters_stream ON dead_letters (aggregate_type, aggregate_id, version);
 ";
 
 /// The SQLite file of one projection's read model.
@@ -321,6 +322,14 @@ impl SqliteReadModel {
                 tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])
                     .map_err(|e| self.sqlite(e))?;
             }
+            for stream in &batch.release {
+                tx.execute(
+                    "UPDATE dead_letters SET status = 'redrive' \
+                     WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND status = 'parked'",
+                    params![stream.aggregate_type(), stream.aggregate_id()],
+                )
+                .map_err(|e| self.sqlite(e))?;
+            }
             if let Some(checkpoint) = batch.checkpoint {
                 tx.prepare_cached(
                     "INSERT INTO checkpoint (singleton, commit_key, position) VALUES (1, ?1, ?2) \
@@ -397,6 +406,65 @@ impl SqliteReadModel {
             Some(status) => self.query_dead_letters("WHERE status = ?1", [status.as_str()]),
             None => self.query_dead_letters("", []),
         }
+    }
+
+    /// How many dead letters the queue holds.
+    pub(super) fn dead_letter_count(&self) -> Result<u64, ReadModelError> {
+        let conn = self.lock();
+        conn.query_row("SELECT count(*) FROM dead_letters", [], |row| {
+            row.get::<_, i64>(0)
+        })
+        .map(|n| n as u64)
+        .map_err(|e| self.sqlite(e))
+    }
+
+    /// The lowest dead-letter version of each of `streams` that has dead letters.
+    pub(super) fn letter_heads(
+        &self,
+        streams: Vec<StreamId>,
+    ) -> Result<HashMap<StreamId, u64>, ReadModelError> {
+        let conn = self.lock();
+        let mut select = conn
+            .prepare_cached(
+                "SELECT min(version) FROM dead_letters WHERE aggregate_type = ?1 AND aggregate_id = ?2",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let mut heads = HashMap::new();
+        for stream in streams {
+            let head = select
+                .query_row(
+                    params![stream.aggregate_type(), stream.aggregate_id()],
+                    |row| row.get::<_, Option<i64>>(0),
+                )
+                .map_err(|e| self.sqlite(e))?;
+            if let Some(head) = head {
+                heads.insert(stream, head as u64);
+            }
+        }
+        Ok(heads)
+    }
+
+    /// A page of redrive requests: ids above `after`, in id order.
+    pub(super) fn redrive_requests(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, ReadModelError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, envelope, error, attempts, first_failed_at, last_failed_at, status \
+                 FROM dead_letters WHERE status = 'redrive' AND id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let rows = stmt
+            .query_map(params![after, limit], |row| self.row_to_dead_letter(row))
+            .map_err(|e| self.sqlite(e))?;
+        let mut letters = Vec::new();
+        for row in rows {
+            letters.push(row.map_err(|e| self.sqlite(e))??);
+        }
+        Ok(letters)
     }
 
     /// One dead letter.

@@ -1,0 +1,123 @@
+//! The correlation id of every request: the caller's `x-correlation-id`, else the trace id of
+//! its `traceparent`, else a new UUIDv7. The request runs in a `tracing` span carrying it (so
+//! a 5xx cause is logged under it), the command path stores it in the events' metadata, and
+//! the response returns it in `x-correlation-id` for the caller to quote.
+
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+use crate::event::EventId;
+
+/// Header carrying the correlation id in and out.
+pub(crate) const CORRELATION_ID: &str = "x-correlation-id";
+/// The W3C trace context header.
+pub(crate) const TRACEPARENT: &str = "traceparent";
+/// Longest correlation or causation id accepted.
+pub(crate) const MAX_ID_LEN: usize = 128;
+
+tokio::task_local! {
+    /// The correlation id of the request this task is answering.
+    static CURRENT: std::sync::Arc<str>;
+}
+
+/// The correlation id of the request being answered, when called inside one.
+pub(crate) fn current() -> Option<std::sync::Arc<str>> {
+    CURRENT.try_with(std::sync::Arc::clone).ok()
+}
+
+/// Middleware: gives the request a correlation id, a span, and the id in the response.
+pub(crate) async fn correlate(mut request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let given = headers
+        .get(CORRELATION_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_id(v, MAX_ID_LEN))
+        .map(str::to_owned);
+    let id = match given {
+        Some(id) => id,
+        None => {
+            let id = headers
+                .get(TRACEPARENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(trace_id)
+                .map_or_else(|| EventId::new().to_string(), str::to_owned);
+            // An invalid header is the handler's to refuse; only a missing one is filled in.
+            if !request.headers().contains_key(CORRELATION_ID)
+                && let Ok(value) = HeaderValue::from_str(&id)
+            {
+                request.headers_mut().insert(CORRELATION_ID, value);
+            }
+            id
+        }
+    };
+    let span = tracing::info_span!(
+        "http_request",
+        correlation_id = %id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    let mut response = CURRENT
+        .scope(id.as_str().into(), next.run(request).instrument(span))
+        .await;
+    if !response.headers().contains_key(CORRELATION_ID)
+        && let Ok(value) = HeaderValue::from_str(&id)
+    {
+        response.headers_mut().insert(CORRELATION_ID, value);
+    }
+    response
+}
+
+/// Whether `id` is 1 to `max` visible ASCII characters.
+pub(crate) fn valid_id(id: &str, max: usize) -> bool {
+    !id.is_empty() && id.len() <= max && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The trace id of a valid version-00 `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+pub(crate) fn trace_id(traceparent: &str) -> Option<&str> {
+    let parts: Vec<&str> = traceparent.trim().split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let [version, trace, parent, flags] = parts.as_slice() else {
+        return None;
+    };
+    let valid = hex(version, 2)
+        && *version != "ff"
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && hex(flags, 2);
+    valid.then_some(*trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_id_accepts_only_valid_traceparents() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id(valid), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(
+            trace_id("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            trace_id("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"),
+            None
+        );
+        assert_eq!(trace_id("garbage"), None);
+    }
+}
