@@ -20,13 +20,13 @@ use std::future::Future;
 use axum::Router;
 use tokio::net::TcpListener;
 
-/// The access-control layer shared with the schema registry (`nexus-access`).
-pub use nexus_access as access;
 pub use command::CommandService;
 pub use error::{ApiError, Cause};
 pub use extract::BodyLimits;
 pub use health::health_router;
 pub use metrics::{metrics_router, prometheus};
+/// The access-control layer shared with the schema registry (`nexus-access`).
+pub use nexus_access as access;
 pub use query::QueryDashboard;
 
 /// Adds what every Nexus service serves beside its own routes: `/openapi.json` (`openapi`),
