@@ -53,6 +53,13 @@ CREATE TRIGGER IF NOT EXISTS events_are_immutable_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'nexus: events are immutable, UPDATE is not allowed'); END;
 CREATE TRIGGER IF NOT EXISTS events_are_immutable_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'nexus: events are immutable, DELETE is not allowed'); END;
+-- INSERT OR REPLACE deletes the row it collides with without firing the DELETE trigger.
+CREATE TRIGGER IF NOT EXISTS events_are_immutable_replace BEFORE INSERT ON events
+WHEN EXISTS (SELECT 1 FROM events WHERE position = NEW.position)
+  OR EXISTS (SELECT 1 FROM events WHERE event_id = NEW.event_id)
+  OR EXISTS (SELECT 1 FROM events WHERE aggregate_type = NEW.aggregate_type
+             AND aggregate_id = NEW.aggregate_id AND version = NEW.version)
+BEGIN SELECT RAISE(ABORT, 'nexus: events are immutable, REPLACE is not allowed'); END;
 ";
 
 const SELECT_COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, version, partition, \

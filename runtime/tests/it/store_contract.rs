@@ -600,3 +600,64 @@ async fn embedded_store_checkpoints_its_log_in_the_background() {
     }
     assert_eq!(store.head().await.unwrap().position, 600);
 }
+
+/// `INSERT OR REPLACE` would delete the event it collides with without firing the DELETE
+/// trigger: the embedded store rejects it, whichever unique key it collides on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_rejects_insert_or_replace_over_an_event() {
+    let (store, dir) = crate::support::embedded();
+    store
+        .append(&stream("kept"), ExpectedVersion::NoStream, events(0..2))
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("events.db")).unwrap();
+    let columns = "event_id, aggregate_type, aggregate_id, version, partition, event_type, \
+                   schema_version, payload, metadata, recorded_at";
+    for (what, sql) in [
+        (
+            "same position",
+            format!(
+                "INSERT OR REPLACE INTO events (position, {columns}) \
+                 VALUES (1, randomblob(16), 'other', 'x', 1, 0, 'Forged', 1, '{{}}', '{{}}', 0)"
+            ),
+        ),
+        (
+            "same stream version",
+            format!(
+                "INSERT OR REPLACE INTO events ({columns}) SELECT randomblob(16), aggregate_type, \
+                 aggregate_id, version, partition, 'Forged', 1, '{{}}', '{{}}', 0 FROM events WHERE position = 2"
+            ),
+        ),
+        (
+            "same event id",
+            format!(
+                "INSERT OR REPLACE INTO events ({columns}) SELECT event_id, 'other', 'y', 1, 0, \
+                 'Forged', 1, '{{}}', '{{}}', 0 FROM events WHERE position = 1"
+            ),
+        ),
+        (
+            "REPLACE INTO",
+            format!(
+                "REPLACE INTO events (position, {columns}) \
+                 VALUES (2, randomblob(16), 'other', 'z', 1, 0, 'Forged', 1, '{{}}', '{{}}', 0)"
+            ),
+        ),
+    ] {
+        let err = conn.execute(&sql, []).expect_err(what);
+        assert!(
+            err.to_string().contains("events are immutable"),
+            "{what}: {err}"
+        );
+    }
+    let forged: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM events WHERE event_type = 'Forged'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(forged, 0);
+    let read = store.read_stream(&stream("kept"), 1, None).await.unwrap();
+    assert_eq!(read.len(), 2);
+    assert_eq!(store.head().await.unwrap().position, 2);
+}

@@ -82,7 +82,8 @@ impl SqliteStorage {
         let conn = Connection::open(path).map_err(|e| StorageError::Unavailable(Box::new(e)))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        // FULL: an acknowledged schema id must survive a power cut.
+        conn.pragma_update(None, "synchronous", "FULL")
             .map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(backend)?;
