@@ -14,6 +14,8 @@ pub(crate) enum BenchCommand {
     Registry(super::bench_registry::BenchRegistryArgs),
     /// Event store: append throughput and latency, rehydration, reads, change-data-capture latency.
     Store(super::bench_store::StoreArgs),
+    /// Temporal reads: a 10k-event time range, state as of a version, paging by continuation.
+    Temporal(super::bench_temporal::TemporalArgs),
 }
 
 pub(crate) fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
@@ -22,6 +24,7 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
         BenchCommand::Check(args) => super::bench_check::run(args),
         BenchCommand::Registry(args) => super::bench_registry::run(args),
         BenchCommand::Store(args) => super::bench_store::run(args),
+        BenchCommand::Temporal(args) => super::bench_temporal::run(args),
     }
 }
 

@@ -56,6 +56,14 @@ impl OpenApi {
             .into_generator()
     }
 
+    /// Paths served by routes added to a service (`{"/path": {...}}`).
+    pub(crate) fn extra_paths(&mut self, paths: &Value) {
+        if let Some(paths) = paths.as_object() {
+            self.paths
+                .extend(paths.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+
     /// The routes of one aggregate of the command service.
     pub(crate) fn command_paths(&mut self, aggregate: &str, command_schema: Value) {
         self.paths.insert(

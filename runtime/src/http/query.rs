@@ -17,6 +17,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use nexus_access::{AccessControl, Permission};
+
+use super::access::OriginPolicy;
 use super::error::ApiError;
 use super::extract::{Path, Query};
 use super::openapi::OpenApi;
@@ -47,6 +50,9 @@ pub struct QueryDashboard {
     read_models: BTreeMap<String, ReadModelStore>,
     title: String,
     limits: QueryLimits,
+    origins: OriginPolicy,
+    access: AccessControl,
+    extra: Vec<(Router, Value)>,
 }
 
 /// Bounds on the dashboard's read-your-writes waits.
@@ -76,12 +82,37 @@ impl QueryDashboard {
             read_models: BTreeMap::new(),
             title: "query-dashboard".to_owned(),
             limits: QueryLimits::default(),
+            origins: OriginPolicy::new(),
+            access: AccessControl::open(),
+            extra: Vec::new(),
         }
+    }
+
+    /// Which hosts and origins the dashboard accepts (default: IP addresses and `localhost`,
+    /// same-origin writes), against DNS rebinding.
+    pub fn with_origin_policy(mut self, policy: OriginPolicy) -> Self {
+        self.origins = policy;
+        self
+    }
+
+    /// Who may call: `read-models:read` for the overview and read models (default
+    /// [`AccessControl::open`]: anonymous callers may read, nothing that always needs a
+    /// credential).
+    pub fn with_access(mut self, access: AccessControl) -> Self {
+        self.access = access;
+        self
     }
 
     /// Bounds on `wait_for` (default: 256 waiters, `wait_ms` up to 30 s).
     pub fn with_limits(mut self, limits: QueryLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Serves `routes` too (for instance [`super::TemporalApi::dashboard_routes`]), documented
+    /// by `openapi_paths` (`{"/path": {...}}`) in the service's OpenAPI document.
+    pub fn with_routes(mut self, routes: Router, openapi_paths: Value) -> Self {
+        self.extra.push((routes, openapi_paths));
         self
     }
 
@@ -110,6 +141,9 @@ impl QueryDashboard {
             "Serves the read models of this service's projections and their health.",
         );
         openapi.query_paths(&names, self.limits.max_wait);
+        for (_, paths) in &self.extra {
+            openapi.extra_paths(paths);
+        }
         let openapi = openapi.finish(OpenApi::generator());
         let title = self.title.clone();
         let state = Arc::new(Shared {
@@ -119,14 +153,24 @@ impl QueryDashboard {
             waiters: Arc::new(Semaphore::new(self.limits.max_waiters)),
             limits: self.limits,
         });
-        let routes = Router::new()
+        let mut routes = Router::new()
             .route("/", get(overview))
             .route("/read-models", get(projections))
             .route("/read-models/{projection}/{collection}", get(list))
             .route("/read-models/{projection}/{collection}/{id}", get(one))
+            .route_layer(self.access.require(Permission::ReadModelsRead))
             .with_state(state)
             .merge(super::health_router(self.health));
-        super::with_service_routes(routes, &title, openapi, super::BodyLimits::default())
+        for (extra, _) in self.extra {
+            routes = routes.merge(extra);
+        }
+        super::with_service_routes(
+            routes,
+            &title,
+            openapi,
+            super::BodyLimits::default(),
+            self.origins,
+        )
     }
 }
 
