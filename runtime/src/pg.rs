@@ -89,17 +89,20 @@ pub(crate) async fn migrate(
 pub(crate) enum ReadFailure {
     /// The pool gave no connection.
     Pool(PoolError),
-    /// The statement failed (after one retry on a fresh connection, if the first one died).
+    /// The statement failed (after retries on other connections, if the first ones died).
     Query(tokio_postgres::Error),
 }
 
 /// Runs a read statement on a pooled connection; a connection that died since it was pooled
-/// is discarded and the statement run once more on a fresh one, since reads are safe to repeat.
+/// is discarded and the statement run again on another, since reads are safe to repeat.
 pub(crate) async fn read(
     pool: &Pool,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Row>, ReadFailure> {
+    // A server restart or a terminated backend can leave every pooled connection dead; each
+    // failed attempt takes one out of the pool, so pool size + 1 attempts reach a fresh one.
+    let attempts = pool.status().max_size + 1;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -110,7 +113,7 @@ pub(crate) async fn read(
         };
         match result {
             Ok(rows) => return Ok(rows),
-            Err(err) if attempt < 2 && is_connection_error(&err) => {
+            Err(err) if attempt < attempts && is_connection_error(&err) => {
                 drop(deadpool_postgres::Object::take(client));
             }
             Err(err) => return Err(ReadFailure::Query(err)),
