@@ -18,12 +18,17 @@ checked(_) if input.config.include_tests
 
 majors(subject) := {s.major_version | some s in input.schemas; s.subject == subject}
 
-# The newest registered schema of the event's subject and major version.
-schema_for(e) := s.schema if {
-	some s in input.schemas
-	s.subject == e.event_type
-	s.major_version == e.version
-	s.version == max({x.version | some x in input.schemas; x.subject == e.event_type; x.major_version == e.version})
+# The newest registered schema of the event's subject and major version: the first listed when
+# two sources register the same version, so duplicates never make this two values.
+schema_for(e) := newest[0] if {
+	versions := {x.version | some x in input.schemas; x.subject == e.event_type; x.major_version == e.version}
+	count(versions) > 0
+	newest := [s.schema |
+		some s in input.schemas
+		s.subject == e.event_type
+		s.major_version == e.version
+		s.version == max(versions)
+	]
 }
 
 deny contains v if {
@@ -35,7 +40,7 @@ deny contains v if {
 		"message": sprintf("event `%s` (major version %d) has no registered schema", [e.event_type, e.version]),
 		"span": e.span,
 		"label": sprintf("`%s` implements `DomainEvent`", [e.type_name]),
-		"help": sprintf("register a JSON Schema under subject `%s` with `major_version` %d (or add `schemas/%s.v%d.json`) before publishing it", [e.event_type, e.version, e.event_type, e.version]),
+		"help": sprintf("register a JSON Schema under subject `%s` with `major_version` %d (or add `schemas/%s/%d.0.0.json`) before publishing it", [e.event_type, e.version, e.event_type, e.version]),
 	}
 }
 
@@ -85,7 +90,7 @@ layers(e, schema) := [[schema, array.concat(e.fields, [tag_field(e)]), ""]] if {
 	names_any(schema, {e.serde.variant})
 } else := [[schema, e.fields, ""]]
 
-tag_field(e) := added_field(e.serde.tag, "string", "tag", e.serde.span)
+tag_field(e) := object.union(added_field(e.serde.tag, "string", "tag", e.serde.span), {"const": e.serde.variant})
 
 # A key serde adds around the variant's fields: never optional, of a fixed JSON type.
 added_field(name, type, what, span) := {"name": name, "type": type, "optional": false, "rust_type": type, "span": span, "added": what}
@@ -100,23 +105,52 @@ names_any(schema, keys) if {
 	k in object.get(schema, "required", [])
 }
 
-# The schema of the object under `key`; `{}` (anything) when it is not spelled out inline.
+# The schema of the object under `key`, following a local `$ref`; `{}` (anything) when it is not
+# spelled out.
 inner(schema, key) := part if {
-	part := object.get(schema, ["properties", key], {})
+	part := deref(schema, object.get(schema, ["properties", key], {}))
 	is_object(part)
 } else := {}
 
-# Every level of every checked event that has a registered schema of its version.
+# A part of `root`, with a local `$ref` (`#/$defs/X`, `#/definitions/X`) followed up to three
+# times; a part without one, or with a reference this cannot follow, is itself.
+deref(root, part) := deref_once(root, deref_once(root, deref_once(root, part)))
+
+deref_once(root, part) := target if {
+	is_object(part)
+	ref := part["$ref"]
+	startswith(ref, "#/")
+	path := [decode_pointer(p) | some p in array.slice(split(ref, "/"), 1, count(split(ref, "/")))]
+	target := object.get(root, path, null)
+	is_object(target)
+} else := part
+
+decode_pointer(p) := replace(replace(p, "~1", "/"), "~0", "~")
+
+# Every level of every checked event that has a registered schema of its version (the schema
+# itself may be a `$ref` into its own definitions).
 compared contains [e, part, fields, wrapper] if {
 	input.schemas_loaded
 	some e in input.events
 	checked(e)
 	e.fields != null
-	schema := schema_for(e)
-	some [part, fields, wrapper] in layers(e, schema)
+	root := schema_for(e)
+	schema := deref(root, root)
+	some [layer, fields, wrapper] in layers(e, schema)
+	part := deref(root, layer)
 }
 
-fields_of(fields) := {f.name: f | some f in fields}
+# A property's schema, through `$ref`s into the event's registered schema.
+property_schema(e, part, name) := deref(schema_for(e), object.get(part, ["properties", name], {}))
+
+# The field serialised under `name`: the first one, when serde writes two under one name (a
+# rename onto another field, a tag named like a field), so the lookup has one answer.
+field_named(fields, name) := found[0] if {
+	found := [f | some f in fields; f.name == name]
+	count(found) > 0
+}
+
+field_names(fields) := {f.name | some f in fields}
 
 # "field `x` of event `E`", "field `x` inside `data` of event `E`", "serde tag `type` of event `E`".
 describe(e, f, "") := sprintf("field `%s` of event `%s`", [f.name, e.event_type]) if not f.added
@@ -149,7 +183,7 @@ wrapper_key(e) := e.serde.variant if style(e) == "external"
 deny contains v if {
 	some [e, part, fields, wrapper] in compared
 	some name in object.get(part, "required", [])
-	not fields_of(fields)[name]
+	not name in field_names(fields)
 	v := {
 		"message": sprintf("event `%s` has no field `%s`%s, which its registered schema requires", [e.event_type, name, inside(wrapper)]),
 		"span": e.span,
@@ -161,7 +195,7 @@ deny contains v if {
 deny contains v if {
 	some [e, part, fields, wrapper] in compared
 	some name in object.get(part, "required", [])
-	f := fields_of(fields)[name]
+	f := field_named(fields, name)
 	f.optional
 	v := {
 		"message": sprintf("%s is optional, but its registered schema requires it", [describe(e, f, wrapper)]),
@@ -197,7 +231,7 @@ deny contains v if {
 	some [e, part, fields, wrapper] in compared
 	some f in fields
 	f.type != null
-	property := object.get(part, ["properties", f.name], {})
+	property := property_schema(e, part, f.name)
 	declared := object.get(property, "type", null)
 	declared != null
 	not type_matches(f.type, declared)
@@ -208,6 +242,38 @@ deny contains v if {
 		"help": type_help(f),
 	}
 }
+
+# serde's tag value must be the one the schema pins (`const`, or the only values in `enum`).
+deny contains v if {
+	some [e, part, fields, wrapper] in compared
+	some f in fields
+	f.added == "tag"
+	property := property_schema(e, part, f.name)
+	not tag_allowed(property, f.const)
+	v := {
+		"message": sprintf("serde writes tag `%s` of event `%s` as %s, but its registered schema only allows %s", [f.name, e.event_type, json.marshal(f.const), allowed_text(property)]),
+		"span": f.span,
+		"label": sprintf("serde writes %s", [json.marshal(f.const)]),
+		"help": "rename the variant (`#[serde(rename = \"…\")]` or the enum's `rename_all`) to the schema's value, or register a schema version with serde's",
+	}
+}
+
+tag_allowed(property, value) if not pins_tag(property)
+
+tag_allowed(property, value) if property["const"] == value
+
+tag_allowed(property, value) if {
+	not "const" in object.keys(property)
+	value in object.get(property, "enum", [])
+}
+
+pins_tag(property) if "const" in object.keys(property)
+
+pins_tag(property) if is_array(object.get(property, "enum", null))
+
+allowed_text(property) := json.marshal(property["const"]) if "const" in object.keys(property)
+
+allowed_text(property) := json.marshal(property["enum"]) if not "const" in object.keys(property)
 
 type_label(f) := sprintf("`%s`", [f.rust_type]) if not f.added
 
@@ -231,16 +297,18 @@ type_matches("integer", declared) if {
 	"number" in declared
 }
 
-# Without a registry URL or a schemas folder, say so instead of passing silently.
+# Without a registry URL or a schemas folder nothing can verify an event, and events must conform
+# to a registered schema before deployment: an error by default, a warning with
+# `[schemas] gate = "warning"` in `nexus.toml`.
 deny contains v if {
 	not input.schemas_loaded
 	some e in input.events
 	checked(e)
 	v := {
-		"message": sprintf("cannot verify the schema of event `%s`: no schema registry or schemas folder was given", [e.event_type]),
+		"message": sprintf("cannot verify the schema of event `%s`: no schema registry or schemas folder is configured", [e.event_type]),
 		"span": e.span,
 		"label": "unverified event",
-		"severity": "note",
-		"help": "pass `--registry URL` or `--schemas DIR`, or set `[schemas] registry`/`dir` in `nexus.toml`",
+		"severity": object.get(input.config, "schema_gate", "error"),
+		"help": sprintf("add its JSON Schema as `schemas/%s/%d.0.0.json` (`nexus new` generates the folder), or name a registry with `--registry URL` or `[schemas] registry` in `nexus.toml`; `[schemas] gate = \"warning\"` makes this a warning", [e.event_type, e.version]),
 	}
 }

@@ -31,6 +31,26 @@ pub(crate) async fn migrate(
     ledger: &str,
     migrations: &[Migration],
 ) -> Result<(), tokio_postgres::Error> {
+    // A service role that may only read and insert opens a schema its owner migrated: when
+    // the ledger lists every migration, take no lock and run no DDL.
+    let ledger_exists: bool = tx
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("{schema}.{ledger}")],
+        )
+        .await?
+        .get(0);
+    if ledger_exists {
+        let applied: Vec<i32> = tx
+            .query(&format!("SELECT version FROM {schema}.{ledger}"), &[])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if migrations.iter().all(|(v, _, _)| applied.contains(v)) {
+            return Ok(());
+        }
+    }
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext($1))",
         &[&format!("nexus-migrate-{schema}")],

@@ -14,9 +14,10 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use nexus_access::{AccessControl, ErrorStyle, Permission};
 use serde::Serialize;
 
 pub use self::error::ApiError;
@@ -36,9 +37,19 @@ pub struct Options {
     pub check_timeout: Duration,
     /// Bounds of dereferencing one schema (nodes and depth once its references are inlined).
     pub prepare_limits: crate::compat::Limits,
+    /// The level every subject is held to, whatever clients configure (`--lock-compatibility`).
+    pub locked_level: Option<Level>,
+    /// The most versions one subject may hold (soft-deleted ones included), which bounds what
+    /// one request reads.
+    pub max_versions_per_subject: usize,
     /// How much memory dereferenced schemas may hold in the cache by schema id, in bytes
     /// (estimated); the least recently used leave first.
     pub prepared_cache_bytes: usize,
+    /// Who may call: `registry:read` for reads and compatibility checks, `registry:write` to
+    /// register, `registry:admin` for configuration, modes and deletes (see [`permission_for`]).
+    /// `None` (the default, for embedding behind other auth) checks nothing; `nexus registry
+    /// serve` always sets it.
+    pub access: Option<AccessControl>,
 }
 
 impl Default for Options {
@@ -48,7 +59,10 @@ impl Default for Options {
             default_level: Level::Nexus,
             check_timeout: Duration::from_secs(2),
             prepare_limits: crate::compat::Limits::default(),
+            locked_level: None,
+            max_versions_per_subject: 1_000,
             prepared_cache_bytes: 64 * 1024 * 1024,
+            access: None,
         }
     }
 }
@@ -64,6 +78,8 @@ struct Inner {
     options: Options,
     /// Dereferenced schemas by id; ids are immutable, so entries never go stale.
     prepared: cache::PreparedCache,
+    /// One registration at a time per subject.
+    subject_locks: routes::SubjectLocks,
     metrics: metrics::Metrics,
 }
 
@@ -82,6 +98,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 storage,
                 prepared: cache::PreparedCache::new(options.prepared_cache_bytes),
+                subject_locks: routes::SubjectLocks::default(),
                 options,
                 metrics: metrics::Metrics::default(),
             }),
@@ -99,7 +116,33 @@ impl AppState {
 
 /// The router with every endpoint, the 404/405 JSON fallbacks and the request log.
 pub fn app(state: AppState) -> Router {
-    routes::router(state)
+    let access = state.options().access.clone();
+    let router = routes::router(state);
+    match access {
+        Some(access) => router.route_layer(
+            access
+                .with_error_style(ErrorStyle::Confluent)
+                .require_by(permission_for),
+        ),
+        None => router,
+    }
+}
+
+/// The permission a registry route needs: none for health, metrics and the OpenAPI document;
+/// `registry:admin` for deletes and for changing configuration or modes; `registry:write` to
+/// register a schema; `registry:read` for everything else (reads, lookups, compatibility checks).
+pub fn permission_for(method: &Method, route: &str) -> Option<Permission> {
+    match route {
+        "/health" | "/metrics" | "/openapi.json" => None,
+        _ if method == Method::DELETE => Some(Permission::RegistryAdmin),
+        _ if (route.starts_with("/config") || route.starts_with("/mode"))
+            && method != Method::GET =>
+        {
+            Some(Permission::RegistryAdmin)
+        }
+        "/subjects/{subject}/versions" if method == Method::POST => Some(Permission::RegistryWrite),
+        _ => Some(Permission::RegistryRead),
+    }
 }
 
 /// Serves the registry on `listener` until `shutdown` resolves, then drains requests in flight.

@@ -38,6 +38,17 @@ pub struct VersionRecord {
     pub deleted: bool,
 }
 
+/// A schema's reference to a version of another subject (Confluent's `references`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SchemaReference {
+    /// The name the schema's `$ref`s use for the referenced document.
+    pub name: String,
+    /// The subject of the referenced schema.
+    pub subject: String,
+    /// Its version in that subject.
+    pub version: u32,
+}
+
 /// A version to append to a subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewVersion {
@@ -55,6 +66,8 @@ pub struct NewVersion {
     pub registered_by: String,
     /// Creation time, epoch milliseconds.
     pub created_at_ms: i64,
+    /// The versions the schema refers to; part of the schema's identity.
+    pub references: Vec<SchemaReference>,
 }
 
 /// Compatibility configuration of the registry or of one subject.
@@ -105,8 +118,27 @@ pub const GLOBAL: &str = "";
 
 /// The identity of a schema text: SHA-256 of the canonical text, hex.
 pub fn fingerprint(canonical: &str) -> String {
-    let digest = Sha256::digest(canonical.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    fingerprint_with(canonical, &[])
+}
+
+/// The identity of a schema text with its references: the same text referring to other
+/// versions is another schema. Without references it is [`fingerprint`].
+pub fn fingerprint_with(canonical: &str, references: &[SchemaReference]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(canonical.as_bytes());
+    for r in references {
+        hasher.update(b"\0");
+        hasher.update(r.name.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(r.subject.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(r.version.to_string().as_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Storage of a schema registry.
@@ -126,7 +158,12 @@ pub trait Storage: Send + Sync + 'static {
     async fn schema_id(&self, canonical: &str) -> Result<Option<i64>>;
     /// The versions that use a schema id, sorted by subject and version.
     async fn usages(&self, id: i64) -> Result<Vec<Usage>>;
-    /// Appends a version, reusing the id of an identical schema text; returns (id, version).
+    /// The references of a schema id, in the order they were registered.
+    async fn references(&self, id: i64) -> Result<Vec<SchemaReference>>;
+    /// The ids of the schemas that refer to one version of a subject, ascending.
+    async fn referenced_by(&self, subject: &str, version: u32) -> Result<Vec<i64>>;
+    /// Appends a version, reusing the id of an identical schema text with the same references;
+    /// returns (id, version).
     ///
     /// Fails with [`StorageError::Conflict`] when the subject's last version is no longer
     /// `expected_last`. Stores nothing on any error.

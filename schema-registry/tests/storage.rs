@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use nexus_schema_registry::storage::{
-    ConfigRecord, GLOBAL, NewVersion, Storage, StorageError, postgres::PostgresStorage,
-    sqlite::SqliteStorage,
+    ConfigRecord, GLOBAL, NewVersion, SchemaReference, Storage, StorageError,
+    postgres::PostgresStorage, sqlite::SqliteStorage,
 };
 
 fn new_version(subject: &str, expected_last: u32, schema: &str) -> NewVersion {
@@ -16,6 +16,7 @@ fn new_version(subject: &str, expected_last: u32, schema: &str) -> NewVersion {
         semver: format!("1.{expected_last}.0"),
         registered_by: "tester".to_owned(),
         created_at_ms: 1_700_000_000_000 + i64::from(expected_last),
+        references: Vec::new(),
     }
 }
 
@@ -249,7 +250,42 @@ async fn config_and_mode_are_per_subject_with_a_global_entry(s: &dyn Storage) {
     s.ping().await.expect("ping");
 }
 
+async fn references_are_part_of_a_schema_and_point_back(s: &dyn Storage) {
+    let (base, _) = s
+        .insert_version(new_version("ref-base", 0, r#"{"type":"object"}"#))
+        .await
+        .expect("base");
+    let reference = SchemaReference {
+        name: "base.json".to_owned(),
+        subject: "ref-base".to_owned(),
+        version: 1,
+    };
+    let text = r#"{"$ref":"base.json"}"#;
+    let (plain, _) = s
+        .insert_version(new_version("ref-plain", 0, text))
+        .await
+        .expect("plain");
+    let mut with = new_version("ref-user", 0, text);
+    with.references = vec![reference.clone()];
+    let (id, _) = s.insert_version(with).await.expect("with references");
+    assert_ne!(id, plain, "the same text with references is another schema");
+    assert_ne!(id, base);
+    assert_eq!(
+        s.references(id).await.expect("refs"),
+        std::slice::from_ref(&reference)
+    );
+    assert!(s.references(plain).await.expect("refs").is_empty());
+    assert_eq!(s.referenced_by("ref-base", 1).await.expect("by"), [id]);
+    // Registering it again in another subject reuses the id and its references.
+    let mut again = new_version("ref-other", 0, text);
+    again.references = vec![reference];
+    assert_eq!(s.insert_version(again).await.expect("again").0, id);
+    assert_eq!(s.referenced_by("ref-base", 1).await.expect("by"), [id]);
+    assert!(s.referenced_by("ref-base", 2).await.expect("by").is_empty());
+}
+
 async fn conformance(s: Arc<dyn Storage>) {
+    references_are_part_of_a_schema_and_point_back(s.as_ref()).await;
     same_schema_text_gets_one_id_across_subjects(s.as_ref()).await;
     version_records_round_trip(s.as_ref()).await;
     stale_expected_version_is_a_conflict_and_stores_nothing(s.as_ref()).await;
@@ -358,4 +394,68 @@ async fn postgres_storage_reports_an_unreachable_server_as_unavailable() {
         .await
         .expect_err("must fail");
     assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
+}
+
+/// 50 clients register 50 different compatible schemas to one subject at once: each succeeds,
+/// and the versions are 1..=50 without gaps.
+async fn fifty_parallel_registrations_all_succeed(storage: Arc<dyn Storage>) {
+    use axum::{body::Body, http::Request};
+    use http_body_util::BodyExt;
+    use nexus_schema_registry::server::{AppState, Options, app};
+    use tower::ServiceExt;
+
+    let router = app(AppState::new(storage, Options::default()));
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let router = router.clone();
+        // Distinct texts that are compatible with each other in any order.
+        let schema = serde_json::json!({"type": "object", "title": format!("writer {i}")});
+        let body =
+            serde_json::json!({"schema": schema.to_string(), "schemaType": "JSON"}).to_string();
+        tasks.push(tokio::spawn(async move {
+            let response = router
+                .oneshot(
+                    Request::post("/subjects/crowd/versions")
+                        .body(Body::from(body))
+                        .expect("request"),
+                )
+                .await
+                .expect("infallible");
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+            let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+            v["version"].as_u64().expect("version")
+        }));
+    }
+    let mut versions = Vec::new();
+    for t in tasks {
+        versions.push(t.await.expect("task"));
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=50).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_registry_serves_fifty_parallel_writers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = SqliteStorage::open(dir.path().join("r.db")).expect("open");
+    fifty_parallel_registrations_all_succeed(Arc::new(s)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_registry_serves_fifty_parallel_writers() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let s = PostgresStorage::connect_with(db.config.clone())
+        .await
+        .expect("connect");
+    fifty_parallel_registrations_all_succeed(Arc::new(s)).await;
+    db.drop_database().await;
 }

@@ -12,6 +12,7 @@ const IDS: &[&str] = &[
     "toolchain.rustc",
     "toolchain.cargo",
     "service.postgres",
+    "service.postgres.role",
     "service.nats",
     "service.rabbitmq",
     "port.8080",
@@ -183,6 +184,7 @@ fn doctor_skips_the_checks_named_by_skip() {
     );
     for id in [
         "service.postgres",
+        "service.postgres.role",
         "service.nats",
         "service.rabbitmq",
         "toolchain.cargo",
@@ -196,7 +198,7 @@ fn doctor_skips_the_checks_named_by_skip() {
         "skipped",
         "{report:#}"
     );
-    assert_eq!(report["summary"]["skipped"], 4, "{}", text(&output));
+    assert_eq!(report["summary"]["skipped"], 5, "{}", text(&output));
 }
 
 #[test]
@@ -335,5 +337,80 @@ fn completions_reject_an_unknown_shell_with_exit_2() {
     assert!(
         stderr.contains("invalid value 'tcsh'") && stderr.contains("bash"),
         "{stderr}"
+    );
+}
+
+/// Runs `sql` on the server at `url` (a PostgreSQL URL with a database).
+fn psql(url: &str, sql: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client.batch_execute(sql).await.expect(sql);
+    });
+}
+
+/// `url` pointing at database `name`.
+fn database_url(url: &str, name: &str) -> String {
+    let base = url.split('?').next().unwrap_or(url);
+    let cut = base
+        .rfind('/')
+        .filter(|&i| i > "postgres://".len())
+        .unwrap_or(base.len());
+    format!("{}/{name}", &base[..cut])
+}
+
+#[test]
+fn doctor_warns_when_the_service_role_can_rewrite_events_and_not_when_it_may_only_insert() {
+    let Some(url) = service_url("NEXUS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    let (db, role) = (
+        format!("nexus_doctor_{suffix}"),
+        format!("nexus_svc_{suffix}"),
+    );
+    psql(&url, &format!("CREATE DATABASE {db}"));
+    let db_url = database_url(&url, &db);
+    // The schema as the event store creates it, reduced to what the check reads.
+    psql(
+        &db_url,
+        &format!(
+            "CREATE SCHEMA nexus; CREATE TABLE nexus.events (position bigint); \
+             CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA nexus TO {role}; \
+             GRANT SELECT, INSERT ON nexus.events TO {role}"
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (output, owner) = doctor_json(dir.path(), &["--postgres-url", &db_url]);
+    let role_check = check(&owner, "service.postgres.role");
+    let restricted_url = db_url.replacen("postgres@", &format!("{role}@"), 1);
+    let (_, restricted) = doctor_json(dir.path(), &["--postgres-url", &restricted_url]);
+    psql(&url, &format!("DROP DATABASE {db} WITH (FORCE)"));
+    psql(&url, &format!("DROP ROLE {role}"));
+    assert_eq!(role_check["status"], "warn", "{}", text(&output));
+    let detail = role_check["detail"].as_str().unwrap_or_default();
+    for right in ["UPDATE", "DELETE", "TRUNCATE", "disable triggers"] {
+        assert!(detail.contains(right), "{detail}");
+    }
+    assert!(
+        role_check["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("SELECT and INSERT")),
+        "{owner:#}"
+    );
+    assert_eq!(output.status.code(), Some(0), "a warning is not a failure");
+    let role_check = check(&restricted, "service.postgres.role");
+    assert_eq!(role_check["status"], "ok", "{restricted:#}");
+    assert!(
+        role_check["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&role) && d.contains("only read and insert")),
+        "{restricted:#}"
     );
 }

@@ -194,6 +194,10 @@ async fn run_checks(args: &DoctorArgs) -> Vec<Check> {
             postgres(args.postgres_url.clone()).boxed(),
         ),
         (
+            "service.postgres.role".to_owned(),
+            postgres_role(args.postgres_url.clone()).boxed(),
+        ),
+        (
             "service.nats".to_owned(),
             nats(args.nats_url.clone()).boxed(),
         ),
@@ -396,6 +400,79 @@ async fn postgres(url: String) -> Check {
             fix,
         ),
     }
+}
+
+/// The role the URL names cannot rewrite the event log: it may not `UPDATE`, `DELETE` or
+/// `TRUNCATE` `nexus.events`, nor disable its triggers (as its owner or a superuser could).
+async fn postgres_role(url: String) -> Check {
+    const ID: &str = "service.postgres.role";
+    let skipped = |detail: &str| Check {
+        id: ID.to_owned(),
+        status: Status::Skipped,
+        detail: detail.to_owned(),
+        fix: None,
+    };
+    let Ok(mut config) = url.parse::<tokio_postgres::Config>() else {
+        return skipped("no valid PostgreSQL URL");
+    };
+    config.connect_timeout(CHECK_TIMEOUT);
+    let Ok((client, connection)) = config.connect(tokio_postgres::NoTls).await else {
+        return skipped("PostgreSQL is not reachable");
+    };
+    tokio::spawn(connection);
+    let found = client
+        .query_one("SELECT to_regclass('nexus.events') IS NOT NULL", &[])
+        .await;
+    match found {
+        Ok(row) if row.get::<_, bool>(0) => {}
+        Ok(_) => return Check::ok(ID, "no Nexus event store (schema `nexus`) in this database"),
+        Err(err) => {
+            return skipped(&format!(
+                "cannot look for the event store: {}",
+                postgres_error(&err)
+            ));
+        }
+    }
+    let rights = client
+        .query_one(
+            "SELECT current_user::text, \
+                    has_table_privilege('nexus.events', 'UPDATE'), \
+                    has_table_privilege('nexus.events', 'DELETE'), \
+                    has_table_privilege('nexus.events', 'TRUNCATE'), \
+                    pg_has_role(c.relowner, 'USAGE') OR r.rolsuper \
+             FROM pg_class c, pg_roles r \
+             WHERE c.oid = 'nexus.events'::regclass AND r.rolname = current_user",
+            &[],
+        )
+        .await;
+    let row = match rights {
+        Ok(row) => row,
+        Err(err) => {
+            return skipped(&format!(
+                "cannot read the role's privileges: {}",
+                postgres_error(&err)
+            ));
+        }
+    };
+    let role: String = row.get(0);
+    let can: Vec<&str> = [
+        (row.get::<_, bool>(1), "UPDATE"),
+        (row.get(2), "DELETE"),
+        (row.get(3), "TRUNCATE"),
+        (row.get(4), "disable triggers on"),
+    ]
+    .into_iter()
+    .filter_map(|(granted, what)| granted.then_some(what))
+    .collect();
+    if can.is_empty() {
+        return Check::ok(ID, format!("role `{role}` may only read and insert events"));
+    }
+    Check::warn(
+        ID,
+        format!("role `{role}` can {} nexus.events", can.join(", ")),
+        "run the services under a role granted only SELECT and INSERT on nexus.events \
+         (README: \"PostgreSQL roles\"); keep the owner for migrations",
+    )
 }
 
 fn postgres_error(err: &tokio_postgres::Error) -> String {

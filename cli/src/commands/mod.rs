@@ -3,14 +3,17 @@
 pub(crate) mod bench;
 pub(crate) mod bench_bus;
 pub(crate) mod bench_check;
+pub(crate) mod bench_http;
 pub(crate) mod bench_registry;
 pub(crate) mod bench_store;
+pub(crate) mod bench_temporal;
 pub(crate) mod check;
 pub(crate) mod completions;
 pub(crate) mod dlq;
 pub(crate) mod doctor;
 pub(crate) mod new;
 pub(crate) mod registry;
+pub(crate) mod replay;
 pub(crate) mod rules;
 pub(crate) mod schema;
 pub(crate) mod up;
@@ -51,6 +54,9 @@ pub(crate) enum Command {
     /// Register, check, read and compare schemas.
     #[command(subcommand)]
     Schema(schema::SchemaCommand),
+    /// Temporal queries: events in a time range, state as of a time, projections as of a time.
+    #[command(subcommand)]
+    Replay(replay::ReplayCommand),
     /// List, inspect and redrive a projection's dead letters.
     Dlq(dlq::DlqArgs),
     /// Check this machine: Rust toolchain, servers, free ports, the data folder.
@@ -88,6 +94,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Rules(command) => rules::run(command),
         Command::Registry(command) => registry::run(command),
         Command::Schema(command) => schema::run(command),
+        Command::Replay(command) => replay::run(command),
         Command::Dlq(args) => dlq::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Completions(args) => completions::run(args),

@@ -37,6 +37,10 @@ pub(crate) struct ServeArgs {
     /// Compatibility level of subjects without their own configuration (NEXUS = additive-only).
     #[arg(long, default_value = "NEXUS")]
     default_compatibility: Level,
+    /// Hold every subject to this level and refuse requests to set another (e.g. NEXUS, so
+    /// clients cannot switch a subject to NONE).
+    #[arg(long, value_name = "LEVEL")]
+    lock_compatibility: Option<Level>,
 }
 
 pub(crate) fn run(command: RegistryCommand) -> anyhow::Result<Outcome> {
@@ -76,6 +80,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
     let options = Options {
         max_schema_bytes: args.max_schema_bytes,
         default_level: args.default_compatibility,
+        locked_level: args.lock_compatibility,
         ..Options::default()
     };
     server::serve(listener, AppState::new(storage, options), shutdown_signal())

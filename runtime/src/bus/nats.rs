@@ -140,6 +140,31 @@ impl JetStreamBus {
         Ok(())
     }
 
+    /// The log position of the last event the stream holds, or `None` when it holds none.
+    ///
+    /// A relay compares it with its checkpoint on start: a stream that holds less than the
+    /// checkpoint claims (deleted, purged, or a server that lost writes it had not synced)
+    /// is published again from the store.
+    pub async fn last_stored(&self) -> Result<Option<LogPosition>, BusError> {
+        let mut stream = self.stream.clone();
+        let info = stream.info().await.map_err(unavailable)?;
+        let (messages, last_sequence) = (info.state.messages, info.state.last_sequence);
+        if messages == 0 {
+            return Ok(None);
+        }
+        let message = self
+            .stream
+            .get_raw_message(last_sequence)
+            .await
+            .map_err(unavailable)?;
+        let event: RecordedEvent =
+            serde_json::from_slice(&message.payload).map_err(|e| BusError::Malformed {
+                sequence: last_sequence,
+                source: Box::new(e),
+            })?;
+        Ok(Some(event.log_position()))
+    }
+
     /// The number of messages the stream holds.
     pub async fn stored_messages(&self) -> Result<u64, BusError> {
         let mut stream = self.stream.clone();

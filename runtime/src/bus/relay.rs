@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::BusError;
 use super::nats::JetStreamBus;
 use crate::checkpoint::CheckpointStore;
 use crate::event::LogPosition;
@@ -52,13 +53,48 @@ impl Relay {
         }
     }
 
+    /// Where to publish from: the checkpoint, unless the stream holds less than it claims
+    /// (deleted, purged, or writes lost by a server that had not synced them): then from the
+    /// last event the stream holds, since the store is the source of truth and `Nats-Msg-Id`
+    /// drops what is still there.
+    async fn start_position(
+        &self,
+    ) -> Result<LogPosition, Box<dyn std::error::Error + Send + Sync>> {
+        let checkpoint = self
+            .checkpoints
+            .load(&self.name)
+            .await?
+            .unwrap_or(LogPosition::START);
+        if checkpoint == LogPosition::START {
+            return Ok(checkpoint);
+        }
+        let stored = match self.bus.last_stored().await {
+            Ok(stored) => stored.unwrap_or(LogPosition::START),
+            Err(BusError::Malformed { sequence, .. }) => {
+                tracing::warn!(relay = %self.name, sequence, "the stream's last message is not a Nexus event; trusting the checkpoint");
+                return Ok(checkpoint);
+            }
+            Err(err) => return Err(Box::new(err)),
+        };
+        if stored < checkpoint {
+            tracing::warn!(
+                relay = %self.name, checkpoint = checkpoint.position, stored = stored.position,
+                "the stream holds less than the relay published; publishing again from the store"
+            );
+            metrics::counter!("nexus_relay_republished_total", "relay" => self.name.clone())
+                .increment(1);
+            return Ok(stored);
+        }
+        Ok(checkpoint)
+    }
+
     async fn run(self, mut stopped: oneshot::Receiver<()>) {
         let mut backoff = Duration::from_millis(50);
         let start = loop {
-            match self.checkpoints.load(&self.name).await {
-                Ok(position) => break position.unwrap_or(LogPosition::START),
+            match self.start_position().await {
+                Ok(position) => break position,
                 Err(err) => {
-                    tracing::warn!(error = %err, relay = %self.name, "cannot read the relay checkpoint; retrying");
+                    tracing::warn!(error = %err, relay = %self.name, "cannot read the relay checkpoint or the stream; retrying");
                     tokio::select! {
                         _ = &mut stopped => return,
                         () = tokio::time::sleep(backoff) => {}

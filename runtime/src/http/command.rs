@@ -19,6 +19,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use nexus_access::{AccessControl, Permission};
+
+use super::access::OriginPolicy;
 use super::correlation::{CORRELATION_ID, MAX_ID_LEN, TRACEPARENT, trace_id, valid_id};
 use super::error::ApiError;
 use super::extract::{BodyLimits, JsonBody, Path};
@@ -56,6 +59,9 @@ pub struct CommandService {
     endpoints: BTreeMap<&'static str, Arc<dyn Endpoint>>,
     title: String,
     limits: BodyLimits,
+    origins: OriginPolicy,
+    access: AccessControl,
+    extra: Vec<(Router, Value)>,
 }
 
 impl std::fmt::Debug for CommandService {
@@ -75,12 +81,37 @@ impl CommandService {
             endpoints: BTreeMap::new(),
             title: "command-service".to_owned(),
             limits: BodyLimits::default(),
+            origins: OriginPolicy::new(),
+            access: AccessControl::open(),
+            extra: Vec::new(),
         }
+    }
+
+    /// Which hosts, origins and body media types the service accepts (default: IP addresses and
+    /// `localhost`, same-origin writes, JSON), against DNS rebinding and cross-site writes.
+    pub fn with_origin_policy(mut self, policy: OriginPolicy) -> Self {
+        self.origins = policy;
+        self
+    }
+
+    /// Who may call: `commands:write` for commands, `aggregates:read` for state (default
+    /// [`AccessControl::open`]: anonymous callers may do both, nothing that always needs a
+    /// credential).
+    pub fn with_access(mut self, access: AccessControl) -> Self {
+        self.access = access;
+        self
     }
 
     /// How large a command body may be and how long it may take to arrive (default 1 MiB, 10 s).
     pub fn with_body_limits(mut self, limits: BodyLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Serves `routes` too (for instance [`super::TemporalApi::command_routes`]), documented
+    /// by `openapi_paths` (`{"/path": {...}}`) in the service's OpenAPI document.
+    pub fn with_routes(mut self, routes: Router, openapi_paths: Value) -> Self {
+        self.extra.push((routes, openapi_paths));
         self
     }
 
@@ -126,12 +157,21 @@ impl CommandService {
             store: self.store,
             endpoints: self.endpoints,
         });
-        let routes = Router::new()
-            .route("/commands/{aggregate}/{id}", post(execute))
-            .route("/aggregates/{aggregate}/{id}", get(state_of))
+        let mut routes = Router::new()
+            .route(
+                "/commands/{aggregate}/{id}",
+                post(execute).route_layer(self.access.require(Permission::CommandsWrite)),
+            )
+            .route(
+                "/aggregates/{aggregate}/{id}",
+                get(state_of).route_layer(self.access.require(Permission::AggregatesRead)),
+            )
             .route("/health", get(health))
             .with_state(state);
-        super::with_service_routes(routes, &self.title, openapi, self.limits)
+        for (extra, _) in self.extra {
+            routes = routes.merge(extra);
+        }
+        super::with_service_routes(routes, &self.title, openapi, self.limits, self.origins)
     }
 
     fn openapi(&self) -> Value {
@@ -144,6 +184,9 @@ impl CommandService {
         for (aggregate, endpoint) in &self.endpoints {
             let schema = endpoint.command_schema(&mut generator);
             doc.command_paths(aggregate, schema);
+        }
+        for (_, paths) in &self.extra {
+            doc.extra_paths(paths);
         }
         doc.finish(generator)
     }

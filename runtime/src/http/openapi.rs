@@ -56,6 +56,14 @@ impl OpenApi {
             .into_generator()
     }
 
+    /// Paths served by routes added to a service (`{"/path": {...}}`).
+    pub(crate) fn extra_paths(&mut self, paths: &Value) {
+        if let Some(paths) = paths.as_object() {
+            self.paths
+                .extend(paths.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+
     /// The routes of one aggregate of the command service.
     pub(crate) fn command_paths(&mut self, aggregate: &str, command_schema: Value) {
         self.paths.insert(
@@ -130,7 +138,7 @@ impl OpenApi {
     }
 
     /// The routes of the query dashboard.
-    pub(crate) fn query_paths(&mut self, projections: &[String]) {
+    pub(crate) fn query_paths(&mut self, projections: &[String], max_wait: std::time::Duration) {
         let projection = json!({"name": "projection", "in": "path", "required": true,
             "schema": {"type": "string", "enum": projections}});
         let collection = json!({"name": "collection", "in": "path", "required": true,
@@ -138,6 +146,9 @@ impl OpenApi {
         let wait_for = json!({"name": "wait_for", "in": "query", "required": false,
             "description": "Read your writes: wait until the projection has applied `<aggregate>/<id>@<version>` (from the command's answer)",
             "schema": {"type": "string", "examples": ["order/o-1@3"]}});
+        let wait_ms = json!({"name": "wait_ms", "in": "query", "required": false,
+            "description": "How long `wait_for` waits, in milliseconds (default 2000)",
+            "schema": {"type": "integer", "minimum": 0, "maximum": max_wait.as_millis() as u64}});
         self.paths.insert(
             "/read-models".into(),
             json!({"get": {
@@ -154,7 +165,7 @@ impl OpenApi {
                 "parameters": [projection, collection,
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
                     {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
-                    wait_for],
+                    wait_for, wait_ms],
                 "responses": {
                     "200": {"description": "A page of documents",
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Page"}}}},
@@ -171,7 +182,7 @@ impl OpenApi {
                 "operationId": "get_document",
                 "parameters": [projection, collection,
                     {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
-                    wait_for],
+                    wait_for, wait_ms],
                 "responses": {
                     "200": {"description": "The document", "content": {"application/json": {"schema": {"type": "object"}}}},
                     "404": error_response("No such projection or document"),

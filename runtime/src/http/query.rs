@@ -9,12 +9,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
+
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use nexus_access::{AccessControl, Permission};
+
+use super::access::OriginPolicy;
 use super::error::ApiError;
 use super::extract::{Path, Query};
 use super::openapi::OpenApi;
@@ -25,9 +30,8 @@ use crate::projection::{HealthRegistry, ProjectionHandle, ReadModelError, ReadMo
 const DEFAULT_LIMIT: usize = 100;
 /// Largest page.
 const MAX_LIMIT: usize = 1000;
-/// How long `wait_for` waits by default, and at most.
+/// How long `wait_for` waits when `wait_ms` is not given.
 const DEFAULT_WAIT: Duration = Duration::from_secs(2);
-const MAX_WAIT: Duration = Duration::from_secs(30);
 /// How often a waiting read looks at the read model again.
 const WAIT_POLL: Duration = Duration::from_millis(5);
 
@@ -45,6 +49,29 @@ pub struct QueryDashboard {
     health: HealthRegistry,
     read_models: BTreeMap<String, ReadModelStore>,
     title: String,
+    limits: QueryLimits,
+    origins: OriginPolicy,
+    access: AccessControl,
+    extra: Vec<(Router, Value)>,
+}
+
+/// Bounds on the dashboard's read-your-writes waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryLimits {
+    /// Most requests waiting with `wait_for` at once (default 256); one more is answered 503
+    /// `too_many_waiters` with `Retry-After`, since each waiter polls its read model.
+    pub max_waiters: usize,
+    /// Largest `wait_ms` accepted (default 30 s); a larger one is a 400.
+    pub max_wait: Duration,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            max_waiters: 256,
+            max_wait: Duration::from_secs(30),
+        }
+    }
 }
 
 impl QueryDashboard {
@@ -54,7 +81,39 @@ impl QueryDashboard {
             health,
             read_models: BTreeMap::new(),
             title: "query-dashboard".to_owned(),
+            limits: QueryLimits::default(),
+            origins: OriginPolicy::new(),
+            access: AccessControl::open(),
+            extra: Vec::new(),
         }
+    }
+
+    /// Which hosts and origins the dashboard accepts (default: IP addresses and `localhost`,
+    /// same-origin writes), against DNS rebinding.
+    pub fn with_origin_policy(mut self, policy: OriginPolicy) -> Self {
+        self.origins = policy;
+        self
+    }
+
+    /// Who may call: `read-models:read` for the overview and read models (default
+    /// [`AccessControl::open`]: anonymous callers may read, nothing that always needs a
+    /// credential).
+    pub fn with_access(mut self, access: AccessControl) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// Bounds on `wait_for` (default: 256 waiters, `wait_ms` up to 30 s).
+    pub fn with_limits(mut self, limits: QueryLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Serves `routes` too (for instance [`super::TemporalApi::dashboard_routes`]), documented
+    /// by `openapi_paths` (`{"/path": {...}}`) in the service's OpenAPI document.
+    pub fn with_routes(mut self, routes: Router, openapi_paths: Value) -> Self {
+        self.extra.push((routes, openapi_paths));
+        self
     }
 
     /// Serves the read model of a running projection under `/read-models/{its name}`.
@@ -81,22 +140,37 @@ impl QueryDashboard {
             &self.title,
             "Serves the read models of this service's projections and their health.",
         );
-        openapi.query_paths(&names);
+        openapi.query_paths(&names, self.limits.max_wait);
+        for (_, paths) in &self.extra {
+            openapi.extra_paths(paths);
+        }
         let openapi = openapi.finish(OpenApi::generator());
         let title = self.title.clone();
         let state = Arc::new(Shared {
             health: self.health.clone(),
             read_models: self.read_models,
             title: self.title,
+            waiters: Arc::new(Semaphore::new(self.limits.max_waiters)),
+            limits: self.limits,
         });
-        let routes = Router::new()
+        let mut routes = Router::new()
             .route("/", get(overview))
             .route("/read-models", get(projections))
             .route("/read-models/{projection}/{collection}", get(list))
             .route("/read-models/{projection}/{collection}/{id}", get(one))
+            .route_layer(self.access.require(Permission::ReadModelsRead))
             .with_state(state)
             .merge(super::health_router(self.health));
-        super::with_service_routes(routes, &title, openapi, super::BodyLimits::default())
+        for (extra, _) in self.extra {
+            routes = routes.merge(extra);
+        }
+        super::with_service_routes(
+            routes,
+            &title,
+            openapi,
+            super::BodyLimits::default(),
+            self.origins,
+        )
     }
 }
 
@@ -104,6 +178,8 @@ struct Shared {
     health: HealthRegistry,
     read_models: BTreeMap<String, ReadModelStore>,
     title: String,
+    waiters: Arc<Semaphore>,
+    limits: QueryLimits,
 }
 
 impl Shared {
@@ -114,8 +190,13 @@ impl Shared {
         pairs: Vec<(String, String)>,
     ) -> Result<(ReadModelStore, ListParams), ApiError> {
         let store = self.read_model(projection)?;
-        let params = ListParams::parse(pairs)?;
+        let params = ListParams::parse(pairs, self.limits.max_wait)?;
         if let Some(wait) = &params.wait {
+            let _permit = Arc::clone(&self.waiters).try_acquire_owned().map_err(|_| {
+                ApiError::TooManyWaiters {
+                    limit: self.limits.max_waiters,
+                }
+            })?;
             wait.until_applied(&store).await?;
         }
         Ok((store, params))
@@ -150,7 +231,7 @@ struct Wait {
 }
 
 impl ListParams {
-    fn parse(pairs: Vec<(String, String)>) -> Result<Self, ApiError> {
+    fn parse(pairs: Vec<(String, String)>, max_wait: Duration) -> Result<Self, ApiError> {
         let mut params = Self {
             limit: DEFAULT_LIMIT,
             ..Self::default()
@@ -174,9 +255,18 @@ impl ListParams {
             }
         }
         if let Some(spec) = wait_for {
-            let timeout = wait_ms.map_or(DEFAULT_WAIT, |ms| {
-                Duration::from_millis(ms as u64).min(MAX_WAIT)
-            });
+            let timeout = match wait_ms {
+                None => DEFAULT_WAIT.min(max_wait),
+                Some(ms) if (ms as u128) <= max_wait.as_millis() => {
+                    Duration::from_millis(ms as u64)
+                }
+                Some(ms) => {
+                    return Err(ApiError::InvalidParameter(format!(
+                        "wait_ms must be 0 to {}, got {ms}",
+                        max_wait.as_millis()
+                    )));
+                }
+            };
             params.wait = Some(Wait::parse(&spec, timeout)?);
         }
         Ok(params)
@@ -353,6 +443,12 @@ fn escape(text: &str) -> String {
 mod tests {
     use super::*;
 
+    impl ListParams {
+        fn parse_default(pairs: Vec<(String, String)>) -> Result<Self, ApiError> {
+            Self::parse(pairs, QueryLimits::default().max_wait)
+        }
+    }
+
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         list.iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -361,7 +457,7 @@ mod tests {
 
     #[test]
     fn list_params_split_reserved_names_from_filters() {
-        let params = ListParams::parse(pairs(&[
+        let params = ListParams::parse_default(pairs(&[
             ("limit", "10"),
             ("offset", "20"),
             ("status", "confirmed"),
@@ -383,27 +479,28 @@ mod tests {
     #[test]
     fn list_params_reject_bad_numbers_and_wait_specs() {
         assert_eq!(
-            ListParams::parse(pairs(&[("limit", "0")]))
+            ListParams::parse_default(pairs(&[("limit", "0")]))
                 .unwrap_err()
                 .code(),
             "invalid_parameter"
         );
         assert_eq!(
-            ListParams::parse(pairs(&[("offset", "-1")]))
+            ListParams::parse_default(pairs(&[("offset", "-1")]))
                 .unwrap_err()
                 .code(),
             "invalid_parameter"
         );
         for spec in ["order", "order/o-1", "order/o-1@x", "/o-1@3", "order/@3"] {
             assert!(
-                ListParams::parse(pairs(&[("wait_for", spec)])).is_err(),
+                ListParams::parse_default(pairs(&[("wait_for", spec)])).is_err(),
                 "{spec} accepted"
             );
         }
-        let wait = ListParams::parse(pairs(&[("wait_for", "order/o-1@3"), ("wait_ms", "50")]))
-            .unwrap()
-            .wait
-            .unwrap();
+        let wait =
+            ListParams::parse_default(pairs(&[("wait_for", "order/o-1@3"), ("wait_ms", "50")]))
+                .unwrap()
+                .wait
+                .unwrap();
         assert_eq!(wait.stream, StreamId::new("order", "o-1"));
         assert_eq!((wait.version, wait.timeout), (3, Duration::from_millis(50)));
     }

@@ -9,11 +9,18 @@ use axum::http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
-use nexus_runtime::http::{CommandService, QueryDashboard};
+use std::time::Duration;
+
+use nexus_runtime::http::access::OriginPolicy;
+use nexus_runtime::http::{
+    BodyLimits, CommandService, QueryDashboard, QueryLimits, ServeOptions, serve_with,
+};
 use nexus_runtime::projection::{Changes, Projection, ProjectionError, ProjectionRunner};
 use nexus_runtime::{Aggregate, DomainEvent, EventStore, RecordedEvent, StreamId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tower::ServiceExt;
 
 use crate::support;
@@ -204,6 +211,7 @@ async fn bad_requests_get_a_status_a_code_and_a_message_and_store_nothing() {
 
     // Malformed JSON: 400 with the location.
     let request = Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
         .body(Body::from("{\"type\": \"Open\", \"title\": "))
         .unwrap();
     let (status, response) = call(&app, request).await;
@@ -243,6 +251,7 @@ async fn bad_requests_get_a_status_a_code_and_a_message_and_store_nothing() {
     let (status, _) = call(&app, get("/aggregates/ticket/t-9")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let request = Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
         .header("if-match", "\"soon\"")
         .body(Body::from(
             json!({"type": "Open", "title": "x"}).to_string(),
@@ -271,6 +280,7 @@ async fn a_stale_if_match_is_a_409_with_the_actual_version() {
         assert_eq!(status, StatusCode::OK);
     }
     let stale = Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
         .header("if-match", "\"1\"")
         .body(Body::from(json!({"type": "Close"}).to_string()))
         .unwrap();
@@ -284,6 +294,7 @@ async fn a_stale_if_match_is_a_409_with_the_actual_version() {
     );
 
     let current = Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
         .header("if-match", "\"2\"")
         .body(Body::from(json!({"type": "Close"}).to_string()))
         .unwrap();
@@ -294,6 +305,7 @@ async fn a_stale_if_match_is_a_409_with_the_actual_version() {
 
 fn keyed(key: &str, body: Value) -> Request<Body> {
     Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
         .header("idempotency-key", key)
         .body(Body::from(body.to_string()))
         .unwrap()
@@ -378,6 +390,7 @@ async fn trace_headers_reach_the_event_metadata() {
     let app = commands(&store);
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let request = Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
         .header("traceparent", traceparent)
         .header("x-causation-id", "msg-7")
         .body(Body::from(
@@ -392,6 +405,7 @@ async fn trace_headers_reach_the_event_metadata() {
         "the trace id correlates when no correlation id is sent"
     );
     let request = Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
         .header("x-correlation-id", "checkout-42")
         .body(Body::from(json!({"type": "Close"}).to_string()))
         .unwrap();
@@ -415,6 +429,7 @@ async fn trace_headers_reach_the_event_metadata() {
     assert_eq!(events[1].metadata.traceparent, None);
 
     let request = Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
         .header("x-correlation-id", "has spaces")
         .body(Body::from(
             json!({"type": "Open", "title": "t"}).to_string(),
@@ -762,4 +777,352 @@ async fn unknown_routes_methods_and_paths_get_json_errors_and_bounded_metric_lab
     assert!(metrics.contains(r#"method="OTHER""#), "{metrics}");
     assert!(!metrics.contains("FROBNICATE"), "{metrics}");
     assert!(!metrics.contains("/nope"), "{metrics}");
+}
+
+/// Serves `router` on a free local port within `options`; the server stops when the test ends.
+async fn serve_local(router: Router, options: ServeOptions) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_with(
+        listener,
+        router,
+        options,
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// Reads until the server closes the connection (or `within` passes): what it sent, and whether
+/// it closed.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (String, bool) {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return (String::from_utf8_lossy(&received).into(), true),
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&received).into(), false),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_headers_byte_by_byte_or_nothing_is_cut_off() {
+    let (store, _dir) = support::embedded();
+    let options = ServeOptions {
+        header_read_timeout: Duration::from_millis(300),
+        ..ServeOptions::default()
+    };
+    let addr = serve_local(commands(&store), options).await;
+
+    // Slowloris: a header that never ends, one byte every 50 ms.
+    let started = std::time::Instant::now();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        let head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+        for byte in head.iter().chain(std::iter::repeat(&b'a')) {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a byte-by-byte client kept its connection");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+    trickle.abort();
+
+    // A connection that sends nothing at all is closed too.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let (_, closed) = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(closed, "an idle connection was kept");
+
+    // A normal client is served.
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut client, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    let (store, _dir) = support::embedded();
+    let options = ServeOptions {
+        max_connections: 2,
+        header_read_timeout: Duration::from_secs(30),
+    };
+    let addr = serve_local(commands(&store), options).await;
+    let first = TcpStream::connect(addr).await.unwrap();
+    let _second = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut third, Duration::from_millis(500)).await;
+    assert_eq!(
+        answer, "",
+        "the third connection was served beyond the cap of 2"
+    );
+
+    drop(first);
+    let (answer, _) = read_until_closed(&mut third, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_or_too_slow_gets_413_or_408() {
+    let (store, _dir) = support::embedded();
+    let limits = BodyLimits {
+        max_bytes: 1024,
+        read_timeout: Duration::from_millis(300),
+    };
+    let app = CommandService::new(Arc::clone(&store))
+        .aggregate::<Ticket>()
+        .with_body_limits(limits)
+        .router();
+
+    let big = json!({"type": "Open", "title": "x".repeat(2000)});
+    let (status, response) = call(&app, post("/commands/ticket/t-1", big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let body = json_of(response).await;
+    assert_eq!(
+        (body["error"].clone(), body["limit"].clone()),
+        (json!("body_too_large"), json!(1024))
+    );
+    // At the limit exactly, the command is read.
+    let title = "x".repeat(1024 - r#"{"type":"Open","title":""}"#.len());
+    let exact = json!({"type": "Open", "title": title});
+    assert_eq!(exact.to_string().len(), 1024);
+    let (status, _) = call(&app, post("/commands/ticket/t-1", exact)).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let addr = serve_local(app, ServeOptions::default()).await;
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(
+        b"POST /commands/ticket/t-2 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+          Content-Length: 40\r\n\r\n{\"type\":",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (answer, _) = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        store
+            .read_stream(&StreamId::new("ticket", "t-2"), 1, None)
+            .await
+            .is_err(),
+        "a command with a half-sent body was stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_beyond_the_cap_get_503_and_wait_ms_beyond_the_maximum_400() {
+    let (store, dir) = support::embedded();
+    let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Arc::clone(&store)));
+    let runner = ProjectionRunner::new(Arc::clone(&store), bus, dir.path().join("read-models"));
+    let tickets = runner.spawn(Tickets).unwrap();
+    let limits = QueryLimits {
+        max_waiters: 2,
+        max_wait: Duration::from_secs(5),
+    };
+    let dashboard = QueryDashboard::new(runner.health())
+        .read_model(&tickets)
+        .with_limits(limits)
+        .router();
+
+    let never = "/read-models/tickets/tickets?wait_for=ticket/t-1@99&wait_ms=1500";
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let dashboard = dashboard.clone();
+            tokio::spawn(async move { call(&dashboard, get(never)).await.0 })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, response) = call(&dashboard, get(never)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body = json_of(response).await;
+    assert_eq!(
+        (body["error"].clone(), body["limit"].clone()),
+        (json!("too_many_waiters"), json!(2))
+    );
+    for waiter in waiting {
+        assert_eq!(waiter.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    // The waiters are done: a new one may wait again.
+    let (status, response) = call(
+        &dashboard,
+        get("/read-models/tickets/tickets?wait_for=ticket/t-1@99&wait_ms=10"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json_of(response).await["error"], "not_applied_yet");
+
+    let (status, response) = call(
+        &dashboard,
+        get("/read-models/tickets/tickets?wait_for=ticket/t-1@1&wait_ms=5001"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let body = json_of(response).await;
+    assert_eq!(body["error"], "invalid_parameter");
+    assert!(
+        body["message"].as_str().unwrap().contains("0 to 5000"),
+        "{body}"
+    );
+    tickets.stop().await;
+}
+
+fn command_with(headers: &[(&str, &str)], body: &str) -> Request<Body> {
+    let mut request = Request::post("/commands/ticket/t-1");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Body::from(body.to_owned())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_pages_cannot_write_rebind_or_post_non_json() {
+    let (store, _dir) = support::embedded();
+    let app = commands(&store);
+    let open = r#"{"type": "Open", "title": "t"}"#;
+    let json = ("content-type", "application/json");
+    for (headers, body, expected, code) in [
+        // A simple (preflight-free) cross-site POST: text/plain or a form.
+        (
+            vec![("content-type", "text/plain")],
+            open,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            vec![("content-type", "application/x-www-form-urlencoded")],
+            "type=Open",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            vec![],
+            open,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        // DNS rebinding: the page's own name in Host.
+        (
+            vec![json, ("host", "attacker.example:8080")],
+            open,
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected_host",
+        ),
+        // A write from another site.
+        (
+            vec![
+                json,
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://attacker.example"),
+            ],
+            open,
+            StatusCode::FORBIDDEN,
+            "cross_site",
+        ),
+        (
+            vec![
+                json,
+                ("host", "127.0.0.1:8080"),
+                ("sec-fetch-site", "cross-site"),
+            ],
+            open,
+            StatusCode::FORBIDDEN,
+            "cross_site",
+        ),
+    ] {
+        let (status, response) = call(&app, command_with(&headers, body)).await;
+        assert_eq!(status, expected, "{headers:?}");
+        assert_eq!(json_of(response).await["error"], code, "{headers:?}");
+    }
+    assert!(
+        store
+            .read_stream(&StreamId::new("ticket", "t-1"), 1, None)
+            .await
+            .is_err(),
+        "a refused request stored events"
+    );
+    // The service's own pages, programs and configured names and origins are served.
+    let app = CommandService::new(Arc::clone(&store))
+        .aggregate::<Ticket>()
+        .with_origin_policy(
+            OriginPolicy::new()
+                .allow_host("orders.internal")
+                .allow_origin("http://localhost:5173"),
+        )
+        .router();
+    let (status, _) = call(
+        &app,
+        command_with(
+            &[
+                json,
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://127.0.0.1:8080"),
+            ],
+            open,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for headers in [
+        vec![
+            json,
+            ("host", "orders.internal:8080"),
+            ("origin", "http://localhost:5173"),
+        ],
+        vec![
+            ("content-type", "application/json; charset=utf-8"),
+            ("host", "localhost:8080"),
+        ],
+    ] {
+        let (status, response) = call(
+            &app,
+            command_with(&headers, r#"{"type": "Comment", "text": "x"}"#),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{headers:?}: {}",
+            json_of(response).await
+        );
+    }
+    // Reads from any page are allowed, but only under an allowed host.
+    let read = Request::get("/aggregates/ticket/t-1")
+        .header("host", "127.0.0.1:8080")
+        .header("origin", "http://attacker.example")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&app, read).await.0, StatusCode::OK);
+    let rebound = Request::get("/aggregates/ticket/t-1")
+        .header("host", "attacker.example")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&app, rebound).await.0, StatusCode::MISDIRECTED_REQUEST);
 }

@@ -1,6 +1,8 @@
 //! Integration tests of the runtime: the store contract on every backend, the command path,
 //! snapshots, and PostgreSQL-specific guarantees.
 
+#[cfg(feature = "http")]
+mod access;
 mod command;
 mod domain;
 #[cfg(feature = "http")]

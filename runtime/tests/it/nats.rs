@@ -522,3 +522,65 @@ async fn a_version_the_store_lacks_fails_the_projection_by_name_and_stop_still_r
         .expect("stop returns while a key waits for a gap");
     delete_stream(&url, &options.stream).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_republishes_from_the_store_when_the_stream_lost_what_it_published() {
+    let Some(url) = support::service_url("NEXUS_TEST_NATS_URL") else {
+        return;
+    };
+    let options = unique_options();
+    let (store, dir) = support::embedded();
+    let bus = JetStreamBus::connect(&url, options.clone()).await.unwrap();
+    let first = relay(&store, &bus, dir.path(), "relay.db");
+    let handle = nats_runner(&store, &bus, dir.path(), RunnerOptions::default())
+        .spawn(Counter::new("wiped"))
+        .unwrap();
+    append(&store, "w", (0..10).map(|_| event(false)).collect()).await;
+    eventually(&handle, Duration::from_secs(10), "ten", async |h| {
+        count(h, "w").await == 10
+    })
+    .await;
+    first.stop().await;
+    // The stream is wiped (deleted and created again empty), as a server that lost its data.
+    delete_stream(&url, &options.stream).await;
+    let fresh = JetStreamBus::connect(&url, options.clone()).await.unwrap();
+    assert_eq!(fresh.stored_messages().await.unwrap(), 0);
+    let second = relay(&store, &fresh, dir.path(), "relay.db");
+    append(&store, "w", (0..5).map(|_| event(false)).collect()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fresh.stored_messages().await.unwrap() < 15 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream holds {} of 15 events",
+            fresh.stored_messages().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Restarting again republishes nothing: the stream holds what the checkpoint claims.
+    second.stop().await;
+    let third = relay(&store, &fresh, dir.path(), "relay.db");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fresh.stored_messages().await.unwrap(), 15);
+    eventually(&handle, Duration::from_secs(15), "fifteen", async |h| {
+        count(h, "w").await == 15
+    })
+    .await;
+    assert_eq!(
+        applied(&handle, "w").await,
+        (1..=15).collect::<Vec<_>>(),
+        "each once"
+    );
+    // A consumer that starts now on the new stream sees every event once.
+    let late = nats_runner(&store, &fresh, dir.path(), RunnerOptions::default())
+        .spawn(Counter::new("late"))
+        .unwrap();
+    eventually(&late, Duration::from_secs(10), "fifteen", async |h| {
+        count(h, "w").await == 15
+    })
+    .await;
+    assert_eq!(applied(&late, "w").await, (1..=15).collect::<Vec<_>>());
+    late.stop().await;
+    handle.stop().await;
+    third.stop().await;
+    delete_stream(&url, &options.stream).await;
+}

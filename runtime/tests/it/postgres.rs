@@ -355,3 +355,85 @@ async fn a_database_that_goes_away_gives_a_typed_error_and_nothing_half_written(
         .unwrap();
     assert_eq!(ok.version, 2);
 }
+
+/// What README.md tells operators to grant the role the services run under: read and insert
+/// events, nothing else on the event log (the owner runs the migrations).
+fn service_role_grants(role: &str) -> String {
+    format!(
+        "GRANT USAGE ON SCHEMA nexus TO {role}; \
+         GRANT SELECT, INSERT ON nexus.events TO {role}; \
+         GRANT USAGE ON SEQUENCE nexus.events_position_seq TO {role}; \
+         GRANT SELECT ON nexus.store_meta, nexus.schema_migrations TO {role};"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_runs_under_a_role_that_may_only_insert_and_select_events() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    // The owner migrates.
+    let owner = db.store().await;
+    let stream = StreamId::new("thing", "restricted");
+    owner
+        .append(&stream, ExpectedVersion::NoStream, vec![event(1)])
+        .await
+        .unwrap();
+    let role = format!("nexus_svc_{}", uuid::Uuid::now_v7().simple());
+    let admin = db.client().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; {}",
+            service_role_grants(&role)
+        ))
+        .await
+        .unwrap();
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(url, db.url, "the test URL names its user");
+    let result = async {
+        let store = PostgresStore::connect_with(
+            &url,
+            PostgresOptions {
+                partitions: 4,
+                ..PostgresOptions::default()
+            },
+        )
+        .await
+        .expect("the service role opens a migrated store");
+        store
+            .append(&stream, ExpectedVersion::Exact(1), vec![event(2)])
+            .await
+            .expect("the service role appends");
+        assert_eq!(store.read_stream(&stream, 1, None).await.unwrap().len(), 2);
+        assert_eq!(
+            store.read_all(LogPosition::START, 10).await.unwrap().len(),
+            2
+        );
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        for statement in [
+            "UPDATE nexus.events SET event_type = 'Rewritten'",
+            "DELETE FROM nexus.events",
+            "TRUNCATE nexus.events",
+            "ALTER TABLE nexus.events DISABLE TRIGGER USER",
+            "SET session_replication_role = replica",
+        ] {
+            let err = client.batch_execute(statement).await.expect_err(statement);
+            let message = err
+                .as_db_error()
+                .map(|e| e.message().to_owned())
+                .unwrap_or_default();
+            assert!(
+                message.contains("permission denied") || message.contains("must be owner"),
+                "{statement}: {message}"
+            );
+        }
+    }
+    .await;
+    let _ = admin
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await;
+    result
+}

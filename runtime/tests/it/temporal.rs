@@ -829,3 +829,264 @@ mod pg {
         });
     }
 }
+
+#[cfg(feature = "http")]
+mod http {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use http_body_util::BodyExt;
+    use nexus_runtime::http::access::{AccessControl, ApiKeyConfig, AuthConfig, digest_hex};
+    use nexus_runtime::http::{QueryDashboard, TemporalApi};
+    use nexus_runtime::projection::HealthRegistry;
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    struct Api {
+        _dir: tempfile::TempDir,
+        dashboard: Router,
+        commands: Router,
+        audit: Arc<SqliteAuditLog>,
+    }
+
+    async fn api() -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store: Arc<dyn EventStore> = Arc::new(EmbeddedStore::open(&path).unwrap());
+        fill(store.as_ref(), 60).await;
+        let handler = CommandHandler::new(Repository::<Ledger>::new(Arc::clone(&store)));
+        for amount in 1..=3 {
+            handler
+                .execute("l", &LedgerCommand::Deposit(amount), Metadata::default())
+                .await
+                .unwrap();
+        }
+        let key = |id: &str, role: &str| ApiKeyConfig {
+            id: id.to_owned(),
+            sha256: digest_hex(&format!("secret-{id}")),
+            roles: vec![role.to_owned()],
+        };
+        let config = AuthConfig {
+            api_keys: vec![
+                key("auditor", "auditor"),
+                key("other", "auditor"),
+                key("busy", "auditor"),
+                key("reader", "reader"),
+            ],
+            ..AuthConfig::default()
+        };
+        let access = AccessControl::load(&config, dir.path()).await.unwrap();
+        let audit = Arc::new(SqliteAuditLog::open(dir.path().join("audit.db")).unwrap());
+        let history: Arc<dyn History> = Arc::new(SqliteHistory::open(&path).unwrap());
+        let api = TemporalApi::new(history, audit.clone(), access)
+            .with_limits(TemporalLimits {
+                max_scan: 10,
+                ..TemporalLimits::default()
+            })
+            .aggregate::<Ledger>();
+        let dashboard = QueryDashboard::new(HealthRegistry::default())
+            .with_routes(api.dashboard_routes(), api.dashboard_openapi())
+            .router();
+        let commands = nexus_runtime::http::CommandService::new(store)
+            .with_routes(api.command_routes(), api.command_openapi())
+            .router();
+        Api {
+            _dir: dir,
+            dashboard,
+            commands,
+            audit,
+        }
+    }
+
+    async fn get(
+        router: &Router,
+        uri: &str,
+        key: Option<&str>,
+    ) -> (StatusCode, Value, Option<String>) {
+        let mut request = Request::get(uri);
+        if let Some(key) = key {
+            request = request.header(header::AUTHORIZATION, format!("Bearer secret-{key}"));
+        }
+        let response = router
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, body, retry_after)
+    }
+
+    fn range() -> String {
+        let from = (Utc::now() - chrono::Duration::hours(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let to = (Utc::now() + chrono::Duration::hours(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        format!("from={}&to={}", urlencode(&from), urlencode(&to))
+    }
+
+    fn urlencode(text: &str) -> String {
+        text.replace('+', "%2B").replace(':', "%3A")
+    }
+
+    #[test]
+    fn temporal_endpoints_authenticate_limit_page_and_audit_every_outcome() {
+        let runtime = runtime();
+        runtime.block_on(async {
+            let api = api().await;
+            let events = format!("/temporal/events?aggregate_type=invoice&{}", range());
+
+            // 401 without a credential, 403 without the permission.
+            let (status, _, _) = get(&api.dashboard, &events, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            let (status, body, _) = get(&api.dashboard, &events, Some("reader")).await;
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            assert!(body.to_string().contains("temporal:read"), "{body}");
+
+            // 422 naming the limit.
+            let long = format!(
+                "/temporal/events?aggregate_type=invoice&from={}&to={}",
+                urlencode(&(Utc::now() - chrono::Duration::days(91)).to_rfc3339()),
+                urlencode(&Utc::now().to_rfc3339())
+            );
+            let (status, body, _) = get(&api.dashboard, &long, Some("auditor")).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+            assert_eq!(body["error"], "range_too_long");
+            assert_eq!(body["limit_days"], 90);
+
+            // Partial pages with continuation tokens, then the rest, exactly.
+            let (status, first, _) = get(&api.dashboard, &events, Some("auditor")).await;
+            assert_eq!(status, StatusCode::OK, "{first}");
+            assert_eq!(first["partial"], true);
+            assert_eq!(first["reason"], "scan_limit");
+            let token = first["next_token"].as_str().unwrap().to_owned();
+            let mut positions: Vec<u64> = first["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["position"].as_u64().unwrap())
+                .collect();
+            let mut next = Some(token.clone());
+            while let Some(token) = next {
+                let (status, page, _) = get(
+                    &api.dashboard,
+                    &format!("{events}&token={token}"),
+                    Some("auditor"),
+                )
+                .await;
+                assert_eq!(status, StatusCode::OK, "{page}");
+                positions.extend(
+                    page["events"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| e["position"].as_u64().unwrap()),
+                );
+                next = page["next_token"].as_str().map(str::to_owned);
+            }
+            let unique: HashSet<u64> = positions.iter().copied().collect();
+            assert_eq!(unique.len(), 40, "the 40 invoice events, once each");
+
+            // A forged or edited token, and another client's token, are refused.
+            let mut edited = token.clone().into_bytes();
+            edited[5] = if edited[5] == b'A' { b'B' } else { b'A' };
+            let edited = String::from_utf8(edited).unwrap();
+            let (status, body, _) = get(
+                &api.dashboard,
+                &format!("{events}&token={edited}"),
+                Some("auditor"),
+            )
+            .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert_eq!(body["error"], "invalid_token");
+            let (status, body, _) = get(
+                &api.dashboard,
+                &format!("{events}&token={token}"),
+                Some("other"),
+            )
+            .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert_eq!(body["error"], "token_mismatch");
+
+            // 429 on the 11th request within a minute, with Retry-After, keyed by client.
+            for _ in 0..10 {
+                let (status, _, _) = get(&api.dashboard, &events, Some("busy")).await;
+                assert_eq!(status, StatusCode::OK);
+            }
+            let (status, body, retry_after) = get(&api.dashboard, &events, Some("busy")).await;
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(body["error"], "rate_limited");
+            let retry_after: u64 = retry_after.expect("Retry-After").parse().unwrap();
+            assert!((1..=60).contains(&retry_after), "{retry_after}");
+            let (status, _, _) = get(&api.dashboard, &events, Some("other")).await;
+            assert_eq!(status, StatusCode::OK, "another client is not limited");
+
+            // State as of a version, on the command service, through the same path.
+            let (status, body, _) = get(
+                &api.commands,
+                "/temporal/state/ledger/l?version=2",
+                Some("auditor"),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["state"]["balance"], 3);
+            assert_eq!(body["version"], 2);
+            let (status, _, _) = get(
+                &api.commands,
+                "/temporal/state/ledger/l?version=2",
+                Some("reader"),
+            )
+            .await;
+            assert_eq!(status, StatusCode::FORBIDDEN);
+
+            // Every outcome is in the audit log, readable with audit:read only.
+            let (status, _, _) = get(&api.dashboard, "/audit/temporal", Some("reader")).await;
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            let (status, page, _) = get(
+                &api.dashboard,
+                "/audit/temporal?limit=1000",
+                Some("auditor"),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            let entries = page["entries"].as_array().unwrap();
+            let seen = |outcome: &str, reason: Option<&str>, status: u64| {
+                entries.iter().any(|e| {
+                    e["outcome"] == outcome
+                        && reason.is_none_or(|r| e["reason"] == r)
+                        && e["status"] == status
+                })
+            };
+            assert!(seen("refused", Some("unauthenticated"), 401), "{page}");
+            assert!(seen("refused", Some("forbidden"), 403), "{page}");
+            assert!(seen("refused", Some("range_too_long"), 422), "{page}");
+            assert!(seen("partial", Some("scan_limit"), 200), "{page}");
+            assert!(seen("ok", None, 200), "{page}");
+            assert!(seen("refused", Some("invalid_token"), 400), "{page}");
+            assert!(seen("refused", Some("token_mismatch"), 400), "{page}");
+            assert!(seen("refused", Some("rate_limited"), 429), "{page}");
+            let forbidden = entries.iter().find(|e| e["status"] == 403).unwrap();
+            assert_eq!(forbidden["client_id"], "key:reader");
+            let partial = entries.iter().find(|e| e["outcome"] == "partial").unwrap();
+            assert_eq!(partial["client_id"], "key:auditor");
+            assert_eq!(partial["roles"], serde_json::json!(["auditor"]));
+            assert_eq!(partial["scanned"], 10);
+            let logged = api.audit.page(0, 1000).await.unwrap();
+            assert!(logged.len() >= entries.len());
+
+            // The OpenAPI documents describe the endpoints.
+            let (_, doc, _) = get(&api.dashboard, "/openapi.json", None).await;
+            assert!(doc["paths"]["/temporal/events"]["get"].is_object(), "{doc}");
+            assert!(doc["paths"]["/audit/temporal"]["get"].is_object());
+            let (_, doc, _) = get(&api.commands, "/openapi.json", None).await;
+            assert!(doc["paths"]["/temporal/state/{aggregate}/{id}"]["get"].is_object());
+        });
+    }
+}

@@ -102,6 +102,14 @@ pub enum ApiError {
     /// 42205.
     #[error("Operation not permitted: {0}")]
     NotPermitted(String),
+    /// 42206.
+    #[error("One or more references exist to the schema {{subject={subject},version={version}}}")]
+    ReferenceExists {
+        /// The subject.
+        subject: String,
+        /// The version other schemas refer to.
+        version: u32,
+    },
     /// 42208.
     #[error("Invalid subject: {0}")]
     InvalidSubject(String),
@@ -154,6 +162,7 @@ impl ApiError {
             ApiError::InvalidCompatibility(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42203),
             ApiError::InvalidMode(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42204),
             ApiError::NotPermitted(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42205),
+            ApiError::ReferenceExists { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42206),
             ApiError::InvalidSubject(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42208),
             ApiError::SchemaTooLarge { .. } | ApiError::BodyTooLarge { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, 42209)

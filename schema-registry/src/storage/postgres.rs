@@ -9,7 +9,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use tokio_postgres::{NoTls, Row, error::SqlState};
 
 use super::{
-    ConfigRecord, NewVersion, Result, Storage, StorageError, Usage, VersionRecord, fingerprint,
+    ConfigRecord, NewVersion, Result, SchemaReference, Storage, StorageError, Usage, VersionRecord,
+    fingerprint, fingerprint_with,
 };
 
 const MIGRATION: &str = "
@@ -31,6 +32,15 @@ CREATE TABLE IF NOT EXISTS registry_versions (
     PRIMARY KEY (subject, version)
 );
 CREATE INDEX IF NOT EXISTS registry_versions_by_schema ON registry_versions (schema_id);
+CREATE TABLE IF NOT EXISTS registry_references (
+    schema_id BIGINT NOT NULL REFERENCES registry_schemas (id),
+    position  INTEGER NOT NULL,
+    name      TEXT NOT NULL,
+    subject   TEXT NOT NULL,
+    version   INTEGER NOT NULL,
+    PRIMARY KEY (schema_id, position)
+);
+CREATE INDEX IF NOT EXISTS registry_references_by_target ON registry_references (subject, version);
 CREATE TABLE IF NOT EXISTS registry_config (
     subject             TEXT PRIMARY KEY,
     compatibility       TEXT NOT NULL,
@@ -236,6 +246,37 @@ impl Storage for PostgresStorage {
             .collect())
     }
 
+    async fn references(&self, id: i64) -> Result<Vec<SchemaReference>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT name, subject, version FROM registry_references WHERE schema_id = $1 ORDER BY position",
+                &[&id],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| SchemaReference {
+                name: r.get(0),
+                subject: r.get(1),
+                version: to_u32(r.get(2)),
+            })
+            .collect())
+    }
+
+    async fn referenced_by(&self, subject: &str, version: u32) -> Result<Vec<i64>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT DISTINCT schema_id FROM registry_references WHERE subject = $1 AND version = $2 ORDER BY schema_id",
+                &[&subject, &to_i32(version)?],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     async fn insert_version(&self, new: NewVersion) -> Result<(i64, u32)> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
@@ -253,13 +294,14 @@ impl Storage for PostgresStorage {
                 expected: new.expected_last,
             });
         }
-        let fp = fingerprint(&new.schema);
-        tx.execute(
-            "INSERT INTO registry_schemas (fingerprint, schema) VALUES ($1, $2) ON CONFLICT (fingerprint) DO NOTHING",
-            &[&fp, &new.schema],
-        )
-        .await
-        .map_err(backend)?;
+        let fp = fingerprint_with(&new.schema, &new.references);
+        let created = tx
+            .query_opt(
+                "INSERT INTO registry_schemas (fingerprint, schema) VALUES ($1, $2) ON CONFLICT (fingerprint) DO NOTHING RETURNING id",
+                &[&fp, &new.schema],
+            )
+            .await
+            .map_err(backend)?;
         let id: i64 = tx
             .query_one(
                 "SELECT id FROM registry_schemas WHERE fingerprint = $1",
@@ -268,6 +310,18 @@ impl Storage for PostgresStorage {
             .await
             .map_err(backend)?
             .get(0);
+        if created.is_some() {
+            for (position, r) in new.references.iter().enumerate() {
+                let position =
+                    i32::try_from(position).map_err(|e| StorageError::Backend(Box::new(e)))?;
+                tx.execute(
+                    "INSERT INTO registry_references (schema_id, position, name, subject, version) VALUES ($1, $2, $3, $4, $5)",
+                    &[&id, &position, &r.name, &r.subject, &to_i32(r.version)?],
+                )
+                .await
+                .map_err(backend)?;
+            }
+        }
         let version = last + 1;
         let major = i64::try_from(new.major).map_err(|e| StorageError::Backend(Box::new(e)))?;
         let inserted = tx

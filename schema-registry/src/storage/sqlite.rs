@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    ConfigRecord, NewVersion, Result, Storage, StorageError, Usage, VersionRecord, fingerprint,
+    ConfigRecord, NewVersion, Result, SchemaReference, Storage, StorageError, Usage, VersionRecord,
+    fingerprint, fingerprint_with,
 };
 
 const MIGRATION: &str = "
@@ -33,6 +34,15 @@ CREATE TABLE IF NOT EXISTS registry_versions (
     PRIMARY KEY (subject, version)
 );
 CREATE INDEX IF NOT EXISTS registry_versions_by_schema ON registry_versions (schema_id);
+CREATE TABLE IF NOT EXISTS registry_references (
+    schema_id INTEGER NOT NULL REFERENCES registry_schemas (id),
+    position  INTEGER NOT NULL,
+    name      TEXT NOT NULL,
+    subject   TEXT NOT NULL,
+    version   INTEGER NOT NULL,
+    PRIMARY KEY (schema_id, position)
+);
+CREATE INDEX IF NOT EXISTS registry_references_by_target ON registry_references (subject, version);
 CREATE TABLE IF NOT EXISTS registry_config (
     subject             TEXT PRIMARY KEY,
     compatibility       TEXT NOT NULL,
@@ -82,7 +92,8 @@ impl SqliteStorage {
         let conn = Connection::open(path).map_err(|e| StorageError::Unavailable(Box::new(e)))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        // FULL: an acknowledged schema id must survive a power cut.
+        conn.pragma_update(None, "synchronous", "FULL")
             .map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(backend)?;
@@ -216,6 +227,43 @@ impl Storage for SqliteStorage {
         .await
     }
 
+    async fn references(&self, id: i64) -> Result<Vec<SchemaReference>> {
+        self.run(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT name, subject, version FROM registry_references WHERE schema_id = ?1 ORDER BY position",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([id], |r| {
+                    Ok(SchemaReference {
+                        name: r.get(0)?,
+                        subject: r.get(1)?,
+                        version: r.get(2)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn referenced_by(&self, subject: &str, version: u32) -> Result<Vec<i64>> {
+        let subject = subject.to_owned();
+        self.run(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT DISTINCT schema_id FROM registry_references WHERE subject = ?1 AND version = ?2 ORDER BY schema_id",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![subject, version], |r| r.get(0))
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(backend)
+        })
+        .await
+    }
+
     async fn insert_version(&self, new: NewVersion) -> Result<(i64, u32)> {
         self.run(move |c| {
             let tx = c
@@ -234,8 +282,8 @@ impl Storage for SqliteStorage {
                     expected: new.expected_last,
                 });
             }
-            let fp = fingerprint(&new.schema);
-            tx.execute(
+            let fp = fingerprint_with(&new.schema, &new.references);
+            let created = tx.execute(
                 "INSERT INTO registry_schemas (fingerprint, schema) VALUES (?1, ?2) ON CONFLICT (fingerprint) DO NOTHING",
                 params![fp, new.schema],
             )
@@ -243,6 +291,15 @@ impl Storage for SqliteStorage {
             let id: i64 = tx
                 .query_row("SELECT id FROM registry_schemas WHERE fingerprint = ?1", [&fp], |r| r.get(0))
                 .map_err(backend)?;
+            if created > 0 {
+                for (position, r) in new.references.iter().enumerate() {
+                    tx.execute(
+                        "INSERT INTO registry_references (schema_id, position, name, subject, version) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![id, i64::try_from(position).unwrap_or(i64::MAX), r.name, r.subject, r.version],
+                    )
+                    .map_err(backend)?;
+                }
+            }
             let version = last + 1;
             let major = i64::try_from(new.major).map_err(|e| StorageError::Backend(Box::new(e)))?;
             tx.execute(
