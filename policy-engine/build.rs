@@ -50,7 +50,7 @@ fn facts_fingerprint() {
     use std::hash::{Hash as _, Hasher as _};
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/facts");
     let mut hasher = std::hash::DefaultHasher::new();
-    for name in ["syntax.rs", "strings.rs", "cache.rs"] {
+    for name in ["syntax.rs", "strings.rs", "macros.rs", "sql.rs", "cache.rs"] {
         let path = dir.join(name);
         println!("cargo::rerun-if-changed={}", path.display());
         std::fs::read_to_string(&path)

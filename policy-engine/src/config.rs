@@ -20,6 +20,22 @@ pub enum Role {
     Infrastructure,
 }
 
+/// How `nexus check` treats events when neither a registry nor a schemas folder is given
+/// (`[schemas] gate` in `nexus.toml`): events must conform before deployment, so by default
+/// an event nothing can verify is an error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaGate {
+    /// Fail the check (the default).
+    #[default]
+    Error,
+    /// Report, but pass.
+    Warning,
+}
+
+/// The event-store traits and types of `nexus-runtime`, always counted as event stores.
+pub const DEFAULT_STORE_TYPES: &[&str] = &["EventStore", "EmbeddedStore", "PostgresStore"];
+
 /// One service of the workspace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Service {
@@ -40,6 +56,11 @@ pub struct Config {
     pub services: Vec<Service>,
     /// Tables holding event records, lowercase, possibly schema-qualified.
     pub event_tables: Vec<String>,
+    /// Event-store traits and types ([`DEFAULT_STORE_TYPES`] plus `[event_store] types`); a
+    /// type implementing one of these traits is a store too.
+    pub store_types: Vec<String>,
+    /// What an event without a schema source is (`[schemas] gate`).
+    pub schema_gate: SchemaGate,
     /// Whether test code (`#[cfg(test)]`, `tests/`) is checked too.
     pub include_tests: bool,
     /// Folder of registered schemas, relative to the root.
@@ -59,6 +80,11 @@ impl Default for Config {
         Self {
             services: Vec::new(),
             event_tables: vec!["events".to_owned()],
+            store_types: DEFAULT_STORE_TYPES
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect(),
+            schema_gate: SchemaGate::Error,
             include_tests: false,
             schemas_dir: None,
             registry_url: None,
@@ -135,6 +161,8 @@ struct RawService {
 struct RawEventStore {
     #[serde(default)]
     tables: Option<toml::Spanned<Vec<String>>>,
+    #[serde(default)]
+    types: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -155,6 +183,8 @@ struct RawCheck {
 struct RawSchemas {
     dir: Option<String>,
     registry: Option<String>,
+    #[serde(default)]
+    gate: Option<SchemaGate>,
 }
 
 impl Config {
@@ -220,7 +250,15 @@ impl Config {
                 addresses: service.addresses,
             });
         }
-        if let Some(tables) = raw.event_store.and_then(|e| e.tables) {
+        let (tables, types) = raw
+            .event_store
+            .map_or((None, Vec::new()), |e| (e.tables, e.types));
+        for ty in types {
+            if !config.store_types.contains(&ty) {
+                config.store_types.push(ty);
+            }
+        }
+        if let Some(tables) = tables {
             let span = tables.span();
             let tables = tables.into_inner();
             if tables.is_empty() || tables.iter().any(|t| t.trim().is_empty()) {
@@ -240,6 +278,7 @@ impl Config {
         if let Some(schemas) = raw.schemas {
             config.schemas_dir = schemas.dir;
             config.registry_url = schemas.registry;
+            config.schema_gate = schemas.gate.unwrap_or_default();
         }
         Ok(config)
     }
@@ -306,6 +345,24 @@ tables = ["ES.\"Events\""]
         let err = Config::parse("nexus.toml", "[event_store]\n\ntable = [1]\n").unwrap_err();
         assert!(
             matches!(&err, ConfigError::Invalid(i) if i.line == Some(3)),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn store_types_add_to_the_defaults_and_the_gate_can_be_lowered() {
+        let config = Config::parse(
+            "nexus.toml",
+            "[event_store]\ntypes = [\"LedgerStore\"]\n[schemas]\ngate = \"warning\"\n",
+        )
+        .expect("valid config");
+        assert!(config.store_types.contains(&"EventStore".to_owned()));
+        assert!(config.store_types.contains(&"LedgerStore".to_owned()));
+        assert_eq!(config.schema_gate, SchemaGate::Warning);
+        assert_eq!(Config::default().schema_gate, SchemaGate::Error);
+        let err = Config::parse("nexus.toml", "[schemas]\ngate = \"off\"\n").unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid(i) if i.line == Some(2)),
             "{err:?}"
         );
     }

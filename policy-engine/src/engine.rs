@@ -179,38 +179,50 @@ impl RuleSet {
     }
 
     /// Evaluates every rule's `deny` set against `input` (built by [`crate::facts::gather`]).
-    pub fn evaluate(
-        &mut self,
-        input: regorus::Value,
-    ) -> Result<Vec<(usize, Violation)>, CheckError> {
+    ///
+    /// A rule that fails to evaluate (a Rego conflict, a `deny` of the wrong shape) does not
+    /// stop the others: its failure is returned in [`Evaluation::failures`].
+    pub fn evaluate(&mut self, input: regorus::Value) -> Evaluation {
         self.engine.set_input(input);
-        let mut out = Vec::new();
-        for (index, rule) in self.rules.iter().enumerate() {
+        let mut out = Evaluation::default();
+        for index in 0..self.rules.len() {
             let started = std::time::Instant::now();
-            let value = self
-                .engine
-                .eval_rule(format!("{}.deny", rule.package))
-                .map_err(|err| CheckError::Evaluation {
-                    rule: rule.name.clone(),
-                    message: err.to_string(),
-                })?;
-            tracing::debug!(rule = %rule.name, elapsed = ?started.elapsed(), "evaluated");
-            if value == regorus::Value::Undefined {
-                continue;
+            match self.evaluate_one(index) {
+                Ok(violations) => out
+                    .violations
+                    .extend(violations.into_iter().map(|v| (index, v))),
+                Err(message) => {
+                    tracing::warn!(rule = %self.rules[index].name, %message, "rule failed to evaluate");
+                    out.failures.push((index, message));
+                }
             }
-            let json = value.to_json_str().map_err(|err| CheckError::Evaluation {
-                rule: rule.name.clone(),
-                message: err.to_string(),
-            })?;
-            let violations: Vec<Violation> =
-                serde_json::from_str(&json).map_err(|err| CheckError::Evaluation {
-                    rule: rule.name.clone(),
-                    message: format!("`deny` must be a set of {{message, span, …}} objects: {err}"),
-                })?;
-            out.extend(violations.into_iter().map(|v| (index, v)));
+            tracing::debug!(rule = %self.rules[index].name, elapsed = ?started.elapsed(), "evaluated");
         }
-        Ok(out)
+        out
     }
+
+    fn evaluate_one(&mut self, index: usize) -> Result<Vec<Violation>, String> {
+        let rule = &self.rules[index];
+        let value = self
+            .engine
+            .eval_rule(format!("{}.deny", rule.package))
+            .map_err(|err| err.to_string())?;
+        if value == regorus::Value::Undefined {
+            return Ok(Vec::new());
+        }
+        let json = value.to_json_str().map_err(|err| err.to_string())?;
+        serde_json::from_str(&json)
+            .map_err(|err| format!("`deny` must be a set of {{message, span, …}} objects: {err}"))
+    }
+}
+
+/// What [`RuleSet::evaluate`] returns: violations and the rules that failed, by rule index.
+#[derive(Debug, Default)]
+pub struct Evaluation {
+    /// Each violation with the index of the rule that reported it.
+    pub violations: Vec<(usize, Violation)>,
+    /// Rules that failed to evaluate, with the engine's message.
+    pub failures: Vec<(usize, String)>,
 }
 
 /// The rule's `call_names` set: `Ok(None)` when the package does not define it.

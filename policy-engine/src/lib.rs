@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, SchemaGate};
 pub use diagnostic::{Finding, Label, Severity, Span, Suppression};
 pub use engine::{Rule, RuleSet, TestReport};
 pub use schemas::RegisteredSchema;
@@ -83,6 +83,9 @@ pub struct CheckOptions {
     pub no_builtin_rules: bool,
     /// Registered schemas fetched by the caller; `None` loads the configured schemas folder, if any.
     pub schemas: Option<Vec<RegisteredSchema>>,
+    /// Files of `schemas` the caller read in the deprecated flat layout ([`schemas::load_dir`]),
+    /// each reported once.
+    pub deprecated_schema_files: Vec<PathBuf>,
     /// Baseline file; `None` uses the configured one or `nexus-baseline.json` when it exists.
     pub baseline: Option<PathBuf>,
     /// Configuration; `None` reads `nexus.toml` under the root.
@@ -99,8 +102,10 @@ pub struct CheckReport {
     pub findings: Vec<Finding>,
     /// The rules that ran.
     pub rules: Vec<Rule>,
-    /// Number of Rust files read.
+    /// Number of Rust files read (every target's module tree).
     pub files: usize,
+    /// `.rs` files in the packages' folders that no target compiles, left alone.
+    pub skipped: usize,
     /// Text of the files read, by relative path (for rendering).
     pub sources: HashMap<String, Arc<str>>,
     /// The baseline file in use, relative to the root.
@@ -122,6 +127,7 @@ impl CheckReport {
     pub fn summary(&self) -> Summary {
         let mut summary = Summary {
             files: self.files,
+            skipped: self.skipped,
             rules: self.rules.len(),
             ..Summary::default()
         };
@@ -142,6 +148,8 @@ impl CheckReport {
 pub struct Summary {
     /// Rust files read.
     pub files: usize,
+    /// `.rs` files no target compiles, which were not read.
+    pub skipped: usize,
     /// Rules evaluated.
     pub rules: usize,
     /// Unsuppressed errors.
@@ -165,13 +173,19 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
     rule_dirs.extend(options.rules.iter().cloned());
     let mut rules = RuleSet::load(!options.no_builtin_rules, &rule_dirs)?;
 
+    let mut deprecated_schemas = options.deprecated_schema_files.clone();
     let schemas = match (&options.schemas, &config.schemas_dir) {
         (Some(schemas), _) => Some(schemas.clone()),
-        (None, Some(dir)) => Some(schemas::load_dir(&root.join(dir))?),
-        (None, None) if root.join("schemas").is_dir() => {
-            Some(schemas::load_dir(&root.join("schemas"))?)
+        (None, dir) => {
+            let dir = root.join(dir.as_deref().unwrap_or("schemas"));
+            if dir.is_dir() || config.schemas_dir.is_some() {
+                let loaded = schemas::load_dir(&dir)?;
+                deprecated_schemas.extend(loaded.deprecated);
+                Some(loaded.schemas)
+            } else {
+                None
+            }
         }
-        (None, None) => None,
     };
 
     let call_names = rules.call_names();
@@ -185,12 +199,26 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
         },
     )?;
     let started = std::time::Instant::now();
-    let violations = rules.evaluate(facts.input)?;
-    tracing::debug!(violations = violations.len(), elapsed = ?started.elapsed(), "evaluated rules");
+    let evaluation = rules.evaluate(facts.input);
+    tracing::debug!(violations = evaluation.violations.len(), elapsed = ?started.elapsed(), "evaluated rules");
     let mut sources = facts.sources;
 
     let mut findings = Vec::new();
-    for (index, violation) in violations {
+    for (index, message) in evaluation.failures {
+        let rule = &rules.rules()[index];
+        findings.push(suppress::meta_finding(
+            "NX904",
+            "rule-error",
+            Severity::Error,
+            Span::line_of(&rule.source, "", 1),
+            format!(
+                "rule {} `{}` failed to evaluate, so it checked nothing: {message}",
+                rule.code, rule.name
+            ),
+            "this is a defect of the rule, not of your code: report it with this message (for a rule of your own, `nexus rules test` runs its tests)",
+        ));
+    }
+    for (index, violation) in evaluation.violations {
         let rule = &rules.rules()[index];
         let severity = violation
             .severity
@@ -222,6 +250,27 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
             fingerprint: String::new(),
             suppressed: None,
         });
+    }
+    for file in &deprecated_schemas {
+        let rel = facts::cargo::relative(root, file);
+        findings.push(suppress::meta_finding(
+            "NX906",
+            "deprecated-schema-layout",
+            Severity::Warning,
+            Span::line_of(&rel, "", 1),
+            format!("`{rel}` is in the deprecated flat schemas layout"),
+            "move `<Subject>.json` to `<Subject>/1.0.0.json` and `<Subject>.v<N>.json` to `<Subject>/<N>.0.0.json`: one folder per subject, one file per semantic version, as `nexus schema check --dir` and `nexus new` use",
+        ));
+    }
+    for (message, span) in facts.notes {
+        findings.push(suppress::meta_finding(
+            "NX905",
+            "toolchain-fallback",
+            Severity::Note,
+            span,
+            message,
+            "install the pinned toolchain to check with it, or ignore this: the rules read source, not compiler output",
+        ));
     }
     for (message, span) in facts.parse_errors {
         findings.push(suppress::meta_finding(
@@ -265,6 +314,7 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
         findings,
         rules: rules.rules().to_vec(),
         files: facts.files,
+        skipped: facts.skipped,
         sources,
         baseline_path: baseline_rel,
     })

@@ -39,6 +39,27 @@ const META_RULES: &[(&str, &str, Severity, &str, &str)] = &[
         "a baseline entry matches no finding",
         "Run `nexus check --write-baseline` to drop fixed findings from the baseline.",
     ),
+    (
+        "NX904",
+        "rule-error",
+        Severity::Error,
+        "a rule failed to evaluate, so it checked nothing",
+        "Report the message: it is a defect of the rule. The other rules still ran.",
+    ),
+    (
+        "NX905",
+        "toolchain-fallback",
+        Severity::Note,
+        "the pinned toolchain is not installed, so `cargo metadata` ran with rustup's default one",
+        "Install the pinned toolchain, or ignore this: the rules read source, not compiler output.",
+    ),
+    (
+        "NX906",
+        "deprecated-schema-layout",
+        Severity::Warning,
+        "a schema file is in the deprecated flat layout",
+        "Move `<Subject>.json` to `<Subject>/1.0.0.json`: one folder per subject, one file per semantic version.",
+    ),
 ];
 
 /// `--format json`: `{"findings": […], "summary": {…}}`, suppressed findings left out.

@@ -28,11 +28,20 @@ pub fn scan(file: &str, text: &str) -> Vec<Allow> {
     }
     let toml = file.ends_with(".toml");
     let lines: Vec<&str> = text.lines().collect();
+    let comments = if toml {
+        lines
+            .iter()
+            .enumerate()
+            .filter_map(|(index, line)| {
+                comment_body(line, true).map(|(at, body)| (index, at, body))
+            })
+            .collect()
+    } else {
+        rust_line_comments(&lines)
+    };
     let mut allows = Vec::new();
-    for (index, line) in lines.iter().enumerate() {
-        let Some((comment_start, body)) = comment_body(line, toml) else {
-            continue;
-        };
+    for (index, comment_start, body) in comments {
+        let line = lines[index];
         let Some(rest) = body.trim_start().strip_prefix("nexus:allow") else {
             continue;
         };
@@ -89,8 +98,113 @@ pub fn scan(file: &str, text: &str) -> Vec<Allow> {
     allows
 }
 
-/// The start and text of a plain `//` or `#` comment on a line (not a doc comment, not inside a
-/// string literal).
+/// The plain `//` comments of Rust source (not doc comments): line index, byte offset in the
+/// line, and the text after `//`. A lexer, not a line scan: text inside string literals (raw,
+/// byte and multi-line ones too), char literals and block comments is never a comment.
+fn rust_line_comments<'t>(lines: &[&'t str]) -> Vec<(usize, usize, &'t str)> {
+    #[derive(Clone, Copy)]
+    enum State {
+        Code,
+        Str,
+        Raw(usize),
+        Block(usize),
+    }
+    let mut state = State::Code;
+    let mut out = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        let bytes = line.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            match state {
+                State::Str => match bytes[i] {
+                    b'\\' => i += 1,
+                    b'"' => state = State::Code,
+                    _ => {}
+                },
+                State::Raw(hashes) => {
+                    if bytes[i] == b'"'
+                        && bytes[i + 1..]
+                            .iter()
+                            .take(hashes)
+                            .filter(|b| **b == b'#')
+                            .count()
+                            == hashes
+                    {
+                        state = State::Code;
+                        i += hashes;
+                    }
+                }
+                State::Block(depth) => {
+                    if bytes[i..].starts_with(b"*/") {
+                        state = if depth == 1 {
+                            State::Code
+                        } else {
+                            State::Block(depth - 1)
+                        };
+                        i += 1;
+                    } else if bytes[i..].starts_with(b"/*") {
+                        state = State::Block(depth + 1);
+                        i += 1;
+                    }
+                }
+                State::Code => {
+                    let rest = &bytes[i..];
+                    if rest.starts_with(b"//") {
+                        if !matches!(rest.get(2), Some(b'/' | b'!')) {
+                            out.push((index, i, &line[i + 2..]));
+                        }
+                        break;
+                    } else if rest.starts_with(b"/*") {
+                        state = State::Block(1);
+                        i += 1;
+                    } else if let Some(hashes) = raw_string_start(bytes, i) {
+                        state = State::Raw(hashes);
+                        i += hashes
+                            + 1
+                            + usize::from(bytes[i] == b'b')
+                            + usize::from(bytes[i] == b'c');
+                    } else if bytes[i] == b'"' {
+                        state = State::Str;
+                    } else if bytes[i] == b'\'' {
+                        i += char_literal_len(&line[i..]);
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The number of `#` of a raw string literal (`r"`, `r#"`, `br##"`) starting at `i`.
+fn raw_string_start(bytes: &[u8], i: usize) -> Option<usize> {
+    let prefixed =
+        |at: usize| at == 0 || !(bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_');
+    let start = match bytes.get(i..i + 2) {
+        Some([b'b' | b'c', b'r']) if prefixed(i) => i + 2,
+        Some([b'r', _]) if prefixed(i) => i + 1,
+        _ => return None,
+    };
+    let hashes = bytes[start..].iter().take_while(|b| **b == b'#').count();
+    (bytes.get(start + hashes) == Some(&b'"')).then_some(hashes)
+}
+
+/// The length of a char literal at the start of `text` (`'a'`, `'\n'`, `'"'`), or 1 for a
+/// lifetime's quote.
+fn char_literal_len(text: &str) -> usize {
+    let mut chars = text.char_indices().skip(1);
+    match chars.next() {
+        Some((_, '\\')) => text[2..].find('\'').map_or(1, |end| end + 3),
+        Some((_, c)) => match chars.next() {
+            Some((at, '\'')) => at + 1,
+            _ => c.len_utf8().min(1),
+        },
+        None => 1,
+    }
+}
+
+/// The start and text of a plain `#` comment on a TOML line (not inside a string).
 fn comment_body(line: &str, toml: bool) -> Option<(usize, &str)> {
     let mut in_string = false;
     let mut escaped = false;
@@ -326,6 +440,30 @@ mod tests {
     fn mentions_in_strings_and_doc_comments_are_not_suppressions() {
         let text = "//! Write `// nexus:allow(NX003) reason=\"…\"` to accept a finding.\nlet s = \"// nexus:allow(NX003)\";\n/// nexus:allow(NX001)\n";
         assert!(scan("a.rs", text).is_empty());
+    }
+
+    #[test]
+    fn text_in_multi_line_raw_and_byte_strings_and_block_comments_is_not_a_suppression() {
+        let text = concat!(
+            "fn t() {\n",
+            "    let fixture = r#\"\n",
+            "    // nexus:allow(NX003)\n",
+            "    \"#;\n",
+            "    let plain = \"first line\n",
+            "    // nexus:allow(NX001)\n",
+            "    \";\n",
+            "    let bytes = br\"// nexus:allow(NX002)\";\n",
+            "    let quote = '\"'; let lifetime: &'static str = \"\";\n",
+            "    /* a block\n",
+            "    // nexus:allow(NX004)\n",
+            "    */\n",
+            "    run(); // nexus:allow(NX003) reason=\"real\"\n",
+            "}\n",
+        );
+        let allows = scan("a.rs", text);
+        assert_eq!(allows.len(), 1, "{allows:#?}");
+        assert_eq!(allows[0].span.line, 13);
+        assert_eq!(allows[0].reason.as_deref(), Some("real"));
     }
 
     #[test]

@@ -75,30 +75,45 @@ client_calls contains c if {
 	checked(c)
 }
 
+# A verb on a receiver whose declared type is a client of a client crate (a parameter
+# `client: &reqwest::Client`, a field `http: reqwest::Client`).
+client_calls contains c if {
+	some c in candidates
+	c.kind == "method"
+	c.name in verbs
+	object.get(c, "origin", "") == ""
+	words := regex.split(`[^A-Za-z0-9_]+`, object.get(c, "receiver_type", ""))
+	some crate in words
+	crate in value_clients
+	some word in words
+	client_type(word)
+	checked(c)
+}
+
+client_type(word) if endswith(word, "Client")
+
+client_type(word) if word == "Agent"
+
 # Methods on a tonic channel or endpoint act on the target given to its constructor.
 tonic_channel(path) if {
 	some part in split(path, "::")
 	part in {"Channel", "Endpoint"}
 }
 
-# A request verb with a URL literal is a client call whatever the receiver is.
+# A request verb with a URL (`a.url`: the argument starts with `scheme://`) is a client call
+# whatever the receiver is.
 client_calls contains c if {
 	some c in candidates
 	c.kind == "method"
 	c.name in url_verbs
 	some a in c.args
-	regex.match(`^[a-zA-Z][a-zA-Z0-9+.-]*://`, a.text)
+	a.url
 	checked(c)
 }
 
-# Host and host:port of an argument, when its text starts with a URL whose host is known.
-hosts(a) := {lower(m[1]), lower(concat("", [m[1], m[2]]))} if {
-	m := regex.find_all_string_submatch_n(`^[a-zA-Z][a-zA-Z0-9+.-]*://([A-Za-z0-9._-]+)(:[0-9]+)?`, a.text, 1)[0]
-}
-
-hosts(a) := {lower(m[1]), lower(concat("", [m[1], m[2]]))} if {
-	m := regex.find_all_string_submatch_n(`^([A-Za-z0-9._-]+)(:[0-9]+)(/.*)?$`, a.text, 1)[0]
-}
+# Lower-cased host and host:port of an argument that starts with a URL or `host:port`, computed
+# by `nexus check` (`a.hosts`), so each argument costs lookups, not regular expressions.
+hosts(a) := object.get(a, "hosts", [])
 
 resolved(a) if count(hosts(a)) > 0
 
@@ -134,13 +149,19 @@ targets(c, a) := {[s, via] |
 	some h in hosts(a)
 	some s in object.get(services_by_host, h, [])
 	s.package != c.package
-	via := sprintf("`%s`", [a.text])
+	via := host_via(a, h)
 } | {[s, via] |
 	some address in a.env
 	some s in object.get(services_by_env, address, [])
 	s.package != c.package
 	via := sprintf("the environment variable `%s`", [address])
 }
+
+# How a host was reached: the argument's text, or (for a settings field given several values)
+# the address it may hold.
+host_via(a, h) := sprintf("`%s`", [a.text]) if contains(lower(a.text), h)
+
+host_via(a, h) := sprintf("`%s`, which may hold `%s`", [a.text, h]) if not contains(lower(a.text), h)
 
 # The service built by the caller's package: the first one `nexus.toml` lists, as `nexus check`
 # itself picks it, so two services sharing a package cannot make this ambiguous.
@@ -198,16 +219,29 @@ deny contains v if {
 	}
 }
 
-# gRPC clients generated from a sibling's proto (`query_dashboard::…Client::connect`): every
-# sibling the path names, a set, since two path segments may each name one.
+# gRPC clients generated from a sibling's proto: every sibling the path names
+# (`query_dashboard::…Client::connect`), and the sibling whose folder holds the `.proto` file
+# declaring the client's service (`input.grpc_clients`, so an alias or a module named after the
+# proto package still resolves). A set, since two path segments may each name one.
 generated_siblings(c) := {s |
+	generated_call(c)
+	some segment in split(c.path, "::")
+	some s in object.get(services_by_ident, lower(segment), [])
+	s.package != c.package
+} | {s |
+	generated_call(c)
+	segments := split(c.path, "::")
+	owner := object.get(object.get(input, "grpc_clients", {}), segments[count(segments) - 2], null)
+	some s in sibling_services
+	s.package == owner
+	s.package != c.package
+}
+
+generated_call(c) if {
 	c.name in {"connect", "new", "with_origin"}
 	c.kind == "fn"
 	some suffix in {"Client::connect", "Client::new", "Client::with_origin"}
 	endswith(c.path, suffix)
-	some segment in split(c.path, "::")
-	some s in object.get(services_by_ident, lower(segment), [])
-	s.package != c.package
 }
 
 generated_sibling(c) if count(generated_siblings(c)) > 0
@@ -226,14 +260,15 @@ deny contains v if {
 	}
 }
 
-# A client call whose target is not statically known is a note, not silence. (A call whose
-# target is known, `any_resolved`, includes every call that addresses a sibling.)
+# A client call whose target is not statically known is a note, not silence, in a workspace
+# that has sibling services to protect. (A call whose target is known, `any_resolved`, includes
+# every call that addresses a sibling.)
 deny contains v if {
+	count(sibling_services) > 0
 	some c in client_calls
 	not any_resolved(c)
 	not generated_sibling(c)
 	not generated_client(c)
-	not any_resolved(c)
 	v := {
 		"message": sprintf("cannot tell statically which host this `%s` call reaches", [c.name]),
 		"span": c.span,

@@ -12,7 +12,12 @@ services := [
 
 call(path, args) := {"kind": "fn", "name": "get", "path": path, "origin": "", "receiver": "", "package": "command-service", "test": false, "span": span, "args": args}
 
-arg(text, env) := {"span": span, "text": text, "env": env, "origins": []}
+# `nexus check` computes `hosts` and `url` in Rust (`facts::strings::hosts`); this stands in for it.
+arg(text, env) := {"span": span, "text": text, "env": env, "origins": [], "url": contains(text, "://"), "hosts": hosts_of(text)}
+
+hosts_of(text) := [lower(concat("", [m[1], m[2]])), lower(m[1])] if {
+	m := regex.find_all_string_submatch_n(`^[a-z]+://([A-Za-z0-9._-]+)(:[0-9]+)?`, text, 1)[0]
+} else := []
 
 input_with(calls) := {"config": {"services": services, "include_tests": false}, "calls": calls}
 

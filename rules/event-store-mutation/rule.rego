@@ -77,9 +77,57 @@ deny contains v if {
 	}
 }
 
+# Whether a type (as written: `&impl EventStore`, `Arc<dyn EventStore>`, `PostgresStore`) names
+# an event store: one of `input.config.store_types`, the configured store traits and types plus
+# the workspace's types implementing those traits.
+store_type(t) if {
+	some word in regex.split(`[^A-Za-z0-9_]+`, t)
+	word in input.config.store_types
+}
+
+# A method is a store mutation only on a store. The receiver's type comes from a parameter, a
+# typed `let`, a constructor or a field's declaration; a receiver built by a call whose type is
+# unknown (`async_nats::jetstream::new(client)`) is a store only when that call's path names a
+# store type. A receiver nothing is known about is reported, so a mutation is never missed.
+store_receiver(c) if store_type(object.get(c, "receiver_type", ""))
+
+store_receiver(c) if {
+	object.get(c, "receiver_type", "") == ""
+	store_type(object.get(c, "origin", ""))
+}
+
+store_receiver(c) if {
+	object.get(c, "receiver_type", "") == ""
+	object.get(c, "origin", "") == ""
+}
+
+# A function call (`EventStore::delete_stream(store, …)`, an imported store function) mutates
+# when its path names a store type or a `store` module; a local helper named like a mutation
+# (`delete_stream(url, name)`) does not.
+store_function(c) if {
+	segments := split(c.path, "::")
+	count(segments) > 1
+	some segment in array.slice(segments, 0, count(segments) - 1)
+	store_segment(segment)
+}
+
+store_segment(segment) if segment in input.config.store_types
+
+store_segment(segment) if segment in {"store", "event_store", "nexus_runtime"}
+
+mutation_call(c) if {
+	c.kind == "method"
+	store_receiver(c)
+}
+
+mutation_call(c) if {
+	c.kind == "fn"
+	store_function(c)
+}
+
 deny contains v if {
 	some c in calls_named(store_mutations)
-	c.kind != "macro"
+	mutation_call(c)
 	checked(c)
 	v := {
 		"message": sprintf("`%s` changes recorded events", [c.name]),

@@ -10,7 +10,7 @@ sql_call(name, op, table) := {
 	"args": [{"span": span, "text": "…", "origins": [], "env": [], "sql": {"ops": [{"op": op, "table": table, "name": split(table, ".")[count(split(table, ".")) - 1]}], "locks": false}}],
 }
 
-config := {"event_tables": ["events"], "include_tests": false}
+config := {"event_tables": ["events"], "include_tests": false, "store_types": ["EventStore", "PostgresStore"]}
 
 test_delete_from_events_is_flagged if {
 	count(rule.deny) == 1 with input as {"config": config, "calls": [sql_call("query", "delete", "events")]}
@@ -38,4 +38,26 @@ test_store_method_is_flagged_outside_tests if {
 	count(rule.deny) == 1 with input as {"config": config, "calls": [call]}
 	test_call := object.union(call, {"test": true})
 	count(rule.deny) == 0 with input as {"config": config, "calls": [test_call]}
+}
+
+store_call(fields) := object.union({"kind": "method", "name": "delete_stream", "test": false, "span": span, "args": []}, fields)
+
+test_the_receiver_type_decides if {
+	count(rule.deny) == 1 with input as {"config": config, "calls": [store_call({"receiver_type": "&impl EventStore"})]}
+	count(rule.deny) == 1 with input as {"config": config, "calls": [store_call({"receiver_type": "std::sync::Arc<dyn EventStore + Send>"})]}
+	count(rule.deny) == 1 with input as {"config": config, "calls": [store_call({"receiver_type": "PostgresStore"})]}
+	count(rule.deny) == 0 with input as {"config": config, "calls": [store_call({"receiver_type": "async_nats::jetstream::Context"})]}
+	count(rule.deny) == 0 with input as {"config": config, "calls": [store_call({"receiver_type": "EventStoreClient"})]}
+}
+
+test_a_receiver_built_by_a_call_is_a_store_only_if_the_call_names_one if {
+	count(rule.deny) == 0 with input as {"config": config, "calls": [store_call({"origin": "async_nats::jetstream::new"})]}
+	count(rule.deny) == 1 with input as {"config": config, "calls": [store_call({"origin": "PostgresStore::connect"})]}
+}
+
+test_a_local_function_named_like_a_mutation_is_not_one if {
+	local := {"kind": "fn", "name": "delete_stream", "path": "delete_stream", "test": false, "span": span, "args": []}
+	count(rule.deny) == 0 with input as {"config": config, "calls": [local]}
+	ufcs := object.union(local, {"path": "EventStore::delete_stream"})
+	count(rule.deny) == 1 with input as {"config": config, "calls": [ufcs]}
 }

@@ -12,23 +12,28 @@ metadata := {
 # This rule reads no calls (`nexus check` passes only the calls some rule names).
 call_names := set()
 
-services[p.name] := s if {
-	some p in input.packages
-	some s in input.config.services
-	s.package == p.name
+# The service a package builds: the first one `nexus.toml` lists for it (as `nexus check` picks
+# it), so two services sharing a package, or a package listed twice, give one answer.
+service(name) := names[0] if {
+	names := [s |
+		some s in input.config.services
+		s.package == name
+		name in {p.name | some p in input.packages}
+	]
+	count(names) > 0
 }
 
 deny contains v if {
 	some r in input.reach
 	not r.dev
-	from := services[r.from]
-	to := services[r.to]
+	from := service(r.from)
+	to := service(r.to)
 	from.name != to.name
 	to.role != "infrastructure"
 	not through_service(r)
 	first := r.hops[0]
 	chain := concat(" → ", r.chain)
-	kinds := {k | some h in r.hops; k := describe(h)}
+	kinds := {k | some h in r.hops; some k in describe(h)}
 	v := {
 		"message": sprintf("`%s` (%s) depends on `%s` (%s): %s", [from.name, side[from.role], to.name, side[to.role], chain]),
 		"span": first.span,
@@ -48,16 +53,20 @@ through_service(r) if {
 	some i, name in r.chain
 	i > 0
 	i < count(r.chain) - 1
-	services[name].role != "infrastructure"
+	service(name).role != "infrastructure"
 }
 
-describe(h) := "optional" if h.optional
-
-describe(h) := "target-specific" if h.target != null
-
-describe(h) := "renamed" if h.rename != null
-
-describe(h) := "workspace-inherited" if h.workspace
+# Every way a hop is declared: one dependency may be optional, target-specific, renamed and
+# inherited at once, so this is a set, never one value per hop.
+describe(h) := {k |
+	some [k, declared] in [
+		["optional", h.optional == true],
+		["target-specific", object.get(h, "target", null) != null],
+		["renamed", object.get(h, "rename", null) != null],
+		["workspace-inherited", h.workspace == true],
+	]
+	declared
+}
 
 suffix(kinds) := "" if count(kinds) == 0
 

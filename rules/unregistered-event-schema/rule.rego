@@ -18,12 +18,17 @@ checked(_) if input.config.include_tests
 
 majors(subject) := {s.major_version | some s in input.schemas; s.subject == subject}
 
-# The newest registered schema of the event's subject and major version.
-schema_for(e) := s.schema if {
-	some s in input.schemas
-	s.subject == e.event_type
-	s.major_version == e.version
-	s.version == max({x.version | some x in input.schemas; x.subject == e.event_type; x.major_version == e.version})
+# The newest registered schema of the event's subject and major version: the first listed when
+# two sources register the same version, so duplicates never make this two values.
+schema_for(e) := newest[0] if {
+	versions := {x.version | some x in input.schemas; x.subject == e.event_type; x.major_version == e.version}
+	count(versions) > 0
+	newest := [s.schema |
+		some s in input.schemas
+		s.subject == e.event_type
+		s.major_version == e.version
+		s.version == max(versions)
+	]
 }
 
 deny contains v if {
@@ -35,7 +40,7 @@ deny contains v if {
 		"message": sprintf("event `%s` (major version %d) has no registered schema", [e.event_type, e.version]),
 		"span": e.span,
 		"label": sprintf("`%s` implements `DomainEvent`", [e.type_name]),
-		"help": sprintf("register a JSON Schema under subject `%s` with `major_version` %d (or add `schemas/%s.v%d.json`) before publishing it", [e.event_type, e.version, e.event_type, e.version]),
+		"help": sprintf("register a JSON Schema under subject `%s` with `major_version` %d (or add `schemas/%s/%d.0.0.json`) before publishing it", [e.event_type, e.version, e.event_type, e.version]),
 	}
 }
 
@@ -116,7 +121,14 @@ compared contains [e, part, fields, wrapper] if {
 	some [part, fields, wrapper] in layers(e, schema)
 }
 
-fields_of(fields) := {f.name: f | some f in fields}
+# The field serialised under `name`: the first one, when serde writes two under one name (a
+# rename onto another field, a tag named like a field), so the lookup has one answer.
+field_named(fields, name) := found[0] if {
+	found := [f | some f in fields; f.name == name]
+	count(found) > 0
+}
+
+field_names(fields) := {f.name | some f in fields}
 
 # "field `x` of event `E`", "field `x` inside `data` of event `E`", "serde tag `type` of event `E`".
 describe(e, f, "") := sprintf("field `%s` of event `%s`", [f.name, e.event_type]) if not f.added
@@ -149,7 +161,7 @@ wrapper_key(e) := e.serde.variant if style(e) == "external"
 deny contains v if {
 	some [e, part, fields, wrapper] in compared
 	some name in object.get(part, "required", [])
-	not fields_of(fields)[name]
+	not name in field_names(fields)
 	v := {
 		"message": sprintf("event `%s` has no field `%s`%s, which its registered schema requires", [e.event_type, name, inside(wrapper)]),
 		"span": e.span,
@@ -161,7 +173,7 @@ deny contains v if {
 deny contains v if {
 	some [e, part, fields, wrapper] in compared
 	some name in object.get(part, "required", [])
-	f := fields_of(fields)[name]
+	f := field_named(fields, name)
 	f.optional
 	v := {
 		"message": sprintf("%s is optional, but its registered schema requires it", [describe(e, f, wrapper)]),
@@ -231,16 +243,18 @@ type_matches("integer", declared) if {
 	"number" in declared
 }
 
-# Without a registry URL or a schemas folder, say so instead of passing silently.
+# Without a registry URL or a schemas folder nothing can verify an event, and events must conform
+# to a registered schema before deployment: an error by default, a warning with
+# `[schemas] gate = "warning"` in `nexus.toml`.
 deny contains v if {
 	not input.schemas_loaded
 	some e in input.events
 	checked(e)
 	v := {
-		"message": sprintf("cannot verify the schema of event `%s`: no schema registry or schemas folder was given", [e.event_type]),
+		"message": sprintf("cannot verify the schema of event `%s`: no schema registry or schemas folder is configured", [e.event_type]),
 		"span": e.span,
 		"label": "unverified event",
-		"severity": "note",
-		"help": "pass `--registry URL` or `--schemas DIR`, or set `[schemas] registry`/`dir` in `nexus.toml`",
+		"severity": object.get(input.config, "schema_gate", "error"),
+		"help": sprintf("add its JSON Schema as `schemas/%s/%d.0.0.json` (`nexus new` generates the folder), or name a registry with `--registry URL` or `[schemas] registry` in `nexus.toml`; `[schemas] gate = \"warning\"` makes this a warning", [e.event_type, e.version]),
 	}
 }

@@ -27,11 +27,14 @@ test_type_mismatch_is_flagged if {
 	count(rule.deny) == 1 with input as object.union(base, {"events": [event([field("id", "string", false)])], "schemas": [schema(doc)]})
 }
 
-test_without_schemas_each_event_gets_a_note if {
+test_without_schemas_each_event_is_an_error_unless_the_gate_is_lowered if {
 	violations := rule.deny with input as {"config": {"include_tests": false}, "schemas_loaded": false, "events": [event(null)], "schemas": []}
 	count(violations) == 1
 	some v in violations
-	v.severity == "note"
+	v.severity == "error"
+	lowered := rule.deny with input as {"config": {"include_tests": false, "schema_gate": "warning"}, "schemas_loaded": false, "events": [event(null)], "schemas": []}
+	some w in lowered
+	w.severity == "warning"
 }
 
 tagged(fields, serde) := object.union(event(fields), {"serde": serde})

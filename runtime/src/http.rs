@@ -31,13 +31,14 @@ pub use serve::{ServeOptions, serve, serve_until, serve_with, shutdown_signal};
 pub use temporal::TemporalApi;
 
 /// Adds what every Nexus service serves beside its own routes: `/openapi.json` (`openapi`),
-/// `/metrics`, JSON errors for unknown routes and methods, the body limits, per-route request
-/// metrics labelled with `service`, and a correlation id and `tracing` span per request.
+/// `/metrics`, JSON errors for unknown routes and methods, the body limits, the origin guard
+/// (`Host`, cross-site writes, JSON bodies), per-route request metrics labelled with `service`, and a correlation id and `tracing` span per request.
 fn with_service_routes(
     routes: Router,
     service: &str,
     openapi: serde_json::Value,
     limits: BodyLimits,
+    origins: access::OriginPolicy,
 ) -> Router {
     let openapi = std::sync::Arc::new(openapi);
     let service: std::sync::Arc<str> = service.into();
@@ -53,6 +54,7 @@ fn with_service_routes(
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::Extension(limits))
+        .layer(origins.layer())
         .layer(axum::middleware::from_fn(move |request, next| {
             metrics::track(std::sync::Arc::clone(&service), request, next)
         }))

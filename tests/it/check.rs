@@ -125,7 +125,7 @@ fn check_exits_2_when_it_cannot_run() {
 
 #[test]
 fn an_unparsable_file_is_reported_not_fatal() {
-    let dir = workspace(VIOLATING);
+    let dir = workspace(&format!("mod broken;\n{VIOLATING}"));
     write(dir.path(), "src/broken.rs", "fn broken( {\n");
     let out = nexus(&["check", "--format", "json"], dir.path());
     assert_eq!(
@@ -141,6 +141,78 @@ fn an_unparsable_file_is_reported_not_fatal() {
         .map(|f| f["name"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(rules, vec!["parse-error", "event-store-mutation"]);
+}
+
+/// A real workspace: a `test_data/` folder of broken `.rs` files no target compiles, modules
+/// reached through `#[path]` and `include!`, and a `rust-toolchain.toml` pinning a toolchain that
+/// is not installed.
+#[test]
+fn only_compiled_files_are_checked_and_a_missing_pinned_toolchain_falls_back() {
+    let dir = workspace(&format!(
+        "#[path = \"../generated/store.rs\"]\nmod store;\ninclude!(\"parts.rs\");\n{CLEAN}"
+    ));
+    write(dir.path(), "generated/store.rs", VIOLATING);
+    write(
+        dir.path(),
+        "src/parts.rs",
+        "pub async fn wipe(pool: &sqlx::PgPool) {\n    sqlx::query(\"TRUNCATE events\").execute(pool).await.unwrap();\n}\n",
+    );
+    write(dir.path(), "test_data/broken.rs", "fn broken( {\n");
+    write(dir.path(), "test_data/deeper/also_broken.rs", "impl {\n");
+    write(dir.path(), "src/orphan.rs", "fn orphan( {\n");
+    write(
+        dir.path(),
+        "rust-toolchain.toml",
+        "[toolchain]\nchannel = \"1.61.0\"\n",
+    );
+    let out = Command::new(nexus_bin())
+        .args(["check", "--format", "json"])
+        .arg(dir.path())
+        .current_dir(dir.path())
+        .env_remove("CARGO")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("NEXUS_REGISTRY_URL")
+        .output()
+        .expect("nexus runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("backtrace"),
+        "another tool's backtrace: {text}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let findings: Vec<(String, String)> = json["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap_or_default().to_owned(),
+                f["file"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("event-store-mutation", "generated/store.rs"),
+        ("toolchain-fallback", "rust-toolchain.toml"),
+        ("event-store-mutation", "src/parts.rs"),
+    ];
+    assert_eq!(
+        findings,
+        expected.map(|(a, b)| (a.to_owned(), b.to_owned())),
+        "{json:#}"
+    );
+    assert_eq!(json["summary"]["skipped"], 3, "{json:#}");
+    assert_eq!(json["summary"]["files"], 3, "{json:#}");
+    let note = json["findings"][1]["message"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("1.61.0") && note.contains("not installed"),
+        "{note}"
+    );
 }
 
 #[test]
@@ -235,7 +307,7 @@ fn sarif_output_validates_against_the_official_schema() {
     let out = nexus(&["check", "--format", "sarif"], dir.path());
     assert_eq!(out.status.code(), Some(1));
     let sarif: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let text = include_str!("../../policy-engine/tests/data/sarif-schema-2.1.0.json");
+    let text = include_str!("../../policy-engine/tests/it/data/sarif-schema-2.1.0.json");
     // The official schema's `run.language` pattern has a stray `]` Rust regex engines reject.
     let text = text.replace(
         r#""^[a-zA-Z]{2}|^[a-zA-Z]{2}-[a-zA-Z]{2}]?$""#,
@@ -537,11 +609,27 @@ impl DomainEvent for OrderShipped {
             .contains("`OrderShipped`")
     );
 
-    // Without a registry or schemas folder, events are notes, not errors.
+    // Without a registry or schemas folder, nothing verifies the events: an error by default
+    // (events must conform before deployment), a warning when `nexus.toml` lowers the gate.
+    let out = nexus(&["check", "--format", "json"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["summary"]["errors"], 2, "{json:#}");
+    let help = json["findings"][0]["help"].as_str().unwrap_or_default();
+    assert!(
+        help.contains("schemas/OrderPlaced/1.0.0.json") && help.contains("--registry"),
+        "the fix names where schemas go and how to name a registry: {help}"
+    );
+    write(
+        dir.path(),
+        "nexus.toml",
+        &format!("{CONFIG}\n[schemas]\ngate = \"warning\"\n"),
+    );
     let out = nexus(&["check", "--format", "json"], dir.path());
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(json["summary"]["notes"], 2);
+    assert_eq!(json["summary"]["warnings"], 2, "{json:#}");
+    write(dir.path(), "nexus.toml", CONFIG);
 
     // An unreachable registry makes the tool fail.
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -50,7 +50,8 @@ pub(crate) struct CheckArgs {
     /// Schema registry to verify event schemas against (Confluent-compatible REST API).
     #[arg(long, value_name = "URL", env = "NEXUS_REGISTRY_URL")]
     pub(crate) registry: Option<String>,
-    /// Folder of registered JSON Schemas (`<Subject>.json`, `<Subject>.v<N>.json`).
+    /// Folder of registered JSON Schemas: `<Subject>/<semver>.json` (the flat
+    /// `<Subject>.json` / `<Subject>.v<N>.json` layout is read with a deprecation warning).
     #[arg(long, value_name = "DIR", conflicts_with = "registry")]
     pub(crate) schemas: Option<PathBuf>,
     /// Baseline file of accepted findings (default: `nexus-baseline.json` at the root).
@@ -74,13 +75,16 @@ pub(crate) fn run(args: CheckArgs) -> anyhow::Result<Outcome> {
         .canonicalize()
         .with_context(|| format!("failed to open the workspace `{}`", args.path.display()))?;
     let config = Config::load(&root).map_err(|err| anyhow::Error::msg(miette::Report::new(err)))?;
+    let mut deprecated_schema_files = Vec::new();
     let schemas: Option<Vec<RegisteredSchema>> =
         match (&args.registry, &args.schemas, &config.registry_url) {
             (Some(url), _, _) | (None, None, Some(url)) => Some(fetch_registry(url)?),
-            (None, Some(dir), _) => Some(
-                nexus_policy_engine::schemas::load_dir(dir)
-                    .map_err(|err| anyhow::Error::msg(miette::Report::new(err)))?,
-            ),
+            (None, Some(dir), _) => {
+                let loaded = nexus_policy_engine::schemas::load_dir(dir)
+                    .map_err(|err| anyhow::Error::msg(miette::Report::new(err)))?;
+                deprecated_schema_files = loaded.deprecated;
+                Some(loaded.schemas)
+            }
             (None, None, None) => None,
         };
     let options = CheckOptions {
@@ -88,6 +92,7 @@ pub(crate) fn run(args: CheckArgs) -> anyhow::Result<Outcome> {
         rules: args.rules.clone(),
         no_builtin_rules: false,
         schemas,
+        deprecated_schema_files,
         baseline: args.baseline.clone(),
         config: Some(config),
         cache: !args.no_cache,
@@ -164,59 +169,41 @@ fn print_human(report: &CheckReport, color: Color) -> anyhow::Result<()> {
         "nexus check: {} error(s), {} warning(s), {} note(s), {} suppressed; {} files, {} rules",
         s.errors, s.warnings, s.notes, s.suppressed, s.files, s.rules
     ));
+    if s.skipped > 0 {
+        text.push_str(&format!(
+            "; {} .rs file(s) outside every target's module tree left alone",
+            s.skipped
+        ));
+    }
     output::line(&text)
 }
 
-/// Fetches every version of every subject from a Confluent-compatible registry.
+/// Fetches every version of every subject from a Confluent-compatible registry, with the
+/// registry's own client; each request is bounded in time.
 fn fetch_registry(url: &str) -> anyhow::Result<Vec<RegisteredSchema>> {
-    let base = url.trim_end_matches('/').to_owned();
+    let client = nexus_schema_registry::client::Client::new(url)
+        .with_context(|| format!("invalid schema registry URL `{}`", output::redact_url(url)))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
-        let get = |path: String| {
-            let client = client.clone();
-            let uri = format!("{base}{path}");
-            async move {
-                let request_uri: hyper::Uri = uri
-                    .parse()
-                    .with_context(|| format!("invalid registry URL `{uri}`"))?;
-                let response = tokio::time::timeout(
-                    std::time::Duration::from_secs(10),
-                    client.get(request_uri),
-                )
-                .await
-                .with_context(|| format!("schema registry did not answer `GET {uri}` within 10 s"))?
-                .with_context(|| format!("failed to reach the schema registry at `{uri}`"))?;
-                let status = response.status();
-                let body = http_body_util::BodyExt::collect(response.into_body())
-                    .await
-                    .with_context(|| format!("failed to read the response of `GET {uri}`"))?
-                    .to_bytes();
-                let text = String::from_utf8_lossy(&body).into_owned();
-                if !status.is_success() {
-                    anyhow::bail!("schema registry answered {status} to `GET {uri}`: {text}");
-                }
-                Ok::<String, anyhow::Error>(text)
-            }
-        };
-        let subjects: Vec<String> = serde_json::from_str(&get("/subjects".to_owned()).await?)
-            .context("the registry's `/subjects` is not a list of names")?;
+        let subjects = within("GET /subjects", client.subjects()).await?;
         let mut schemas = Vec::new();
         for subject in subjects {
-            let encoded = percent_encode(&subject);
-            let versions: Vec<u32> =
-                serde_json::from_str(&get(format!("/subjects/{encoded}/versions")).await?)
-                    .with_context(|| {
-                        format!("the registry's versions of `{subject}` are not a list of numbers")
-                    })?;
+            let versions = within(
+                &format!("GET /subjects/{subject}/versions"),
+                client.versions(&subject),
+            )
+            .await?;
             for version in versions {
-                let body = get(format!("/subjects/{encoded}/versions/{version}")).await?;
-                let schema = nexus_policy_engine::schemas::from_registry_response(&body)
-                    .map_err(|err| anyhow::Error::msg(miette::Report::new(err)))?;
+                let body = within(
+                    &format!("GET /subjects/{subject}/versions/{version}"),
+                    client.version(&subject, &version.to_string()),
+                )
+                .await?;
+                let schema =
+                    nexus_policy_engine::schemas::from_registry_response(&body.to_string())
+                        .map_err(|err| anyhow::Error::msg(miette::Report::new(err)))?;
                 schemas.push(schema);
             }
         }
@@ -224,13 +211,13 @@ fn fetch_registry(url: &str) -> anyhow::Result<Vec<RegisteredSchema>> {
     })
 }
 
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
+/// One registry request, answered within 10 s.
+async fn within<T, E: std::error::Error + Send + Sync + 'static>(
+    what: &str,
+    request: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), request)
+        .await
+        .map_err(|_| anyhow::anyhow!("the schema registry did not answer `{what}` within 10 s"))?
+        .with_context(|| format!("the schema registry failed `{what}`"))
 }

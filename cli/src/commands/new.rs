@@ -488,7 +488,7 @@ fn render(
             let mut text = serde_json::to_string_pretty(&schema)?;
             text.push('\n');
             files.insert(
-                PathBuf::from("schemas").join(format!("{subject}.json")),
+                PathBuf::from("schemas").join(&subject).join("1.0.0.json"),
                 text.into_bytes(),
             );
         }

@@ -584,9 +584,21 @@ fn scan(dir: &Path) -> anyhow::Result<Vec<SubjectFiles>> {
                 });
             }
         } else if is_schema_file(&path) {
+            // The flat layout `nexus check` used to read: `<subject>.json`, `<subject>.v<N>.json`.
+            tracing::warn!(
+                file = %path.display(),
+                "deprecated schemas layout: use one folder per subject with a file per semantic version (`<subject>/1.0.0.json`)"
+            );
+            let (subject, version) = match name.rsplit_once(".v") {
+                Some((subject, major)) if major.parse::<u64>().is_ok() => (
+                    subject.to_owned(),
+                    major.parse().ok().map(|m| semver::Version::new(m, 0, 0)),
+                ),
+                _ => (name, None),
+            };
             subjects.push(SubjectFiles {
-                subject: name,
-                versions: vec![(None, path)],
+                subject,
+                versions: vec![(version, path)],
             });
         }
     }

@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
+use nexus_runtime::http::access::OriginPolicy;
 use nexus_runtime::http::{CommandService, QueryDashboard, serve_until, shutdown_signal};
 use nexus_runtime::projection::{ProjectionRunner, ReadModels};
 use nexus_runtime::snapshot::embedded::EmbeddedSnapshotStore;
@@ -106,6 +107,24 @@ pub(crate) struct UpArgs {
     /// Print the service URLs (and demo steps) as JSON lines.
     #[arg(long)]
     json: bool,
+    /// Another name the services are reached by, besides IP addresses and `localhost`
+    /// (requests for other names are refused against DNS rebinding); repeatable.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_hosts: Vec<String>,
+    /// A web origin whose pages may send commands (`http://localhost:5173`); repeatable.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allow_origins: Vec<String>,
+}
+
+/// The hosts and origins the services accept, from `--allow-host` and `--allow-origin`.
+fn origin_policy(args: &UpArgs) -> OriginPolicy {
+    let policy = args
+        .allow_hosts
+        .iter()
+        .fold(OriginPolicy::new(), OriginPolicy::allow_host);
+    args.allow_origins
+        .iter()
+        .fold(policy, OriginPolicy::allow_origin)
 }
 
 pub(crate) fn run(args: UpArgs) -> anyhow::Result<Outcome> {
@@ -217,6 +236,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     let commands = CommandService::new(Arc::clone(&store))
         .with_snapshots(Arc::clone(&snapshots))
         .aggregate::<Order>()
+        .with_origin_policy(origin_policy(&args))
         .router();
 
     // The query side: the projection reads the bus, never the command service.
@@ -238,6 +258,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         .context("failed to open the orders read model")?;
     let dashboard = QueryDashboard::new(runner.health())
         .read_model(&orders)
+        .with_origin_policy(origin_policy(&args))
         .router();
 
     let (stop, stopped) = watch::channel(false);

@@ -26,6 +26,31 @@ pub struct PackageFact {
     /// The package's folder on disk (not serialised).
     #[serde(skip)]
     pub abs_dir: PathBuf,
+    /// The root files of its targets (lib, bins, tests, examples, benches, build script),
+    /// which the module tree starts from (not serialised).
+    #[serde(skip)]
+    pub roots: Vec<TargetRoot>,
+}
+
+/// The root file of one Cargo target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetRoot {
+    /// The file, absolute.
+    pub path: PathBuf,
+    /// Whether the target is test code (an integration test).
+    pub test: bool,
+}
+
+/// What [`load`] read.
+#[derive(Debug)]
+pub struct Workspace {
+    /// Local packages, sorted by name.
+    pub packages: Vec<PackageFact>,
+    /// The workspace's target folder.
+    pub target_dir: PathBuf,
+    /// Set when `cargo metadata` ran with the active toolchain because the one the workspace
+    /// pins is not installed: the toolchain file and what happened.
+    pub toolchain_fallback: Option<(PathBuf, String)>,
 }
 
 /// One declared dependency edge between two local packages.
@@ -64,9 +89,13 @@ pub struct ReachFact {
     pub dev: bool,
 }
 
-/// Loads local packages with `cargo metadata --no-deps --offline`; also returns the
-/// workspace's target folder.
-pub fn load(root: &Path) -> Result<(Vec<PackageFact>, PathBuf), CheckError> {
+/// Loads local packages with `cargo metadata --no-deps --offline`.
+///
+/// When the workspace pins a toolchain (`rust-toolchain.toml`) that is not installed, `cargo`
+/// fails before it reads anything; static analysis needs no particular compiler, so the command
+/// runs again with the toolchain rustup uses by default and [`Workspace::toolchain_fallback`]
+/// says so.
+pub fn load(root: &Path) -> Result<Workspace, CheckError> {
     let manifest = root.join("Cargo.toml");
     if !manifest.is_file() {
         return Err(CheckError::Workspace {
@@ -74,15 +103,47 @@ pub fn load(root: &Path) -> Result<(Vec<PackageFact>, PathBuf), CheckError> {
             message: "no `Cargo.toml` at the root".to_owned(),
         });
     }
-    let metadata = cargo_metadata::MetadataCommand::new()
-        .manifest_path(&manifest)
-        .no_deps()
-        .other_options(vec!["--offline".to_owned()])
-        .exec()
-        .map_err(|err| CheckError::Workspace {
-            root: root.display().to_string(),
-            message: format!("`cargo metadata` failed: {err}"),
-        })?;
+    let command = |toolchain: Option<&str>| {
+        let mut command = cargo_metadata::MetadataCommand::new();
+        command
+            .manifest_path(&manifest)
+            .current_dir(root)
+            .no_deps()
+            .other_options(vec!["--offline".to_owned()]);
+        // Never let rustup download a toolchain for a static check.
+        command.env("RUSTUP_AUTO_INSTALL", "0");
+        if let Some(toolchain) = toolchain {
+            command.env("RUSTUP_TOOLCHAIN", toolchain);
+        }
+        command.exec()
+    };
+    let failed = |err: cargo_metadata::Error| CheckError::Workspace {
+        root: root.display().to_string(),
+        message: format!("`cargo metadata` failed: {}", tool_error(&err)),
+    };
+    let mut toolchain_fallback = None;
+    let metadata = match command(None) {
+        Ok(metadata) => metadata,
+        Err(err) => {
+            let pinned = toolchain_file(root);
+            let fallback = pinned.as_ref().and(default_toolchain());
+            match (pinned, fallback) {
+                (Some(file), Some(toolchain)) => {
+                    let metadata = command(Some(&toolchain)).map_err(failed)?;
+                    tracing::debug!(error = %tool_error(&err), %toolchain, "fell back to the default toolchain");
+                    toolchain_fallback = Some((
+                        file,
+                        format!(
+                            "`cargo metadata` failed with the toolchain this file pins ({}), so the check used rustup's default toolchain `{toolchain}`; static analysis needs no particular compiler",
+                            tool_error(&err)
+                        ),
+                    ));
+                    metadata
+                }
+                _ => return Err(failed(err)),
+            }
+        }
+    };
     let root_dir = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     let local: BTreeMap<String, PathBuf> = metadata
         .packages
@@ -143,10 +204,65 @@ pub fn load(root: &Path) -> Result<(Vec<PackageFact>, PathBuf), CheckError> {
             dependencies,
             edges,
             abs_dir: dir,
+            roots: package
+                .targets
+                .iter()
+                .map(|target| TargetRoot {
+                    path: target.src_path.clone().into_std_path_buf(),
+                    test: target.is_kind(cargo_metadata::TargetKind::Test),
+                })
+                .collect(),
         });
     }
     packages.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok((packages, metadata.target_directory.into_std_path_buf()))
+    Ok(Workspace {
+        packages,
+        target_dir: metadata.target_directory.into_std_path_buf(),
+        toolchain_fallback,
+    })
+}
+
+/// The `rust-toolchain.toml` or `rust-toolchain` file that applies to `root`, if any.
+fn toolchain_file(root: &Path) -> Option<PathBuf> {
+    root.ancestors()
+        .flat_map(|dir| [dir.join("rust-toolchain.toml"), dir.join("rust-toolchain")])
+        .find(|file| file.is_file())
+}
+
+/// The toolchain rustup uses outside any override (`rustup default`), when rustup is there.
+fn default_toolchain() -> Option<String> {
+    let output = std::process::Command::new("rustup")
+        .arg("default")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let name = text.split_whitespace().next()?;
+    (output.status.success() && !name.is_empty()).then(|| name.to_owned())
+}
+
+/// Another tool's failure in a few lines: its `error:` lines and their causes, never a
+/// backtrace or the whole of its output.
+pub(crate) fn tool_error(err: &cargo_metadata::Error) -> String {
+    let text = match err {
+        cargo_metadata::Error::CargoMetadata { stderr } => stderr.clone(),
+        other => other.to_string(),
+    };
+    let mut lines: Vec<&str> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let lower = line.to_ascii_lowercase();
+        if lower.contains("backtrace") || lower.starts_with("thread '") || lines.len() == 4 {
+            break;
+        }
+        if !line.is_empty() && !line.starts_with("info:") {
+            lines.push(line);
+        }
+    }
+    if lines.is_empty() {
+        "it printed no error".to_owned()
+    } else {
+        lines.join(" ")
+    }
 }
 
 /// For every local package, the shortest chain to every other local package it reaches: first

@@ -22,11 +22,35 @@ pub struct SqlFact {
     pub error: Option<String>,
 }
 
+/// What a statement does to a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpKind {
+    /// `INSERT` without conflict handling that overwrites.
+    Insert,
+    /// `INSERT … ON CONFLICT DO UPDATE`, `ON DUPLICATE KEY UPDATE`.
+    Upsert,
+    /// `REPLACE INTO`, `INSERT OR REPLACE`, `INSERT OVERWRITE`.
+    Replace,
+    /// `UPDATE`.
+    Update,
+    /// `DELETE`.
+    Delete,
+    /// `TRUNCATE`.
+    Truncate,
+    /// `DROP TABLE`.
+    Drop,
+    /// `ALTER TABLE`.
+    Alter,
+    /// `MERGE INTO`.
+    Merge,
+}
+
 /// One operation on one table.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct SqlOp {
-    /// `insert`, `upsert`, `replace`, `update`, `delete`, `truncate`, `drop`, `alter` or `merge`.
-    pub op: &'static str,
+    /// What it does.
+    pub op: OpKind,
     /// Lowercased, unquoted, possibly schema-qualified table name (`es.events`).
     pub table: String,
     /// The last part of `table` (`events`).
@@ -125,7 +149,7 @@ struct Collector {
 }
 
 impl Collector {
-    fn push(&mut self, op: &'static str, name: &ObjectName) {
+    fn push(&mut self, op: OpKind, name: &ObjectName) {
         let parts: Vec<String> = name
             .0
             .iter()
@@ -143,7 +167,7 @@ impl Collector {
         });
     }
 
-    fn push_factor(&mut self, op: &'static str, factor: &TableFactor) {
+    fn push_factor(&mut self, op: OpKind, factor: &TableFactor) {
         if let TableFactor::Table { name, .. } = factor {
             self.push(op, name);
         }
@@ -164,25 +188,25 @@ impl Visitor for Collector {
         match statement {
             Statement::Insert(insert) => {
                 let op = match (&insert.on, &insert.or) {
-                    (Some(OnInsert::DuplicateKeyUpdate(_)), _) => "upsert",
+                    (Some(OnInsert::DuplicateKeyUpdate(_)), _) => OpKind::Upsert,
                     (Some(OnInsert::OnConflict(conflict)), _)
                         if matches!(conflict.action, OnConflictAction::DoUpdate(_)) =>
                     {
-                        "upsert"
+                        OpKind::Upsert
                     }
-                    (_, Some(SqliteOnConflict::Replace)) => "replace",
-                    _ if insert.replace_into => "replace",
-                    _ if insert.overwrite => "replace",
-                    _ => "insert",
+                    (_, Some(SqliteOnConflict::Replace)) => OpKind::Replace,
+                    _ if insert.replace_into => OpKind::Replace,
+                    _ if insert.overwrite => OpKind::Replace,
+                    _ => OpKind::Insert,
                 };
                 if let TableObject::TableName(name) = &insert.table {
                     self.push(op, name);
                 }
             }
-            Statement::Update(update) => self.push_factor("update", &update.table.relation),
+            Statement::Update(update) => self.push_factor(OpKind::Update, &update.table.relation),
             Statement::Delete(delete) => {
                 for name in &delete.tables {
-                    self.push("delete", name);
+                    self.push(OpKind::Delete, name);
                 }
                 let from = match &delete.from {
                     FromTable::WithFromKeyword(tables) | FromTable::WithoutKeyword(tables) => {
@@ -191,13 +215,13 @@ impl Visitor for Collector {
                 };
                 if delete.tables.is_empty() {
                     for table in from {
-                        self.push_factor("delete", &table.relation);
+                        self.push_factor(OpKind::Delete, &table.relation);
                     }
                 }
             }
             Statement::Truncate(truncate) => {
                 for target in &truncate.table_names {
-                    self.push("truncate", &target.name);
+                    self.push(OpKind::Truncate, &target.name);
                 }
             }
             Statement::Drop {
@@ -206,11 +230,11 @@ impl Visitor for Collector {
                 ..
             } => {
                 for name in names {
-                    self.push("drop", name);
+                    self.push(OpKind::Drop, name);
                 }
             }
-            Statement::AlterTable(alter) => self.push("alter", &alter.name),
-            Statement::Merge(merge) => self.push_factor("merge", &merge.table),
+            Statement::AlterTable(alter) => self.push(OpKind::Alter, &alter.name),
+            Statement::Merge(merge) => self.push_factor(OpKind::Merge, &merge.table),
             _ => {}
         }
         ControlFlow::Continue(())
@@ -221,7 +245,7 @@ impl Visitor for Collector {
 mod tests {
     use super::*;
 
-    fn ops(sql: &str) -> Vec<(&'static str, String)> {
+    fn ops(sql: &str) -> Vec<(OpKind, String)> {
         let fact = analyse(sql);
         assert!(fact.error.is_none(), "{sql}: {:?}", fact.error);
         fact.ops.into_iter().map(|o| (o.op, o.table)).collect()
@@ -231,39 +255,45 @@ mod tests {
     fn recognises_every_mutation_form() {
         assert_eq!(
             ops("update Events set payload = $1"),
-            vec![("update", "events".into())]
+            vec![(OpKind::Update, "events".into())]
         );
         assert_eq!(
             ops(r#"DELETE FROM "es"."events" WHERE id = 1"#),
-            vec![("delete", "es.events".into())]
+            vec![(OpKind::Delete, "es.events".into())]
         );
-        assert_eq!(ops("TRUNCATE events"), vec![("truncate", "events".into())]);
-        assert_eq!(ops("DROP TABLE events"), vec![("drop", "events".into())]);
+        assert_eq!(
+            ops("TRUNCATE events"),
+            vec![(OpKind::Truncate, "events".into())]
+        );
+        assert_eq!(
+            ops("DROP TABLE events"),
+            vec![(OpKind::Drop, "events".into())]
+        );
         assert_eq!(
             ops("ALTER TABLE events ADD COLUMN x int"),
-            vec![("alter", "events".into())]
+            vec![(OpKind::Alter, "events".into())]
         );
         assert_eq!(
             ops("INSERT INTO events (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET id = 2"),
-            vec![("upsert", "events".into())]
+            vec![(OpKind::Upsert, "events".into())]
         );
         assert_eq!(
             ops("INSERT INTO events (id) VALUES (1) ON CONFLICT DO NOTHING"),
-            vec![("insert", "events".into())]
+            vec![(OpKind::Insert, "events".into())]
         );
         assert_eq!(
             ops("REPLACE INTO events (id) VALUES (1)"),
-            vec![("replace", "events".into())]
+            vec![(OpKind::Replace, "events".into())]
         );
         assert_eq!(
             ops("WITH gone AS (DELETE FROM events WHERE id = 1 RETURNING *) SELECT * FROM gone"),
-            vec![("delete", "events".into())]
+            vec![(OpKind::Delete, "events".into())]
         );
         assert_eq!(
             ops(
                 "MERGE INTO events e USING incoming i ON e.id = i.id WHEN MATCHED THEN UPDATE SET payload = i.payload"
             ),
-            vec![("merge", "events".into())]
+            vec![(OpKind::Merge, "events".into())]
         );
     }
 

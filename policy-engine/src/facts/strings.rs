@@ -21,6 +21,9 @@ pub enum StrExpr {
     Env(String),
     /// A value bound elsewhere (a `let` or a `const`): the definition's span and its value.
     Bound(Span, Box<StrExpr>),
+    /// A struct field (`settings.warranty_url`), resolved through the values the package gives
+    /// fields of that name.
+    Field(String),
     /// Not statically known.
     Unknown,
 }
@@ -29,7 +32,7 @@ impl StrExpr {
     /// Whether the expression contains any statically known piece (or environment variable).
     pub fn is_informative(&self) -> bool {
         match self {
-            Self::Lit(_) | Self::Env(_) | Self::Const(_) => true,
+            Self::Lit(_) | Self::Env(_) | Self::Const(_) | Self::Field(_) => true,
             Self::Concat(parts) => parts.iter().any(Self::is_informative),
             Self::Bound(_, inner) => inner.is_informative(),
             Self::Unknown => false,
@@ -50,21 +53,35 @@ pub struct ArgFact {
     pub env: Vec<String>,
     /// Where the pieces came from (a `const` or `let`), when not written in place.
     pub origins: Vec<Span>,
+    /// Lower-cased hosts the value addresses, with and without port (`query-dashboard`,
+    /// `query-dashboard:8080`), when it starts with a URL or `host:port`: rules look them up
+    /// instead of matching text.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Whether the value starts with a URL scheme (`http://…`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub url: bool,
     /// SQL analysis, when the text looks like SQL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sql: Option<SqlFact>,
 }
 
-/// `const`/`static` string values of one package, by name.
+/// `const`/`static` string values and values given to struct fields, of one package, by name.
 #[derive(Debug, Default)]
 pub struct ConstTable {
     defs: HashMap<String, Vec<(Span, StrExpr)>>,
+    fields: HashMap<String, Vec<(Span, StrExpr)>>,
 }
 
 impl ConstTable {
     /// Adds a definition.
     pub fn insert(&mut self, name: String, span: Span, expr: StrExpr) {
         self.defs.entry(name).or_default().push((span, expr));
+    }
+
+    /// Adds a value given to a struct field named `name`.
+    pub fn insert_field(&mut self, name: String, span: Span, expr: StrExpr) {
+        self.fields.entry(name).or_default().push((span, expr));
     }
 
     /// Resolves `expr` into an argument fact written at `span`.
@@ -79,12 +96,20 @@ impl ConstTable {
             .map(sql::analyse);
         out.env.sort();
         out.env.dedup();
+        let mut hosts = hosts(&out.text);
+        for alternative in &out.alternatives {
+            hosts.extend(self::hosts(alternative));
+        }
+        hosts.sort();
+        hosts.dedup();
         ArgFact {
             span,
             value: out.known.then(|| out.text.clone()),
+            url: scheme_len(&out.text).is_some(),
             text: out.text,
             env: out.env,
             origins: out.origins,
+            hosts,
             sql,
         }
     }
@@ -121,8 +146,67 @@ impl ConstTable {
                 }
                 _ => out.unknown(),
             },
+            // A field given one value is that value; given several (production and test
+            // settings), its text is unknown but every environment variable and host it may
+            // hold is kept.
+            StrExpr::Field(name) => match self.fields.get(name).map(Vec::as_slice) {
+                Some([(span, inner)]) => {
+                    out.origins.push(span.clone());
+                    self.walk(inner, out, depth + 1);
+                }
+                Some(values) => {
+                    for (span, inner) in values {
+                        let mut alternative = Resolved::default();
+                        self.walk(inner, &mut alternative, depth + 1);
+                        out.origins.push(span.clone());
+                        out.env.extend(alternative.env);
+                        out.alternatives.push(alternative.text);
+                    }
+                    out.unknown();
+                }
+                None => out.unknown(),
+            },
             StrExpr::Unknown => out.unknown(),
         }
+    }
+}
+
+/// The length of a URL scheme and `://` at the start of `text` (`http://` → 7).
+fn scheme_len(text: &str) -> Option<usize> {
+    let (scheme, _) = text.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-'));
+    valid.then_some(scheme.len() + 3)
+}
+
+/// Hosts a text addresses: `scheme://host[:port]…` or `host:port[/…]`, lower-cased, with and
+/// without the port.
+pub fn hosts(text: &str) -> Vec<String> {
+    let host_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    let (rest, needs_port) = match scheme_len(text) {
+        Some(len) => (&text[len..], false),
+        None => (text, true),
+    };
+    let host: String = rest.chars().take_while(|c| host_char(*c)).collect();
+    let after = &rest[host.len()..];
+    let port: String = after
+        .strip_prefix(':')
+        .map(|p| p.chars().take_while(char::is_ascii_digit).collect())
+        .unwrap_or_default();
+    let tail = after
+        .get(port.len() + usize::from(!port.is_empty())..)
+        .unwrap_or("");
+    if host.is_empty()
+        || (needs_port && (port.is_empty() || !(tail.is_empty() || tail.starts_with('/'))))
+    {
+        return Vec::new();
+    }
+    let host = host.to_ascii_lowercase();
+    if port.is_empty() {
+        vec![host]
+    } else {
+        vec![format!("{host}:{port}"), host]
     }
 }
 
@@ -132,6 +216,8 @@ struct Resolved {
     known: bool,
     env: Vec<String>,
     origins: Vec<Span>,
+    /// Texts of the other values a field may hold, for their hosts.
+    alternatives: Vec<String>,
 }
 
 impl Default for Resolved {
@@ -142,6 +228,7 @@ impl Default for Resolved {
             known: true,
             env: Vec::new(),
             origins: Vec::new(),
+            alternatives: Vec::new(),
         }
     }
 }
@@ -226,6 +313,51 @@ mod tests {
     }
 
     #[test]
+    fn hosts_come_from_urls_and_host_port_pairs() {
+        assert_eq!(
+            hosts("http://Query-Dashboard:8080/x"),
+            vec!["query-dashboard:8080", "query-dashboard"]
+        );
+        assert_eq!(hosts("grpc+tls://svc/x"), vec!["svc"]);
+        assert_eq!(
+            hosts("query-dashboard:8080"),
+            vec!["query-dashboard:8080", "query-dashboard"]
+        );
+        assert_eq!(
+            hosts("query-dashboard:8080/totals"),
+            vec!["query-dashboard:8080", "query-dashboard"]
+        );
+        assert!(hosts("query-dashboard").is_empty());
+        assert!(hosts("${QUERY_URL}/x").is_empty());
+        assert!(hosts("a:b").is_empty());
+        assert!(hosts("{}://x").is_empty());
+    }
+
+    #[test]
+    fn a_field_given_several_values_keeps_every_variable_and_host() {
+        let mut table = ConstTable::default();
+        table.insert_field(
+            "url".into(),
+            span(),
+            StrExpr::Env("WARRANTY_SERVICE_URL".into()),
+        );
+        table.insert_field(
+            "url".into(),
+            span(),
+            StrExpr::Lit("http://localhost:9000".into()),
+        );
+        let arg = table.resolve(&StrExpr::Field("url".into()), span());
+        assert_eq!(arg.env, vec!["WARRANTY_SERVICE_URL"]);
+        assert_eq!(arg.hosts, vec!["localhost", "localhost:9000"]);
+        assert_eq!(arg.value, None);
+        table.insert_field("one".into(), span(), StrExpr::Env("ONE_URL".into()));
+        assert_eq!(
+            table.resolve(&StrExpr::Field("one".into()), span()).env,
+            vec!["ONE_URL"]
+        );
+    }
+
+    #[test]
     fn splits_format_templates() {
         assert_eq!(
             format_pieces("{{x}} {}/{name:?}{0}"),
@@ -249,7 +381,7 @@ mod tests {
         ]);
         let arg = consts.resolve(&expr, span());
         assert_eq!(arg.value.as_deref(), Some("DELETE FROM events"));
-        assert_eq!(arg.sql.expect("sql").ops[0].op, "delete");
+        assert_eq!(arg.sql.expect("sql").ops[0].op, sql::OpKind::Delete);
         let url = StrExpr::Concat(vec![
             StrExpr::Env("QUERY_URL".into()),
             StrExpr::Lit("/x".into()),

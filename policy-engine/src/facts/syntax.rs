@@ -4,13 +4,14 @@
 use std::collections::{BTreeSet, HashMap};
 
 use proc_macro2::{Delimiter, TokenStream, TokenTree};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::visit::{self, Visit};
 use syn::{Expr, Lit, Token};
 
 use crate::diagnostic::Span;
+use crate::facts::macros::{self, MacroCall, MacroDef};
 use crate::facts::strings::{FormatPiece, StrExpr, format_pieces};
 
 /// Everything extracted from one file before crate-wide resolution (what the facts cache stores).
@@ -20,12 +21,29 @@ pub struct FileFacts {
     pub calls: Vec<RawCall>,
     /// `const`/`static` items with a string value.
     pub consts: Vec<(String, Span, StrExpr)>,
+    /// String values given to struct fields (`Settings { url: env::var("X")? }`,
+    /// `settings.url = …`), by field name.
+    pub field_values: Vec<(String, Span, StrExpr)>,
     /// `impl DomainEvent for X` blocks.
     pub event_impls: Vec<EventImpl>,
-    /// Named-field structs and enum variants, by type name (`Type` or `Enum::Variant`).
+    /// Structs and enum variants, by their path inside the file (`Type`, `Enum::Variant`,
+    /// `v1::Type` for a type in the inline module `v1`).
     pub shapes: Vec<(String, TypeShape)>,
-    /// `tonic::include_proto!("pkg")` invocations.
-    pub protos: Vec<(String, Span)>,
+    /// `tonic::include_proto!("pkg")` invocations: the proto package, the inline module path
+    /// the generated code lands in (`warranty` for `mod warranty { include_proto!(…) }`), where.
+    pub protos: Vec<(String, String, Span)>,
+    /// Field types of named-field structs: (struct path inside the file, field, type as written).
+    pub field_types: Vec<(String, String, String)>,
+    /// Trait impls: (trait's last segment, implementing type's last segment).
+    pub impls: Vec<(String, String)>,
+    /// `mod name;` declarations, which the module tree follows.
+    pub mods: Vec<ModDecl>,
+    /// `include!("file")` arguments, relative to the including file's folder.
+    pub includes: Vec<String>,
+    /// `macro_rules!` definitions in their simple form ([`macros`]).
+    pub macros: Vec<MacroDef>,
+    /// Invocations of macros that are not well-known ones, for expansion across files.
+    pub macro_calls: Vec<MacroCall>,
     /// The parse error, when the file is not valid Rust.
     pub parse_error: Option<(String, Span)>,
 }
@@ -33,9 +51,8 @@ pub struct FileFacts {
 /// A call before its arguments are resolved.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RawCall {
-    /// `fn`, `method` or `macro`.
-    #[serde(deserialize_with = "call_kind")]
-    pub kind: Kind,
+    /// Function, method or macro.
+    pub kind: CallKind,
     /// Last segment (function, method or macro name, after aliases).
     pub name: String,
     /// Full path after `use … as` aliases; empty for methods.
@@ -44,6 +61,14 @@ pub struct RawCall {
     pub origin: String,
     /// For methods: the receiver when it is a plain path or field (`self.http`, `client`).
     pub receiver: String,
+    /// For methods: the receiver's type as written, when a parameter, a typed `let` or a
+    /// constructor call (`Client::new()`) gives it; empty otherwise.
+    #[serde(default)]
+    pub receiver_type: String,
+    /// For methods on `self.field`: the type the surrounding `impl` is for, so the field's type
+    /// can be looked up across files.
+    #[serde(default)]
+    pub self_type: String,
     /// String-valued arguments.
     pub args: Vec<(Span, StrExpr)>,
     /// The call, from its name to its closing delimiter.
@@ -52,11 +77,27 @@ pub struct RawCall {
     pub test: bool,
 }
 
+/// One `mod name;` (a module in another file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModDecl {
+    /// The module's name.
+    pub name: String,
+    /// Its `#[path = "…"]`, when given.
+    pub path: Option<String>,
+    /// The inline modules it is declared in (`a::b` for `mod a { mod b { mod name; } }`).
+    pub inline: Vec<String>,
+    /// Declared under `#[cfg(test)]` or in test code.
+    pub test: bool,
+}
+
 /// One `impl DomainEvent for X`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventImpl {
     /// The implementing type (last path segment).
     pub type_name: String,
+    /// The implementing type's path as written, after `use` aliases, prefixed with the inline
+    /// modules the impl sits in (`v1::GiftCardRedeemed`); resolved against the module tree later.
+    pub type_path: String,
     /// Event type names returned by `event_type()`, with the enum variant returning each.
     pub event_types: Vec<(String, Option<String>)>,
     /// `event_version()` when it returns a literal.
@@ -119,8 +160,8 @@ pub struct FieldShape {
     /// Name after serde renames.
     pub name: String,
     /// JSON type (`string`, `integer`, `number`, `boolean`, `array`, `object`) when known.
-    #[serde(rename = "type", deserialize_with = "json_type_name")]
-    pub json_type: Option<Kind>,
+    #[serde(rename = "type")]
+    pub json_type: Option<JsonType>,
     /// `Option<…>` or `#[serde(default)]`.
     pub optional: bool,
     /// The Rust type as written.
@@ -129,35 +170,36 @@ pub struct FieldShape {
     pub span: Span,
 }
 
-/// A name from a fixed list (a call kind, a JSON type). Named, so that serde does not try to
-/// borrow it from the cached text as it would a field written `&str`.
-pub type Kind = &'static str;
-
-/// Reads back a cached call kind as the `&'static str` the extractor uses.
-fn call_kind<'de, D: Deserializer<'de>>(deserializer: D) -> Result<&'static str, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    ["fn", "method", "macro"]
-        .into_iter()
-        .find(|kind| *kind == text)
-        .ok_or_else(|| serde::de::Error::custom(format!("unknown call kind `{text}`")))
+/// What kind of call a [`RawCall`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallKind {
+    /// `path::to::function(…)`.
+    Fn,
+    /// `receiver.method(…)`.
+    Method,
+    /// `name!(…)`.
+    Macro,
 }
 
-/// Reads back a cached JSON type name as the `&'static str` the extractor uses.
-fn json_type_name<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<&'static str>, D::Error> {
-    const NAMES: &[&str] = &[
-        "string", "integer", "number", "boolean", "array", "object", "null",
-    ];
-    match Option::<String>::deserialize(deserializer)? {
-        None => Ok(None),
-        Some(text) => NAMES
-            .iter()
-            .copied()
-            .find(|name| *name == text)
-            .map(Some)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown JSON type `{text}`"))),
-    }
+/// The JSON type serde writes for a Rust type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JsonType {
+    /// `String`, `&str`, `Uuid`, dates, …
+    String,
+    /// Integer types.
+    Integer,
+    /// `f32`, `f64`.
+    Number,
+    /// `bool`.
+    Boolean,
+    /// Sequences and tuples.
+    Array,
+    /// Maps.
+    Object,
+    /// `()`.
+    Null,
 }
 
 /// Turns a proc-macro2 span into a file span (1-based columns).
@@ -210,6 +252,9 @@ pub fn extract_calls_named(
         aliases: aliases.map,
         test_depth: u32::from(test_file),
         locals: HashMap::new(),
+        types: HashMap::new(),
+        impl_self: None,
+        module: Vec::new(),
         out: FileFacts::default(),
     };
     walker.visit_file(&syntax);
@@ -295,6 +340,12 @@ struct Walker<'a> {
     aliases: HashMap<String, String>,
     test_depth: u32,
     locals: HashMap<String, Local>,
+    /// Types of the parameters and typed `let`s in scope, by name.
+    types: HashMap<String, String>,
+    /// The type of the `impl` being walked.
+    impl_self: Option<String>,
+    /// Inline modules around the item being walked.
+    module: Vec<String>,
     out: FileFacts,
 }
 
@@ -343,6 +394,48 @@ const FORMAT_MACROS: &[&str] = &[
     "todo",
     "unimplemented",
 ];
+
+/// Macros of the standard library and common crates that never hide a user's `macro_rules!`.
+const WELL_KNOWN_MACROS: &[&str] = &[
+    "macro_rules",
+    "concat",
+    "env",
+    "option_env",
+    "vec",
+    "include",
+    "include_str",
+    "include_bytes",
+    "include_proto",
+    "matches",
+    "assert",
+    "assert_eq",
+    "assert_ne",
+    "debug_assert",
+    "debug_assert_eq",
+    "debug_assert_ne",
+    "cfg",
+    "stringify",
+    "line",
+    "file",
+    "column",
+    "module_path",
+    "json",
+    "dbg",
+    "compile_error",
+    "thread_local",
+    "select",
+    "join",
+    "pin",
+];
+
+/// Whether a token stream mentions a `$` (a `macro_rules!` parameter), at any depth.
+fn has_dollar(tokens: TokenStream) -> bool {
+    tokens.into_iter().any(|tree| match tree {
+        TokenTree::Punct(p) => p.as_char() == '$',
+        TokenTree::Group(g) => has_dollar(g.stream()),
+        _ => false,
+    })
+}
 
 fn is_const_name(ident: &str) -> bool {
     ident.chars().any(|c| c.is_ascii_uppercase())
@@ -394,10 +487,86 @@ impl Walker<'_> {
         }
     }
 
-    fn in_fn(&mut self, attrs: &[syn::Attribute], f: impl FnOnce(&mut Self)) {
+    fn in_fn(&mut self, attrs: &[syn::Attribute], sig: &syn::Signature, f: impl FnOnce(&mut Self)) {
         let saved = std::mem::take(&mut self.locals);
+        let saved_types = std::mem::take(&mut self.types);
+        for input in &sig.inputs {
+            match input {
+                syn::FnArg::Typed(typed) => {
+                    if let syn::Pat::Ident(ident) = &*typed.pat {
+                        self.types
+                            .insert(ident.ident.to_string(), self.type_path(&typed.ty));
+                    }
+                }
+                syn::FnArg::Receiver(_) => {
+                    if let Some(ty) = &self.impl_self {
+                        self.types.insert("self".to_owned(), ty.clone());
+                    }
+                }
+            }
+        }
         self.with_attrs(attrs, f);
         self.locals = saved;
+        self.types = saved_types;
+    }
+
+    /// A type as written, with `use` aliases resolved in its paths.
+    fn type_path(&self, ty: &syn::Type) -> String {
+        let text = type_text(ty);
+        let Some(first) = text
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .find(|w| !w.is_empty() && !matches!(*w, "impl" | "dyn" | "mut"))
+        else {
+            return text;
+        };
+        match self.aliases.get(first) {
+            Some(full) if full != first => text.replacen(first, full, 1),
+            _ => text,
+        }
+    }
+
+    /// The receiver's type, when a parameter, a typed `let`, a constructor or `self` gives it.
+    fn receiver_type(&self, receiver: &Expr) -> String {
+        match receiver {
+            Expr::Path(p) => p
+                .path
+                .get_ident()
+                .and_then(|i| {
+                    let name = i.to_string();
+                    self.types.get(&name).cloned().or_else(|| {
+                        self.locals
+                            .get(&name)
+                            .and_then(|l| l.origin.as_deref())
+                            .and_then(constructed_type)
+                    })
+                })
+                .unwrap_or_default(),
+            Expr::Reference(r) => self.receiver_type(&r.expr),
+            Expr::Paren(p) => self.receiver_type(&p.expr),
+            _ => self
+                .origin(receiver)
+                .as_deref()
+                .and_then(constructed_type)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Records a string value given to the field `name`, when it is statically informative.
+    fn field_value(&mut self, name: &syn::Ident, expr: &Expr) {
+        let value = self.str_expr(expr);
+        if value.is_informative() && !matches!(value, StrExpr::Field(_)) {
+            let span = self.span(expr.span());
+            self.out.field_values.push((name.to_string(), span, value));
+        }
+    }
+
+    /// Inline module prefix for item paths inside this file (`v1::`), or empty.
+    fn prefixed(&self, name: &str) -> String {
+        if self.module.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}::{name}", self.module.join("::"))
+        }
     }
 
     /// The string an expression evaluates to, as far as it is statically known.
@@ -425,6 +594,10 @@ impl Walker<'_> {
                 }
             }
             Expr::Reference(r) => self.str_expr(&r.expr),
+            Expr::Field(f) => match &f.member {
+                syn::Member::Named(name) => StrExpr::Field(name.to_string()),
+                syn::Member::Unnamed(_) => StrExpr::Unknown,
+            },
             Expr::Paren(p) => self.str_expr(&p.expr),
             Expr::Group(g) => self.str_expr(&g.expr),
             Expr::Try(t) => self.str_expr(&t.expr),
@@ -645,12 +818,30 @@ impl Walker<'_> {
             syn::MacroDelimiter::Bracket(b) => b.span.close(),
         };
         let span = span_between(self.file, mac.path.span(), close);
-        if name == "include_proto"
-            && let Some(Expr::Lit(syn::ExprLit {
-                lit: Lit::Str(s), ..
-            })) = Self::macro_args(mac).and_then(|a| a.into_iter().next())
+        if !WELL_KNOWN_MACROS.contains(&name.as_str())
+            && !FORMAT_MACROS.contains(&name.as_str())
+            && let Some(args) = macros::invocation_args(mac.tokens.clone())
         {
-            self.out.protos.push((s.value(), span.clone()));
+            self.out.macro_calls.push(MacroCall {
+                name: name.clone(),
+                args,
+                span: span.clone(),
+                test: self.test(),
+            });
+        }
+        if let Some(Expr::Lit(syn::ExprLit {
+            lit: Lit::Str(s), ..
+        })) = Self::macro_args(mac).and_then(|a| a.into_iter().next())
+        {
+            match name.as_str() {
+                "include_proto" => {
+                    self.out
+                        .protos
+                        .push((s.value(), self.module.join("::"), span.clone()));
+                }
+                "include" => self.out.includes.push(s.value()),
+                _ => {}
+            }
         }
         match Self::macro_args(mac) {
             Some(args) => {
@@ -666,11 +857,13 @@ impl Walker<'_> {
                     self.string_args(&args)
                 };
                 self.push_call(RawCall {
-                    kind: "macro",
+                    kind: CallKind::Macro,
                     name,
                     path,
                     origin: String::new(),
                     receiver: String::new(),
+                    receiver_type: String::new(),
+                    self_type: String::new(),
                     args: string_args,
                     span,
                     test: self.test(),
@@ -681,11 +874,13 @@ impl Walker<'_> {
             }
             None => {
                 self.push_call(RawCall {
-                    kind: "macro",
+                    kind: CallKind::Macro,
                     name,
                     path,
                     origin: String::new(),
                     receiver: String::new(),
+                    receiver_type: String::new(),
+                    self_type: String::new(),
                     args: Vec::new(),
                     span,
                     test: self.test(),
@@ -757,18 +952,25 @@ impl Walker<'_> {
                     } else {
                         self.string_args(&args)
                     };
+                    // A call whose arguments are a macro's `$parameters` is a template: it is
+                    // checked where the macro is invoked, with the arguments given there.
+                    if has_dollar(group.stream()) {
+                        continue;
+                    }
                     self.push_call(RawCall {
                         kind: if is_macro {
-                            "macro"
+                            CallKind::Macro
                         } else if method {
-                            "method"
+                            CallKind::Method
                         } else {
-                            "fn"
+                            CallKind::Fn
                         },
                         name,
                         path,
                         origin: String::new(),
                         receiver: String::new(),
+                        receiver_type: String::new(),
+                        self_type: String::new(),
                         args: string_args,
                         span: span_between(self.file, ident.span(), group.span_close()),
                         test: self.test(),
@@ -824,8 +1026,10 @@ impl Walker<'_> {
             }
         }
         let span = span_between(self.file, item.impl_token.span, self_ty.span());
+        let type_path = self.prefixed(&self.resolve_path(&self_ty.path));
         self.out.event_impls.push(EventImpl {
             type_name: type_ident.ident.to_string(),
+            type_path,
             event_types,
             version,
             span,
@@ -870,26 +1074,64 @@ impl<'ast> Visit<'ast> for LiteralFinder {
 
 impl<'ast> Visit<'ast> for Walker<'_> {
     fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
-        self.with_attrs(&item.attrs, |w| visit::visit_item_mod(w, item));
+        self.with_attrs(&item.attrs, |w| {
+            if item.content.is_none() {
+                let path = item.attrs.iter().find_map(|a| {
+                    let syn::Meta::NameValue(nv) = &a.meta else {
+                        return None;
+                    };
+                    match &nv.value {
+                        Expr::Lit(syn::ExprLit {
+                            lit: Lit::Str(s), ..
+                        }) if nv.path.is_ident("path") => Some(s.value()),
+                        _ => None,
+                    }
+                });
+                w.out.mods.push(ModDecl {
+                    name: item.ident.to_string(),
+                    path,
+                    inline: w.module.clone(),
+                    test: w.test(),
+                });
+            }
+            w.module.push(item.ident.to_string());
+            visit::visit_item_mod(w, item);
+            w.module.pop();
+        });
     }
 
     fn visit_item_fn(&mut self, item: &'ast syn::ItemFn) {
-        self.in_fn(&item.attrs, |w| visit::visit_item_fn(w, item));
+        self.in_fn(&item.attrs, &item.sig, |w| visit::visit_item_fn(w, item));
     }
 
     fn visit_impl_item_fn(&mut self, item: &'ast syn::ImplItemFn) {
-        self.in_fn(&item.attrs, |w| visit::visit_impl_item_fn(w, item));
+        self.in_fn(&item.attrs, &item.sig, |w| {
+            visit::visit_impl_item_fn(w, item)
+        });
     }
 
     fn visit_trait_item_fn(&mut self, item: &'ast syn::TraitItemFn) {
-        self.in_fn(&item.attrs, |w| visit::visit_trait_item_fn(w, item));
+        self.in_fn(&item.attrs, &item.sig, |w| {
+            visit::visit_trait_item_fn(w, item)
+        });
     }
 
     fn visit_item_impl(&mut self, item: &'ast syn::ItemImpl) {
+        let self_type = match &*item.self_ty {
+            syn::Type::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()),
+            _ => None,
+        };
+        if let (Some((trait_path, _)), Some(ty)) = (&item.trait_, &self_type)
+            && let Some(name) = trait_path.segments.last()
+        {
+            self.out.impls.push((name.ident.to_string(), ty.clone()));
+        }
+        let saved = std::mem::replace(&mut self.impl_self, self_type);
         self.with_attrs(&item.attrs, |w| {
             w.event_impl(item);
             visit::visit_item_impl(w, item);
         });
+        self.impl_self = saved;
     }
 
     fn visit_item_const(&mut self, item: &'ast syn::ItemConst) {
@@ -932,9 +1174,19 @@ impl<'ast> Visit<'ast> for Walker<'_> {
                 },
                 None => Tagging::None,
             };
-            self.out
-                .shapes
-                .push((item.ident.to_string(), TypeShape { fields, tagging }));
+            for field in &fields_named(&item.fields) {
+                if let Some(ident) = &field.ident {
+                    self.out.field_types.push((
+                        self.prefixed(&item.ident.to_string()),
+                        ident.to_string(),
+                        self.type_path(&field.ty),
+                    ));
+                }
+            }
+            self.out.shapes.push((
+                self.prefixed(&item.ident.to_string()),
+                TypeShape { fields, tagging },
+            ));
         }
         visit::visit_item_struct(self, item);
     }
@@ -956,7 +1208,7 @@ impl<'ast> Visit<'ast> for Walker<'_> {
                 });
                 let tagging = container.tagging(variant_name);
                 self.out.shapes.push((
-                    format!("{}::{}", item.ident, variant.ident),
+                    self.prefixed(&format!("{}::{}", item.ident, variant.ident)),
                     TypeShape { fields, tagging },
                 ));
             }
@@ -974,6 +1226,14 @@ impl<'ast> Visit<'ast> for Walker<'_> {
                 },
                 _ => None,
             };
+            if let syn::Pat::Type(typed) = &local.pat
+                && let syn::Pat::Ident(p) = &*typed.pat
+            {
+                self.types
+                    .insert(p.ident.to_string(), self.type_path(&typed.ty));
+            } else if let Some(ident) = ident {
+                self.types.remove(&ident.to_string());
+            }
             if let Some(ident) = ident {
                 let value = self.str_expr(&init.expr);
                 let origin = self.origin(&init.expr);
@@ -1007,11 +1267,13 @@ impl<'ast> Visit<'ast> for Walker<'_> {
             let args = self.string_args(&call.args);
             let span = span_between(self.file, func.span(), call.paren_token.span.close());
             self.push_call(RawCall {
-                kind: "fn",
+                kind: CallKind::Fn,
                 name,
                 path,
                 origin: String::new(),
                 receiver: String::new(),
+                receiver_type: String::new(),
+                self_type: String::new(),
                 args,
                 span,
                 test: self.test(),
@@ -1030,17 +1292,57 @@ impl<'ast> Visit<'ast> for Walker<'_> {
         let span = span_between(self.file, call.method.span(), call.paren_token.span.close());
         let origin = self.origin(&call.receiver).unwrap_or_default();
         let receiver = Self::receiver_text(&call.receiver);
+        let receiver_type = self.receiver_type(&call.receiver);
+        let self_type = if receiver.starts_with("self.") {
+            self.impl_self.clone().unwrap_or_default()
+        } else {
+            String::new()
+        };
         self.push_call(RawCall {
-            kind: "method",
+            kind: CallKind::Method,
             name,
             path: String::new(),
             origin,
             receiver,
+            receiver_type,
+            self_type,
             args,
             span,
             test: self.test(),
         });
         visit::visit_expr_method_call(self, call);
+    }
+
+    fn visit_expr_struct(&mut self, item: &'ast syn::ExprStruct) {
+        for field in &item.fields {
+            if let syn::Member::Named(name) = &field.member {
+                self.field_value(name, &field.expr);
+            }
+        }
+        visit::visit_expr_struct(self, item);
+    }
+
+    fn visit_expr_assign(&mut self, assign: &'ast syn::ExprAssign) {
+        if let Expr::Field(field) = &*assign.left
+            && let syn::Member::Named(name) = &field.member
+        {
+            self.field_value(name, &assign.right);
+        }
+        visit::visit_expr_assign(self, assign);
+    }
+
+    fn visit_item_macro(&mut self, item: &'ast syn::ItemMacro) {
+        if let Some(ident) = &item.ident
+            && item.mac.path.is_ident("macro_rules")
+        {
+            let exported = item.attrs.iter().any(|a| a.path().is_ident("macro_export"));
+            if let Some(def) =
+                macros::definition(ident.to_string(), exported, item.mac.tokens.clone())
+            {
+                self.out.macros.push(def);
+            }
+        }
+        visit::visit_item_macro(self, item);
     }
 
     fn visit_macro(&mut self, mac: &'ast syn::Macro) {
@@ -1237,8 +1539,45 @@ fn field_shapes(
     shapes
 }
 
+/// The named fields of a struct (none for tuple and unit structs).
+fn fields_named(fields: &syn::Fields) -> Vec<&syn::Field> {
+    match fields {
+        syn::Fields::Named(named) => named.named.iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The type a constructor call returns, from its path: `reqwest::Client::new` gives
+/// `reqwest::Client` (a type segment followed by a function); a free function gives `None`.
+fn constructed_type(origin: &str) -> Option<String> {
+    let (ty, function) = origin.rsplit_once("::")?;
+    let last = ty.rsplit("::").next()?;
+    (last.starts_with(char::is_uppercase) && function.starts_with(char::is_lowercase))
+        .then(|| ty.to_owned())
+}
+
+fn bounds_text<'a>(bounds: impl IntoIterator<Item = &'a syn::TypeParamBound>) -> String {
+    bounds
+        .into_iter()
+        .filter_map(|b| match b {
+            syn::TypeParamBound::Trait(t) => Some(
+                t.path
+                    .segments
+                    .iter()
+                    .map(|s| s.ident.to_string())
+                    .collect::<Vec<_>>()
+                    .join("::"),
+            ),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
 fn type_text(ty: &syn::Type) -> String {
     match ty {
+        syn::Type::ImplTrait(t) => format!("impl {}", bounds_text(&t.bounds)),
+        syn::Type::TraitObject(t) => format!("dyn {}", bounds_text(&t.bounds)),
         syn::Type::Reference(r) => format!("&{}", type_text(&r.elem)),
         syn::Type::Paren(p) => type_text(&p.elem),
         syn::Type::Group(g) => type_text(&g.elem),
@@ -1273,14 +1612,14 @@ fn type_text(ty: &syn::Type) -> String {
     }
 }
 
-fn json_type(ty: &syn::Type) -> (Option<&'static str>, bool) {
+fn json_type(ty: &syn::Type) -> (Option<JsonType>, bool) {
     match ty {
         syn::Type::Reference(r) => json_type(&r.elem),
         syn::Type::Paren(p) => json_type(&p.elem),
         syn::Type::Group(g) => json_type(&g.elem),
-        syn::Type::Array(_) | syn::Type::Slice(_) => (Some("array"), false),
-        syn::Type::Tuple(t) if t.elems.is_empty() => (Some("null"), false),
-        syn::Type::Tuple(_) => (Some("array"), false),
+        syn::Type::Array(_) | syn::Type::Slice(_) => (Some(JsonType::Array), false),
+        syn::Type::Tuple(t) if t.elems.is_empty() => (Some(JsonType::Null), false),
+        syn::Type::Tuple(_) => (Some(JsonType::Array), false),
         syn::Type::Path(p) => {
             let Some(last) = p.path.segments.last() else {
                 return (None, false);
@@ -1298,18 +1637,20 @@ fn json_type(ty: &syn::Type) -> (Option<&'static str>, bool) {
             match name.as_str() {
                 "Option" => (inner.and_then(|t| json_type(t).0), true),
                 "Box" | "Arc" | "Rc" | "Cow" => match (name.as_str(), inner) {
-                    ("Cow", _) => (Some("string"), false),
+                    ("Cow", _) => (Some(JsonType::String), false),
                     (_, Some(t)) => json_type(t),
                     _ => (None, false),
                 },
                 "String" | "str" | "char" | "Uuid" | "DateTime" | "NaiveDate" | "NaiveDateTime"
-                | "NaiveTime" | "PathBuf" | "Url" | "Utc" => (Some("string"), false),
+                | "NaiveTime" | "PathBuf" | "Url" | "Utc" => (Some(JsonType::String), false),
                 "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64"
-                | "u128" | "usize" => (Some("integer"), false),
-                "f32" | "f64" => (Some("number"), false),
-                "bool" => (Some("boolean"), false),
-                "Vec" | "VecDeque" | "HashSet" | "BTreeSet" | "IndexSet" => (Some("array"), false),
-                "HashMap" | "BTreeMap" | "IndexMap" | "Map" => (Some("object"), false),
+                | "u128" | "usize" => (Some(JsonType::Integer), false),
+                "f32" | "f64" => (Some(JsonType::Number), false),
+                "bool" => (Some(JsonType::Boolean), false),
+                "Vec" | "VecDeque" | "HashSet" | "BTreeSet" | "IndexSet" => {
+                    (Some(JsonType::Array), false)
+                }
+                "HashMap" | "BTreeMap" | "IndexMap" | "Map" => (Some(JsonType::Object), false),
                 _ => (None, false),
             }
         }

@@ -17,6 +17,8 @@
 //!     .route_layer(access.require(Permission::TemporalRead));
 //! ```
 //!
+//! [`OriginPolicy`] keeps web pages out (DNS rebinding, cross-site writes, non-JSON bodies).
+//!
 //! Defaults: history, audit and administration ([`Permission::always_authenticated`]) always
 //! need a credential; everything else is open on a loopback bind unless configured
 //! ([`AccessControl::for_bind`]), and a non-loopback bind without credentials is refused.
@@ -25,6 +27,7 @@ mod access;
 mod api_key;
 pub mod config;
 mod jwks;
+mod origin;
 mod permission;
 mod principal;
 mod rejection;
@@ -36,6 +39,7 @@ pub use api_key::{BadDigest, digest_hex, generate_api_key};
 pub use config::{ApiKeyConfig, AuthConfig, default_roles};
 pub use jsonwebtoken::Algorithm;
 pub use jwks::{JwksError, MAX_JWKS_BYTES, MAX_JWKS_KEYS};
+pub use origin::{OriginGuard, OriginLayer, OriginPolicy, OriginRejection};
 pub use permission::{Permission, Permissions, UnknownPermission};
 pub use principal::{Principal, Via};
 pub use rejection::{ErrorStyle, Rejection};

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use nexus_access::{AccessControl, Permission};
 
+use super::access::OriginPolicy;
 use super::correlation::{CORRELATION_ID, MAX_ID_LEN, TRACEPARENT, trace_id, valid_id};
 use super::error::ApiError;
 use super::extract::{BodyLimits, JsonBody, Path};
@@ -58,6 +59,7 @@ pub struct CommandService {
     endpoints: BTreeMap<&'static str, Arc<dyn Endpoint>>,
     title: String,
     limits: BodyLimits,
+    origins: OriginPolicy,
     access: AccessControl,
     extra: Vec<(Router, Value)>,
 }
@@ -79,9 +81,17 @@ impl CommandService {
             endpoints: BTreeMap::new(),
             title: "command-service".to_owned(),
             limits: BodyLimits::default(),
+            origins: OriginPolicy::new(),
             access: AccessControl::open(),
             extra: Vec::new(),
         }
+    }
+
+    /// Which hosts, origins and body media types the service accepts (default: IP addresses and
+    /// `localhost`, same-origin writes, JSON), against DNS rebinding and cross-site writes.
+    pub fn with_origin_policy(mut self, policy: OriginPolicy) -> Self {
+        self.origins = policy;
+        self
     }
 
     /// Who may call: `commands:write` for commands, `aggregates:read` for state (default
@@ -161,7 +171,7 @@ impl CommandService {
         for (extra, _) in self.extra {
             routes = routes.merge(extra);
         }
-        super::with_service_routes(routes, &self.title, openapi, self.limits)
+        super::with_service_routes(routes, &self.title, openapi, self.limits, self.origins)
     }
 
     fn openapi(&self) -> Value {

@@ -5,6 +5,8 @@
 //! A 5xx body never carries the internal cause (file paths, SQL, server messages): the cause is
 //! logged with `tracing` inside the request's span, which carries its correlation id, and the
 //! caller gets the correlation id in the `x-correlation-id` response header to quote.
+//! Refusals of the origin guard (415, 421, 403 `cross_site`) and of access control (401, 403)
+//! come from `nexus-access` in the same shape.
 
 use std::time::Duration;
 
@@ -63,14 +65,6 @@ pub enum ApiError {
     /// A filter names something that is not a field.
     #[error("`{0}` is not a field name (letters, digits, `_`, and `.` for nesting)")]
     InvalidFilter(String),
-    /// The body is not `application/json` (or another media type the service accepts).
-    #[error("the body must be {expected}, got `{got}`")]
-    UnsupportedMediaType {
-        /// The request's content type (empty when absent).
-        got: String,
-        /// What the service accepts, for people.
-        expected: String,
-    },
     /// The body is larger than the service accepts.
     #[error("the body is larger than the limit of {limit} bytes")]
     BodyTooLarge {
@@ -82,18 +76,6 @@ pub enum ApiError {
     BodyTimeout {
         /// The time allowed.
         timeout: Duration,
-    },
-    /// The `Host` header names no address or name this service answers for (DNS rebinding).
-    #[error("this service does not answer for host `{host}`; add the name to its allowed hosts")]
-    MisdirectedHost {
-        /// The `Host` header.
-        host: String,
-    },
-    /// A write sent by a web page of another site.
-    #[error("cross-site request refused ({reason}); add the origin to the allowed origins")]
-    CrossSite {
-        /// Which header decided.
-        reason: String,
     },
     /// The caller did not prove who it is.
     #[error("{0}")]
@@ -194,11 +176,9 @@ impl ApiError {
             | Self::InvalidCommand { .. }
             | Self::InvalidId(_)
             | Self::InvalidFilter(_) => StatusCode::BAD_REQUEST,
-            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Self::MisdirectedHost { .. } => StatusCode::MISDIRECTED_REQUEST,
-            Self::CrossSite { .. } | Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Rejected(_) | Self::IdempotencyKeyReused(_) | Self::InvalidEvent(_) => {
@@ -223,11 +203,8 @@ impl ApiError {
             Self::InvalidCommand { .. } => "invalid_command",
             Self::InvalidId(_) => "invalid_id",
             Self::InvalidFilter(_) => "invalid_filter",
-            Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BodyTimeout { .. } => "body_timeout",
-            Self::MisdirectedHost { .. } => "misdirected_host",
-            Self::CrossSite { .. } => "cross_site",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Forbidden(_) => "forbidden",
             Self::UnknownAggregate { .. } => "unknown_aggregate",

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use nexus_access::{AccessControl, Permission};
 
+use super::access::OriginPolicy;
 use super::error::ApiError;
 use super::extract::{Path, Query};
 use super::openapi::OpenApi;
@@ -49,6 +50,7 @@ pub struct QueryDashboard {
     read_models: BTreeMap<String, ReadModelStore>,
     title: String,
     limits: QueryLimits,
+    origins: OriginPolicy,
     access: AccessControl,
     extra: Vec<(Router, Value)>,
 }
@@ -80,9 +82,17 @@ impl QueryDashboard {
             read_models: BTreeMap::new(),
             title: "query-dashboard".to_owned(),
             limits: QueryLimits::default(),
+            origins: OriginPolicy::new(),
             access: AccessControl::open(),
             extra: Vec::new(),
         }
+    }
+
+    /// Which hosts and origins the dashboard accepts (default: IP addresses and `localhost`,
+    /// same-origin writes), against DNS rebinding.
+    pub fn with_origin_policy(mut self, policy: OriginPolicy) -> Self {
+        self.origins = policy;
+        self
     }
 
     /// Who may call: `read-models:read` for the overview and read models (default
@@ -154,7 +164,13 @@ impl QueryDashboard {
         for (extra, _) in self.extra {
             routes = routes.merge(extra);
         }
-        super::with_service_routes(routes, &title, openapi, super::BodyLimits::default())
+        super::with_service_routes(
+            routes,
+            &title,
+            openapi,
+            super::BodyLimits::default(),
+            self.origins,
+        )
     }
 }
 

@@ -6,6 +6,11 @@
 //! bound to their exchange, and given their own dead-letter exchange (`<queue>.dlx`, fanout)
 //! and dead-letter queue (`<queue>.dlq`), so a consumer's reject lands there.
 //!
+//! Messages are published `mandatory`: one no binding takes comes back (basic.return), and
+//! goes, like one whose routing key is longer than AMQP's 255 bytes, to the unroutable queue
+//! (`nexus.unroutable` by default, declared durable) with headers saying where it was meant
+//! to go and why it did not, so an operator sees it and nothing blocks the relay.
+//!
 //! The connection is opened on first use and reopened on the next delivery after any failure,
 //! so a broker restart or a dropped connection costs a retry, never a message.
 
@@ -103,6 +108,19 @@ pub struct RabbitMqOptions {
     pub connect_timeout: Duration,
     /// Longest wait for the broker to confirm a batch.
     pub confirm_timeout: Duration,
+    /// The durable queue that receives events no binding took or whose routing key AMQP
+    /// cannot carry.
+    pub unroutable_queue: String,
+}
+
+/// Headers the sink adds to a message it sends to the unroutable queue.
+pub mod unroutable_headers {
+    /// The exchange the event was meant for.
+    pub const EXCHANGE: &str = "nexus-unroutable-exchange";
+    /// The routing key it was meant to carry.
+    pub const ROUTING_KEY: &str = "nexus-unroutable-routing-key";
+    /// Why it did not get there.
+    pub const REASON: &str = "nexus-unroutable-reason";
 }
 
 impl RabbitMqOptions {
@@ -115,6 +133,7 @@ impl RabbitMqOptions {
             queues: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             confirm_timeout: Duration::from_secs(30),
+            unroutable_queue: "nexus.unroutable".into(),
         }
     }
 }
@@ -246,6 +265,17 @@ impl RabbitMqSink {
         for queue in &self.options.queues {
             self.declare_queue(&mut live, queue).await?;
         }
+        let unroutable = &self.options.unroutable_queue;
+        let name = short(unroutable).map_err(|reason| {
+            self.topology(
+                format!("unroutable queue `{unroutable}`"),
+                lapin_other(reason),
+            )
+        })?;
+        live.channel
+            .queue_declare(name, QueueDeclareOptions::durable(), FieldTable::default())
+            .await
+            .map_err(|e| self.topology(format!("unroutable queue `{unroutable}`"), e))?;
         *self
             .current
             .lock()
@@ -359,60 +389,140 @@ impl RabbitMqSink {
         Ok(())
     }
 
-    /// Publishes the batch on `live` and waits for every confirm.
+    /// Publishes the batch on `live` and waits for every confirm; what no binding takes, or
+    /// what AMQP cannot route, goes to the unroutable queue.
     async fn publish(&self, live: &mut Live, batch: &[RoutedEvent]) -> Result<(), SinkError> {
         for routed in batch {
             self.declare_exchange(live, &routed.exchange).await?;
         }
         let mut pending = Vec::with_capacity(batch.len());
+        let mut unroutable: Vec<(&RoutedEvent, String)> = Vec::new();
         for routed in batch {
-            let rejected = |reason: String| SinkError::Rejected {
-                sink: self.options.connection_name.clone(),
-                event_id: routed.event.id.to_string(),
-                exchange: routed.exchange.clone(),
-                reason,
+            let routing_key = match short(&routed.routing_key) {
+                Ok(key) => key,
+                Err(reason) => {
+                    unroutable.push((routed, format!("the routing key cannot be sent: {reason}")));
+                    continue;
+                }
             };
-            let routing_key = short(&routed.routing_key)
-                .map_err(|reason| rejected(format!("routing key: {reason}")))?;
-            let body = serde_json::to_vec(&routed.event).map_err(|e| SinkError::Backend {
-                sink: self.options.connection_name.clone(),
-                source: Box::new(e),
-            })?;
-            let confirm = live
-                .channel
-                .basic_publish(
-                    routed.exchange.as_str().into(),
+            let confirm = self
+                .send(
+                    live,
+                    &routed.exchange,
                     routing_key,
-                    BasicPublishOptions::default(),
-                    &body,
+                    routed,
                     properties(&routed.event),
                 )
-                .await
-                .map_err(|e| self.unavailable(e))?;
+                .await?;
             pending.push((routed, confirm));
         }
         let confirmed = async {
             for (routed, confirm) in pending {
-                match confirm.await.map_err(|e| self.unavailable(e))? {
-                    Confirmation::Ack(_) => {}
-                    Confirmation::Nack(_) => {
-                        return Err(SinkError::Rejected {
-                            sink: self.options.connection_name.clone(),
-                            event_id: routed.event.id.to_string(),
-                            exchange: routed.exchange.clone(),
-                            reason: "the broker nacked the message".into(),
-                        });
-                    }
-                    Confirmation::NotRequested => {
-                        return Err(SinkError::Backend {
-                            sink: self.options.connection_name.clone(),
-                            source: "publisher confirms are not enabled on the channel".into(),
-                        });
-                    }
+                if let Some(reason) = self.confirmed(routed, confirm).await? {
+                    unroutable.push((routed, reason));
+                }
+            }
+            Ok::<_, SinkError>(())
+        };
+        self.within_confirm_timeout(confirmed).await?;
+        if unroutable.is_empty() {
+            return Ok(());
+        }
+        let queue = self.options.unroutable_queue.clone();
+        let mut pending = Vec::with_capacity(unroutable.len());
+        for (routed, reason) in unroutable {
+            warn!(
+                sink = %self.options.connection_name, exchange = %routed.exchange,
+                event_id = %routed.event.id, %reason, queue = %queue,
+                "unroutable event sent to the unroutable queue"
+            );
+            metrics::counter!(
+                "nexus_integration_unroutable_total",
+                "sink" => self.options.connection_name.clone(),
+                "exchange" => routed.exchange.clone()
+            )
+            .increment(1);
+            let properties = with_unroutable_headers(properties(&routed.event), routed, &reason);
+            let key = short(&queue).map_err(|reason| {
+                self.topology(format!("unroutable queue `{queue}`"), lapin_other(reason))
+            })?;
+            let confirm = self.send(live, "", key, routed, properties).await?;
+            pending.push((routed, confirm));
+        }
+        let confirmed = async {
+            for (routed, confirm) in pending {
+                if let Some(reason) = self.confirmed(routed, confirm).await? {
+                    return Err(SinkError::Rejected {
+                        sink: self.options.connection_name.clone(),
+                        event_id: routed.event.id.to_string(),
+                        exchange: String::new(),
+                        reason: format!("the unroutable queue `{queue}` did not take it: {reason}"),
+                    });
                 }
             }
             Ok(())
         };
+        self.within_confirm_timeout(confirmed).await
+    }
+
+    /// Publishes one event, `mandatory`, and returns its pending confirm.
+    async fn send(
+        &self,
+        live: &Live,
+        exchange: &str,
+        routing_key: ShortString,
+        routed: &RoutedEvent,
+        properties: BasicProperties,
+    ) -> Result<lapin::PublisherConfirm, SinkError> {
+        let body = serde_json::to_vec(&routed.event).map_err(|e| SinkError::Backend {
+            sink: self.options.connection_name.clone(),
+            source: Box::new(e),
+        })?;
+        live.channel
+            .basic_publish(
+                exchange.into(),
+                routing_key,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &body,
+                properties,
+            )
+            .await
+            .map_err(|e| self.unavailable(e))
+    }
+
+    /// Waits for one confirm: `None` when the broker took the message, the reason when it
+    /// returned it as unroutable.
+    async fn confirmed(
+        &self,
+        routed: &RoutedEvent,
+        confirm: lapin::PublisherConfirm,
+    ) -> Result<Option<String>, SinkError> {
+        match confirm.await.map_err(|e| self.unavailable(e))? {
+            Confirmation::Ack(None) => Ok(None),
+            Confirmation::Ack(Some(returned)) => Ok(Some(format!(
+                "no queue is bound to exchange `{}` for routing key `{}` ({} {})",
+                routed.exchange, routed.routing_key, returned.reply_code, returned.reply_text
+            ))),
+            Confirmation::Nack(_) => Err(SinkError::Rejected {
+                sink: self.options.connection_name.clone(),
+                event_id: routed.event.id.to_string(),
+                exchange: routed.exchange.clone(),
+                reason: "the broker nacked the message".into(),
+            }),
+            Confirmation::NotRequested => Err(SinkError::Backend {
+                sink: self.options.connection_name.clone(),
+                source: "publisher confirms are not enabled on the channel".into(),
+            }),
+        }
+    }
+
+    async fn within_confirm_timeout(
+        &self,
+        confirmed: impl std::future::Future<Output = Result<(), SinkError>>,
+    ) -> Result<(), SinkError> {
         tokio::time::timeout(self.options.confirm_timeout, confirmed)
             .await
             .map_err(|_| SinkError::Timeout {
@@ -495,6 +605,24 @@ fn lapin_other(reason: String) -> lapin::Error {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `properties` with the headers that say where an unroutable event was meant to go and why
+/// it did not.
+fn with_unroutable_headers(
+    properties: BasicProperties,
+    routed: &RoutedEvent,
+    reason: &str,
+) -> BasicProperties {
+    let mut table = properties.headers().clone().unwrap_or_default();
+    for (key, value) in [
+        (unroutable_headers::EXCHANGE, routed.exchange.as_str()),
+        (unroutable_headers::ROUTING_KEY, routed.routing_key.as_str()),
+        (unroutable_headers::REASON, reason),
+    ] {
+        table.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
+    }
+    properties.with_headers(table)
 }
 
 /// The AMQP properties of an event's message: persistent, JSON, id and headers.

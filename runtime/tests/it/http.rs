@@ -11,6 +11,7 @@ use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
 use std::time::Duration;
 
+use nexus_runtime::http::access::OriginPolicy;
 use nexus_runtime::http::{
     BodyLimits, CommandService, QueryDashboard, QueryLimits, ServeOptions, serve_with,
 };
@@ -210,6 +211,7 @@ async fn bad_requests_get_a_status_a_code_and_a_message_and_store_nothing() {
 
     // Malformed JSON: 400 with the location.
     let request = Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
         .body(Body::from("{\"type\": \"Open\", \"title\": "))
         .unwrap();
     let (status, response) = call(&app, request).await;
@@ -249,6 +251,7 @@ async fn bad_requests_get_a_status_a_code_and_a_message_and_store_nothing() {
     let (status, _) = call(&app, get("/aggregates/ticket/t-9")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let request = Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
         .header("if-match", "\"soon\"")
         .body(Body::from(
             json!({"type": "Open", "title": "x"}).to_string(),
@@ -277,6 +280,7 @@ async fn a_stale_if_match_is_a_409_with_the_actual_version() {
         assert_eq!(status, StatusCode::OK);
     }
     let stale = Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
         .header("if-match", "\"1\"")
         .body(Body::from(json!({"type": "Close"}).to_string()))
         .unwrap();
@@ -290,6 +294,7 @@ async fn a_stale_if_match_is_a_409_with_the_actual_version() {
     );
 
     let current = Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
         .header("if-match", "\"2\"")
         .body(Body::from(json!({"type": "Close"}).to_string()))
         .unwrap();
@@ -300,6 +305,7 @@ async fn a_stale_if_match_is_a_409_with_the_actual_version() {
 
 fn keyed(key: &str, body: Value) -> Request<Body> {
     Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
         .header("idempotency-key", key)
         .body(Body::from(body.to_string()))
         .unwrap()
@@ -384,6 +390,7 @@ async fn trace_headers_reach_the_event_metadata() {
     let app = commands(&store);
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let request = Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
         .header("traceparent", traceparent)
         .header("x-causation-id", "msg-7")
         .body(Body::from(
@@ -398,6 +405,7 @@ async fn trace_headers_reach_the_event_metadata() {
         "the trace id correlates when no correlation id is sent"
     );
     let request = Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
         .header("x-correlation-id", "checkout-42")
         .body(Body::from(json!({"type": "Close"}).to_string()))
         .unwrap();
@@ -421,6 +429,7 @@ async fn trace_headers_reach_the_event_metadata() {
     assert_eq!(events[1].metadata.traceparent, None);
 
     let request = Request::post("/commands/ticket/t-1")
+        .header("content-type", "application/json")
         .header("x-correlation-id", "has spaces")
         .body(Body::from(
             json!({"type": "Open", "title": "t"}).to_string(),
@@ -983,4 +992,137 @@ async fn waiters_beyond_the_cap_get_503_and_wait_ms_beyond_the_maximum_400() {
         "{body}"
     );
     tickets.stop().await;
+}
+
+fn command_with(headers: &[(&str, &str)], body: &str) -> Request<Body> {
+    let mut request = Request::post("/commands/ticket/t-1");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Body::from(body.to_owned())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_pages_cannot_write_rebind_or_post_non_json() {
+    let (store, _dir) = support::embedded();
+    let app = commands(&store);
+    let open = r#"{"type": "Open", "title": "t"}"#;
+    let json = ("content-type", "application/json");
+    for (headers, body, expected, code) in [
+        // A simple (preflight-free) cross-site POST: text/plain or a form.
+        (
+            vec![("content-type", "text/plain")],
+            open,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            vec![("content-type", "application/x-www-form-urlencoded")],
+            "type=Open",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            vec![],
+            open,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        // DNS rebinding: the page's own name in Host.
+        (
+            vec![json, ("host", "attacker.example:8080")],
+            open,
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected_host",
+        ),
+        // A write from another site.
+        (
+            vec![
+                json,
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://attacker.example"),
+            ],
+            open,
+            StatusCode::FORBIDDEN,
+            "cross_site",
+        ),
+        (
+            vec![
+                json,
+                ("host", "127.0.0.1:8080"),
+                ("sec-fetch-site", "cross-site"),
+            ],
+            open,
+            StatusCode::FORBIDDEN,
+            "cross_site",
+        ),
+    ] {
+        let (status, response) = call(&app, command_with(&headers, body)).await;
+        assert_eq!(status, expected, "{headers:?}");
+        assert_eq!(json_of(response).await["error"], code, "{headers:?}");
+    }
+    assert!(
+        store
+            .read_stream(&StreamId::new("ticket", "t-1"), 1, None)
+            .await
+            .is_err(),
+        "a refused request stored events"
+    );
+    // The service's own pages, programs and configured names and origins are served.
+    let app = CommandService::new(Arc::clone(&store))
+        .aggregate::<Ticket>()
+        .with_origin_policy(
+            OriginPolicy::new()
+                .allow_host("orders.internal")
+                .allow_origin("http://localhost:5173"),
+        )
+        .router();
+    let (status, _) = call(
+        &app,
+        command_with(
+            &[
+                json,
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://127.0.0.1:8080"),
+            ],
+            open,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for headers in [
+        vec![
+            json,
+            ("host", "orders.internal:8080"),
+            ("origin", "http://localhost:5173"),
+        ],
+        vec![
+            ("content-type", "application/json; charset=utf-8"),
+            ("host", "localhost:8080"),
+        ],
+    ] {
+        let (status, response) = call(
+            &app,
+            command_with(&headers, r#"{"type": "Comment", "text": "x"}"#),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{headers:?}: {}",
+            json_of(response).await
+        );
+    }
+    // Reads from any page are allowed, but only under an allowed host.
+    let read = Request::get("/aggregates/ticket/t-1")
+        .header("host", "127.0.0.1:8080")
+        .header("origin", "http://attacker.example")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&app, read).await.0, StatusCode::OK);
+    let rebound = Request::get("/aggregates/ticket/t-1")
+        .header("host", "attacker.example")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&app, rebound).await.0, StatusCode::MISDIRECTED_REQUEST);
 }

@@ -888,6 +888,73 @@ mod rabbitmq {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unroutable_events_and_overlong_routing_keys_go_to_the_unroutable_queue() {
+        use nexus_runtime::integration::rabbitmq::unroutable_headers;
+
+        let Some(url) = url() else { return };
+        let mut broker = Broker::new(&url, "unroutable").await;
+        // Only orders are bound: invoices route nowhere.
+        broker.queue.binding_keys = vec!["order.*".into()];
+        let unroutable = format!("{}.unroutable", broker.exchange);
+        let mut options = broker.options(&url);
+        options.unroutable_queue = unroutable.clone();
+        let (store, dir) = embedded();
+        let order = append(&store, &StreamId::new("order", "1"), "OrderPlaced", 1).await;
+        let invoice = append(&store, &StreamId::new("invoice", "1"), "InvoiceSent", 2).await;
+        let long_type = format!("Long{}", "x".repeat(247));
+        let long = append(&store, &StreamId::new("order", "2"), &long_type, 3).await;
+        let sink = Arc::new(RabbitMqSink::connect(options).await.expect("connect"));
+        let relay = relay(&store, sink, &dir, broker.routing(), 10).await;
+        relay
+            .wait_for(store.head().await.unwrap(), WAIT)
+            .await
+            .expect("the relay is not blocked by what it cannot route");
+        // It goes on with later events.
+        let later = append(&store, &StreamId::new("order", "3"), "OrderPlaced", 4).await;
+        relay
+            .wait_for(store.head().await.unwrap(), WAIT)
+            .await
+            .unwrap();
+        relay.stop().await.unwrap();
+
+        let delivered = broker.collect(&broker.queue.name, 2).await;
+        let ids: HashSet<EventId> = delivered.keys().copied().collect();
+        assert_eq!(ids, HashSet::from([order, later]));
+        let parked = broker.collect(&unroutable, 2).await;
+        let ids: HashSet<EventId> = parked.keys().copied().collect();
+        assert_eq!(
+            ids,
+            HashSet::from([invoice, long]),
+            "nothing dropped silently"
+        );
+        let reason =
+            |id: &EventId| text(&parked[id], unroutable_headers::REASON).unwrap_or_default();
+        assert!(
+            reason(&invoice).contains("no queue is bound"),
+            "{}",
+            reason(&invoice)
+        );
+        assert!(reason(&long).contains("routing key"), "{}", reason(&long));
+        assert_eq!(
+            text(&parked[&invoice], unroutable_headers::EXCHANGE),
+            Some(broker.exchange.clone())
+        );
+        assert_eq!(
+            text(&parked[&invoice], unroutable_headers::ROUTING_KEY).as_deref(),
+            Some("invoice.InvoiceSent")
+        );
+        assert_eq!(
+            text(&parked[&long], headers::EVENT_TYPE),
+            Some(long_type.clone())
+        );
+        let _ = broker
+            .channel
+            .queue_delete(unroutable.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        broker.cleanup().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rejected_message_lands_in_the_dead_letter_queue() {
         let Some(url) = url() else { return };
         let broker = Broker::new(&url, "dlq").await;

@@ -6,7 +6,7 @@
 //! content model (open, closed, partially open), and the Nexus additive-only verdict, which does
 //! not: removing a property is always breaking and adding an optional one never is.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, collections::HashMap};
 
 use serde_json::{Map, Value};
 
@@ -16,6 +16,8 @@ use super::{CheckError, Rule};
 const MAX_STEPS: usize = 250_000;
 /// The deepest nesting one diff follows.
 const MAX_DEPTH: usize = 128;
+/// The most distinct patterns one diff compiles; later ones match nothing.
+const MAX_PATTERNS: usize = 1_000;
 
 /// Keywords that only annotate a schema and never change which instances it accepts.
 const ANNOTATIONS: &[&str] = &[
@@ -139,6 +141,7 @@ pub(crate) fn diff_keeping(
         changes: Vec::new(),
         steps: 0,
         keep,
+        patterns: HashMap::new(),
     };
     differ.schema(original, update, &mut String::new(), 0)?;
     Ok(differ.changes)
@@ -148,6 +151,8 @@ struct Differ {
     changes: Vec<Change>,
     steps: usize,
     keep: Keep,
+    /// Compiled `patternProperties` and `propertyNames` patterns (`None`: does not compile).
+    patterns: HashMap<String, Option<regex::Regex>>,
 }
 
 fn escape(segment: &str) -> Cow<'_, str> {
@@ -202,33 +207,100 @@ fn required_set(schema: &Map<String, Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn content_model(schema: &Map<String, Value>) -> ContentModel {
-    let pattern = schema
-        .get("patternProperties")
-        .and_then(Value::as_object)
-        .is_some_and(|m| !m.is_empty());
-    match (
-        schema.get("additionalProperties"),
-        schema.get("unevaluatedProperties"),
-    ) {
-        (Some(Value::Bool(false)), _) | (None, Some(Value::Bool(false))) => ContentModel::Closed,
-        (Some(Value::Object(_)), _) | (None | Some(Value::Bool(true)), Some(Value::Object(_))) => {
-            ContentModel::Partial
+/// How an object schema treats the properties it does not list by name.
+struct Side<'a> {
+    /// `properties`.
+    props: &'a Map<String, Value>,
+    /// `required`.
+    required: Vec<String>,
+    /// `additionalProperties`, else `unevaluatedProperties`, else `true`.
+    cover: Value,
+    /// `patternProperties`, in order.
+    patterns: Vec<(&'a str, &'a Value)>,
+    /// `propertyNames`.
+    names: Option<&'a Value>,
+}
+
+impl<'a> Side<'a> {
+    fn of(schema: &'a Map<String, Value>) -> Self {
+        static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+        let empty = EMPTY.get_or_init(Map::new);
+        let cover = match schema.get("additionalProperties") {
+            Some(v) => v.clone(),
+            None => schema
+                .get("unevaluatedProperties")
+                .cloned()
+                .unwrap_or(Value::Bool(true)),
+        };
+        Side {
+            props: schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .unwrap_or(empty),
+            required: required_set(schema),
+            cover,
+            patterns: schema
+                .get("patternProperties")
+                .and_then(Value::as_object)
+                .map(|m| m.iter().map(|(p, s)| (p.as_str(), s)).collect())
+                .unwrap_or_default(),
+            names: schema.get("propertyNames"),
         }
-        _ if pattern => ContentModel::Partial,
-        _ => ContentModel::Open,
     }
 }
 
-/// The schema that covers properties an object does not list (`true` when the model is open).
-fn covering_schema(schema: &Map<String, Value>) -> Value {
-    match schema.get("additionalProperties") {
-        Some(v) => v.clone(),
-        None => schema
-            .get("unevaluatedProperties")
-            .cloned()
-            .unwrap_or(Value::Bool(true)),
+/// The content model a covering schema makes.
+fn model_of(cover: &Value) -> ContentModel {
+    match cover {
+        Value::Bool(false) => ContentModel::Closed,
+        other if empty_schema(other) => ContentModel::Open,
+        _ => ContentModel::Partial,
     }
+}
+
+/// Pairs removed and added properties that are renames: an explicit marker first, then one
+/// removed and one added property with the same schema (annotations aside). Each schema is
+/// stripped of its annotations once.
+fn pair_renames<'a>(
+    removed: &mut Vec<&'a String>,
+    added: &mut Vec<(&'a String, &'a Value)>,
+    original: &'a Map<String, Value>,
+) -> Vec<(&'a String, &'a String)> {
+    let mut renames: Vec<(&String, &String)> = Vec::new();
+    for &(new, schema) in added.iter() {
+        if let Some(old) = schema.get(RENAMED_FROM).and_then(Value::as_str)
+            && let Some(pos) = removed.iter().position(|r| r.as_str() == old)
+        {
+            renames.push((removed.remove(pos), new));
+        }
+    }
+    added.retain(|(a, _)| !renames.iter().any(|(_, n)| n == a));
+    let old_shapes: Vec<Value> = removed
+        .iter()
+        .map(|r| strip_annotations(&original[r.as_str()]))
+        .collect();
+    let new_shapes: Vec<Value> = added.iter().map(|(_, s)| strip_annotations(s)).collect();
+    let mut paired_old = vec![false; removed.len()];
+    let mut paired_new = vec![false; added.len()];
+    for (i, shape) in old_shapes.iter().enumerate() {
+        let twins = old_shapes.iter().filter(|s| *s == shape).count();
+        let same: Vec<usize> = new_shapes
+            .iter()
+            .enumerate()
+            .filter(|(j, s)| !paired_new[*j] && *s == shape)
+            .map(|(j, _)| j)
+            .collect();
+        if let ([j], 1) = (same.as_slice(), twins) {
+            paired_old[i] = true;
+            paired_new[*j] = true;
+            renames.push((removed[i], added[*j].0));
+        }
+    }
+    let mut keep = paired_old.iter().map(|p| !p);
+    removed.retain(|_| keep.next().unwrap_or(true));
+    let mut keep = paired_new.iter().map(|p| !p);
+    added.retain(|_| keep.next().unwrap_or(true));
+    renames
 }
 
 fn number(value: &Value) -> Option<f64> {
@@ -270,9 +342,12 @@ impl Differ {
             changes: Vec::new(),
             steps: self.steps,
             keep: Keep::All,
+            patterns: std::mem::take(&mut self.patterns),
         };
-        nested.schema(original, update, &mut String::new(), depth)?;
+        let result = nested.schema(original, update, &mut String::new(), depth);
         self.steps = nested.steps;
+        self.patterns = nested.patterns;
+        result?;
         Ok((
             nested.changes.iter().all(|c| c.backward),
             nested.changes.iter().all(|c| c.additive),
@@ -290,6 +365,11 @@ impl Differ {
         if self.steps > MAX_STEPS || depth > MAX_DEPTH {
             return Err(CheckError::TooComplex);
         }
+        if original == update {
+            return Ok(());
+        }
+        let (original, update) = (single_branch(original), single_branch(update));
+        let (original, update) = (original.as_ref(), update.as_ref());
         if original == update {
             return Ok(());
         }
@@ -605,120 +685,53 @@ impl Differ {
         path: &mut String,
         depth: usize,
     ) -> Result<(), CheckError> {
-        let empty = Map::new();
-        let o_props = o
-            .get("properties")
-            .and_then(Value::as_object)
-            .unwrap_or(&empty);
-        let u_props = u
-            .get("properties")
-            .and_then(Value::as_object)
-            .unwrap_or(&empty);
-        let o_required = required_set(o);
-        let u_required = required_set(u);
-        let original_model = content_model(o);
-        let update_model = content_model(u);
-        let original_cover = covering_schema(o);
-        let update_cover = covering_schema(u);
-
+        let (original, update) = (Side::of(o), Side::of(u));
         let Alignment {
             mut removed,
             mut added,
             common,
-        } = align(o_props, u_props);
-
-        // Renames: an explicit marker first, then one removed and one added property with the same schema.
-        let mut renames: Vec<(&String, &String)> = Vec::new();
-        for (new, schema) in added.clone() {
-            if let Some(old) = schema.get(RENAMED_FROM).and_then(Value::as_str)
-                && let Some(pos) = removed.iter().position(|r| r.as_str() == old)
-            {
-                renames.push((removed.remove(pos), new));
-            }
-        }
-        added.retain(|(a, _)| !renames.iter().any(|(_, n)| n == a));
-        for old in removed.clone() {
-            let same: Vec<&(&String, &Value)> = added
-                .iter()
-                .filter(|(_, schema)| {
-                    strip_annotations(schema) == strip_annotations(&o_props[old.as_str()])
-                })
-                .collect();
-            let twins = removed
-                .iter()
-                .filter(|r| {
-                    strip_annotations(&o_props[r.as_str()])
-                        == strip_annotations(&o_props[old.as_str()])
-                })
-                .count();
-            if same.len() == 1 && twins == 1 {
-                let new = same[0].0;
-                renames.push((old, new));
-                added.retain(|(a, _)| *a != new);
-                removed.retain(|r| *r != old);
-            }
-        }
-
+        } = align(original.props, update.props);
+        let renames = pair_renames(&mut removed, &mut added, original.props);
         let base = path.clone();
         let at = |name: &str| format!("{base}/properties/{}", escape(name));
 
         for name in &removed {
-            let (backward, message) =
-                self.removal_verdict(update_model, &o_props[name.as_str()], &update_cover, depth)?;
-            let additive = o_props[name.as_str()] == Value::Bool(false);
+            let schema = &original.props[name.as_str()];
+            let (backward, additive, how) = self.removal(&update, name, schema, depth)?;
             self.push(
                 &at(name),
                 Rule::PropertyRemoved,
-                format!("property `{name}` was removed{message}"),
+                format!("property `{name}` was removed{how}"),
                 backward,
                 additive,
             );
         }
         for &(name, schema) in &added {
-            let required = u_required.contains(name);
-            let has_default = schema.get("default").is_some();
-            let backward = self.addition_verdict(
-                original_model,
-                schema,
-                &original_cover,
-                required,
-                has_default,
-                depth,
-            )?;
+            let required = update.required.contains(name);
+            let backward = self.addition(&original, name, schema, required, depth)?;
             // Most additions are dropped under the NEXUS level: build no pointer or message for them.
             if !self.keeps(backward, !required) {
                 continue;
             }
-            if required {
-                self.push(
-                    &at(name),
-                    Rule::RequiredPropertyAdded,
-                    format!("required property `{name}` was added"),
-                    backward,
-                    false,
-                );
+            let (rule, what) = if required {
+                (Rule::RequiredPropertyAdded, "required")
             } else {
-                self.push(
-                    &at(name),
-                    Rule::PropertyAdded,
-                    format!("optional property `{name}` was added"),
-                    backward,
-                    true,
-                );
-            }
+                (Rule::PropertyAdded, "optional")
+            };
+            self.push(
+                &at(name),
+                rule,
+                format!("{what} property `{name}` was added"),
+                backward,
+                !required,
+            );
         }
         for (old, new) in &renames {
-            let (removal_ok, _) =
-                self.removal_verdict(update_model, &o_props[old.as_str()], &update_cover, depth)?;
-            let schema = &u_props[new.as_str()];
-            let addition_ok = self.addition_verdict(
-                original_model,
-                schema,
-                &original_cover,
-                u_required.contains(*new),
-                schema.get("default").is_some(),
-                depth,
-            )?;
+            let (removal_ok, _, _) =
+                self.removal(&update, old, &original.props[old.as_str()], depth)?;
+            let schema = &update.props[new.as_str()];
+            let required = update.required.contains(*new);
+            let addition_ok = self.addition(&original, new, schema, required, depth)?;
             let backward = removal_ok && addition_ok;
             if !self.keeps(backward, false) {
                 continue;
@@ -743,16 +756,34 @@ impl Differ {
             self.schema(o_schema, u_schema, path, depth + 1)?;
             path.truncate(len);
         }
+        self.required(&original, &update, &added, &renames, &at);
+        self.covers(o, u, path, depth)?;
+        self.patterns(&original, &update, path, depth)?;
+        self.dependencies(o, u, path);
+        Ok(())
+    }
 
-        // Required: names that become required and were not just added as new properties.
-        for name in &u_required {
-            if o_required.contains(name)
+    /// Names that become required (and were not just added) or stop being required.
+    fn required(
+        &mut self,
+        original: &Side<'_>,
+        update: &Side<'_>,
+        added: &[(&String, &Value)],
+        renames: &[(&String, &String)],
+        at: &dyn Fn(&str) -> String,
+    ) {
+        for name in &update.required {
+            if original.required.contains(name)
                 || added.iter().any(|(a, _)| *a == name)
                 || renames.iter().any(|(_, n)| *n == name)
             {
                 continue;
             }
-            let has_default = u_props.get(name).and_then(|s| s.get("default")).is_some();
+            let has_default = update
+                .props
+                .get(name)
+                .and_then(|s| s.get("default"))
+                .is_some();
             self.push(
                 &at(name),
                 Rule::RequiredPropertyAdded,
@@ -761,8 +792,8 @@ impl Differ {
                 false,
             );
         }
-        for name in &o_required {
-            if !u_required.contains(name) && u_props.contains_key(name) {
+        for name in &original.required {
+            if !update.required.contains(name) && update.props.contains_key(name) {
                 self.push(
                     &at(name),
                     Rule::RequiredRemoved,
@@ -772,55 +803,63 @@ impl Differ {
                 );
             }
         }
+    }
 
-        // The covering schema for unlisted properties.
+    /// The covering schemas for unlisted properties.
+    fn covers(
+        &mut self,
+        o: &Map<String, Value>,
+        u: &Map<String, Value>,
+        path: &mut String,
+        depth: usize,
+    ) -> Result<(), CheckError> {
         for keyword in ["additionalProperties", "unevaluatedProperties"] {
-            let from = o.get(keyword).cloned().unwrap_or(Value::Bool(true));
-            let to = u.get(keyword).cloned().unwrap_or(Value::Bool(true));
+            let from = o.get(keyword).unwrap_or(&Value::Bool(true));
+            let to = u.get(keyword).unwrap_or(&Value::Bool(true));
             if from == to {
                 continue;
             }
             let len = path.len();
             path.push('/');
             path.push_str(keyword);
-            match (&from, &to) {
-                (Value::Object(_), Value::Object(_)) => self.schema(&from, &to, path, depth + 1)?,
-                _ => {
-                    let (ok, _) = self.verdicts(&from, &to, depth + 1)?;
-                    let rule = if ok {
-                        Rule::AdditionalPropertiesExtended
-                    } else {
-                        Rule::AdditionalPropertiesNarrowed
-                    };
-                    self.push(
-                        path,
-                        rule,
-                        format!("`{keyword}` changed from {from} to {to}"),
-                        ok,
-                        ok,
-                    );
-                }
+            if from.is_object() && to.is_object() {
+                self.schema(from, to, path, depth + 1)?;
+            } else {
+                let (ok, _) = self.verdicts(from, to, depth + 1)?;
+                let rule = if ok {
+                    Rule::AdditionalPropertiesExtended
+                } else {
+                    Rule::AdditionalPropertiesNarrowed
+                };
+                self.push(
+                    path,
+                    rule,
+                    format!("`{keyword}` changed from {from} to {to}"),
+                    ok,
+                    ok,
+                );
             }
             path.truncate(len);
         }
+        Ok(())
+    }
 
-        // Pattern properties: compared per pattern.
-        let o_patterns = o
-            .get("patternProperties")
-            .and_then(Value::as_object)
-            .unwrap_or(&empty);
-        let u_patterns = u
-            .get("patternProperties")
-            .and_then(Value::as_object)
-            .unwrap_or(&empty);
-        for (pattern, o_schema) in o_patterns {
+    /// Pattern properties, compared per pattern.
+    fn patterns(
+        &mut self,
+        original: &Side<'_>,
+        update: &Side<'_>,
+        path: &mut String,
+        depth: usize,
+    ) -> Result<(), CheckError> {
+        for &(pattern, o_schema) in &original.patterns {
             let len = path.len();
             path.push_str("/patternProperties/");
             path.push_str(&escape(pattern));
-            match u_patterns.get(pattern) {
-                Some(u_schema) => self.schema(o_schema, u_schema, path, depth + 1)?,
+            match update.patterns.iter().find(|(p, _)| *p == pattern) {
+                Some((_, u_schema)) => self.schema(o_schema, u_schema, path, depth + 1)?,
                 None => {
-                    let ok = update_model == ContentModel::Open;
+                    let (ok, _) = self.verdicts(o_schema, &update.cover, depth + 1)?;
                     self.push(
                         path,
                         Rule::AdditionalPropertiesNarrowed,
@@ -832,8 +871,11 @@ impl Differ {
             }
             path.truncate(len);
         }
-        for pattern in u_patterns.keys().filter(|p| !o_patterns.contains_key(*p)) {
-            let ok = original_model == ContentModel::Closed;
+        for &(pattern, u_schema) in &update.patterns {
+            if original.patterns.iter().any(|(p, _)| *p == pattern) {
+                continue;
+            }
+            let (ok, _) = self.verdicts(&original.cover, u_schema, depth + 1)?;
             self.push(
                 &format!("{path}/patternProperties/{}", escape(pattern)),
                 Rule::AdditionalPropertiesNarrowed,
@@ -842,8 +884,12 @@ impl Differ {
                 ok,
             );
         }
+        Ok(())
+    }
 
-        // Dependencies: more dependencies accept less.
+    /// Dependencies: more dependencies accept less.
+    fn dependencies(&mut self, o: &Map<String, Value>, u: &Map<String, Value>, path: &str) {
+        let empty = Map::new();
         for keyword in ["dependencies", "dependentRequired", "dependentSchemas"] {
             let from = o.get(keyword).and_then(Value::as_object).unwrap_or(&empty);
             let to = u.get(keyword).and_then(Value::as_object).unwrap_or(&empty);
@@ -864,47 +910,137 @@ impl Differ {
                 }
             }
         }
-        Ok(())
     }
 
-    /// Whether data with a property that the update no longer lists still validates (STRICT).
-    fn removal_verdict(
+    /// What data carrying property `name` meets in an object that does not list it: the schema
+    /// of the patterns it matches (and which), or the covering schema; `None` when the object's
+    /// `propertyNames` refuses the name.
+    fn cover_for<'s>(
         &mut self,
-        update_model: ContentModel,
-        removed: &Value,
-        update_cover: &Value,
-        depth: usize,
-    ) -> Result<(bool, String), CheckError> {
-        Ok(match update_model {
-            ContentModel::Open => (true, " from an open content model".to_owned()),
-            ContentModel::Closed => (
-                removed == &Value::Bool(false),
-                " from a closed content model".to_owned(),
+        side: &'s Side<'_>,
+        name: &str,
+    ) -> Option<(Cow<'s, Value>, Option<&'s str>)> {
+        if !self.name_allowed(side.names, name) {
+            return None;
+        }
+        let matching: Vec<(&str, &Value)> = side
+            .patterns
+            .iter()
+            .filter(|(pattern, _)| self.matches(pattern, name))
+            .copied()
+            .collect();
+        Some(match matching.as_slice() {
+            [] => (Cow::Borrowed(&side.cover), None),
+            [(pattern, schema)] => (Cow::Borrowed(*schema), Some(*pattern)),
+            many => (
+                Cow::Owned(
+                    serde_json::json!({"allOf": many.iter().map(|(_, s)| *s).collect::<Vec<_>>()}),
+                ),
+                Some(many[0].0),
             ),
+        })
+    }
+
+    /// Whether a property name passes `propertyNames` (as far as the diff can tell: `false`,
+    /// `const`, `enum`, `pattern` and `maxLength` are read; anything else passes).
+    fn name_allowed(&mut self, names: Option<&Value>, name: &str) -> bool {
+        let Some(names) = names else { return true };
+        let Some(rules) = names.as_object() else {
+            return names.as_bool() != Some(false);
+        };
+        let text = Value::String(name.to_owned());
+        rules.get("const").is_none_or(|c| *c == text)
+            && rules
+                .get("enum")
+                .and_then(Value::as_array)
+                .is_none_or(|e| e.contains(&text))
+            && rules
+                .get("maxLength")
+                .and_then(Value::as_u64)
+                .is_none_or(|max| name.chars().count() as u64 <= max)
+            && rules
+                .get("pattern")
+                .and_then(Value::as_str)
+                .is_none_or(|p| self.matches(p, name))
+    }
+
+    /// Whether `text` matches a schema `pattern`; a pattern the regex engine cannot compile within
+    /// its size limit matches nothing, so the diff stays on the side of reporting a change.
+    fn matches(&mut self, pattern: &str, text: &str) -> bool {
+        if !self.patterns.contains_key(pattern) {
+            if self.patterns.len() >= MAX_PATTERNS {
+                return false;
+            }
+            let compiled = regex::RegexBuilder::new(pattern)
+                .size_limit(1 << 20)
+                .build()
+                .ok();
+            self.patterns.insert(pattern.to_owned(), compiled);
+        }
+        self.patterns[pattern]
+            .as_ref()
+            .is_some_and(|re| re.is_match(text))
+    }
+
+    /// Whether data with a property that the update no longer lists still validates: the
+    /// backward and additive verdicts and how the property is covered now.
+    fn removal(
+        &mut self,
+        update: &Side<'_>,
+        name: &str,
+        removed: &Value,
+        depth: usize,
+    ) -> Result<(bool, bool, String), CheckError> {
+        let never = removed == &Value::Bool(false);
+        let Some((cover, pattern)) = self.cover_for(update, name) else {
+            return Ok((
+                never,
+                never,
+                " and `propertyNames` no longer allows its name".to_owned(),
+            ));
+        };
+        if let Some(pattern) = pattern {
+            // Covered by a pattern: not removed if the pattern accepts what the property did.
+            let (backward, additive) = self.verdicts(removed, &cover, depth + 1)?;
+            return Ok((
+                backward,
+                additive,
+                format!(" and pattern `{pattern}` does not accept what it did"),
+            ));
+        }
+        Ok(match model_of(&cover) {
+            ContentModel::Open => (true, never, " from an open content model".to_owned()),
+            ContentModel::Closed => (never, never, " from a closed content model".to_owned()),
             ContentModel::Partial => {
-                let (ok, _) = self.verdicts(removed, update_cover, depth + 1)?;
-                (ok, " from a partially open content model".to_owned())
+                let (ok, _) = self.verdicts(removed, &cover, depth + 1)?;
+                (ok, never, " from a partially open content model".to_owned())
             }
         })
     }
 
     /// Whether old data validates against a property the update adds (STRICT).
-    fn addition_verdict(
+    fn addition(
         &mut self,
-        original_model: ContentModel,
+        original: &Side<'_>,
+        name: &str,
         added: &Value,
-        original_cover: &Value,
         required: bool,
-        has_default: bool,
         depth: usize,
     ) -> Result<bool, CheckError> {
-        if required && !has_default {
+        if required && added.get("default").is_none() {
             return Ok(false);
         }
-        Ok(match original_model {
+        let Some((cover, pattern)) = self.cover_for(original, name) else {
+            // Old data could not carry the property at all.
+            return Ok(true);
+        };
+        if pattern.is_some() {
+            return Ok(self.verdicts(&cover, added, depth + 1)?.0);
+        }
+        Ok(match model_of(&cover) {
             ContentModel::Open => !required && empty_schema(added),
             ContentModel::Closed => true,
-            ContentModel::Partial => self.verdicts(original_cover, added, depth + 1)?.0,
+            ContentModel::Partial => self.verdicts(&cover, added, depth + 1)?.0,
         })
     }
 
@@ -1178,6 +1314,39 @@ impl Differ {
             );
         }
     }
+}
+
+/// A schema whose `oneOf` or `anyOf` has a single branch is that branch together with its other
+/// keywords, so wrapping a schema in a one-branch combinator (or unwrapping it) changes nothing.
+/// A branch that sets a keyword the schema also sets stays wrapped: the two would intersect.
+fn single_branch(value: &Value) -> Cow<'_, Value> {
+    let Some(map) = value.as_object() else {
+        return Cow::Borrowed(value);
+    };
+    for keyword in ["oneOf", "anyOf"] {
+        let Some(Value::Array(branches)) = map.get(keyword) else {
+            continue;
+        };
+        let [branch] = branches.as_slice() else {
+            continue;
+        };
+        let merged = match branch {
+            Value::Bool(true) => merge(map, keyword, &Value::Object(Map::new())),
+            Value::Bool(false) => Value::Bool(false),
+            Value::Object(inner) => {
+                let collides = inner.keys().any(|k| {
+                    k != keyword && map.contains_key(k) && !ANNOTATIONS.contains(&k.as_str())
+                });
+                if collides {
+                    continue;
+                }
+                merge(map, keyword, branch)
+            }
+            _ => continue,
+        };
+        return Cow::Owned(single_branch(&merged).into_owned());
+    }
+    Cow::Borrowed(value)
 }
 
 /// The schema of `sum` with its combinator replaced by one alternative.

@@ -330,6 +330,80 @@ fn table() -> Vec<Case> {
             obj(json!({"a": s})),
             [T, T, T, T],
         ),
+        // A one-branch oneOf/anyOf is its branch, in both directions.
+        case(
+            "oneOf with one branch wraps the old schema",
+            json!({"type": "string", "maxLength": 5}),
+            json!({"oneOf": [{"type": "string", "maxLength": 5}]}),
+            [T, T, T, T],
+        ),
+        case(
+            "anyOf with one branch unwraps to the same object",
+            json!({"anyOf": [obj(json!({"a": s}))]}),
+            obj(json!({"a": s})),
+            [T, T, T, T],
+        ),
+        case(
+            "oneOf with one narrower branch",
+            json!({"type": "string"}),
+            json!({"oneOf": [{"type": "string", "maxLength": 5}]}),
+            [F, T, F, F],
+        ),
+        // Pattern properties and property names take part in what an object accepts.
+        case(
+            "closed: a removed property stays covered by a pattern",
+            closed(json!({"a": s, "x_1": s})),
+            json!({"type": "object", "properties": {"a": s},
+                   "patternProperties": {"^x_": s}, "additionalProperties": false}),
+            [T, F, F, T],
+        ),
+        case(
+            "closed: the pattern covering a removed property accepts less",
+            closed(json!({"x_1": s})),
+            json!({"type": "object", "patternProperties": {"^x_": {"type": "integer"}},
+                   "additionalProperties": false}),
+            [F, F, F, F],
+        ),
+        case(
+            "closed: an added property was covered by a pattern",
+            json!({"type": "object", "patternProperties": {"^x_": s}, "additionalProperties": false}),
+            json!({"type": "object", "properties": {"x_1": s},
+                   "patternProperties": {"^x_": s}, "additionalProperties": false}),
+            [T, T, T, T],
+        ),
+        case(
+            "open: propertyNames refuses a removed property",
+            obj(json!({"a": s, "b": s})),
+            json!({"type": "object", "properties": {"a": s}, "propertyNames": {"enum": ["a"]}}),
+            [F, T, F, F],
+        ),
+        // Tuples: draft-07 array `items` with `additionalItems`, and 2020-12 `prefixItems`.
+        case(
+            "tuple: a member added where additionalItems was open",
+            json!({"type": "array", "items": [s, {"type": "integer"}]}),
+            json!({"type": "array", "items": [s, {"type": "integer"}, s]}),
+            [F, T, F, F],
+        ),
+        case(
+            "tuple: a member added where additionalItems was false",
+            json!({"type": "array", "items": [s], "additionalItems": false}),
+            json!({"type": "array", "items": [s, s], "additionalItems": false}),
+            [T, F, F, T],
+        ),
+        case(
+            "prefixItems: a member added where items was false",
+            json!({"$schema": "https://json-schema.org/draft/2020-12/schema",
+                   "type": "array", "prefixItems": [s], "items": false}),
+            json!({"$schema": "https://json-schema.org/draft/2020-12/schema",
+                   "type": "array", "prefixItems": [s, s], "items": false}),
+            [T, F, F, T],
+        ),
+        case(
+            "tuple: additionalItems narrowed",
+            json!({"type": "array", "items": [s], "additionalItems": s}),
+            json!({"type": "array", "items": [s], "additionalItems": false}),
+            [F, T, F, F],
+        ),
     ]
 }
 

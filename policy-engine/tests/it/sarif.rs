@@ -1,12 +1,10 @@
 //! SARIF output against the official 2.1.0 schema, plus the GitHub code-scanning rules the
 //! schema cannot express (rule indexes, relative URIs, messages ending with a period).
 
-mod support;
-
 use std::path::Path;
 
+use crate::support::{Fixture, check_fixture};
 use serde_json::Value;
-use support::{Fixture, check_fixture};
 
 fn fixture_report() -> nexus_policy_engine::CheckReport {
     let text = r#"//- src/lib.rs

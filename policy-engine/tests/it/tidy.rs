@@ -1,8 +1,6 @@
 //! Tidy checks over the rule folders: each is complete, documented the same way, and has a
 //! unique code and name; the embedded built-in rules match the folders on disk.
 
-mod support;
-
 use std::collections::BTreeSet;
 
 use nexus_policy_engine::RuleSet;
@@ -18,7 +16,7 @@ const README_SECTIONS: &[&str] = &[
 
 #[test]
 fn every_rule_folder_is_complete() {
-    let folders = nexus_policy_engine::engine::rule_folders(&support::rules_dir())
+    let folders = nexus_policy_engine::engine::rule_folders(&crate::support::rules_dir())
         .expect("rules/ is readable");
     assert!(
         folders.len() >= 4,
@@ -74,7 +72,8 @@ fn every_rule_folder_is_complete() {
     assert!(problems.is_empty(), "{problems:#?}");
 
     // Loading all folders together fails on a duplicate code or name.
-    let all = RuleSet::load(false, &[support::rules_dir()]).expect("codes and names are unique");
+    let all =
+        RuleSet::load(false, &[crate::support::rules_dir()]).expect("codes and names are unique");
     let codes: BTreeSet<_> = all.rules().iter().map(|r| r.code.clone()).collect();
     assert_eq!(codes.len(), folders.len());
 }
@@ -82,7 +81,7 @@ fn every_rule_folder_is_complete() {
 #[test]
 fn builtin_rules_are_the_folders_on_disk() {
     let builtin = RuleSet::load(true, &[]).expect("built-in rules load");
-    let disk = RuleSet::load(false, &[support::rules_dir()]).expect("rules on disk load");
+    let disk = RuleSet::load(false, &[crate::support::rules_dir()]).expect("rules on disk load");
     let names = |set: &RuleSet| {
         set.rules()
             .iter()
@@ -108,8 +107,8 @@ fn a_duplicate_code_is_rejected() {
 
 #[test]
 fn every_rule_has_passing_policy_tests() {
-    let report =
-        nexus_policy_engine::engine::run_tests(&[support::rules_dir()]).expect("policy tests run");
+    let report = nexus_policy_engine::engine::run_tests(&[crate::support::rules_dir()])
+        .expect("policy tests run");
     assert!(!report.results.is_empty(), "no test_* rules found");
     let failed: Vec<_> = report
         .results

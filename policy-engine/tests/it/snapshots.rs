@@ -1,11 +1,9 @@
 //! Snapshots of rendered diagnostics for the bookkeeping findings: suppressions without a reason,
 //! unused suppressions, stale baseline entries and files that do not parse.
 
-mod support;
-
 use std::path::Path;
 
-use support::{Fixture, check_fixture, render_plain};
+use crate::support::{Fixture, check_fixture, render_plain};
 
 #[test]
 fn suppression_and_parse_diagnostics() {

@@ -1,18 +1,12 @@
 //! Shared helpers of the policy-engine integration tests: fixture files with `//- path`
 //! headers, materialised into a temporary workspace, and plain rendering of diagnostics.
 
-#![allow(
-    dead_code,
-    unreachable_pub,
-    reason = "each test binary uses a different subset of these helpers"
-)]
-
 use std::path::{Path, PathBuf};
 
 use nexus_policy_engine::{CheckOptions, CheckReport};
 
 /// The configuration fixtures get unless they bring a `nexus.toml`.
-pub const DEFAULT_CONFIG: &str = r#"[services.command-service]
+pub(crate) const DEFAULT_CONFIG: &str = r#"[services.command-service]
 package = "command-service"
 role = "command"
 addresses = ["command-service", "COMMAND_SERVICE_URL"]
@@ -33,29 +27,29 @@ tables = ["events"]
 
 /// One expected finding: `// error: [rule-name]` on a line.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Expectation {
-    pub file: String,
-    pub line: u32,
-    pub severity: String,
-    pub rule: String,
+pub(crate) struct Expectation {
+    pub(crate) file: String,
+    pub(crate) line: u32,
+    pub(crate) severity: String,
+    pub(crate) rule: String,
 }
 
 /// A fixture: one or more files, with expectations.
 #[derive(Debug)]
-pub struct Fixture {
-    pub path: PathBuf,
-    pub files: Vec<(String, String)>,
+pub(crate) struct Fixture {
+    pub(crate) path: PathBuf,
+    pub(crate) files: Vec<(String, String)>,
 }
 
 impl Fixture {
     /// Reads a fixture; files are separated by `//- relative/path` header lines. A fixture
     /// without headers is the `src/lib.rs` of a package named `command-service`.
-    pub fn load(path: &Path) -> Self {
+    pub(crate) fn load(path: &Path) -> Self {
         let text = std::fs::read_to_string(path).expect("fixture is readable");
         Self::parse(path, &text)
     }
 
-    pub fn parse(path: &Path, text: &str) -> Self {
+    pub(crate) fn parse(path: &Path, text: &str) -> Self {
         let mut files: Vec<(String, String)> = Vec::new();
         if text.starts_with("//- ") {
             for line in text.split_inclusive('\n') {
@@ -95,7 +89,7 @@ impl Fixture {
     }
 
     /// The rule folder this fixture belongs to (`rules/<rule>/tests/<kind>/<file>`).
-    pub fn rule_dir(&self) -> PathBuf {
+    pub(crate) fn rule_dir(&self) -> PathBuf {
         self.path
             .ancestors()
             .nth(3)
@@ -104,7 +98,7 @@ impl Fixture {
     }
 
     /// `pass__name` or `fail__name`, for snapshots.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         let kind = self
             .path
             .parent()
@@ -118,7 +112,7 @@ impl Fixture {
     }
 
     /// Writes the files into `dir`.
-    pub fn materialise(&self, dir: &Path) {
+    pub(crate) fn materialise(&self, dir: &Path) {
         for (name, body) in &self.files {
             let path = dir.join(name);
             std::fs::create_dir_all(path.parent().expect("a file has a parent"))
@@ -128,7 +122,7 @@ impl Fixture {
     }
 
     /// The annotations of every file.
-    pub fn expectations(&self) -> Vec<Expectation> {
+    pub(crate) fn expectations(&self) -> Vec<Expectation> {
         let mut out = Vec::new();
         for (file, body) in &self.files {
             for (index, line) in body.lines().enumerate() {
@@ -158,7 +152,7 @@ impl Fixture {
 
     /// Findings must match annotations one to one: same file, same severity and rule, and the
     /// annotated line within the finding's primary span.
-    pub fn assert_annotations(&self, report: &CheckReport) {
+    pub(crate) fn assert_annotations(&self, report: &CheckReport) {
         let mut expected = self.expectations();
         let mut unexpected = Vec::new();
         for finding in report.active() {
@@ -192,7 +186,7 @@ impl Fixture {
 }
 
 /// Materialises a fixture into a temporary folder and checks it with the on-disk rules.
-pub fn check_fixture(fixture: &Fixture) -> CheckReport {
+pub(crate) fn check_fixture(fixture: &Fixture) -> CheckReport {
     let dir = tempfile::tempdir().expect("temp dir");
     fixture.materialise(dir.path());
     let schemas = if dir.path().join("schemas").is_dir() {
@@ -211,12 +205,12 @@ pub fn check_fixture(fixture: &Fixture) -> CheckReport {
 }
 
 /// The repository's `rules/` folder.
-pub fn rules_dir() -> PathBuf {
+pub(crate) fn rules_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules")
 }
 
 /// Renders active findings with miette's graphical handler, without colours, at a fixed width.
-pub fn render_plain(report: &CheckReport) -> String {
+pub(crate) fn render_plain(report: &CheckReport) -> String {
     let handler =
         miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
             .with_width(100)

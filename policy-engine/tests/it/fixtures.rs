@@ -2,13 +2,11 @@
 //! the whole engine (cargo metadata, syn, Rego) and compares findings with the inline
 //! `// error: [rule-name]` annotations; then snapshots the rendered diagnostics.
 
-mod support;
-
-use support::{Fixture, check_fixture, render_plain};
+use crate::support::{Fixture, check_fixture, render_plain};
 
 #[test]
 fn rule_fixtures() {
-    insta::glob!("../../rules", "*/tests/{pass,fail}/*", |path| {
+    insta::glob!("../../../rules", "*/tests/{pass,fail}/*", |path| {
         let fixture = Fixture::load(path);
         let report = check_fixture(&fixture);
         fixture.assert_annotations(&report);
