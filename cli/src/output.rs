@@ -52,51 +52,8 @@ pub(crate) fn report(err: &anyhow::Error) {
     }
 }
 
-/// `url` with its password replaced by `***`, for showing where a command connects.
+/// `url` with its secrets replaced by `***`, for showing where a command connects: the one
+/// redaction the runtime logs with too ([`nexus_runtime::redact::url`]).
 pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let authority_end = url[scheme_end..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| scheme_end + i);
-    let authority = &url[scheme_end..authority_end];
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!(
-                "{}{user}:***@{host}{}",
-                &url[..scheme_end],
-                &url[authority_end..]
-            ),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redact_hides_only_the_password() {
-        assert_eq!(
-            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(
-            redact_url("postgres://postgres@127.0.0.1:5432/postgres"),
-            "postgres://postgres@127.0.0.1:5432/postgres"
-        );
-        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/orders"),
-            "postgres://app:***@db:5432/orders"
-        );
-        // An `@` after the host belongs to the path, not to the credentials.
-        assert_eq!(
-            redact_url("postgres://db:5432/orders?user=a@b"),
-            "postgres://db:5432/orders?user=a@b"
-        );
-    }
+    nexus_runtime::redact::url(url)
 }

@@ -90,7 +90,7 @@ layers(e, schema) := [[schema, array.concat(e.fields, [tag_field(e)]), ""]] if {
 	names_any(schema, {e.serde.variant})
 } else := [[schema, e.fields, ""]]
 
-tag_field(e) := added_field(e.serde.tag, "string", "tag", e.serde.span)
+tag_field(e) := object.union(added_field(e.serde.tag, "string", "tag", e.serde.span), {"const": e.serde.variant})
 
 # A key serde adds around the variant's fields: never optional, of a fixed JSON type.
 added_field(name, type, what, span) := {"name": name, "type": type, "optional": false, "rust_type": type, "span": span, "added": what}
@@ -105,21 +105,43 @@ names_any(schema, keys) if {
 	k in object.get(schema, "required", [])
 }
 
-# The schema of the object under `key`; `{}` (anything) when it is not spelled out inline.
+# The schema of the object under `key`, following a local `$ref`; `{}` (anything) when it is not
+# spelled out.
 inner(schema, key) := part if {
-	part := object.get(schema, ["properties", key], {})
+	part := deref(schema, object.get(schema, ["properties", key], {}))
 	is_object(part)
 } else := {}
 
-# Every level of every checked event that has a registered schema of its version.
+# A part of `root`, with a local `$ref` (`#/$defs/X`, `#/definitions/X`) followed up to three
+# times; a part without one, or with a reference this cannot follow, is itself.
+deref(root, part) := deref_once(root, deref_once(root, deref_once(root, part)))
+
+deref_once(root, part) := target if {
+	is_object(part)
+	ref := part["$ref"]
+	startswith(ref, "#/")
+	path := [decode_pointer(p) | some p in array.slice(split(ref, "/"), 1, count(split(ref, "/")))]
+	target := object.get(root, path, null)
+	is_object(target)
+} else := part
+
+decode_pointer(p) := replace(replace(p, "~1", "/"), "~0", "~")
+
+# Every level of every checked event that has a registered schema of its version (the schema
+# itself may be a `$ref` into its own definitions).
 compared contains [e, part, fields, wrapper] if {
 	input.schemas_loaded
 	some e in input.events
 	checked(e)
 	e.fields != null
-	schema := schema_for(e)
-	some [part, fields, wrapper] in layers(e, schema)
+	root := schema_for(e)
+	schema := deref(root, root)
+	some [layer, fields, wrapper] in layers(e, schema)
+	part := deref(root, layer)
 }
+
+# A property's schema, through `$ref`s into the event's registered schema.
+property_schema(e, part, name) := deref(schema_for(e), object.get(part, ["properties", name], {}))
 
 # The field serialised under `name`: the first one, when serde writes two under one name (a
 # rename onto another field, a tag named like a field), so the lookup has one answer.
@@ -209,7 +231,7 @@ deny contains v if {
 	some [e, part, fields, wrapper] in compared
 	some f in fields
 	f.type != null
-	property := object.get(part, ["properties", f.name], {})
+	property := property_schema(e, part, f.name)
 	declared := object.get(property, "type", null)
 	declared != null
 	not type_matches(f.type, declared)
@@ -220,6 +242,38 @@ deny contains v if {
 		"help": type_help(f),
 	}
 }
+
+# serde's tag value must be the one the schema pins (`const`, or the only values in `enum`).
+deny contains v if {
+	some [e, part, fields, wrapper] in compared
+	some f in fields
+	f.added == "tag"
+	property := property_schema(e, part, f.name)
+	not tag_allowed(property, f.const)
+	v := {
+		"message": sprintf("serde writes tag `%s` of event `%s` as %s, but its registered schema only allows %s", [f.name, e.event_type, json.marshal(f.const), allowed_text(property)]),
+		"span": f.span,
+		"label": sprintf("serde writes %s", [json.marshal(f.const)]),
+		"help": "rename the variant (`#[serde(rename = \"…\")]` or the enum's `rename_all`) to the schema's value, or register a schema version with serde's",
+	}
+}
+
+tag_allowed(property, value) if not pins_tag(property)
+
+tag_allowed(property, value) if property["const"] == value
+
+tag_allowed(property, value) if {
+	not "const" in object.keys(property)
+	value in object.get(property, "enum", [])
+}
+
+pins_tag(property) if "const" in object.keys(property)
+
+pins_tag(property) if is_array(object.get(property, "enum", null))
+
+allowed_text(property) := json.marshal(property["const"]) if "const" in object.keys(property)
+
+allowed_text(property) := json.marshal(property["enum"]) if not "const" in object.keys(property)
 
 type_label(f) := sprintf("`%s`", [f.rust_type]) if not f.added
 

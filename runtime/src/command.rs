@@ -510,20 +510,29 @@ impl<A: Aggregate> CommandHandler<A> {
         fingerprint: Option<&str>,
     ) -> Result<Option<CommandOutcome>, CommandError<A::Error>> {
         let stream = Repository::<A>::stream(id);
-        let ids: Vec<EventId> = (0..MAX_EVENTS_PER_COMMAND)
-            .map(|index| idempotent_event_id(&stream, key, index))
-            .collect();
-        let stored = self
-            .repository
-            .store
-            .find_events(&stream, &ids)
-            .await
-            .map_err(|source| {
-                CommandError::Load(LoadError::Read {
-                    stream: stream.clone(),
-                    source,
-                })
-            })?;
+        let find = |ids: Vec<EventId>| {
+            let stream = stream.clone();
+            async move {
+                self.repository
+                    .store
+                    .find_events(&stream, &ids)
+                    .await
+                    .map_err(|source| CommandError::Load(LoadError::Read { stream, source }))
+            }
+        };
+        // A command's events are stored all or none: if its first is not stored, none is.
+        if find(vec![idempotent_event_id(&stream, key, 0)])
+            .await?
+            .is_empty()
+        {
+            return Ok(None);
+        }
+        let stored = find(
+            (0..MAX_EVENTS_PER_COMMAND)
+                .map(|index| idempotent_event_id(&stream, key, index))
+                .collect(),
+        )
+        .await?;
         let Some(last) = stored.last() else {
             return Ok(None);
         };

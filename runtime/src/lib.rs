@@ -15,6 +15,7 @@ pub mod integration;
 #[cfg(feature = "postgres")]
 mod pg;
 pub mod projection;
+pub mod redact;
 pub mod snapshot;
 pub mod store;
 pub mod temporal;

@@ -8,6 +8,11 @@ use super::Outcome;
 pub(crate) enum BenchCommand {
     /// Event bus: offered load, commit-to-projection latency and lag, for 1..K projections.
     Bus(super::bench_bus::BusArgs),
+    /// The writer process of `nexus bench bus --cross-process`.
+    #[command(hide = true)]
+    BusWriter(super::bench_bus::BusWriterArgs),
+    /// Command service over HTTP: a built-in load generator, beside the store's own append rate.
+    Http(super::bench_http::HttpArgs),
     /// Generate a workspace of N lines of Rust and time `nexus check` on it.
     Check(super::bench_check::BenchCheckArgs),
     /// Time registry reads and a compatibility check against 100 versions on loopback.
@@ -21,7 +26,9 @@ pub(crate) enum BenchCommand {
 pub(crate) fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
     match command {
         BenchCommand::Bus(args) => super::bench_bus::run(args),
+        BenchCommand::BusWriter(args) => super::bench_bus::run_writer(args),
         BenchCommand::Check(args) => super::bench_check::run(args),
+        BenchCommand::Http(args) => super::bench_http::run(args),
         BenchCommand::Registry(args) => super::bench_registry::run(args),
         BenchCommand::Store(args) => super::bench_store::run(args),
         BenchCommand::Temporal(args) => super::bench_temporal::run(args),
@@ -50,4 +57,21 @@ pub(crate) fn latency_ms(seconds: &mut [f64]) -> serde_json::Value {
 /// A figure rounded to three decimals, as the reports print it.
 pub(crate) fn round(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
+}
+
+/// The process's peak resident memory in MiB so far (what `getrusage` reports as max RSS), read
+/// from `/proc/self/status`; `None` where that file does not exist.
+pub(crate) fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(round(kib / 1024.0))
+}
+
+/// The process's resident memory in MiB now, from `/proc/self/status`.
+pub(crate) fn rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(round(kib / 1024.0))
 }

@@ -1,5 +1,6 @@
 //! `nexus bench bus`: offered load in, commit-to-projection latency and lag out, for the
-//! in-process bus and NATS JetStream, with one or more projections in the same run.
+//! in-process bus and NATS JetStream, with one or more projections in the same run; with
+//! `--cross-process` the events are appended by another process on the same SQLite file.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,9 +49,40 @@ pub(crate) struct BusArgs {
     /// Seconds of load per run.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Append from another process (`--backend inprocess` only): a child `nexus` writes to
+    /// the same SQLite file while this process runs the projections, as a command service and
+    /// a query dashboard do in the default layout.
+    #[arg(long)]
+    cross_process: bool,
     /// Print JSON (the default output is a short summary).
     #[arg(long)]
     json: bool,
+}
+
+/// The writer half of `nexus bench bus --cross-process`: appends at a steady rate to the
+/// embedded store in `--path` and prints its append latencies as JSON.
+#[derive(Debug, Args)]
+pub(crate) struct BusWriterArgs {
+    /// The SQLite file of the embedded store.
+    #[arg(long)]
+    path: std::path::PathBuf,
+    /// Events per second.
+    #[arg(long)]
+    rate: u64,
+    /// Seconds of load.
+    #[arg(long)]
+    duration: u64,
+}
+
+/// Runs the writer half of a cross-process run (a hidden command the benchmark starts).
+pub(crate) fn run_writer(args: BusWriterArgs) -> anyhow::Result<Outcome> {
+    super::tokio_runtime()?.block_on(async {
+        let store: Arc<dyn EventStore> =
+            Arc::new(EmbeddedStore::open(&args.path).context("failed to open the store")?);
+        let mut append_seconds = offer_load(&store, args.rate, args.duration).await?;
+        output::json(&json!({ "append_latency_ms": latency_ms(&mut append_seconds) }))?;
+        Ok(Outcome::Clean)
+    })
 }
 
 /// Captures the runner's latency histogram; everything else is dropped.
@@ -144,6 +176,10 @@ pub(crate) fn run(args: BusArgs) -> anyhow::Result<Outcome> {
         !args.projections.is_empty() && args.projections.iter().all(|k| (1..=64).contains(k)),
         "--projections takes counts from 1 to 64"
     );
+    anyhow::ensure!(
+        !args.cross_process || args.backend == BusBackend::Inprocess,
+        "--cross-process measures the in-process bus over the embedded store"
+    );
     let capture = Arc::new(Capture::default());
     metrics::set_global_recorder(CaptureRecorder(Arc::clone(&capture)))
         .map_err(|e| anyhow::anyhow!("cannot install the benchmark's metrics recorder: {e}"))?;
@@ -159,7 +195,9 @@ pub(crate) fn run(args: BusArgs) -> anyhow::Result<Outcome> {
             "machine": { "cores": std::thread::available_parallelism().map_or(1, |n| n.get()) },
             "offered_rate": args.rate,
             "duration_s": args.duration,
+            "cross_process": args.cross_process,
             "runs": runs,
+            "peak_rss_mb": super::bench::peak_rss_mb(),
         });
         let cpu_per_event = |k: usize| {
             report["runs"].as_array().and_then(|runs| {
@@ -188,6 +226,82 @@ pub(crate) fn run(args: BusArgs) -> anyhow::Result<Outcome> {
         }
         Ok(Outcome::Clean)
     })
+}
+
+/// Starts `nexus bench bus-writer` on `path` and waits for its report.
+async fn write_elsewhere(
+    path: &std::path::Path,
+    args: &BusArgs,
+) -> anyhow::Result<serde_json::Value> {
+    let exe = std::env::current_exe().context("cannot find the nexus executable")?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(["bench", "bus-writer", "--path"])
+        .arg(path)
+        .args(["--rate", &args.rate.to_string()])
+        .args(["--duration", &args.duration.to_string()]);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await?
+        .context("failed to start the writer process")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the writer process failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).context("the writer process printed no report")
+}
+
+/// Appends `rate` events per second for `duration` seconds, in ticks of 10 ms, each append
+/// concurrent with the others of its tick; returns how long each took to be acknowledged.
+async fn offer_load(
+    store: &Arc<dyn EventStore>,
+    rate: u64,
+    duration: u64,
+) -> anyhow::Result<Vec<f64>> {
+    let tick = Duration::from_millis(10);
+    let per_tick = (rate as f64 * tick.as_secs_f64()).max(1.0);
+    let total = (rate * duration) as usize;
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = 0usize;
+    let mut owed = 0.0;
+    // How long each append took to be acknowledged: the part of the commit-to-projection
+    // latency spent before the event is durable (the store's group commit and fsync).
+    let mut append_seconds = Vec::with_capacity(total);
+    while sent < total {
+        interval.tick().await;
+        owed += per_tick;
+        let now = owed.floor() as usize;
+        owed -= now as f64;
+        let appends: Vec<_> = (sent..(sent + now).min(total))
+            .map(|i| {
+                let store = Arc::clone(store);
+                async move {
+                    let event = NewEvent::from_json(
+                        "Ticked",
+                        1,
+                        format!(r#"{{"n":{i}}}"#),
+                        nexus_runtime::Metadata::default(),
+                    )
+                    .expect("valid JSON");
+                    let started = Instant::now();
+                    store
+                        .append(
+                            &StreamId::new("bench", format!("k{}", i % 64)),
+                            ExpectedVersion::Any,
+                            vec![event],
+                        )
+                        .await
+                        .map(|_| started.elapsed().as_secs_f64())
+                }
+            })
+            .collect();
+        for result in futures::future::join_all(appends).await {
+            append_seconds.push(result.context("an append failed during the benchmark")?);
+        }
+        sent = (sent + now).min(total);
+    }
+    Ok(append_seconds)
 }
 
 fn cpu_seconds() -> f64 {
@@ -233,7 +347,12 @@ async fn bench_run(
             stream_name = Some(options.stream.clone());
             let bus = JetStreamBus::connect(&args.url, options)
                 .await
-                .with_context(|| format!("failed to connect to NATS at {}", args.url))?;
+                .with_context(|| {
+                    format!(
+                        "failed to connect to NATS at {}",
+                        crate::output::redact_url(&args.url)
+                    )
+                })?;
             let checkpoints = EmbeddedCheckpoints::open(dir.path().join("relay.db"))?;
             relay = Some(
                 Relay::new(
@@ -254,49 +373,14 @@ async fn bench_run(
     }
     let cpu_before = cpu_seconds();
     let started = Instant::now();
-    let tick = Duration::from_millis(10);
-    let per_tick = (args.rate as f64 * tick.as_secs_f64()).max(1.0);
     let total = (args.rate * args.duration) as usize;
-    let mut interval = tokio::time::interval(tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut sent = 0usize;
-    let mut owed = 0.0;
-    // How long each append took to be acknowledged: the part of the commit-to-projection
-    // latency spent before the event is durable (the store's group commit and fsync).
-    let mut append_seconds = Vec::with_capacity(total);
-    while sent < total {
-        interval.tick().await;
-        owed += per_tick;
-        let now = owed.floor() as usize;
-        owed -= now as f64;
-        let appends: Vec<_> = (sent..(sent + now).min(total))
-            .map(|i| {
-                let store = Arc::clone(&store);
-                async move {
-                    let event = NewEvent::from_json(
-                        "Ticked",
-                        1,
-                        format!(r#"{{"n":{i}}}"#),
-                        nexus_runtime::Metadata::default(),
-                    )
-                    .expect("valid JSON");
-                    let started = Instant::now();
-                    store
-                        .append(
-                            &StreamId::new("bench", format!("k{}", i % 64)),
-                            ExpectedVersion::Any,
-                            vec![event],
-                        )
-                        .await
-                        .map(|_| started.elapsed().as_secs_f64())
-                }
-            })
-            .collect();
-        for result in futures::future::join_all(appends).await {
-            append_seconds.push(result.context("an append failed during the benchmark")?);
-        }
-        sent = (sent + now).min(total);
-    }
+    let mut append_seconds = if args.cross_process {
+        let report = write_elsewhere(&dir.path().join("events.db"), args).await?;
+        let summary = report["append_latency_ms"].clone();
+        Err(summary)
+    } else {
+        Ok(offer_load(&store, args.rate, args.duration).await?)
+    };
     let write_seconds = started.elapsed().as_secs_f64();
     let lag_at_end: u64 = handles
         .iter()
@@ -345,7 +429,10 @@ async fn bench_run(
         "events": total,
         "achieved_rate": round(total as f64 / write_seconds),
         "latency_ms": latency_ms(&mut all),
-        "append_latency_ms": latency_ms(&mut append_seconds),
+        "append_latency_ms": match &mut append_seconds {
+            Ok(seconds) => latency_ms(seconds),
+            Err(summary) => summary.clone(),
+        },
         "per_projection_latency_ms": per_projection,
         "lag_at_end_events": lag_at_end,
         "drain_ms": round(drain_ms),

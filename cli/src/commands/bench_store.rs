@@ -1,4 +1,5 @@
-//! `nexus bench store`: append throughput and latency, rehydration, stream reads and
+//! `nexus bench store`: append throughput and latency (raw appends, or whole commands through
+//! `CommandHandler`), rehydration through `Repository::load`, stream reads and
 //! change-data-capture latency, with PostgreSQL's plain-INSERT ceiling measured in the same run.
 
 use std::sync::Arc;
@@ -11,8 +12,8 @@ use nexus_runtime::store::embedded::EmbeddedStore;
 use nexus_runtime::store::postgres::{PostgresOptions, PostgresStore};
 use nexus_runtime::store::subscribe;
 use nexus_runtime::{
-    Aggregate, DomainEvent, EventStore, ExpectedVersion, LogPosition, Metadata, NewEvent,
-    Repository, SnapshotStore, StreamId,
+    Aggregate, CommandHandler, DomainEvent, EventStore, ExpectedVersion, LogPosition, Metadata,
+    NewEvent, Repository, SnapshotStore, StreamId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -29,8 +30,20 @@ pub(crate) enum Backend {
     Postgres,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum WritePath {
+    /// Raw `EventStore::append` calls.
+    Append,
+    /// Whole commands through `CommandHandler::execute` (fresh aggregate loaded, decision,
+    /// append with the expected version), measured beside the append path in the same run.
+    Command,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct StoreArgs {
+    /// What the writers call: raw appends, or commands (which also measures appends).
+    #[arg(long, value_enum, default_value_t = WritePath::Append)]
+    path: WritePath,
     /// Backends to measure, one after the other in this run (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "embedded")]
     backend: Vec<Backend>,
@@ -46,12 +59,25 @@ pub(crate) struct StoreArgs {
     /// Events per append.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Memory soak instead of the throughput phases: `--commands` commands, each on a stream
+    /// of its own, with snapshots on; reports resident memory along the way.
+    #[arg(long)]
+    soak: bool,
+    /// Commands of the soak run (a smaller count makes a quick check).
+    #[arg(long, default_value_t = 1_000_000)]
+    commands: usize,
     /// Print JSON (the default output is a short summary).
     #[arg(long)]
     json: bool,
 }
 
+/// Resident memory the soak run must stay under, in MiB.
+const SOAK_RSS_LIMIT_MB: f64 = 80.0;
+
 pub(crate) fn run(args: StoreArgs) -> anyhow::Result<Outcome> {
+    if args.soak {
+        return run_soak(&args);
+    }
     if args.writers == 0 || args.batch == 0 || args.events < args.writers * args.batch {
         anyhow::bail!(
             "--events ({}) must cover at least one batch ({}) per writer ({})",
@@ -71,7 +97,9 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<Outcome> {
             "writers": args.writers,
             "events": args.events,
             "batch": args.batch,
+            "path": match args.path { WritePath::Append => "append", WritePath::Command => "command" },
             "runs": runs,
+            "peak_rss_mb": super::bench::peak_rss_mb(),
         });
         let rate = |name: &str| {
             report["runs"].as_array().and_then(|runs| {
@@ -92,6 +120,116 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<Outcome> {
     })
 }
 
+fn run_soak(args: &StoreArgs) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(
+        args.commands >= args.writers && args.writers > 0,
+        "--commands must be at least --writers"
+    );
+    let backend = args.backend.first().copied().unwrap_or(Backend::Embedded);
+    super::tokio_runtime()?.block_on(async {
+        let target = open(backend, args).await?;
+        let soak = soak_phase(&target, args).await?;
+        drop(target.store);
+        drop(target.snapshots);
+        if let Cleanup::Schema { url, schema } = &target.cleanup {
+            drop_schema(url, schema).await?;
+        }
+        let report = json!({
+            "benchmark": "store-soak",
+            "backend": match backend { Backend::Embedded => "embedded", Backend::Postgres => "postgres" },
+            "machine": { "cores": std::thread::available_parallelism().map_or(1, |n| n.get()) },
+            "writers": args.writers,
+            "soak": soak,
+            "peak_rss_mb": super::bench::peak_rss_mb(),
+        });
+        if args.json {
+            output::json(&report)?;
+        } else {
+            output::line(&format!(
+                "soak: {} commands at {} commands/s; resident memory {} MiB at start, {} MiB at most, under {SOAK_RSS_LIMIT_MB} MiB: {}",
+                report["soak"]["commands"],
+                report["soak"]["commands_per_sec"],
+                report["soak"]["rss_mb"]["start"],
+                report["soak"]["rss_mb"]["max"],
+                report["soak"]["rss_mb"]["under_limit"],
+            ))?;
+        }
+        Ok(Outcome::Clean)
+    })
+}
+
+/// Commands on as many streams as commands, with the snapshot manager watching every one,
+/// sampling resident memory ten times along the way.
+async fn soak_phase(target: &Target, args: &StoreArgs) -> anyhow::Result<serde_json::Value> {
+    let repository = Repository::<Counter>::new(Arc::clone(&target.store))
+        .with_snapshots(Arc::clone(&target.snapshots));
+    let handler = CommandHandler::new(repository);
+    let manager = nexus_runtime::SnapshotManager::new(
+        Arc::clone(&target.store),
+        Arc::clone(&target.snapshots),
+    )
+    .register::<Counter>(nexus_runtime::SnapshotPolicy {
+        every_events: Some(1),
+        ..nexus_runtime::SnapshotPolicy::default()
+    })
+    .spawn();
+    let start = super::bench::rss_mb();
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    let per_writer = args.commands / args.writers;
+    let step = (per_writer / 10).max(1);
+    for round in 0..per_writer.div_ceil(step) {
+        let from = round * step;
+        let to = (from + step).min(per_writer);
+        let mut tasks = Vec::new();
+        for writer in 0..args.writers {
+            let handler = handler.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in from..to {
+                    handler
+                        .execute(
+                            &format!("soak-w{writer}-{i}"),
+                            &1,
+                            Metadata::correlated("soak"),
+                        )
+                        .await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        samples.push(json!({
+            "commands": to * args.writers,
+            "rss_mb": super::bench::rss_mb(),
+        }));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let snapshots = manager.snapshots_taken();
+    manager.stop().await;
+    let max = samples
+        .iter()
+        .filter_map(|s| s["rss_mb"].as_f64())
+        .fold(start.unwrap_or(0.0), f64::max);
+    let commands = per_writer * args.writers;
+    Ok(json!({
+        "commands": commands,
+        "streams": commands,
+        "snapshots_taken": snapshots,
+        "seconds": round(seconds),
+        "commands_per_sec": round(commands as f64 / seconds),
+        "rss_mb": {
+            "start": start,
+            "samples": samples,
+            "end": super::bench::rss_mb(),
+            "max": max,
+            "limit": SOAK_RSS_LIMIT_MB,
+            "under_limit": max < SOAK_RSS_LIMIT_MB,
+        },
+    }))
+}
+
 fn summary(report: &serde_json::Value) -> anyhow::Result<()> {
     for run in report["runs"].as_array().into_iter().flatten() {
         output::line(&format!(
@@ -107,6 +245,15 @@ fn summary(report: &serde_json::Value) -> anyhow::Result<()> {
         ))?;
         if let Some(ratio) = run["ceiling"]["ratio"].as_f64() {
             output::line(&format!("  {ratio} of the plain-INSERT ceiling"))?;
+        }
+        if run["command"].is_object() {
+            output::line(&format!(
+                "  commands: {} events/s, p50 {} ms p99 {} ms, {} of the append path",
+                run["command"]["events_per_sec"],
+                run["command"]["latency_ms"]["p50"],
+                run["command"]["latency_ms"]["p99"],
+                run["command"]["to_append_ratio"],
+            ))?;
         }
     }
     Ok(())
@@ -173,6 +320,10 @@ async fn open(backend: Backend, args: &StoreArgs) -> anyhow::Result<Target> {
 async fn bench_backend(backend: Backend, args: &StoreArgs) -> anyhow::Result<serde_json::Value> {
     let target = open(backend, args).await?;
     let append = append_phase(&target.store, args).await?;
+    let command = match args.path {
+        WritePath::Append => None,
+        WritePath::Command => Some(command_phase(&target.store, args).await?),
+    };
     let rehydrate = rehydrate_phase(&target.store, &target.snapshots).await?;
     let reads = read_phase(&target.store).await?;
     let cdc = cdc_phase(&target.store).await?;
@@ -183,6 +334,15 @@ async fn bench_backend(backend: Backend, args: &StoreArgs) -> anyhow::Result<ser
         "stream_read_ms": reads,
         "cdc_latency_ms": cdc,
     });
+    if let Some(mut command) = command {
+        if let (Some(commands), Some(appends)) = (
+            command["events_per_sec"].as_f64(),
+            run["append"]["events_per_sec"].as_f64(),
+        ) {
+            command["to_append_ratio"] = json!(round(commands / appends));
+        }
+        run["command"] = command;
+    }
     drop(target.store);
     if let Cleanup::Schema { url, schema } = &target.cleanup {
         let ceiling = ceiling_phase(url, args).await?;
@@ -192,6 +352,9 @@ async fn bench_backend(backend: Backend, args: &StoreArgs) -> anyhow::Result<ser
         ) {
             run["ceiling"] = ceiling;
             run["ceiling"]["ratio"] = json!(round(nexus / raw));
+            if let Some(commands) = run["command"]["events_per_sec"].as_f64() {
+                run["command"]["ceiling_ratio"] = json!(round(commands / raw));
+            }
         }
         drop_schema(url, schema).await?;
     }
@@ -258,6 +421,53 @@ async fn append_phase(
     }))
 }
 
+/// Commands as users run them: per command a fresh aggregate is loaded (its stream is empty),
+/// decides `--batch` events, and appends them with the expected version through
+/// `CommandHandler`; the same writers, event count and payload as the append phase.
+async fn command_phase(
+    store: &Arc<dyn EventStore>,
+    args: &StoreArgs,
+) -> anyhow::Result<serde_json::Value> {
+    let commands_per_writer = args.events / args.writers / args.batch;
+    let handler = CommandHandler::new(Repository::<Counter>::new(Arc::clone(store)));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for writer in 0..args.writers {
+        let handler = handler.clone();
+        let batch = args.batch;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(commands_per_writer);
+            for i in 0..commands_per_writer {
+                let id = format!("w{writer}-c{i}");
+                let t = Instant::now();
+                let done = handler
+                    .execute(&id, &batch, Metadata::correlated("bench"))
+                    .await?;
+                latencies.push(t.elapsed());
+                anyhow::ensure!(
+                    done.version == batch as u64,
+                    "a fresh aggregate was not empty"
+                );
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let commands = latencies.len();
+    Ok(json!({
+        "commands": commands,
+        "events": commands * args.batch,
+        "seconds": round(seconds),
+        "commands_per_sec": round(commands as f64 / seconds),
+        "events_per_sec": round((commands * args.batch) as f64 / seconds),
+        "latency_ms": percentiles(&mut latencies),
+    }))
+}
+
 /// The aggregate the rehydration phase rebuilds: a running total over every event.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Counter {
@@ -279,12 +489,18 @@ impl DomainEvent for Counted {
 
 impl Aggregate for Counter {
     const TYPE: &'static str = "counter";
-    type Command = ();
+    /// How many events to emit.
+    type Command = usize;
     type Event = Counted;
     type Error = std::convert::Infallible;
 
-    fn handle(&self, (): &()) -> Result<Vec<Counted>, Self::Error> {
-        Ok(Vec::new())
+    fn handle(&self, events: &usize) -> Result<Vec<Counted>, Self::Error> {
+        Ok((0..*events)
+            .map(|n| Counted {
+                amount: (self.total + n as u64) % 1000,
+                note: "benchmark event".into(),
+            })
+            .collect())
     }
 
     fn apply(&mut self, event: &Counted) {

@@ -180,7 +180,12 @@ async fn connect_bus(
             let bus =
                 JetStreamBus::connect(&args.nats_url, NatsOptions::for_stream(&args.nats_stream))
                     .await
-                    .with_context(|| format!("failed to connect to NATS at {}", args.nats_url))?;
+                    .with_context(|| {
+                        format!(
+                            "failed to connect to NATS at {}",
+                            output::redact_url(&args.nats_url)
+                        )
+                    })?;
             let checkpoints = EmbeddedCheckpoints::open(args.data_dir.join("relay.db"))
                 .context("failed to open the relay's checkpoint")?;
             let relay = Relay::new("up", Arc::clone(store), bus.clone(), Arc::new(checkpoints));
@@ -318,7 +323,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
 
     let bus_description = match args.bus {
         BusKind::Inprocess => "in-process bus".to_owned(),
-        BusKind::Nats => format!("NATS JetStream at {}", args.nats_url),
+        BusKind::Nats => format!("NATS JetStream at {}", output::redact_url(&args.nats_url)),
     };
     announce(
         &args,

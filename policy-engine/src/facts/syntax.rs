@@ -1195,23 +1195,34 @@ impl<'ast> Visit<'ast> for Walker<'_> {
         let rename_all = serde_rename_all_fields(&item.attrs);
         let container = serde_container(self.file, &item.attrs);
         for variant in &item.variants {
-            if let syn::Fields::Named(fields) = &variant.fields {
-                let fields = field_shapes(self.file, fields, rename_all.as_deref());
-                let mut name = None;
-                serde_meta(&variant.attrs, |key, value| {
-                    if key == "rename" {
-                        name = value.filter(|v| !v.is_empty());
-                    }
-                });
-                let variant_name = name.unwrap_or_else(|| {
-                    rename_variant(&variant.ident.to_string(), container.rename_all.as_deref())
-                });
-                let tagging = container.tagging(variant_name);
-                self.out.shapes.push((
-                    self.prefixed(&format!("{}::{}", item.ident, variant.ident)),
-                    TypeShape { fields, tagging },
-                ));
-            }
+            let mut name = None;
+            serde_meta(&variant.attrs, |key, value| {
+                if key == "rename" {
+                    name = value.filter(|v| !v.is_empty());
+                }
+            });
+            let variant_name = name.unwrap_or_else(|| {
+                rename_variant(&variant.ident.to_string(), container.rename_all.as_deref())
+            });
+            let tagging = container.tagging(variant_name);
+            let fields = match &variant.fields {
+                syn::Fields::Named(fields) => {
+                    field_shapes(self.file, fields, rename_all.as_deref())
+                }
+                // A unit variant of an internally or adjacently tagged enum is the tag alone
+                // (`{"type": "Cancelled"}`); externally tagged, serde writes a bare string, and a
+                // tuple variant's shape is its inner type's, neither of which is compared.
+                syn::Fields::Unit
+                    if matches!(tagging, Tagging::Internal { .. } | Tagging::Adjacent { .. }) =>
+                {
+                    Vec::new()
+                }
+                _ => continue,
+            };
+            self.out.shapes.push((
+                self.prefixed(&format!("{}::{}", item.ident, variant.ident)),
+                TypeShape { fields, tagging },
+            ));
         }
         visit::visit_item_enum(self, item);
     }

@@ -79,6 +79,32 @@ fn every_rule_folder_is_complete() {
 }
 
 #[test]
+fn the_rules_index_lists_every_rule_folder() {
+    let index = std::fs::read_to_string(crate::support::rules_dir().join("README.md"))
+        .expect("rules/README.md exists");
+    let rows: Vec<String> = index
+        .lines()
+        .filter(|l| l.starts_with("| NX"))
+        .map(str::to_owned)
+        .collect();
+    let rules = RuleSet::load(false, &[crate::support::rules_dir()]).expect("rules load");
+    let expected: Vec<String> = rules
+        .rules()
+        .iter()
+        .map(|rule| {
+            format!(
+                "| {} | [`{}`]({}/README.md) | {} |",
+                rule.code, rule.name, rule.name, rule.summary
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows, expected,
+        "rules/README.md must list every rule folder, by code: `| CODE | [`folder`](folder/README.md) | summary |`"
+    );
+}
+
+#[test]
 fn builtin_rules_are_the_folders_on_disk() {
     let builtin = RuleSet::load(true, &[]).expect("built-in rules load");
     let disk = RuleSet::load(false, &[crate::support::rules_dir()]).expect("rules on disk load");

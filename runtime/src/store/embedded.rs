@@ -3,6 +3,10 @@
 //! One writer thread owns the write connection and coalesces concurrent appends into one
 //! transaction (group commit), so many writers share one fsync. Readers use their own
 //! connections (WAL mode lets them read while the writer commits).
+//!
+//! Commits made by another process on the same file wake this process's readers too: a
+//! file-change watch (inotify, kqueue, ReadDirectoryChanges through `notify`) on the file's
+//! write-ahead log signals [`EventStore::changes`]; subscribers still poll as a fallback.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,7 +16,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use super::{
     AppendError, AppendResult, EventStore, ExpectedVersion, OpenError, ReadError, StoreLimits,
@@ -25,6 +29,10 @@ use crate::wal::Checkpointer;
 pub const DEFAULT_PARTITIONS: u16 = 16;
 /// Most appends coalesced into one transaction.
 const MAX_GROUP: usize = 256;
+/// Appends waiting for the writer thread at most, by default: a caller beyond it waits for room.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+/// Read connections kept open at most, by default; readers beyond it wait for one.
+pub const DEFAULT_READERS: usize = 8;
 
 const SCHEMA: &str = r"
 CREATE TABLE IF NOT EXISTS nexus_meta (
@@ -72,6 +80,10 @@ pub struct EmbeddedOptions {
     pub partitions: u16,
     /// Limits on appends.
     pub limits: StoreLimits,
+    /// Appends waiting for the writer thread at most; more callers wait for room (backpressure).
+    pub queue_capacity: usize,
+    /// Read connections open at most; more concurrent reads wait for one.
+    pub readers: usize,
 }
 
 impl Default for EmbeddedOptions {
@@ -79,6 +91,8 @@ impl Default for EmbeddedOptions {
         Self {
             partitions: DEFAULT_PARTITIONS,
             limits: StoreLimits::default(),
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            readers: DEFAULT_READERS,
         }
     }
 }
@@ -93,9 +107,12 @@ struct AppendRequest {
 /// The embedded SQLite event store.
 pub struct EmbeddedStore {
     path: PathBuf,
-    writer: mpsc::UnboundedSender<AppendRequest>,
+    writer: mpsc::Sender<AppendRequest>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    reader_permits: Arc<Semaphore>,
     changes: watch::Receiver<u64>,
+    /// Watches the write-ahead log for commits of other processes; stops when dropped.
+    _log_watch: Option<notify::RecommendedWatcher>,
     options: EmbeddedOptions,
 }
 
@@ -147,6 +164,11 @@ impl EmbeddedStore {
                 "partition count must be at least 1".into(),
             ));
         }
+        if options.queue_capacity == 0 || options.readers == 0 {
+            return Err(OpenError::Config(
+                "queue capacity and readers must be at least 1".into(),
+            ));
+        }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| OpenError::Unavailable(Box::new(e)))?;
         }
@@ -191,8 +213,9 @@ impl EmbeddedStore {
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| OpenError::Unavailable(Box::new(e)))?;
         let checkpointer = Checkpointer::new(&path);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(options.queue_capacity);
         let (changes_tx, changes) = watch::channel(head);
+        let log_watch = watch_log(&path, changes_tx.clone());
         let limits = options.limits;
         thread::Builder::new()
             .name("nexus-sqlite-writer".into())
@@ -202,7 +225,9 @@ impl EmbeddedStore {
             path,
             writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
+            reader_permits: Arc::new(Semaphore::new(options.readers)),
             changes,
+            _log_watch: log_watch,
             options,
         })
     }
@@ -212,14 +237,36 @@ impl EmbeddedStore {
         &self.path
     }
 
+    /// Appends queued for the writer thread now (at most the configured queue capacity).
+    pub fn queued_appends(&self) -> usize {
+        self.writer.max_capacity() - self.writer.capacity()
+    }
+
+    /// Read connections open now, idle or in use (at most the configured readers).
+    pub fn reader_connections(&self) -> usize {
+        let idle = self
+            .readers
+            .lock()
+            .expect("reader pool lock poisoned")
+            .len();
+        let in_use = self.options.readers - self.reader_permits.available_permits();
+        idle + in_use
+    }
+
     async fn with_reader<T, F>(&self, f: F) -> Result<T, ReadError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, ReadError> + Send + 'static,
     {
+        // A permit per connection in use: at most `readers` connections exist at a time.
+        let permit = Arc::clone(&self.reader_permits)
+            .acquire_owned()
+            .await
+            .map_err(read_backend)?;
         let readers = Arc::clone(&self.readers);
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let pooled = readers.lock().expect("reader pool lock poisoned").pop();
             let conn = match pooled {
                 Some(conn) => conn,
@@ -239,9 +286,46 @@ impl EmbeddedStore {
     }
 }
 
+/// Watches the folder of the store's file and signals `changes` whenever its write-ahead log
+/// is written, which is how commits of other processes show. `None` (readers poll) when the
+/// platform gives no watch.
+fn watch_log(path: &Path, changes: watch::Sender<u64>) -> Option<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let mut log = path.as_os_str().to_owned();
+    log.push("-wal");
+    let log = PathBuf::from(log);
+    let folder = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(folder) => folder.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let file_name = log.file_name().map(ToOwned::to_owned);
+    let handler = move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if matches!(event.kind, EventKind::Modify(_) | EventKind::Create(_))
+            && event
+                .paths
+                .iter()
+                .any(|p| p.file_name().map(ToOwned::to_owned) == file_name)
+        {
+            changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    };
+    let watched = notify::recommended_watcher(handler).and_then(|mut watcher| {
+        watcher.watch(&folder, RecursiveMode::NonRecursive)?;
+        Ok(watcher)
+    });
+    match watched {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch the event store's log; commits of other processes are found by polling");
+            None
+        }
+    }
+}
+
 fn writer_loop(
     mut conn: Connection,
-    mut rx: mpsc::UnboundedReceiver<AppendRequest>,
+    mut rx: mpsc::Receiver<AppendRequest>,
     changes: watch::Sender<u64>,
     limits: StoreLimits,
     mut checkpointer: Checkpointer,
@@ -270,11 +354,9 @@ fn writer_loop(
                     let _ = request.reply.send(result);
                 }
                 checkpointer.committed();
-                changes.send_if_modified(|current| {
-                    let moved = head > *current;
-                    *current = head.max(*current);
-                    moved
-                });
+                if head > 0 {
+                    changes.send_modify(|n| *n = n.wrapping_add(1));
+                }
             }
             Err(err) => {
                 let message = err.to_string();
@@ -337,13 +419,14 @@ fn append_one(
     partitions: u16,
 ) -> Result<AppendResult, AppendError> {
     let stream = &request.stream;
-    if let Some(replay) = idempotent_replay(conn, stream, &request.events)? {
-        return Ok(replay);
-    }
     let actual = current_version(conn, stream).map_err(backend)?;
     if let Some(required) = request.expected.required()
         && required != actual
     {
+        // A retry of a stored batch answers as the first attempt did, whatever it expected.
+        if let Some(replay) = idempotent_replay(conn, stream, &request.events)? {
+            return Ok(replay);
+        }
         return Err(AppendError::Conflict {
             stream: stream.clone(),
             expected: request.expected,
@@ -380,8 +463,14 @@ fn append_one(
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                // The only unique key left to violate is the event id, stored in another stream
-                // or twice in this batch.
+                // Inserted first, checked only now: a batch is stored all or nothing, so only
+                // a violation by its first event can be a retry of a stored batch.
+                if offset == 0
+                    && let Some(replay) = idempotent_replay(conn, stream, &request.events)?
+                {
+                    return Ok(replay);
+                }
+                // Otherwise the event id is stored in another stream or twice in this batch.
                 return Err(AppendError::DuplicateEventId {
                     id: event.id,
                     stream: stream_of_event(conn, event.id)
@@ -558,6 +647,7 @@ impl EventStore for EmbeddedStore {
                 events,
                 reply,
             })
+            .await
             .map_err(|_| AppendError::Unavailable("the writer thread has stopped".into()))?;
         response
             .await

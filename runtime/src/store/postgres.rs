@@ -9,10 +9,10 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::StreamExt;
 use serde_json::value::RawValue;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 use uuid::Uuid;
 
@@ -23,6 +23,8 @@ use super::{
 };
 use crate::event::{EventId, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId};
 use crate::pg::is_connection_error;
+
+mod group;
 
 /// Default number of partitions.
 pub const DEFAULT_PARTITIONS: u16 = 16;
@@ -59,6 +61,9 @@ pub struct PostgresOptions {
     pub pool_size: usize,
     /// Limits on appends.
     pub limits: StoreLimits,
+    /// Groups of appends committed concurrently (group commit); each holds one connection
+    /// while it commits. At least 1.
+    pub committers: usize,
 }
 
 impl Default for PostgresOptions {
@@ -68,25 +73,34 @@ impl Default for PostgresOptions {
             partitions: DEFAULT_PARTITIONS,
             pool_size: 16,
             limits: StoreLimits::default(),
+            committers: 2,
         }
     }
 }
 
 /// The PostgreSQL event store.
+///
+/// Appends go through group commit (see `group`): concurrent appends share a transaction.
 pub struct PostgresStore {
+    writer: Arc<Writer>,
+    appends: mpsc::Sender<group::Pending>,
+    changes: watch::Receiver<u64>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What appending needs, shared by the store and its committer tasks.
+struct Writer {
     pool: Pool,
     options: PostgresOptions,
     sql: Sql,
     changes_tx: watch::Sender<u64>,
-    changes: watch::Receiver<u64>,
     notify_others: Arc<Notify>,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStore")
-            .field("schema", &self.options.schema)
+            .field("schema", &self.writer.options.schema)
             .finish_non_exhaustive()
     }
 }
@@ -123,7 +137,8 @@ impl Sql {
                  SELECT $1, e.id, $2, $3, cur.v + e.ord, e.typ, e.sv, e.payload, e.meta \
                  FROM cur, unnest($5::uuid[], $6::text[], $7::int4[], $8::jsonb[], $9::jsonb[]) \
                  WITH ORDINALITY AS e(id, typ, sv, payload, meta, ord) \
-                 WHERE $4::int8 IS NULL OR cur.v = $4 \
+                 WHERE ($4::int8 IS NULL OR cur.v = $4) AND NOT EXISTS (SELECT 1 FROM {schema}.events \
+                 WHERE partition = $1 AND event_id = ANY($5)) \
                  RETURNING global_position, version"
             ),
             version: format!(
@@ -285,6 +300,99 @@ enum Replay {
     Mismatch(EventId, StreamId),
 }
 
+/// One append's statement parameters, borrowed from its events.
+struct Bound<'a> {
+    partition: i16,
+    aggregate_type: &'a str,
+    aggregate_id: &'a str,
+    required: Option<i64>,
+    ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    versions: Vec<i32>,
+    payloads: Vec<Json<&'a RawValue>>,
+    metadata: Vec<Json<&'a Metadata>>,
+}
+
+impl<'a> Bound<'a> {
+    fn new(
+        stream: &'a StreamId,
+        expected: ExpectedVersion,
+        events: &'a [NewEvent],
+        partitions: u16,
+    ) -> Self {
+        Self {
+            partition: stream.partition(partitions) as i16,
+            aggregate_type: stream.aggregate_type(),
+            aggregate_id: stream.aggregate_id(),
+            required: expected.required().map(|v| v as i64),
+            ids: events.iter().map(|e| e.id.0).collect(),
+            types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            versions: events.iter().map(|e| e.schema_version as i32).collect(),
+            payloads: events.iter().map(|e| Json(&*e.payload)).collect(),
+            metadata: events.iter().map(|e| Json(&e.metadata)).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
+        [
+            &self.partition,
+            &self.aggregate_type,
+            &self.aggregate_id,
+            &self.required,
+            &self.ids,
+            &self.types,
+            &self.versions,
+            &self.payloads,
+            &self.metadata,
+        ]
+    }
+}
+
+/// The result of an append whose rows the insert returned as (global_position, version).
+fn inserted(rows: &[Row], events: &[NewEvent]) -> AppendResult {
+    let mut stored: Vec<(u64, u64)> = rows
+        .iter()
+        .map(|r| (r.get::<_, i64>(1) as u64, r.get::<_, i64>(0) as u64))
+        .collect();
+    stored.sort_unstable();
+    AppendResult {
+        version: stored.last().map_or(0, |s| s.0),
+        event_ids: events.iter().map(|e| e.id).collect(),
+        first_position: stored.first().map_or(0, |s| s.1),
+        last_position: stored.last().map_or(0, |s| s.1),
+        idempotent_replay: false,
+    }
+}
+
+/// A pooled connection that leaves the pool for good if dropped before `release`: a group
+/// cancelled mid-pipeline must not hand an open transaction to the next user.
+struct Held(Option<deadpool_postgres::Object>);
+
+impl Held {
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.0.as_ref().expect("held until released")
+    }
+
+    fn release(mut self, broken: bool) {
+        if let Some(client) = self.0.take()
+            && broken
+        {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+type RowsFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
+
 impl PostgresStore {
     /// Connects to `url`, applies migrations, and starts listening for commits.
     pub async fn connect(url: &str) -> Result<Self, OpenError> {
@@ -298,6 +406,9 @@ impl PostgresStore {
             return Err(OpenError::Config(
                 "partition count must be at least 1".into(),
             ));
+        }
+        if options.committers == 0 {
+            return Err(OpenError::Config("committers must be at least 1".into()));
         }
         let pool = pool(url, options.pool_size)?;
         migrate(&pool, &options.schema, options.partitions).await?;
@@ -314,29 +425,39 @@ impl PostgresStore {
             sql.channel.clone(),
             Arc::clone(&notify_others),
         ));
-        Ok(Self {
+        let committers = options.committers;
+        let writer = Arc::new(Writer {
             pool,
             options,
             sql,
             changes_tx,
-            changes,
             notify_others,
-            tasks: vec![listener, notifier],
+        });
+        let (appends, rx) = mpsc::channel(group::QUEUE_CAPACITY);
+        let queue = Arc::new(Mutex::new(group::Queue::new(rx)));
+        let mut tasks = vec![listener, notifier];
+        for _ in 0..committers {
+            tasks.push(tokio::spawn(group::committer(
+                Arc::clone(&writer),
+                Arc::clone(&queue),
+            )));
+        }
+        Ok(Self {
+            writer,
+            appends,
+            changes,
+            tasks,
         })
     }
 
     /// The connection pool (shared with the snapshot store when they live in one database).
     pub fn pool(&self) -> &Pool {
-        &self.pool
+        &self.writer.pool
     }
 
     /// The schema holding the tables.
     pub fn schema(&self) -> &str {
-        &self.options.schema
-    }
-
-    async fn client(&self) -> Result<deadpool_postgres::Object, BoxError> {
-        self.pool.get().await.map_err(|e| Box::new(e) as BoxError)
+        &self.writer.options.schema
     }
 
     /// Runs a read statement; a connection that died since it was pooled is replaced once,
@@ -346,12 +467,134 @@ impl PostgresStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>, ReadError> {
-        crate::pg::read(&self.pool, sql, params)
+        crate::pg::read(&self.writer.pool, sql, params)
             .await
             .map_err(|failure| match failure {
                 crate::pg::ReadFailure::Pool(err) => ReadError::Unavailable(Box::new(err)),
                 crate::pg::ReadFailure::Query(err) => read_err(err),
             })
+    }
+}
+
+impl Writer {
+    async fn client(&self) -> Result<deadpool_postgres::Object, BoxError> {
+        self.pool.get().await.map_err(|e| Box::new(e) as BoxError)
+    }
+
+    /// Commits a group of appends as one transaction and answers each caller.
+    async fn commit_group(&self, mut group: Vec<group::Pending>) {
+        if group.len() == 1 {
+            let pending = group.pop().expect("one append");
+            let result = self
+                .append_alone(&pending.stream, pending.expected, &pending.events)
+                .await;
+            let _ = pending.reply.send(result);
+            return;
+        }
+        // Stable: appends to one stream keep their queue order, and concurrent groups insert
+        // into streams in one order, so they never wait on each other in a cycle.
+        group.sort_by(|a, b| {
+            (a.stream.aggregate_type(), a.stream.aggregate_id())
+                .cmp(&(b.stream.aggregate_type(), b.stream.aggregate_id()))
+        });
+        let client = match self.client().await {
+            Ok(client) => Held(Some(client)),
+            Err(_) => return self.one_by_one(group).await,
+        };
+        match self.run_group(client.client(), &group).await {
+            Ok(steps) => {
+                client.release(false);
+                self.committed();
+                let mut declined = Vec::new();
+                for (pending, step) in group.into_iter().zip(steps) {
+                    match step {
+                        group::Step::Inserted(rows) => {
+                            let _ = pending.reply.send(Ok(inserted(&rows, &pending.events)));
+                        }
+                        group::Step::Declined => declined.push(pending),
+                    }
+                }
+                // A replay or a conflict: resolved on its own, as a lone append would be.
+                self.one_by_one(declined).await;
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, appends = group.len(), "group commit failed; appending one by one");
+                client.release(is_connection_error(&err));
+                self.one_by_one(group).await;
+            }
+        }
+    }
+
+    async fn one_by_one(&self, group: Vec<group::Pending>) {
+        for pending in group {
+            let result = self
+                .append_alone(&pending.stream, pending.expected, &pending.events)
+                .await;
+            let _ = pending.reply.send(result);
+        }
+    }
+
+    /// Sends `BEGIN`, each append's conditional insert and `COMMIT` as one pipeline. An error
+    /// of any statement means the transaction rolled back and nothing of the group is stored.
+    async fn run_group(
+        &self,
+        client: &deadpool_postgres::Object,
+        group: &[group::Pending],
+    ) -> Result<Vec<group::Step>, tokio_postgres::Error> {
+        let statement = client.prepare_cached(&self.sql.append).await?;
+        let partitions = self.options.partitions;
+        let bound: Vec<Bound<'_>> = group
+            .iter()
+            .map(|p| Bound::new(&p.stream, p.expected, &p.events, partitions))
+            .collect();
+        let params: Vec<[&(dyn ToSql + Sync); 9]> = bound.iter().map(Bound::params).collect();
+        let mut futures: Vec<RowsFuture<'_>> = Vec::with_capacity(group.len() + 2);
+        futures.push(Box::pin(async {
+            client.batch_execute("BEGIN").await.map(|()| Vec::new())
+        }));
+        for params in &params {
+            futures.push(Box::pin(client.query(&statement, params)));
+        }
+        futures.push(Box::pin(async {
+            client.batch_execute("COMMIT").await.map(|()| Vec::new())
+        }));
+        let mut outputs = group::pipelined(futures).await;
+        let commit = outputs.pop().expect("the COMMIT output");
+        let mut outputs = outputs.into_iter();
+        outputs.next().expect("the BEGIN output")?;
+        let mut steps = Vec::with_capacity(group.len());
+        for output in outputs {
+            steps.push(match output? {
+                rows if rows.is_empty() => group::Step::Declined,
+                rows => group::Step::Inserted(rows),
+            });
+        }
+        // After a failed statement PostgreSQL answers COMMIT with a rollback, not an error;
+        // the `?` above has returned by then.
+        commit?;
+        Ok(steps)
+    }
+
+    /// Appends on a connection of its own; a connection that dies mid-append leaves it unknown
+    /// whether the append committed, so it is sent once more with the same event ids and a
+    /// committed one is recognised, not repeated.
+    async fn append_alone(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, AppendError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let client = self.client().await.map_err(AppendError::Unavailable)?;
+            match self.append_on(&client, stream, expected, events).await {
+                Err(AppendError::Unavailable(_)) if attempt < 2 => {
+                    drop(deadpool_postgres::Object::take(client));
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn replay(
@@ -405,46 +648,14 @@ impl PostgresStore {
             .prepare_cached(&self.sql.append)
             .await
             .map_err(append_err)?;
-        let ids: Vec<Uuid> = events.iter().map(|e| e.id.0).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let versions: Vec<i32> = events.iter().map(|e| e.schema_version as i32).collect();
-        let payloads: Vec<Json<&RawValue>> = events.iter().map(|e| Json(&*e.payload)).collect();
-        let metadata: Vec<Json<&Metadata>> = events.iter().map(|e| Json(&e.metadata)).collect();
-        let required = expected.required().map(|v| v as i64);
+        let bound = Bound::new(stream, expected, events, self.options.partitions);
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let outcome = client
-                .query(
-                    &statement,
-                    &[
-                        &partition,
-                        &stream.aggregate_type(),
-                        &stream.aggregate_id(),
-                        &required,
-                        &ids,
-                        &types,
-                        &versions,
-                        &payloads,
-                        &metadata,
-                    ],
-                )
-                .await;
-            match outcome {
+            match client.query(&statement, &bound.params()).await {
                 Ok(rows) if !rows.is_empty() => {
-                    let mut stored: Vec<(u64, u64)> = rows
-                        .iter()
-                        .map(|r| (r.get::<_, i64>(1) as u64, r.get::<_, i64>(0) as u64))
-                        .collect();
-                    stored.sort_unstable();
                     self.committed();
-                    return Ok(AppendResult {
-                        version: stored.last().map_or(0, |s| s.0),
-                        event_ids: ids.into_iter().map(EventId).collect(),
-                        first_position: stored.first().map_or(0, |s| s.1),
-                        last_position: stored.last().map_or(0, |s| s.1),
-                        idempotent_replay: false,
-                    });
+                    return Ok(inserted(&rows, events));
                 }
                 Ok(_) => {}
                 Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
@@ -474,7 +685,8 @@ impl PostgresStore {
                         actual,
                     });
                 }
-                None if attempts < 20 => continue,
+                // Another writer committed between the insert and the version read: try again.
+                _ if attempts < 20 => continue,
                 _ => {
                     return Err(AppendError::DuplicateEventId {
                         id: events[0].id,
@@ -525,20 +737,19 @@ impl EventStore for PostgresStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, AppendError> {
-        validate_append(stream, &events, &self.options.limits)?;
-        // A connection that dies mid-append leaves it unknown whether the append committed;
-        // the retry resends the same event ids, so a committed append is recognised, not repeated.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let client = self.client().await.map_err(AppendError::Unavailable)?;
-            match self.append_on(&client, stream, expected, &events).await {
-                Err(AppendError::Unavailable(_)) if attempt < 2 => {
-                    drop(deadpool_postgres::Object::take(client));
-                }
-                other => return other,
-            }
-        }
+        validate_append(stream, &events, &self.writer.options.limits)?;
+        let stopped = || AppendError::Unavailable("the store's committers have stopped".into());
+        let (reply, response) = oneshot::channel();
+        self.appends
+            .send(group::Pending {
+                stream: stream.clone(),
+                expected,
+                events,
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        response.await.map_err(|_| stopped())?
     }
 
     async fn read_stream(
@@ -553,10 +764,10 @@ impl EventStore for PostgresStore {
                 "from version {from} is after to version {to}"
             )));
         }
-        let partition = stream.partition(self.options.partitions) as i16;
+        let partition = stream.partition(self.writer.options.partitions) as i16;
         let rows = self
             .query_read(
-                &self.sql.read_stream,
+                &self.writer.sql.read_stream,
                 &[
                     &partition,
                     &stream.aggregate_type(),
@@ -579,11 +790,11 @@ impl EventStore for PostgresStore {
         stream: &StreamId,
         ids: &[EventId],
     ) -> Result<Vec<RecordedEvent>, ReadError> {
-        let partition = stream.partition(self.options.partitions) as i16;
+        let partition = stream.partition(self.writer.options.partitions) as i16;
         let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
         let rows = self
             .query_read(
-                &self.sql.find_events,
+                &self.writer.sql.find_events,
                 &[
                     &partition,
                     &ids,
@@ -602,10 +813,10 @@ impl EventStore for PostgresStore {
         stream: &StreamId,
         from: u64,
     ) -> Result<Vec<StoredPayload>, ReadError> {
-        let partition = stream.partition(self.options.partitions) as i16;
+        let partition = stream.partition(self.writer.options.partitions) as i16;
         let rows = self
             .query_read(
-                &self.sql.read_payloads,
+                &self.writer.sql.read_payloads,
                 &[
                     &partition,
                     &stream.aggregate_type(),
@@ -637,10 +848,10 @@ impl EventStore for PostgresStore {
                 "from {from} is after to {to}"
             )));
         }
-        let partition = stream.partition(self.options.partitions) as i16;
+        let partition = stream.partition(self.writer.options.partitions) as i16;
         let rows = self
             .query_read(
-                &self.sql.read_between,
+                &self.writer.sql.read_between,
                 &[
                     &partition,
                     &stream.aggregate_type(),
@@ -660,10 +871,10 @@ impl EventStore for PostgresStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, ReadError> {
-        let partition = stream.partition(self.options.partitions) as i16;
+        let partition = stream.partition(self.writer.options.partitions) as i16;
         let rows = self
             .query_read(
-                &self.sql.version,
+                &self.writer.sql.version,
                 &[&partition, &stream.aggregate_type(), &stream.aggregate_id()],
             )
             .await?;
@@ -678,7 +889,7 @@ impl EventStore for PostgresStore {
     ) -> Result<Vec<RecordedEvent>, ReadError> {
         let rows = self
             .query_read(
-                &self.sql.read_all,
+                &self.writer.sql.read_all,
                 &[
                     &after.commit.to_string(),
                     &(after.position as i64),
@@ -690,7 +901,7 @@ impl EventStore for PostgresStore {
     }
 
     async fn head(&self) -> Result<LogPosition, ReadError> {
-        let rows = self.query_read(&self.sql.head, &[]).await?;
+        let rows = self.query_read(&self.writer.sql.head, &[]).await?;
         Ok(rows.first().map_or(LogPosition::START, |row| LogPosition {
             commit: row.get::<_, i64>(0) as u64,
             position: row.get::<_, i64>(1) as u64,
@@ -702,7 +913,7 @@ impl EventStore for PostgresStore {
     }
 
     fn partition_count(&self) -> u16 {
-        self.options.partitions
+        self.writer.options.partitions
     }
 }
 

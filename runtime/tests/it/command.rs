@@ -213,3 +213,118 @@ async fn an_event_that_does_not_decode_fails_the_load_with_its_location() {
         "{text}"
     );
 }
+
+/// Counts the event ids a store is asked to find, delegating everything to an inner store.
+struct CountingFinds {
+    inner: Arc<dyn EventStore>,
+    ids_looked_up: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl EventStore for CountingFinds {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<nexus_runtime::store::AppendResult, nexus_runtime::AppendError> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: Option<u64>,
+    ) -> Result<Vec<nexus_runtime::RecordedEvent>, nexus_runtime::ReadError> {
+        self.inner.read_stream(stream, from, to).await
+    }
+    async fn read_stream_between(
+        &self,
+        stream: &StreamId,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<nexus_runtime::RecordedEvent>, nexus_runtime::ReadError> {
+        self.inner
+            .read_stream_between(stream, from, to, limit)
+            .await
+    }
+    async fn find_events(
+        &self,
+        stream: &StreamId,
+        ids: &[nexus_runtime::EventId],
+    ) -> Result<Vec<nexus_runtime::RecordedEvent>, nexus_runtime::ReadError> {
+        self.ids_looked_up
+            .fetch_add(ids.len(), std::sync::atomic::Ordering::SeqCst);
+        self.inner.find_events(stream, ids).await
+    }
+    async fn stream_version(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<u64>, nexus_runtime::ReadError> {
+        self.inner.stream_version(stream).await
+    }
+    async fn read_all(
+        &self,
+        after: nexus_runtime::LogPosition,
+        limit: usize,
+    ) -> Result<Vec<nexus_runtime::RecordedEvent>, nexus_runtime::ReadError> {
+        self.inner.read_all(after, limit).await
+    }
+    async fn head(&self) -> Result<nexus_runtime::LogPosition, nexus_runtime::ReadError> {
+        self.inner.head().await
+    }
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes()
+    }
+    fn partition_count(&self) -> u16 {
+        self.inner.partition_count()
+    }
+}
+
+/// A new command with an idempotency key looks up one event id (its first) to learn that it
+/// is not a retry, not every id it could have stored; a retry still finds all it stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_command_checks_one_id_before_deciding() {
+    let (inner, _dir) = support::embedded();
+    let store = Arc::new(CountingFinds {
+        inner,
+        ids_looked_up: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let handler = CommandHandler::new(Repository::<Ledger>::new(
+        Arc::clone(&store) as Arc<dyn EventStore>
+    ));
+    let options = nexus_runtime::ExecuteOptions {
+        idempotency_key: Some("key-1".into()),
+        ..nexus_runtime::ExecuteOptions::default()
+    };
+    let first = handler
+        .execute_with(
+            "acc-idem",
+            &LedgerCommand::Deposit(3),
+            Metadata::correlated("req"),
+            &options,
+        )
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    assert_eq!(
+        store
+            .ids_looked_up
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "a new command looks up its first event id only"
+    );
+    let again = handler
+        .execute_with(
+            "acc-idem",
+            &LedgerCommand::Deposit(3),
+            Metadata::correlated("req"),
+            &options,
+        )
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.event_ids, first.event_ids);
+    assert_eq!(again.version, first.version);
+}

@@ -529,6 +529,217 @@ async fn racing_writers_get_one_winner_per_version(store: Arc<dyn EventStore>) {
     }
 }
 
+/// Appends issued together (so that a group-committing store takes them as one group) each get
+/// their own answer: successes on fresh streams, a conflict naming its stream with the actual
+/// version, an idempotent replay, a duplicate id, and appends to one stream in order.
+async fn concurrent_mixed_appends_get_their_own_results(store: Arc<dyn EventStore>) {
+    let conflicted = stream("mixed-conflict");
+    let replayed = stream("mixed-replay");
+    let shared = stream("mixed-shared");
+    store
+        .append(&conflicted, ExpectedVersion::NoStream, events(0..2))
+        .await
+        .unwrap();
+    let stored = events(0..2);
+    let first = store
+        .append(&replayed, ExpectedVersion::NoStream, stored.clone())
+        .await
+        .unwrap();
+    let reused = vec![event(5).with_id(first.event_ids[0])];
+    let mut calls = Vec::new();
+    for n in 0..12 {
+        calls.push((
+            stream(&format!("mixed-fresh-{n}")),
+            ExpectedVersion::NoStream,
+            events(0..(n % 3 + 1) as u32),
+        ));
+    }
+    calls.insert(
+        3,
+        (conflicted.clone(), ExpectedVersion::Exact(0), events(9..10)),
+    );
+    calls.insert(
+        6,
+        (replayed.clone(), ExpectedVersion::Exact(0), stored.clone()),
+    );
+    calls.insert(8, (replayed.clone(), ExpectedVersion::Any, reused));
+    for n in 0..5u32 {
+        calls.insert(
+            2 * n as usize,
+            (shared.clone(), ExpectedVersion::Any, events(n..n + 1)),
+        );
+    }
+    let results = futures::future::join_all(
+        calls
+            .iter()
+            .map(|(s, expected, batch)| store.append(s, *expected, batch.clone())),
+    )
+    .await;
+    let mut shared_versions = Vec::new();
+    for ((s, _, batch), result) in calls.iter().zip(results) {
+        if s == &conflicted {
+            match result {
+                Err(AppendError::Conflict { stream, actual, .. }) => {
+                    assert_eq!(stream, conflicted);
+                    assert_eq!(actual, 2);
+                }
+                other => panic!("expected a conflict, got {other:?}"),
+            }
+        } else if s == &replayed && batch.len() == 2 {
+            let result = result.unwrap();
+            assert!(result.idempotent_replay);
+            assert_eq!(result.version, first.version);
+            assert_eq!(result.last_position, first.last_position);
+        } else if s == &replayed {
+            assert!(
+                matches!(result, Err(AppendError::DuplicateEventId { .. })),
+                "{result:?}"
+            );
+        } else if s == &shared {
+            let result = result.unwrap();
+            assert!(!result.idempotent_replay);
+            shared_versions.push(result.version);
+        } else {
+            let result = result.unwrap();
+            assert_eq!(result.version, batch.len() as u64, "{s}");
+            let read = store.read_stream(s, 1, None).await.unwrap();
+            assert_eq!(
+                read.iter().map(|e| e.id).collect::<Vec<_>>(),
+                result.event_ids
+            );
+        }
+    }
+    shared_versions.sort_unstable();
+    assert_eq!(
+        shared_versions,
+        [1, 2, 3, 4, 5],
+        "one stream's appends in order"
+    );
+    assert_eq!(store.stream_version(&conflicted).await.unwrap(), Some(2));
+    assert_eq!(store.stream_version(&replayed).await.unwrap(), Some(2));
+    assert_eq!(store.stream_version(&shared).await.unwrap(), Some(5));
+}
+
+/// One operation of a generated concurrent batch.
+#[derive(Debug, Clone)]
+struct MixedOp {
+    stream: usize,
+    expected: Option<u64>,
+    len: u32,
+    resend: Option<usize>,
+}
+
+fn mixed_op() -> impl proptest::strategy::Strategy<Value = MixedOp> {
+    use proptest::prelude::*;
+    (
+        0..3usize,
+        proptest::option::of(0..4u64),
+        1..4u32,
+        proptest::option::weighted(0.25, 0..16usize),
+    )
+        .prop_map(|(stream, expected, len, resend)| MixedOp {
+            stream,
+            expected,
+            len,
+            resend,
+        })
+}
+
+/// Generated concurrent batches of appends with any, exact and stale expectations and resent
+/// batches: every acknowledged append is stored once at the versions it was told, nothing of a
+/// refused one is stored, versions have no gaps, and each event is in the global log once.
+async fn concurrent_mixed_batches_keep_every_invariant(store: Arc<dyn EventStore>) {
+    use proptest::strategy::{Strategy, ValueTree};
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = proptest::collection::vec(mixed_op(), 2..16);
+    for case in 0..12 {
+        let ops = strategy.new_tree(&mut runner).unwrap().current();
+        let streams: Vec<StreamId> = (0..3)
+            .map(|s| stream(&format!("prop-{case}-{s}")))
+            .collect();
+        let mut batches: Vec<Vec<NewEvent>> = Vec::new();
+        for (index, op) in ops.iter().enumerate() {
+            let resend = op
+                .resend
+                .filter(|&j| j < index && ops[j].stream == op.stream);
+            batches.push(match resend {
+                Some(j) => batches[j].clone(),
+                None => events(0..op.len),
+            });
+        }
+        let results = futures::future::join_all(ops.iter().zip(&batches).map(|(op, batch)| {
+            let expected = op
+                .expected
+                .map_or(ExpectedVersion::Any, ExpectedVersion::Exact);
+            store.append(&streams[op.stream], expected, batch.clone())
+        }))
+        .await;
+        let mut owned = HashSet::new();
+        let mut acknowledged = vec![Vec::new(); 3];
+        for ((op, batch), result) in ops.iter().zip(&batches).zip(results) {
+            match result {
+                Ok(done) => {
+                    let ids: Vec<EventId> = batch.iter().map(|e| e.id).collect();
+                    assert_eq!(done.event_ids, ids, "case {case}: {op:?}");
+                    if !done.idempotent_replay {
+                        for id in &ids {
+                            assert!(owned.insert(*id), "case {case}: {id} acknowledged twice");
+                        }
+                        acknowledged[op.stream].push((done.version, ids));
+                    }
+                }
+                Err(AppendError::Conflict {
+                    stream: s,
+                    expected,
+                    actual,
+                }) => {
+                    assert_eq!(
+                        s, streams[op.stream],
+                        "case {case}: the conflict names its stream"
+                    );
+                    assert_ne!(expected.required(), Some(actual), "case {case}");
+                }
+                Err(other) => panic!("case {case}: unexpected {other:?} for {op:?}"),
+            }
+        }
+        for (s, acks) in streams.iter().zip(&acknowledged) {
+            let stored = match store.read_stream(s, 1, None).await {
+                Ok(stored) => stored,
+                Err(ReadError::StreamNotFound(_)) => Vec::new(),
+                Err(other) => panic!("{other:?}"),
+            };
+            let versions: Vec<u64> = stored.iter().map(|e| e.version).collect();
+            assert_eq!(
+                versions,
+                (1..=stored.len() as u64).collect::<Vec<_>>(),
+                "case {case}: gaps"
+            );
+            let mut expected_ids = vec![None; stored.len()];
+            for (version, ids) in acks {
+                let first = *version as usize - ids.len();
+                for (offset, id) in ids.iter().enumerate() {
+                    expected_ids[first + offset] = Some(*id);
+                }
+            }
+            let stored_ids: Vec<Option<EventId>> = stored.iter().map(|e| Some(e.id)).collect();
+            assert_eq!(
+                stored_ids, expected_ids,
+                "case {case}: only acknowledged events, where told"
+            );
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut after = LogPosition::START;
+    loop {
+        let page = store.read_all(after, 500).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.log_position();
+        for event in &page {
+            assert!(seen.insert(event.id), "{} is in the log twice", event.id);
+        }
+    }
+}
+
 macro_rules! contract {
     ($($test:ident),* $(,)?) => {
         mod embedded {
@@ -567,7 +778,44 @@ contract!(
     global_log_reads_every_event_once_in_order,
     subscription_delivers_commits_as_they_happen,
     racing_writers_get_one_winner_per_version,
+    concurrent_mixed_appends_get_their_own_results,
+    concurrent_mixed_batches_keep_every_invariant,
 );
+
+/// Appends issued together on PostgreSQL share one transaction: their events carry one
+/// transaction id (the `commit` of a recorded event), so they cost one commit.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_commits_concurrent_appends_as_one_group() {
+    let Some(db) = crate::support::TestDb::create().await else {
+        return;
+    };
+    let store = db.store().await;
+    let streams: Vec<StreamId> = (0..32).map(|n| stream(&format!("group-{n}"))).collect();
+    let results = futures::future::join_all(
+        streams
+            .iter()
+            .map(|s| store.append(s, ExpectedVersion::NoStream, events(0..1))),
+    )
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // Readers see a commit once no older transaction of the server (other tests too) runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = store.read_all(LogPosition::START, 100).await.unwrap();
+        if log.len() == 32 || std::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(log.len(), 32);
+    let commits: HashSet<u64> = log.iter().map(|e| e.commit).collect();
+    assert!(
+        commits.len() < 32,
+        "32 concurrent appends took {} transactions",
+        commits.len()
+    );
+}
 
 /// The embedded store's log is copied back into the database file in the background: after
 /// many commits the file holds the events, not only the write-ahead log.
@@ -599,6 +847,123 @@ async fn embedded_store_checkpoints_its_log_in_the_background() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(store.head().await.unwrap().position, 600);
+}
+
+/// The embedded store's writer queue is bounded: while the writer thread cannot commit, at most
+/// `queue_capacity` appends wait in it and further callers wait for room; all complete after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_writer_queue_holds_at_most_its_capacity() {
+    use nexus_runtime::store::embedded::{EmbeddedOptions, EmbeddedStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let options = EmbeddedOptions {
+        queue_capacity: 4,
+        ..EmbeddedOptions::default()
+    };
+    let store = Arc::new(EmbeddedStore::open_with(&path, options).unwrap());
+    let blocker = rusqlite::Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut appends = Vec::new();
+    for n in 0..10 {
+        let store = Arc::clone(&store);
+        appends.push(tokio::spawn(async move {
+            store
+                .append(
+                    &stream(&format!("queued-{n}")),
+                    ExpectedVersion::NoStream,
+                    events(0..1),
+                )
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        store.queued_appends(),
+        4,
+        "the queue holds its capacity, no more"
+    );
+    assert!(appends.iter().all(|a| !a.is_finished()));
+    blocker.execute_batch("COMMIT").unwrap();
+    for append in appends {
+        append.await.unwrap().unwrap();
+    }
+    assert_eq!(store.queued_appends(), 0);
+}
+
+/// The embedded store keeps at most `readers` read connections, however many reads run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_reader_pool_stays_within_its_bound() {
+    use nexus_runtime::store::embedded::{EmbeddedOptions, EmbeddedStore};
+    let dir = tempfile::tempdir().unwrap();
+    let options = EmbeddedOptions {
+        readers: 2,
+        ..EmbeddedOptions::default()
+    };
+    let store = Arc::new(EmbeddedStore::open_with(dir.path().join("events.db"), options).unwrap());
+    let s = stream("pooled");
+    store
+        .append(&s, ExpectedVersion::NoStream, events(0..20))
+        .await
+        .unwrap();
+    let reads = (0..32).map(|_| {
+        let store = Arc::clone(&store);
+        let s = s.clone();
+        tokio::spawn(async move { store.read_stream(&s, 1, None).await.unwrap().len() })
+    });
+    for read in futures::future::join_all(reads).await {
+        assert_eq!(read.unwrap(), 20);
+    }
+    let connections = store.reader_connections();
+    assert!(connections <= 2, "{connections} read connections");
+}
+
+/// A commit made through another store on the same file (as another process makes it: its own
+/// writer, its own connections) wakes this store's subscribers through the log watch, well
+/// before the 250 ms fallback poll would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_commits_of_another_writer_wake_subscribers_at_once() {
+    use nexus_runtime::store::embedded::EmbeddedStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let writer = EmbeddedStore::open(&path).unwrap();
+    let reader: Arc<dyn EventStore> = Arc::new(EmbeddedStore::open(&path).unwrap());
+    let mut subscription = subscribe(Arc::clone(&reader), LogPosition::START);
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let tail = tokio::spawn(async move {
+        while let Ok(event) = subscription.next().await {
+            if seen_tx
+                .send((event.version, std::time::Instant::now()))
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let s = stream("elsewhere");
+    for round in 0..5u32 {
+        // Idle long enough for the subscription to back off to its slowest poll.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let started = std::time::Instant::now();
+        writer
+            .append(
+                &s,
+                ExpectedVersion::Exact(round.into()),
+                events(round..round + 1),
+            )
+            .await
+            .unwrap();
+        let (version, at) = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let latency = at.saturating_duration_since(started);
+        assert_eq!(version, u64::from(round) + 1);
+        assert!(
+            latency < Duration::from_millis(100),
+            "round {round}: the commit took {latency:?} to reach the other store's subscriber"
+        );
+    }
+    tail.abort();
 }
 
 /// `INSERT OR REPLACE` would delete the event it collides with without firing the DELETE

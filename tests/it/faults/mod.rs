@@ -9,6 +9,7 @@
 //! from a seed it prints (`NEXUS_FAULT_SEED=<seed>` repeats a run).
 
 mod load;
+mod nats_crash;
 mod nexus;
 mod rabbitmq;
 mod servers;

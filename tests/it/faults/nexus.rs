@@ -58,6 +58,21 @@ impl Layout {
             postgres: Some(url.to_owned()),
         }
     }
+
+    /// PostgreSQL at `url` for the store and the read models, JetStream at `nats_url`.
+    pub(crate) fn postgres_nats(url: &str, nats_url: &str, stream: &str) -> Self {
+        let mut flags: Vec<String> = ["--store", "postgres", "--url", url]
+            .into_iter()
+            .chain(["--read-models", "postgres"])
+            .map(str::to_owned)
+            .collect();
+        flags.extend(nats_flags(nats_url, stream));
+        Self {
+            name: "postgres+nats+postgres-read-models".to_owned(),
+            flags,
+            postgres: Some(url.to_owned()),
+        }
+    }
 }
 
 fn nats_flags(nats_url: &str, stream: &str) -> Vec<String> {
