@@ -81,7 +81,9 @@ pub(crate) fn run(args: CheckArgs) -> anyhow::Result<Outcome> {
     let mut deprecated_schema_files = Vec::new();
     let schemas: Option<Vec<RegisteredSchema>> =
         match (&args.registry, &args.schemas, &config.registry_url) {
-            (Some(url), _, _) | (None, None, Some(url)) => Some(fetch_registry(url, args.token.clone())?),
+            (Some(url), _, _) | (None, None, Some(url)) => {
+                Some(fetch_registry(url, args.token.clone())?)
+            }
             (None, Some(dir), _) => {
                 let loaded = nexus_policy_engine::schemas::load_dir(dir)
                     .map_err(|err| anyhow::Error::msg(miette::Report::new(err)))?;
