@@ -153,33 +153,8 @@ fn print_human(report: &CheckReport, color: Color) -> anyhow::Result<()> {
         Color::Never => false,
         Color::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
-    let theme = if colored {
-        miette::GraphicalTheme::unicode()
-    } else {
-        miette::GraphicalTheme::unicode_nocolor()
-    };
-    let handler = miette::GraphicalReportHandler::new_themed(theme);
-    let mut text = String::new();
-    for finding in report.active() {
-        let source = report
-            .sources
-            .get(&finding.span.file)
-            .map(|s| s.to_string());
-        let diagnostic = finding.to_report(source);
-        handler.render_report(&mut text, diagnostic.as_ref())?;
-        text.push('\n');
-    }
-    let s = report.summary();
-    text.push_str(&format!(
-        "nexus check: {} error(s), {} warning(s), {} note(s), {} suppressed; {} files, {} rules",
-        s.errors, s.warnings, s.notes, s.suppressed, s.files, s.rules
-    ));
-    if s.skipped > 0 {
-        text.push_str(&format!(
-            "; {} .rs file(s) outside every target's module tree left alone",
-            s.skipped
-        ));
-    }
+    let mut text = render::human(report, colored, None);
+    text.push_str(&render::summary_line(report));
     output::line(&text)
 }
 
