@@ -34,6 +34,13 @@ pub(crate) fn line(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Writes a warning for people on stderr (stdout stays machine-readable).
+#[expect(clippy::print_stderr, reason = "warnings go to stderr")]
+pub(crate) fn warning(text: &str) -> anyhow::Result<()> {
+    eprintln!("warning: {text}");
+    Ok(())
+}
+
 /// Renders an error that made the tool fail, with its chain of causes.
 #[expect(
     clippy::print_stderr,

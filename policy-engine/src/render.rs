@@ -62,6 +62,49 @@ const META_RULES: &[(&str, &str, Severity, &str, &str)] = &[
     ),
 ];
 
+/// Human output: every active finding rendered with miette's graphical handler (source excerpt,
+/// labels, help), then the summary line. `colored` picks the theme; `width` wraps, when given.
+/// What `nexus check` prints and what the rule snapshots record.
+pub fn human(report: &CheckReport, colored: bool, width: Option<usize>) -> String {
+    let theme = if colored {
+        miette::GraphicalTheme::unicode()
+    } else {
+        miette::GraphicalTheme::unicode_nocolor()
+    };
+    let mut handler = miette::GraphicalReportHandler::new_themed(theme);
+    if let Some(width) = width {
+        handler = handler.with_width(width).with_links(false);
+    }
+    let mut text = String::new();
+    for finding in report.active() {
+        let source = report
+            .sources
+            .get(&finding.span.file)
+            .map(|s| s.to_string());
+        let diagnostic = finding.to_report(source);
+        // Writing to a `String` cannot fail.
+        let _ = handler.render_report(&mut text, diagnostic.as_ref());
+        text.push('\n');
+    }
+    text
+}
+
+/// The one-line summary closing human output.
+pub fn summary_line(report: &CheckReport) -> String {
+    let s = report.summary();
+    let mut line = format!(
+        "nexus check: {} error(s), {} warning(s), {} note(s), {} suppressed; {} files, {} rules",
+        s.errors, s.warnings, s.notes, s.suppressed, s.files, s.rules
+    );
+    if s.skipped > 0 {
+        line.push_str(&format!(
+            "; {} .rs file(s) outside every target's module tree left alone",
+            s.skipped
+        ));
+    }
+    line
+}
+
 /// `--format json`: `{"findings": […], "summary": {…}}`, suppressed findings left out.
 pub fn json(report: &CheckReport) -> Value {
     let findings: Vec<Value> = report

@@ -71,6 +71,8 @@ pub struct CompatibilityAnswer {
 pub struct Client {
     base: String,
     http: HyperClient<HttpConnector, Full<Bytes>>,
+    /// Sent as `Authorization: Bearer …` when set.
+    token: Option<String>,
 }
 
 /// Percent-encodes one path segment.
@@ -112,7 +114,14 @@ impl Client {
         Ok(Self {
             base: base.to_owned(),
             http,
+            token: None,
         })
+    }
+
+    /// The same client sending `token` (a JWT or an API key) as a bearer credential.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.trim().is_empty());
+        self
     }
 
     /// Sends one request and decodes the JSON answer; error answers become [`ClientError::Api`].
@@ -124,11 +133,15 @@ impl Client {
     ) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(&url)
             .header(header::CONTENT_TYPE, crate::server::CONTENT_TYPE)
-            .header(header::ACCEPT, crate::server::CONTENT_TYPE)
+            .header(header::ACCEPT, crate::server::CONTENT_TYPE);
+        if let Some(token) = &self.token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {}", token.trim()));
+        }
+        let request = request
             .body(Full::new(bytes))
             .map_err(|_| ClientError::InvalidUrl(url.clone()))?;
         let response = self

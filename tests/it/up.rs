@@ -13,17 +13,17 @@ use serde_json::{Value, json};
 use crate::support::{drop_database, fresh_database, nexus_bin, service_url};
 
 /// A running `nexus up`; tests stop it with [`Up::interrupt`], a panic kills it.
-struct Up {
+pub(crate) struct Up {
     child: Child,
     lines: mpsc::Receiver<String>,
-    command_url: String,
-    query_url: String,
+    pub(crate) command_url: String,
+    pub(crate) query_url: String,
     /// The first line: URLs and the subjects registered.
     announced: Value,
 }
 
 impl Up {
-    fn start(data: &Path, extra: &[&str]) -> Self {
+    pub(crate) fn start(data: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(nexus_bin())
             .args([
                 "up",
@@ -107,7 +107,12 @@ impl Drop for Up {
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns the status and the JSON body.
-fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<Value>) -> (u16, Value) {
+pub(crate) fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> (u16, Value) {
     let rest = url.strip_prefix("http://").expect("an http URL");
     let (host, path) = rest
         .split_once('/')
@@ -149,7 +154,7 @@ fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<Value>) 
     )
 }
 
-fn command(up: &Up, id: &str, body: Value) -> (u16, Value) {
+pub(crate) fn command(up: &Up, id: &str, body: Value) -> (u16, Value) {
     http(
         "POST",
         &format!("{}/commands/order/{id}", up.command_url),
@@ -558,4 +563,226 @@ fn bench_store_measures_postgres_against_its_plain_insert_ceiling() {
     assert_eq!(run["append"]["events"], 200);
     assert!(run["ceiling"]["events_per_sec"].as_f64().unwrap() > 0.0);
     assert!(run["ceiling"]["ratio"].as_f64().unwrap() > 0.0);
+}
+
+/// Runs `nexus` with `args` and returns the exit code, stdout and stderr.
+fn nexus(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let output = Command::new(nexus_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("NEXUS_TOKEN")
+        .env_remove("NEXUS_AUTH")
+        .output()
+        .expect("run nexus");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn up_creates_a_dev_key_and_nexus_token_issue_opens_admin_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let up = Up::start(&data, &[]);
+    let key = up.announced["dev_signing_key"].as_str().unwrap().to_owned();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the dev key is private");
+    }
+    let registry = up.announced["schema_registry"].as_str().unwrap().to_owned();
+    let data_dir = data.to_str().unwrap();
+    let issue = |role: &str| {
+        let (code, token, stderr) = nexus(
+            &["token", "issue", "--role", role, "--data-dir", data_dir],
+            &[],
+        );
+        assert_eq!(code, Some(0), "{stderr}");
+        token.trim().to_owned()
+    };
+    let level = json!({"compatibility": "NONE"});
+
+    // Administration needs a credential even on loopback; reads and commands stay open there.
+    let (status, body) = http(
+        "PUT",
+        &format!("{registry}/config"),
+        &[],
+        Some(level.clone()),
+    );
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error_code"], 40101);
+    let reader = format!("Bearer {}", issue("reader"));
+    let (status, body) = http(
+        "PUT",
+        &format!("{registry}/config"),
+        &[("Authorization", &reader)],
+        Some(level.clone()),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("registry:admin"),
+        "{body}"
+    );
+    let admin = format!("Bearer {}", issue("admin"));
+    let (status, body) = http(
+        "PUT",
+        &format!("{registry}/config"),
+        &[("Authorization", &admin)],
+        Some(level),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = command(
+        &up,
+        "o-auth",
+        json!({"type": "PlaceOrder", "customer": "ada"}),
+    );
+    assert!((200..300).contains(&status), "{status}: {body}");
+    let (status, _) = http(
+        "POST",
+        &format!("{}/commands/order/o-auth2", up.command_url),
+        &[("Authorization", "Bearer a.b.c")],
+        Some(json!({"type": "PlaceOrder", "customer": "ada"})),
+    );
+    assert_eq!(
+        status, 401,
+        "a bad token is refused even where anonymous callers may write"
+    );
+
+    // `nexus schema` sends the token from NEXUS_TOKEN; a bad one is refused with 401.
+    let (code, stdout, stderr) = nexus(
+        &["schema", "list", "--registry", &registry],
+        &[("NEXUS_TOKEN", admin.trim_start_matches("Bearer "))],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("OrderPlaced"), "{stdout}");
+    let (code, _, stderr) = nexus(
+        &[
+            "schema",
+            "list",
+            "--registry",
+            &registry,
+            "--token",
+            "nexus_not_a_key",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("401") || stderr.contains("authentication"),
+        "{stderr}"
+    );
+
+    let (code, _) = up.interrupt();
+    assert_eq!(code, Some(0));
+    // Without a key, `nexus token issue` says where it looked.
+    let (code, _, stderr) = nexus(
+        &[
+            "token",
+            "issue",
+            "--role",
+            "admin",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("nexus up"), "{stderr}");
+}
+
+#[test]
+fn a_non_loopback_bind_without_auth_is_refused_unless_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_dir = data.to_str().unwrap();
+    let (code, _, stderr) = nexus(
+        &[
+            "up",
+            "--host",
+            "0.0.0.0",
+            "--command-port",
+            "0",
+            "--query-port",
+            "0",
+            "--registry-port",
+            "0",
+            "--data-dir",
+            data_dir,
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--insecure"), "{stderr}");
+    let (code, _, stderr) = nexus(
+        &[
+            "registry",
+            "serve",
+            "--addr",
+            "0.0.0.0:0",
+            "--storage",
+            &format!("sqlite:{data_dir}/r.db"),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--insecure"), "{stderr}");
+
+    let up = Up::start(&data, &["--host", "0.0.0.0", "--insecure"]);
+    let (status, body) = command(
+        &up,
+        "o-open",
+        json!({"type": "PlaceOrder", "customer": "ada"}),
+    );
+    assert!((200..300).contains(&status), "{status}: {body}");
+    let (code, _) = up.interrupt();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn the_registry_serves_behind_an_auth_file_with_api_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, printed, stderr) =
+        nexus(&["token", "api-key", "--id", "ci", "--role", "writer"], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (key, entry) = printed.split_once('\n').unwrap();
+    std::fs::write(dir.path().join("auth.toml"), entry).unwrap();
+    let mut child = Command::new(nexus_bin())
+        .args(["registry", "serve", "--addr", "0.0.0.0:0", "--storage"])
+        .arg(format!("sqlite:{}", dir.path().join("r.db").display()))
+        .arg("--auth")
+        .arg(dir.path().join("auth.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let url = first.trim().replace("0.0.0.0", "127.0.0.1");
+    let (status, body) = http("GET", &format!("{url}/subjects"), &[], None);
+    assert_eq!(
+        status, 401,
+        "anonymous callers get nothing on a public bind: {body}"
+    );
+    let bearer = format!("Bearer {key}");
+    let (status, body) = http(
+        "GET",
+        &format!("{url}/subjects"),
+        &[("Authorization", &bearer)],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = http(
+        "DELETE",
+        &format!("{url}/subjects/x"),
+        &[("Authorization", &bearer)],
+        None,
+    );
+    assert_eq!(status, 403, "a writer may not delete");
+    let _ = child.kill();
+    let _ = child.wait();
 }

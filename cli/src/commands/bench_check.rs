@@ -46,6 +46,21 @@ struct BenchReport {
     /// Judged on the best cold run.
     within_target: bool,
     warm_within_target: bool,
+    /// CPUs this process may use and the 1-minute load average before and after the runs
+    /// (`/proc/loadavg`, absent elsewhere): a loaded machine makes the times longer.
+    cpus: usize,
+    load_before: Option<f64>,
+    load_after: Option<f64>,
+}
+
+/// The 1-minute load average, where `/proc/loadavg` exists.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 const LINES_PER_FILE: usize = 400;
@@ -61,6 +76,7 @@ pub(crate) fn run(args: BenchCheckArgs) -> anyhow::Result<Outcome> {
             true,
         ),
     };
+    let load_before = load_average();
     let generated = generate(&dir, args.lines, args.packages.max(2));
     let result = generated.and_then(|(files, lines)| {
         let exe = std::env::current_exe().context("failed to find the `nexus` binary")?;
@@ -126,6 +142,9 @@ pub(crate) fn run(args: BenchCheckArgs) -> anyhow::Result<Outcome> {
             target_seconds: TARGET_SECONDS,
             within_target: best_cold < TARGET_SECONDS,
             warm_within_target: best_warm < TARGET_SECONDS,
+            cpus: std::thread::available_parallelism().map_or(1, usize::from),
+            load_before,
+            load_after: load_average(),
         })
     });
     if temporary {

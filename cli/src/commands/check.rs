@@ -54,6 +54,9 @@ pub(crate) struct CheckArgs {
     /// `<Subject>.json` / `<Subject>.v<N>.json` layout is read with a deprecation warning).
     #[arg(long, value_name = "DIR", conflicts_with = "registry")]
     pub(crate) schemas: Option<PathBuf>,
+    /// Bearer token (JWT or API key) for a registry with access control.
+    #[arg(long, env = "NEXUS_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
     /// Baseline file of accepted findings (default: `nexus-baseline.json` at the root).
     #[arg(long, value_name = "FILE")]
     pub(crate) baseline: Option<PathBuf>,
@@ -78,7 +81,9 @@ pub(crate) fn run(args: CheckArgs) -> anyhow::Result<Outcome> {
     let mut deprecated_schema_files = Vec::new();
     let schemas: Option<Vec<RegisteredSchema>> =
         match (&args.registry, &args.schemas, &config.registry_url) {
-            (Some(url), _, _) | (None, None, Some(url)) => Some(fetch_registry(url)?),
+            (Some(url), _, _) | (None, None, Some(url)) => {
+                Some(fetch_registry(url, args.token.clone())?)
+            }
             (None, Some(dir), _) => {
                 let loaded = nexus_policy_engine::schemas::load_dir(dir)
                     .map_err(|err| anyhow::Error::msg(miette::Report::new(err)))?;
@@ -148,41 +153,17 @@ fn print_human(report: &CheckReport, color: Color) -> anyhow::Result<()> {
         Color::Never => false,
         Color::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
-    let theme = if colored {
-        miette::GraphicalTheme::unicode()
-    } else {
-        miette::GraphicalTheme::unicode_nocolor()
-    };
-    let handler = miette::GraphicalReportHandler::new_themed(theme);
-    let mut text = String::new();
-    for finding in report.active() {
-        let source = report
-            .sources
-            .get(&finding.span.file)
-            .map(|s| s.to_string());
-        let diagnostic = finding.to_report(source);
-        handler.render_report(&mut text, diagnostic.as_ref())?;
-        text.push('\n');
-    }
-    let s = report.summary();
-    text.push_str(&format!(
-        "nexus check: {} error(s), {} warning(s), {} note(s), {} suppressed; {} files, {} rules",
-        s.errors, s.warnings, s.notes, s.suppressed, s.files, s.rules
-    ));
-    if s.skipped > 0 {
-        text.push_str(&format!(
-            "; {} .rs file(s) outside every target's module tree left alone",
-            s.skipped
-        ));
-    }
+    let mut text = render::human(report, colored, None);
+    text.push_str(&render::summary_line(report));
     output::line(&text)
 }
 
 /// Fetches every version of every subject from a Confluent-compatible registry, with the
 /// registry's own client; each request is bounded in time.
-fn fetch_registry(url: &str) -> anyhow::Result<Vec<RegisteredSchema>> {
+fn fetch_registry(url: &str, token: Option<String>) -> anyhow::Result<Vec<RegisteredSchema>> {
     let client = nexus_schema_registry::client::Client::new(url)
-        .with_context(|| format!("invalid schema registry URL `{}`", output::redact_url(url)))?;
+        .with_context(|| format!("invalid schema registry URL `{}`", output::redact_url(url)))?
+        .with_token(token);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -1,5 +1,6 @@
 //! The command tree of `nexus` and the dispatch from a parsed command to its module.
 
+pub(crate) mod auth;
 pub(crate) mod bench;
 pub(crate) mod bench_bus;
 pub(crate) mod bench_check;
@@ -16,6 +17,7 @@ pub(crate) mod registry;
 pub(crate) mod replay;
 pub(crate) mod rules;
 pub(crate) mod schema;
+pub(crate) mod token;
 pub(crate) mod up;
 
 use clap::{Parser, Subcommand};
@@ -59,6 +61,9 @@ pub(crate) enum Command {
     Replay(replay::ReplayCommand),
     /// List, inspect and redrive a projection's dead letters.
     Dlq(dlq::DlqArgs),
+    /// Issue development tokens and API keys for the services' access control.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Check this machine: Rust toolchain, servers, free ports, the data folder.
     Doctor(doctor::DoctorArgs),
     /// Print a shell completion script for `nexus`.
@@ -96,6 +101,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Schema(command) => schema::run(command),
         Command::Replay(command) => replay::run(command),
         Command::Dlq(args) => dlq::run(args),
+        Command::Token(command) => token::run(command),
         Command::Doctor(args) => doctor::run(args),
         Command::Completions(args) => completions::run(args),
     }

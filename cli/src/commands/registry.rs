@@ -41,6 +41,8 @@ pub(crate) struct ServeArgs {
     /// clients cannot switch a subject to NONE).
     #[arg(long, value_name = "LEVEL")]
     lock_compatibility: Option<Level>,
+    #[command(flatten)]
+    auth: super::auth::AuthArgs,
 }
 
 pub(crate) fn run(command: RegistryCommand) -> anyhow::Result<Outcome> {
@@ -69,6 +71,7 @@ pub(crate) async fn open_storage(spec: &str) -> anyhow::Result<Arc<dyn Storage>>
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
+    let access = super::auth::access_for(&args.auth, args.addr, None).await?;
     let storage = open_storage(&args.storage).await?;
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
@@ -81,6 +84,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
         max_schema_bytes: args.max_schema_bytes,
         default_level: args.default_compatibility,
         locked_level: args.lock_compatibility,
+        access: Some(access),
         ..Options::default()
     };
     server::serve(listener, AppState::new(storage, options), shutdown_signal())

@@ -52,11 +52,14 @@ struct RegistryUrl {
         default_value = "http://127.0.0.1:8082"
     )]
     url: String,
+    /// Bearer token (JWT or API key) for a registry with access control.
+    #[arg(long, env = "NEXUS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 impl RegistryUrl {
     fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(&self.url)?)
+        Ok(Client::new(&self.url)?.with_token(self.token.clone()))
     }
 }
 

@@ -114,6 +114,8 @@ pub(crate) struct UpArgs {
     /// A web origin whose pages may send commands (`http://localhost:5173`); repeatable.
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     allow_origins: Vec<String>,
+    #[command(flatten)]
+    auth: super::auth::AuthArgs,
 }
 
 /// The hosts and origins the services accept, from `--allow-host` and `--allow-origin`.
@@ -228,6 +230,20 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         )
     };
 
+    // Access: `--auth FILE`, else a development key created once in the data folder.
+    let dev_key = super::auth::dev_key_path(&args.data_dir);
+    if args.auth.auth.is_none() {
+        nexus_runtime::http::access::ensure_secret_file(&dev_key).with_context(|| {
+            format!("failed to create the development key {}", dev_key.display())
+        })?;
+    }
+    let access = super::auth::access_for(
+        &args.auth,
+        SocketAddr::new(args.host, 0),
+        Some(super::auth::dev_config(&dev_key)),
+    )
+    .await?;
+
     let (store, snapshots, store_description) = open(&args).await?;
     let (bus, relay) = connect_bus(&args, &store).await?;
 
@@ -240,6 +256,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         .spawn();
     let commands = CommandService::new(Arc::clone(&store))
         .with_snapshots(Arc::clone(&snapshots))
+        .with_access(access.clone())
         .aggregate::<Order>()
         .with_origin_policy(origin_policy(&args))
         .router();
@@ -262,6 +279,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         .spawn(OrderSummaries)
         .context("failed to open the orders read model")?;
     let dashboard = QueryDashboard::new(runner.health())
+        .with_access(access.clone())
         .read_model(&orders)
         .with_origin_policy(origin_policy(&args))
         .router();
@@ -300,7 +318,10 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
             let storage = super::registry::open_storage(&spec).await?;
             let state = nexus_schema_registry::server::AppState::new(
                 storage,
-                nexus_schema_registry::server::Options::default(),
+                nexus_schema_registry::server::Options {
+                    access: Some(access.clone()),
+                    ..nexus_schema_registry::server::Options::default()
+                },
             );
             servers.push((
                 "schema registry",
@@ -434,6 +455,7 @@ fn announce(
                 "schema_registry": registry_url,
                 "registered_subjects": subjects,
                 "registration_error": registration_error,
+                "dev_signing_key": args.auth.auth.is_none().then(|| super::auth::dev_key_path(&args.data_dir)),
             })
             .to_string(),
         );
@@ -456,6 +478,14 @@ fn announce(
                 subjects.join(", ")
             )),
         }
+    }
+    if args.auth.auth.is_none() {
+        text.push_str(&format!(
+            "  access           history, audit and admin endpoints need a token (dev key {}):\n\
+             \x20                  export NEXUS_TOKEN=$(nexus token issue --role admin --data-dir {})\n",
+            super::auth::dev_key_path(&args.data_dir).display(),
+            args.data_dir.display()
+        ));
     }
     text.push_str(&format!(
         "try:\n\

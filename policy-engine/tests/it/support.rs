@@ -209,23 +209,7 @@ pub(crate) fn rules_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules")
 }
 
-/// Renders active findings with miette's graphical handler, without colours, at a fixed width.
+/// Renders active findings as `nexus check` does, without colours, at a fixed width.
 pub(crate) fn render_plain(report: &CheckReport) -> String {
-    let handler =
-        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-            .with_width(100)
-            .with_links(false);
-    let mut out = String::new();
-    for finding in report.active() {
-        let source = report
-            .sources
-            .get(&finding.span.file)
-            .map(|s| s.to_string());
-        let diagnostic = finding.to_report(source);
-        handler
-            .render_report(&mut out, diagnostic.as_ref())
-            .expect("rendering to a string");
-        out.push('\n');
-    }
-    out
+    nexus_policy_engine::render::human(report, false, Some(100))
 }

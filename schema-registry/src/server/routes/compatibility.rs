@@ -45,7 +45,26 @@ pub(super) struct SchemaRequest {
 struct ReferenceRequest {
     name: String,
     subject: String,
-    version: i64,
+    /// A whole number; JSON allows `2.0` for it.
+    version: serde_json::Number,
+}
+
+impl ReferenceRequest {
+    /// The version as written, `-1` for the latest.
+    fn version_text(&self) -> Result<String, ApiError> {
+        let whole = self.version.as_i64().or_else(|| {
+            self.version
+                .as_f64()
+                .filter(|v| v.fract() == 0.0 && v.abs() < 1e15)
+                .map(|v| v as i64)
+        });
+        whole.map(|v| v.to_string()).ok_or_else(|| {
+            ApiError::InvalidSchema(format!(
+                "reference `{}`: version {} is not a whole number",
+                self.name, self.version
+            ))
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -64,6 +83,7 @@ pub(super) struct Proposal {
     pub(super) semver: Option<semver::Version>,
 }
 
+/// A `metadata.properties` entry as text (a number is read as its digits).
 fn property(request: &SchemaRequest, key: &str) -> Option<String> {
     let value = request.metadata.as_ref()?.properties.as_ref()?.get(key)?;
     Some(match value {
@@ -128,7 +148,7 @@ async fn pin_references(
             ));
         }
         check_subject(&r.subject)?;
-        let found = find_version(state, &r.subject, &r.version.to_string(), false)
+        let found = find_version(state, &r.subject, &r.version_text()?, false)
             .await
             .map_err(|e| match e {
                 ApiError::Storage(_) => e,

@@ -11,8 +11,20 @@ use serde::de::DeserializeOwned;
 
 use crate::server::{ApiError, AppState};
 
+/// The boolean query parameters of the API; each must be `true` or `false` (any case).
+const FLAGS: [&str; 7] = [
+    "deleted",
+    "permanent",
+    "normalize",
+    "verbose",
+    "defaultToGlobal",
+    "lookupDeletedSchema",
+    "fetchMaxId",
+];
+
 /// Query parameters, read leniently: a malformed query string reads as no parameters, unknown
-/// parameters are ignored and booleans are case-insensitive.
+/// parameters are ignored and booleans are case-insensitive (Python's `False` works); a boolean
+/// parameter with another value is a 400.
 #[derive(Debug, Default)]
 pub(super) struct Params(HashMap<String, String>);
 
@@ -31,14 +43,23 @@ impl Params {
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {
-    type Rejection = std::convert::Infallible;
+    type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Params(
-            Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
-                .map(|Query(p)| p)
-                .unwrap_or_default(),
-        ))
+        let params = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+            .map(|Query(p)| p)
+            .unwrap_or_default();
+        for name in FLAGS {
+            if let Some(value) = params.get(name) {
+                let value = value.trim();
+                if !(value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false")) {
+                    return Err(ApiError::MalformedRequest(format!(
+                        "query parameter `{name}` must be true or false, not `{value}`"
+                    )));
+                }
+            }
+        }
+        Ok(Params(params))
     }
 }
 

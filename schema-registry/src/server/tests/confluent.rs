@@ -307,3 +307,19 @@ async fn a_subject_holds_at_most_the_configured_number_of_versions() {
         1
     );
 }
+
+#[tokio::test]
+async fn boolean_query_parameters_take_true_or_false_in_any_case_and_nothing_else() {
+    let r = registry();
+    assert_eq!(
+        r.get("/subjects?deleted=False").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        r.get("/subjects?deleted=TRUE&other=x").await.status,
+        StatusCode::OK
+    );
+    let answer = r.get("/subjects?deleted=maybe").await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, 400);
+    assert!(answer.text.contains("`deleted`"), "{}", answer.text);
+}
