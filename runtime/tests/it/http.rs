@@ -1126,3 +1126,46 @@ async fn web_pages_cannot_write_rebind_or_post_non_json() {
         .unwrap();
     assert_eq!(call(&app, rebound).await.0, StatusCode::MISDIRECTED_REQUEST);
 }
+
+/// Every filter shape is its own SQL text: a client sending ever new combinations must not grow
+/// the prepared-statement cache of the read model's connections.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_shapes_do_not_grow_the_postgres_statement_cache() {
+    use nexus_runtime::projection::ReadModels;
+    use nexus_runtime::store::postgres::{PostgresOptions, PostgresStore};
+
+    let Some(db) = support::TestDb::create().await else {
+        return;
+    };
+    let options = PostgresOptions {
+        pool_size: 2,
+        committers: 1,
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect_with(&db.url, options).await.unwrap();
+    let read_models = ReadModels::postgres_with_pool(store.pool().clone(), "rm")
+        .await
+        .unwrap();
+    let tickets = read_models.open("tickets").unwrap();
+    for n in 1..=12 {
+        for nulls in 0..4u32 {
+            let filters: Vec<(String, Value)> = (0..n)
+                .map(|i| {
+                    let value = if nulls & (1 << (i % 2)) != 0 {
+                        Value::Null
+                    } else {
+                        json!(i)
+                    };
+                    (format!("f{i}"), value)
+                })
+                .collect();
+            tickets.list("tickets", &filters, 10, 0).await.unwrap();
+        }
+    }
+    let first = store.pool().get().await.unwrap();
+    let second = store.pool().get().await.unwrap();
+    let cached = first.statement_cache.size() + second.statement_cache.size();
+    // The fixed statements plus at most 7 filter shapes per connection.
+    assert!(cached <= 2 * (8 + 7), "{cached} statements cached");
+}
