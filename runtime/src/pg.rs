@@ -100,6 +100,18 @@ pub(crate) async fn read(
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Row>, ReadFailure> {
+    read_with(pool, sql, params, true).await
+}
+
+/// [`read`], keeping the prepared statement in the connection's cache only when `cache`: a
+/// statement whose text depends on the request (one per filter shape) is prepared unnamed
+/// each time instead, so the per-connection cache stays bounded.
+pub(crate) async fn read_with(
+    pool: &Pool,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    cache: bool,
+) -> Result<Vec<Row>, ReadFailure> {
     // A server restart or a terminated backend can leave every pooled connection dead; each
     // failed attempt takes one out of the pool, so pool size + 1 attempts reach a fresh one.
     let attempts = pool.status().max_size + 1;
@@ -107,9 +119,13 @@ pub(crate) async fn read(
     loop {
         attempt += 1;
         let client = pool.get().await.map_err(ReadFailure::Pool)?;
-        let result = match client.prepare_cached(sql).await {
-            Ok(statement) => client.query(&statement, params).await,
-            Err(err) => Err(err),
+        let result = if cache {
+            match client.prepare_cached(sql).await {
+                Ok(statement) => client.query(&statement, params).await,
+                Err(err) => Err(err),
+            }
+        } else {
+            client.query(sql, params).await
         };
         match result {
             Ok(rows) => return Ok(rows),

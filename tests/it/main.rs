@@ -21,5 +21,6 @@ mod new;
 #[path = "../../templates/project/services/query-dashboard/src/projection.rs"]
 mod projection;
 mod registry;
+mod replay;
 mod support;
 mod up;

@@ -13,17 +13,17 @@ use serde_json::{Value, json};
 use crate::support::{drop_database, fresh_database, nexus_bin, service_url};
 
 /// A running `nexus up`; tests stop it with [`Up::interrupt`], a panic kills it.
-struct Up {
+pub(crate) struct Up {
     child: Child,
     lines: mpsc::Receiver<String>,
-    command_url: String,
-    query_url: String,
+    pub(crate) command_url: String,
+    pub(crate) query_url: String,
     /// The first line: URLs and the subjects registered.
     announced: Value,
 }
 
 impl Up {
-    fn start(data: &Path, extra: &[&str]) -> Self {
+    pub(crate) fn start(data: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(nexus_bin())
             .args([
                 "up",
@@ -107,7 +107,12 @@ impl Drop for Up {
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns the status and the JSON body.
-fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<Value>) -> (u16, Value) {
+pub(crate) fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> (u16, Value) {
     let rest = url.strip_prefix("http://").expect("an http URL");
     let (host, path) = rest
         .split_once('/')
@@ -149,7 +154,7 @@ fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<Value>) 
     )
 }
 
-fn command(up: &Up, id: &str, body: Value) -> (u16, Value) {
+pub(crate) fn command(up: &Up, id: &str, body: Value) -> (u16, Value) {
     http(
         "POST",
         &format!("{}/commands/order/{id}", up.command_url),
