@@ -437,13 +437,27 @@ fn drop_stream(url: &str, name: &str) {
 
 #[test]
 fn up_rejects_postgres_without_a_url() {
-    let output = Command::new(nexus_bin())
-        .args(["up", "--store", "postgres"])
-        .env_remove("NEXUS_POSTGRES_URL")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--store postgres needs --url"));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for (flags, message) in [
+        (["--store", "postgres"], "--store postgres needs --url"),
+        (
+            ["--read-models", "postgres"],
+            "--read-models postgres needs --url",
+        ),
+    ] {
+        let output = Command::new(nexus_bin())
+            .arg("up")
+            .args(flags)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("NEXUS_POSTGRES_URL")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&output.stderr).contains(message));
+        assert!(!data.exists(), "bad flags create nothing on disk");
+    }
 }
 
 #[test]

@@ -204,7 +204,21 @@ async fn bind(args: &UpArgs, port: u16, service: &str, flag: &str) -> anyhow::Re
     })
 }
 
+/// Flags that contradict each other fail before anything is created on disk.
+fn validate(args: &UpArgs) -> anyhow::Result<()> {
+    if args.url.is_none() {
+        if matches!(args.store, StoreKind::Postgres) {
+            anyhow::bail!("--store postgres needs --url (or NEXUS_POSTGRES_URL)");
+        }
+        if matches!(args.read_models, ReadModelKind::Postgres) {
+            anyhow::bail!("--read-models postgres needs --url (or NEXUS_POSTGRES_URL)");
+        }
+    }
+    Ok(())
+}
+
 async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
+    validate(&args)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("failed to create {}", args.data_dir.display()))?;
     // Bind first: a port in use fails before anything starts.
