@@ -89,28 +89,47 @@ pub(crate) async fn migrate(
 pub(crate) enum ReadFailure {
     /// The pool gave no connection.
     Pool(PoolError),
-    /// The statement failed (after one retry on a fresh connection, if the first one died).
+    /// The statement failed (after retries on other connections, if the first ones died).
     Query(tokio_postgres::Error),
 }
 
 /// Runs a read statement on a pooled connection; a connection that died since it was pooled
-/// is discarded and the statement run once more on a fresh one, since reads are safe to repeat.
+/// is discarded and the statement run again on another, since reads are safe to repeat.
 pub(crate) async fn read(
     pool: &Pool,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Row>, ReadFailure> {
+    read_with(pool, sql, params, true).await
+}
+
+/// [`read`], keeping the prepared statement in the connection's cache only when `cache`: a
+/// statement whose text depends on the request (one per filter shape) is prepared unnamed
+/// each time instead, so the per-connection cache stays bounded.
+pub(crate) async fn read_with(
+    pool: &Pool,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    cache: bool,
+) -> Result<Vec<Row>, ReadFailure> {
+    // A server restart or a terminated backend can leave every pooled connection dead; each
+    // failed attempt takes one out of the pool, so pool size + 1 attempts reach a fresh one.
+    let attempts = pool.status().max_size + 1;
     let mut attempt = 0;
     loop {
         attempt += 1;
         let client = pool.get().await.map_err(ReadFailure::Pool)?;
-        let result = match client.prepare_cached(sql).await {
-            Ok(statement) => client.query(&statement, params).await,
-            Err(err) => Err(err),
+        let result = if cache {
+            match client.prepare_cached(sql).await {
+                Ok(statement) => client.query(&statement, params).await,
+                Err(err) => Err(err),
+            }
+        } else {
+            client.query(sql, params).await
         };
         match result {
             Ok(rows) => return Ok(rows),
-            Err(err) if attempt < 2 && is_connection_error(&err) => {
+            Err(err) if attempt < attempts && is_connection_error(&err) => {
                 drop(deadpool_postgres::Object::take(client));
             }
             Err(err) => return Err(ReadFailure::Query(err)),

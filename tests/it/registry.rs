@@ -718,3 +718,52 @@ fn schema_json_failures_exit_two_with_the_error_on_stderr_and_nothing_on_stdout(
     assert!(out.stdout.is_empty(), "{}", text(&out));
     assert!(!out.stderr.is_empty(), "{}", text(&out));
 }
+
+#[test]
+fn registry_serve_never_logs_the_storage_password() {
+    let Ok(url) = std::env::var("NEXUS_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "NEXUS_TEST_POSTGRES_URL is required when NEXUS_REQUIRE_SERVICES=1"
+        );
+        return;
+    };
+    // The shared server trusts local connections, so a password in the URL is accepted and ignored.
+    let with_password = url.replacen("://postgres@", "://postgres:s3cret-token@", 1);
+    assert!(with_password.contains("s3cret-token"), "{with_password}");
+    let mut child = Command::new(nexus_bin())
+        .args([
+            "registry",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--storage",
+            &with_password,
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nexus registry serve");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read the bound address");
+    assert!(first.starts_with("http://"), "{first:?}");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut log = String::new();
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("listening") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(log.contains("listening"), "{log}");
+    assert!(!log.contains("s3cret-token"), "the password leaked: {log}");
+}

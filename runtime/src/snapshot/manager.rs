@@ -2,12 +2,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use lru::LruCache;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -19,6 +21,8 @@ use crate::store::{EventStore, subscribe};
 
 /// How often age thresholds are checked and the checkpoint saved.
 const TICK: Duration = Duration::from_secs(1);
+/// Streams whose progress towards a snapshot is remembered, by default.
+const DEFAULT_MAX_TRACKED: usize = 100_000;
 
 /// When to snapshot a stream: whichever threshold is passed first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +103,11 @@ pub struct SnapshotManager {
     store: Arc<dyn EventStore>,
     snapshots: Arc<dyn SnapshotStore>,
     aggregates: HashMap<&'static str, Registered>,
+    max_tracked: usize,
 }
+
+/// The streams being watched, least recently written first out.
+type Tracking = LruCache<StreamId, Tracked>;
 
 impl SnapshotManager {
     /// A manager reading `store` and writing to `snapshots`.
@@ -109,7 +117,17 @@ impl SnapshotManager {
             store,
             snapshots,
             aggregates: HashMap::new(),
+            max_tracked: DEFAULT_MAX_TRACKED,
         }
+    }
+
+    /// Remembers the progress of at most `max` streams (default 100 000); the
+    /// least recently written one is forgotten first. A forgotten stream is picked up again
+    /// from its last snapshot on its next event: event-count and age triggers still hold (they
+    /// count versions and time from the snapshot), only its tail-size count starts over.
+    pub fn with_max_tracked(mut self, max: usize) -> Self {
+        self.max_tracked = max;
+        self
     }
 
     /// Snapshots aggregates of type `A` by `policy`.
@@ -130,27 +148,30 @@ impl SnapshotManager {
     pub fn spawn(self) -> SnapshotManagerHandle {
         let (stop, stopped) = oneshot::channel();
         let taken = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(run(self, stopped, Arc::clone(&taken)));
+        let tracking = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(run(
+            self,
+            stopped,
+            Arc::clone(&taken),
+            Arc::clone(&tracking),
+        ));
         SnapshotManagerHandle {
             stop: Some(stop),
             task,
             taken,
+            tracking,
         }
     }
 
-    async fn tracked_for(
-        &self,
-        tracked: &mut HashMap<StreamId, Tracked>,
-        event: &RecordedEvent,
-    ) -> bool {
-        if tracked.contains_key(&event.stream) {
+    async fn tracked_for(&self, tracked: &mut Tracking, event: &RecordedEvent) -> bool {
+        if tracked.contains(&event.stream) {
             return true;
         }
         match self.snapshots.load(&event.stream).await {
             Ok(snapshot) => {
                 let (snapshot_version, since) =
                     snapshot.map_or((0, event.recorded_at), |s| (s.version, s.taken_at));
-                tracked.insert(
+                tracked.put(
                     event.stream.clone(),
                     Tracked {
                         snapshot_version,
@@ -202,9 +223,15 @@ pub struct SnapshotManagerHandle {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     taken: Arc<AtomicU64>,
+    tracking: Arc<AtomicUsize>,
 }
 
 impl SnapshotManagerHandle {
+    /// Streams whose progress the manager remembers now (at most its `max_tracked`).
+    pub fn tracked_streams(&self) -> usize {
+        self.tracking.load(Ordering::Relaxed)
+    }
+
     /// Snapshots taken since the manager started.
     pub fn snapshots_taken(&self) -> u64 {
         self.taken.load(Ordering::Relaxed)
@@ -227,7 +254,12 @@ impl Drop for SnapshotManagerHandle {
     }
 }
 
-async fn run(manager: SnapshotManager, mut stopped: oneshot::Receiver<()>, taken: Arc<AtomicU64>) {
+async fn run(
+    manager: SnapshotManager,
+    mut stopped: oneshot::Receiver<()>,
+    taken: Arc<AtomicU64>,
+    tracking: Arc<AtomicUsize>,
+) {
     let start = loop {
         match manager.snapshots.load_checkpoint(&manager.name).await {
             Ok(position) => break position.unwrap_or(LogPosition::START),
@@ -241,7 +273,8 @@ async fn run(manager: SnapshotManager, mut stopped: oneshot::Receiver<()>, taken
         }
     };
     let mut subscription = subscribe(Arc::clone(&manager.store), start);
-    let mut tracked: HashMap<StreamId, Tracked> = HashMap::new();
+    let capacity = NonZeroUsize::new(manager.max_tracked).unwrap_or(NonZeroUsize::MIN);
+    let mut tracked: Tracking = LruCache::new(capacity);
     let mut saved = start;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -254,7 +287,9 @@ async fn run(manager: SnapshotManager, mut stopped: oneshot::Receiver<()>, taken
                         continue;
                     };
                     let policy = registered.policy;
-                    if !manager.tracked_for(&mut tracked, &event).await {
+                    let known = manager.tracked_for(&mut tracked, &event).await;
+                    tracking.store(tracked.len(), Ordering::Relaxed);
+                    if !known {
                         continue;
                     }
                     let entry = tracked.get_mut(&event.stream).expect("tracked just above");

@@ -1126,3 +1126,187 @@ async fn web_pages_cannot_write_rebind_or_post_non_json() {
         .unwrap();
     assert_eq!(call(&app, rebound).await.0, StatusCode::MISDIRECTED_REQUEST);
 }
+
+/// Every filter shape is its own SQL text: a client sending ever new combinations must not grow
+/// the prepared-statement cache of the read model's connections.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_shapes_do_not_grow_the_postgres_statement_cache() {
+    use nexus_runtime::projection::ReadModels;
+    use nexus_runtime::store::postgres::{PostgresOptions, PostgresStore};
+
+    let Some(db) = support::TestDb::create().await else {
+        return;
+    };
+    let options = PostgresOptions {
+        pool_size: 2,
+        committers: 1,
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect_with(&db.url, options).await.unwrap();
+    let read_models = ReadModels::postgres_with_pool(store.pool().clone(), "rm")
+        .await
+        .unwrap();
+    let tickets = read_models.open("tickets").unwrap();
+    for n in 1..=12 {
+        for nulls in 0..4u32 {
+            let filters: Vec<(String, Value)> = (0..n)
+                .map(|i| {
+                    let value = if nulls & (1 << (i % 2)) != 0 {
+                        Value::Null
+                    } else {
+                        json!(i)
+                    };
+                    (format!("f{i}"), value)
+                })
+                .collect();
+            tickets.list("tickets", &filters, 10, 0).await.unwrap();
+        }
+    }
+    let first = store.pool().get().await.unwrap();
+    let second = store.pool().get().await.unwrap();
+    let cached = first.statement_cache.size() + second.statement_cache.size();
+    // The fixed statements plus at most 7 filter shapes per connection.
+    assert!(cached <= 2 * (8 + 7), "{cached} statements cached");
+}
+
+/// Untrusted input, generated: command bodies and the dashboard's query strings never get a
+/// 5xx or a panic, and every refusal is a 4xx with a code and a message.
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A body: arbitrary bytes, or JSON-looking text built from command pieces.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just("{".to_owned()),
+            Just("}".to_owned()),
+            Just("\"type\":".to_owned()),
+            Just("\"Open\"".to_owned()),
+            Just("\"Comment\"".to_owned()),
+            Just("\"title\":".to_owned()),
+            Just(",".to_owned()),
+            Just("[".to_owned()),
+            Just("null".to_owned()),
+            Just("1e999".to_owned()),
+            Just("\"\\ud800\"".to_owned()),
+            "[ -~]{0,12}".prop_map(|s| format!("{s:?}")),
+        ];
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..256),
+            proptest::collection::vec(piece, 0..24).prop_map(|p| p.concat().into_bytes()),
+        ]
+    }
+
+    /// A query string: reserved names and field names with arbitrary values, percent-encoded.
+    fn query() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("limit".to_owned()),
+            Just("offset".to_owned()),
+            Just("wait_for".to_owned()),
+            Just("wait_ms".to_owned()),
+            Just("status".to_owned()),
+            Just("a.b.c".to_owned()),
+            "[ -~]{0,8}",
+        ];
+        let value = prop_oneof![
+            "[0-9]{0,22}",
+            Just("-1".to_owned()),
+            Just("ticket/t-1@1".to_owned()),
+            Just("\"quoted\"".to_owned()),
+            Just("null".to_owned()),
+            "\\PC{0,12}",
+        ];
+        proptest::collection::vec((key, value), 0..6).prop_map(|pairs| {
+            pairs
+                .iter()
+                .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+                .collect::<Vec<_>>()
+                .join("&")
+        })
+    }
+
+    fn encode(text: &str) -> String {
+        text.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    }
+
+    async fn assert_no_5xx(app: &Router, request: Request<Body>, what: &str) {
+        let (status, response) = call(app, request).await;
+        assert!(
+            !status.is_server_error()
+                || status == StatusCode::SERVICE_UNAVAILABLE && what.contains("wait_for"),
+            "{status} for {what}"
+        );
+        if status.is_client_error() {
+            let body = json_of(response).await;
+            assert!(
+                body["error"].is_string() && body["message"].is_string(),
+                "{body} for {what}"
+            );
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 96,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn command_bodies_get_200_or_a_clear_4xx(bodies in proptest::collection::vec(body(), 1..8)) {
+            runtime().block_on(async {
+                let (store, _dir) = support::embedded();
+                let app = commands(&store);
+                for body in bodies {
+                    let request = Request::post("/commands/ticket/t-1")
+                        .header("content-type", "application/json")
+                        .body(Body::from(body.clone()))
+                        .unwrap();
+                    assert_no_5xx(&app, request, &String::from_utf8_lossy(&body)).await;
+                }
+            });
+        }
+
+        #[test]
+        fn dashboard_query_strings_get_200_or_a_clear_4xx(queries in proptest::collection::vec(query(), 1..8)) {
+            runtime().block_on(async {
+                let (store, dir) = support::embedded();
+                let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Arc::clone(&store)));
+                let runner = ProjectionRunner::new(Arc::clone(&store), bus, dir.path().join("read-models"));
+                let tickets = runner.spawn(Tickets).unwrap();
+                let dashboard = QueryDashboard::new(runner.health())
+                    .read_model(&tickets)
+                    .with_limits(QueryLimits { max_waiters: 4, max_wait: Duration::from_millis(50) })
+                    .router();
+                for query in queries {
+                    for path in ["/read-models/tickets/tickets", "/read-models/tickets/tickets/t-1"] {
+                        let uri = format!("{path}?{query}");
+                        let Ok(request) = Request::get(uri.as_str()).body(Body::empty()) else {
+                            continue;
+                        };
+                        assert_no_5xx(&dashboard, request, &uri).await;
+                    }
+                }
+                tickets.stop().await;
+            });
+        }
+    }
+}

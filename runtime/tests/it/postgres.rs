@@ -300,6 +300,40 @@ async fn killed_connections_lose_nothing_acknowledged_and_duplicate_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_every_pooled_connection_died_reaches_a_fresh_one() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = db.store().await;
+    let stream = StreamId::new("thing", "pooled");
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![event(0)])
+        .await
+        .unwrap();
+    // Concurrent reads leave several connections in the pool.
+    let reads = (0..4).map(|_| store.read_stream(&stream, 1, None));
+    for read in futures::future::join_all(reads).await {
+        assert_eq!(read.unwrap().len(), 1);
+    }
+    let killer = db.client().await;
+    let killed = killer
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .len();
+    assert!(killed >= 2, "the pool held {killed} connections");
+    let stored = store
+        .read_stream(&stream, 1, None)
+        .await
+        .expect("a read after the kill");
+    assert_eq!(stored.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_goes_away_gives_a_typed_error_and_nothing_half_written() {
     let Some(db) = TestDb::create().await else {
         return;

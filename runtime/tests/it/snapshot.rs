@@ -361,3 +361,55 @@ async fn manager_resumes_from_its_checkpoint() {
     wait_for_snapshot(&snapshots, &StreamId::new("ledger", "r"), 6).await;
     manager.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manager_remembers_at_most_max_tracked_streams_and_still_snapshots_by_count() {
+    let (store, dir) = support::embedded();
+    let snapshots = snapshots_beside(&dir);
+    let policy = SnapshotPolicy {
+        every_events: Some(3),
+        max_tail_bytes: None,
+        max_age: None,
+    };
+    let manager = SnapshotManager::new(Arc::clone(&store), Arc::clone(&snapshots))
+        .register::<Ledger>(policy)
+        .with_max_tracked(8)
+        .spawn();
+    let handler = CommandHandler::new(Repository::<Ledger>::new(Arc::clone(&store)));
+    // Two events on the first stream, then 50 other streams push it out of the manager's memory.
+    for _ in 0..2 {
+        handler
+            .execute("first", &LedgerCommand::Deposit(1), Metadata::default())
+            .await
+            .unwrap();
+    }
+    for n in 0..50 {
+        handler
+            .execute(
+                &format!("s-{n}"),
+                &LedgerCommand::Deposit(1),
+                Metadata::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while manager.tracked_streams() < 8 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        manager.tracked_streams(),
+        8,
+        "the bound holds at 51 streams"
+    );
+    // The forgotten stream is picked up from its snapshot state: its third event still
+    // triggers the count threshold.
+    handler
+        .execute("first", &LedgerCommand::Deposit(1), Metadata::default())
+        .await
+        .unwrap();
+    wait_for_snapshot(&snapshots, &StreamId::new("ledger", "first"), 3).await;
+    assert!(manager.tracked_streams() <= 8);
+    manager.stop().await;
+}

@@ -345,6 +345,14 @@ impl Nats {
         self.spawn();
     }
 
+    /// Kills the server with SIGKILL, deletes its JetStream store (what a power cut does to
+    /// writes it acknowledged but had not synced), and starts it again empty on the same port.
+    pub(crate) fn kill_wipe_and_restart(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self._dir.path().join("jetstream"));
+        self.spawn();
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

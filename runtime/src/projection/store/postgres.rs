@@ -56,6 +56,10 @@ async fn migrate(pool: &Pool, schema: &str) -> Result<(), ReadModelError> {
     tx.commit().await.map_err(migration)
 }
 
+/// Filtered list statements with at most this many filters stay prepared per connection
+/// (1 + 2 + 4 = 7 shapes, null or not per filter); more filters are prepared for each request.
+pub(crate) const CACHED_FILTERS: usize = 2;
+
 /// The statements, with the schema spliced in once.
 struct Sql {
     get: String,
@@ -278,7 +282,17 @@ impl PostgresReadModel {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, ReadModelError> {
-        crate::pg::read(&self.tables.pool, sql, params)
+        self.read_with(sql, params, true).await
+    }
+
+    /// [`Self::read`], with the statement cached per connection only when `cache`.
+    async fn read_with(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        cache: bool,
+    ) -> Result<Vec<Row>, ReadModelError> {
+        crate::pg::read_with(&self.tables.pool, sql, params, cache)
             .await
             .map_err(|failure| match failure {
                 crate::pg::ReadFailure::Pool(err) => ReadModelError::Unavailable {
@@ -353,7 +367,10 @@ impl PostgresReadModel {
             params.len() - 1,
             params.len()
         ));
-        let rows = self.read(&sql, &params).await?;
+        // Each filter shape is its own statement text: only the few shapes of up to
+        // `CACHED_FILTERS` filters are kept prepared, so a client cannot grow the cache.
+        let cache = filters.len() <= CACHED_FILTERS;
+        let rows = self.read_with(&sql, &params, cache).await?;
         Ok(rows
             .iter()
             .map(|row| (row.get::<_, String>(0), row.get::<_, Value>(1)))

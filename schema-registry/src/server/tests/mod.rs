@@ -48,6 +48,10 @@ impl Registry {
             .header(header::CONTENT_TYPE, CONTENT_TYPE)
             .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
             .expect("request");
+        self.send(request).await
+    }
+
+    async fn send(&self, request: Request<Body>) -> Answer {
         let response = self.app.clone().oneshot(request).await.expect("infallible");
         let status = response.status();
         let content_type = response
@@ -1192,4 +1196,5 @@ async fn checks_see_deletes_and_registrations_whatever_the_schema_cache_holds() 
 
 mod access;
 mod confluent;
+mod fuzz;
 mod hostile;
