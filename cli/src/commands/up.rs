@@ -17,7 +17,9 @@ use hyper::body::Bytes;
 use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
 use nexus_runtime::http::access::OriginPolicy;
-use nexus_runtime::http::{CommandService, QueryDashboard, serve_until, shutdown_signal};
+use nexus_runtime::http::{
+    CommandService, QueryDashboard, TemporalApi, serve_until, shutdown_signal,
+};
 use nexus_runtime::projection::{ProjectionRunner, ReadModels};
 use nexus_runtime::snapshot::embedded::EmbeddedSnapshotStore;
 use nexus_runtime::store::embedded::EmbeddedStore;
@@ -196,6 +198,50 @@ async fn connect_bus(
     }
 }
 
+/// The temporal API over a read-only history of the store, auditing into `audit.db` in the
+/// data folder (or the schema `nexus_audit` on PostgreSQL).
+async fn temporal_api(
+    args: &UpArgs,
+    snapshots: &Arc<dyn SnapshotStore>,
+    access: &nexus_runtime::http::access::AccessControl,
+) -> anyhow::Result<TemporalApi> {
+    use nexus_runtime::audit::AuditLog;
+    use nexus_runtime::temporal::History;
+    let (history, audit): (Arc<dyn History>, Arc<dyn AuditLog>) = match args.store {
+        StoreKind::Embedded => (
+            Arc::new(
+                nexus_runtime::temporal::SqliteHistory::open(args.data_dir.join("events.db"))
+                    .context("failed to open the store's history read-only")?,
+            ),
+            Arc::new(
+                nexus_runtime::audit::SqliteAuditLog::open(args.data_dir.join("audit.db"))
+                    .context("failed to open the audit log")?,
+            ),
+        ),
+        StoreKind::Postgres => {
+            let url = args
+                .url
+                .as_deref()
+                .context("--store postgres needs --url")?;
+            (
+                Arc::new(
+                    nexus_runtime::temporal::PostgresHistory::connect(url, "nexus", 4)
+                        .await
+                        .context("failed to open the store's history read-only")?,
+                ),
+                Arc::new(
+                    nexus_runtime::audit::postgres::PostgresAuditLog::connect(url, "nexus_audit")
+                        .await
+                        .context("failed to open the audit log")?,
+                ),
+            )
+        }
+    };
+    Ok(TemporalApi::new(history, audit, access.clone())
+        .with_snapshots(Arc::clone(snapshots))
+        .aggregate::<Order>())
+}
+
 /// Binds `port` on the configured host, saying which service wanted it when that fails.
 async fn bind(args: &UpArgs, port: u16, service: &str, flag: &str) -> anyhow::Result<TcpListener> {
     let addr = SocketAddr::new(args.host, port);
@@ -268,12 +314,6 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
             ..SnapshotPolicy::default()
         })
         .spawn();
-    let commands = CommandService::new(Arc::clone(&store))
-        .with_snapshots(Arc::clone(&snapshots))
-        .with_access(access.clone())
-        .aggregate::<Order>()
-        .with_origin_policy(origin_policy(&args))
-        .router();
 
     // The query side: the projection reads the bus, never the command service.
     let read_models = match args.read_models {
@@ -288,6 +328,18 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
                 .context("failed to open the PostgreSQL read models")?
         }
     };
+    let temporal = temporal_api(&args, &snapshots, &access)
+        .await?
+        .projection(Arc::new(OrderSummaries), read_models.clone());
+    let commands = CommandService::new(Arc::clone(&store))
+        .with_snapshots(Arc::clone(&snapshots))
+        .with_access(access.clone())
+        .aggregate::<Order>()
+        .with_routes(temporal.command_routes(), temporal.command_openapi())
+        .with_origin_policy(origin_policy(&args))
+        .router();
+
+    // The query side: the projection reads the bus, never the command service.
     let runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models);
     let orders = runner
         .spawn(OrderSummaries)
@@ -295,6 +347,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     let dashboard = QueryDashboard::new(runner.health())
         .with_access(access.clone())
         .read_model(&orders)
+        .with_routes(temporal.dashboard_routes(), temporal.dashboard_openapi())
         .with_origin_policy(origin_policy(&args))
         .router();
 
