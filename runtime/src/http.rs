@@ -14,7 +14,6 @@ mod health;
 mod metrics;
 mod openapi;
 mod query;
-mod serve;
 mod temporal;
 
 use axum::Router;
@@ -26,8 +25,8 @@ pub use health::health_router;
 pub use metrics::{metrics_router, prometheus};
 /// The access-control layer shared with the schema registry (`nexus-access`).
 pub use nexus_access as access;
+pub use nexus_access::{ServeOptions, serve, serve_until, serve_with, shutdown_signal};
 pub use query::{QueryDashboard, QueryLimits};
-pub use serve::{ServeOptions, serve, serve_until, serve_with, shutdown_signal};
 pub use temporal::TemporalApi;
 
 /// Adds what every Nexus service serves beside its own routes: `/openapi.json` (`openapi`),

@@ -17,7 +17,7 @@ use axum::{
     http::{HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use nexus_access::{AccessControl, ErrorStyle, Permission};
+use nexus_access::{AccessControl, ErrorStyle, OriginPolicy, Permission, ServeOptions};
 use serde::Serialize;
 
 pub use self::error::ApiError;
@@ -50,6 +50,11 @@ pub struct Options {
     /// `None` (the default, for embedding behind other auth) checks nothing; `nexus registry
     /// serve` always sets it.
     pub access: Option<AccessControl>,
+    /// What keeps web pages out: the `Host` must be an IP address, `localhost` or an allowed
+    /// name (DNS rebinding), writes from another site's pages are refused, and bodies must be
+    /// JSON (`application/json`, the registry's `application/vnd.schemaregistry*+json`, or
+    /// `application/octet-stream`, which Confluent's clients may send).
+    pub origins: OriginPolicy,
 }
 
 impl Default for Options {
@@ -63,6 +68,9 @@ impl Default for Options {
             max_versions_per_subject: 1_000,
             prepared_cache_bytes: 64 * 1024 * 1024,
             access: None,
+            origins: OriginPolicy::new()
+                .style(ErrorStyle::Confluent)
+                .accept_media_type("application/octet-stream"),
         }
     }
 }
@@ -114,18 +122,21 @@ impl AppState {
     }
 }
 
-/// The router with every endpoint, the 404/405 JSON fallbacks and the request log.
+/// The router with every endpoint, the 404/405 JSON fallbacks, the request log, and the
+/// origin guard outermost.
 pub fn app(state: AppState) -> Router {
     let access = state.options().access.clone();
+    let origins = state.options().origins.clone();
     let router = routes::router(state);
-    match access {
+    let router = match access {
         Some(access) => router.route_layer(
             access
                 .with_error_style(ErrorStyle::Confluent)
                 .require_by(permission_for),
         ),
         None => router,
-    }
+    };
+    router.layer(origins.layer())
 }
 
 /// The permission a registry route needs: none for health, metrics and the OpenAPI document;
@@ -145,15 +156,14 @@ pub fn permission_for(method: &Method, route: &str) -> Option<Permission> {
     }
 }
 
-/// Serves the registry on `listener` until `shutdown` resolves, then drains requests in flight.
+/// Serves the registry on `listener` until `shutdown` resolves, then drains requests in flight;
+/// connections are capped and a client must send its headers in time ([`ServeOptions`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    nexus_access::serve_with(listener, app(state), ServeOptions::default(), shutdown).await
 }
 
 /// A JSON response with the registry media type.

@@ -416,6 +416,7 @@ async fn fifty_parallel_registrations_all_succeed(storage: Arc<dyn Storage>) {
             let response = router
                 .oneshot(
                     Request::post("/subjects/crowd/versions")
+                        .header("content-type", "application/vnd.schemaregistry.v1+json")
                         .body(Body::from(body))
                         .expect("request"),
                 )

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Args;
-use nexus_runtime::http::access::{AccessControl, AuthConfig, Permission};
+use nexus_runtime::http::access::{AccessControl, AuthConfig, OriginPolicy, Permission};
 
 use crate::output;
 
@@ -25,6 +25,28 @@ pub(crate) struct AuthArgs {
     /// may run commands and read (history, audit and administration stay closed).
     #[arg(long)]
     pub(crate) insecure: bool,
+}
+
+/// Which names and web origins a served HTTP service accepts, besides its own.
+#[derive(Debug, Args)]
+pub(crate) struct OriginArgs {
+    /// Another name the services are reached by, besides IP addresses and `localhost`
+    /// (requests for other names are refused against DNS rebinding); repeatable.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_hosts: Vec<String>,
+    /// A web origin whose pages may write (`http://localhost:5173`); repeatable.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allow_origins: Vec<String>,
+}
+
+impl OriginArgs {
+    /// `base` with the names and origins of `--allow-host` and `--allow-origin` added.
+    pub(crate) fn policy(&self, base: OriginPolicy) -> OriginPolicy {
+        let policy = self.allow_hosts.iter().fold(base, OriginPolicy::allow_host);
+        self.allow_origins
+            .iter()
+            .fold(policy, OriginPolicy::allow_origin)
+    }
 }
 
 /// Where `nexus up` keeps its development signing key under `data_dir`.

@@ -43,6 +43,8 @@ pub(crate) struct ServeArgs {
     lock_compatibility: Option<Level>,
     #[command(flatten)]
     auth: super::auth::AuthArgs,
+    #[command(flatten)]
+    origins: super::auth::OriginArgs,
 }
 
 pub(crate) fn run(command: RegistryCommand) -> anyhow::Result<Outcome> {
@@ -85,6 +87,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
         default_level: args.default_compatibility,
         locked_level: args.lock_compatibility,
         access: Some(access),
+        origins: args.origins.policy(Options::default().origins),
         ..Options::default()
     };
     server::serve(listener, AppState::new(storage, options), shutdown_signal())

@@ -109,26 +109,10 @@ pub(crate) struct UpArgs {
     /// Print the service URLs (and demo steps) as JSON lines.
     #[arg(long)]
     json: bool,
-    /// Another name the services are reached by, besides IP addresses and `localhost`
-    /// (requests for other names are refused against DNS rebinding); repeatable.
-    #[arg(long = "allow-host", value_name = "NAME")]
-    allow_hosts: Vec<String>,
-    /// A web origin whose pages may send commands (`http://localhost:5173`); repeatable.
-    #[arg(long = "allow-origin", value_name = "ORIGIN")]
-    allow_origins: Vec<String>,
+    #[command(flatten)]
+    origins: super::auth::OriginArgs,
     #[command(flatten)]
     auth: super::auth::AuthArgs,
-}
-
-/// The hosts and origins the services accept, from `--allow-host` and `--allow-origin`.
-fn origin_policy(args: &UpArgs) -> OriginPolicy {
-    let policy = args
-        .allow_hosts
-        .iter()
-        .fold(OriginPolicy::new(), OriginPolicy::allow_host);
-    args.allow_origins
-        .iter()
-        .fold(policy, OriginPolicy::allow_origin)
 }
 
 pub(crate) fn run(args: UpArgs) -> anyhow::Result<Outcome> {
@@ -336,7 +320,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         .with_access(access.clone())
         .aggregate::<Order>()
         .with_routes(temporal.command_routes(), temporal.command_openapi())
-        .with_origin_policy(origin_policy(&args))
+        .with_origin_policy(args.origins.policy(OriginPolicy::new()))
         .router();
 
     // The query side: the projection reads the bus, never the command service.
@@ -348,7 +332,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         .with_access(access.clone())
         .read_model(&orders)
         .with_routes(temporal.dashboard_routes(), temporal.dashboard_openapi())
-        .with_origin_policy(origin_policy(&args))
+        .with_origin_policy(args.origins.policy(OriginPolicy::new()))
         .router();
 
     let (stop, stopped) = watch::channel(false);
@@ -387,6 +371,9 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
                 storage,
                 nexus_schema_registry::server::Options {
                     access: Some(access.clone()),
+                    origins: args
+                        .origins
+                        .policy(nexus_schema_registry::server::Options::default().origins),
                     ..nexus_schema_registry::server::Options::default()
                 },
             );

@@ -17,7 +17,8 @@
 //!     .route_layer(access.require(Permission::TemporalRead));
 //! ```
 //!
-//! [`OriginPolicy`] keeps web pages out (DNS rebinding, cross-site writes, non-JSON bodies).
+//! [`OriginPolicy`] keeps web pages out (DNS rebinding, cross-site writes, non-JSON bodies), and
+//! [`serve_with`] bounds what a slow or abusive client can hold (connections, header time).
 //!
 //! Defaults: history, audit and administration ([`Permission::always_authenticated`]) always
 //! need a credential; everything else is open on a loopback bind unless configured
@@ -32,6 +33,7 @@ mod permission;
 mod principal;
 mod rejection;
 mod secret;
+mod serve;
 mod token;
 
 pub use access::{API_KEY_HEADER, AccessControl, BindError, ConfigError, Require, RequireService};
@@ -44,6 +46,7 @@ pub use permission::{Permission, Permissions, UnknownPermission};
 pub use principal::{Principal, Via};
 pub use rejection::{ErrorStyle, Rejection};
 pub use secret::{MIN_SECRET_BYTES, ensure_secret_file};
+pub use serve::{ServeOptions, serve, serve_until, serve_with, shutdown_signal};
 pub use token::{IssueError, MAX_TOKEN_BYTES, TokenError, TokenRequest, issue_hs256};
 
 #[cfg(test)]

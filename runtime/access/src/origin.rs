@@ -147,6 +147,7 @@ impl OriginPolicy {
             if !media_type.is_some_and(|t| self.media_type_allowed(&t)) {
                 return Err(self.reject(Refusal::UnsupportedMediaType {
                     got: got.unwrap_or_default(),
+                    accepted: self.media_types.join(", "),
                 }));
             }
         }
@@ -225,7 +226,7 @@ fn has_body(headers: &HeaderMap) -> bool {
 enum Refusal {
     MisdirectedHost { host: String },
     CrossSite { reason: String },
-    UnsupportedMediaType { got: String },
+    UnsupportedMediaType { got: String, accepted: String },
 }
 
 /// A request the [`OriginPolicy`] refused, rendered in the service's error shape.
@@ -266,9 +267,10 @@ impl std::fmt::Display for OriginRejection {
                 f,
                 "cross-site write refused ({reason}); add the origin to the allowed origins"
             ),
-            Refusal::UnsupportedMediaType { got } => {
-                write!(f, "the body must be application/json, got `{got}`")
-            }
+            Refusal::UnsupportedMediaType { got, accepted } => write!(
+                f,
+                "the body's Content-Type must be one of {accepted} or application/*+json, got `{got}`"
+            ),
         }
     }
 }

@@ -32,12 +32,32 @@ const PROGRESS: u64 = 40;
 /// How long the served read models may take to equal a rebuild once the load stopped.
 const CONVERGE: Duration = Duration::from_secs(15);
 
-/// Prints one line of the suite's report (shown with `--nocapture`, and on failure).
+/// Prints one line of the suite's report (shown with `--nocapture`, and on failure), and
+/// appends it to the file `NEXUS_FAULT_REPORT` names, where `.ci/run` shows it after the run.
 pub(crate) fn report(line: &str) {
     #[expect(clippy::print_stderr, reason = "the suite shows what it checked")]
     {
         eprintln!("faults: {line}");
     }
+    if let Some(path) = std::env::var_os("NEXUS_FAULT_REPORT") {
+        use std::io::Write as _;
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| writeln!(file, "faults: {line}"));
+        appended.expect("append to the fault report");
+    }
+}
+
+/// Holds the suite to one fault test at a time, even when the rest of the end-to-end tests
+/// run beside it under `cargo test --workspace`: two faults at once would prove neither.
+pub(crate) fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A failed fault test poisons the lock; the next one still runs on its own.
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Sends the load to `layout` while `inject` hits it `faults` times at seeded moments, then
@@ -103,12 +123,14 @@ fn crash_scenario(layout: &Layout, dir: &Path) {
 
 #[test]
 fn kill9_of_nexus_up_loses_and_duplicates_nothing_on_the_embedded_store() {
+    let _one_fault_at_a_time = exclusive();
     let dir = tempfile::tempdir().unwrap();
     crash_scenario(&Layout::embedded(), dir.path());
 }
 
 #[test]
 fn kill9_of_nexus_up_loses_and_duplicates_nothing_on_postgres() {
+    let _one_fault_at_a_time = exclusive();
     let Some(postgres) = Postgres::start() else {
         return;
     };
@@ -133,6 +155,7 @@ fn postgres_restart(postgres: &Postgres, layout: &Layout) {
 
 #[test]
 fn a_postgres_restart_mid_load_loses_and_duplicates_nothing() {
+    let _one_fault_at_a_time = exclusive();
     let Some(postgres) = Postgres::start() else {
         return;
     };
@@ -142,6 +165,7 @@ fn a_postgres_restart_mid_load_loses_and_duplicates_nothing() {
 
 #[test]
 fn a_nats_kill9_mid_load_loses_and_duplicates_nothing() {
+    let _one_fault_at_a_time = exclusive();
     let Some(mut nats) = Nats::start() else {
         return;
     };
@@ -161,6 +185,7 @@ fn a_nats_kill9_mid_load_loses_and_duplicates_nothing() {
 
 #[test]
 fn a_read_model_file_deleted_while_running_is_rebuilt_from_the_store() {
+    let _one_fault_at_a_time = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let layout = Layout::embedded();
     let mut deleted = Vec::new();

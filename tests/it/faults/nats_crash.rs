@@ -9,6 +9,7 @@ use super::{crash_scenario, postgres_restart, summary, under_load};
 
 #[test]
 fn kill9_of_nexus_up_loses_and_duplicates_nothing_on_the_embedded_store_with_nats() {
+    let _one_fault_at_a_time = super::exclusive();
     let Some(nats) = Nats::start() else { return };
     let dir = tempfile::tempdir().unwrap();
     crash_scenario(
@@ -19,6 +20,7 @@ fn kill9_of_nexus_up_loses_and_duplicates_nothing_on_the_embedded_store_with_nat
 
 #[test]
 fn kill9_of_nexus_up_loses_and_duplicates_nothing_on_postgres_with_nats() {
+    let _one_fault_at_a_time = super::exclusive();
     let (Some(postgres), Some(nats)) = (Postgres::start(), Nats::start()) else {
         return;
     };
@@ -32,6 +34,7 @@ fn kill9_of_nexus_up_loses_and_duplicates_nothing_on_postgres_with_nats() {
 
 #[test]
 fn a_postgres_restart_mid_load_loses_and_duplicates_nothing_with_nats() {
+    let _one_fault_at_a_time = super::exclusive();
     let (Some(postgres), Some(nats)) = (Postgres::start(), Nats::start()) else {
         return;
     };
@@ -44,6 +47,7 @@ fn a_postgres_restart_mid_load_loses_and_duplicates_nothing_with_nats() {
 
 #[test]
 fn a_jetstream_that_lost_its_store_is_refilled_from_the_event_store() {
+    let _one_fault_at_a_time = super::exclusive();
     let Some(mut nats) = Nats::start() else {
         return;
     };

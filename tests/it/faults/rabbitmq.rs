@@ -95,6 +95,7 @@ async fn drain(url: &str, want: usize) -> HashMap<EventId, u32> {
 
 #[test]
 fn a_rabbitmq_restart_under_the_integration_relay_loses_no_event() {
+    let _one_fault_at_a_time = super::exclusive();
     let Some(mut broker) = RabbitMq::start() else {
         return;
     };

@@ -200,3 +200,75 @@ fn admin_covers_configuration_modes_and_deletes() {
         assert_eq!(permission_for(&method, route), expected, "{method} {route}");
     }
 }
+
+#[tokio::test]
+async fn web_pages_cannot_register_rebind_or_post_without_a_json_type() {
+    let r = super::registry();
+    let body = json!({"schema": "{\"type\":\"object\"}", "schemaType": "JSON"}).to_string();
+    let post = |extra: &[(header::HeaderName, &str)]| {
+        let mut request = Request::post("/subjects/web/versions");
+        for (name, value) in extra {
+            request = request.header(name, *value);
+        }
+        request.body(Body::from(body.clone())).expect("request")
+    };
+    let answer = |request: Request<Body>| async {
+        let response = r.app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body: Value = serde_json::from_slice(&bytes).expect("a JSON error body");
+        (status, body)
+    };
+    let json_type = (
+        header::CONTENT_TYPE,
+        "application/vnd.schemaregistry.v1+json",
+    );
+    // A page of another site, posting with a form-compatible type or cross-site.
+    let (status, body) = answer(post(&[(header::CONTENT_TYPE, "text/plain")])).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    assert!(
+        body["error_code"].is_number(),
+        "Confluent's error shape: {body}"
+    );
+    let (status, _) = answer(post(&[
+        json_type.clone(),
+        (header::ORIGIN, "https://evil.example"),
+    ]))
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = answer(post(&[
+        json_type.clone(),
+        (
+            header::HeaderName::from_static("sec-fetch-site"),
+            "cross-site",
+        ),
+    ]))
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // DNS rebinding: a name that resolves to 127.0.0.1 but is not the registry's.
+    let (status, _) = answer(post(&[
+        json_type.clone(),
+        (header::HOST, "rebind.evil.example:8082"),
+    ]))
+    .await;
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST);
+    // Nothing of the refused requests was stored; the registry's own clients still register.
+    assert_eq!(r.get("/subjects").await.body, json!([]));
+    for media_type in [
+        "application/vnd.schemaregistry.v1+json",
+        "application/json",
+        "application/octet-stream",
+    ] {
+        let (status, body) = answer(post(&[
+            (header::CONTENT_TYPE, media_type),
+            (header::HOST, "localhost:8082"),
+        ]))
+        .await;
+        assert_eq!(status, StatusCode::OK, "{media_type}: {body}");
+    }
+}

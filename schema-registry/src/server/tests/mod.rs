@@ -443,6 +443,7 @@ async fn bad_input_gets_a_clear_error_and_stores_nothing() {
         .clone()
         .oneshot(
             Request::post("/subjects/bad/versions")
+                .header(header::CONTENT_TYPE, CONTENT_TYPE)
                 .body(Body::from("{not json"))
                 .expect("request"),
         )
@@ -940,6 +941,7 @@ async fn registered_by_comes_from_the_header_or_basic_auth() {
     let r = registry();
     let request = |who: (&str, &str), schema: &str| {
         Request::post("/subjects/who/versions")
+            .header(header::CONTENT_TYPE, CONTENT_TYPE)
             .header(who.0, who.1)
             .body(Body::from(
                 json!({"schema": schema, "schemaType": "JSON"}).to_string(),
@@ -982,6 +984,7 @@ async fn concurrent_registrations_of_one_schema_give_one_version() {
             let response = app
                 .oneshot(
                     Request::post("/subjects/race/versions")
+                        .header(header::CONTENT_TYPE, CONTENT_TYPE)
                         .body(Body::from(body))
                         .expect("request"),
                 )
