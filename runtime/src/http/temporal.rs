@@ -859,7 +859,9 @@ fn openapi_dashboard(limits: &TemporalLimits) -> Value {
             "security": [{"bearer": []}],
             "parameters": [
                 {"name": "after", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
-                {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": crate::audit::MAX_AUDIT_PAGE}}
+                {"name": "limit", "in": "query", "required": false,
+                 "description": format!("Entries in the page; at most {} are returned, a larger limit is read as {0}", crate::audit::MAX_AUDIT_PAGE),
+                 "schema": {"type": "integer", "minimum": 0}}
             ],
             "responses": {"200": {"description": "`entries` oldest first and `next_after` while more remain"},
                 "400": errors["400"], "401": errors["401"], "403": errors["403"]}
