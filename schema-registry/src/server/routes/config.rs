@@ -140,6 +140,7 @@ pub(super) async fn get_subject(
     Path(subject): Path<String>,
     params: Params,
 ) -> ApiResult {
+    check_subject(&subject)?;
     match state.storage().config(&subject).await? {
         Some(config) => ok(&config_json(&in_force(&state, config))),
         None if params.flag("defaultToGlobal") => {
@@ -212,6 +213,7 @@ pub(super) async fn delete_subject(
     State(state): State<AppState>,
     Path(subject): Path<String>,
 ) -> ApiResult {
+    check_subject(&subject)?;
     match state.storage().delete_config(&subject).await? {
         Some(previous) => ok(&config_json(&in_force(&state, previous))),
         None => Err(ApiError::SubjectConfigNotFound(subject)),
@@ -241,6 +243,7 @@ pub(super) async fn get_subject_mode(
     Path(subject): Path<String>,
     params: Params,
 ) -> ApiResult {
+    check_subject(&subject)?;
     match state.storage().mode(&subject).await? {
         Some(mode) => ok(&json!({"mode": mode})),
         None if params.flag("defaultToGlobal") => {
@@ -265,6 +268,7 @@ pub(super) async fn delete_subject_mode(
     State(state): State<AppState>,
     Path(subject): Path<String>,
 ) -> ApiResult {
+    check_subject(&subject)?;
     match state.storage().delete_mode(&subject).await? {
         Some(previous) => ok(&json!({"mode": previous})),
         None => Err(ApiError::SubjectModeNotFound(subject)),

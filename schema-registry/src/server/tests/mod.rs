@@ -810,6 +810,26 @@ async fn config_is_global_and_per_subject() {
     );
 }
 
+/// Found by schemathesis: the per-subject config and mode routes answered for a subject name
+/// with control characters (which no subject can have) instead of refusing it like the others.
+#[tokio::test]
+async fn config_and_mode_routes_refuse_a_subject_with_control_characters() {
+    let r = registry();
+    for path in [
+        "/mode/%C2%85x?defaultToGlobal=true",
+        "/config/%C2%85x?defaultToGlobal=true",
+    ] {
+        assert_error(&r.get(path).await, StatusCode::UNPROCESSABLE_ENTITY, 42208);
+    }
+    for path in ["/mode/%01x", "/config/%01x"] {
+        assert_error(
+            &r.call(Method::DELETE, path, None).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42208,
+        );
+    }
+}
+
 #[tokio::test]
 async fn readonly_mode_rejects_writes() {
     let r = registry();
