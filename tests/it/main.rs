@@ -13,6 +13,7 @@ mod doctor;
 mod events;
 mod faults;
 mod new;
+mod openapi_conformance;
 #[allow(
     dead_code,
     unreachable_pub,

@@ -19,7 +19,7 @@ pub(crate) struct Up {
     pub(crate) command_url: String,
     pub(crate) query_url: String,
     /// The first line: URLs and the subjects registered.
-    announced: Value,
+    pub(crate) announced: Value,
 }
 
 impl Up {

@@ -185,6 +185,7 @@ impl OpenApi {
                     wait_for, wait_ms],
                 "responses": {
                     "200": {"description": "The document", "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "400": error_response("A malformed wait_for or wait_ms"),
                     "404": error_response("No such projection or document"),
                     "503": error_response("wait_for timed out, or the read model is unreadable")
                 }

@@ -254,19 +254,18 @@ impl ListParams {
                 _ => params.filters.push((key, filter_value(&value))),
             }
         }
+        // Checked with or without `wait_for`: the document bounds it either way.
+        let timeout = match wait_ms {
+            None => DEFAULT_WAIT.min(max_wait),
+            Some(ms) if (ms as u128) <= max_wait.as_millis() => Duration::from_millis(ms as u64),
+            Some(ms) => {
+                return Err(ApiError::InvalidParameter(format!(
+                    "wait_ms must be 0 to {}, got {ms}",
+                    max_wait.as_millis()
+                )));
+            }
+        };
         if let Some(spec) = wait_for {
-            let timeout = match wait_ms {
-                None => DEFAULT_WAIT.min(max_wait),
-                Some(ms) if (ms as u128) <= max_wait.as_millis() => {
-                    Duration::from_millis(ms as u64)
-                }
-                Some(ms) => {
-                    return Err(ApiError::InvalidParameter(format!(
-                        "wait_ms must be 0 to {}, got {ms}",
-                        max_wait.as_millis()
-                    )));
-                }
-            };
             params.wait = Some(Wait::parse(&spec, timeout)?);
         }
         Ok(params)
@@ -503,5 +502,18 @@ mod tests {
                 .unwrap();
         assert_eq!(wait.stream, StreamId::new("order", "o-1"));
         assert_eq!((wait.version, wait.timeout), (3, Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn a_wait_ms_over_the_limit_is_refused_even_without_wait_for() {
+        let max = Duration::from_secs(30);
+        for params in [
+            pairs(&[("wait_ms", "30001")]),
+            pairs(&[("wait_for", "order/o-1@3"), ("wait_ms", "30001")]),
+        ] {
+            let err = ListParams::parse(params, max).unwrap_err();
+            assert_eq!(err.code(), "invalid_parameter");
+        }
+        assert!(ListParams::parse(pairs(&[("wait_ms", "30000")]), max).is_ok());
     }
 }

@@ -818,7 +818,8 @@ fn openapi_dashboard(limits: &TemporalLimits) -> Value {
         json!({"name": name, "in": "query", "required": false, "description": description,
                "schema": {"type": "string", "format": "date-time"}})
     };
-    let mut responses = error_responses(limits);
+    let errors = error_responses(limits);
+    let mut responses = errors.clone();
     responses["200"] = json!({
         "description": format!(
             "One page. A page that examined {} events or ran {} s stops with `partial: true`, a `reason` and a `next_token`, even if nothing matched",
@@ -857,10 +858,13 @@ fn openapi_dashboard(limits: &TemporalLimits) -> Value {
             "tags": ["temporal"],
             "security": [{"bearer": []}],
             "parameters": [
-                {"name": "after", "in": "query", "required": false, "schema": {"type": "integer"}},
-                {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "maximum": crate::audit::MAX_AUDIT_PAGE}}
+                {"name": "after", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
+                {"name": "limit", "in": "query", "required": false,
+                 "description": format!("Entries in the page; at most {} are returned, a larger limit is read as {0}", crate::audit::MAX_AUDIT_PAGE),
+                 "schema": {"type": "integer", "minimum": 0}}
             ],
-            "responses": {"200": {"description": "`entries` oldest first and `next_after` while more remain"}}
+            "responses": {"200": {"description": "`entries` oldest first and `next_after` while more remain"},
+                "400": errors["400"], "401": errors["401"], "403": errors["403"]}
         }},
         "/admin/projections/{name}/replay": {"post": {
             "summary": "Rebuilds a projection's read model as it stood at `until` into a separate read model `replay-{into}` (permission dlq:admin)",
@@ -869,10 +873,14 @@ fn openapi_dashboard(limits: &TemporalLimits) -> Value {
             "security": [{"bearer": []}],
             "parameters": [
                 {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
-                time("until", "Events recorded before this time are applied"),
+                {"name": "until", "in": "query", "required": true, "description": "Events recorded before this time are applied",
+                 "schema": {"type": "string", "format": "date-time"}},
                 {"name": "into", "in": "query", "required": true, "schema": {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"}}
             ],
-            "responses": {"200": {"description": "What the rebuild did"}, "409": {"description": "The target read model exists already"}}
+            "responses": {"200": {"description": "What the rebuild did"},
+                "400": errors["400"], "401": errors["401"], "403": errors["403"],
+                "404": {"description": "No such projection"},
+                "409": {"description": "The target read model exists already"}}
         }}
     })
 }
