@@ -6,11 +6,19 @@ use std::path::Path;
 
 fn main() {
     facts_fingerprint();
-    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
+    // The manifest folder of this build, read when the script runs (`env!` would freeze the
+    // folder the script was compiled in, and a reused script would read another checkout).
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let rules = Path::new(&manifest).join("../rules");
     println!("cargo::rerun-if-changed={}", rules.display());
     let mut folders: Vec<_> = std::fs::read_dir(&rules)
         .map(|entries| entries.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
+        .unwrap_or_else(|err| panic!("the rules folder {} cannot be read: {err}", rules.display()));
+    assert!(
+        !folders.is_empty(),
+        "no rule folders in {}",
+        rules.display()
+    );
     folders.sort();
     let mut code = String::from(
         "/// Built-in rule folders: (folder name, `rule.rego`, `README.md`).\npub static BUILTIN_RULES: &[(&str, &str, &str)] = &[\n",
@@ -48,7 +56,8 @@ fn main() {
 /// never serves facts that an older extractor produced.
 fn facts_fingerprint() {
     use std::hash::{Hash as _, Hasher as _};
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/facts");
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = Path::new(&manifest).join("src/facts");
     let mut hasher = std::hash::DefaultHasher::new();
     for name in ["syntax.rs", "strings.rs", "macros.rs", "sql.rs", "cache.rs"] {
         let path = dir.join(name);

@@ -18,7 +18,11 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_with(tempfile::tempdir().expect("tempdir"), &[])
+    }
+
+    /// A server in `dir` with more flags for `nexus registry serve`.
+    fn start_with(dir: tempfile::TempDir, flags: &[&std::ffi::OsStr]) -> Self {
         let storage = format!("sqlite:{}", dir.path().join("registry.db").display());
         let mut child = Command::new(nexus_bin())
             .args([
@@ -29,6 +33,7 @@ impl Server {
                 "--storage",
                 &storage,
             ])
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -364,12 +369,25 @@ fn confluent_kafka_python_client_talks_to_the_registry() {
         }
         return;
     };
-    let server = Server::start();
+    // The client authenticates as Confluent's clients do, with an API key's id and secret as
+    // HTTP Basic credentials: changing configuration and deleting need `registry:admin`.
+    let key = Command::new(nexus_bin())
+        .args(["token", "api-key", "--id", "confluent", "--role", "admin"])
+        .output()
+        .expect("run nexus token api-key");
+    assert!(key.status.success(), "{}", text(&key));
+    let printed = String::from_utf8(key.stdout).expect("utf-8");
+    let (secret, entry) = printed.split_once('\n').expect("the key, then its entry");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(&auth, entry).expect("write the auth file");
+    let server = Server::start_with(dir, &["--auth".as_ref(), auth.as_os_str()]);
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/it/fixtures/confluent_client.py");
     let out = Command::new(python)
         .arg(script)
         .arg(&server.url)
+        .arg(format!("confluent:{}", secret.trim()))
         .output()
         .expect("run python");
     assert!(out.status.success(), "{}", text(&out));

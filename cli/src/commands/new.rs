@@ -484,7 +484,7 @@ fn render(
         files.insert(PathBuf::from("Cargo.lock"), lockfile.clone().into_bytes());
     }
     if sample {
-        for (subject, schema) in schemas::event_schemas()? {
+        for (subject, schema) in schemas::subjects()? {
             let mut text = serde_json::to_string_pretty(&schema)?;
             text.push('\n');
             files.insert(

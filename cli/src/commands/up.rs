@@ -551,12 +551,12 @@ fn announce(
     output::line(&text)
 }
 
-/// Registers the JSON Schema of every sample event type under its event type's subject
+/// Registers the JSON Schema of every sample event and command type under its type's subject
 /// (major version 1); registering an unchanged schema again is a no-op in the registry.
 async fn register_schemas(url: &str) -> anyhow::Result<Vec<String>> {
     let client = nexus_schema_registry::client::Client::new(url)?;
     let mut subjects = Vec::new();
-    for (subject, schema) in super::new::schemas::event_schemas()? {
+    for (subject, schema) in super::new::schemas::subjects()? {
         client
             .register(&subject, &schema.to_string(), Some(1), None)
             .await

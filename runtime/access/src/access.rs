@@ -213,8 +213,20 @@ impl AccessControl {
     /// The caller behind `headers`: anonymous without a credential, an error for a credential
     /// that does not verify.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Rejection> {
-        let Some(credential) = credential(headers, self.style)? else {
-            return Ok(Principal::anonymous(self.anonymous.clone()));
+        let credential = match credential(headers, self.style)? {
+            None => return Ok(Principal::anonymous(self.anonymous.clone())),
+            Some(Credential::Basic { id, key }) => {
+                return match api_key::find(&self.inner.api_keys, &key) {
+                    Some(stored) if stored.id == id => {
+                        Ok(self.principal(id, stored.roles.clone(), Via::ApiKey))
+                    }
+                    _ => Err(Rejection::invalid(
+                        "unknown API key id or secret in the Basic credentials",
+                        self.style,
+                    )),
+                };
+            }
+            Some(Credential::Bearer(credential)) => credential,
         };
         if looks_like_jwt(credential) {
             let Some(verifier) = &self.inner.verifier else {
@@ -369,17 +381,29 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, ConfigError> {
     Ok(secret)
 }
 
-/// The credential of a request: `Authorization: Bearer …` (scheme case-insensitive) or
-/// `X-API-Key`. Another scheme is refused rather than ignored.
-fn credential(headers: &HeaderMap, style: ErrorStyle) -> Result<Option<&str>, Rejection> {
+/// What a request presents.
+enum Credential<'a> {
+    /// `Authorization: Bearer …` or `X-API-Key`: a JWT or an API key.
+    Bearer(&'a str),
+    /// `Authorization: Basic …` with an API key's id as user and the key as password, as
+    /// Confluent's clients send credentials (`basic.auth.user.info`).
+    Basic { id: String, key: String },
+}
+
+/// The credential of a request: `Authorization: Bearer …` or `Basic …` (schemes
+/// case-insensitive), or `X-API-Key`. Another scheme is refused rather than ignored.
+fn credential(headers: &HeaderMap, style: ErrorStyle) -> Result<Option<Credential<'_>>, Rejection> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value
             .to_str()
             .map_err(|_| Rejection::invalid("the Authorization header is not text", style))?;
         let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return basic(rest.trim(), style).map(Some);
+        }
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(Rejection::invalid(
-                "only the Bearer authorization scheme is accepted",
+                "only the Bearer and Basic authorization schemes are accepted",
                 style,
             ));
         }
@@ -387,15 +411,31 @@ fn credential(headers: &HeaderMap, style: ErrorStyle) -> Result<Option<&str>, Re
         if credential.is_empty() {
             return Err(Rejection::invalid("the bearer credential is empty", style));
         }
-        return Ok(Some(credential));
+        return Ok(Some(Credential::Bearer(credential)));
     }
     match headers.get(API_KEY_HEADER) {
         Some(value) => value
             .to_str()
-            .map(|key| Some(key.trim()))
+            .map(|key| Some(Credential::Bearer(key.trim())))
             .map_err(|_| Rejection::invalid("the X-API-Key header is not text", style)),
         None => Ok(None),
     }
+}
+
+/// `id:key` from the base64 of HTTP Basic credentials.
+fn basic(encoded: &str, style: ErrorStyle) -> Result<Credential<'static>, Rejection> {
+    use base64::Engine as _;
+    let malformed =
+        || Rejection::invalid("the Basic credentials are not base64 of `id:key`", style);
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| malformed())?;
+    let text = String::from_utf8(decoded).map_err(|_| malformed())?;
+    let (id, key) = text.split_once(':').ok_or_else(malformed)?;
+    Ok(Credential::Basic {
+        id: id.to_owned(),
+        key: key.to_owned(),
+    })
 }
 
 /// Whether `credential` has a JWT's shape (three dot-separated parts); API keys have no dots.

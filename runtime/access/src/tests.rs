@@ -381,7 +381,7 @@ async fn jwks_keys_outside_the_allowed_algorithms_are_not_used() {
 }
 
 #[tokio::test]
-async fn api_keys_authenticate_by_digest_in_either_header() {
+async fn api_keys_authenticate_by_digest_in_any_header_or_as_basic_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let key = api_key::generate_api_key().unwrap();
     let config = AuthConfig {
@@ -407,6 +407,24 @@ async fn api_keys_authenticate_by_digest_in_either_header() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    // As Confluent's clients send it: HTTP Basic with the key's id as user, the key as password.
+    let basic = |user_info: &str| {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(user_info)
+        )
+    };
+    let (status, body, _) = call(&app, "/temporal", Some(&basic(&format!("ci:{key}")))).await;
+    assert_eq!((status, body), (StatusCode::OK, json!("key:ci")));
+    for wrong in [
+        format!("other:{key}"),
+        "ci:nexus_wrong".to_owned(),
+        "no-colon".to_owned(),
+    ] {
+        let (status, body, _) = call(&app, "/temporal", Some(&basic(&wrong))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{wrong}: {body}");
+    }
     let (status, body, _) = call(&app, "/temporal", Some(&bearer("nexus_wrong"))).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     // Tokens are not accepted when only API keys are configured.

@@ -1,4 +1,6 @@
-//! JSON Schemas of the sample's events, one document per event type, as `nexus check` reads them.
+//! JSON Schemas of the sample's events and commands, one document per event or command type,
+//! as `nexus check` and `nexus schema check --dir` read them (requirement 8.1: the registry
+//! holds event *and* command schemas).
 //!
 //! The generated project's `crates/events/tests/schemas.rs` splits the schemas the same way and
 //! fails when `schemas/` no longer matches the Rust types.
@@ -6,21 +8,33 @@
 use anyhow::Context as _;
 use serde_json::{Map, Value};
 
-use crate::events::OrderEvent;
+use crate::events::{OrderCommand, OrderEvent};
 
 /// The schema of every variant of the sample's event enum, keyed by event type.
 pub(crate) fn event_schemas() -> anyhow::Result<Vec<(String, Value)>> {
     split(serde_json::to_value(schemars::schema_for!(OrderEvent))?)
 }
 
-/// Splits the schema of an internally tagged enum (`#[serde(tag = "type")]`) into one
-/// self-contained schema per variant, named by the variant's tag.
+/// The schema of every variant of the sample's command enum, keyed by command type.
+pub(crate) fn command_schemas() -> anyhow::Result<Vec<(String, Value)>> {
+    split(serde_json::to_value(schemars::schema_for!(OrderCommand))?)
+}
+
+/// Every subject of the sample: its event types, then its command types.
+pub(crate) fn subjects() -> anyhow::Result<Vec<(String, Value)>> {
+    let mut all = event_schemas()?;
+    all.extend(command_schemas()?);
+    Ok(all)
+}
+
+/// Splits the schema of an internally tagged enum (`#[serde(tag = "type")]`) of events or
+/// commands into one self-contained schema per variant, named by the variant's tag.
 pub(super) fn split(root: Value) -> anyhow::Result<Vec<(String, Value)>> {
     let variants = root
         .get("oneOf")
         .or_else(|| root.get("anyOf"))
         .and_then(Value::as_array)
-        .context("the event enum's schema has no `oneOf`: is it an internally tagged enum?")?;
+        .context("the enum's schema has no `oneOf`: is it an internally tagged enum?")?;
     let mut out = Vec::new();
     for variant in variants {
         let tag = variant
@@ -30,7 +44,7 @@ pub(super) fn split(root: Value) -> anyhow::Result<Vec<(String, Value)>> {
                     .or_else(|| t.get("enum").and_then(|e| e.get(0)))
             })
             .and_then(Value::as_str)
-            .context("an event variant's schema has no constant `type` property")?
+            .context("a variant's schema has no constant `type` property")?
             .to_owned();
         let mut schema = Map::new();
         schema.insert(
@@ -76,5 +90,19 @@ mod tests {
         // Every payload carries serde's tag, so the schema requires it (NX004 knows the tag).
         assert_eq!(placed["required"], serde_json::json!(["type", "customer"]));
         assert_eq!(placed["properties"]["type"]["const"], "OrderPlaced");
+    }
+
+    #[test]
+    fn every_command_type_gets_one_schema_after_the_events() {
+        let all = subjects().expect("the sample's commands have schemas");
+        let subjects: Vec<&str> = all.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(
+            subjects[4..],
+            ["PlaceOrder", "AddItem", "ConfirmOrder", "CancelOrder"]
+        );
+        let (_, add) = &all[5];
+        assert_eq!(add["title"], "AddItem");
+        assert_eq!(add["properties"]["quantity"]["type"], "integer");
+        assert_eq!(add["properties"]["type"]["const"], "AddItem");
     }
 }
