@@ -70,7 +70,7 @@ WHEN EXISTS (SELECT 1 FROM events WHERE position = NEW.position)
 BEGIN SELECT RAISE(ABORT, 'nexus: events are immutable, REPLACE is not allowed'); END;
 ";
 
-const SELECT_COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, version, partition, \
+pub(crate) const SELECT_COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, version, partition, \
      event_type, schema_version, payload, metadata, recorded_at";
 
 /// Options of the embedded store.
@@ -572,8 +572,9 @@ pub(crate) fn same_json(a: &str, b: &str) -> bool {
         )
 }
 
-/// Decodes one row; `known` is the stream when the query was for one stream (saves allocations).
-fn row_to_event(
+/// Decodes one row of `SELECT_COLUMNS`; `known` is the stream when the query was for one
+/// stream (saves allocations). The read-only history decodes its rows with it too.
+pub(crate) fn row_to_event(
     row: &Row<'_>,
     known: Option<&StreamId>,
 ) -> rusqlite::Result<Result<RecordedEvent, ReadError>> {

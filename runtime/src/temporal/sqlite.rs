@@ -7,14 +7,13 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, Row, params};
-use serde_json::value::RawValue;
 
 use super::history::{History, KeyWindow, Pin, Scope};
-use crate::event::{EventId, Metadata, RecordedEvent, StreamId};
+use crate::event::{RecordedEvent, StreamId};
 use crate::store::{OpenError, ReadError, StoredPayload};
 
-const COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, version, partition, \
-     event_type, schema_version, payload, metadata, recorded_at";
+/// The embedded store's columns, in the order its row decoder reads them.
+const COLUMNS: &str = crate::store::embedded::SELECT_COLUMNS;
 
 /// Connections kept for reuse.
 const MAX_IDLE: usize = 8;
@@ -122,39 +121,9 @@ impl SqliteHistory {
     }
 }
 
+/// Decodes one row of [`COLUMNS`] the way the embedded store does.
 fn decode(row: &Row<'_>) -> rusqlite::Result<Result<RecordedEvent, ReadError>> {
-    let position = row.get::<_, i64>(0)? as u64;
-    let id: Vec<u8> = row.get(1)?;
-    let payload: String = row.get(8)?;
-    let metadata: String = row.get(9)?;
-    let micros: i64 = row.get(10)?;
-    let corrupt =
-        |source: Box<dyn std::error::Error + Send + Sync>| ReadError::Corrupt { position, source };
-    let decoded = (|| {
-        let id = uuid::Uuid::from_slice(&id).map_err(|e| corrupt(Box::new(e)))?;
-        let payload = RawValue::from_string(payload).map_err(|e| corrupt(Box::new(e)))?;
-        let metadata: Metadata =
-            serde_json::from_str(&metadata).map_err(|e| corrupt(Box::new(e)))?;
-        let recorded_at = DateTime::<Utc>::from_timestamp_micros(micros)
-            .ok_or_else(|| corrupt("recorded_at out of range".into()))?;
-        Ok((id, payload, metadata, recorded_at))
-    })();
-    Ok(match decoded {
-        Ok((id, payload, metadata, recorded_at)) => Ok(RecordedEvent {
-            id: EventId(id),
-            stream: StreamId::new(row.get_ref(2)?.as_str()?, row.get_ref(3)?.as_str()?),
-            version: row.get::<_, i64>(4)? as u64,
-            position,
-            commit: position,
-            partition: row.get(5)?,
-            event_type: row.get(6)?,
-            schema_version: row.get(7)?,
-            payload,
-            metadata,
-            recorded_at,
-        }),
-        Err(err) => Err(err),
-    })
+    crate::store::embedded::row_to_event(row, None)
 }
 
 fn to_i64(value: u64) -> i64 {
