@@ -145,6 +145,9 @@ struct RawConfig {
     check: Option<RawCheck>,
     #[serde(default)]
     schemas: Option<RawSchemas>,
+    /// The services' access settings, read by the runtime (`AccessControl::for_service`).
+    #[serde(default, rename = "auth")]
+    _auth: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -365,6 +368,16 @@ tables = ["ES.\"Events\""]
             matches!(&err, ConfigError::Invalid(i) if i.line == Some(2)),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn the_services_auth_table_is_left_to_the_runtime() {
+        let config = Config::parse(
+            "nexus.toml",
+            "[event_store]\ntables = [\"events\"]\n[auth]\nissuer = \"nexus-dev\"\n[[auth.api_keys]]\nid = \"ci\"\n",
+        )
+        .expect("an [auth] table is accepted");
+        assert_eq!(config.event_tables, vec!["events"]);
     }
 
     #[test]

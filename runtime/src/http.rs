@@ -27,7 +27,7 @@ pub use metrics::{metrics_router, prometheus};
 pub use nexus_access as access;
 pub use nexus_access::{ServeOptions, serve, serve_until, serve_with, shutdown_signal};
 pub use query::{QueryDashboard, QueryLimits};
-pub use temporal::TemporalApi;
+pub use temporal::{TemporalApi, TemporalOpenError};
 
 /// Adds what every Nexus service serves beside its own routes: `/openapi.json` (`openapi`),
 /// `/metrics`, JSON errors for unknown routes and methods, the body limits, the origin guard

@@ -310,6 +310,97 @@ async fn confirmed_orders() -> anyhow::Result<String> {
         + 1
 }
 
+/// A generated service started from `project`, killed when dropped.
+struct Service(std::process::Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the built binary `name` of `project` on a free loopback port; returns it and its URL
+/// once `/openapi.json` answers.
+fn start_service(project: &Path, name: &str, addr_var: &str) -> (Service, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = Command::new(shared_target().join("debug").join(name))
+        .current_dir(project)
+        .env(addr_var, format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .env_remove("NEXUS_CONFIG")
+        .env_remove("NEXUS_INSECURE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+    let service = Service(child);
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{name} did not listen on {url}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (service, url)
+}
+
+/// The generated services take who may call them from `nexus.toml`'s `[auth]` table: commands
+/// and read models stay open on loopback, history needs a token that `nexus token issue` signs
+/// with the development key the services created, and each serves its temporal routes.
+fn generated_services_read_their_auth_table_and_serve_history(project: &Path) {
+    use crate::up::http;
+    cargo(
+        project,
+        &["build", "-p", "command-service", "-p", "query-dashboard"],
+    );
+    let (_commands, command_url) =
+        start_service(project, "command-service", "COMMAND_SERVICE_ADDR");
+    let (_dashboard, query_url) = start_service(project, "query-dashboard", "QUERY_DASHBOARD_ADDR");
+    let (status, body) = http(
+        "POST",
+        &format!("{command_url}/commands/order/o-1"),
+        &[],
+        Some(serde_json::json!({"type": "PlaceOrder", "customer": "ada"})),
+    );
+    assert!((200..300).contains(&status), "{status}: {body}");
+
+    let state = format!("{command_url}/temporal/state/order/o-1?version=1");
+    let (status, body) = http("GET", &state, &[], None);
+    assert_eq!(status, 401, "history needs a credential: {body}");
+    let key = project.join(".nexus/data/auth/dev-signing-key");
+    assert!(key.is_file(), "the service created the development key");
+    let token = Command::new(nexus_bin())
+        .args(["token", "issue", "--role", "auditor", "--data-dir"])
+        .arg(project.join(".nexus/data"))
+        .output()
+        .expect("nexus token issue runs");
+    assert!(token.status.success(), "{}", text(&token.stderr));
+    let bearer = format!("Bearer {}", text(&token.stdout).trim());
+    let (status, body) = http("GET", &state, &[("Authorization", &bearer)], None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], 1, "{body}");
+
+    let now = chrono::Utc::now();
+    let events = format!(
+        "{query_url}/temporal/events?aggregate_type=order&from={}&to={}",
+        (now - chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ"),
+        (now + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ"),
+    );
+    let (status, _) = http("GET", &events, &[], None);
+    assert_eq!(status, 401);
+    let (status, body) = http("GET", &events, &[("Authorization", &bearer)], None);
+    assert_eq!(status, 200, "{body}");
+    let listed = body["events"].as_array().expect("events");
+    assert_eq!(listed.len(), 1, "{body}");
+    assert!(listed[0].to_string().contains("o-1"), "{body}");
+    let (status, body) = http("GET", &format!("{query_url}/openapi.json"), &[], None);
+    assert_eq!(status, 200);
+    assert!(body["paths"]["/temporal/events"].is_object(), "{body}");
+}
+
 /// The heavy part, run in one test so the builds do not fight over the cores: each option
 /// combination that changes the code is built and tested once, in one shared target folder.
 #[test]
@@ -323,6 +414,7 @@ fn generated_projects_pass_their_tests_and_nexus_check() {
         &["--store", "embedded", "--bus", "inprocess"],
     );
     cargo(&demo, &["test", "--workspace"]);
+    generated_services_read_their_auth_table_and_serve_history(&demo);
     let line = plant_direct_call(&demo);
     let (code, report) = check(&demo);
     assert_eq!(code, Some(1), "{report:#}");

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Args;
-use nexus_runtime::http::access::{AccessControl, AuthConfig, OriginPolicy, Permission};
+use nexus_runtime::http::access::{
+    AccessControl, AuthConfig, OriginPolicy, Permission, Section, config_base,
+};
 
 use crate::output;
 
@@ -66,22 +68,8 @@ pub(crate) fn dev_config(path: &Path) -> AuthConfig {
 
 /// Reads `--auth FILE`: its `[auth]` table, or the whole file.
 pub(crate) fn read_config(path: &Path) -> anyhow::Result<(AuthConfig, PathBuf)> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("failed to read the access configuration {}", path.display()))?;
-    let mut table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
-    let section = match table.remove("auth") {
-        Some(toml::Value::Table(auth)) => auth,
-        Some(_) => anyhow::bail!("`auth` in {} is not a table", path.display()),
-        None => table,
-    };
-    let config: AuthConfig = section
-        .try_into()
-        .with_context(|| format!("invalid access configuration in {}", path.display()))?;
-    let base = path
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    Ok((config, base))
+    let config = AuthConfig::from_file(path, Section::AuthTableOrWholeFile)?.unwrap_or_default();
+    Ok((config, config_base(path)))
 }
 
 /// The access layer for a server bound to `addr`: `--auth FILE` if given, else `fallback` (the

@@ -189,39 +189,21 @@ async fn temporal_api(
     snapshots: &Arc<dyn SnapshotStore>,
     access: &nexus_runtime::http::access::AccessControl,
 ) -> anyhow::Result<TemporalApi> {
-    use nexus_runtime::audit::AuditLog;
-    use nexus_runtime::temporal::History;
-    let (history, audit): (Arc<dyn History>, Arc<dyn AuditLog>) = match args.store {
-        StoreKind::Embedded => (
-            Arc::new(
-                nexus_runtime::temporal::SqliteHistory::open(args.data_dir.join("events.db"))
-                    .context("failed to open the store's history read-only")?,
-            ),
-            Arc::new(
-                nexus_runtime::audit::SqliteAuditLog::open(args.data_dir.join("audit.db"))
-                    .context("failed to open the audit log")?,
-            ),
-        ),
+    let api = match args.store {
+        StoreKind::Embedded => TemporalApi::embedded(
+            args.data_dir.join("events.db"),
+            args.data_dir.join("audit.db"),
+            access.clone(),
+        )?,
         StoreKind::Postgres => {
             let url = args
                 .url
                 .as_deref()
                 .context("--store postgres needs --url")?;
-            (
-                Arc::new(
-                    nexus_runtime::temporal::PostgresHistory::connect(url, "nexus", 4)
-                        .await
-                        .context("failed to open the store's history read-only")?,
-                ),
-                Arc::new(
-                    nexus_runtime::audit::postgres::PostgresAuditLog::connect(url, "nexus_audit")
-                        .await
-                        .context("failed to open the audit log")?,
-                ),
-            )
+            TemporalApi::postgres(url, "nexus", "nexus_audit", access.clone()).await?
         }
     };
-    Ok(TemporalApi::new(history, audit, access.clone())
+    Ok(api
         .with_snapshots(Arc::clone(snapshots))
         .aggregate::<Order>())
 }

@@ -18,7 +18,7 @@ use jsonwebtoken::DecodingKey;
 use tower::{Layer, Service};
 
 use crate::api_key::{self, BadDigest, StoredKey};
-use crate::config::{AuthConfig, MAX_LEEWAY_SECS};
+use crate::config::{AuthConfig, FileError, MAX_LEEWAY_SECS, Section, config_base};
 use crate::jwks::{Jwks, JwksError, JwksSource};
 use crate::permission::{Permission, Permissions};
 use crate::principal::{Principal, Via};
@@ -58,6 +58,30 @@ pub enum ConfigError {
     /// The JWKS file could not be loaded.
     #[error(transparent)]
     Jwks(#[from] JwksError),
+}
+
+/// Why [`AccessControl::for_service`] could not set up a service's access layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceConfigError {
+    /// The configuration file could not be read or has invalid access settings.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The development secret of a loopback service could not be created.
+    #[error("failed to create the development signing key {}", path.display())]
+    DevSecret {
+        /// The secret file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The settings cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The bind would expose the service without any credential.
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 /// A bind that would expose a service without any credential.
@@ -174,6 +198,42 @@ impl AccessControl {
             None => Permissions::new(),
         };
         Ok(self)
+    }
+
+    /// The access layer of a service bound to `addr`, configured by the `[auth]` table of the
+    /// TOML file at `config` (a project's `nexus.toml`): no file or no table configures no
+    /// credential (open on loopback, refused elsewhere unless `insecure`, as
+    /// [`Self::for_bind`]). On a loopback bind a missing HS256 secret file is created, so a
+    /// fresh checkout runs with the development key that `nexus token issue` signs with; any
+    /// other bind needs it to exist.
+    pub async fn for_service(
+        config: &Path,
+        addr: SocketAddr,
+        insecure: bool,
+    ) -> Result<Self, ServiceConfigError> {
+        let settings = match AuthConfig::from_file(config, Section::AuthTable) {
+            Ok(settings) => settings.unwrap_or_default(),
+            Err(FileError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                AuthConfig::default()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let base = config_base(config);
+        if let Some(secret) = &settings.hs256_secret_file
+            && addr.ip().is_loopback()
+        {
+            let path = base.join(secret);
+            crate::secret::ensure_secret_file(&path).map_err(|source| {
+                ServiceConfigError::DevSecret {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+        let access = Self::load(&settings, &base).await?;
+        Ok(access.for_bind(addr, insecure)?)
     }
 
     /// The same layer rendering refusals in `style`.

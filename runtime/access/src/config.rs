@@ -21,7 +21,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use jsonwebtoken::Algorithm;
 use serde::{Deserialize, Serialize};
@@ -115,6 +115,77 @@ impl AuthConfig {
     }
 }
 
+/// Why a configuration file's access settings could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileError {
+    /// The file could not be read.
+    #[error("failed to read the access configuration {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not TOML, or its access settings have a wrong or unknown key.
+    #[error("invalid access configuration in {}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line where the parser knows it.
+        message: String,
+    },
+}
+
+/// Which part of a TOML file holds the access settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// Only an `[auth]` table (`nexus.toml`): a file without one configures nothing.
+    AuthTable,
+    /// An `[auth]` table, or else the whole file (`--auth FILE`).
+    AuthTableOrWholeFile,
+}
+
+impl AuthConfig {
+    /// Reads the access settings of the TOML file at `path`; `None` when `section` is
+    /// [`Section::AuthTable`] and the file has no `[auth]` table. Relative paths in the settings
+    /// are meant to be resolved against [`config_base`]`(path)`.
+    pub fn from_file(path: &Path, section: Section) -> Result<Option<Self>, FileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, section).map_err(|message| FileError::Invalid {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// [`Self::from_file`] over a TOML text; the error is the parser's message.
+    pub fn from_toml(text: &str, section: Section) -> Result<Option<Self>, String> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let settings = match (table.remove("auth"), section) {
+            (Some(toml::Value::Table(auth)), _) => auth,
+            (Some(_), _) => return Err("`auth` is not a table".to_owned()),
+            (None, Section::AuthTable) => return Ok(None),
+            (None, Section::AuthTableOrWholeFile) => table,
+        };
+        settings
+            .try_into()
+            .map(Some)
+            .map_err(|e: toml::de::Error| format!("[auth]: {}", e.message()))
+    }
+}
+
+/// The folder relative paths of the configuration file at `path` are read from: its own.
+pub fn config_base(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// One static API key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,5 +260,28 @@ mod tests {
         assert!(roles["admin"].contains(&Permission::RegistryAdmin));
         assert!(toml::from_str::<AuthConfig>("isuer = \"typo\"").is_err());
         assert!(toml::from_str::<AuthConfig>("anonymous = [\"everything\"]").is_err());
+    }
+
+    #[test]
+    fn the_auth_table_is_read_from_a_nexus_toml_and_only_from_there() {
+        let nexus_toml = "[services.a]\npackage = \"a\"\nrole = \"command\"\n[auth]\nissuer = \"i\"\naudience = \"a\"\n";
+        let config = AuthConfig::from_toml(nexus_toml, Section::AuthTable)
+            .unwrap()
+            .unwrap();
+        assert_eq!(config.issuer.as_deref(), Some("i"));
+        assert_eq!(
+            AuthConfig::from_toml("[services.a]\npackage = \"a\"\n", Section::AuthTable),
+            Ok(None)
+        );
+        let whole = AuthConfig::from_toml("audience = \"x\"\n", Section::AuthTableOrWholeFile)
+            .unwrap()
+            .unwrap();
+        assert_eq!(whole.audience.as_deref(), Some("x"));
+        let typo =
+            AuthConfig::from_toml("[auth]\nisuer = \"typo\"\n", Section::AuthTable).unwrap_err();
+        assert!(typo.contains("isuer"), "{typo}");
+        assert!(AuthConfig::from_toml("auth = 3\n", Section::AuthTable).is_err());
+        assert_eq!(config_base(Path::new("nexus.toml")), PathBuf::from("."));
+        assert_eq!(config_base(Path::new("/p/nexus.toml")), PathBuf::from("/p"));
     }
 }

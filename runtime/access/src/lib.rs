@@ -36,9 +36,12 @@ mod secret;
 mod serve;
 mod token;
 
-pub use access::{API_KEY_HEADER, AccessControl, BindError, ConfigError, Require, RequireService};
+pub use access::{
+    API_KEY_HEADER, AccessControl, BindError, ConfigError, Require, RequireService,
+    ServiceConfigError,
+};
 pub use api_key::{BadDigest, digest_hex, generate_api_key};
-pub use config::{ApiKeyConfig, AuthConfig, default_roles};
+pub use config::{ApiKeyConfig, AuthConfig, FileError, Section, config_base, default_roles};
 pub use jsonwebtoken::Algorithm;
 pub use jwks::{JwksError, MAX_JWKS_BYTES, MAX_JWKS_KEYS};
 pub use origin::{OriginGuard, OriginLayer, OriginPolicy, OriginRejection};

@@ -25,14 +25,14 @@ use serde_json::{Value, json};
 
 use super::extract::{Path, Query};
 use crate::aggregate::Aggregate;
-use crate::audit::{AuditLog, AuditOutcome, AuditRecord};
+use crate::audit::{AuditLog, AuditOutcome, AuditRecord, SqliteAuditLog};
 use crate::event::StreamId;
 use crate::projection::{Projection, ReadModels};
 use crate::snapshot::SnapshotStore;
 use crate::store::ReadError;
 use crate::temporal::{
-    AsOf, History, Page, RateDecision, ReplayError, Scope, SlidingWindowLimiter, StateError,
-    TemporalError, TemporalLimits, TemporalQuery, TimeRange, TokenError, TokenSigner,
+    AsOf, History, Page, RateDecision, ReplayError, Scope, SlidingWindowLimiter, SqliteHistory,
+    StateError, TemporalError, TemporalLimits, TemporalQuery, TimeRange, TokenError, TokenSigner,
     replay_projection, run_page, state_as_of,
 };
 
@@ -201,6 +201,21 @@ struct Inner {
     replay_models: Option<ReadModels>,
 }
 
+/// Why [`TemporalApi::embedded`] or [`TemporalApi::postgres`] could not open what it reads.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TemporalOpenError {
+    /// The store's history could not be opened read-only.
+    #[error("failed to open the event store's history read-only")]
+    History(#[source] crate::store::OpenError),
+    /// The SQLite audit log could not be opened.
+    #[error("failed to open the audit log")]
+    AuditLog(#[source] crate::audit::AuditError),
+    /// The PostgreSQL audit log could not be opened.
+    #[error("failed to open the audit log")]
+    AuditStore(#[source] crate::store::OpenError),
+}
+
 /// The temporal API: build it once per service, then take the routes a service serves.
 ///
 /// ```no_run
@@ -253,6 +268,37 @@ impl TemporalApi {
                 replay_models: None,
             }),
         }
+    }
+
+    /// An API over the embedded store at `events_db`, opened read-only, auditing into the
+    /// SQLite file `audit_db` (several processes may share both).
+    pub fn embedded(
+        events_db: impl AsRef<std::path::Path>,
+        audit_db: impl AsRef<std::path::Path>,
+        access: AccessControl,
+    ) -> Result<Self, TemporalOpenError> {
+        let history = SqliteHistory::open(events_db).map_err(TemporalOpenError::History)?;
+        let audit = SqliteAuditLog::open(audit_db).map_err(TemporalOpenError::AuditLog)?;
+        Ok(Self::new(Arc::new(history), Arc::new(audit), access))
+    }
+
+    /// An API over the PostgreSQL store in `store_schema` of `url`, read in read-only
+    /// transactions, auditing into `audit_schema` of the same database.
+    #[cfg(feature = "postgres")]
+    pub async fn postgres(
+        url: &str,
+        store_schema: &str,
+        audit_schema: &str,
+        access: AccessControl,
+    ) -> Result<Self, TemporalOpenError> {
+        const HISTORY_POOL: usize = 4;
+        let history = crate::temporal::PostgresHistory::connect(url, store_schema, HISTORY_POOL)
+            .await
+            .map_err(TemporalOpenError::History)?;
+        let audit = crate::audit::postgres::PostgresAuditLog::connect(url, audit_schema)
+            .await
+            .map_err(TemporalOpenError::AuditStore)?;
+        Ok(Self::new(Arc::new(history), Arc::new(audit), access))
     }
 
     fn inner_mut(&mut self) -> &mut Inner {
