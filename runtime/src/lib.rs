@@ -29,5 +29,7 @@ pub use command::{
 pub use event::{
     DomainEvent, EventEnvelope, EventId, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId,
 };
+/// `#[derive(DomainEvent)]` with `#[event(type = "…", version = N)]` (see `nexus_macros`).
+pub use nexus_macros::DomainEvent;
 pub use snapshot::{Snapshot, SnapshotManager, SnapshotPolicy, SnapshotStore};
 pub use store::{AppendError, AppendResult, EventStore, ExpectedVersion, ReadError, StoredPayload};

@@ -995,6 +995,40 @@ impl Walker<'_> {
         }
     }
 
+    /// Whether `attrs` derive `DomainEvent` (by any path or `use` alias ending in it).
+    fn derives_domain_event(&self, attrs: &[syn::Attribute]) -> bool {
+        attrs
+            .iter()
+            .filter(|a| a.path().is_ident("derive"))
+            .any(|a| {
+                a.parse_args_with(Punctuated::<syn::Path, Token![,]>::parse_terminated)
+                    .is_ok_and(|paths| {
+                        paths.iter().any(|p| {
+                            self.resolve_path(p).rsplit("::").next() == Some("DomainEvent")
+                        })
+                    })
+            })
+    }
+
+    /// The impl `#[derive(DomainEvent)]` writes for type `ident`: `event_types` (with the variant
+    /// returning each) at `version`.
+    fn derived_event(
+        &mut self,
+        ident: &syn::Ident,
+        event_types: Vec<(String, Option<String>)>,
+        version: u32,
+    ) {
+        let name = ident.to_string();
+        self.out.event_impls.push(EventImpl {
+            type_path: self.prefixed(&name),
+            type_name: name,
+            event_types,
+            version: Some(version),
+            span: span_between(self.file, ident.span(), ident.span()),
+            test: self.test(),
+        });
+    }
+
     fn event_impl(&mut self, item: &syn::ItemImpl) {
         let Some((trait_path, _)) = &item.trait_ else {
             return;
@@ -1036,6 +1070,24 @@ impl Walker<'_> {
             test: self.test(),
         });
     }
+}
+
+/// `#[event(type = "…", version = N)]` of a derived `DomainEvent` (malformed parts are left to
+/// the compiler, which rejects them).
+fn event_attribute(attrs: &[syn::Attribute]) -> (Option<String>, Option<u32>) {
+    let mut event_type = None;
+    let mut version = None;
+    for attr in attrs.iter().filter(|a| a.path().is_ident("event")) {
+        let _ = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("type") {
+                event_type = Some(meta.value()?.parse::<syn::LitStr>()?.value());
+            } else if meta.path.is_ident("version") {
+                version = Some(meta.value()?.parse::<syn::LitInt>()?.base10_parse()?);
+            }
+            Ok(())
+        });
+    }
+    (event_type, version)
 }
 
 /// Collects string literals (with the enum variant of their match arm) and integer literals.
@@ -1162,6 +1214,11 @@ impl<'ast> Visit<'ast> for Walker<'_> {
     }
 
     fn visit_item_struct(&mut self, item: &'ast syn::ItemStruct) {
+        if self.derives_domain_event(&item.attrs) {
+            let (event_type, version) = event_attribute(&item.attrs);
+            let event_type = event_type.unwrap_or_else(|| item.ident.to_string());
+            self.derived_event(&item.ident, vec![(event_type, None)], version.unwrap_or(1));
+        }
         if let syn::Fields::Named(fields) = &item.fields {
             let rename_all = serde_rename_all(&item.attrs);
             let fields = field_shapes(self.file, fields, rename_all.as_deref());
@@ -1192,6 +1249,23 @@ impl<'ast> Visit<'ast> for Walker<'_> {
     }
 
     fn visit_item_enum(&mut self, item: &'ast syn::ItemEnum) {
+        if self.derives_domain_event(&item.attrs) {
+            let default_version = event_attribute(&item.attrs).1.unwrap_or(1);
+            // One impl fact per version, since a fact carries one version for its event types.
+            let mut by_version: std::collections::BTreeMap<u32, Vec<(String, Option<String>)>> =
+                std::collections::BTreeMap::new();
+            for variant in &item.variants {
+                let (event_type, version) = event_attribute(&variant.attrs);
+                let name = variant.ident.to_string();
+                by_version
+                    .entry(version.unwrap_or(default_version))
+                    .or_default()
+                    .push((event_type.unwrap_or_else(|| name.clone()), Some(name)));
+            }
+            for (version, event_types) in by_version {
+                self.derived_event(&item.ident, event_types, version);
+            }
+        }
         let rename_all = serde_rename_all_fields(&item.attrs);
         let container = serde_container(self.file, &item.attrs);
         for variant in &item.variants {

@@ -12,7 +12,7 @@ pub(crate) struct Ledger {
     pub(crate) closed: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
 #[serde(tag = "type")]
 pub(crate) enum LedgerEvent {
     Deposited { amount: i64 },
@@ -21,15 +21,43 @@ pub(crate) enum LedgerEvent {
     Closed,
 }
 
-impl DomainEvent for LedgerEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            Self::Deposited { .. } => "Deposited",
-            Self::Withdrawn { .. } => "Withdrawn",
-            Self::Noted { .. } => "Noted",
-            Self::Closed => "Closed",
-        }
+/// The derive's defaults and overrides, on enums and structs.
+#[test]
+fn derived_event_types_and_versions_follow_their_attributes() {
+    #[derive(Serialize, Deserialize, DomainEvent)]
+    #[event(version = 2)]
+    enum Versioned {
+        Placed,
+        #[event(type = "order.shipped", version = 5)]
+        Shipped(u32),
+        #[event(type = "order.cancelled")]
+        Cancelled {
+            reason: String,
+        },
     }
+    #[derive(Serialize, Deserialize, DomainEvent)]
+    #[event(type = "GiftCardRedeemed", version = 3)]
+    struct Redeemed {
+        card: u8,
+    }
+    #[derive(Serialize, Deserialize, DomainEvent)]
+    struct Plain;
+
+    assert_eq!(LedgerEvent::Closed.event_type(), "Closed");
+    assert_eq!(LedgerEvent::Noted { text: "x".into() }.event_version(), 1);
+    assert_eq!(Versioned::Placed.event_type(), "Placed");
+    assert_eq!(Versioned::Placed.event_version(), 2);
+    assert_eq!(Versioned::Shipped(1).event_type(), "order.shipped");
+    assert_eq!(Versioned::Shipped(1).event_version(), 5);
+    let cancelled = Versioned::Cancelled {
+        reason: "late".into(),
+    };
+    assert_eq!(cancelled.event_type(), "order.cancelled");
+    assert_eq!(cancelled.event_version(), 2);
+    let redeemed = Redeemed { card: 7 };
+    assert_eq!(redeemed.event_type(), "GiftCardRedeemed");
+    assert_eq!(redeemed.event_version(), 3);
+    assert_eq!((Plain.event_type(), Plain.event_version()), ("Plain", 1));
 }
 
 #[derive(Debug, Clone, PartialEq)]

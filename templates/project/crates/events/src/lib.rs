@@ -54,8 +54,9 @@ impl Order {
     }
 }
 
-/// What can happen to an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// What can happen to an order. Each variant is an event type of its own name, version 1
+/// (`#[event(type = "…", version = N)]` on a variant says otherwise).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, DomainEvent)]
 #[serde(tag = "type")]
 pub enum OrderEvent {
     /// A customer placed the order.
@@ -82,17 +83,6 @@ pub enum OrderEvent {
         /// Why.
         reason: String,
     },
-}
-
-impl DomainEvent for OrderEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            Self::OrderPlaced { .. } => "OrderPlaced",
-            Self::ItemAdded { .. } => "ItemAdded",
-            Self::OrderConfirmed { .. } => "OrderConfirmed",
-            Self::OrderCancelled { .. } => "OrderCancelled",
-        }
-    }
 }
 
 /// What can be asked of an order.

@@ -1,0 +1,9 @@
+use nexus_macros::DomainEvent;
+
+#[derive(DomainEvent)]
+#[event(type = "Order")]
+enum OrderEvent {
+    Placed,
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+use nexus_macros::DomainEvent;
+
+#[derive(DomainEvent)]
+#[event(name = "Placed")]
+struct Placed;
+
+fn main() {}

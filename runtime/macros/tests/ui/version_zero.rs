@@ -1,0 +1,9 @@
+use nexus_macros::DomainEvent;
+
+#[derive(DomainEvent)]
+enum OrderEvent {
+    #[event(version = 0)]
+    Placed,
+}
+
+fn main() {}
