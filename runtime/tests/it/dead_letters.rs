@@ -120,7 +120,7 @@ async fn send(
 
 async fn append(store: &Arc<dyn EventStore>, id: &str, payload: Value) {
     let event =
-        NewEvent::from_json("Thing", 1, &payload.to_string(), Metadata::correlated("c")).unwrap();
+        NewEvent::from_json("Thing", 1, payload.to_string(), Metadata::correlated("c")).unwrap();
     store
         .append(
             &StreamId::new("thing", id),
