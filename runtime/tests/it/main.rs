@@ -9,6 +9,8 @@ mod domain;
 mod http;
 mod integration;
 mod projection;
+#[cfg(all(feature = "search", feature = "http"))]
+mod search;
 mod snapshot;
 mod store_contract;
 mod support;
