@@ -16,6 +16,7 @@ pub mod integration;
 mod pg;
 pub mod projection;
 pub mod redact;
+pub mod saga;
 pub mod search;
 pub mod snapshot;
 pub mod store;

@@ -1,6 +1,7 @@
 //! End-to-end tests: each module drives the `nexus` binary as a process.
 
 mod check;
+mod console;
 mod dlq;
 mod doctor;
 // The sample orders domain `nexus up` runs, so the fault suite can rebuild its read model.

@@ -33,6 +33,8 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 /// How long `wait_for` waits when `wait_ms` is not given.
 const DEFAULT_WAIT: Duration = Duration::from_secs(2);
+/// Most collection names `/read-models` lists per projection.
+const MAX_COLLECTIONS: usize = 100;
 /// How often a waiting read looks at the read model again.
 const WAIT_POLL: Duration = Duration::from_millis(5);
 
@@ -57,6 +59,7 @@ pub struct QueryDashboard {
     #[cfg(feature = "search")]
     searches: BTreeMap<String, Arc<crate::search::SearchIndex>>,
     search_limits: SearchLimits,
+    console: Option<super::Console>,
 }
 
 /// Bounds on the dashboard's read-your-writes waits.
@@ -92,6 +95,7 @@ impl QueryDashboard {
             #[cfg(feature = "search")]
             searches: BTreeMap::new(),
             search_limits: SearchLimits::default(),
+            console: None,
         }
     }
 
@@ -142,6 +146,13 @@ impl QueryDashboard {
         self
     }
 
+    /// Serves the web console at `/console` (and `GET /access/me`, which it asks what the
+    /// signed-in credential may do), calling the services `console` names.
+    pub fn with_console(mut self, console: super::Console) -> Self {
+        self.console = Some(console);
+        self
+    }
+
     /// Serves the read model of a running projection under `/read-models/{its name}`, and its
     /// searchable collections under `/read-models/{its name}/{collection}/search`.
     pub fn read_model(self, projection: &ProjectionHandle) -> Self {
@@ -166,7 +177,9 @@ impl QueryDashboard {
         self
     }
 
-    /// The router: read models, health, `/metrics`, `/openapi.json` and an overview page at `/`.
+    /// The router: read models, their dead letters (`/admin/projections/{name}/dead-letters`),
+    /// health, `/metrics`, `/openapi.json`, an overview page at `/` and, when configured, the
+    /// console.
     pub fn router(self) -> Router {
         let names: Vec<String> = self.read_models.keys().cloned().collect();
         let mut openapi = OpenApi::new(
@@ -183,11 +196,20 @@ impl QueryDashboard {
                 .collect();
             openapi.search_paths(&searchable, &self.search_limits, self.limits.max_wait);
         }
+        openapi.extra_paths(&super::dead_letters::openapi(&names));
+        if self.console.is_some() {
+            openapi.extra_paths(&super::console::openapi());
+        }
         for (_, paths) in &self.extra {
             openapi.extra_paths(paths);
         }
         let openapi = openapi.finish(OpenApi::generator());
         let title = self.title.clone();
+        let dead_letters = super::dead_letters::routes(&self.read_models, &self.access);
+        let console = self
+            .console
+            .as_ref()
+            .map(|console| console.routes(&self.access, &self.title));
         let state = Arc::new(Shared {
             health: self.health.clone(),
             read_models: self.read_models,
@@ -211,7 +233,11 @@ impl QueryDashboard {
             .route("/read-models/{projection}/{collection}/{id}", get(one))
             .route_layer(self.access.require(Permission::ReadModelsRead))
             .with_state(state)
-            .merge(super::health_router(self.health));
+            .merge(super::health_router(self.health))
+            .merge(dead_letters);
+        if let Some(console) = console {
+            routes = routes.merge(console);
+        }
         for (extra, _) in self.extra {
             routes = routes.merge(extra);
         }
@@ -388,7 +414,7 @@ fn filter_value(text: &str) -> Value {
 
 /// The answer to a failed read-model call: 400 for a bad filter field, 503 when the database
 /// is unreachable, else 500 (the cause is logged, never returned).
-fn read_model_error(err: ReadModelError) -> ApiError {
+pub(super) fn read_model_error(err: ReadModelError) -> ApiError {
     match err {
         ReadModelError::InvalidField(field) => ApiError::InvalidFilter(field),
         err @ ReadModelError::Unavailable { .. } => ApiError::unavailable(err),
@@ -404,8 +430,13 @@ async fn projections(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, A
         let search = shared.searches.get(name).map(|index| index.documents());
         #[cfg(not(feature = "search"))]
         let search: Option<BTreeMap<String, u64>> = None;
+        let collections = store
+            .collections(MAX_COLLECTIONS)
+            .await
+            .map_err(read_model_error)?;
         projections.push(json!({
             "name": name,
+            "collections": collections,
             "checkpoint": checkpoint.map(|c| c.position),
             "health": shared.health.get(name),
             "searchable": search,

@@ -9,6 +9,7 @@ mod domain;
 mod http;
 mod integration;
 mod projection;
+mod saga;
 #[cfg(all(feature = "search", feature = "http"))]
 mod search;
 mod snapshot;
