@@ -18,6 +18,7 @@ pub mod projection;
 pub mod redact;
 pub mod snapshot;
 pub mod store;
+pub mod telemetry;
 pub mod temporal;
 pub mod testing;
 mod wal;
