@@ -206,7 +206,7 @@ async fn projection(dir: &std::path::Path, name: &str) -> anyhow::Result<(f64, (
             .collect::<Result<Vec<_>, _>>()?;
         store
             .append(
-                &StreamId::new("tally", &format!("s{chunk}")),
+                &StreamId::new("tally", format!("s{chunk}")),
                 ExpectedVersion::NoStream,
                 events,
             )

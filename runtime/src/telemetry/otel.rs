@@ -17,6 +17,9 @@ use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetryLayer;
 use tracing_subscriber::registry::LookupSpan;
 
+/// The `tracing` layer that records spans for OpenTelemetry.
+pub type OtelLayer<S> = OpenTelemetryLayer<S, SdkTracer>;
+
 /// The variable that turns export on.
 pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 /// The longest a flush at exit may take.
@@ -84,7 +87,7 @@ fn bounded(work: impl FnOnce() + Send + 'static) {
 /// unset or empty. `service` names the process unless `OTEL_SERVICE_NAME` does.
 pub fn layer<S>(
     service: &str,
-) -> Result<Option<(OpenTelemetryLayer<S, SdkTracer>, TracerGuard)>, OtelError>
+) -> Result<Option<(OtelLayer<S>, TracerGuard)>, OtelError>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
@@ -100,7 +103,7 @@ where
 pub fn layer_for<S>(
     service: &str,
     endpoint: &str,
-) -> Result<(OpenTelemetryLayer<S, SdkTracer>, TracerGuard), OtelError>
+) -> Result<(OtelLayer<S>, TracerGuard), OtelError>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
@@ -112,7 +115,7 @@ fn build<S>(
     service: &str,
     endpoint: &str,
     traces: Option<String>,
-) -> Result<(OpenTelemetryLayer<S, SdkTracer>, TracerGuard), OtelError>
+) -> Result<(OtelLayer<S>, TracerGuard), OtelError>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
