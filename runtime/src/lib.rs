@@ -16,6 +16,7 @@ pub mod integration;
 mod pg;
 pub mod projection;
 pub mod redact;
+pub mod saga;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;

@@ -1,6 +1,7 @@
 //! End-to-end tests: each module drives the `nexus` binary as a process.
 
 mod check;
+mod console;
 mod dashboards;
 mod dlq;
 mod doctor;

@@ -15,8 +15,9 @@ use crate::up::{Up, command, drop_stream, http};
 
 /// Components `nexus up` does not run, so their metrics cannot be exposed by it: the
 /// integration relay to external consumers (RabbitMQ or the embedded queue) is started by
-/// applications that declare routes, and is covered by `runtime/tests/it/integration.rs`.
-pub(crate) const NOT_RUN_BY_NEXUS_UP: &[Component] = &[Component::Integration];
+/// applications that declare routes, and is covered by `runtime/tests/it/integration.rs`; sagas
+/// run in services that define them (`runtime/tests/it/saga.rs`), not in `nexus up` so far.
+pub(crate) const NOT_RUN_BY_NEXUS_UP: &[Component] = &[Component::Integration, Component::Saga];
 
 /// Metrics only the NATS layout emits (JetStream publish, pending counts, the relay).
 fn nats_only(name: &str) -> bool {

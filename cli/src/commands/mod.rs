@@ -21,6 +21,7 @@ pub(crate) mod schema;
 pub(crate) mod token;
 pub(crate) mod top;
 pub(crate) mod up;
+pub(crate) mod up_demo;
 
 use clap::{Parser, Subcommand};
 

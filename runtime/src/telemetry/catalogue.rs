@@ -46,6 +46,8 @@ pub enum Component {
     Http,
     /// The per-second ring (`nexus_live_*`).
     Live,
+    /// Saga runners (process managers).
+    Saga,
     /// The integration relay to external consumers (not run by `nexus up`).
     Integration,
     /// The schema registry (`nexus-schema-registry`).
@@ -64,6 +66,7 @@ impl Component {
             Self::Query => "query dashboard",
             Self::Http => "HTTP",
             Self::Live => "per-second ring",
+            Self::Saga => "sagas",
             Self::Integration => "integration relay",
             Self::Registry => "schema registry",
         }
@@ -166,7 +169,8 @@ const fn histogram(
 }
 
 use Component::{
-    Bus, CommandService, Http, Integration, Live, Projection, Query, Registry, Relay, Snapshots,
+    Bus, CommandService, Http, Integration, Live, Projection, Query, Registry, Relay, Saga,
+    Snapshots,
 };
 
 /// Every metric, grouped by component.
@@ -453,6 +457,92 @@ pub const CATALOGUE: &[MetricDef] = &[
         &["series"],
         "seconds",
         "Highest one-second 0.99 quantile since the previous scrape of /metrics.",
+    ),
+    // Sagas (process managers), each labelled with its saga type.
+    counter(
+        Saga,
+        "nexus_saga_started_total",
+        &["saga"],
+        "instances",
+        "Saga instances started.",
+    ),
+    counter(
+        Saga,
+        "nexus_saga_completed_total",
+        &["saga"],
+        "instances",
+        "Saga instances that completed.",
+    ),
+    counter(
+        Saga,
+        "nexus_saga_compensated_total",
+        &["saga"],
+        "instances",
+        "Saga instances that finished by compensating.",
+    ),
+    counter(
+        Saga,
+        "nexus_saga_timeouts_total",
+        &["saga"],
+        "instances",
+        "Saga steps that timed out.",
+    ),
+    counter(
+        Saga,
+        "nexus_saga_stuck_total",
+        &["saga"],
+        "instances",
+        "Saga instances that became stuck and wait for an operator.",
+    ),
+    counter(
+        Saga,
+        "nexus_saga_step_failures_total",
+        &["saga", "step"],
+        "failures",
+        "Saga step commands that failed.",
+    ),
+    histogram(
+        Saga,
+        "nexus_saga_step_seconds",
+        &["saga", "step"],
+        "seconds",
+        PIPELINE_BUCKETS,
+        "Time from a step's first dispatch to its success.",
+    ),
+    counter(
+        Saga,
+        "nexus_saga_conflicts_total",
+        &["saga"],
+        "conflicts",
+        "Version conflicts while recording saga progress (retried).",
+    ),
+    counter(
+        Saga,
+        "nexus_saga_missing_definition_total",
+        &["saga"],
+        "instances",
+        "Instances of a saga version this process has no definition for.",
+    ),
+    gauge(
+        Saga,
+        "nexus_sagas",
+        &["saga", "status"],
+        "instances",
+        "Open saga instances by status (running, compensating, stuck), refreshed each reconcile.",
+    ),
+    gauge(
+        Saga,
+        "nexus_saga_timers",
+        &["saga"],
+        "timers",
+        "Open instances waiting for a due time.",
+    ),
+    gauge(
+        Saga,
+        "nexus_saga_timers_overdue",
+        &["saga"],
+        "timers",
+        "Timers due more than 10 s ago at the last reconcile.",
     ),
     // The integration relay (not run by `nexus up`).
     counter(

@@ -85,9 +85,7 @@ fn bounded(work: impl FnOnce() + Send + 'static) {
 
 /// The OpenTelemetry layer exporting to `OTEL_EXPORTER_OTLP_ENDPOINT`, or `None` when it is
 /// unset or empty. `service` names the process unless `OTEL_SERVICE_NAME` does.
-pub fn layer<S>(
-    service: &str,
-) -> Result<Option<(OtelLayer<S>, TracerGuard)>, OtelError>
+pub fn layer<S>(service: &str) -> Result<Option<(OtelLayer<S>, TracerGuard)>, OtelError>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
@@ -100,10 +98,7 @@ where
 
 /// The OpenTelemetry layer exporting to the OTLP/HTTP collector at `endpoint` (its base URL;
 /// spans go to `{endpoint}/v1/traces`), whatever the environment says.
-pub fn layer_for<S>(
-    service: &str,
-    endpoint: &str,
-) -> Result<(OtelLayer<S>, TracerGuard), OtelError>
+pub fn layer_for<S>(service: &str, endpoint: &str) -> Result<(OtelLayer<S>, TracerGuard), OtelError>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {

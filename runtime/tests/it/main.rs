@@ -9,6 +9,7 @@ mod domain;
 mod http;
 mod integration;
 mod projection;
+mod saga;
 mod snapshot;
 mod store_contract;
 mod support;
