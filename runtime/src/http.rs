@@ -16,6 +16,7 @@ mod health;
 mod metrics;
 mod openapi;
 mod query;
+mod saga;
 mod temporal;
 
 use axum::Router;
@@ -30,6 +31,7 @@ pub use metrics::{metrics_router, prometheus};
 pub use nexus_access as access;
 pub use nexus_access::{ServeOptions, serve, serve_until, serve_with, shutdown_signal};
 pub use query::{QueryDashboard, QueryLimits};
+pub use saga::SagaApi;
 pub use temporal::TemporalApi;
 
 /// Adds what every Nexus service serves beside its own routes: `/openapi.json` (`openapi`),

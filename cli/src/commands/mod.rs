@@ -6,6 +6,7 @@ pub(crate) mod bench_bus;
 pub(crate) mod bench_check;
 pub(crate) mod bench_http;
 pub(crate) mod bench_registry;
+pub(crate) mod bench_saga;
 pub(crate) mod bench_store;
 pub(crate) mod bench_temporal;
 pub(crate) mod bench_tracing;
@@ -17,6 +18,7 @@ pub(crate) mod new;
 pub(crate) mod registry;
 pub(crate) mod replay;
 pub(crate) mod rules;
+pub(crate) mod saga;
 pub(crate) mod schema;
 pub(crate) mod token;
 pub(crate) mod top;
@@ -67,6 +69,8 @@ pub(crate) enum Command {
     Replay(replay::ReplayCommand),
     /// List, inspect and redrive a projection's dead letters.
     Dlq(dlq::DlqArgs),
+    /// List and inspect saga instances; retry or abort stuck ones.
+    Saga(saga::SagaArgs),
     /// Issue development tokens and API keys for the services' access control.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -109,6 +113,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Schema(command) => schema::run(command),
         Command::Replay(command) => replay::run(command),
         Command::Dlq(args) => dlq::run(args),
+        Command::Saga(args) => saga::run(args),
         Command::Token(command) => token::run(command),
         Command::Top(args) => top::run(args),
         Command::Doctor(args) => doctor::run(args),
