@@ -158,6 +158,20 @@ impl SearchIndex {
             writers.insert(name.to_owned(), writer);
             collections.insert(name.to_owned(), Arc::new(index));
         }
+        crate::telemetry::ensure_recorder();
+        for counter in [
+            "nexus_search_documents_indexed_total",
+            "nexus_search_commit_failures_total",
+            "nexus_search_catch_up_documents_total",
+        ] {
+            metrics::counter!(counter, "projection" => projection.to_owned()).increment(0);
+        }
+        for histogram in [
+            "nexus_search_visibility_seconds",
+            "nexus_search_commit_seconds",
+        ] {
+            let _registered = metrics::histogram!(histogram, "projection" => projection.to_owned());
+        }
         let (feed, intake) = mpsc::sync_channel(options.queue.max(1));
         let caught_up = Arc::new(Mutex::new(None));
         let (committed_tx, committed) = watch::channel(0);
