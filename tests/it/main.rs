@@ -24,5 +24,6 @@ mod openapi_conformance;
 mod projection;
 mod registry;
 mod replay;
+mod saga;
 mod support;
 mod up;
