@@ -444,7 +444,7 @@ async fn measure(target: &Target, args: &SagaArgs) -> anyhow::Result<Value> {
 
     // Deadlines due while no runner runs: every instance waits for an event that never comes,
     // the runner dies, the deadlines pass, a new runner starts.
-    let deadline = Duration::from_secs(5);
+    let deadline = Duration::from_secs(10);
     let late = spawn(target, vec![waits(deadline)?]).await?;
     let late_keys: Vec<String> = (0..args.deadlines).map(|i| format!("late{i}")).collect();
     start(&target.store, "bench-late", &late_keys).await?;
