@@ -2,6 +2,7 @@
 
 mod check;
 mod console;
+mod dashboards;
 mod dlq;
 mod doctor;
 // The sample orders domain `nexus up` runs, so the fault suite can rebuild its read model.
@@ -13,6 +14,7 @@ mod doctor;
 #[path = "../../templates/project/crates/events/src/lib.rs"]
 mod events;
 mod faults;
+mod metrics;
 mod new;
 mod openapi_conformance;
 #[allow(
@@ -24,5 +26,7 @@ mod openapi_conformance;
 mod projection;
 mod registry;
 mod replay;
+mod saga;
 mod support;
+mod traces;
 mod up;

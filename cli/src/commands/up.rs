@@ -106,6 +106,10 @@ pub(crate) struct UpArgs {
     /// With `--demo`: stop sending after this many orders (default: until Ctrl-C).
     #[arg(long, requires = "demo")]
     demo_orders: Option<u32>,
+    /// A tracing UI's trace page for the console to link events to, with `{trace_id}` where the
+    /// trace id goes (for example `http://127.0.0.1:16686/trace/{trace_id}` for Jaeger).
+    #[arg(long, value_name = "URL")]
+    trace_links: Option<String>,
     /// Print the service URLs (and demo steps) as JSON lines.
     #[arg(long)]
     json: bool,
@@ -218,6 +222,13 @@ async fn bind(args: &UpArgs, port: u16, service: &str, flag: &str) -> anyhow::Re
 
 /// Flags that contradict each other fail before anything is created on disk.
 fn validate(args: &UpArgs) -> anyhow::Result<()> {
+    if let Some(template) = &args.trace_links {
+        anyhow::ensure!(
+            template.contains("{trace_id}")
+                && (template.starts_with("http://") || template.starts_with("https://")),
+            "--trace-links must be an http(s) URL with `{{trace_id}}` where the trace id goes"
+        );
+    }
     if args.url.is_none() {
         if matches!(args.store, StoreKind::Postgres) {
             anyhow::bail!("--store postgres needs --url (or NEXUS_POSTGRES_URL)");
@@ -342,6 +353,9 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     let mut console = Console::new().command_service(&command_url);
     if let Some(url) = &registry_url {
         console = console.registry(url);
+    }
+    if let Some(template) = &args.trace_links {
+        console = console.trace_links(template);
     }
     let mut dashboard = QueryDashboard::new(runner.health())
         .with_access(access.clone())
@@ -545,6 +559,7 @@ fn announce(
                 "query_dashboard": query_url,
                 "console": format!("{query_url}/console"),
                 "schema_registry": registry_url,
+                "metrics": format!("{command_url}/metrics"),
                 "registered_subjects": subjects,
                 "registration_error": registration_error,
                 "dev_signing_key": args.auth.auth.is_none().then(|| super::auth::dev_key_path(&args.data_dir)),
@@ -552,15 +567,24 @@ fn announce(
             .to_string(),
         );
     }
+    let tracing = match std::env::var(nexus_runtime::telemetry::otel::ENDPOINT_VAR) {
+        Ok(endpoint) if !endpoint.trim().is_empty() => format!(
+            "\n  traces           exported over OTLP to {}",
+            output::redact_url(&endpoint)
+        ),
+        _ => String::new(),
+    };
     let mut text = format!(
         "nexus up: the orders reference system on the {store}, {bus}\n\
          \x20 command service  {command_url}  POST /commands/order/{{id}} · /openapi.json · /metrics\n\
-         \x20 query dashboard  {query_url}  /read-models/orders/orders · /health · /openapi.json\n\
-         \x20 console          {query_url}/console\n"
+         \x20 query dashboard  {query_url}  /read-models/orders/orders · /health · /openapi.json · /metrics\n\
+         \x20 console          {query_url}/console\n\
+         \x20 metrics          {command_url}/metrics (Prometheus; every service of this process, so scrape one)\n\
+         \x20                  watch it live: nexus top {command_url}{tracing}\n"
     );
     if let Some(url) = registry_url {
         text.push_str(&format!(
-            "  schema registry  {url}  /subjects · /openapi.json\n"
+            "  schema registry  {url}  /subjects · /openapi.json · /metrics\n"
         ));
         match registration_error {
             Some(err) => text.push_str(&format!(

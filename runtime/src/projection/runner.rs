@@ -11,6 +11,7 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::Projection;
 use super::changes::{Changes, DocumentCache};
@@ -21,6 +22,7 @@ use super::store::{
 use crate::bus::{BusError, Delivery, EventBus};
 use crate::event::{LogPosition, RecordedEvent, StreamId};
 use crate::store::{EventStore, ReadError};
+use crate::telemetry::trace;
 
 /// When to retry a failed event: exponential backoff from `initial`, capped at `max`, and
 /// `max_retries` retries after the first attempt before the event is dead-lettered.
@@ -81,6 +83,9 @@ pub struct RunnerOptions {
     /// stray publish, a shared stream, a store restored from an older backup) before the
     /// projection reports `failing`; it keeps checking the store with backoff either way.
     pub gap_wait: Duration,
+    /// How search indexes are written (feature `search`): commit interval and size cap.
+    #[cfg(feature = "search")]
+    pub search: crate::search::IndexOptions,
 }
 
 impl Default for RunnerOptions {
@@ -93,6 +98,8 @@ impl Default for RunnerOptions {
             redrive_poll: Duration::from_millis(500),
             redrive_page: 256,
             gap_wait: Duration::from_secs(30),
+            #[cfg(feature = "search")]
+            search: crate::search::IndexOptions::default(),
         }
     }
 }
@@ -123,6 +130,7 @@ impl ProjectionRunner {
         bus: Arc<dyn EventBus>,
         dir: impl Into<PathBuf>,
     ) -> Self {
+        crate::telemetry::ensure_recorder();
         Self::with_read_models(store, bus, ReadModels::sqlite(dir))
     }
 
@@ -133,6 +141,7 @@ impl ProjectionRunner {
         bus: Arc<dyn EventBus>,
         read_models: ReadModels,
     ) -> Self {
+        crate::telemetry::ensure_recorder();
         Self {
             store,
             bus,
@@ -170,6 +179,8 @@ impl ProjectionRunner {
     pub fn spawn<P: Projection>(&self, projection: P) -> Result<ProjectionHandle, ReadModelError> {
         let name = projection.name().to_owned();
         let read_model = self.read_models.open(&name)?;
+        #[cfg(feature = "search")]
+        let search = self.open_search(&projection, &read_model)?;
         let health = self.health.register(&name);
         let (stop, stopped) = watch::channel(false);
         let worker = Worker {
@@ -180,6 +191,8 @@ impl ProjectionRunner {
             bus: Arc::clone(&self.bus),
             options: self.options.clone(),
             health: Arc::clone(&health),
+            #[cfg(feature = "search")]
+            search: search.clone(),
         };
         let task = tokio::spawn(supervise(worker, stopped));
         Ok(ProjectionHandle {
@@ -188,6 +201,38 @@ impl ProjectionRunner {
             health,
             stop,
             task,
+            #[cfg(feature = "search")]
+            search,
+        })
+    }
+
+    /// Opens the search indexes `projection` declares, beside its SQLite read model.
+    #[cfg(feature = "search")]
+    fn open_search<P: Projection>(
+        &self,
+        projection: &P,
+        read_model: &ReadModelStore,
+    ) -> Result<Option<Arc<crate::search::SearchIndex>>, ReadModelError> {
+        let declaration = projection.search();
+        if declaration.is_empty() {
+            return Ok(None);
+        }
+        let name = projection.name();
+        let Some(dir) = self.read_models.search_dir(name) else {
+            tracing::debug!(projection = %name, "read model searches in its own database");
+            return Ok(None);
+        };
+        crate::search::SearchIndex::open(
+            name,
+            &dir,
+            &declaration,
+            read_model.clone(),
+            self.options.search,
+        )
+        .map(Some)
+        .map_err(|e| ReadModelError::Search {
+            projection: name.to_owned(),
+            source: Box::new(e),
         })
     }
 }
@@ -199,6 +244,8 @@ pub struct ProjectionHandle {
     health: Arc<RwLock<ProjectionHealth>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    #[cfg(feature = "search")]
+    search: Option<Arc<crate::search::SearchIndex>>,
 }
 
 impl ProjectionHandle {
@@ -217,15 +264,30 @@ impl ProjectionHandle {
         self.health.read().expect("health lock poisoned").clone()
     }
 
-    /// Stops it after the batch in progress commits.
+    /// Its search indexes, when it declares searchable collections (feature `search`).
+    #[cfg(feature = "search")]
+    pub fn search(&self) -> Option<&Arc<crate::search::SearchIndex>> {
+        self.search.as_ref()
+    }
+
+    /// Stops it after the batch in progress commits (and its search index commits).
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         let _ = (&mut self.task).await;
+        #[cfg(feature = "search")]
+        if let Some(search) = &self.search {
+            search.stop().await;
+        }
     }
 
-    /// Kills it at once, as a crash would: nothing after the last commit is kept.
+    /// Kills it at once, as a crash would: nothing after the last commit is kept (the search
+    /// index keeps nothing after its last commit either).
     pub fn abort(self) {
         self.task.abort();
+        #[cfg(feature = "search")]
+        if let Some(search) = &self.search {
+            search.kill();
+        }
     }
 }
 
@@ -241,8 +303,27 @@ enum WorkerError {
     IntakeClosed,
 }
 
+/// Registers a projection's metrics at zero, so every series exists before its first event.
+fn register_metrics(name: &str) {
+    for counter in [
+        "nexus_projection_events_total",
+        "nexus_projection_retries_total",
+        "nexus_projection_errors_total",
+        "nexus_projection_dead_letters_total",
+        "nexus_projection_gap_fills_total",
+        "nexus_projection_restarts_total",
+    ] {
+        metrics::counter!(counter, "projection" => name.to_owned()).increment(0);
+    }
+    let _registered =
+        metrics::histogram!("nexus_projection_latency_seconds", "projection" => name.to_owned());
+    let _registered =
+        metrics::histogram!("nexus_projection_commit_seconds", "projection" => name.to_owned());
+}
+
 async fn supervise<P: Projection>(worker: Worker<P>, mut stopped: watch::Receiver<bool>) {
     const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+    register_metrics(&worker.name);
     let mut backoff = FIRST_BACKOFF;
     loop {
         if *stopped.borrow() {
@@ -292,6 +373,8 @@ struct Worker<P> {
     bus: Arc<dyn EventBus>,
     options: RunnerOptions,
     health: Arc<RwLock<ProjectionHealth>>,
+    #[cfg(feature = "search")]
+    search: Option<Arc<crate::search::SearchIndex>>,
 }
 
 struct Item {
@@ -301,12 +384,34 @@ struct Item {
     seq: Option<u64>,
     /// The dead letter this item redrives.
     redrive: Option<i64>,
+    /// The delivery's span, from its application until its batch is committed.
+    span: tracing::Span,
 }
 
 impl Item {
     fn event(&self) -> &RecordedEvent {
         &self.delivery.event
     }
+}
+
+/// The span of one event's delivery to a projection (an OpenTelemetry consumer `process` span):
+/// a child of the trace context the event was appended under, so one trace shows a request
+/// through to the read model. Its correlation and causation ids are on every log line of it.
+fn delivery_span(projection: &str, event: &RecordedEvent) -> tracing::Span {
+    let span = tracing::info_span!(
+        "deliver",
+        otel.name = %format_args!("process {projection}"),
+        otel.kind = "consumer",
+        messaging.consumer.group.name = projection,
+        messaging.message.id = %event.id,
+        nexus.position = event.position,
+        correlation_id = event.metadata.correlation_id.as_deref().unwrap_or_default(),
+        causation_id = event.metadata.causation_id.as_deref().unwrap_or_default(),
+    );
+    if let Some(traceparent) = &event.metadata.traceparent {
+        trace::set_parent(&span, traceparent, None);
+    }
+    span
 }
 
 /// Most applied stream versions a run remembers before it starts over from the read model.
@@ -439,6 +544,7 @@ impl State {
                 delivery,
                 seq: Some(seq),
                 redrive: None,
+                span: tracing::Span::none(),
             },
             false,
         );
@@ -608,6 +714,12 @@ impl<P: Projection> Worker<P> {
     }
 
     async fn run(&self, mut stopped: watch::Receiver<bool>) -> Result<(), WorkerError> {
+        // The index catches up with the read model before anything new is applied, so a
+        // caught-up document is never overwritten by an older handoff.
+        #[cfg(feature = "search")]
+        if let Some(search) = &self.search {
+            search.ready().await;
+        }
         let start = self
             .read_model
             .checkpoint()
@@ -697,6 +809,7 @@ impl<P: Projection> Worker<P> {
                     delivery: Delivery::unacknowledged(letter.event),
                     seq: None,
                     redrive: Some(letter.id),
+                    span: tracing::Span::none(),
                 },
                 false,
             );
@@ -711,7 +824,16 @@ impl<P: Projection> Worker<P> {
             .await
             .map(|h| h.position)
             .unwrap_or(state.checkpoint.position);
-        let oldest = state.intake.front().map(|(_, _, at)| *at);
+        // Lag is the age of the oldest event not applied yet: the oldest received, else (an
+        // intake still empty while the checkpoint is below the head: events not delivered
+        // yet, or a hole) the first event after the checkpoint; 0 when caught up.
+        let mut oldest = state.intake.front().map(|(_, _, at)| *at);
+        if oldest.is_none()
+            && head > state.checkpoint.position
+            && let Ok(next) = self.store.read_all(state.checkpoint, 1).await
+        {
+            oldest = next.first().map(|e| e.recorded_at);
+        }
         let lag_seconds = oldest.map_or(0.0, |at| {
             (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0
         });
@@ -893,6 +1015,7 @@ impl<P: Projection> Worker<P> {
                 delivery: Delivery::unacknowledged(missed),
                 seq: None,
                 redrive: None,
+                span: tracing::Span::none(),
             });
             state.pending += 1;
         }
@@ -1013,11 +1136,15 @@ impl<P: Projection> Worker<P> {
         batch: &mut Batch,
         completed: &mut Vec<Item>,
     ) -> bool {
+        let mut item = item;
+        item.span = delivery_span(&self.name, item.event());
         let event = item.event();
         let outcome = if self.projection.handles(event) {
             let mut changes = Changes::new(&batch.writes, &state.documents, &self.read_model);
+            let apply = tracing::info_span!(parent: &item.span, "apply", projection = %self.name);
             let result = AssertUnwindSafe(self.projection.apply(event, &mut changes))
                 .catch_unwind()
+                .instrument(apply)
                 .await;
             match result {
                 Ok(Ok(())) => Ok(Some(changes.into_writes())),
@@ -1102,6 +1229,32 @@ impl<P: Projection> Worker<P> {
         }
     }
 
+    /// Commits the batch and hands its searchable writes to the search index, under the gate
+    /// that lets `wait_for` on search see the handoff of every commit it saw.
+    #[cfg(feature = "search")]
+    async fn commit_searchable(
+        &self,
+        batch: Batch,
+        completed: &[Item],
+    ) -> Result<Batch, WorkerError> {
+        let Some(search) = &self.search else {
+            return Ok(self.read_model.commit(batch).await?);
+        };
+        let writes = search.searchable_writes(&batch.writes);
+        let mut gate = search.gate().await;
+        let committed = self.read_model.commit(batch).await?;
+        if !writes.is_empty() {
+            let handoff = crate::search::Handoff {
+                writes,
+                recorded: completed.iter().map(|i| i.event().recorded_at).collect(),
+                stamp: committed.committed_at,
+                position: committed.checkpoint.map_or(0, |c| c.position),
+            };
+            search.hand(&mut gate, handoff).await;
+        }
+        Ok(committed)
+    }
+
     /// Commits the batch, then acknowledges its events on the bus.
     async fn commit(
         &self,
@@ -1116,7 +1269,17 @@ impl<P: Projection> Worker<P> {
         }
         batch.checkpoint = state.advance_checkpoint();
         if !batch.is_empty() {
-            let committed = self.read_model.commit(batch).await?;
+            let started = Instant::now();
+            let commit = commit_span(&self.name, &completed);
+            #[cfg(feature = "search")]
+            let committed = self
+                .commit_searchable(batch, &completed)
+                .instrument(commit)
+                .await?;
+            #[cfg(not(feature = "search"))]
+            let committed = self.read_model.commit(batch).instrument(commit).await?;
+            metrics::histogram!("nexus_projection_commit_seconds", "projection" => self.name.clone())
+                .record(started.elapsed().as_secs_f64());
             state.committed(committed);
         }
         // Only now, with the read model and checkpoint durable, tell the bus.
@@ -1124,6 +1287,10 @@ impl<P: Projection> Worker<P> {
         let latencies = metrics::histogram!("nexus_projection_latency_seconds", "projection" => self.name.clone());
         metrics::counter!("nexus_projection_events_total", "projection" => self.name.clone())
             .increment(completed.len() as u64);
+        crate::telemetry::live::count(
+            crate::telemetry::live::Series::EventsProjected,
+            completed.len() as u64,
+        );
         for item in completed {
             state.pending = state.pending.saturating_sub(1);
             if let Some(id) = item.redrive {
@@ -1160,6 +1327,25 @@ impl<P: Projection> Worker<P> {
         });
         Ok(())
     }
+}
+
+/// The span of a read-model commit: a child of the first delivery it commits, linked to the
+/// others (at most 127 links, the exporter's default limit being 128).
+fn commit_span(projection: &str, completed: &[Item]) -> tracing::Span {
+    let mut traced = completed.iter().filter(|item| !item.span.is_disabled());
+    let Some(first) = traced.next() else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        parent: &first.span,
+        "commit",
+        otel.name = %format_args!("commit {projection}"),
+        events = completed.len()
+    );
+    for item in traced.take(127) {
+        trace::link_span(&span, &item.span);
+    }
+    span
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
