@@ -5,6 +5,7 @@ pub(crate) mod bench;
 pub(crate) mod bench_bus;
 pub(crate) mod bench_check;
 pub(crate) mod bench_http;
+pub(crate) mod bench_notify;
 pub(crate) mod bench_registry;
 pub(crate) mod bench_store;
 pub(crate) mod bench_temporal;
@@ -19,6 +20,7 @@ pub(crate) mod rules;
 pub(crate) mod schema;
 pub(crate) mod token;
 pub(crate) mod up;
+pub(crate) mod watch;
 
 use clap::{Parser, Subcommand};
 
@@ -61,6 +63,8 @@ pub(crate) enum Command {
     Replay(replay::ReplayCommand),
     /// List, inspect and redrive a projection's dead letters.
     Dlq(dlq::DlqArgs),
+    /// Print read-model notifications as they arrive (WebSocket, resumes after a drop).
+    Watch(watch::WatchArgs),
     /// Issue development tokens and API keys for the services' access control.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -102,6 +106,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Replay(command) => replay::run(command),
         Command::Dlq(args) => dlq::run(args),
         Command::Token(command) => token::run(command),
+        Command::Watch(args) => watch::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Completions(args) => completions::run(args),
     }

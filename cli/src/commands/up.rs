@@ -18,8 +18,9 @@ use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
 use nexus_runtime::http::access::OriginPolicy;
 use nexus_runtime::http::{
-    CommandService, QueryDashboard, TemporalApi, serve_until, shutdown_signal,
+    CommandService, NotifyOptions, QueryDashboard, TemporalApi, serve_until, shutdown_signal,
 };
+use nexus_runtime::notify::NotificationHub;
 use nexus_runtime::projection::{ProjectionRunner, ReadModels};
 use nexus_runtime::snapshot::embedded::EmbeddedSnapshotStore;
 use nexus_runtime::store::embedded::EmbeddedStore;
@@ -324,13 +325,17 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         .router();
 
     // The query side: the projection reads the bus, never the command service.
-    let runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models);
+    // Each commit of the projection notifies the dashboard's WebSocket and SSE subscribers.
+    let notifications = NotificationHub::default();
+    let runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models)
+        .with_notifications(notifications.clone());
     let orders = runner
         .spawn(OrderSummaries)
         .context("failed to open the orders read model")?;
     let dashboard = QueryDashboard::new(runner.health())
         .with_access(access.clone())
         .read_model(&orders)
+        .with_notifications(notifications, NotifyOptions::default())
         .with_routes(temporal.dashboard_routes(), temporal.dashboard_openapi())
         .with_origin_policy(args.origins.policy(OriginPolicy::new()))
         .router();
@@ -517,7 +522,7 @@ fn announce(
     let mut text = format!(
         "nexus up: the orders reference system on the {store}, {bus}\n\
          \x20 command service  {command_url}  POST /commands/order/{{id}} · /openapi.json · /metrics\n\
-         \x20 query dashboard  {query_url}  /read-models/orders/orders · /health · /openapi.json\n"
+         \x20 query dashboard  {query_url}  /read-models/orders/orders · /health · /openapi.json\n         \x20                  live: /notifications/ws · /notifications/sse · nexus watch orders\n"
     );
     if let Some(url) = registry_url {
         text.push_str(&format!(

@@ -134,6 +134,12 @@ pub enum ApiError {
         /// The version asked for.
         wanted: u64,
     },
+    /// Too many notification connections are open.
+    #[error("{limit} notification connections are already open; retry shortly")]
+    TooManyConnections {
+        /// The cap on open notification connections.
+        limit: usize,
+    },
     /// Too many requests are already waiting with `wait_for`.
     #[error("{limit} requests are already waiting for a read model; retry shortly")]
     TooManyWaiters {
@@ -184,9 +190,10 @@ impl ApiError {
             Self::Rejected(_) | Self::IdempotencyKeyReused(_) | Self::InvalidEvent(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::NotAppliedYet { .. } | Self::TooManyWaiters { .. } | Self::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NotAppliedYet { .. }
+            | Self::TooManyWaiters { .. }
+            | Self::TooManyConnections { .. }
+            | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -216,6 +223,7 @@ impl ApiError {
             Self::InvalidEvent(_) => "invalid_event",
             Self::NotAppliedYet { .. } => "not_applied_yet",
             Self::TooManyWaiters { .. } => "too_many_waiters",
+            Self::TooManyConnections { .. } => "too_many_connections",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -227,7 +235,9 @@ impl ApiError {
             Self::InvalidBody { line, column, .. } | Self::InvalidCommand { line, column, .. } => {
                 json!({ "line": line, "column": column })
             }
-            Self::BodyTooLarge { limit } | Self::TooManyWaiters { limit } => {
+            Self::BodyTooLarge { limit }
+            | Self::TooManyWaiters { limit }
+            | Self::TooManyConnections { limit } => {
                 json!({ "limit": limit })
             }
             Self::UnknownAggregate { known, .. } => json!({ "aggregates": known }),
@@ -269,7 +279,10 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(Value::Object(body))).into_response();
         if matches!(
             self,
-            Self::TooManyWaiters { .. } | Self::NotAppliedYet { .. } | Self::Unavailable(_)
+            Self::TooManyWaiters { .. }
+                | Self::TooManyConnections { .. }
+                | Self::NotAppliedYet { .. }
+                | Self::Unavailable(_)
         ) {
             response
                 .headers_mut()

@@ -8,6 +8,8 @@ mod domain;
 #[cfg(feature = "http")]
 mod http;
 mod integration;
+#[cfg(all(feature = "http", feature = "notify-client"))]
+mod notify;
 mod projection;
 mod snapshot;
 mod store_contract;
