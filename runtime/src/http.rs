@@ -7,7 +7,9 @@
 //! default (graceful shutdown on Ctrl-C or SIGTERM).
 
 mod command;
+mod console;
 mod correlation;
+mod dead_letters;
 mod error;
 pub mod extract;
 mod health;
@@ -20,6 +22,7 @@ mod temporal;
 use axum::Router;
 
 pub use command::CommandService;
+pub use console::Console;
 pub use error::{ApiError, Cause};
 pub use extract::BodyLimits;
 pub use health::health_router;

@@ -17,6 +17,7 @@ pub mod notify;
 mod pg;
 pub mod projection;
 pub mod redact;
+pub mod saga;
 pub mod snapshot;
 pub mod store;
 pub mod temporal;

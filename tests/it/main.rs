@@ -1,6 +1,7 @@
 //! End-to-end tests: each module drives the `nexus` binary as a process.
 
 mod check;
+mod console;
 mod dlq;
 mod doctor;
 // The sample orders domain `nexus up` runs, so the fault suite can rebuild its read model.
@@ -13,6 +14,7 @@ mod doctor;
 mod events;
 mod faults;
 mod new;
+mod notify;
 mod openapi_conformance;
 #[allow(
     dead_code,

@@ -22,7 +22,11 @@ fn token(data: &Path) -> String {
         .arg(data)
         .output()
         .expect("run nexus token issue");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
@@ -83,7 +87,11 @@ fn the_javascript_client_shows_live_updates_and_resumes_after_a_drop_in_chromium
 
 /// A free loopback port (bound and released; good enough for a test that binds it at once).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `nexus up` on fixed ports, so a restart comes back where clients look for it.
@@ -102,13 +110,21 @@ fn up_on(data: &Path, command_port: u16, query_port: u16) -> Child {
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
-    assert!(first.contains("query_dashboard"), "nexus up printed {first}");
+    assert!(
+        first.contains("query_dashboard"),
+        "nexus up printed {first}"
+    );
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     child
 }
 
 fn place(command_url: &str, id: &str, body: Value) -> Value {
-    let (status, answer) = crate::up::http("POST", &format!("{command_url}/commands/order/{id}"), &[], Some(body));
+    let (status, answer) = crate::up::http(
+        "POST",
+        &format!("{command_url}/commands/order/{id}"),
+        &[],
+        Some(body),
+    );
     assert_eq!(status, 200, "{answer}");
     answer
 }
@@ -121,7 +137,11 @@ fn clients_come_back_with_jittered_backoff_after_the_dashboard_restarts_and_go_o
     let command_url = format!("http://127.0.0.1:{command_port}");
     let query_url = format!("http://127.0.0.1:{query_port}");
     let mut up = up_on(&data, command_port, query_port);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let clients = 12;
     let mut watchers: Vec<NotificationClient> = runtime.block_on(async {
         let mut watchers = Vec::new();
@@ -131,17 +151,31 @@ fn clients_come_back_with_jittered_backoff_after_the_dashboard_restarts_and_go_o
             options.id = Some("r-1".into());
             options.min_delay = Duration::from_millis(400);
             let mut client = NotificationClient::connect(options).unwrap();
-            let event = tokio::time::timeout(Duration::from_secs(10), client.next()).await.unwrap();
-            assert!(matches!(event, Some(ClientEvent::Subscribed { .. })), "{event:?}");
+            let event = tokio::time::timeout(Duration::from_secs(10), client.next())
+                .await
+                .unwrap();
+            assert!(
+                matches!(event, Some(ClientEvent::Subscribed { .. })),
+                "{event:?}"
+            );
             watchers.push(client);
         }
         watchers
     });
-    place(&command_url, "r-1", json!({"type": "PlaceOrder", "customer": "ada"}));
+    place(
+        &command_url,
+        "r-1",
+        json!({"type": "PlaceOrder", "customer": "ada"}),
+    );
     runtime.block_on(async {
         for client in &mut watchers {
-            let event = tokio::time::timeout(Duration::from_secs(10), client.next()).await.unwrap();
-            assert!(matches!(event, Some(ClientEvent::Notification(ref n)) if n.aggregate_version == 1), "{event:?}");
+            let event = tokio::time::timeout(Duration::from_secs(10), client.next())
+                .await
+                .unwrap();
+            assert!(
+                matches!(event, Some(ClientEvent::Notification(ref n)) if n.aggregate_version == 1),
+                "{event:?}"
+            );
         }
     });
 
@@ -160,16 +194,26 @@ fn clients_come_back_with_jittered_backoff_after_the_dashboard_restarts_and_go_o
             let mut delay = None;
             let mut reset = false;
             loop {
-                let event = tokio::time::timeout(Duration::from_secs(20), client.next()).await.expect("the client comes back").unwrap();
+                let event = tokio::time::timeout(Duration::from_secs(20), client.next())
+                    .await
+                    .expect("the client comes back")
+                    .unwrap();
                 match event {
-                    ClientEvent::Disconnected { retry_in, attempt, .. } => {
-                        assert!(retry_in <= Duration::from_millis(400) * 2u32.pow(attempt - 1), "{retry_in:?} at attempt {attempt}");
+                    ClientEvent::Disconnected {
+                        retry_in, attempt, ..
+                    } => {
+                        assert!(
+                            retry_in <= Duration::from_millis(400) * 2u32.pow(attempt - 1),
+                            "{retry_in:?} at attempt {attempt}"
+                        );
                         delay.get_or_insert(retry_in);
                     }
                     // A new process is a new epoch: the client is told to refetch, then goes on.
                     ClientEvent::Reset { .. } => reset = true,
                     ClientEvent::Notification(n) if n.aggregate_version == 2 => break,
-                    ClientEvent::Notification(_) | ClientEvent::Subscribed { .. } | ClientEvent::Throttled { .. } => {}
+                    ClientEvent::Notification(_)
+                    | ClientEvent::Subscribed { .. }
+                    | ClientEvent::Throttled { .. } => {}
                     ClientEvent::Refused { code, message } => panic!("refused: {code} {message}"),
                 }
             }
@@ -180,7 +224,10 @@ fn clients_come_back_with_jittered_backoff_after_the_dashboard_restarts_and_go_o
     // Full jitter: the first retries are spread over the window, not all at once.
     first_delays.sort();
     let spread = first_delays[first_delays.len() - 1] - first_delays[0];
-    assert!(spread > Duration::from_millis(100), "first retries bunched: {first_delays:?}");
+    assert!(
+        spread > Duration::from_millis(100),
+        "first retries bunched: {first_delays:?}"
+    );
     let _ = up.kill();
     let _ = up.wait();
 }
@@ -191,7 +238,15 @@ fn nexus_watch_prints_notifications_as_json_lines() {
     let data = dir.path().join("data");
     let up = Up::start(&data, &[]);
     let mut watch = Command::new(nexus_bin())
-        .args(["watch", "orders/orders/w-1", "--json", "--count", "2", "--url", &up.query_url])
+        .args([
+            "watch",
+            "orders/orders/w-1",
+            "--json",
+            "--count",
+            "2",
+            "--url",
+            &up.query_url,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -201,22 +256,39 @@ fn nexus_watch_prints_notifications_as_json_lines() {
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     let subscribed: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(subscribed["type"], "subscribed", "{line}");
-    place(&up.command_url, "w-1", json!({"type": "PlaceOrder", "customer": "ada"}));
-    place(&up.command_url, "w-1", json!({"type": "AddItem", "sku": "s", "quantity": 2, "unit_price_cents": 5}));
+    place(
+        &up.command_url,
+        "w-1",
+        json!({"type": "PlaceOrder", "customer": "ada"}),
+    );
+    place(
+        &up.command_url,
+        "w-1",
+        json!({"type": "AddItem", "sku": "s", "quantity": 2, "unit_price_cents": 5}),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = watch.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "nexus watch did not stop after two notifications");
+        assert!(
+            Instant::now() < deadline,
+            "nexus watch did not stop after two notifications"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert!(status.success(), "{rest}");
-    let notes: Vec<Value> = rest.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let notes: Vec<Value> = rest
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let last = &notes.last().unwrap()["notification"];
-    assert_eq!((last["id"].as_str(), last["aggregate_version"].as_u64()), (Some("w-1"), Some(2)));
+    assert_eq!(
+        (last["id"].as_str(), last["aggregate_version"].as_u64()),
+        (Some("w-1"), Some(2))
+    );
     assert!(last["event_id"].is_string() && last["correlation_id"].is_string());
     let _ = PathBuf::new();
 }

@@ -20,6 +20,7 @@ pub(crate) mod rules;
 pub(crate) mod schema;
 pub(crate) mod token;
 pub(crate) mod up;
+pub(crate) mod up_demo;
 pub(crate) mod watch;
 
 use clap::{Parser, Subcommand};

@@ -18,7 +18,8 @@ use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
 use nexus_runtime::http::access::OriginPolicy;
 use nexus_runtime::http::{
-    CommandService, NotifyOptions, QueryDashboard, TemporalApi, serve_until, shutdown_signal,
+    CommandService, Console, NotifyOptions, QueryDashboard, TemporalApi, serve_until,
+    shutdown_signal,
 };
 use nexus_runtime::notify::NotificationHub;
 use nexus_runtime::projection::{ProjectionRunner, ReadModels};
@@ -316,26 +317,64 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     let temporal = temporal_api(&args, &snapshots, &access)
         .await?
         .projection(Arc::new(OrderSummaries), read_models.clone());
+    // The console, served by the dashboard, calls the command service and the registry from
+    // the dashboard's origin: those two let its pages write and read, nothing else changes.
+    let query_addr = query_listener.local_addr()?;
+    let console_origins = console_origins(query_addr);
+    let service_origins = |base: OriginPolicy| {
+        console_origins
+            .iter()
+            .fold(args.origins.policy(base), OriginPolicy::allow_origin)
+    };
     let commands = CommandService::new(Arc::clone(&store))
         .with_snapshots(Arc::clone(&snapshots))
         .with_access(access.clone())
         .aggregate::<Order>()
         .with_routes(temporal.command_routes(), temporal.command_openapi())
-        .with_origin_policy(args.origins.policy(OriginPolicy::new()))
+        .with_origin_policy(service_origins(OriginPolicy::new()))
         .router();
 
     // The query side: the projection reads the bus, never the command service.
     // Each commit of the projection notifies the dashboard's WebSocket and SSE subscribers.
     let notifications = NotificationHub::default();
-    let runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models)
+    let mut runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models)
         .with_notifications(notifications.clone());
+    if args.demo {
+        runner = runner.with_options(super::up_demo::runner_options());
+    }
     let orders = runner
         .spawn(OrderSummaries)
         .context("failed to open the orders read model")?;
-    let dashboard = QueryDashboard::new(runner.health())
+    let shipments = if args.demo {
+        let folder = args.data_dir.join("demo");
+        std::fs::create_dir_all(&folder)
+            .with_context(|| format!("failed to create {}", folder.display()))?;
+        Some(
+            runner
+                .spawn(super::up_demo::Shipments::new(folder))
+                .context("failed to open the shipments read model")?,
+        )
+    } else {
+        None
+    };
+    let command_url = format!("http://{}", command_listener.local_addr()?);
+    let registry_url = match &registry_listener {
+        Some(listener) => Some(format!("http://{}", listener.local_addr()?)),
+        None => None,
+    };
+    let mut console = Console::new().command_service(&command_url);
+    if let Some(url) = &registry_url {
+        console = console.registry(url);
+    }
+    let mut dashboard = QueryDashboard::new(runner.health())
         .with_access(access.clone())
         .read_model(&orders)
-        .with_notifications(notifications, NotifyOptions::default())
+        .with_console(console)
+        .with_notifications(notifications, NotifyOptions::default());
+    if let Some(shipments) = &shipments {
+        dashboard = dashboard.read_model(shipments);
+    }
+    let dashboard = dashboard
         .with_routes(temporal.dashboard_routes(), temporal.dashboard_openapi())
         .with_origin_policy(args.origins.policy(OriginPolicy::new()))
         .router();
@@ -344,8 +383,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     let until_stopped = move |mut stopped: watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let command_url = format!("http://{}", command_listener.local_addr()?);
-    let query_url = format!("http://{}", query_listener.local_addr()?);
+    let query_url = format!("http://{query_addr}");
     let mut servers: Vec<(&str, JoinHandle<std::io::Result<()>>)> = vec![
         (
             "command service",
@@ -364,9 +402,8 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
             )),
         ),
     ];
-    let registry_url = match registry_listener {
-        Some(listener) => {
-            let url = format!("http://{}", listener.local_addr()?);
+    let registry_url = match (registry_listener, registry_url) {
+        (Some(listener), Some(url)) => {
             let spec = match (&args.store, &args.url) {
                 (StoreKind::Postgres, Some(url)) => url.clone(),
                 _ => format!("sqlite:{}", args.data_dir.join("registry.db").display()),
@@ -376,9 +413,9 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
                 storage,
                 nexus_schema_registry::server::Options {
                     access: Some(access.clone()),
-                    origins: args
-                        .origins
-                        .policy(nexus_schema_registry::server::Options::default().origins),
+                    origins: service_origins(
+                        nexus_schema_registry::server::Options::default().origins,
+                    ),
                     ..nexus_schema_registry::server::Options::default()
                 },
             );
@@ -392,7 +429,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
             ));
             Some(url)
         }
-        None => None,
+        _ => None,
     };
 
     // The sample's event schemas, so producers, consumers and `nexus check --registry` find them.
@@ -449,6 +486,9 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     }
     let checkpoint = orders.read_model().checkpoint().await.ok().flatten();
     orders.stop().await;
+    if let Some(shipments) = shipments {
+        shipments.stop().await;
+    }
     let snapshots_taken = manager.snapshots_taken();
     manager.stop().await;
     let head = store.head().await.map(|h| h.position).unwrap_or_default();
@@ -473,6 +513,22 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         Some((name, message)) => Err(anyhow::anyhow!("the {name} failed: {message}")),
         None => Ok(Outcome::Clean),
     }
+}
+
+/// The origins the console's pages have when the dashboard listens on `addr`: that address,
+/// and on loopback also the other loopback names a browser may be pointed at.
+fn console_origins(addr: SocketAddr) -> Vec<String> {
+    let port = addr.port();
+    let mut origins = vec![format!("http://{addr}")];
+    if addr.ip().is_loopback() {
+        for host in ["localhost", "127.0.0.1", "[::1]"] {
+            let origin = format!("http://{host}:{port}");
+            if !origins.contains(&origin) {
+                origins.push(origin);
+            }
+        }
+    }
+    origins
 }
 
 /// Waits for the first server task that ends on its own (which only happens on failure).
@@ -511,6 +567,7 @@ fn announce(
                 "bus": bus,
                 "command_service": command_url,
                 "query_dashboard": query_url,
+                "console": format!("{query_url}/console"),
                 "schema_registry": registry_url,
                 "registered_subjects": subjects,
                 "registration_error": registration_error,
@@ -522,7 +579,9 @@ fn announce(
     let mut text = format!(
         "nexus up: the orders reference system on the {store}, {bus}\n\
          \x20 command service  {command_url}  POST /commands/order/{{id}} · /openapi.json · /metrics\n\
-         \x20 query dashboard  {query_url}  /read-models/orders/orders · /health · /openapi.json\n         \x20                  live: /notifications/ws · /notifications/sse · nexus watch orders\n"
+         \x20 query dashboard  {query_url}  /read-models/orders/orders · /health · /openapi.json\n\
+         \x20                  live: /notifications/ws · /notifications/sse · nexus watch orders\n\
+         \x20 console          {query_url}/console\n"
     );
     if let Some(url) = registry_url {
         text.push_str(&format!(

@@ -32,6 +32,8 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 /// How long `wait_for` waits when `wait_ms` is not given.
 const DEFAULT_WAIT: Duration = Duration::from_secs(2);
+/// Most collection names `/read-models` lists per projection.
+const MAX_COLLECTIONS: usize = 100;
 /// How often a waiting read looks at the read model again.
 const WAIT_POLL: Duration = Duration::from_millis(5);
 
@@ -54,6 +56,7 @@ pub struct QueryDashboard {
     access: AccessControl,
     extra: Vec<(Router, Value)>,
     notifications: Option<(crate::notify::NotificationHub, super::NotifyOptions)>,
+    console: Option<super::Console>,
 }
 
 /// Bounds on the dashboard's read-your-writes waits.
@@ -87,6 +90,7 @@ impl QueryDashboard {
             access: AccessControl::open(),
             extra: Vec::new(),
             notifications: None,
+            console: None,
         }
     }
 
@@ -130,6 +134,13 @@ impl QueryDashboard {
         self
     }
 
+    /// Serves the web console at `/console` (and `GET /access/me`, which it asks what the
+    /// signed-in credential may do), calling the services `console` names.
+    pub fn with_console(mut self, console: super::Console) -> Self {
+        self.console = Some(console);
+        self
+    }
+
     /// Serves the read model of a running projection under `/read-models/{its name}`.
     pub fn read_model(self, projection: &ProjectionHandle) -> Self {
         self.with_read_model(projection.name(), projection.read_model().clone())
@@ -147,7 +158,9 @@ impl QueryDashboard {
         self
     }
 
-    /// The router: read models, health, `/metrics`, `/openapi.json` and an overview page at `/`.
+    /// The router: read models, their dead letters (`/admin/projections/{name}/dead-letters`),
+    /// health, `/metrics`, `/openapi.json`, an overview page at `/` and, when configured, the
+    /// console.
     pub fn router(self) -> Router {
         let names: Vec<String> = self.read_models.keys().cloned().collect();
         let mut openapi = OpenApi::new(
@@ -155,6 +168,10 @@ impl QueryDashboard {
             "Serves the read models of this service's projections and their health.",
         );
         openapi.query_paths(&names, self.limits.max_wait);
+        openapi.extra_paths(&super::dead_letters::openapi(&names));
+        if self.console.is_some() {
+            openapi.extra_paths(&super::console::openapi());
+        }
         if self.notifications.is_some() {
             openapi.notify_paths(&names);
         }
@@ -163,6 +180,11 @@ impl QueryDashboard {
         }
         let openapi = openapi.finish(OpenApi::generator());
         let title = self.title.clone();
+        let dead_letters = super::dead_letters::routes(&self.read_models, &self.access);
+        let console = self
+            .console
+            .as_ref()
+            .map(|console| console.routes(&self.access, &self.title));
         let state = Arc::new(Shared {
             health: self.health.clone(),
             read_models: self.read_models,
@@ -178,7 +200,11 @@ impl QueryDashboard {
             .route("/read-models/{projection}/{collection}/{id}", get(one))
             .route_layer(self.access.require(Permission::ReadModelsRead))
             .with_state(state)
-            .merge(super::health_router(self.health));
+            .merge(super::health_router(self.health))
+            .merge(dead_letters);
+        if let Some(console) = console {
+            routes = routes.merge(console);
+        }
         for (extra, _) in self.extra {
             routes = routes.merge(extra);
         }
@@ -361,7 +387,7 @@ fn filter_value(text: &str) -> Value {
 
 /// The answer to a failed read-model call: 400 for a bad filter field, 503 when the database
 /// is unreachable, else 500 (the cause is logged, never returned).
-fn read_model_error(err: ReadModelError) -> ApiError {
+pub(super) fn read_model_error(err: ReadModelError) -> ApiError {
     match err {
         ReadModelError::InvalidField(field) => ApiError::InvalidFilter(field),
         err @ ReadModelError::Unavailable { .. } => ApiError::unavailable(err),
@@ -373,8 +399,13 @@ async fn projections(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, A
     let mut projections = Vec::new();
     for (name, store) in &shared.read_models {
         let checkpoint = store.checkpoint().await.map_err(read_model_error)?;
+        let collections = store
+            .collections(MAX_COLLECTIONS)
+            .await
+            .map_err(read_model_error)?;
         projections.push(json!({
             "name": name,
+            "collections": collections,
             "checkpoint": checkpoint.map(|c| c.position),
             "health": shared.health.get(name),
         }));

@@ -11,6 +11,7 @@ mod integration;
 #[cfg(all(feature = "http", feature = "notify-client"))]
 mod notify;
 mod projection;
+mod saga;
 mod snapshot;
 mod store_contract;
 mod support;
