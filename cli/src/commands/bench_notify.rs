@@ -134,9 +134,15 @@ pub(crate) fn run_server(args: NotifyServerArgs) -> anyhow::Result<Outcome> {
             std::future::pending(),
         ));
         output::line(&url)?;
-        let mut lines =
-            tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
-        while let Some(line) = lines.next_line().await? {
+        let (send, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        while let Some(line) = lines.recv().await {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
                 ["load", rate, seconds] => {
