@@ -222,7 +222,7 @@ impl OpenApi {
                 {"name": "id", "in": "query", "required": false,
                     "description": "Only this document (with `collection`)", "schema": {"type": "string", "minLength": 1, "maxLength": 256}},
                 {"name": "since", "in": "query", "required": false,
-                    "description": "Resume after this `epoch:position`", "schema": {"type": "string", "examples": ["3f2a9c01b7de:42"]}}
+                    "description": "Resume after this `epoch:position`", "schema": {"type": "string", "pattern": "^[A-Za-z0-9-]{1,64}:[0-9]{1,19}$", "examples": ["3f2a9c01b7de:42"]}}
             ])
         };
         self.paths.insert(
