@@ -17,6 +17,7 @@ mod metrics;
 mod notify;
 mod openapi;
 mod query;
+mod saga;
 mod temporal;
 
 use axum::Router;
@@ -32,6 +33,7 @@ pub use nexus_access as access;
 pub use nexus_access::{ServeOptions, serve, serve_until, serve_with, shutdown_signal};
 pub use notify::{BEARER_PROTOCOL_PREFIX, CLIENT_JS, NotifyOptions, PROTOCOL as NOTIFY_PROTOCOL};
 pub use query::{QueryDashboard, QueryLimits};
+pub use saga::SagaApi;
 pub use temporal::TemporalApi;
 
 /// Adds what every Nexus service serves beside its own routes: `/openapi.json` (`openapi`),

@@ -20,6 +20,7 @@ pub mod redact;
 pub mod saga;
 pub mod snapshot;
 pub mod store;
+pub mod telemetry;
 pub mod temporal;
 pub mod testing;
 mod wal;

@@ -52,9 +52,9 @@ pub(crate) fn browser() -> Result<(PathBuf, PathBuf), String> {
     Ok((chromium, modules))
 }
 
-fn token(data: &Path) -> String {
+fn token(data: &Path, role: &str) -> String {
     let out = Command::new(nexus_bin())
-        .args(["token", "issue", "--role", "admin", "--data-dir"])
+        .args(["token", "issue", "--role", role, "--data-dir"])
         .arg(data)
         .output()
         .expect("run nexus token issue");
@@ -67,7 +67,8 @@ fn token(data: &Path) -> String {
 }
 
 #[test]
-fn the_console_browses_streams_projections_dead_letters_and_schemas_in_chromium() {
+fn the_console_browses_streams_projections_dead_letters_and_schemas_in_chromium_and_hides_what_a_token_may_not_do()
+ {
     let (chromium, modules) = match browser() {
         Ok(found) => found,
         Err(why) if std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() == Ok("1") => {
@@ -88,7 +89,7 @@ fn the_console_browses_streams_projections_dead_letters_and_schemas_in_chromium(
         .as_str()
         .expect("the registry runs")
         .to_owned();
-    let token = token(&data);
+    let (admin, reader) = (token(&data, "admin"), token(&data, "reader"));
     // The demo's orders are in the read model before the browser looks.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -123,7 +124,8 @@ fn the_console_browses_streams_projections_dead_letters_and_schemas_in_chromium(
         .env("NEXUS_CONSOLE_QUERY_URL", &up.query_url)
         .env("NEXUS_CONSOLE_COMMAND_URL", &up.command_url)
         .env("NEXUS_CONSOLE_REGISTRY_URL", &registry)
-        .env("NEXUS_CONSOLE_TOKEN", &token)
+        .env("NEXUS_CONSOLE_TOKEN", &admin)
+        .env("NEXUS_CONSOLE_READER_TOKEN", &reader)
         .env("NEXUS_CONSOLE_DEMO_DIR", data.join("demo"))
         .env("NEXUS_CONSOLE_SCREENSHOTS", &shots)
         .stdout(Stdio::piped())

@@ -2,6 +2,7 @@
 
 mod check;
 mod console;
+mod dashboards;
 mod dlq;
 mod doctor;
 // The sample orders domain `nexus up` runs, so the fault suite can rebuild its read model.
@@ -13,6 +14,7 @@ mod doctor;
 #[path = "../../templates/project/crates/events/src/lib.rs"]
 mod events;
 mod faults;
+mod metrics;
 mod new;
 mod notify;
 mod openapi_conformance;
@@ -26,4 +28,5 @@ mod projection;
 mod registry;
 mod replay;
 mod support;
+mod traces;
 mod up;

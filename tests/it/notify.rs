@@ -193,15 +193,25 @@ fn clients_come_back_with_jittered_backoff_after_the_dashboard_restarts_and_go_o
         for client in &mut watchers {
             let mut delay = None;
             loop {
-                let event = tokio::time::timeout(Duration::from_secs(20), client.next()).await.expect("the client comes back").unwrap();
+                let event = tokio::time::timeout(Duration::from_secs(20), client.next())
+                    .await
+                    .expect("the client comes back")
+                    .unwrap();
                 match event {
-                    ClientEvent::Disconnected { retry_in, attempt, .. } => {
-                        assert!(retry_in <= Duration::from_millis(400) * 2u32.pow(attempt - 1), "{retry_in:?} at attempt {attempt}");
+                    ClientEvent::Disconnected {
+                        retry_in, attempt, ..
+                    } => {
+                        assert!(
+                            retry_in <= Duration::from_millis(400) * 2u32.pow(attempt - 1),
+                            "{retry_in:?} at attempt {attempt}"
+                        );
                         delay.get_or_insert(retry_in);
                     }
                     // A new process is a new epoch: the client is told to refetch, then goes on.
                     ClientEvent::Reset { .. } => break,
-                    ClientEvent::Notification(_) | ClientEvent::Subscribed { .. } | ClientEvent::Throttled { .. } => {}
+                    ClientEvent::Notification(_)
+                    | ClientEvent::Subscribed { .. }
+                    | ClientEvent::Throttled { .. } => {}
                     ClientEvent::Refused { code, message } => panic!("refused: {code} {message}"),
                 }
             }
@@ -209,13 +219,21 @@ fn clients_come_back_with_jittered_backoff_after_the_dashboard_restarts_and_go_o
         }
     });
     // What the refetch reads, then live notifications again.
-    let (status, order) = crate::up::http("GET", &format!("{query_url}/read-models/orders/orders/r-1?wait_for=order/r-1@2"), &[], None);
+    let (status, order) = crate::up::http(
+        "GET",
+        &format!("{query_url}/read-models/orders/orders/r-1?wait_for=order/r-1@2"),
+        &[],
+        None,
+    );
     assert_eq!(status, 200, "{order}");
     place(&command_url, "r-1", json!({"type": "ConfirmOrder"}));
     runtime.block_on(async {
         for client in &mut watchers {
             loop {
-                let event = tokio::time::timeout(Duration::from_secs(20), client.next()).await.expect("live notifications go on").unwrap();
+                let event = tokio::time::timeout(Duration::from_secs(20), client.next())
+                    .await
+                    .expect("live notifications go on")
+                    .unwrap();
                 if let ClientEvent::Notification(n) = event
                     && n.aggregate_version == 3
                 {

@@ -17,6 +17,9 @@ pub(crate) enum BenchCommand {
     Check(super::bench_check::BenchCheckArgs),
     /// Time registry reads and a compatibility check against 100 versions on loopback.
     Registry(super::bench_registry::BenchRegistryArgs),
+    /// Sagas: concurrent three-step sagas per backend, step and status-query latency, overdue
+    /// deadlines after a restart.
+    Saga(super::bench_saga::SagaArgs),
     /// Notifications: N WebSocket clients, events at a fixed rate, commit-to-client latency.
     Notify(super::bench_notify::NotifyArgs),
     /// The server process of `nexus bench notify`.
@@ -35,6 +38,7 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
         BenchCommand::Check(args) => super::bench_check::run(args),
         BenchCommand::Http(args) => super::bench_http::run(args),
         BenchCommand::Registry(args) => super::bench_registry::run(args),
+        BenchCommand::Saga(args) => super::bench_saga::run(args),
         BenchCommand::Notify(args) => super::bench_notify::run(args),
         BenchCommand::NotifyServer(args) => super::bench_notify::run_server(args),
         BenchCommand::Store(args) => super::bench_store::run(args),

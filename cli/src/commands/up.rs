@@ -569,6 +569,7 @@ fn announce(
                 "query_dashboard": query_url,
                 "console": format!("{query_url}/console"),
                 "schema_registry": registry_url,
+                "metrics": format!("{command_url}/metrics"),
                 "registered_subjects": subjects,
                 "registration_error": registration_error,
                 "dev_signing_key": args.auth.auth.is_none().then(|| super::auth::dev_key_path(&args.data_dir)),
@@ -576,16 +577,25 @@ fn announce(
             .to_string(),
         );
     }
+    let tracing = match std::env::var(nexus_runtime::telemetry::otel::ENDPOINT_VAR) {
+        Ok(endpoint) if !endpoint.trim().is_empty() => format!(
+            "\n  traces           exported over OTLP to {}",
+            output::redact_url(&endpoint)
+        ),
+        _ => String::new(),
+    };
     let mut text = format!(
         "nexus up: the orders reference system on the {store}, {bus}\n\
          \x20 command service  {command_url}  POST /commands/order/{{id}} · /openapi.json · /metrics\n\
-         \x20 query dashboard  {query_url}  /read-models/orders/orders · /health · /openapi.json\n\
+         \x20 query dashboard  {query_url}  /read-models/orders/orders · /health · /openapi.json · /metrics\n\
          \x20                  live: /notifications/ws · /notifications/sse · nexus watch orders\n\
-         \x20 console          {query_url}/console\n"
+         \x20 console          {query_url}/console\n\
+         \x20 metrics          {command_url}/metrics (Prometheus; every service of this process, so scrape one)\n\
+         \x20                  watch it live: nexus top {command_url}{tracing}\n"
     );
     if let Some(url) = registry_url {
         text.push_str(&format!(
-            "  schema registry  {url}  /subjects · /openapi.json\n"
+            "  schema registry  {url}  /subjects · /openapi.json · /metrics\n"
         ));
         match registration_error {
             Some(err) => text.push_str(&format!(

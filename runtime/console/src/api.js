@@ -92,3 +92,29 @@ export async function call(service, path, { method = 'GET', query, body, okStatu
   }
   return data;
 }
+
+let commandDocument = null;
+
+/// The command service's OpenAPI document, read once: which aggregates and sagas it serves.
+export function commandDoc() {
+  if (!commandDocument) {
+    commandDocument = call('command', '/openapi.json').catch((err) => {
+      commandDocument = null;
+      throw err;
+    });
+  }
+  return commandDocument;
+}
+
+/// The aggregate types and saga names a command service document lists.
+export function servedBy(doc) {
+  const paths = (doc && doc.paths) || {};
+  const aggregates = Object.keys(paths)
+    .map((path) => /^\/aggregates\/([^/{}]+)\/\{id\}$/.exec(path))
+    .filter(Boolean)
+    .map((m) => m[1]);
+  const list = paths['/sagas/{saga}'];
+  const param = list && list.get && (list.get.parameters || []).find((p) => p.name === 'saga');
+  const sagas = (param && param.schema && param.schema.enum) || [];
+  return { aggregates, sagas };
+}

@@ -1,5 +1,5 @@
 import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
-import { call, getConfig, hasToken, setToken } from './api.js';
+import { call, commandDoc, getConfig, hasToken, servedBy, setToken } from './api.js';
 import { href, useRoute } from './route.js';
 import { ErrorBox, Session } from './ui.jsx';
 import { Streams } from './views/streams.jsx';
@@ -7,12 +7,14 @@ import { Projections } from './views/projections.jsx';
 import { ReadModels } from './views/readmodels.jsx';
 import { DeadLetters } from './views/deadletters.jsx';
 import { Schemas } from './views/schemas.jsx';
+import { Sagas } from './views/sagas.jsx';
 
 const SECTIONS = [
   { key: 'projections', label: 'Projections', view: Projections },
   { key: 'streams', label: 'Streams', view: Streams },
   { key: 'read-models', label: 'Read models', view: ReadModels },
   { key: 'dead-letters', label: 'Dead letters', view: DeadLetters },
+  { key: 'sagas', label: 'Sagas', view: Sagas, needs: 'sagas' },
   { key: 'schemas', label: 'Schemas', view: Schemas, needs: 'registry_url' },
 ];
 
@@ -22,6 +24,12 @@ export function App() {
   const [principal, setPrincipal] = useState(null);
   const [authError, setAuthError] = useState(null);
   const [version, setVersion] = useState(0);
+  const [served, setServed] = useState({ aggregates: [], sagas: [] });
+
+  useEffect(() => {
+    if (!config.command_url) return;
+    commandDoc().then((doc) => setServed(servedBy(doc)), () => {});
+  }, []);
 
   useEffect(() => {
     call('query', '/access/me').then(
@@ -43,7 +51,8 @@ export function App() {
     }),
     [principal],
   );
-  const sections = SECTIONS.filter((s) => !s.needs || config[s.needs]);
+  const available = { ...config, sagas: served.sagas.length > 0 };
+  const sections = SECTIONS.filter((s) => !s.needs || available[s.needs]);
   const current = sections.find((s) => s.key === route.parts[0]) || sections[0];
   const View = current.view;
 

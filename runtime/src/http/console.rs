@@ -17,7 +17,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use include_dir::{Dir, include_dir};
 use serde_json::{Value, json};
 
 use nexus_access::AccessControl;
@@ -25,8 +24,24 @@ use nexus_access::AccessControl;
 use super::error::ApiError;
 use super::extract::Path;
 
-/// The built console (`npm run build` writes it; see `runtime/console/README.md`).
-static DIST: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/console/dist");
+/// The built console's page (`npm run build` writes `runtime/console/dist`; see its README).
+/// `include_*!` makes cargo rebuild when a file of the bundle changes.
+const INDEX: &str = include_str!("../../console/dist/index.html");
+
+/// The page's assets: file name under `assets/`, media type, contents. Vite names them without
+/// hashes (`vite.config.js`), so this list changes only when the build's outputs do.
+const ASSETS: [(&str, &str, &[u8]); 2] = [
+    (
+        "console.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../console/dist/assets/console.js"),
+    ),
+    (
+        "index.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../console/dist/assets/index.css"),
+    ),
+];
 
 /// Where the console finds the other services, and what it may link to.
 ///
@@ -152,14 +167,11 @@ fn file(served: &Served, content_type: &'static str, body: Vec<u8>) -> Response 
 }
 
 async fn index(State(served): Shared) -> Response {
-    match DIST.get_file("index.html") {
-        Some(page) => file(
-            &served,
-            "text/html; charset=utf-8",
-            page.contents().to_vec(),
-        ),
-        None => ApiError::RouteNotFound.into_response(),
-    }
+    file(
+        &served,
+        "text/html; charset=utf-8",
+        INDEX.as_bytes().to_vec(),
+    )
 }
 
 async fn config(State(served): Shared) -> Response {
@@ -168,16 +180,8 @@ async fn config(State(served): Shared) -> Response {
 }
 
 async fn asset(State(served): Shared, Path(name): Path<String>) -> Response {
-    let content_type = match name.rsplit_once('.').map(|(_, ext)| ext) {
-        Some("js") => "text/javascript; charset=utf-8",
-        Some("css") => "text/css; charset=utf-8",
-        Some("svg") => "image/svg+xml",
-        Some("png") => "image/png",
-        _ => return ApiError::RouteNotFound.into_response(),
-    };
-    // One path segment, so `name` cannot climb out of `assets/`.
-    match DIST.get_file(format!("assets/{name}")) {
-        Some(found) => file(&served, content_type, found.contents().to_vec()),
+    match ASSETS.iter().find(|(file_name, _, _)| *file_name == name) {
+        Some((_, content_type, contents)) => file(&served, content_type, contents.to_vec()),
         None => ApiError::RouteNotFound.into_response(),
     }
 }
@@ -253,16 +257,12 @@ mod tests {
 
     #[test]
     fn the_bundle_is_embedded_and_its_page_loads_only_its_own_assets() {
-        let page = DIST
-            .get_file("index.html")
-            .and_then(|f| f.contents_utf8())
-            .expect("runtime/console/dist/index.html is committed");
         let mut referenced = 0;
-        for part in page.split(['"', '\'']) {
+        for part in INDEX.split(['"', '\'']) {
             if let Some(asset) = part.strip_prefix("/console/assets/") {
                 assert!(
-                    DIST.get_file(format!("assets/{asset}")).is_some(),
-                    "{asset} missing"
+                    ASSETS.iter().any(|(name, _, _)| *name == asset),
+                    "{asset} is not embedded"
                 );
                 referenced += 1;
             }
@@ -273,7 +273,21 @@ mod tests {
                 "the page references {part}"
             );
         }
-        assert!(referenced > 0, "the page loads no script");
+        assert_eq!(
+            referenced,
+            ASSETS.len(),
+            "the page loads other files than the embedded ones"
+        );
+        let files: Vec<String> =
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/console/dist/assets"))
+                .expect("the bundle's assets are committed")
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+        assert_eq!(
+            files.len(),
+            ASSETS.len(),
+            "the build wrote other assets: {files:?}"
+        );
     }
 
     #[test]

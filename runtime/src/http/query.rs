@@ -25,6 +25,7 @@ use super::extract::{Path, Query};
 use super::openapi::OpenApi;
 use crate::event::StreamId;
 use crate::projection::{HealthRegistry, ProjectionHandle, ReadModelError, ReadModelStore};
+use crate::telemetry::live;
 
 /// Documents per page when the request does not say.
 const DEFAULT_LIMIT: usize = 100;
@@ -81,6 +82,7 @@ impl Default for QueryLimits {
 impl QueryDashboard {
     /// A dashboard reporting the health in `health`, serving no read model yet.
     pub fn new(health: HealthRegistry) -> Self {
+        crate::telemetry::ensure_recorder();
         Self {
             health,
             read_models: BTreeMap::new(),
@@ -180,6 +182,9 @@ impl QueryDashboard {
         }
         let openapi = openapi.finish(OpenApi::generator());
         let title = self.title.clone();
+        for name in self.read_models.keys() {
+            register_metrics(name);
+        }
         let dead_letters = super::dead_letters::routes(&self.read_models, &self.access);
         let console = self
             .console
@@ -413,16 +418,69 @@ async fn projections(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, A
     Ok(Json(json!({ "projections": projections })))
 }
 
+/// Times a read-model query into `nexus_query_duration_seconds`, `nexus_queries_total` and the
+/// per-second ring; a name that is no read model of this dashboard is not a label value.
+async fn timed<T>(
+    shared: &Shared,
+    projection: &str,
+    kind: &'static str,
+    query: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let started = std::time::Instant::now();
+    let result = query.await;
+    if shared.read_models.contains_key(projection) {
+        let elapsed = started.elapsed();
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ApiError::UnknownId(_)) => "not_found",
+            Err(_) => "error",
+        };
+        metrics::histogram!("nexus_query_duration_seconds", "read_model" => projection.to_owned(), "kind" => kind)
+            .record(elapsed.as_secs_f64());
+        metrics::counter!("nexus_queries_total", "read_model" => projection.to_owned(), "kind" => kind, "outcome" => outcome)
+            .increment(1);
+        live::count(live::Series::Queries, 1);
+        live::latency(live::Latency::Query, elapsed);
+    }
+    result
+}
+
+/// Registers the query metrics of `read_model` at zero.
+fn register_metrics(read_model: &str) {
+    for kind in ["get", "list"] {
+        let _registered = metrics::histogram!("nexus_query_duration_seconds", "read_model" => read_model.to_owned(), "kind" => kind);
+        for outcome in ["ok", "not_found", "error"] {
+            metrics::counter!("nexus_queries_total", "read_model" => read_model.to_owned(), "kind" => kind, "outcome" => outcome)
+                .increment(0);
+        }
+    }
+}
+
 async fn list(
     State(shared): State<Arc<Shared>>,
     Path((projection, collection)): Path<(String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    let (store, params) = shared.ready(&projection, pairs).await?;
+    timed(
+        &shared,
+        &projection,
+        "list",
+        list_documents(&shared, &projection, &collection, pairs),
+    )
+    .await
+}
+
+async fn list_documents(
+    shared: &Shared,
+    projection: &str,
+    collection: &str,
+    pairs: Vec<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (store, params) = shared.ready(projection, pairs).await?;
     let (limit, offset) = (params.limit, params.offset);
     // One more than asked tells whether a next page exists.
     let mut documents = store
-        .list(&collection, &params.filters, limit + 1, offset)
+        .list(collection, &params.filters, limit + 1, offset)
         .await
         .map_err(read_model_error)?;
     let next_offset = (documents.len() > limit).then_some(offset + limit);
@@ -444,14 +502,17 @@ async fn one(
     Path((projection, collection, id)): Path<(String, String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    let (store, _) = shared.ready(&projection, pairs).await?;
-    let found = store
-        .get(&collection, &id)
-        .await
-        .map_err(read_model_error)?;
-    found
-        .map(Json)
-        .ok_or_else(|| ApiError::UnknownId(format!("no document `{id}` in this collection")))
+    let get = async {
+        let (store, _) = shared.ready(&projection, pairs).await?;
+        let found = store
+            .get(&collection, &id)
+            .await
+            .map_err(read_model_error)?;
+        found
+            .map(Json)
+            .ok_or_else(|| ApiError::UnknownId(format!("no document `{id}` in this collection")))
+    };
+    timed(&shared, &projection, "get", get).await
 }
 
 /// A small HTML page: each projection's health, with links to its API.

@@ -207,6 +207,10 @@ struct Channel {
 
 impl Channel {
     fn new(projection: &str) -> Self {
+        metrics::counter!("nexus_notify_epochs_total", "projection" => projection.to_owned())
+            .increment(0);
+        metrics::counter!("nexus_notify_published_total", "projection" => projection.to_owned())
+            .increment(0);
         Self {
             projection: projection.into(),
             epoch: new_epoch().into(),
@@ -299,6 +303,7 @@ impl Default for NotificationHub {
 impl NotificationHub {
     /// A hub with these history bounds.
     pub fn new(options: HubOptions) -> Self {
+        register_metrics();
         Self {
             inner: Arc::new(Inner {
                 options: HubOptions {
@@ -491,6 +496,23 @@ impl NotificationHub {
             .index
             .remove(scope, key);
     }
+}
+
+/// Registers the notification metrics at zero, so they are exposed before the first client.
+fn register_metrics() {
+    metrics::gauge!("nexus_notify_connections").increment(0.0);
+    metrics::gauge!("nexus_notify_subscriptions").increment(0.0);
+    metrics::counter!("nexus_notify_sent_total").increment(0);
+    metrics::counter!("nexus_notify_coalesced_total").increment(0);
+    metrics::counter!("nexus_notify_refused_connections_total").increment(0);
+    for reason in ["slow", "idle"] {
+        metrics::counter!("nexus_notify_dropped_clients_total", "reason" => reason).increment(0);
+    }
+    for reason in ["too_old", "epoch_changed", "too_many_to_replay"] {
+        metrics::counter!("nexus_notify_resets_total", "reason" => reason).increment(0);
+    }
+    let _ = metrics::histogram!("nexus_notify_commit_to_send_seconds");
+    let _ = metrics::histogram!("nexus_notify_connect_seconds");
 }
 
 fn entry(note: Notification, document: Option<Value>, committed: Instant) -> Entry {

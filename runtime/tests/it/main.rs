@@ -4,6 +4,8 @@
 #[cfg(feature = "http")]
 mod access;
 mod command;
+#[cfg(feature = "http")]
+mod dead_letters;
 mod domain;
 #[cfg(feature = "http")]
 mod http;

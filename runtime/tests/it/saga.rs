@@ -1178,3 +1178,290 @@ async fn a_duplicate_start_event_starts_nothing_and_versions_are_pinned(backend:
     dup.stop().await;
     sagas.stop().await;
 }
+
+/// The saga routes: reads need `aggregates:read`, retry and abort `dlq:admin`; bounds on pages,
+/// statuses, ids and reasons answer 400; a stuck instance is retried over HTTP to its end.
+#[cfg(feature = "http")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_routes_show_list_retry_and_abort_behind_access_control() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use http_body_util::BodyExt;
+    use nexus_runtime::http::access::{AccessControl, AuthConfig, TokenRequest, issue_hs256};
+    use nexus_runtime::http::{CommandService, SagaApi};
+    use tower::ServiceExt;
+
+    const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+    let Some(setup) = Setup::new(Backend::Sqlite).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let config = AuthConfig {
+        issuer: Some("nexus-test".to_owned()),
+        audience: Some("nexus".to_owned()),
+        hs256_secret_file: Some("secret".into()),
+        anonymous: Some(Vec::new()),
+        ..AuthConfig::default()
+    };
+    let access = AccessControl::load(&config, dir.path()).await.unwrap();
+    let token = |role: &str| {
+        let roles = [role.to_owned()];
+        let token = issue_hs256(
+            SECRET.as_bytes(),
+            &TokenRequest {
+                issuer: "nexus-test",
+                audience: "nexus",
+                subject: "operator",
+                roles: &roles,
+                roles_claim: "roles",
+                ttl: Duration::from_secs(60),
+                kid: None,
+            },
+        )
+        .unwrap();
+        format!("Bearer {token}")
+    };
+    setup
+        .wallet(WalletCommand::BlockRefunds { blocked: true })
+        .await;
+    let sagas = setup
+        .spawn(vec![fulfilment(1, false, Duration::ZERO)])
+        .await;
+    let api = SagaApi::new([sagas.reader().clone()], access.clone());
+    let app = CommandService::new(Arc::clone(&setup.store))
+        .with_access(access)
+        .with_routes(api.routes(), api.openapi_paths())
+        .router();
+    let send = async |method: &str, uri: &str, auth: Option<&str>, body: Option<Value>| {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, "127.0.0.1");
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        let body = match body {
+            Some(body) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(body.to_string())
+            }
+            None => Body::empty(),
+        };
+        let response = app
+            .clone()
+            .oneshot(request.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+        )
+    };
+
+    setup.place("h1", false).await;
+    setup.place("h2", true).await;
+    until_status(
+        sagas.reader(),
+        "h1",
+        SagaStatus::Completed,
+        Duration::from_secs(20),
+    )
+    .await;
+    until_status(
+        sagas.reader(),
+        "h2",
+        SagaStatus::Stuck,
+        Duration::from_secs(20),
+    )
+    .await;
+    let (h1, h2) = (instance_id(SAGA, "h1"), instance_id(SAGA, "h2"));
+    let reader = token("reader");
+    let admin = token("admin");
+
+    let (status, _) = send("GET", &format!("/sagas/{SAGA}/{h1}"), None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = send("GET", &format!("/sagas/{SAGA}/{h1}"), Some(&reader), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["steps"][0]["name"], "reserve");
+    assert_eq!(body["history"][0]["type"], "SagaStarted");
+    assert_eq!(body["history"].as_array().unwrap().len(), 8);
+
+    let (status, body) = send(
+        "GET",
+        &format!("/sagas/{SAGA}?status=stuck"),
+        Some(&reader),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(body["items"][0]["id"], json!(h2));
+    let (_, body) = send(
+        "GET",
+        &format!("/sagas/{SAGA}?limit=1"),
+        Some(&reader),
+        None,
+    )
+    .await;
+    assert_eq!(body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(body["next_offset"], 1);
+    let (_, body) = send(
+        "GET",
+        &format!("/sagas/{SAGA}?limit=1&offset=1"),
+        Some(&reader),
+        None,
+    )
+    .await;
+    assert_eq!(body["next_offset"], Value::Null);
+    for bad in [
+        "?status=asleep",
+        "?limit=0",
+        "?limit=501",
+        "?offset=1000001",
+        "?colour=red",
+    ] {
+        let (status, body) = send("GET", &format!("/sagas/{SAGA}{bad}"), Some(&reader), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let (status, _) = send(
+        "GET",
+        &format!("/sagas/{SAGA}/not-a-uuid"),
+        Some(&reader),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = send("GET", "/sagas/nope", Some(&reader), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = send(
+        "GET",
+        &format!("/sagas/{SAGA}/{}", instance_id(SAGA, "zz")),
+        Some(&reader),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Operating needs dlq:admin, which a reader lacks.
+    let (status, _) = send(
+        "POST",
+        &format!("/sagas/{SAGA}/{h2}/retry"),
+        Some(&reader),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = send(
+        "POST",
+        &format!("/sagas/{SAGA}/{h1}/retry"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a completed saga is not stuck: {body}"
+    );
+    let long = "x".repeat(1_001);
+    for reason in ["", long.as_str()] {
+        let (status, _) = send(
+            "POST",
+            &format!("/sagas/{SAGA}/{h2}/abort"),
+            Some(&admin),
+            Some(json!({"reason": reason})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    setup
+        .wallet(WalletCommand::BlockRefunds { blocked: false })
+        .await;
+    let (status, body) = send(
+        "POST",
+        &format!("/sagas/{SAGA}/{h2}/retry"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "compensating");
+    until_status(
+        sagas.reader(),
+        "h2",
+        SagaStatus::Compensated,
+        Duration::from_secs(20),
+    )
+    .await;
+    let retried = setup
+        .saga_events("h2")
+        .await
+        .into_iter()
+        .find_map(|e| match e {
+            SagaEvent::SagaRetried { actor } => Some(actor),
+            _ => None,
+        });
+    assert_eq!(
+        retried,
+        Some(Some("operator".to_owned())),
+        "the retry names who asked"
+    );
+    sagas.stop().await;
+}
+
+/// An operator's abort ends a stuck instance for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_stuck_saga_ends_and_does_nothing_more() {
+    let Some(setup) = Setup::new(Backend::Sqlite).await else {
+        return;
+    };
+    setup
+        .wallet(WalletCommand::BlockRefunds { blocked: true })
+        .await;
+    let sagas = setup
+        .spawn(vec![fulfilment(1, false, Duration::ZERO)])
+        .await;
+    setup.place("a1", true).await;
+    until_status(
+        sagas.reader(),
+        "a1",
+        SagaStatus::Stuck,
+        Duration::from_secs(20),
+    )
+    .await;
+    let id = instance_id(SAGA, "a1");
+    sagas
+        .reader()
+        .abort(&id, Some("ops".into()), "refunded by hand".into())
+        .await
+        .unwrap();
+    let doc = until_status(
+        sagas.reader(),
+        "a1",
+        SagaStatus::Aborted,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(doc["reason"], "refunded by hand");
+    setup
+        .wallet(WalletCommand::BlockRefunds { blocked: false })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        names(&setup.saga_events("a1").await).last(),
+        Some(&"SagaAborted")
+    );
+    assert!(
+        sagas
+            .reader()
+            .list(Some(SagaStatus::Stuck), 10, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    sagas.stop().await;
+}

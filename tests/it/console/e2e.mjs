@@ -18,6 +18,7 @@ const query = env('NEXUS_CONSOLE_QUERY_URL');
 const command = env('NEXUS_CONSOLE_COMMAND_URL');
 const registry = env('NEXUS_CONSOLE_REGISTRY_URL');
 const token = env('NEXUS_CONSOLE_TOKEN');
+const readerToken = env('NEXUS_CONSOLE_READER_TOKEN');
 const demo = env('NEXUS_CONSOLE_DEMO_DIR');
 const shots = env('NEXUS_CONSOLE_SCREENSHOTS');
 mkdirSync(shots, { recursive: true });
@@ -123,6 +124,14 @@ try {
     await shot('projections');
   });
 
+  await step('rebuild a projection as of now, after confirming', async () => {
+    await page.locator('tr[data-projection="orders"]').getByRole('button', { name: 'Rebuild…' }).click();
+    const dialog = page.getByRole('dialog');
+    await dialog.getByRole('button', { name: 'Rebuild' }).click();
+    await dialog.getByRole('status', { hasText: 'events applied' }).waitFor();
+    await dialog.getByRole('button', { name: 'Close' }).click();
+  });
+
   await step('force a dead letter, redrive it from the console and see it applied', async () => {
     writeFileSync(join(demo, 'courier-down'), 'down\n');
     const id = `dl-${Date.now().toString(36)}`;
@@ -173,6 +182,20 @@ try {
     await page.getByLabel('A proposed JSON Schema').fill(JSON.stringify(compatible, null, 2));
     await page.getByRole('button', { name: 'Check compatibility' }).click();
     await page.locator('form.check [data-compatible]').waitFor();
+  });
+
+  await step('a reader sees no administration actions', async () => {
+    await page.goto(`${query}/console/#/projections`);
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByLabel('Token or API key').fill(readerToken);
+    await page.getByLabel('Token or API key').press('Enter');
+    await page.locator('.who', { hasText: 'reader' }).waitFor();
+    await page.locator('tr[data-projection="orders"]').waitFor();
+    if (await page.getByRole('button', { name: 'Rebuild…' }).count()) throw new Error('a reader is offered a rebuild');
+    await page.getByRole('link', { name: 'Dead letters' }).click();
+    await page.getByRole('note').filter({ hasText: 'dlq:admin' }).waitFor();
+    if (await page.getByRole('button', { name: /Redrive/ }).count()) throw new Error('a reader is offered a redrive');
   });
 
   await step('nothing outside the services was requested and the page logged no error', async () => {

@@ -162,7 +162,7 @@ function Rebuild({ name, onClose }) {
         The live read model is not touched.
       </p>
       <label>Events recorded before <input type="datetime-local" value={until} required onInput={(e) => setUntil(e.currentTarget.value)} /></label>
-      <label>Into <input value={into} required pattern="[a-z0-9_-]{1,64}" onInput={(e) => setInto(e.currentTarget.value)} /></label>
+      <label>Into <input value={into} required pattern="[a-z0-9_\-]{1,64}" onInput={(e) => setInto(e.currentTarget.value)} /></label>
       <ErrorBox error={error} />
     </Confirm>
   );

@@ -4,7 +4,7 @@
 // between two versions (the command service's `GET /temporal/state/{aggregate}/{id}`).
 // All of it needs temporal:read; the temporal API's rate limit shows as a 429 with its wait.
 import { useEffect, useState } from 'preact/hooks';
-import { call, getConfig } from '../api.js';
+import { call, commandDoc, getConfig, servedBy } from '../api.js';
 import { canonical, jsonDiff, lineDiff } from '../diff.js';
 import { go, href } from '../route.js';
 import { ErrorBox, Json, Needs, Time, traceId, useLoad } from '../ui.jsx';
@@ -28,13 +28,7 @@ export function Streams({ route }) {
 }
 
 function AggregateTypes() {
-  const types = useLoad(async () => {
-    const doc = await call('command', '/openapi.json');
-    return Object.keys(doc.paths || {})
-      .map((path) => /^\/aggregates\/([^/{}]+)\/\{id\}$/.exec(path))
-      .filter(Boolean)
-      .map((m) => m[1]);
-  }, []);
+  const types = useLoad(async () => servedBy(await commandDoc()).aggregates, []);
   return (
     <section aria-labelledby="streams-title">
       <h1 id="streams-title">Streams</h1>
