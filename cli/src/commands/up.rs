@@ -108,6 +108,10 @@ pub(crate) struct UpArgs {
     /// With `--demo`: stop sending after this many orders (default: until Ctrl-C).
     #[arg(long, requires = "demo")]
     demo_orders: Option<u32>,
+    /// A tracing UI's trace page for the console to link events to, with `{trace_id}` where the
+    /// trace id goes (for example `http://127.0.0.1:16686/trace/{trace_id}` for Jaeger).
+    #[arg(long, value_name = "URL")]
+    trace_links: Option<String>,
     /// Print the service URLs (and demo steps) as JSON lines.
     #[arg(long)]
     json: bool,
@@ -238,6 +242,13 @@ async fn bind(args: &UpArgs, port: u16, service: &str, flag: &str) -> anyhow::Re
 
 /// Flags that contradict each other fail before anything is created on disk.
 fn validate(args: &UpArgs) -> anyhow::Result<()> {
+    if let Some(template) = &args.trace_links {
+        anyhow::ensure!(
+            template.contains("{trace_id}")
+                && (template.starts_with("http://") || template.starts_with("https://")),
+            "--trace-links must be an http(s) URL with `{{trace_id}}` where the trace id goes"
+        );
+    }
     if args.url.is_none() {
         if matches!(args.store, StoreKind::Postgres) {
             anyhow::bail!("--store postgres needs --url (or NEXUS_POSTGRES_URL)");
@@ -365,6 +376,9 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     let mut console = Console::new().command_service(&command_url);
     if let Some(url) = &registry_url {
         console = console.registry(url);
+    }
+    if let Some(template) = &args.trace_links {
+        console = console.trace_links(template);
     }
     let mut dashboard = QueryDashboard::new(runner.health())
         .with_access(access.clone())

@@ -354,12 +354,8 @@ fn delivery_span(projection: &str, event: &RecordedEvent) -> tracing::Span {
         "deliver",
         otel.name = %format_args!("process {projection}"),
         otel.kind = "consumer",
-        messaging.operation.type = "process",
         messaging.consumer.group.name = projection,
-        messaging.destination.name = event.stream.aggregate_type(),
         messaging.message.id = %event.id,
-        nexus.stream = %event.stream,
-        nexus.version = event.version,
         nexus.position = event.position,
         correlation_id = event.metadata.correlation_id.as_deref().unwrap_or_default(),
         causation_id = event.metadata.causation_id.as_deref().unwrap_or_default(),
@@ -1286,9 +1282,7 @@ fn commit_span(projection: &str, completed: &[Item]) -> tracing::Span {
         events = completed.len()
     );
     for item in traced.take(127) {
-        if let Some(traceparent) = trace::traceparent(&item.span) {
-            trace::add_link(&span, &traceparent);
-        }
+        trace::link_span(&span, &item.span);
     }
     span
 }
