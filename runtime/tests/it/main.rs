@@ -14,6 +14,8 @@ mod integration;
 mod notify;
 mod projection;
 mod saga;
+#[cfg(all(feature = "search", feature = "http"))]
+mod search;
 mod snapshot;
 mod store_contract;
 mod support;
