@@ -662,7 +662,7 @@ async fn a_crash_between_the_read_model_commit_and_the_index_commit_is_caught_up
 }
 
 /// `flag=true` matches a boolean `true` only, never the number 1, and `n=1` matches numbers
-/// only, on SQLite as on PostgreSQL (`postgres::list_filters_compare_json_types_like_sqlite`).
+/// only, on SQLite as `jsonb` equality does on PostgreSQL.
 #[tokio::test]
 async fn list_filters_tell_booleans_from_numbers_on_sqlite() {
     let fixture = fixture(RunnerOptions::default());
