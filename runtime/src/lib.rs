@@ -30,4 +30,6 @@ pub use event::{
     DomainEvent, EventEnvelope, EventId, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId,
 };
 pub use snapshot::{Snapshot, SnapshotManager, SnapshotPolicy, SnapshotStore};
-pub use store::{AppendError, AppendResult, EventStore, ExpectedVersion, ReadError, StoredPayload};
+pub use store::{
+    AppendError, AppendResult, EventStore, ExpectedVersion, PayloadRef, ReadError, StoredPayload,
+};
