@@ -27,8 +27,15 @@ use crate::commands::{Cli, Outcome};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    output::init_tracing(cli.verbose, cli.command.default_log_filter());
-    match commands::run(cli) {
+    let tracing = output::init_tracing(
+        cli.verbose,
+        cli.command.default_log_filter(),
+        cli.log_format,
+    );
+    let outcome = commands::run(cli);
+    // Export the spans still buffered before the process exits.
+    drop(tracing);
+    match outcome {
         Ok(Outcome::Clean) => ExitCode::from(0),
         Ok(Outcome::Findings) => ExitCode::from(1),
         Err(err) => {

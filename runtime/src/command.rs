@@ -15,6 +15,7 @@ use crate::aggregate::Aggregate;
 use crate::event::{EventId, Metadata, NewEvent, PayloadError, StreamId};
 use crate::snapshot::{Snapshot, SnapshotError, SnapshotStore};
 use crate::store::{AppendError, EventStore, ExpectedVersion, ReadError};
+use crate::telemetry::{live, trace};
 
 /// An aggregate's state rebuilt from the store.
 #[derive(Debug, Clone)]
@@ -355,6 +356,21 @@ pub(crate) fn decode_snapshot<A: Aggregate>(snapshot: &Snapshot) -> Option<Loade
     })
 }
 
+/// Registers the command metrics of aggregate `A` at zero, so every outcome's series exists
+/// (and `rate()` works) before the first command of that outcome.
+fn register_metrics<A: Aggregate>() {
+    for outcome in ["ok", "replayed", "rejected", "conflict", "error"] {
+        metrics::counter!("nexus_commands_total", "aggregate" => A::TYPE, "outcome" => outcome)
+            .increment(0);
+        let _registered = metrics::histogram!("nexus_command_duration_seconds", "aggregate" => A::TYPE, "outcome" => outcome);
+    }
+    metrics::counter!("nexus_events_appended_total", "aggregate" => A::TYPE).increment(0);
+    metrics::counter!("nexus_command_retries_total", "aggregate" => A::TYPE).increment(0);
+    metrics::counter!("nexus_snapshots_discarded_total", "aggregate" => A::TYPE).increment(0);
+    let _registered = metrics::histogram!("nexus_aggregate_load_seconds", "aggregate" => A::TYPE);
+    let _registered = metrics::histogram!("nexus_snapshot_load_seconds", "aggregate" => A::TYPE);
+}
+
 /// Executes commands against aggregates of type `A`: load, decide, append with the expected version.
 pub struct CommandHandler<A> {
     repository: Repository<A>,
@@ -373,6 +389,8 @@ impl<A> Clone for CommandHandler<A> {
 impl<A: Aggregate> CommandHandler<A> {
     /// A handler over `repository` with the default retry policy.
     pub fn new(repository: Repository<A>) -> Self {
+        crate::telemetry::ensure_recorder();
+        register_metrics::<A>();
         Self {
             repository,
             retry: RetryPolicy::default(),
@@ -429,9 +447,11 @@ impl<A: Aggregate> CommandHandler<A> {
         let started = Instant::now();
         let span = tracing::info_span!(
             "command",
+            otel.name = %format_args!("command {}", A::TYPE),
             aggregate = A::TYPE,
             id,
-            correlation_id = metadata.correlation_id.as_deref().unwrap_or_default()
+            correlation_id = metadata.correlation_id.as_deref().unwrap_or_default(),
+            causation_id = metadata.causation_id.as_deref().unwrap_or_default()
         );
         let result = self
             .attempt_all(id, command, metadata, options)
@@ -444,15 +464,21 @@ impl<A: Aggregate> CommandHandler<A> {
             Err(CommandError::Conflict { .. }) => "conflict",
             Err(_) => "error",
         };
+        let elapsed = started.elapsed();
         metrics::histogram!("nexus_command_duration_seconds", "aggregate" => A::TYPE, "outcome" => outcome)
-            .record(started.elapsed().as_secs_f64());
+            .record(elapsed.as_secs_f64());
         metrics::counter!("nexus_commands_total", "aggregate" => A::TYPE, "outcome" => outcome)
             .increment(1);
-        if let Ok(done) = &result
-            && !done.replayed
-        {
-            metrics::counter!("nexus_events_appended_total", "aggregate" => A::TYPE)
-                .increment(done.event_ids.len() as u64);
+        live::count(live::Series::Commands, 1);
+        live::latency(live::Latency::Command, elapsed);
+        match &result {
+            Ok(done) if !done.replayed => {
+                metrics::counter!("nexus_events_appended_total", "aggregate" => A::TYPE)
+                    .increment(done.event_ids.len() as u64);
+                live::count(live::Series::EventsAppended, done.event_ids.len() as u64);
+            }
+            Ok(_) => {}
+            Err(_) => live::count(live::Series::CommandErrors, 1),
         }
         result
     }
@@ -576,7 +602,11 @@ impl<A: Aggregate> CommandHandler<A> {
         options: &ExecuteOptions,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
         let expected = options.expected;
-        let loaded = self.repository.load(id).await?;
+        let loaded = self
+            .repository
+            .load(id)
+            .instrument(tracing::info_span!("load", aggregate = A::TYPE))
+            .await?;
         let stream = Repository::<A>::stream(id);
         if let Some(expected) = expected
             && expected != loaded.version
@@ -587,9 +617,8 @@ impl<A: Aggregate> CommandHandler<A> {
                 actual: loaded.version,
             });
         }
-        let events = loaded
-            .state
-            .handle(command)
+        let events = tracing::info_span!("decide", aggregate = A::TYPE)
+            .in_scope(|| loaded.state.handle(command))
             .map_err(CommandError::Rejected)?;
         if events.is_empty() {
             return Ok(CommandOutcome {
@@ -600,11 +629,23 @@ impl<A: Aggregate> CommandHandler<A> {
                 replayed: false,
             });
         }
+        // The events carry the append span's trace context: consumers continue from there.
+        let append = tracing::info_span!(
+            "append",
+            otel.kind = "producer",
+            aggregate = A::TYPE,
+            events = events.len()
+        );
+        let traceparent = trace::traceparent(&append);
         let batch = events
             .iter()
             .enumerate()
             .map(|(index, event)| {
-                let new = NewEvent::from_domain(event, metadata.clone())?;
+                let mut metadata = metadata.clone();
+                if traceparent.is_some() {
+                    metadata.traceparent.clone_from(&traceparent);
+                }
+                let new = NewEvent::from_domain(event, metadata)?;
                 Ok(match &options.idempotency_key {
                     Some(key) => new.with_id(idempotent_event_id(&stream, key, index)),
                     None => new,
@@ -617,6 +658,7 @@ impl<A: Aggregate> CommandHandler<A> {
             .repository
             .store
             .append(&stream, expected_version, batch)
+            .instrument(append)
             .await
         {
             Ok(appended) => Ok(CommandOutcome {

@@ -7,18 +7,22 @@
 //! default (graceful shutdown on Ctrl-C or SIGTERM).
 
 mod command;
+mod console;
 mod correlation;
+mod dead_letters;
 mod error;
 pub mod extract;
 mod health;
 mod metrics;
 mod openapi;
 mod query;
+mod saga;
 mod temporal;
 
 use axum::Router;
 
 pub use command::CommandService;
+pub use console::Console;
 pub use error::{ApiError, Cause};
 pub use extract::BodyLimits;
 pub use health::health_router;
@@ -27,6 +31,7 @@ pub use metrics::{metrics_router, prometheus};
 pub use nexus_access as access;
 pub use nexus_access::{ServeOptions, serve, serve_until, serve_with, shutdown_signal};
 pub use query::{QueryDashboard, QueryLimits};
+pub use saga::SagaApi;
 pub use temporal::TemporalApi;
 
 /// Adds what every Nexus service serves beside its own routes: `/openapi.json` (`openapi`),

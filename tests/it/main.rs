@@ -1,6 +1,8 @@
 //! End-to-end tests: each module drives the `nexus` binary as a process.
 
 mod check;
+mod console;
+mod dashboards;
 mod dlq;
 mod doctor;
 // The sample orders domain `nexus up` runs, so the fault suite can rebuild its read model.
@@ -12,6 +14,7 @@ mod doctor;
 #[path = "../../templates/project/crates/events/src/lib.rs"]
 mod events;
 mod faults;
+mod metrics;
 mod new;
 mod openapi_conformance;
 #[allow(
@@ -24,4 +27,5 @@ mod projection;
 mod registry;
 mod replay;
 mod support;
+mod traces;
 mod up;

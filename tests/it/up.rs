@@ -24,7 +24,13 @@ pub(crate) struct Up {
 
 impl Up {
     pub(crate) fn start(data: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data, extra, &[])
+    }
+
+    /// Like [`Up::start`], with extra environment variables.
+    pub(crate) fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(nexus_bin())
+            .envs(env.iter().copied())
             .args([
                 "up",
                 "--json",
@@ -113,6 +119,17 @@ pub(crate) fn http(
     headers: &[(&str, &str)],
     body: Option<Value>,
 ) -> (u16, Value) {
+    let (status, _, body) = http_with_headers(method, url, headers, body);
+    (status, body)
+}
+
+/// Like [`http`], also returning the response headers (names in lower case).
+pub(crate) fn http_with_headers(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> (u16, std::collections::BTreeMap<String, String>, Value) {
     let rest = url.strip_prefix("http://").expect("an http URL");
     let (host, path) = rest
         .split_once('/')
@@ -148,8 +165,15 @@ pub(crate) fn http(
     } else {
         body
     };
+    let response_headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
     (
         status,
+        response_headers,
         serde_json::from_str(json_body).unwrap_or(Value::Null),
     )
 }
@@ -424,7 +448,7 @@ fn up_runs_on_postgres_and_nats_and_keeps_its_read_models_in_postgres() {
 }
 
 /// Deletes a JetStream stream a test created.
-fn drop_stream(url: &str, name: &str) {
+pub(crate) fn drop_stream(url: &str, name: &str) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -17,6 +17,9 @@ pub(crate) enum BenchCommand {
     Check(super::bench_check::BenchCheckArgs),
     /// Time registry reads and a compatibility check against 100 versions on loopback.
     Registry(super::bench_registry::BenchRegistryArgs),
+    /// Sagas: concurrent three-step sagas per backend, step and status-query latency, overdue
+    /// deadlines after a restart.
+    Saga(super::bench_saga::SagaArgs),
     /// Event store: append throughput and latency, rehydration, reads, change-data-capture latency.
     Store(super::bench_store::StoreArgs),
     /// Temporal reads: a 10k-event time range, state as of a version, paging by continuation.
@@ -30,6 +33,7 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
         BenchCommand::Check(args) => super::bench_check::run(args),
         BenchCommand::Http(args) => super::bench_http::run(args),
         BenchCommand::Registry(args) => super::bench_registry::run(args),
+        BenchCommand::Saga(args) => super::bench_saga::run(args),
         BenchCommand::Store(args) => super::bench_store::run(args),
         BenchCommand::Temporal(args) => super::bench_temporal::run(args),
     }

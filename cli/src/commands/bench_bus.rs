@@ -57,6 +57,10 @@ pub(crate) struct BusArgs {
     /// Print JSON (the default output is a short summary).
     #[arg(long)]
     json: bool,
+    /// Measure what tracing export costs instead: throughput with OpenTelemetry export off and
+    /// on (to an OTLP receiver in this process), alternating; exit code 1 above 10 %.
+    #[arg(long)]
+    tracing_overhead: bool,
 }
 
 /// The writer half of `nexus bench bus --cross-process`: appends at a steady rate to the
@@ -168,6 +172,9 @@ impl Projection for Tally {
 }
 
 pub(crate) fn run(args: BusArgs) -> anyhow::Result<Outcome> {
+    if args.tracing_overhead {
+        return super::bench_tracing::run(super::bench_tracing::Workload::Projection, args.json);
+    }
     anyhow::ensure!(
         args.rate > 0 && args.duration > 0,
         "--rate and --duration must be positive"

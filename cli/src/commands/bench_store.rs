@@ -72,12 +72,19 @@ pub(crate) struct StoreArgs {
     /// Print JSON (the default output is a short summary).
     #[arg(long)]
     json: bool,
+    /// Measure what tracing export costs instead: throughput with OpenTelemetry export off and
+    /// on (to an OTLP receiver in this process), alternating; exit code 1 above 10 %.
+    #[arg(long)]
+    tracing_overhead: bool,
 }
 
 /// Resident memory the soak run must stay under, in MiB.
 const SOAK_RSS_LIMIT_MB: f64 = 80.0;
 
 pub(crate) fn run(args: StoreArgs) -> anyhow::Result<Outcome> {
+    if args.tracing_overhead {
+        return super::bench_tracing::run(super::bench_tracing::Workload::Commands, args.json);
+    }
     if args.soak {
         return run_soak(&args);
     }

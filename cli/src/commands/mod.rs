@@ -6,8 +6,10 @@ pub(crate) mod bench_bus;
 pub(crate) mod bench_check;
 pub(crate) mod bench_http;
 pub(crate) mod bench_registry;
+pub(crate) mod bench_saga;
 pub(crate) mod bench_store;
 pub(crate) mod bench_temporal;
+pub(crate) mod bench_tracing;
 pub(crate) mod check;
 pub(crate) mod completions;
 pub(crate) mod dlq;
@@ -16,9 +18,12 @@ pub(crate) mod new;
 pub(crate) mod registry;
 pub(crate) mod replay;
 pub(crate) mod rules;
+pub(crate) mod saga;
 pub(crate) mod schema;
 pub(crate) mod token;
+pub(crate) mod top;
 pub(crate) mod up;
+pub(crate) mod up_demo;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +37,9 @@ pub(crate) struct Cli {
     /// More log output on stderr (-v info, -vv debug); `RUST_LOG` overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
+    /// How log lines on stderr are written: text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = crate::output::LogFormat::Text)]
+    pub(crate) log_format: crate::output::LogFormat,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -61,9 +69,13 @@ pub(crate) enum Command {
     Replay(replay::ReplayCommand),
     /// List, inspect and redrive a projection's dead letters.
     Dlq(dlq::DlqArgs),
+    /// List and inspect saga instances; retry or abort stuck ones.
+    Saga(saga::SagaArgs),
     /// Issue development tokens and API keys for the services' access control.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Watch a running system's rates, latencies, lags and dead letters from its `/metrics`.
+    Top(top::TopArgs),
     /// Check this machine: Rust toolchain, servers, free ports, the data folder.
     Doctor(doctor::DoctorArgs),
     /// Print a shell completion script for `nexus`.
@@ -101,7 +113,9 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Schema(command) => schema::run(command),
         Command::Replay(command) => replay::run(command),
         Command::Dlq(args) => dlq::run(args),
+        Command::Saga(args) => saga::run(args),
         Command::Token(command) => token::run(command),
+        Command::Top(args) => top::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Completions(args) => completions::run(args),
     }

@@ -18,7 +18,7 @@ use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
 use nexus_runtime::http::access::OriginPolicy;
 use nexus_runtime::http::{
-    CommandService, QueryDashboard, TemporalApi, serve_until, shutdown_signal,
+    CommandService, Console, QueryDashboard, TemporalApi, serve_until, shutdown_signal,
 };
 use nexus_runtime::projection::{ProjectionRunner, ReadModels};
 use nexus_runtime::snapshot::embedded::EmbeddedSnapshotStore;
@@ -106,6 +106,10 @@ pub(crate) struct UpArgs {
     /// With `--demo`: stop sending after this many orders (default: until Ctrl-C).
     #[arg(long, requires = "demo")]
     demo_orders: Option<u32>,
+    /// A tracing UI's trace page for the console to link events to, with `{trace_id}` where the
+    /// trace id goes (for example `http://127.0.0.1:16686/trace/{trace_id}` for Jaeger).
+    #[arg(long, value_name = "URL")]
+    trace_links: Option<String>,
     /// Print the service URLs (and demo steps) as JSON lines.
     #[arg(long)]
     json: bool,
@@ -236,6 +240,13 @@ async fn bind(args: &UpArgs, port: u16, service: &str, flag: &str) -> anyhow::Re
 
 /// Flags that contradict each other fail before anything is created on disk.
 fn validate(args: &UpArgs) -> anyhow::Result<()> {
+    if let Some(template) = &args.trace_links {
+        anyhow::ensure!(
+            template.contains("{trace_id}")
+                && (template.starts_with("http://") || template.starts_with("https://")),
+            "--trace-links must be an http(s) URL with `{{trace_id}}` where the trace id goes"
+        );
+    }
     if args.url.is_none() {
         if matches!(args.store, StoreKind::Postgres) {
             anyhow::bail!("--store postgres needs --url (or NEXUS_POSTGRES_URL)");
@@ -315,22 +326,63 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     let temporal = temporal_api(&args, &snapshots, &access)
         .await?
         .projection(Arc::new(OrderSummaries), read_models.clone());
+    // The console, served by the dashboard, calls the command service and the registry from
+    // the dashboard's origin: those two let its pages write and read, nothing else changes.
+    let query_addr = query_listener.local_addr()?;
+    let console_origins = console_origins(query_addr);
+    let service_origins = |base: OriginPolicy| {
+        console_origins
+            .iter()
+            .fold(args.origins.policy(base), OriginPolicy::allow_origin)
+    };
     let commands = CommandService::new(Arc::clone(&store))
         .with_snapshots(Arc::clone(&snapshots))
         .with_access(access.clone())
         .aggregate::<Order>()
         .with_routes(temporal.command_routes(), temporal.command_openapi())
-        .with_origin_policy(args.origins.policy(OriginPolicy::new()))
+        .with_origin_policy(service_origins(OriginPolicy::new()))
         .router();
 
     // The query side: the projection reads the bus, never the command service.
-    let runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models);
+    let mut runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models);
+    if args.demo {
+        runner = runner.with_options(super::up_demo::runner_options());
+    }
     let orders = runner
         .spawn(OrderSummaries)
         .context("failed to open the orders read model")?;
-    let dashboard = QueryDashboard::new(runner.health())
+    let shipments = if args.demo {
+        let folder = args.data_dir.join("demo");
+        std::fs::create_dir_all(&folder)
+            .with_context(|| format!("failed to create {}", folder.display()))?;
+        Some(
+            runner
+                .spawn(super::up_demo::Shipments::new(folder))
+                .context("failed to open the shipments read model")?,
+        )
+    } else {
+        None
+    };
+    let command_url = format!("http://{}", command_listener.local_addr()?);
+    let registry_url = match &registry_listener {
+        Some(listener) => Some(format!("http://{}", listener.local_addr()?)),
+        None => None,
+    };
+    let mut console = Console::new().command_service(&command_url);
+    if let Some(url) = &registry_url {
+        console = console.registry(url);
+    }
+    if let Some(template) = &args.trace_links {
+        console = console.trace_links(template);
+    }
+    let mut dashboard = QueryDashboard::new(runner.health())
         .with_access(access.clone())
         .read_model(&orders)
+        .with_console(console);
+    if let Some(shipments) = &shipments {
+        dashboard = dashboard.read_model(shipments);
+    }
+    let dashboard = dashboard
         .with_routes(temporal.dashboard_routes(), temporal.dashboard_openapi())
         .with_origin_policy(args.origins.policy(OriginPolicy::new()))
         .router();
@@ -339,8 +391,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     let until_stopped = move |mut stopped: watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let command_url = format!("http://{}", command_listener.local_addr()?);
-    let query_url = format!("http://{}", query_listener.local_addr()?);
+    let query_url = format!("http://{query_addr}");
     let mut servers: Vec<(&str, JoinHandle<std::io::Result<()>>)> = vec![
         (
             "command service",
@@ -359,9 +410,8 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
             )),
         ),
     ];
-    let registry_url = match registry_listener {
-        Some(listener) => {
-            let url = format!("http://{}", listener.local_addr()?);
+    let registry_url = match (registry_listener, registry_url) {
+        (Some(listener), Some(url)) => {
             let spec = match (&args.store, &args.url) {
                 (StoreKind::Postgres, Some(url)) => url.clone(),
                 _ => format!("sqlite:{}", args.data_dir.join("registry.db").display()),
@@ -371,9 +421,9 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
                 storage,
                 nexus_schema_registry::server::Options {
                     access: Some(access.clone()),
-                    origins: args
-                        .origins
-                        .policy(nexus_schema_registry::server::Options::default().origins),
+                    origins: service_origins(
+                        nexus_schema_registry::server::Options::default().origins,
+                    ),
                     ..nexus_schema_registry::server::Options::default()
                 },
             );
@@ -387,7 +437,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
             ));
             Some(url)
         }
-        None => None,
+        _ => None,
     };
 
     // The sample's event schemas, so producers, consumers and `nexus check --registry` find them.
@@ -444,6 +494,9 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     }
     let checkpoint = orders.read_model().checkpoint().await.ok().flatten();
     orders.stop().await;
+    if let Some(shipments) = shipments {
+        shipments.stop().await;
+    }
     let snapshots_taken = manager.snapshots_taken();
     manager.stop().await;
     let head = store.head().await.map(|h| h.position).unwrap_or_default();
@@ -468,6 +521,22 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         Some((name, message)) => Err(anyhow::anyhow!("the {name} failed: {message}")),
         None => Ok(Outcome::Clean),
     }
+}
+
+/// The origins the console's pages have when the dashboard listens on `addr`: that address,
+/// and on loopback also the other loopback names a browser may be pointed at.
+fn console_origins(addr: SocketAddr) -> Vec<String> {
+    let port = addr.port();
+    let mut origins = vec![format!("http://{addr}")];
+    if addr.ip().is_loopback() {
+        for host in ["localhost", "127.0.0.1", "[::1]"] {
+            let origin = format!("http://{host}:{port}");
+            if !origins.contains(&origin) {
+                origins.push(origin);
+            }
+        }
+    }
+    origins
 }
 
 /// Waits for the first server task that ends on its own (which only happens on failure).
@@ -506,7 +575,9 @@ fn announce(
                 "bus": bus,
                 "command_service": command_url,
                 "query_dashboard": query_url,
+                "console": format!("{query_url}/console"),
                 "schema_registry": registry_url,
+                "metrics": format!("{command_url}/metrics"),
                 "registered_subjects": subjects,
                 "registration_error": registration_error,
                 "dev_signing_key": args.auth.auth.is_none().then(|| super::auth::dev_key_path(&args.data_dir)),
@@ -514,14 +585,24 @@ fn announce(
             .to_string(),
         );
     }
+    let tracing = match std::env::var(nexus_runtime::telemetry::otel::ENDPOINT_VAR) {
+        Ok(endpoint) if !endpoint.trim().is_empty() => format!(
+            "\n  traces           exported over OTLP to {}",
+            output::redact_url(&endpoint)
+        ),
+        _ => String::new(),
+    };
     let mut text = format!(
         "nexus up: the orders reference system on the {store}, {bus}\n\
          \x20 command service  {command_url}  POST /commands/order/{{id}} · /openapi.json · /metrics\n\
-         \x20 query dashboard  {query_url}  /read-models/orders/orders · /health · /openapi.json\n"
+         \x20 query dashboard  {query_url}  /read-models/orders/orders · /health · /openapi.json · /metrics\n\
+         \x20 console          {query_url}/console\n\
+         \x20 metrics          {command_url}/metrics (Prometheus; every service of this process, so scrape one)\n\
+         \x20                  watch it live: nexus top {command_url}{tracing}\n"
     );
     if let Some(url) = registry_url {
         text.push_str(&format!(
-            "  schema registry  {url}  /subjects · /openapi.json\n"
+            "  schema registry  {url}  /subjects · /openapi.json · /metrics\n"
         ));
         match registration_error {
             Some(err) => text.push_str(&format!(

@@ -16,6 +16,14 @@
 //!
 //! Requests without `Host`, `Origin` or `Sec-Fetch-Site` come from programs, not browsers, and
 //! pass: the guard is about browsers; credentials are [`AccessControl`](crate::AccessControl)'s.
+//!
+//! Pages of a configured origin (not merely the same origin) may also *read* the answers
+//! (CORS): the guard answers their preflight requests itself (204 with the methods and
+//! request headers the services take) and adds `Access-Control-Allow-Origin` for them to every
+//! answer, refusals included. That is how the console, served by the query dashboard, calls the
+//! command service and the registry on other ports; other origins get no CORS headers, so a
+//! browser keeps their pages from reading anything. No cookies are involved: callers send
+//! their credential in `Authorization`, which the page must hold to send.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -85,6 +93,16 @@ impl OriginPolicy {
     pub fn style(mut self, style: ErrorStyle) -> Self {
         self.style = style;
         self
+    }
+
+    /// The configured origin a browser request comes from (for CORS), if any.
+    fn cors_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        let origin = headers.get(header::ORIGIN)?;
+        let text = text(origin).to_ascii_lowercase();
+        self.origins
+            .iter()
+            .any(|o| o == "*" || *o == text)
+            .then(|| origin.clone())
     }
 
     /// The tower layer enforcing this policy.
@@ -342,14 +360,83 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        let cors = self.policy.cors_origin(request.headers());
+        let preflight = request.method() == Method::OPTIONS
+            && request
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
         match self.policy.check(&request) {
-            Ok(()) => Box::pin(self.inner.call(request)),
+            Ok(()) => match cors {
+                Some(origin) if preflight => {
+                    Box::pin(std::future::ready(Ok(preflight_response(origin))))
+                }
+                Some(origin) => {
+                    let answer = self.inner.call(request);
+                    Box::pin(async move {
+                        let mut response = answer.await?;
+                        allow_reading(response.headers_mut(), origin);
+                        Ok(response)
+                    })
+                }
+                None => Box::pin(self.inner.call(request)),
+            },
             Err(rejection) => {
                 tracing::info!(%rejection, "request refused by the origin policy");
-                Box::pin(std::future::ready(Ok(rejection.into_response())))
+                let mut response = rejection.into_response();
+                if let Some(origin) = cors {
+                    allow_reading(response.headers_mut(), origin);
+                }
+                Box::pin(std::future::ready(Ok(response)))
             }
         }
     }
+}
+
+/// Methods a configured origin's pages may send.
+const CORS_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE";
+/// Request headers they may send: credentials, JSON bodies, versions, idempotency and tracing.
+const CORS_REQUEST_HEADERS: &str = "authorization, content-type, if-match, idempotency-key, \
+     x-api-key, x-correlation-id, x-causation-id, traceparent, tracestate";
+/// Response headers they may read besides the simple ones.
+const CORS_EXPOSED_HEADERS: &str =
+    "etag, location, retry-after, x-correlation-id, idempotent-replayed, www-authenticate";
+/// How long a browser may cache a preflight answer, in seconds.
+const CORS_MAX_AGE: &str = "600";
+
+/// The answer to a configured origin's preflight request.
+fn preflight_response(origin: HeaderValue) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(CORS_METHODS),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(CORS_REQUEST_HEADERS),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static(CORS_MAX_AGE),
+    );
+    headers.append(
+        header::VARY,
+        HeaderValue::from_static(
+            "origin, access-control-request-method, access-control-request-headers",
+        ),
+    );
+    response
+}
+
+/// Lets a configured origin's page read `headers`' response.
+fn allow_reading(headers: &mut HeaderMap, origin: HeaderValue) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(CORS_EXPOSED_HEADERS),
+    );
+    headers.append(header::VARY, HeaderValue::from_static("origin"));
 }
 
 #[cfg(test)]
@@ -439,6 +526,74 @@ mod tests {
             ("upgrade", "websocket"),
         ];
         assert_eq!(code(&policy, Method::GET, &upgrade), "cross_site");
+    }
+
+    async fn answer(
+        policy: OriginPolicy,
+        request: axum::http::Request<axum::body::Body>,
+    ) -> Response {
+        let router = axum::Router::new()
+            .route(
+                "/x",
+                axum::routing::get(|| async { "read" }).post(|| async { "written" }),
+            )
+            .layer(policy.layer());
+        tower::ServiceExt::oneshot(router, request).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn configured_origins_may_read_answers_and_get_their_preflights_answered() {
+        let policy = OriginPolicy::new().allow_origin("http://127.0.0.1:8081");
+        let request = |method: &str, origin: &str| {
+            axum::http::Request::builder()
+                .method(method)
+                .uri("/x")
+                .header("host", "127.0.0.1:8080")
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let preflight = answer(policy.clone(), request("OPTIONS", "http://127.0.0.1:8081")).await;
+        assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
+        let allowed = |r: &Response, name: header::HeaderName| {
+            r.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            allowed(&preflight, header::ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
+            Some("http://127.0.0.1:8081")
+        );
+        assert!(
+            allowed(&preflight, header::ACCESS_CONTROL_ALLOW_HEADERS)
+                .unwrap()
+                .contains("authorization")
+        );
+        let read = answer(policy.clone(), request("GET", "http://127.0.0.1:8081")).await;
+        assert_eq!(read.status(), StatusCode::OK);
+        assert_eq!(
+            allowed(&read, header::ACCESS_CONTROL_ALLOW_ORIGIN).as_deref(),
+            Some("http://127.0.0.1:8081")
+        );
+        assert!(
+            allowed(&read, header::ACCESS_CONTROL_EXPOSE_HEADERS)
+                .unwrap()
+                .contains("retry-after")
+        );
+
+        // Another origin: no preflight answer, no CORS header (the browser hides the answer),
+        // and its writes are still refused.
+        let foreign = answer(policy.clone(), request("OPTIONS", "http://evil.example")).await;
+        assert_eq!(foreign.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(allowed(&foreign, header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+        let foreign = answer(policy.clone(), request("GET", "http://evil.example")).await;
+        assert!(allowed(&foreign, header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+        let foreign = answer(policy.clone(), request("POST", "http://evil.example")).await;
+        assert_eq!(foreign.status(), StatusCode::FORBIDDEN);
+        // The same origin needs no CORS: its page reads anyway.
+        let same = answer(policy, request("GET", "http://127.0.0.1:8080")).await;
+        assert!(allowed(&same, header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
     }
 
     #[test]

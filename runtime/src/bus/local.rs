@@ -45,6 +45,7 @@ impl std::fmt::Debug for InProcessBus {
 impl InProcessBus {
     /// A bus over `store`.
     pub fn new(store: Arc<dyn EventStore>) -> Self {
+        crate::telemetry::ensure_recorder();
         let (grown, _) = watch::channel(0);
         Self {
             tail: Arc::new(Tail {
@@ -141,6 +142,7 @@ struct LocalConsumer {
     buffer: VecDeque<RecordedEvent>,
     changes: watch::Receiver<u64>,
     retry: Duration,
+    delivered: metrics::Counter,
 }
 
 impl LocalConsumer {
@@ -214,6 +216,7 @@ fn bus_error(err: ReadError) -> BusError {
 impl BusConsumer for LocalConsumer {
     async fn next(&mut self) -> Result<Delivery, BusError> {
         let event = self.next_event().await.map_err(bus_error)?;
+        self.delivered.increment(1);
         Ok(Delivery::unacknowledged(event))
     }
 }
@@ -226,10 +229,13 @@ impl EventBus for InProcessBus {
 
     async fn consumer(
         &self,
-        _consumer: &str,
+        consumer: &str,
         from: LogPosition,
     ) -> Result<Box<dyn BusConsumer>, BusError> {
+        let delivered = metrics::counter!("nexus_bus_delivered_total", "bus" => "inprocess", "consumer" => consumer.to_owned());
+        delivered.increment(0);
         Ok(Box::new(LocalConsumer {
+            delivered,
             changes: self.tail.store.changes(),
             tail: Arc::clone(&self.tail),
             after: from,

@@ -87,6 +87,7 @@ fn token(text: &str) -> String {
 impl JetStreamBus {
     /// Connects to `url` and creates the stream if it does not exist.
     pub async fn connect(url: &str, options: NatsOptions) -> Result<Self, BusError> {
+        crate::telemetry::ensure_recorder();
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
@@ -116,6 +117,7 @@ impl JetStreamBus {
     /// Publishing an event again within the duplicate window is acknowledged as a duplicate
     /// and stores nothing.
     pub async fn publish(&self, events: &[RecordedEvent]) -> Result<(), BusError> {
+        let started = std::time::Instant::now();
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
             let subject = format!(
@@ -127,6 +129,10 @@ impl JetStreamBus {
             let payload = serde_json::to_vec(event).map_err(|e| BusError::Backend(Box::new(e)))?;
             let mut headers = HeaderMap::new();
             headers.insert(header::NATS_MESSAGE_ID, event.id.to_string().as_str());
+            // The producer's trace context, for tools that read it from the message headers.
+            if let Some(traceparent) = &event.metadata.traceparent {
+                headers.insert("traceparent", traceparent.as_str());
+            }
             let ack = self
                 .context
                 .publish_with_headers(subject, headers, payload.into())
@@ -137,6 +143,10 @@ impl JetStreamBus {
         for ack in acks {
             ack.await.map_err(unavailable)?;
         }
+        metrics::counter!("nexus_bus_published_total", "bus" => "nats")
+            .increment(events.len() as u64);
+        metrics::histogram!("nexus_bus_publish_seconds", "bus" => "nats")
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -184,6 +194,8 @@ impl Acker for NatsAcker {
 struct NatsConsumer {
     consumer: consumer::PullConsumer,
     messages: Option<consumer::pull::Stream>,
+    delivered: metrics::Counter,
+    pending: metrics::Gauge,
 }
 
 #[async_trait]
@@ -196,7 +208,12 @@ impl BusConsumer for NatsConsumer {
             let messages = self.messages.as_mut().expect("opened just above");
             match messages.next().await {
                 Some(Ok(message)) => {
-                    let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+                    let (sequence, pending) = message
+                        .info()
+                        .map(|i| (i.stream_sequence, i.pending))
+                        .unwrap_or((0, 0));
+                    self.delivered.increment(1);
+                    self.pending.set(pending as f64);
                     let event: RecordedEvent = match serde_json::from_slice(&message.payload) {
                         Ok(event) => event,
                         Err(err) => {
@@ -239,6 +256,11 @@ impl EventBus for JetStreamBus {
         _from: LogPosition,
     ) -> Result<Box<dyn BusConsumer>, BusError> {
         let name = token(consumer);
+        let delivered = metrics::counter!("nexus_bus_delivered_total", "bus" => "nats", "consumer" => name.clone());
+        delivered.increment(0);
+        let pending = metrics::gauge!("nexus_bus_pending_messages", "bus" => "nats", "consumer" => name.clone());
+        metrics::counter!("nexus_bus_published_total", "bus" => "nats").increment(0);
+        let _registered = metrics::histogram!("nexus_bus_publish_seconds", "bus" => "nats");
         let consumer = self
             .stream
             .get_or_create_consumer(
@@ -257,6 +279,8 @@ impl EventBus for JetStreamBus {
         Ok(Box::new(NatsConsumer {
             consumer,
             messages: None,
+            delivered,
+            pending,
         }))
     }
 }

@@ -15,6 +15,8 @@ use super::nats::JetStreamBus;
 use crate::checkpoint::CheckpointStore;
 use crate::event::LogPosition;
 use crate::store::{EventStore, subscribe};
+use crate::telemetry::trace;
+use tracing::Instrument;
 
 /// Events published per JetStream round.
 const BATCH: usize = 512;
@@ -35,6 +37,7 @@ impl Relay {
         bus: JetStreamBus,
         checkpoints: Arc<dyn CheckpointStore>,
     ) -> Self {
+        crate::telemetry::ensure_recorder();
         Self {
             name: name.into(),
             store,
@@ -103,6 +106,18 @@ impl Relay {
                 }
             }
         };
+        let published =
+            metrics::counter!("nexus_relay_published_total", "relay" => self.name.clone());
+        published.increment(0);
+        let failures =
+            metrics::counter!("nexus_relay_failures_total", "relay" => self.name.clone());
+        failures.increment(0);
+        metrics::counter!("nexus_relay_republished_total", "relay" => self.name.clone())
+            .increment(0);
+        let publish_seconds =
+            metrics::histogram!("nexus_relay_publish_seconds", "relay" => self.name.clone());
+        let lag = metrics::gauge!("nexus_relay_lag_seconds", "relay" => self.name.clone());
+        lag.set(0.0);
         let mut subscription = subscribe(Arc::clone(&self.store), start);
         let mut pending = Vec::new();
         loop {
@@ -125,24 +140,29 @@ impl Relay {
                     }
                 }
             }
+            // Lag is the age of the oldest event not yet published: the head of this batch
+            // while it is (re)tried, 0 once the relay has published everything it has read.
+            if let Some(oldest) = pending.first() {
+                let age = (chrono::Utc::now() - oldest.recorded_at)
+                    .num_milliseconds()
+                    .max(0);
+                lag.set(age as f64 / 1000.0);
+            }
             let started = Instant::now();
-            match self.bus.publish(&pending).await {
+            match self
+                .bus
+                .publish(&pending)
+                .instrument(publish_span(&self.name, &pending))
+                .await
+            {
                 Ok(()) => {
                     let last = pending
                         .last()
                         .expect("a batch is never empty")
                         .log_position();
-                    metrics::counter!("nexus_relay_published_total", "relay" => self.name.clone())
-                        .increment(pending.len() as u64);
-                    metrics::histogram!("nexus_relay_publish_seconds", "relay" => self.name.clone())
-                        .record(started.elapsed().as_secs_f64());
-                    if let Some(oldest) = pending.first() {
-                        let lag = (chrono::Utc::now() - oldest.recorded_at)
-                            .num_milliseconds()
-                            .max(0);
-                        metrics::gauge!("nexus_relay_lag_seconds", "relay" => self.name.clone())
-                            .set(lag as f64 / 1000.0);
-                    }
+                    published.increment(pending.len() as u64);
+                    publish_seconds.record(started.elapsed().as_secs_f64());
+                    lag.set(0.0);
                     pending.clear();
                     backoff = Duration::from_millis(50);
                     if let Err(err) = self.checkpoints.save(&self.name, last).await {
@@ -151,8 +171,7 @@ impl Relay {
                     }
                 }
                 Err(err) => {
-                    metrics::counter!("nexus_relay_failures_total", "relay" => self.name.clone())
-                        .increment(1);
+                    failures.increment(1);
                     tracing::warn!(error = %err, relay = %self.name, events = pending.len(), "publish failed; retrying");
                     tokio::select! {
                         _ = &mut stopped => return,
@@ -163,6 +182,30 @@ impl Relay {
             }
         }
     }
+}
+
+/// The span of one publish (an OpenTelemetry producer `send` span): a trace of its own, linked
+/// to the context each event was appended under (at most 128 links), since one publish carries
+/// the events of many requests.
+fn publish_span(relay: &str, events: &[crate::event::RecordedEvent]) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "publish",
+        otel.name = "send nexus",
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.batch.message_count = events.len(),
+        nexus.relay = relay,
+    );
+    for traceparent in events
+        .iter()
+        .filter_map(|e| e.metadata.traceparent.as_deref())
+        .take(128)
+    {
+        trace::add_link(&span, traceparent);
+    }
+    span
 }
 
 /// Controls a running relay.

@@ -22,7 +22,9 @@ use serde_json::{Value, json};
 use nexus_access::{AccessControl, Permission};
 
 use super::access::OriginPolicy;
-use super::correlation::{CORRELATION_ID, MAX_ID_LEN, TRACEPARENT, trace_id, valid_id};
+use super::correlation::{
+    CAUSATION_ID, CORRELATION_ID, MAX_ID_LEN, TRACEPARENT, trace_id, valid_id,
+};
 use super::error::ApiError;
 use super::extract::{BodyLimits, JsonBody, Path};
 use super::openapi::OpenApi;
@@ -35,7 +37,6 @@ use crate::{
 };
 
 /// Header carrying the id of the message that caused the command.
-const CAUSATION_ID: &str = "x-causation-id";
 /// Header making a command safe to send again.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Header set on the answer to a repeated idempotent command.
@@ -75,6 +76,7 @@ impl std::fmt::Debug for CommandService {
 impl CommandService {
     /// A service appending to `store`, with no aggregates yet.
     pub fn new(store: Arc<dyn EventStore>) -> Self {
+        crate::telemetry::ensure_recorder();
         Self {
             store,
             snapshots: None,

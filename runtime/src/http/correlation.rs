@@ -2,21 +2,32 @@
 //! its `traceparent`, else a new UUIDv7. The request runs in a `tracing` span carrying it (so
 //! a 5xx cause is logged under it), the command path stores it in the events' metadata, and
 //! the response returns it in `x-correlation-id` for the caller to quote.
+//!
+//! The same span is the request's OpenTelemetry server span (`{method} {route}`): it continues
+//! the caller's W3C `traceparent`/`tracestate`, and the response returns the span's own
+//! `traceparent` (or, with tracing off, the caller's unchanged).
 
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
 use crate::event::EventId;
+use crate::telemetry::trace;
 
 /// Header carrying the correlation id in and out.
 pub(crate) const CORRELATION_ID: &str = "x-correlation-id";
 /// The W3C trace context header.
 pub(crate) const TRACEPARENT: &str = "traceparent";
+/// The W3C trace state header, passed on with `traceparent`.
+pub(crate) const TRACESTATE: &str = "tracestate";
+/// The causation id header.
+pub(crate) const CAUSATION_ID: &str = "x-causation-id";
 /// Longest correlation or causation id accepted.
 pub(crate) const MAX_ID_LEN: usize = 128;
+/// Longest `tracestate` passed on (W3C: 32 members; 512 bytes is what vendors propagate).
+const MAX_TRACESTATE_LEN: usize = 512;
 
 tokio::task_local! {
     /// The correlation id of the request this task is answering.
@@ -53,21 +64,77 @@ pub(crate) async fn correlate(mut request: Request, next: Next) -> Response {
             id
         }
     };
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let method = request.method().as_str();
     let span = tracing::info_span!(
         "http_request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = route,
+        url.path = request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
         correlation_id = %id,
-        method = %request.method(),
-        path = %request.uri().path(),
+        causation_id = tracing::field::Empty,
     );
+    if let Some(causation) = request
+        .headers()
+        .get(CAUSATION_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_id(v, MAX_ID_LEN))
+    {
+        span.record("causation_id", causation);
+    }
+    // W3C trace context in: the request's span continues the caller's trace.
+    let incoming = incoming_trace_context(request.headers());
+    if let Some((traceparent, tracestate)) = &incoming {
+        trace::set_parent(&span, traceparent, tracestate.as_deref());
+    }
     let mut response = CURRENT
-        .scope(id.as_str().into(), next.run(request).instrument(span))
+        .scope(
+            id.as_str().into(),
+            next.run(request).instrument(span.clone()),
+        )
         .await;
-    if !response.headers().contains_key(CORRELATION_ID)
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+    // And out: this request's span when it is traced, else the caller's context unchanged.
+    let outgoing = trace::headers(&span).or(incoming);
+    let headers = response.headers_mut();
+    if let Some((traceparent, tracestate)) = outgoing {
+        if let Ok(value) = HeaderValue::from_str(&traceparent) {
+            headers.insert(TRACEPARENT, value);
+        }
+        if let Some(value) = tracestate.and_then(|s| HeaderValue::from_str(&s).ok()) {
+            headers.insert(TRACESTATE, value);
+        }
+    }
+    if !headers.contains_key(CORRELATION_ID)
         && let Ok(value) = HeaderValue::from_str(&id)
     {
-        response.headers_mut().insert(CORRELATION_ID, value);
+        headers.insert(CORRELATION_ID, value);
     }
     response
+}
+
+/// A request's valid `traceparent` and its `tracestate` (at most 512 bytes, as W3C allows
+/// implementations to cut it), or `None`.
+fn incoming_trace_context(headers: &axum::http::HeaderMap) -> Option<(String, Option<String>)> {
+    let traceparent = headers.get(TRACEPARENT)?.to_str().ok()?.trim();
+    trace_id(traceparent)?;
+    let tracestate = headers
+        .get(TRACESTATE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= MAX_TRACESTATE_LEN && v.is_ascii())
+        .map(str::to_owned);
+    Some((traceparent.to_owned(), tracestate))
 }
 
 /// Whether `id` is 1 to `max` visible ASCII characters.

@@ -10,10 +10,10 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Quantiles every histogram is summarised by.
-const QUANTILES: [f64; 6] = [0.5, 0.9, 0.95, 0.99, 0.999, 1.0];
+use crate::telemetry::catalogue::LATENCY_BUCKETS;
+use crate::telemetry::{CATALOGUE, MetricKind};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -23,19 +23,50 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 /// route then answers 501 and the application exports metrics its own way.
 pub fn prometheus() -> Option<PrometheusHandle> {
     HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_quantiles(&QUANTILES)
-                .unwrap_or_else(|_| PrometheusBuilder::new());
-            match builder.install_recorder() {
-                Ok(handle) => Some(handle),
-                Err(err) => {
-                    tracing::warn!(%err, "another metrics recorder is installed; /metrics is off");
-                    None
-                }
+        .get_or_init(|| match builder().install_recorder() {
+            Ok(handle) => {
+                describe();
+                Some(handle)
+            }
+            Err(err) => {
+                tracing::warn!(%err, "another metrics recorder is installed; /metrics is off");
+                None
             }
         })
         .clone()
+}
+
+/// The exporter: every histogram a classic histogram with explicit buckets (the catalogue's,
+/// else the latency buckets), never a summary, so quantiles aggregate across instances and
+/// hold at any scrape interval.
+fn builder() -> PrometheusBuilder {
+    let Ok(mut builder) = PrometheusBuilder::new().set_buckets(LATENCY_BUCKETS) else {
+        return PrometheusBuilder::new();
+    };
+    for metric in CATALOGUE.iter().filter(|m| m.kind == MetricKind::Histogram) {
+        match PrometheusBuilder::set_buckets_for_metric(
+            builder,
+            Matcher::Full(metric.name.to_owned()),
+            metric.buckets,
+        ) {
+            Ok(next) => builder = next,
+            // Only an empty bucket list is refused, and the catalogue's test rules that out.
+            Err(_) => return PrometheusBuilder::new(),
+        }
+    }
+    builder
+}
+
+/// Describes every catalogued metric to the recorder (its `# HELP` and unit).
+fn describe() {
+    for metric in CATALOGUE {
+        let help = metric.help;
+        match metric.kind {
+            MetricKind::Counter => ::metrics::describe_counter!(metric.name, help),
+            MetricKind::Gauge => ::metrics::describe_gauge!(metric.name, help),
+            MetricKind::Histogram => ::metrics::describe_histogram!(metric.name, help),
+        }
+    }
 }
 
 /// `GET /metrics`: every metric of the process in Prometheus text format.
@@ -48,6 +79,7 @@ pub fn metrics_router() -> Router {
             async move {
                 match handle {
                     Some(handle) => {
+                        crate::telemetry::live::publish();
                         handle.run_upkeep();
                         (
                             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -152,7 +152,7 @@ impl OpenApi {
         self.paths.insert(
             "/read-models".into(),
             json!({"get": {
-                "summary": "The projections served, with their health and checkpoint",
+                "summary": "The projections served, with their collections (up to 100 names), health and checkpoint",
                 "operationId": "read_models",
                 "responses": {"200": {"description": "Projections"}}
             }}),

@@ -25,6 +25,7 @@ use super::extract::{Path, Query};
 use super::openapi::OpenApi;
 use crate::event::StreamId;
 use crate::projection::{HealthRegistry, ProjectionHandle, ReadModelError, ReadModelStore};
+use crate::telemetry::live;
 
 /// Documents per page when the request does not say.
 const DEFAULT_LIMIT: usize = 100;
@@ -32,6 +33,8 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 /// How long `wait_for` waits when `wait_ms` is not given.
 const DEFAULT_WAIT: Duration = Duration::from_secs(2);
+/// Most collection names `/read-models` lists per projection.
+const MAX_COLLECTIONS: usize = 100;
 /// How often a waiting read looks at the read model again.
 const WAIT_POLL: Duration = Duration::from_millis(5);
 
@@ -53,6 +56,7 @@ pub struct QueryDashboard {
     origins: OriginPolicy,
     access: AccessControl,
     extra: Vec<(Router, Value)>,
+    console: Option<super::Console>,
 }
 
 /// Bounds on the dashboard's read-your-writes waits.
@@ -77,6 +81,7 @@ impl Default for QueryLimits {
 impl QueryDashboard {
     /// A dashboard reporting the health in `health`, serving no read model yet.
     pub fn new(health: HealthRegistry) -> Self {
+        crate::telemetry::ensure_recorder();
         Self {
             health,
             read_models: BTreeMap::new(),
@@ -85,6 +90,7 @@ impl QueryDashboard {
             origins: OriginPolicy::new(),
             access: AccessControl::open(),
             extra: Vec::new(),
+            console: None,
         }
     }
 
@@ -116,6 +122,13 @@ impl QueryDashboard {
         self
     }
 
+    /// Serves the web console at `/console` (and `GET /access/me`, which it asks what the
+    /// signed-in credential may do), calling the services `console` names.
+    pub fn with_console(mut self, console: super::Console) -> Self {
+        self.console = Some(console);
+        self
+    }
+
     /// Serves the read model of a running projection under `/read-models/{its name}`.
     pub fn read_model(self, projection: &ProjectionHandle) -> Self {
         self.with_read_model(projection.name(), projection.read_model().clone())
@@ -133,7 +146,9 @@ impl QueryDashboard {
         self
     }
 
-    /// The router: read models, health, `/metrics`, `/openapi.json` and an overview page at `/`.
+    /// The router: read models, their dead letters (`/admin/projections/{name}/dead-letters`),
+    /// health, `/metrics`, `/openapi.json`, an overview page at `/` and, when configured, the
+    /// console.
     pub fn router(self) -> Router {
         let names: Vec<String> = self.read_models.keys().cloned().collect();
         let mut openapi = OpenApi::new(
@@ -141,11 +156,23 @@ impl QueryDashboard {
             "Serves the read models of this service's projections and their health.",
         );
         openapi.query_paths(&names, self.limits.max_wait);
+        openapi.extra_paths(&super::dead_letters::openapi(&names));
+        if self.console.is_some() {
+            openapi.extra_paths(&super::console::openapi());
+        }
         for (_, paths) in &self.extra {
             openapi.extra_paths(paths);
         }
         let openapi = openapi.finish(OpenApi::generator());
         let title = self.title.clone();
+        for name in self.read_models.keys() {
+            register_metrics(name);
+        }
+        let dead_letters = super::dead_letters::routes(&self.read_models, &self.access);
+        let console = self
+            .console
+            .as_ref()
+            .map(|console| console.routes(&self.access, &self.title));
         let state = Arc::new(Shared {
             health: self.health.clone(),
             read_models: self.read_models,
@@ -160,7 +187,11 @@ impl QueryDashboard {
             .route("/read-models/{projection}/{collection}/{id}", get(one))
             .route_layer(self.access.require(Permission::ReadModelsRead))
             .with_state(state)
-            .merge(super::health_router(self.health));
+            .merge(super::health_router(self.health))
+            .merge(dead_letters);
+        if let Some(console) = console {
+            routes = routes.merge(console);
+        }
         for (extra, _) in self.extra {
             routes = routes.merge(extra);
         }
@@ -333,7 +364,7 @@ fn filter_value(text: &str) -> Value {
 
 /// The answer to a failed read-model call: 400 for a bad filter field, 503 when the database
 /// is unreachable, else 500 (the cause is logged, never returned).
-fn read_model_error(err: ReadModelError) -> ApiError {
+pub(super) fn read_model_error(err: ReadModelError) -> ApiError {
     match err {
         ReadModelError::InvalidField(field) => ApiError::InvalidFilter(field),
         err @ ReadModelError::Unavailable { .. } => ApiError::unavailable(err),
@@ -345,8 +376,13 @@ async fn projections(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, A
     let mut projections = Vec::new();
     for (name, store) in &shared.read_models {
         let checkpoint = store.checkpoint().await.map_err(read_model_error)?;
+        let collections = store
+            .collections(MAX_COLLECTIONS)
+            .await
+            .map_err(read_model_error)?;
         projections.push(json!({
             "name": name,
+            "collections": collections,
             "checkpoint": checkpoint.map(|c| c.position),
             "health": shared.health.get(name),
         }));
@@ -354,16 +390,69 @@ async fn projections(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, A
     Ok(Json(json!({ "projections": projections })))
 }
 
+/// Times a read-model query into `nexus_query_duration_seconds`, `nexus_queries_total` and the
+/// per-second ring; a name that is no read model of this dashboard is not a label value.
+async fn timed<T>(
+    shared: &Shared,
+    projection: &str,
+    kind: &'static str,
+    query: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let started = std::time::Instant::now();
+    let result = query.await;
+    if shared.read_models.contains_key(projection) {
+        let elapsed = started.elapsed();
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ApiError::UnknownId(_)) => "not_found",
+            Err(_) => "error",
+        };
+        metrics::histogram!("nexus_query_duration_seconds", "read_model" => projection.to_owned(), "kind" => kind)
+            .record(elapsed.as_secs_f64());
+        metrics::counter!("nexus_queries_total", "read_model" => projection.to_owned(), "kind" => kind, "outcome" => outcome)
+            .increment(1);
+        live::count(live::Series::Queries, 1);
+        live::latency(live::Latency::Query, elapsed);
+    }
+    result
+}
+
+/// Registers the query metrics of `read_model` at zero.
+fn register_metrics(read_model: &str) {
+    for kind in ["get", "list"] {
+        let _registered = metrics::histogram!("nexus_query_duration_seconds", "read_model" => read_model.to_owned(), "kind" => kind);
+        for outcome in ["ok", "not_found", "error"] {
+            metrics::counter!("nexus_queries_total", "read_model" => read_model.to_owned(), "kind" => kind, "outcome" => outcome)
+                .increment(0);
+        }
+    }
+}
+
 async fn list(
     State(shared): State<Arc<Shared>>,
     Path((projection, collection)): Path<(String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    let (store, params) = shared.ready(&projection, pairs).await?;
+    timed(
+        &shared,
+        &projection,
+        "list",
+        list_documents(&shared, &projection, &collection, pairs),
+    )
+    .await
+}
+
+async fn list_documents(
+    shared: &Shared,
+    projection: &str,
+    collection: &str,
+    pairs: Vec<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (store, params) = shared.ready(projection, pairs).await?;
     let (limit, offset) = (params.limit, params.offset);
     // One more than asked tells whether a next page exists.
     let mut documents = store
-        .list(&collection, &params.filters, limit + 1, offset)
+        .list(collection, &params.filters, limit + 1, offset)
         .await
         .map_err(read_model_error)?;
     let next_offset = (documents.len() > limit).then_some(offset + limit);
@@ -385,14 +474,17 @@ async fn one(
     Path((projection, collection, id)): Path<(String, String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    let (store, _) = shared.ready(&projection, pairs).await?;
-    let found = store
-        .get(&collection, &id)
-        .await
-        .map_err(read_model_error)?;
-    found
-        .map(Json)
-        .ok_or_else(|| ApiError::UnknownId(format!("no document `{id}` in this collection")))
+    let get = async {
+        let (store, _) = shared.ready(&projection, pairs).await?;
+        let found = store
+            .get(&collection, &id)
+            .await
+            .map_err(read_model_error)?;
+        found
+            .map(Json)
+            .ok_or_else(|| ApiError::UnknownId(format!("no document `{id}` in this collection")))
+    };
+    timed(&shared, &projection, "get", get).await
 }
 
 /// A small HTML page: each projection's health, with links to its API.

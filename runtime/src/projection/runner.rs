@@ -11,6 +11,7 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::Projection;
 use super::changes::{Changes, DocumentCache};
@@ -21,6 +22,7 @@ use super::store::{
 use crate::bus::{BusError, Delivery, EventBus};
 use crate::event::{LogPosition, RecordedEvent, StreamId};
 use crate::store::{EventStore, ReadError};
+use crate::telemetry::trace;
 
 /// When to retry a failed event: exponential backoff from `initial`, capped at `max`, and
 /// `max_retries` retries after the first attempt before the event is dead-lettered.
@@ -123,6 +125,7 @@ impl ProjectionRunner {
         bus: Arc<dyn EventBus>,
         dir: impl Into<PathBuf>,
     ) -> Self {
+        crate::telemetry::ensure_recorder();
         Self::with_read_models(store, bus, ReadModels::sqlite(dir))
     }
 
@@ -133,6 +136,7 @@ impl ProjectionRunner {
         bus: Arc<dyn EventBus>,
         read_models: ReadModels,
     ) -> Self {
+        crate::telemetry::ensure_recorder();
         Self {
             store,
             bus,
@@ -241,8 +245,27 @@ enum WorkerError {
     IntakeClosed,
 }
 
+/// Registers a projection's metrics at zero, so every series exists before its first event.
+fn register_metrics(name: &str) {
+    for counter in [
+        "nexus_projection_events_total",
+        "nexus_projection_retries_total",
+        "nexus_projection_errors_total",
+        "nexus_projection_dead_letters_total",
+        "nexus_projection_gap_fills_total",
+        "nexus_projection_restarts_total",
+    ] {
+        metrics::counter!(counter, "projection" => name.to_owned()).increment(0);
+    }
+    let _registered =
+        metrics::histogram!("nexus_projection_latency_seconds", "projection" => name.to_owned());
+    let _registered =
+        metrics::histogram!("nexus_projection_commit_seconds", "projection" => name.to_owned());
+}
+
 async fn supervise<P: Projection>(worker: Worker<P>, mut stopped: watch::Receiver<bool>) {
     const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+    register_metrics(&worker.name);
     let mut backoff = FIRST_BACKOFF;
     loop {
         if *stopped.borrow() {
@@ -301,12 +324,38 @@ struct Item {
     seq: Option<u64>,
     /// The dead letter this item redrives.
     redrive: Option<i64>,
+    /// The delivery's span, from its application until its batch is committed.
+    span: tracing::Span,
 }
 
 impl Item {
     fn event(&self) -> &RecordedEvent {
         &self.delivery.event
     }
+}
+
+/// The span of one event's delivery to a projection (an OpenTelemetry consumer `process` span):
+/// a child of the trace context the event was appended under, so one trace shows a request
+/// through to the read model. Its correlation and causation ids are on every log line of it.
+fn delivery_span(projection: &str, event: &RecordedEvent) -> tracing::Span {
+    let span = tracing::info_span!(
+        "deliver",
+        otel.name = %format_args!("process {projection}"),
+        otel.kind = "consumer",
+        messaging.operation.type = "process",
+        messaging.consumer.group.name = projection,
+        messaging.destination.name = event.stream.aggregate_type(),
+        messaging.message.id = %event.id,
+        nexus.stream = %event.stream,
+        nexus.version = event.version,
+        nexus.position = event.position,
+        correlation_id = event.metadata.correlation_id.as_deref().unwrap_or_default(),
+        causation_id = event.metadata.causation_id.as_deref().unwrap_or_default(),
+    );
+    if let Some(traceparent) = &event.metadata.traceparent {
+        trace::set_parent(&span, traceparent, None);
+    }
+    span
 }
 
 /// Most applied stream versions a run remembers before it starts over from the read model.
@@ -439,6 +488,7 @@ impl State {
                 delivery,
                 seq: Some(seq),
                 redrive: None,
+                span: tracing::Span::none(),
             },
             false,
         );
@@ -697,6 +747,7 @@ impl<P: Projection> Worker<P> {
                     delivery: Delivery::unacknowledged(letter.event),
                     seq: None,
                     redrive: Some(letter.id),
+                    span: tracing::Span::none(),
                 },
                 false,
             );
@@ -711,7 +762,16 @@ impl<P: Projection> Worker<P> {
             .await
             .map(|h| h.position)
             .unwrap_or(state.checkpoint.position);
-        let oldest = state.intake.front().map(|(_, _, at)| *at);
+        // Lag is the age of the oldest event not applied yet: the oldest received, else (an
+        // intake still empty while the checkpoint is below the head: events not delivered
+        // yet, or a hole) the first event after the checkpoint; 0 when caught up.
+        let mut oldest = state.intake.front().map(|(_, _, at)| *at);
+        if oldest.is_none()
+            && head > state.checkpoint.position
+            && let Ok(next) = self.store.read_all(state.checkpoint, 1).await
+        {
+            oldest = next.first().map(|e| e.recorded_at);
+        }
         let lag_seconds = oldest.map_or(0.0, |at| {
             (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0
         });
@@ -893,6 +953,7 @@ impl<P: Projection> Worker<P> {
                 delivery: Delivery::unacknowledged(missed),
                 seq: None,
                 redrive: None,
+                span: tracing::Span::none(),
             });
             state.pending += 1;
         }
@@ -1013,11 +1074,15 @@ impl<P: Projection> Worker<P> {
         batch: &mut Batch,
         completed: &mut Vec<Item>,
     ) -> bool {
+        let mut item = item;
+        item.span = delivery_span(&self.name, item.event());
         let event = item.event();
         let outcome = if self.projection.handles(event) {
             let mut changes = Changes::new(&batch.writes, &state.documents, &self.read_model);
+            let apply = tracing::info_span!(parent: &item.span, "apply", projection = %self.name);
             let result = AssertUnwindSafe(self.projection.apply(event, &mut changes))
                 .catch_unwind()
+                .instrument(apply)
                 .await;
             match result {
                 Ok(Ok(())) => Ok(Some(changes.into_writes())),
@@ -1116,7 +1181,11 @@ impl<P: Projection> Worker<P> {
         }
         batch.checkpoint = state.advance_checkpoint();
         if !batch.is_empty() {
-            let committed = self.read_model.commit(batch).await?;
+            let started = Instant::now();
+            let commit = commit_span(&self.name, &completed);
+            let committed = self.read_model.commit(batch).instrument(commit).await?;
+            metrics::histogram!("nexus_projection_commit_seconds", "projection" => self.name.clone())
+                .record(started.elapsed().as_secs_f64());
             state.committed(committed);
         }
         // Only now, with the read model and checkpoint durable, tell the bus.
@@ -1124,6 +1193,10 @@ impl<P: Projection> Worker<P> {
         let latencies = metrics::histogram!("nexus_projection_latency_seconds", "projection" => self.name.clone());
         metrics::counter!("nexus_projection_events_total", "projection" => self.name.clone())
             .increment(completed.len() as u64);
+        crate::telemetry::live::count(
+            crate::telemetry::live::Series::EventsProjected,
+            completed.len() as u64,
+        );
         for item in completed {
             state.pending = state.pending.saturating_sub(1);
             if let Some(id) = item.redrive {
@@ -1160,6 +1233,27 @@ impl<P: Projection> Worker<P> {
         });
         Ok(())
     }
+}
+
+/// The span of a read-model commit: a child of the first delivery it commits, linked to the
+/// others (at most 127 links, the exporter's default limit being 128).
+fn commit_span(projection: &str, completed: &[Item]) -> tracing::Span {
+    let mut traced = completed.iter().filter(|item| !item.span.is_disabled());
+    let Some(first) = traced.next() else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        parent: &first.span,
+        "commit",
+        otel.name = %format_args!("commit {projection}"),
+        events = completed.len()
+    );
+    for item in traced.take(127) {
+        if let Some(traceparent) = trace::traceparent(&item.span) {
+            trace::add_link(&span, &traceparent);
+        }
+    }
+    span
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

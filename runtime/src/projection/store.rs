@@ -420,6 +420,32 @@ impl ReadModelStore {
         }
     }
 
+    /// At most `limit` dead letters whose id is above `after`, in id order: one page of the
+    /// queue, for callers that must not load all of it (the query dashboard's endpoint).
+    pub async fn dead_letter_page(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, ReadModelError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.dead_letter_page(after, limit)).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.dead_letter_page(after, limit).await,
+        }
+    }
+
+    /// The names of at most `limit` collections holding documents, in byte order (an index
+    /// skip-scan: one lookup per name, however many documents there are).
+    pub async fn collections(&self, limit: usize) -> Result<Vec<String>, ReadModelError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.collections(limit)).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.collections(limit).await,
+        }
+    }
+
     /// One dead letter.
     pub async fn dead_letter(&self, id: i64) -> Result<DeadLetter, ReadModelError> {
         let found = match &self.backend {

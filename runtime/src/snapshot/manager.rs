@@ -112,6 +112,7 @@ type Tracking = LruCache<StreamId, Tracked>;
 impl SnapshotManager {
     /// A manager reading `store` and writing to `snapshots`.
     pub fn new(store: Arc<dyn EventStore>, snapshots: Arc<dyn SnapshotStore>) -> Self {
+        crate::telemetry::ensure_recorder();
         Self {
             name: "snapshot-manager".into(),
             store,
@@ -134,6 +135,12 @@ impl SnapshotManager {
     pub fn register<A: Aggregate>(mut self, policy: SnapshotPolicy) -> Self {
         let repository = Repository::<A>::new(Arc::clone(&self.store))
             .with_snapshots(Arc::clone(&self.snapshots));
+        for reason in ["event_count", "size", "age"] {
+            metrics::counter!("nexus_snapshots_taken_total", "aggregate" => A::TYPE, "reason" => reason)
+                .increment(0);
+        }
+        metrics::counter!("nexus_snapshot_failures_total", "aggregate" => A::TYPE).increment(0);
+        let _registered = metrics::histogram!("nexus_snapshot_size_bytes", "aggregate" => A::TYPE);
         self.aggregates.insert(
             A::TYPE,
             Registered {
@@ -198,8 +205,8 @@ impl SnapshotManager {
                 let kind = stream.aggregate_type().to_owned();
                 metrics::counter!("nexus_snapshots_taken_total", "aggregate" => kind.clone(), "reason" => reason.as_str())
                     .increment(1);
-                metrics::histogram!("nexus_snapshot_size_kb", "aggregate" => kind)
-                    .record(snapshot.state.len() as f64 / 1024.0);
+                metrics::histogram!("nexus_snapshot_size_bytes", "aggregate" => kind)
+                    .record(snapshot.state.len() as f64);
                 tracing::debug!(%stream, version = snapshot.version, %reason, "snapshot taken");
                 entry.snapshot_version = snapshot.version;
                 entry.latest_version = entry.latest_version.max(snapshot.version);

@@ -471,7 +471,9 @@ async fn the_command_service_exposes_health_metrics_and_openapi() {
     .unwrap();
     for needle in [
         "nexus_commands_total{aggregate=\"ticket\",outcome=\"ok\"}",
-        "nexus_command_duration_seconds{aggregate=\"ticket\",outcome=\"ok\",quantile=\"0.99\"}",
+        // A classic histogram with explicit buckets, never a summary.
+        "nexus_command_duration_seconds_bucket{aggregate=\"ticket\",outcome=\"ok\",le=\"0.001\"}",
+        "nexus_live_per_second{series=\"commands\"}",
         "nexus_events_appended_total{aggregate=\"ticket\"}",
         "nexus_http_requests_total{",
     ] {

@@ -4,11 +4,14 @@
 #[cfg(feature = "http")]
 mod access;
 mod command;
+#[cfg(feature = "http")]
+mod dead_letters;
 mod domain;
 #[cfg(feature = "http")]
 mod http;
 mod integration;
 mod projection;
+mod saga;
 mod snapshot;
 mod store_contract;
 mod support;

@@ -84,6 +84,8 @@ struct Sql {
     dead_letter_count: String,
     letter_heads: String,
     redrive_requests: String,
+    dead_letter_page: String,
+    collections: String,
 }
 
 impl Sql {
@@ -180,6 +182,20 @@ impl Sql {
             redrive_requests: format!(
                 "SELECT {DEAD_LETTER_COLUMNS} FROM {s}.dead_letters WHERE projection = $1 \
                  AND status = 'redrive' AND id > $2 ORDER BY id LIMIT $3"
+            ),
+            dead_letter_page: format!(
+                "SELECT {DEAD_LETTER_COLUMNS} FROM {s}.dead_letters WHERE projection = $1 \
+                 AND id > $2 ORDER BY id LIMIT $3"
+            ),
+            // One primary-key lookup per name (a skip-scan), however many documents there are.
+            collections: format!(
+                "WITH RECURSIVE c(name) AS (\
+                   SELECT min(collection) FROM {s}.documents WHERE projection = $1 \
+                   UNION ALL \
+                   SELECT (SELECT min(collection) FROM {s}.documents \
+                           WHERE projection = $1 AND collection > c.name) \
+                   FROM c WHERE c.name IS NOT NULL) \
+                 SELECT name FROM c WHERE name IS NOT NULL LIMIT $2"
             ),
         }
     }
@@ -632,6 +648,27 @@ impl PostgresReadModel {
             )
             .await?;
         rows.iter().map(|row| self.dead_letter_from(row)).collect()
+    }
+
+    pub(super) async fn dead_letter_page(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, ReadModelError> {
+        let rows = self
+            .read(
+                &self.sql().dead_letter_page,
+                &[&self.projection, &after, &limit],
+            )
+            .await?;
+        rows.iter().map(|row| self.dead_letter_from(row)).collect()
+    }
+
+    pub(super) async fn collections(&self, limit: i64) -> Result<Vec<String>, ReadModelError> {
+        let rows = self
+            .read(&self.sql().collections, &[&self.projection, &limit])
+            .await?;
+        Ok(rows.iter().map(|row| row.get::<_, String>(0)).collect())
     }
 
     pub(super) async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, ReadModelError> {

@@ -467,6 +467,49 @@ impl SqliteReadModel {
         Ok(letters)
     }
 
+    /// A page of the queue: ids above `after`, in id order.
+    pub(super) fn dead_letter_page(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>, ReadModelError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, envelope, error, attempts, first_failed_at, last_failed_at, status \
+                 FROM dead_letters WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let rows = stmt
+            .query_map(params![after, limit], |row| self.row_to_dead_letter(row))
+            .map_err(|e| self.sqlite(e))?;
+        let mut letters = Vec::new();
+        for row in rows {
+            letters.push(row.map_err(|e| self.sqlite(e))??);
+        }
+        Ok(letters)
+    }
+
+    /// Up to `limit` collection names, by skipping along the primary key.
+    pub(super) fn collections(&self, limit: i64) -> Result<Vec<String>, ReadModelError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "WITH RECURSIVE c(name) AS (\
+                   SELECT min(collection) FROM documents \
+                   UNION ALL \
+                   SELECT (SELECT min(collection) FROM documents WHERE collection > c.name) \
+                   FROM c WHERE c.name IS NOT NULL LIMIT ?1) \
+                 SELECT name FROM c WHERE name IS NOT NULL",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let rows = stmt
+            .query_map([limit], |row| row.get::<_, String>(0))
+            .map_err(|e| self.sqlite(e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sqlite(e))
+    }
+
     /// One dead letter.
     pub(super) fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, ReadModelError> {
         Ok(self.query_dead_letters("WHERE id = ?1", [id])?.pop())

@@ -1,0 +1,569 @@
+//! `nexus bench saga`: concurrent three-step sagas on each backend: sagas completed per second
+//! (beside a ceiling: the same commands sent straight through the command path), step latency,
+//! status query latency under load (through the `/sagas` route), and how long overdue
+//! deadlines take to fire after a restart.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::body::Body;
+use clap::{Args, ValueEnum};
+use nexus_runtime::bus::EventBus;
+use nexus_runtime::bus::local::InProcessBus;
+use nexus_runtime::http::SagaApi;
+use nexus_runtime::http::access::AccessControl;
+use nexus_runtime::projection::{ProjectionRunner, ReadModels};
+use nexus_runtime::saga::{
+    SagaCommands, SagaDefinition, SagaEvent, SagaHandle, SagaOptions, SagaReader, SagaRunner,
+    SagaStatus, Step, StepCommand, StepRetry, instance_id, instance_stream,
+};
+use nexus_runtime::store::embedded::EmbeddedStore;
+use nexus_runtime::store::postgres::{PostgresOptions, PostgresStore};
+use nexus_runtime::{
+    Aggregate, CommandHandler, DomainEvent, EventStore, ExpectedVersion, Metadata, NewEvent,
+    Repository, StreamId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::Outcome;
+use super::bench::{latency_ms, round};
+use crate::output;
+
+#[derive(Debug, Args)]
+pub(crate) struct SagaArgs {
+    /// Backends to measure, one after the other (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "embedded,postgres"
+    )]
+    backend: Vec<Backend>,
+    /// PostgreSQL URL (throw-away schemas are created and dropped in it); without it the
+    /// PostgreSQL run is skipped and the report says so.
+    #[arg(long, env = "NEXUS_POSTGRES_URL")]
+    url: Option<String>,
+    /// Sagas started at once.
+    #[arg(long, default_value_t = 1_000)]
+    sagas: usize,
+    /// Sagas whose deadline passes while the runner is down.
+    #[arg(long, default_value_t = 200)]
+    deadlines: usize,
+    /// Print JSON (the report is JSON either way).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Embedded,
+    Postgres,
+}
+
+/// Whatever a step's aggregate is told, it records once.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Tally {
+    touched: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type")]
+enum TallyEvent {
+    Touched,
+}
+
+impl DomainEvent for TallyEvent {
+    fn event_type(&self) -> &'static str {
+        "Touched"
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type")]
+enum TallyCommand {
+    Touch,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("never")]
+struct Never;
+
+impl Aggregate for Tally {
+    const TYPE: &'static str = "tally";
+    type Command = TallyCommand;
+    type Event = TallyEvent;
+    type Error = Never;
+
+    fn handle(&self, _: &TallyCommand) -> Result<Vec<TallyEvent>, Never> {
+        Ok(vec![TallyEvent::Touched])
+    }
+
+    fn apply(&mut self, _: &TallyEvent) {
+        self.touched += 1;
+    }
+}
+
+const SAGA: &str = "bench";
+const LATE: &str = "bench-late";
+
+fn touch(
+    step: usize,
+) -> impl Fn(&nexus_runtime::saga::SagaContext<'_>) -> Result<StepCommand, String> {
+    move |c| {
+        Ok(StepCommand::new(
+            "tally",
+            format!("{}-{step}", c.correlation_key),
+            json!({"type": "Touch"}),
+        ))
+    }
+}
+
+/// Three steps, each a command to an aggregate of its own.
+fn three_steps() -> anyhow::Result<SagaDefinition> {
+    let mut builder = SagaDefinition::builder(SAGA, 1).starts_on("bench-order", "Placed");
+    for step in 0..3 {
+        builder = builder.step(
+            Step::new(format!("step-{step}"), touch(step))
+                .compensate(touch(step + 10))
+                .retry(StepRetry::new(3, Duration::from_millis(50))),
+        );
+    }
+    Ok(builder.build()?)
+}
+
+/// One step waiting for an event that never comes, for at most `timeout`.
+fn waits(timeout: Duration) -> anyhow::Result<SagaDefinition> {
+    Ok(SagaDefinition::builder(LATE, 1)
+        .starts_on("bench-late", "Placed")
+        .step(
+            Step::new("wait", touch(0))
+                .awaits("NeverHappens")
+                .timeout(timeout)
+                .compensate(touch(10)),
+        )
+        .build()?)
+}
+
+struct Target {
+    store: Arc<dyn EventStore>,
+    read_models: ReadModels,
+    cleanup: Option<(String, Vec<String>)>,
+    _dir: tempfile::TempDir,
+}
+
+async fn open(backend: Backend, url: Option<&str>) -> anyhow::Result<Target> {
+    let dir = tempfile::tempdir().context("failed to create a temporary folder")?;
+    match backend {
+        Backend::Embedded => {
+            let store = EmbeddedStore::open(dir.path().join("events.db"))
+                .context("failed to open the embedded store")?;
+            Ok(Target {
+                store: Arc::new(store),
+                read_models: ReadModels::sqlite(dir.path().join("read-models")),
+                cleanup: None,
+                _dir: dir,
+            })
+        }
+        Backend::Postgres => {
+            let url = url.context("--backend postgres needs --url (or NEXUS_POSTGRES_URL)")?;
+            let simple = uuid::Uuid::now_v7().simple().to_string();
+            let suffix = &simple[simple.len() - 16..];
+            let (store_schema, read_schema) = (
+                format!("nexus_bench_saga_{suffix}"),
+                format!("nexus_bench_sagarm_{suffix}"),
+            );
+            let store = PostgresStore::connect_with(
+                url,
+                PostgresOptions {
+                    schema: store_schema.clone(),
+                    pool_size: 32,
+                    ..PostgresOptions::default()
+                },
+            )
+            .await
+            .context("failed to open the PostgreSQL store")?;
+            let read_models = ReadModels::postgres(url, &read_schema)
+                .await
+                .context("failed to open the PostgreSQL read models")?;
+            Ok(Target {
+                store: Arc::new(store),
+                read_models,
+                cleanup: Some((url.to_owned(), vec![store_schema, read_schema])),
+                _dir: dir,
+            })
+        }
+    }
+}
+
+fn commands(store: &Arc<dyn EventStore>) -> SagaCommands {
+    SagaCommands::new().handler(CommandHandler::<Tally>::new(Repository::new(Arc::clone(
+        store,
+    ))))
+}
+
+async fn spawn(target: &Target, definitions: Vec<SagaDefinition>) -> anyhow::Result<SagaHandle> {
+    let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Arc::clone(&target.store)));
+    let projections = ProjectionRunner::with_read_models(
+        Arc::clone(&target.store),
+        bus,
+        target.read_models.clone(),
+    );
+    Ok(SagaRunner::new(
+        Arc::clone(&target.store),
+        commands(&target.store),
+        projections,
+    )
+    .with_options(SagaOptions {
+        max_concurrent: 128,
+        reconcile_interval: Duration::from_secs(1),
+        ..SagaOptions::default()
+    })
+    .spawn(definitions)
+    .await?)
+}
+
+/// Appends one start event per key, `parallel` at a time.
+async fn start(
+    store: &Arc<dyn EventStore>,
+    aggregate: &str,
+    keys: &[String],
+) -> anyhow::Result<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in keys.chunks(keys.len().div_ceil(16).max(1)) {
+        let (store, aggregate, chunk) = (Arc::clone(store), aggregate.to_owned(), chunk.to_vec());
+        tasks.spawn(async move {
+            for key in chunk {
+                let event = NewEvent::from_json("Placed", 1, "{}", Metadata::default())?;
+                store
+                    .append(
+                        &StreamId::new(&aggregate, &key),
+                        ExpectedVersion::NoStream,
+                        vec![event],
+                    )
+                    .await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// Counts instances with `status`, a page at a time.
+async fn count(reader: &SagaReader, status: SagaStatus) -> anyhow::Result<usize> {
+    let mut total = 0;
+    loop {
+        let page = reader.list(Some(status), 500, total).await?;
+        total += page.len();
+        if page.len() < 500 {
+            return Ok(total);
+        }
+    }
+}
+
+async fn until(
+    reader: &SagaReader,
+    status: SagaStatus,
+    n: usize,
+    within: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        if count(reader, status).await? >= n {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < within,
+            "only {} of {n} sagas reached {} within {within:?}",
+            count(reader, status).await?,
+            status.as_str()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn bench_backend(backend: Backend, args: &SagaArgs) -> anyhow::Result<Value> {
+    let target = open(backend, args.url.as_deref()).await?;
+    let result = measure(&target, args).await;
+    if let Some((url, schemas)) = &target.cleanup {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .context("failed to connect to PostgreSQL to drop the bench schemas")?;
+        tokio::spawn(connection);
+        for schema in schemas {
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .await
+                .context("failed to drop a bench schema")?;
+        }
+    }
+    let mut run = result?;
+    run["backend"] = json!(match backend {
+        Backend::Embedded => "embedded",
+        Backend::Postgres => "postgres",
+    });
+    Ok(run)
+}
+
+async fn measure(target: &Target, args: &SagaArgs) -> anyhow::Result<Value> {
+    // The ceiling: the same 3 × N commands straight through the command path, 16 senders.
+    let ceiling = {
+        let handler = CommandHandler::<Tally>::new(Repository::new(Arc::clone(&target.store)));
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for sender in 0..16 {
+            let (handler, n) = (handler.clone(), args.sagas);
+            tasks.spawn(async move {
+                for i in (sender..n * 3).step_by(16) {
+                    handler
+                        .execute(
+                            &format!("ceiling-{i}"),
+                            &TallyCommand::Touch,
+                            Metadata::default(),
+                        )
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        args.sagas as f64 / started.elapsed().as_secs_f64()
+    };
+
+    let sagas = spawn(target, vec![three_steps()?]).await?;
+    let reader = sagas.reader().clone();
+    let keys: Vec<String> = (0..args.sagas).map(|i| format!("o{i}")).collect();
+    let api = SagaApi::new([reader.clone()], AccessControl::open()).routes();
+
+    // Status queries while the sagas run, through the route.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let querying = {
+        let (api, keys, stop) = (api.clone(), keys.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && samples.len() < 100_000 {
+                let id = instance_id(SAGA, &keys[(i * 7919) % keys.len()]);
+                i += 1;
+                let request = axum::http::Request::builder()
+                    .uri(format!("/sagas/{SAGA}/{id}"))
+                    .header("host", "127.0.0.1")
+                    .body(Body::empty())?;
+                let t = Instant::now();
+                let response = api.clone().oneshot(request).await?;
+                let status = response.status();
+                let _ = http_body_util::BodyExt::collect(response.into_body()).await?;
+                if status.is_success() {
+                    samples.push(t.elapsed().as_secs_f64());
+                } else {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            anyhow::Ok(samples)
+        })
+    };
+
+    let started = Instant::now();
+    start(&target.store, "bench-order", &keys).await?;
+    let took = until(
+        &reader,
+        SagaStatus::Completed,
+        keys.len(),
+        Duration::from_secs(600),
+    )
+    .await?;
+    let total = started.elapsed().max(took);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut loaded = querying.await.context("the status querier panicked")??;
+    // Status queries after the run too (the same route, an idle system).
+    let mut idle = Vec::new();
+    for i in 0..1_000 {
+        let id = instance_id(SAGA, &keys[(i * 7919) % keys.len()]);
+        let request = axum::http::Request::builder()
+            .uri(format!("/sagas/{SAGA}/{id}"))
+            .header("host", "127.0.0.1")
+            .body(Body::empty())?;
+        let t = Instant::now();
+        let response = api.clone().oneshot(request).await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "status query failed: {}",
+            response.status()
+        );
+        let _ = http_body_util::BodyExt::collect(response.into_body()).await?;
+        idle.push(t.elapsed().as_secs_f64());
+    }
+
+    // Step latency from the saga events: dispatch recorded → success recorded.
+    let mut steps = Vec::new();
+    for key in &keys {
+        let events = target
+            .store
+            .read_stream(&instance_stream(SAGA, &instance_id(SAGA, key)), 1, None)
+            .await?;
+        let mut dispatched = [None; 3];
+        for event in &events {
+            match serde_json::from_str::<SagaEvent>(event.payload.get())? {
+                SagaEvent::SagaStepDispatched { step, .. } if step < 3 => {
+                    dispatched[step].get_or_insert(event.recorded_at);
+                }
+                SagaEvent::SagaStepSucceeded { step, .. } if step < 3 => {
+                    if let Some(at) = dispatched[step] {
+                        steps.push(
+                            (event.recorded_at - at).num_microseconds().unwrap_or(0) as f64 / 1e6,
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    // Exactly once: every step's aggregate has one event.
+    for key in keys.iter().take(50) {
+        for step in 0..3 {
+            let events = target
+                .store
+                .read_stream(&StreamId::new("tally", format!("{key}-{step}")), 1, None)
+                .await?;
+            anyhow::ensure!(
+                events.len() == 1,
+                "{key} step {step} ran {} times",
+                events.len()
+            );
+        }
+    }
+    sagas.stop().await;
+
+    // Deadlines due while no runner runs.
+    let deadline = Duration::from_millis(1_500);
+    let late = spawn(target, vec![waits(deadline)?]).await?;
+    let late_keys: Vec<String> = (0..args.deadlines).map(|i| format!("late{i}")).collect();
+    start(&target.store, "bench-late", &late_keys).await?;
+    let waiting_since = Instant::now();
+    loop {
+        let waiting = late
+            .reader()
+            .list(Some(SagaStatus::Running), 500, 0)
+            .await?
+            .iter()
+            .filter(|d| d["steps"][0]["status"] == "waiting")
+            .count();
+        if waiting >= late_keys.len().min(500) {
+            break;
+        }
+        anyhow::ensure!(
+            waiting_since.elapsed() < Duration::from_secs(120),
+            "the deadline sagas never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    late.abort();
+    tokio::time::sleep(deadline + Duration::from_millis(500)).await;
+    let restarted = Instant::now();
+    let late = spawn(target, vec![waits(deadline)?]).await?;
+    let racing = {
+        let api = SagaApi::new([late.reader().clone()], AccessControl::open()).routes();
+        let late_keys = late_keys.clone();
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            for i in 0..2_000usize {
+                let id = instance_id(LATE, &late_keys[i % late_keys.len()]);
+                let request = axum::http::Request::builder()
+                    .uri(format!("/sagas/{LATE}/{id}"))
+                    .header("host", "127.0.0.1")
+                    .body(Body::empty())?;
+                let t = Instant::now();
+                let response = api.clone().oneshot(request).await?;
+                let ok = response.status().is_success();
+                let _ = http_body_util::BodyExt::collect(response.into_body()).await?;
+                if ok {
+                    samples.push(t.elapsed().as_secs_f64());
+                }
+            }
+            anyhow::Ok(samples)
+        })
+    };
+    until(
+        late.reader(),
+        SagaStatus::TimedOut,
+        late_keys.len(),
+        Duration::from_secs(300),
+    )
+    .await?;
+    let fired = restarted.elapsed();
+    let mut timed_out = 0;
+    for key in &late_keys {
+        let events = target
+            .store
+            .read_stream(&instance_stream(LATE, &instance_id(LATE, key)), 1, None)
+            .await?;
+        timed_out += events
+            .iter()
+            .filter(|e| e.event_type == "SagaTimedOut")
+            .count();
+    }
+    anyhow::ensure!(
+        timed_out == late_keys.len(),
+        "{timed_out} deadlines fired for {} sagas",
+        late_keys.len()
+    );
+    let mut recovering = racing.await.context("the status querier panicked")??;
+    late.stop().await;
+
+    let rate = keys.len() as f64 / total.as_secs_f64();
+    Ok(json!({
+        "sagas": keys.len(),
+        "steps_per_saga": 3,
+        "completed_per_sec": round(rate),
+        "ceiling_sagas_per_sec": round(ceiling),
+        "of_ceiling": round(rate / ceiling),
+        "all_completed_ms": round(total.as_secs_f64() * 1000.0),
+        "step_latency_ms": latency_ms(&mut steps),
+        "status_query_ms": {
+            "under_load": latency_ms(&mut loaded),
+            "idle": latency_ms(&mut idle),
+            "during_deadline_recovery": latency_ms(&mut recovering),
+            "target_p99": 200.0,
+        },
+        "overdue_deadlines": {
+            "sagas": late_keys.len(),
+            "fired_once_each": true,
+            "all_fired_after_restart_ms": round(fired.as_secs_f64() * 1000.0),
+        },
+    }))
+}
+
+pub(crate) fn run(args: SagaArgs) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(
+        args.sagas > 0 && args.deadlines > 0,
+        "--sagas and --deadlines must be at least 1"
+    );
+    super::tokio_runtime()?.block_on(async {
+        let mut runs = Vec::new();
+        let mut skipped = Vec::new();
+        for backend in &args.backend {
+            if *backend == Backend::Postgres && args.url.is_none() {
+                skipped.push("postgres: no --url (or NEXUS_POSTGRES_URL)");
+                continue;
+            }
+            runs.push(bench_backend(*backend, &args).await?);
+        }
+        let report = json!({
+            "benchmark": "saga",
+            "machine": { "cores": std::thread::available_parallelism().map_or(1, |n| n.get()) },
+            "runs": runs,
+            "skipped": skipped,
+            "peak_rss_mb": super::bench::peak_rss_mb(),
+        });
+        output::json(&report)?;
+        Ok(Outcome::Clean)
+    })
+}

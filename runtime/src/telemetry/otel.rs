@@ -1,0 +1,145 @@
+//! The OpenTelemetry layer for `tracing` (feature `otel`): spans exported over OTLP
+//! (HTTP/protobuf) when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, nothing otherwise.
+//!
+//! The standard variables apply: `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`),
+//! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` and the batch
+//! processor's `OTEL_BSP_*`. The batch exporter runs on a thread of its own with a blocking HTTP
+//! client, never on the application's Tokio runtime, and [`TracerGuard`] flushes it on drop
+//! within a bounded time.
+
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use tracing::Subscriber;
+use tracing_opentelemetry::OpenTelemetryLayer;
+use tracing_subscriber::registry::LookupSpan;
+
+/// The `tracing` layer that records spans for OpenTelemetry.
+pub type OtelLayer<S> = OpenTelemetryLayer<S, SdkTracer>;
+
+/// The variable that turns export on.
+pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// The longest a flush at exit may take.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why tracing could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OtelError {
+    /// The OTLP exporter could not be built (a malformed endpoint, for one).
+    #[error("cannot build the OTLP span exporter for `{endpoint}`")]
+    Exporter {
+        /// The configured endpoint, redacted.
+        endpoint: String,
+        /// What the exporter said.
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
+
+/// Flushes and shuts the exporter down when dropped (at most [`SHUTDOWN_TIMEOUT`]).
+#[derive(Debug)]
+pub struct TracerGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TracerGuard {
+    /// Exports what is buffered now, waiting at most the shutdown timeout.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            let provider = provider.clone();
+            bounded(move || {
+                let _ = provider.force_flush();
+            });
+        }
+    }
+}
+
+impl Drop for TracerGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            bounded(move || {
+                let _ = provider.shutdown();
+            });
+        }
+    }
+}
+
+/// Runs `work` on a thread of its own and waits for it at most [`SHUTDOWN_TIMEOUT`]: an
+/// unreachable collector must not hang the process at exit.
+fn bounded(work: impl FnOnce() + Send + 'static) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("otel-shutdown".into())
+        .spawn(move || {
+            work();
+            let _ = done.send(());
+        });
+    if spawned.is_ok() {
+        let _ = finished.recv_timeout(SHUTDOWN_TIMEOUT);
+    }
+}
+
+/// The OpenTelemetry layer exporting to `OTEL_EXPORTER_OTLP_ENDPOINT`, or `None` when it is
+/// unset or empty. `service` names the process unless `OTEL_SERVICE_NAME` does.
+pub fn layer<S>(service: &str) -> Result<Option<(OtelLayer<S>, TracerGuard)>, OtelError>
+where
+    S: Subscriber + for<'span> LookupSpan<'span>,
+{
+    let endpoint = std::env::var(ENDPOINT_VAR).unwrap_or_default();
+    if endpoint.trim().is_empty() {
+        return Ok(None);
+    }
+    build(service, &endpoint, None).map(Some)
+}
+
+/// The OpenTelemetry layer exporting to the OTLP/HTTP collector at `endpoint` (its base URL;
+/// spans go to `{endpoint}/v1/traces`), whatever the environment says.
+pub fn layer_for<S>(service: &str, endpoint: &str) -> Result<(OtelLayer<S>, TracerGuard), OtelError>
+where
+    S: Subscriber + for<'span> LookupSpan<'span>,
+{
+    let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    build(service, endpoint, Some(traces))
+}
+
+fn build<S>(
+    service: &str,
+    endpoint: &str,
+    traces: Option<String>,
+) -> Result<(OtelLayer<S>, TracerGuard), OtelError>
+where
+    S: Subscriber + for<'span> LookupSpan<'span>,
+{
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary);
+    if let Some(traces) = traces {
+        exporter = exporter.with_endpoint(traces);
+    }
+    let exporter = exporter.build().map_err(|source| OtelError::Exporter {
+        endpoint: crate::redact::url(endpoint),
+        source,
+    })?;
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service.to_owned());
+    }
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build();
+    let tracer = provider.tracer("nexus");
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_tracked_inactivity(false);
+    Ok((
+        layer,
+        TracerGuard {
+            provider: Some(provider),
+        },
+    ))
+}

@@ -1,0 +1,100 @@
+//! Trace context across the system: continued from a request's W3C `traceparent` and
+//! `tracestate`, written into the metadata of the events a command appends, and continued from
+//! there by every consumer (the relay links to it, a projection's delivery span is its child).
+//!
+//! With feature `otel` these use the OpenTelemetry context of `tracing` spans (present when the
+//! application installed the layer from [`super::otel`]); without it, or without that layer,
+//! they do nothing and return `None`, and the request's own `traceparent` is what events keep.
+
+use tracing::Span;
+
+/// The `traceparent` of `span`, when OpenTelemetry records it.
+pub fn traceparent(span: &Span) -> Option<String> {
+    imp::headers(span).map(|(traceparent, _)| traceparent)
+}
+
+/// The `traceparent` and `tracestate` (if any) of `span`, when OpenTelemetry records it.
+pub fn headers(span: &Span) -> Option<(String, Option<String>)> {
+    imp::headers(span)
+}
+
+/// Makes `span` a child of the remote context `traceparent` (with its `tracestate`); an
+/// invalid `traceparent` is ignored, so the span starts a trace of its own.
+pub fn set_parent(span: &Span, traceparent: &str, tracestate: Option<&str>) {
+    imp::set_parent(span, traceparent, tracestate);
+}
+
+/// Adds a link from `span` to the context `traceparent`, if it is valid.
+pub fn add_link(span: &Span, traceparent: &str) {
+    imp::add_link(span, traceparent);
+}
+
+#[cfg(feature = "otel")]
+mod imp {
+    use std::collections::HashMap;
+
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use tracing::Span;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    fn extract(traceparent: &str, tracestate: Option<&str>) -> opentelemetry::Context {
+        let mut carrier = HashMap::with_capacity(2);
+        carrier.insert("traceparent".to_owned(), traceparent.to_owned());
+        if let Some(state) = tracestate {
+            carrier.insert("tracestate".to_owned(), state.to_owned());
+        }
+        TraceContextPropagator::new().extract(&carrier)
+    }
+
+    pub(super) fn headers(span: &Span) -> Option<(String, Option<String>)> {
+        if span.is_disabled() {
+            return None;
+        }
+        let cx = span.context();
+        if !cx.span().span_context().is_valid() {
+            return None;
+        }
+        let mut carrier = HashMap::with_capacity(2);
+        TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+        let traceparent = carrier.remove("traceparent")?;
+        let tracestate = carrier.remove("tracestate").filter(|s| !s.is_empty());
+        Some((traceparent, tracestate))
+    }
+
+    pub(super) fn set_parent(span: &Span, traceparent: &str, tracestate: Option<&str>) {
+        if span.is_disabled() {
+            return;
+        }
+        let cx = extract(traceparent, tracestate);
+        if cx.span().span_context().is_valid() {
+            // Fails only once the span has started recording children: nothing to continue then.
+            let _ = span.set_parent(cx);
+        }
+    }
+
+    pub(super) fn add_link(span: &Span, traceparent: &str) {
+        if span.is_disabled() {
+            return;
+        }
+        let cx = extract(traceparent, None);
+        let linked = cx.span().span_context().clone();
+        if linked.is_valid() {
+            span.add_link(linked);
+        }
+    }
+}
+
+#[cfg(not(feature = "otel"))]
+mod imp {
+    use tracing::Span;
+
+    pub(super) fn headers(_: &Span) -> Option<(String, Option<String>)> {
+        None
+    }
+
+    pub(super) fn set_parent(_: &Span, _: &str, _: Option<&str>) {}
+
+    pub(super) fn add_link(_: &Span, _: &str) {}
+}
