@@ -17,6 +17,7 @@ mod pg;
 pub mod projection;
 pub mod redact;
 pub mod saga;
+pub mod search;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;

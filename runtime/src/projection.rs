@@ -17,7 +17,7 @@ use crate::event::RecordedEvent;
 use crate::store::BoxError;
 
 pub use changes::Changes;
-pub(crate) use changes::DocumentCache;
+pub(crate) use changes::{DocumentCache, Writes};
 pub use health::{HealthRegistry, ProjectionHealth, ProjectionStatus};
 pub use runner::{
     DeadLetterMode, ProjectionHandle, ProjectionRunner, RetrySchedule, RunnerOptions,
@@ -78,6 +78,15 @@ pub trait Projection: Send + Sync + 'static {
     fn handles(&self, event: &RecordedEvent) -> bool {
         let _ = event;
         true
+    }
+
+    /// Which collections are searchable, and how (default: none, every collection filter-only).
+    ///
+    /// With feature `search`, the runner keeps a full-text index of each declared collection
+    /// beside a SQLite read model, and the query dashboard serves
+    /// `/read-models/{name}/{collection}/search`.
+    fn search(&self) -> crate::search::SearchSchema {
+        crate::search::SearchSchema::new()
     }
 
     /// Applies one event by writing documents through `changes`.

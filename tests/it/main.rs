@@ -26,6 +26,7 @@ mod openapi_conformance;
 mod projection;
 mod registry;
 mod replay;
+mod saga;
 mod support;
 mod traces;
 mod up;

@@ -24,6 +24,9 @@ pub(crate) enum BenchCommand {
     Store(super::bench_store::StoreArgs),
     /// Temporal reads: a 10k-event time range, state as of a version, paging by continuation.
     Temporal(super::bench_temporal::TemporalArgs),
+    /// The query side under load: full-text search and aggregation latency, time from commit to
+    /// searchable, index size, on 100,000 orders with events flowing.
+    Query(super::bench_query::QueryArgs),
 }
 
 pub(crate) fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
@@ -36,6 +39,7 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
         BenchCommand::Saga(args) => super::bench_saga::run(args),
         BenchCommand::Store(args) => super::bench_store::run(args),
         BenchCommand::Temporal(args) => super::bench_temporal::run(args),
+        BenchCommand::Query(args) => super::bench_query::run(args),
     }
 }
 

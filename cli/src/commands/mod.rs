@@ -5,6 +5,7 @@ pub(crate) mod bench;
 pub(crate) mod bench_bus;
 pub(crate) mod bench_check;
 pub(crate) mod bench_http;
+pub(crate) mod bench_query;
 pub(crate) mod bench_registry;
 pub(crate) mod bench_saga;
 pub(crate) mod bench_store;

@@ -381,7 +381,7 @@ fn draw(frame: &mut Frame<'_>, url: &str, sample: Result<&Sample, &anyhow::Error
         Table::new(
             rows,
             [
-                Constraint::Length(18),
+                Constraint::Length(22),
                 Constraint::Length(12),
                 Constraint::Length(12),
                 Constraint::Length(12),

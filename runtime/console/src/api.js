@@ -118,8 +118,3 @@ export function servedBy(doc) {
   const sagas = (param && param.schema && param.schema.enum) || [];
   return { aggregates, sagas };
 }
-
-/// The signed-in credential, for transports that carry it themselves (the notifications socket).
-export function currentToken() {
-  return token;
-}

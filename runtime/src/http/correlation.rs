@@ -142,24 +142,7 @@ pub(crate) fn valid_id(id: &str, max: usize) -> bool {
     !id.is_empty() && id.len() <= max && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// The trace id of a valid version-00 `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
-pub(crate) fn trace_id(traceparent: &str) -> Option<&str> {
-    let parts: Vec<&str> = traceparent.trim().split('-').collect();
-    let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let [version, trace, parent, flags] = parts.as_slice() else {
-        return None;
-    };
-    let valid = hex(version, 2)
-        && *version != "ff"
-        && hex(trace, 32)
-        && trace.bytes().any(|b| b != b'0')
-        && hex(parent, 16)
-        && parent.bytes().any(|b| b != b'0')
-        && hex(flags, 2);
-    valid.then_some(*trace)
-}
+pub(crate) use crate::telemetry::trace::trace_id;
 
 #[cfg(test)]
 mod tests {

@@ -140,6 +140,25 @@ pub enum ApiError {
         /// The cap on concurrent waiters.
         limit: usize,
     },
+    /// A search request is malformed or exceeds a bound.
+    #[error("{0}")]
+    InvalidSearch(String),
+    /// The collection has no search declaration.
+    #[error("collection `{collection}` of `{projection}` is not searchable")]
+    NotSearchable {
+        /// The projection.
+        projection: String,
+        /// The collection.
+        collection: String,
+        /// The searchable collections of the projection.
+        searchable: Vec<String>,
+    },
+    /// `wait_for` on a search ran out of time before the index made the write searchable.
+    #[error("the read model has applied the write, but the search index has not committed it yet")]
+    NotSearchableYet,
+    /// Too many searches are running, or one ran out of time.
+    #[error("search is busy: {0}; retry shortly")]
+    SearchBusy(String),
     /// A backend (event store, read model) is unreachable; retrying later may work.
     #[error("a backend this service needs is unavailable; retry later")]
     Unavailable(#[source] Cause),
@@ -167,7 +186,8 @@ impl ApiError {
             Self::RouteNotFound
             | Self::UnknownAggregate { .. }
             | Self::UnknownProjection { .. }
-            | Self::UnknownId(_) => StatusCode::NOT_FOUND,
+            | Self::UnknownId(_)
+            | Self::NotSearchable { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidPath(_)
             | Self::InvalidParameter(_)
@@ -175,7 +195,8 @@ impl ApiError {
             | Self::InvalidBody { .. }
             | Self::InvalidCommand { .. }
             | Self::InvalidId(_)
-            | Self::InvalidFilter(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidFilter(_)
+            | Self::InvalidSearch(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -184,9 +205,11 @@ impl ApiError {
             Self::Rejected(_) | Self::IdempotencyKeyReused(_) | Self::InvalidEvent(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::NotAppliedYet { .. } | Self::TooManyWaiters { .. } | Self::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NotAppliedYet { .. }
+            | Self::TooManyWaiters { .. }
+            | Self::NotSearchableYet
+            | Self::SearchBusy(_)
+            | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -216,6 +239,10 @@ impl ApiError {
             Self::InvalidEvent(_) => "invalid_event",
             Self::NotAppliedYet { .. } => "not_applied_yet",
             Self::TooManyWaiters { .. } => "too_many_waiters",
+            Self::InvalidSearch(_) => "invalid_search",
+            Self::NotSearchable { .. } => "not_searchable",
+            Self::NotSearchableYet => "not_searchable_yet",
+            Self::SearchBusy(_) => "search_busy",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -232,6 +259,7 @@ impl ApiError {
             }
             Self::UnknownAggregate { known, .. } => json!({ "aggregates": known }),
             Self::UnknownProjection { known, .. } => json!({ "projections": known }),
+            Self::NotSearchable { searchable, .. } => json!({ "searchable": searchable }),
             Self::Conflict {
                 expected, actual, ..
             } => json!({ "expected": expected, "actual": actual }),
@@ -269,7 +297,11 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(Value::Object(body))).into_response();
         if matches!(
             self,
-            Self::TooManyWaiters { .. } | Self::NotAppliedYet { .. } | Self::Unavailable(_)
+            Self::TooManyWaiters { .. }
+                | Self::NotAppliedYet { .. }
+                | Self::NotSearchableYet
+                | Self::SearchBusy(_)
+                | Self::Unavailable(_)
         ) {
             response
                 .headers_mut()

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 pub(crate) struct OpenApi {
     doc: Value,
     paths: Map<String, Value>,
+    search_page: bool,
 }
 
 impl OpenApi {
@@ -43,6 +44,7 @@ impl OpenApi {
                 },
             }),
             paths,
+            search_page: false,
         }
     }
 
@@ -211,6 +213,62 @@ impl OpenApi {
         );
     }
 
+    /// The search endpoint of each searchable projection (its collections in `collection`).
+    pub(crate) fn search_paths(
+        &mut self,
+        searchable: &[(String, Vec<String>)],
+        limits: &crate::search::SearchLimits,
+        max_wait: std::time::Duration,
+    ) {
+        if searchable.is_empty() {
+            return;
+        }
+        let projections: Vec<&str> = searchable.iter().map(|(p, _)| p.as_str()).collect();
+        let mut collections: Vec<&str> = searchable
+            .iter()
+            .flat_map(|(_, c)| c.iter().map(String::as_str))
+            .collect();
+        collections.sort_unstable();
+        collections.dedup();
+        let string = |name: &str, description: &str, max: usize| {
+            json!({"name": name, "in": "query", "required": false, "description": description,
+                "schema": {"type": "string", "maxLength": max}})
+        };
+        self.paths.insert(
+            "/read-models/{projection}/{collection}/search".into(),
+            json!({"get": {
+                "summary": "Full-text search of a searchable collection, with filters, sort, cursor pages, highlights, facets and aggregations",
+                "description": "Query parameters other than the ones listed filter on declared keyword, numeric, date and boolean fields: `status=placed`, `total_cents[gte]=100`, `total_cents[lt]=500`, `status[in]=placed,confirmed` (also `gt`, `lte`). The index commits every few hundred milliseconds; `wait_for` waits until the write is searchable. Aggregations take Elasticsearch's request shape (terms, range, histogram, date_histogram, stats, percentiles, cardinality; one level of `aggs` under a bucket aggregation) and answer in its response shape.",
+                "operationId": "search_documents",
+                "parameters": [
+                    {"name": "projection", "in": "path", "required": true, "schema": {"type": "string", "enum": projections}},
+                    {"name": "collection", "in": "path", "required": true, "schema": {"type": "string", "enum": collections}},
+                    string("q", "The query: words, \"phrases\", prefix*, field:word, AND / OR / NOT, +required -excluded, (groups)", limits.max_query_bytes),
+                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": limits.max_limit, "default": 20}},
+                    string("cursor", "The `next_cursor` of the previous page (same query)", 256),
+                    string("sort", "`_score` (default), or a declared non-text field with `:asc` or `:desc`", 256),
+                    string("highlight", "Comma-separated full-text fields to highlight", 1024),
+                    string("facets", "Comma-separated facet fields whose value counts to return", 1024),
+                    string("aggs", "Aggregations as JSON, in Elasticsearch's request shape", limits.max_aggs_bytes),
+                    {"name": "wait_for", "in": "query", "required": false,
+                        "description": "Read your writes: wait until the write `<aggregate>/<id>@<version>` is searchable",
+                        "schema": {"type": "string", "examples": ["order/o-1@3"]}},
+                    {"name": "wait_ms", "in": "query", "required": false,
+                        "description": "How long `wait_for` waits, in milliseconds (default 2000)",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": max_wait.as_millis() as u64}}
+                ],
+                "responses": {
+                    "200": {"description": "A page of hits",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchPage"}}}},
+                    "400": error_response("A malformed query, filter, sort, cursor or aggregation, or one over a bound"),
+                    "404": error_response("No such projection, or the collection is not searchable"),
+                    "503": error_response("wait_for timed out, too many searches are running, or the search ran out of time")
+                }
+            }}),
+        );
+        self.search_page = true;
+    }
+
     /// The finished document, with the generator's definitions as components.
     pub(crate) fn finish(mut self, mut generator: SchemaGenerator) -> Value {
         let mut schemas = generator.take_definitions(true);
@@ -241,6 +299,22 @@ impl OpenApi {
                     "limit": {"type": "integer"}, "offset": {"type": "integer"},
                     "next_offset": {"type": ["integer", "null"]}}}),
         );
+        if self.search_page {
+            schemas.insert(
+                "SearchPage".into(),
+                json!({"type": "object", "required": ["total", "hits", "next_cursor"],
+                    "properties": {
+                        "total": {"type": "integer", "minimum": 0, "description": "Documents matching (exact)"},
+                        "hits": {"type": "array", "items": {"type": "object", "required": ["id", "document"],
+                            "properties": {"id": {"type": "string"},
+                                "score": {"type": "number", "description": "Relevance, when ranked by the query"},
+                                "document": {"type": "object"},
+                                "highlights": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}}}}},
+                        "next_cursor": {"type": ["string", "null"]},
+                        "facets": {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": {"type": "integer"}}},
+                        "aggregations": {"type": "object", "description": "Elasticsearch-shaped aggregation results by name"}}}),
+            );
+        }
         self.doc["paths"] = Value::Object(self.paths);
         self.doc["components"] = json!({ "schemas": schemas });
         self.doc

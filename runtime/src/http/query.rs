@@ -25,6 +25,7 @@ use super::extract::{Path, Query};
 use super::openapi::OpenApi;
 use crate::event::StreamId;
 use crate::projection::{HealthRegistry, ProjectionHandle, ReadModelError, ReadModelStore};
+use crate::search::{SearchError, SearchLimits, SearchRequest};
 use crate::telemetry::live;
 
 /// Documents per page when the request does not say.
@@ -56,6 +57,9 @@ pub struct QueryDashboard {
     origins: OriginPolicy,
     access: AccessControl,
     extra: Vec<(Router, Value)>,
+    #[cfg(feature = "search")]
+    searches: BTreeMap<String, Arc<crate::search::SearchIndex>>,
+    search_limits: SearchLimits,
     console: Option<super::Console>,
 }
 
@@ -90,8 +94,30 @@ impl QueryDashboard {
             origins: OriginPolicy::new(),
             access: AccessControl::open(),
             extra: Vec::new(),
+            #[cfg(feature = "search")]
+            searches: BTreeMap::new(),
+            search_limits: SearchLimits::default(),
             console: None,
         }
+    }
+
+    /// Bounds on searches (query length, page size and depth, filters, aggregations, time,
+    /// concurrency); see [`SearchLimits`].
+    pub fn with_search_limits(mut self, limits: SearchLimits) -> Self {
+        self.search_limits = limits;
+        self
+    }
+
+    /// Serves `index` under `/read-models/{name}/{collection}/search` (what
+    /// [`QueryDashboard::read_model`] does for a projection with searchable collections).
+    #[cfg(feature = "search")]
+    pub fn with_search(
+        mut self,
+        name: impl Into<String>,
+        index: Arc<crate::search::SearchIndex>,
+    ) -> Self {
+        self.searches.insert(name.into(), index);
+        self
     }
 
     /// Which hosts and origins the dashboard accepts (default: IP addresses and `localhost`,
@@ -129,9 +155,16 @@ impl QueryDashboard {
         self
     }
 
-    /// Serves the read model of a running projection under `/read-models/{its name}`.
+    /// Serves the read model of a running projection under `/read-models/{its name}`, and its
+    /// searchable collections under `/read-models/{its name}/{collection}/search`.
     pub fn read_model(self, projection: &ProjectionHandle) -> Self {
-        self.with_read_model(projection.name(), projection.read_model().clone())
+        let this = self.with_read_model(projection.name(), projection.read_model().clone());
+        #[cfg(feature = "search")]
+        let this = match projection.search() {
+            Some(index) => this.with_search(projection.name(), Arc::clone(index)),
+            None => this,
+        };
+        this
     }
 
     /// Serves `store` under `/read-models/{name}`.
@@ -156,6 +189,15 @@ impl QueryDashboard {
             "Serves the read models of this service's projections and their health.",
         );
         openapi.query_paths(&names, self.limits.max_wait);
+        #[cfg(feature = "search")]
+        {
+            let searchable: Vec<(String, Vec<String>)> = self
+                .searches
+                .iter()
+                .map(|(name, index)| (name.clone(), index.documents().into_keys().collect()))
+                .collect();
+            openapi.search_paths(&searchable, &self.search_limits, self.limits.max_wait);
+        }
         openapi.extra_paths(&super::dead_letters::openapi(&names));
         if self.console.is_some() {
             openapi.extra_paths(&super::console::openapi());
@@ -179,11 +221,20 @@ impl QueryDashboard {
             title: self.title,
             waiters: Arc::new(Semaphore::new(self.limits.max_waiters)),
             limits: self.limits,
+            #[cfg(feature = "search")]
+            searches: self.searches,
+            searching: Arc::new(Semaphore::new(self.search_limits.max_concurrent)),
+            search_limits: self.search_limits,
         });
-        let mut routes = Router::new()
+        let routes = Router::new()
             .route("/", get(overview))
             .route("/read-models", get(projections))
-            .route("/read-models/{projection}/{collection}", get(list))
+            .route("/read-models/{projection}/{collection}", get(list));
+        // A static segment wins over `{id}`: a document whose id is `search` is read through
+        // the list endpoint's filters instead.
+        #[cfg(feature = "search")]
+        let routes = routes.route("/read-models/{projection}/{collection}/search", get(search));
+        let mut routes = routes
             .route("/read-models/{projection}/{collection}/{id}", get(one))
             .route_layer(self.access.require(Permission::ReadModelsRead))
             .with_state(state)
@@ -211,6 +262,10 @@ struct Shared {
     title: String,
     waiters: Arc<Semaphore>,
     limits: QueryLimits,
+    #[cfg(feature = "search")]
+    searches: BTreeMap<String, Arc<crate::search::SearchIndex>>,
+    searching: Arc<Semaphore>,
+    search_limits: SearchLimits,
 }
 
 impl Shared {
@@ -376,6 +431,10 @@ async fn projections(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, A
     let mut projections = Vec::new();
     for (name, store) in &shared.read_models {
         let checkpoint = store.checkpoint().await.map_err(read_model_error)?;
+        #[cfg(feature = "search")]
+        let search = shared.searches.get(name).map(|index| index.documents());
+        #[cfg(not(feature = "search"))]
+        let search: Option<BTreeMap<String, u64>> = None;
         let collections = store
             .collections(MAX_COLLECTIONS)
             .await
@@ -385,6 +444,7 @@ async fn projections(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, A
             "collections": collections,
             "checkpoint": checkpoint.map(|c| c.position),
             "health": shared.health.get(name),
+            "searchable": search,
         }));
     }
     Ok(Json(json!({ "projections": projections })))
@@ -467,6 +527,98 @@ async fn list_documents(
         "offset": offset,
         "next_offset": next_offset,
     })))
+}
+
+#[cfg(feature = "search")]
+/// The answer to a failed search: 400 for a bad request, 404 for a collection that is not
+/// searchable, 503 when the backend is unreachable, else 500 (the cause is logged).
+fn search_error(err: SearchError) -> ApiError {
+    match err {
+        SearchError::Invalid(message) => ApiError::InvalidSearch(message),
+        SearchError::NotSearchable {
+            projection,
+            collection,
+        } => ApiError::NotSearchable {
+            projection,
+            collection,
+            searchable: Vec::new(),
+        },
+        err @ SearchError::Unavailable { .. } => ApiError::unavailable(err),
+        err => ApiError::internal(err),
+    }
+}
+
+/// Full-text search with filters, sort, cursor pages, highlights, facets and aggregations.
+#[cfg(feature = "search")]
+async fn search(
+    State(shared): State<Arc<Shared>>,
+    Path((projection, collection)): Path<(String, String)>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let store = shared.read_model(&projection)?;
+    {
+        let not_searchable = |searchable: Vec<String>| ApiError::NotSearchable {
+            projection: projection.clone(),
+            collection: collection.clone(),
+            searchable,
+        };
+        let index = shared
+            .searches
+            .get(&projection)
+            .cloned()
+            .ok_or_else(|| not_searchable(Vec::new()))?;
+        let declaration = index
+            .declaration(&collection)
+            .ok_or_else(|| not_searchable(index.documents().into_keys().collect()))?;
+        let request = SearchRequest::parse(&pairs, declaration, &shared.search_limits)
+            .map_err(search_error)?;
+        let waits: Vec<(String, String)> = pairs
+            .into_iter()
+            .filter(|(key, _)| key == "wait_for" || key == "wait_ms")
+            .collect();
+        let params = ListParams::parse(waits, shared.limits.max_wait)?;
+        if let Some(wait) = &params.wait {
+            let _permit = Arc::clone(&shared.waiters)
+                .try_acquire_owned()
+                .map_err(|_| ApiError::TooManyWaiters {
+                    limit: shared.limits.max_waiters,
+                })?;
+            let started = Instant::now();
+            wait.until_applied(&store).await?;
+            let left = wait.timeout.saturating_sub(started.elapsed());
+            if !index.wait_searchable(left).await {
+                return Err(ApiError::NotSearchableYet);
+            }
+        }
+        let permit = Arc::clone(&shared.searching)
+            .try_acquire_owned()
+            .map_err(|_| {
+                ApiError::SearchBusy(format!(
+                    "{} searches are running",
+                    shared.search_limits.max_concurrent
+                ))
+            })?;
+        let limits = shared.search_limits;
+        let deadline = tokio::time::Instant::now() + limits.timeout;
+        let late = || {
+            ApiError::SearchBusy(format!(
+                "the search took longer than {} ms",
+                limits.timeout.as_millis()
+            ))
+        };
+        // A search never answers after its time is up, even one that finished just after.
+        let response = tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(deadline) => return Err(late()),
+            response = index.search(&collection, request, limits, permit) => response,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(late());
+        }
+        let response = response.map_err(search_error)?;
+        let body = serde_json::to_value(response).map_err(ApiError::internal)?;
+        Ok(Json(body))
+    }
 }
 
 async fn one(

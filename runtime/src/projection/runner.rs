@@ -83,6 +83,9 @@ pub struct RunnerOptions {
     /// stray publish, a shared stream, a store restored from an older backup) before the
     /// projection reports `failing`; it keeps checking the store with backoff either way.
     pub gap_wait: Duration,
+    /// How search indexes are written (feature `search`): commit interval and size cap.
+    #[cfg(feature = "search")]
+    pub search: crate::search::IndexOptions,
 }
 
 impl Default for RunnerOptions {
@@ -95,6 +98,8 @@ impl Default for RunnerOptions {
             redrive_poll: Duration::from_millis(500),
             redrive_page: 256,
             gap_wait: Duration::from_secs(30),
+            #[cfg(feature = "search")]
+            search: crate::search::IndexOptions::default(),
         }
     }
 }
@@ -174,6 +179,8 @@ impl ProjectionRunner {
     pub fn spawn<P: Projection>(&self, projection: P) -> Result<ProjectionHandle, ReadModelError> {
         let name = projection.name().to_owned();
         let read_model = self.read_models.open(&name)?;
+        #[cfg(feature = "search")]
+        let search = self.open_search(&projection, &read_model)?;
         let health = self.health.register(&name);
         let (stop, stopped) = watch::channel(false);
         let worker = Worker {
@@ -184,6 +191,8 @@ impl ProjectionRunner {
             bus: Arc::clone(&self.bus),
             options: self.options.clone(),
             health: Arc::clone(&health),
+            #[cfg(feature = "search")]
+            search: search.clone(),
         };
         let task = tokio::spawn(supervise(worker, stopped));
         Ok(ProjectionHandle {
@@ -192,6 +201,38 @@ impl ProjectionRunner {
             health,
             stop,
             task,
+            #[cfg(feature = "search")]
+            search,
+        })
+    }
+
+    /// Opens the search indexes `projection` declares, beside its SQLite read model.
+    #[cfg(feature = "search")]
+    fn open_search<P: Projection>(
+        &self,
+        projection: &P,
+        read_model: &ReadModelStore,
+    ) -> Result<Option<Arc<crate::search::SearchIndex>>, ReadModelError> {
+        let declaration = projection.search();
+        if declaration.is_empty() {
+            return Ok(None);
+        }
+        let name = projection.name();
+        let Some(dir) = self.read_models.search_dir(name) else {
+            tracing::debug!(projection = %name, "read model searches in its own database");
+            return Ok(None);
+        };
+        crate::search::SearchIndex::open(
+            name,
+            &dir,
+            &declaration,
+            read_model.clone(),
+            self.options.search,
+        )
+        .map(Some)
+        .map_err(|e| ReadModelError::Search {
+            projection: name.to_owned(),
+            source: Box::new(e),
         })
     }
 }
@@ -203,6 +244,8 @@ pub struct ProjectionHandle {
     health: Arc<RwLock<ProjectionHealth>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    #[cfg(feature = "search")]
+    search: Option<Arc<crate::search::SearchIndex>>,
 }
 
 impl ProjectionHandle {
@@ -221,15 +264,30 @@ impl ProjectionHandle {
         self.health.read().expect("health lock poisoned").clone()
     }
 
-    /// Stops it after the batch in progress commits.
+    /// Its search indexes, when it declares searchable collections (feature `search`).
+    #[cfg(feature = "search")]
+    pub fn search(&self) -> Option<&Arc<crate::search::SearchIndex>> {
+        self.search.as_ref()
+    }
+
+    /// Stops it after the batch in progress commits (and its search index commits).
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         let _ = (&mut self.task).await;
+        #[cfg(feature = "search")]
+        if let Some(search) = &self.search {
+            search.stop().await;
+        }
     }
 
-    /// Kills it at once, as a crash would: nothing after the last commit is kept.
+    /// Kills it at once, as a crash would: nothing after the last commit is kept (the search
+    /// index keeps nothing after its last commit either).
     pub fn abort(self) {
         self.task.abort();
+        #[cfg(feature = "search")]
+        if let Some(search) = &self.search {
+            search.kill();
+        }
     }
 }
 
@@ -315,6 +373,8 @@ struct Worker<P> {
     bus: Arc<dyn EventBus>,
     options: RunnerOptions,
     health: Arc<RwLock<ProjectionHealth>>,
+    #[cfg(feature = "search")]
+    search: Option<Arc<crate::search::SearchIndex>>,
 }
 
 struct Item {
@@ -342,12 +402,8 @@ fn delivery_span(projection: &str, event: &RecordedEvent) -> tracing::Span {
         "deliver",
         otel.name = %format_args!("process {projection}"),
         otel.kind = "consumer",
-        messaging.operation.type = "process",
         messaging.consumer.group.name = projection,
-        messaging.destination.name = event.stream.aggregate_type(),
         messaging.message.id = %event.id,
-        nexus.stream = %event.stream,
-        nexus.version = event.version,
         nexus.position = event.position,
         correlation_id = event.metadata.correlation_id.as_deref().unwrap_or_default(),
         causation_id = event.metadata.causation_id.as_deref().unwrap_or_default(),
@@ -658,6 +714,12 @@ impl<P: Projection> Worker<P> {
     }
 
     async fn run(&self, mut stopped: watch::Receiver<bool>) -> Result<(), WorkerError> {
+        // The index catches up with the read model before anything new is applied, so a
+        // caught-up document is never overwritten by an older handoff.
+        #[cfg(feature = "search")]
+        if let Some(search) = &self.search {
+            search.ready().await;
+        }
         let start = self
             .read_model
             .checkpoint()
@@ -1167,6 +1229,32 @@ impl<P: Projection> Worker<P> {
         }
     }
 
+    /// Commits the batch and hands its searchable writes to the search index, under the gate
+    /// that lets `wait_for` on search see the handoff of every commit it saw.
+    #[cfg(feature = "search")]
+    async fn commit_searchable(
+        &self,
+        batch: Batch,
+        completed: &[Item],
+    ) -> Result<Batch, WorkerError> {
+        let Some(search) = &self.search else {
+            return Ok(self.read_model.commit(batch).await?);
+        };
+        let writes = search.searchable_writes(&batch.writes);
+        let mut gate = search.gate().await;
+        let committed = self.read_model.commit(batch).await?;
+        if !writes.is_empty() {
+            let handoff = crate::search::Handoff {
+                writes,
+                recorded: completed.iter().map(|i| i.event().recorded_at).collect(),
+                stamp: committed.committed_at,
+                position: committed.checkpoint.map_or(0, |c| c.position),
+            };
+            search.hand(&mut gate, handoff).await;
+        }
+        Ok(committed)
+    }
+
     /// Commits the batch, then acknowledges its events on the bus.
     async fn commit(
         &self,
@@ -1183,6 +1271,12 @@ impl<P: Projection> Worker<P> {
         if !batch.is_empty() {
             let started = Instant::now();
             let commit = commit_span(&self.name, &completed);
+            #[cfg(feature = "search")]
+            let committed = self
+                .commit_searchable(batch, &completed)
+                .instrument(commit)
+                .await?;
+            #[cfg(not(feature = "search"))]
             let committed = self.read_model.commit(batch).instrument(commit).await?;
             metrics::histogram!("nexus_projection_commit_seconds", "projection" => self.name.clone())
                 .record(started.elapsed().as_secs_f64());
@@ -1249,9 +1343,7 @@ fn commit_span(projection: &str, completed: &[Item]) -> tracing::Span {
         events = completed.len()
     );
     for item in traced.take(127) {
-        if let Some(traceparent) = trace::traceparent(&item.span) {
-            trace::add_link(&span, &traceparent);
-        }
+        trace::link_span(&span, &item.span);
     }
     span
 }

@@ -74,6 +74,15 @@ pub enum ReadModelError {
     /// No dead letter has this id.
     #[error("no dead letter with id {0}")]
     NoSuchDeadLetter(i64),
+    /// The projection's search index could not be opened.
+    #[error("search index of `{projection}` failed")]
+    Search {
+        /// The projection.
+        projection: String,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
 }
 
 /// Checks that a filter field is a plain (possibly nested) field name.
@@ -172,6 +181,8 @@ pub(crate) struct Batch {
     /// Streams whose parked letters are released for redrive (their head letter was redriven).
     pub(crate) release: Vec<StreamId>,
     pub(crate) checkpoint: Option<LogPosition>,
+    /// The documents' `updated_at` (microseconds since the epoch), set by the commit.
+    pub(crate) committed_at: i64,
 }
 
 impl Batch {
@@ -261,6 +272,16 @@ impl ReadModels {
             Kind::Postgres(tables) => Ok(ReadModelStore {
                 backend: Backend::Postgres(Arc::new(tables.projection(name))),
             }),
+        }
+    }
+
+    /// Where projection `name` keeps its search indexes: `{dir}/{name}.search` beside a SQLite
+    /// read model; `None` for PostgreSQL read models.
+    pub fn search_dir(&self, name: &str) -> Option<PathBuf> {
+        match &self.kind {
+            Kind::Sqlite(dir) => Some(dir.join(format!("{name}.search"))),
+            #[cfg(feature = "postgres")]
+            Kind::Postgres(_) => None,
         }
     }
 }
@@ -405,7 +426,15 @@ impl ReadModelStore {
     /// checkpoint together or not at all; hands the committed batch back.
     pub(crate) async fn commit(&self, batch: Batch) -> Result<Batch, ReadModelError> {
         match &self.backend {
-            Backend::Sqlite(db) => blocking(db, move |db| db.commit(&batch).map(|()| batch)).await,
+            Backend::Sqlite(db) => {
+                blocking(db, move |db| {
+                    db.commit(&batch).map(|now| Batch {
+                        committed_at: now,
+                        ..batch
+                    })
+                })
+                .await
+            }
             #[cfg(feature = "postgres")]
             Backend::Postgres(db) => db.commit(&batch).await.map(|()| batch),
         }
@@ -490,6 +519,42 @@ impl ReadModelStore {
             Backend::Sqlite(db) => blocking(db, move |db| db.redrive_requests(after, limit)).await,
             #[cfg(feature = "postgres")]
             Backend::Postgres(db) => db.redrive_requests(after, limit).await,
+        }
+    }
+
+    /// Every document id of `collection` with its `updated_at` stamp (what search catch-up
+    /// compares).
+    pub(crate) async fn stamps(
+        &self,
+        collection: &str,
+    ) -> Result<Vec<(String, i64)>, ReadModelError> {
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                let collection = collection.to_owned();
+                blocking(db, move |db| db.stamps(&collection)).await
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => Err(ReadModelError::Config(
+                "PostgreSQL read models search in PostgreSQL, not in a local index".to_owned(),
+            )),
+        }
+    }
+
+    /// Documents `ids` of `collection` that exist, with their `updated_at` stamps.
+    pub(crate) async fn documents(
+        &self,
+        collection: &str,
+        ids: Vec<String>,
+    ) -> Result<Vec<(String, Value, i64)>, ReadModelError> {
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                let collection = collection.to_owned();
+                blocking(db, move |db| db.documents(&collection, &ids)).await
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => Err(ReadModelError::Config(
+                "PostgreSQL read models search in PostgreSQL, not in a local index".to_owned(),
+            )),
         }
     }
 

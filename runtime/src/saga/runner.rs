@@ -927,10 +927,14 @@ async fn run_driver(
         }
         metrics::gauge!("nexus_saga_timers", "saga" => engine.name.clone())
             .set(engine.queue.len() as f64);
-        let wait = next
-            .map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(engine.options.reconcile_interval)
-            .min(engine.options.reconcile_interval);
+        // With every permit taken, what is due waits for a drive to end (never a busy loop).
+        let wait = match next {
+            Some(at) if permits.available_permits() > 0 => {
+                (at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+            }
+            _ => engine.options.reconcile_interval,
+        }
+        .min(engine.options.reconcile_interval);
         tokio::select! {
             _ = stopped.changed() => {}
             () = engine.queue.notify.notified() => {}

@@ -48,6 +48,8 @@ pub enum Component {
     Live,
     /// Saga runners (process managers).
     Saga,
+    /// Search indexes of read models (feature `search`).
+    Search,
     /// The integration relay to external consumers (not run by `nexus up`).
     Integration,
     /// The schema registry (`nexus-schema-registry`).
@@ -67,6 +69,7 @@ impl Component {
             Self::Http => "HTTP",
             Self::Live => "per-second ring",
             Self::Saga => "sagas",
+            Self::Search => "search",
             Self::Integration => "integration relay",
             Self::Registry => "schema registry",
         }
@@ -169,7 +172,7 @@ const fn histogram(
 }
 
 use Component::{
-    Bus, CommandService, Http, Integration, Live, Projection, Query, Registry, Relay, Saga,
+    Bus, CommandService, Http, Integration, Live, Projection, Query, Registry, Relay, Saga, Search,
     Snapshots,
 };
 
@@ -457,6 +460,44 @@ pub const CATALOGUE: &[MetricDef] = &[
         &["series"],
         "seconds",
         "Highest one-second 0.99 quantile since the previous scrape of /metrics.",
+    ),
+    // Search indexes (feature `search`), each labelled with its projection.
+    histogram(
+        Search,
+        "nexus_search_visibility_seconds",
+        &["projection"],
+        "seconds",
+        PIPELINE_BUCKETS,
+        "Time from an event's commit to the index commit that makes its documents searchable.",
+    ),
+    histogram(
+        Search,
+        "nexus_search_commit_seconds",
+        &["projection"],
+        "seconds",
+        LATENCY_BUCKETS,
+        "Time to commit a projection's search indexes (on the commit timer or size cap).",
+    ),
+    counter(
+        Search,
+        "nexus_search_documents_indexed_total",
+        &["projection"],
+        "documents",
+        "Document writes and deletions committed to the search index.",
+    ),
+    counter(
+        Search,
+        "nexus_search_commit_failures_total",
+        &["projection"],
+        "commits",
+        "Search index commits that failed (retried on the next interval).",
+    ),
+    counter(
+        Search,
+        "nexus_search_catch_up_documents_total",
+        &["projection"],
+        "documents",
+        "Documents re-indexed or deleted at start to catch up with the read model after an unclean stop.",
     ),
     // Sagas (process managers), each labelled with its saga type.
     counter(

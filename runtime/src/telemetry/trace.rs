@@ -29,23 +29,72 @@ pub fn add_link(span: &Span, traceparent: &str) {
     imp::add_link(span, traceparent);
 }
 
+/// Adds a link from `span` to the span `other`, when OpenTelemetry records both.
+pub fn link_span(span: &Span, other: &Span) {
+    imp::link_span(span, other);
+}
+
+/// The trace id of a valid version-00 `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let parts: Vec<&str> = traceparent.trim().split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let [version, trace, parent, flags] = parts.as_slice() else {
+        return None;
+    };
+    let valid = hex(version, 2)
+        && *version != "ff"
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && hex(flags, 2);
+    valid.then_some(*trace)
+}
+
 #[cfg(feature = "otel")]
 mod imp {
     use std::collections::HashMap;
 
     use opentelemetry::propagation::TextMapPropagator;
-    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
     use opentelemetry_sdk::propagation::TraceContextPropagator;
     use tracing::Span;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
     fn extract(traceparent: &str, tracestate: Option<&str>) -> opentelemetry::Context {
-        let mut carrier = HashMap::with_capacity(2);
-        carrier.insert("traceparent".to_owned(), traceparent.to_owned());
-        if let Some(state) = tracestate {
-            carrier.insert("tracestate".to_owned(), state.to_owned());
+        match tracestate {
+            // Without a trace state (the case of every event's metadata) the header is parsed
+            // directly, without the propagator's map: this runs once per event delivered.
+            None => parse(traceparent).map_or_else(opentelemetry::Context::new, |cx| {
+                opentelemetry::Context::new().with_remote_span_context(cx)
+            }),
+            Some(state) => {
+                let mut carrier = HashMap::with_capacity(2);
+                carrier.insert("traceparent".to_owned(), traceparent.to_owned());
+                carrier.insert("tracestate".to_owned(), state.to_owned());
+                TraceContextPropagator::new().extract(&carrier)
+            }
         }
-        TraceContextPropagator::new().extract(&carrier)
+    }
+
+    /// A valid version-00 `traceparent` as a remote span context.
+    fn parse(traceparent: &str) -> Option<SpanContext> {
+        let trace = super::trace_id(traceparent)?;
+        let mut parts = traceparent.trim().split('-').skip(2);
+        let span = parts.next()?;
+        let flags = u8::from_str_radix(parts.next()?, 16).ok()?;
+        let cx = SpanContext::new(
+            TraceId::from_hex(trace).ok()?,
+            SpanId::from_hex(span).ok()?,
+            TraceFlags::new(flags) & TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        cx.is_valid().then_some(cx)
     }
 
     pub(super) fn headers(span: &Span) -> Option<(String, Option<String>)> {
@@ -74,6 +123,16 @@ mod imp {
         }
     }
 
+    pub(super) fn link_span(span: &Span, other: &Span) {
+        if span.is_disabled() || other.is_disabled() {
+            return;
+        }
+        let linked = other.context().span().span_context().clone();
+        if linked.is_valid() {
+            span.add_link(linked);
+        }
+    }
+
     pub(super) fn add_link(span: &Span, traceparent: &str) {
         if span.is_disabled() {
             return;
@@ -97,4 +156,6 @@ mod imp {
     pub(super) fn set_parent(_: &Span, _: &str, _: Option<&str>) {}
 
     pub(super) fn add_link(_: &Span, _: &str) {}
+
+    pub(super) fn link_span(_: &Span, _: &Span) {}
 }

@@ -12,6 +12,8 @@ mod http;
 mod integration;
 mod projection;
 mod saga;
+#[cfg(all(feature = "search", feature = "http"))]
+mod search;
 mod snapshot;
 mod store_contract;
 mod support;

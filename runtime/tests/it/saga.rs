@@ -816,7 +816,7 @@ async fn a_deadline_due_while_no_runner_runs_fires_once_after_restart(backend: B
     let Some(setup) = Setup::new(backend).await else {
         return;
     };
-    let definition = || fulfilment(1, true, Duration::from_millis(600));
+    let definition = || fulfilment(1, true, Duration::from_secs(3));
     let sagas = setup.spawn(vec![definition()]).await;
     setup.place("o6", false).await;
     let id = instance_id(SAGA, "o6");
@@ -834,7 +834,7 @@ async fn a_deadline_due_while_no_runner_runs_fires_once_after_restart(backend: B
     }
     // The process dies while the charge waits; its deadline passes while nothing runs.
     sagas.abort();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     assert!(
         !setup
             .saga_events("o6")

@@ -149,18 +149,29 @@ impl SqliteReadModel {
             super::check_field(field)?;
             values.push(format!("$.{field}").into());
             let index = values.len();
-            values.push(match value {
-                Value::String(s) => s.clone().into(),
-                Value::Bool(b) => i64::from(*b).into(),
-                Value::Number(n) if n.is_i64() => n.as_i64().unwrap_or_default().into(),
-                Value::Number(n) => n.as_f64().unwrap_or_default().into(),
-                Value::Null => rusqlite::types::Value::Null,
-                other => other.to_string().into(),
-            });
-            sql.push_str(&format!(
-                " AND json_extract(body, ?{index}) IS ?{}",
-                index + 1
-            ));
+            // `json_extract` turns JSON `true` into 1, so the JSON type is compared too: a
+            // boolean matches only a boolean and a number only a number, as `jsonb` equality
+            // does on PostgreSQL.
+            let (value, types): (rusqlite::types::Value, &str) = match value {
+                Value::String(s) => (s.clone().into(), "'text'"),
+                Value::Bool(true) => (1.into(), "'true'"),
+                Value::Bool(false) => (0.into(), "'false'"),
+                Value::Number(n) if n.is_i64() => {
+                    (n.as_i64().unwrap_or_default().into(), "'integer', 'real'")
+                }
+                Value::Number(n) => (n.as_f64().unwrap_or_default().into(), "'integer', 'real'"),
+                Value::Null => (rusqlite::types::Value::Null, ""),
+                other => (other.to_string().into(), "'text'"),
+            };
+            if types.is_empty() {
+                sql.push_str(&format!(" AND json_extract(body, ?{index}) IS NULL"));
+            } else {
+                values.push(value);
+                sql.push_str(&format!(
+                    " AND json_type(body, ?{index}) IN ({types}) AND json_extract(body, ?{index}) = ?{}",
+                    index + 1
+                ));
+            }
         }
         sql.push_str(&format!(" ORDER BY id LIMIT {} OFFSET {}", limit, offset));
         let conn = self.lock();
@@ -240,8 +251,48 @@ impl SqliteReadModel {
         .map_err(|e| self.sqlite(e))
     }
 
-    /// Commits a batch in one transaction (and one fsync).
-    pub(super) fn commit(&self, batch: &Batch) -> Result<(), ReadModelError> {
+    /// Every document id of `collection` with its `updated_at`, in id order.
+    pub(super) fn stamps(&self, collection: &str) -> Result<Vec<(String, i64)>, ReadModelError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT id, updated_at FROM documents WHERE collection = ?1 ORDER BY id")
+            .map_err(|e| self.sqlite(e))?;
+        let rows = stmt
+            .query_map([collection], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(|e| self.sqlite(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sqlite(e))
+    }
+
+    /// Documents `ids` of `collection` that exist, with their `updated_at`.
+    pub(super) fn documents(
+        &self,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, Value, i64)>, ReadModelError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT body, updated_at FROM documents WHERE collection = ?1 AND id = ?2",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row: Option<(String, i64)> = stmt
+                .query_row(params![collection, id], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()
+                .map_err(|e| self.sqlite(e))?;
+            if let Some((body, stamp)) = row {
+                let body = serde_json::from_str(&body).map_err(|e| self.corrupt(e))?;
+                out.push((id.clone(), body, stamp));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits a batch in one transaction (and one fsync); returns the documents' `updated_at`.
+    pub(super) fn commit(&self, batch: &Batch) -> Result<i64, ReadModelError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
         let now = Utc::now().timestamp_micros();
@@ -347,7 +398,7 @@ impl SqliteReadModel {
             .lock()
             .expect("read model checkpointer lock poisoned")
             .committed();
-        Ok(())
+        Ok(now)
     }
 
     fn row_to_dead_letter(

@@ -7,6 +7,7 @@
 use async_trait::async_trait;
 use nexus_runtime::RecordedEvent;
 use nexus_runtime::projection::{Changes, Projection, ProjectionError};
+use nexus_runtime::search::{CollectionSchema, Language, SearchSchema};
 use serde_json::{Value, json};
 
 use crate::events::{Order, OrderEvent};
@@ -50,6 +51,20 @@ impl Projection for OrderSummaries {
 
     fn handles(&self, event: &RecordedEvent) -> bool {
         event.stream.aggregate_type() == <Order as nexus_runtime::Aggregate>::TYPE
+    }
+
+    /// Orders are searchable by customer and by the SKUs of their lines, with `status` as a
+    /// facet and `total_cents` for ranges, sorting and statistics
+    /// (`/read-models/orders/orders/search?q=ada&status=confirmed`); customers stay filter-only.
+    fn search(&self) -> SearchSchema {
+        SearchSchema::new().collection(
+            Self::ORDERS,
+            CollectionSchema::new()
+                .text("customer", Language::Simple)
+                .text("lines.sku", Language::Simple)
+                .facet("status")
+                .numeric("total_cents"),
+        )
     }
 
     async fn apply(

@@ -1,0 +1,568 @@
+//! `nexus bench query`: the query side under load. The sample orders projection is fed
+//! `--documents` orders, then events keep flowing at `--rate` per second while full-text
+//! searches and aggregations run against its search index; it reports search and aggregation
+//! latency, time from an event's commit to its document being searchable, index size and peak
+//! memory, per backend.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use nexus_runtime::bus::EventBus;
+use nexus_runtime::bus::local::InProcessBus;
+use nexus_runtime::projection::{ProjectionHandle, ProjectionRunner, ReadModels};
+use nexus_runtime::search::{SearchIndex, SearchLimits, SearchRequest};
+use nexus_runtime::store::embedded::EmbeddedStore;
+use nexus_runtime::{EventStore, ExpectedVersion, Metadata, NewEvent, StreamId};
+use serde_json::{Value, json};
+
+use super::Outcome;
+use super::bench::{latency_ms, peak_rss_mb, round};
+use super::bench_store::Backend;
+use crate::events::OrderEvent;
+use crate::output;
+use crate::projection::OrderSummaries;
+
+#[derive(Debug, Args)]
+pub(crate) struct QueryArgs {
+    /// Backends to measure, one after the other (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "embedded")]
+    backend: Vec<Backend>,
+    /// PostgreSQL URL (a throw-away schema is created and dropped in it).
+    #[arg(long, env = "NEXUS_POSTGRES_URL")]
+    url: Option<String>,
+    /// Orders (documents of the searchable `orders` collection) loaded before measuring.
+    #[arg(long, default_value_t = 100_000)]
+    documents: u64,
+    /// Events per second appended while measuring.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// How long to measure, in seconds.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Print JSON (the default output is a short summary).
+    #[arg(long)]
+    json: bool,
+}
+
+/// First names and family names of the generated customers (50 × 50 distinct customers).
+const FIRST: [&str; 50] = [
+    "ada",
+    "alan",
+    "grace",
+    "linus",
+    "barbara",
+    "edsger",
+    "donald",
+    "margaret",
+    "ken",
+    "dennis",
+    "bjarne",
+    "guido",
+    "james",
+    "john",
+    "niklaus",
+    "tony",
+    "leslie",
+    "frances",
+    "radia",
+    "shafi",
+    "silvio",
+    "whitfield",
+    "martin",
+    "ivan",
+    "butler",
+    "charles",
+    "david",
+    "fran",
+    "hedy",
+    "joan",
+    "karen",
+    "lynn",
+    "mary",
+    "nancy",
+    "ole",
+    "per",
+    "robin",
+    "sophie",
+    "tim",
+    "vint",
+    "yukihiro",
+    "anders",
+    "brian",
+    "carl",
+    "dana",
+    "ellen",
+    "fernando",
+    "gerald",
+    "hal",
+    "irene",
+];
+const LAST: [&str; 50] = [
+    "lovelace",
+    "turing",
+    "hopper",
+    "torvalds",
+    "liskov",
+    "dijkstra",
+    "knuth",
+    "hamilton",
+    "thompson",
+    "ritchie",
+    "stroustrup",
+    "rossum",
+    "gosling",
+    "backus",
+    "wirth",
+    "hoare",
+    "lamport",
+    "allen",
+    "perlman",
+    "goldwasser",
+    "micali",
+    "diffie",
+    "hellman",
+    "sutherland",
+    "lampson",
+    "babbage",
+    "patterson",
+    "bilas",
+    "lamarr",
+    "clarke",
+    "jones",
+    "conway",
+    "shaw",
+    "lynch",
+    "dahl",
+    "hansen",
+    "milner",
+    "wilson",
+    "berners",
+    "cerf",
+    "matsumoto",
+    "hejlsberg",
+    "kernighan",
+    "hewitt",
+    "scott",
+    "spertus",
+    "corbato",
+    "sussman",
+    "abelson",
+    "greif",
+];
+/// Distinct SKUs in the catalogue.
+const SKUS: u64 = 10_000;
+
+fn customer(n: u64) -> String {
+    format!(
+        "{} {}",
+        FIRST[(n % 50) as usize],
+        LAST[((n / 50) % 50) as usize]
+    )
+}
+
+fn sku(n: u64) -> String {
+    format!("SKU-{:05}", n % SKUS)
+}
+
+/// A small xorshift generator: the benchmark needs spread, not cryptography.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn event(event: &OrderEvent) -> anyhow::Result<NewEvent> {
+    Ok(NewEvent::from_domain(event, Metadata::default())?)
+}
+
+/// The events of order `n` as loaded before measuring: placed, one or two items, and every
+/// other one confirmed.
+fn order_events(n: u64) -> anyhow::Result<Vec<NewEvent>> {
+    let mut events = vec![
+        event(&OrderEvent::OrderPlaced {
+            customer: customer(n),
+        })?,
+        event(&OrderEvent::ItemAdded {
+            sku: sku(n * 7),
+            quantity: 1 + (n % 3) as u32,
+            unit_price_cents: 100 + (n * 37) % 9_900,
+        })?,
+    ];
+    if n.is_multiple_of(3) {
+        events.push(event(&OrderEvent::ItemAdded {
+            sku: sku(n * 13 + 1),
+            quantity: 1,
+            unit_price_cents: 250,
+        })?);
+    }
+    if n.is_multiple_of(2) {
+        events.push(event(&OrderEvent::OrderConfirmed {
+            total_cents: 100 + (n * 37) % 9_900,
+        })?);
+    }
+    Ok(events)
+}
+
+/// The full-text queries measured, in the endpoint's parameters.
+fn search_queries() -> Vec<Vec<(String, String)>> {
+    let q = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    vec![
+        q(&[("q", "lovelace")]),
+        q(&[("q", "\"grace hopper\"")]),
+        q(&[("q", "customer:ada AND customer:turing")]),
+        q(&[("q", "lov*")]),
+        q(&[("q", "lines.sku:00042")]),
+        q(&[("q", "knuth"), ("status", "confirmed")]),
+        q(&[("q", "dijkstra OR wirth"), ("total_cents[gte]", "5000")]),
+        q(&[("q", "hamilton -margaret"), ("sort", "total_cents:desc")]),
+        q(&[("q", "ritchie"), ("highlight", "customer"), ("limit", "50")]),
+        q(&[
+            ("status[in]", "placed,cancelled"),
+            ("sort", "total_cents:asc"),
+        ]),
+    ]
+}
+
+/// The aggregations measured (over every order, or a query's matches).
+fn aggregation_queries() -> Vec<Vec<(String, String)>> {
+    let agg = |q: Option<&str>, aggs: Value| {
+        let mut pairs = vec![
+            ("limit".to_owned(), "1".to_owned()),
+            ("aggs".to_owned(), aggs.to_string()),
+        ];
+        if let Some(q) = q {
+            pairs.push(("q".to_owned(), q.to_owned()));
+        }
+        pairs
+    };
+    vec![
+        agg(None, json!({"by_status": {"terms": {"field": "status"}}})),
+        agg(None, json!({"totals": {"stats": {"field": "total_cents"}}})),
+        agg(
+            None,
+            json!({"by_status": {"terms": {"field": "status"}, "aggs": {"totals": {"stats": {"field": "total_cents"}}}}}),
+        ),
+        agg(
+            None,
+            json!({"spread": {"histogram": {"field": "total_cents", "interval": 500}}}),
+        ),
+        agg(
+            None,
+            json!({"p": {"percentiles": {"field": "total_cents", "percents": [50, 95, 99]}}}),
+        ),
+        agg(
+            Some("lovelace"),
+            json!({"bands": {"range": {"field": "total_cents", "ranges": [{"to": 1000}, {"from": 1000, "to": 5000}, {"from": 5000}]}}, "statuses": {"cardinality": {"field": "status"}}}),
+        ),
+    ]
+}
+
+pub(crate) fn run(args: QueryArgs) -> anyhow::Result<Outcome> {
+    if args.documents == 0 || args.seconds == 0 || args.rate == 0 {
+        anyhow::bail!("--documents, --rate and --seconds must be at least 1");
+    }
+    super::tokio_runtime()?.block_on(async {
+        let mut runs = Vec::new();
+        for backend in &args.backend {
+            runs.push(bench_backend(*backend, &args).await?);
+        }
+        let report = json!({
+            "benchmark": "query",
+            "machine": { "cores": std::thread::available_parallelism().map_or(1, |n| n.get()) },
+            "documents": args.documents,
+            "rate_events_per_second": args.rate,
+            "seconds": args.seconds,
+            "targets": {
+                "search_p99_ms": 50,
+                "aggregation_p99_ms": 100,
+                "publication_to_searchable_p99_ms": 1000,
+            },
+            "runs": runs,
+            "peak_rss_mb": peak_rss_mb(),
+        });
+        if args.json {
+            output::json(&report)?;
+        } else {
+            for run in report["runs"].as_array().into_iter().flatten() {
+                output::line(&format!(
+                    "{}: search p50 {} ms p99 {} ms; aggregation p99 {} ms; publication to searchable p99 {} ms; index {} MiB",
+                    run["backend"].as_str().unwrap_or_default(),
+                    run["search_ms"]["p50"],
+                    run["search_ms"]["p99"],
+                    run["aggregation_ms"]["p99"],
+                    run["publication_to_searchable_ms"]["p99"],
+                    run["index_mb"],
+                ))?;
+            }
+        }
+        Ok(Outcome::Clean)
+    })
+}
+
+/// What one backend run works with.
+struct Target {
+    store: Arc<dyn EventStore>,
+    runner: ProjectionRunner,
+    orders: ProjectionHandle,
+    index_dir: Option<std::path::PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+async fn open(backend: Backend, _args: &QueryArgs) -> anyhow::Result<Target> {
+    let dir = tempfile::tempdir().context("failed to create a temporary folder")?;
+    match backend {
+        Backend::Embedded => {
+            let store: Arc<dyn EventStore> = Arc::new(
+                EmbeddedStore::open(dir.path().join("events.db"))
+                    .context("failed to open the embedded store")?,
+            );
+            let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Arc::clone(&store)));
+            let read_models = ReadModels::sqlite(dir.path().join("read-models"));
+            let index_dir = read_models.search_dir(OrderSummaries::NAME);
+            let runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models);
+            let orders = runner
+                .spawn(OrderSummaries)
+                .context("failed to open the orders read model")?;
+            Ok(Target {
+                store,
+                runner,
+                orders,
+                index_dir,
+                _dir: dir,
+            })
+        }
+        Backend::Postgres => anyhow::bail!(
+            "the PostgreSQL search backend is not part of this build; run with --backend embedded"
+        ),
+    }
+}
+
+fn search_index(target: &Target) -> anyhow::Result<Arc<SearchIndex>> {
+    target
+        .orders
+        .search()
+        .cloned()
+        .context("the orders projection declares no searchable collection")
+}
+
+async fn run_query(
+    index: &SearchIndex,
+    pairs: &[(String, String)],
+) -> anyhow::Result<(Duration, u64)> {
+    let declaration = index
+        .declaration(OrderSummaries::ORDERS)
+        .context("orders are not searchable")?;
+    let started = Instant::now();
+    let request = SearchRequest::parse(pairs, declaration, &SearchLimits::default())?;
+    let response = index
+        .search(OrderSummaries::ORDERS, request, SearchLimits::default(), ())
+        .await?;
+    Ok((started.elapsed(), response.total))
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => total += dir_bytes(&entry.path()),
+                Ok(meta) => total += meta.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+async fn bench_backend(backend: Backend, args: &QueryArgs) -> anyhow::Result<Value> {
+    let target = open(backend, args).await?;
+    let index = search_index(&target)?;
+
+    // Load: every order's events appended together, by 8 writers.
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..8 {
+        let (store, next, documents) =
+            (Arc::clone(&target.store), Arc::clone(&next), args.documents);
+        writers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= documents {
+                    return anyhow::Ok(());
+                }
+                store
+                    .append(
+                        &StreamId::new("order", format!("o-{n}")),
+                        ExpectedVersion::NoStream,
+                        order_events(n)?,
+                    )
+                    .await?;
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await??;
+    }
+    let appended_in = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let indexed = index
+            .documents()
+            .get(OrderSummaries::ORDERS)
+            .copied()
+            .unwrap_or(0);
+        if indexed >= args.documents {
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "only {indexed} of {} orders searchable after 30 minutes",
+                args.documents
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let loaded_in = started.elapsed();
+
+    // Measure: events at `--rate` per second (items added to random orders; every 50th a new
+    // order of a unique customer, which a prober searches for until it appears).
+    let stop = Arc::new(AtomicBool::new(false));
+    let appended = Arc::new(AtomicU64::new(0));
+    let (probes_tx, mut probes) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let load = {
+        let (store, stop, appended, rate, documents) = (
+            Arc::clone(&target.store),
+            Arc::clone(&stop),
+            Arc::clone(&appended),
+            args.rate,
+            args.documents,
+        );
+        tokio::spawn(async move {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1) as u32);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                n += 1;
+                if n.is_multiple_of(50) {
+                    let token = format!("probe{n}");
+                    store
+                        .append(
+                            &StreamId::new("order", format!("p-{n}")),
+                            ExpectedVersion::NoStream,
+                            vec![event(&OrderEvent::OrderPlaced {
+                                customer: format!("{token} visibility"),
+                            })?],
+                        )
+                        .await?;
+                    let _ = probes_tx.send((token, Instant::now()));
+                } else {
+                    let order = rng.next() % documents;
+                    store
+                        .append(
+                            &StreamId::new("order", format!("o-{order}")),
+                            ExpectedVersion::Any,
+                            vec![event(&OrderEvent::ItemAdded {
+                                sku: sku(rng.next()),
+                                quantity: 1,
+                                unit_price_cents: 100 + rng.next() % 1000,
+                            })?],
+                        )
+                        .await?;
+                }
+                appended.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        })
+    };
+    let prober = {
+        let index = Arc::clone(&index);
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while let Some((token, appended_at)) = probes.recv().await {
+                let pairs = vec![("q".to_owned(), format!("customer:{token}"))];
+                let timeout = appended_at + Duration::from_secs(30);
+                loop {
+                    let (_, total) = run_query(&index, &pairs).await?;
+                    if total > 0 {
+                        latencies.push(appended_at.elapsed().as_secs_f64());
+                        break;
+                    }
+                    if Instant::now() > timeout {
+                        anyhow::bail!("{token} was not searchable 30 s after its commit");
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            anyhow::Ok(latencies)
+        })
+    };
+    let measure_started = Instant::now();
+    let searches = search_queries();
+    let aggregations = aggregation_queries();
+    let (mut search_seconds, mut aggregation_seconds) = (Vec::new(), Vec::new());
+    let mut hits: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut i = 0usize;
+    while measure_started.elapsed() < Duration::from_secs(args.seconds) {
+        let query = &searches[i % searches.len()];
+        let (took, total) = run_query(&index, query).await?;
+        search_seconds.push(took.as_secs_f64());
+        *hits.entry(i % searches.len()).or_default() = total;
+        if i.is_multiple_of(2) {
+            let query = &aggregations[(i / 2) % aggregations.len()];
+            let (took, _) = run_query(&index, query).await?;
+            aggregation_seconds.push(took.as_secs_f64());
+        }
+        i += 1;
+    }
+    let measured_for = measure_started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    load.await??;
+    let mut visibility = prober.await??;
+    let events = appended.load(Ordering::Relaxed);
+
+    let index_bytes = target.index_dir.as_deref().map_or(0, dir_bytes);
+    let documents = index.documents();
+    let report = json!({
+        "backend": match backend { Backend::Embedded => "embedded", Backend::Postgres => "postgres" },
+        "search_engine": match backend { Backend::Embedded => "tantivy", Backend::Postgres => "postgresql" },
+        "load": {
+            "orders": args.documents,
+            "appended_s": round(appended_in.as_secs_f64()),
+            "searchable_s": round(loaded_in.as_secs_f64()),
+            "documents_per_second": round(args.documents as f64 / loaded_in.as_secs_f64()),
+        },
+        "events_during_measurement": events,
+        "events_per_second": round(events as f64 / measured_for.as_secs_f64()),
+        "search_ms": latency_ms(&mut search_seconds),
+        "aggregation_ms": latency_ms(&mut aggregation_seconds),
+        "publication_to_searchable_ms": latency_ms(&mut visibility),
+        "searchable_documents": documents,
+        "hits_per_query": hits.values().collect::<Vec<_>>(),
+        "index_mb": round(index_bytes as f64 / (1024.0 * 1024.0)),
+        "peak_rss_mb": peak_rss_mb(),
+        // The read cache's figures (hit ratio under a Zipf read mix, cached read p99) belong
+        // here once the cache lands.
+        "cache": Value::Null,
+    });
+    let _ = target.runner.health();
+    target.orders.stop().await;
+    Ok(report)
+}
