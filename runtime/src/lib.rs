@@ -12,6 +12,7 @@ pub mod event;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod integration;
+pub mod notify;
 #[cfg(feature = "postgres")]
 mod pg;
 pub mod projection;

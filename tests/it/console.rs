@@ -21,7 +21,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(100);
 const DEFAULT_NODE_MODULES: &str = "/var/tmp/nexus-ci-node/node_modules";
 
 /// The browser, Node.js and playwright-core, or why the test cannot run.
-fn browser() -> Result<(PathBuf, PathBuf), String> {
+pub(crate) fn browser() -> Result<(PathBuf, PathBuf), String> {
     let chromium = std::env::var_os("NEXUS_TEST_CHROMIUM")
         .map(PathBuf::from)
         .or_else(|| {

@@ -16,6 +16,7 @@ mod events;
 mod faults;
 mod metrics;
 mod new;
+mod notify;
 mod openapi_conformance;
 #[allow(
     dead_code,

@@ -20,6 +20,11 @@ pub(crate) enum BenchCommand {
     /// Sagas: concurrent three-step sagas per backend, step and status-query latency, overdue
     /// deadlines after a restart.
     Saga(super::bench_saga::SagaArgs),
+    /// Notifications: N WebSocket clients, events at a fixed rate, commit-to-client latency.
+    Notify(super::bench_notify::NotifyArgs),
+    /// The server process of `nexus bench notify`.
+    #[command(hide = true)]
+    NotifyServer(super::bench_notify::NotifyServerArgs),
     /// Event store: append throughput and latency, rehydration, reads, change-data-capture latency.
     Store(super::bench_store::StoreArgs),
     /// Temporal reads: a 10k-event time range, state as of a version, paging by continuation.
@@ -37,6 +42,8 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
         BenchCommand::Http(args) => super::bench_http::run(args),
         BenchCommand::Registry(args) => super::bench_registry::run(args),
         BenchCommand::Saga(args) => super::bench_saga::run(args),
+        BenchCommand::Notify(args) => super::bench_notify::run(args),
+        BenchCommand::NotifyServer(args) => super::bench_notify::run_server(args),
         BenchCommand::Store(args) => super::bench_store::run(args),
         BenchCommand::Temporal(args) => super::bench_temporal::run(args),
         BenchCommand::Query(args) => super::bench_query::run(args),

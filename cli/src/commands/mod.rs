@@ -5,6 +5,7 @@ pub(crate) mod bench;
 pub(crate) mod bench_bus;
 pub(crate) mod bench_check;
 pub(crate) mod bench_http;
+pub(crate) mod bench_notify;
 pub(crate) mod bench_query;
 pub(crate) mod bench_registry;
 pub(crate) mod bench_saga;
@@ -25,6 +26,7 @@ pub(crate) mod token;
 pub(crate) mod top;
 pub(crate) mod up;
 pub(crate) mod up_demo;
+pub(crate) mod watch;
 
 use clap::{Parser, Subcommand};
 
@@ -72,6 +74,8 @@ pub(crate) enum Command {
     Dlq(dlq::DlqArgs),
     /// List and inspect saga instances; retry or abort stuck ones.
     Saga(saga::SagaArgs),
+    /// Print read-model notifications as they arrive (WebSocket, resumes after a drop).
+    Watch(watch::WatchArgs),
     /// Issue development tokens and API keys for the services' access control.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -117,6 +121,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Saga(args) => saga::run(args),
         Command::Token(command) => token::run(command),
         Command::Top(args) => top::run(args),
+        Command::Watch(args) => watch::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Completions(args) => completions::run(args),
     }

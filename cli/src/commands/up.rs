@@ -18,8 +18,10 @@ use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
 use nexus_runtime::http::access::OriginPolicy;
 use nexus_runtime::http::{
-    CommandService, Console, QueryDashboard, TemporalApi, serve_until, shutdown_signal,
+    CommandService, Console, NotifyOptions, QueryDashboard, TemporalApi, serve_until,
+    shutdown_signal,
 };
+use nexus_runtime::notify::NotificationHub;
 use nexus_runtime::projection::{ProjectionRunner, ReadModels};
 use nexus_runtime::snapshot::embedded::EmbeddedSnapshotStore;
 use nexus_runtime::store::embedded::EmbeddedStore;
@@ -344,7 +346,10 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
         .router();
 
     // The query side: the projection reads the bus, never the command service.
-    let mut runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models);
+    // Each commit of the projection notifies the dashboard's WebSocket and SSE subscribers.
+    let notifications = NotificationHub::default();
+    let mut runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models)
+        .with_notifications(notifications.clone());
     if args.demo {
         runner = runner.with_options(super::up_demo::runner_options());
     }
@@ -378,7 +383,8 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     let mut dashboard = QueryDashboard::new(runner.health())
         .with_access(access.clone())
         .read_model(&orders)
-        .with_console(console);
+        .with_console(console)
+        .with_notifications(notifications, NotifyOptions::default());
     if let Some(shipments) = &shipments {
         dashboard = dashboard.read_model(shipments);
     }
@@ -596,6 +602,7 @@ fn announce(
         "nexus up: the orders reference system on the {store}, {bus}\n\
          \x20 command service  {command_url}  POST /commands/order/{{id}} · /openapi.json · /metrics\n\
          \x20 query dashboard  {query_url}  /read-models/orders/orders · /health · /openapi.json · /metrics\n\
+         \x20                  live: /notifications/ws · /notifications/sse · nexus watch orders\n\
          \x20 console          {query_url}/console\n\
          \x20 metrics          {command_url}/metrics (Prometheus; every service of this process, so scrape one)\n\
          \x20                  watch it live: nexus top {command_url}{tracing}\n"

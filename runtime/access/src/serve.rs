@@ -3,6 +3,8 @@
 //! the rest), and a timeout on reading each request's headers, which also closes a connection
 //! that sits idle between requests. Body size and read time are bounded per service by
 //! [`BodyLimits`](super::BodyLimits). Shutdown is graceful: requests in flight finish.
+//! Connections may be upgraded (WebSocket); an upgraded connection leaves the cap and the
+//! graceful wait, and is bounded by the service that upgraded it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,7 +12,6 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -57,8 +58,11 @@ pub async fn serve_with(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let permits = Arc::new(Semaphore::new(options.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
+    let max = options
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let permits = Arc::new(Semaphore::new(max));
+    let (stopping, stop) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -84,17 +88,29 @@ pub async fn serve_with(
             .serve_connection(
                 TokioIo::new(stream),
                 TowerToHyperService::new(router.clone()),
-            );
-        let connection = graceful.watch(connection);
+            )
+            .with_upgrades();
+        let mut stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = async { stop.wait_for(|stop| *stop).await.map(|_| ()) } => {
+                    // Finish the request in flight, then close.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = result {
                 tracing::debug!(%err, "connection ended with an error");
             }
             drop(permit);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    let _ = stopping.send(true);
+    // Every connection holds a permit until it ends: having them all back means all ended.
+    let _ = permits.acquire_many(max as u32).await;
     Ok(())
 }
 

@@ -134,6 +134,12 @@ pub enum ApiError {
         /// The version asked for.
         wanted: u64,
     },
+    /// Too many notification connections are open.
+    #[error("{limit} notification connections are already open; retry shortly")]
+    TooManyConnections {
+        /// The cap on open notification connections.
+        limit: usize,
+    },
     /// Too many requests are already waiting with `wait_for`.
     #[error("{limit} requests are already waiting for a read model; retry shortly")]
     TooManyWaiters {
@@ -207,6 +213,7 @@ impl ApiError {
             }
             Self::NotAppliedYet { .. }
             | Self::TooManyWaiters { .. }
+            | Self::TooManyConnections { .. }
             | Self::NotSearchableYet
             | Self::SearchBusy(_)
             | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -239,6 +246,7 @@ impl ApiError {
             Self::InvalidEvent(_) => "invalid_event",
             Self::NotAppliedYet { .. } => "not_applied_yet",
             Self::TooManyWaiters { .. } => "too_many_waiters",
+            Self::TooManyConnections { .. } => "too_many_connections",
             Self::InvalidSearch(_) => "invalid_search",
             Self::NotSearchable { .. } => "not_searchable",
             Self::NotSearchableYet => "not_searchable_yet",
@@ -254,7 +262,9 @@ impl ApiError {
             Self::InvalidBody { line, column, .. } | Self::InvalidCommand { line, column, .. } => {
                 json!({ "line": line, "column": column })
             }
-            Self::BodyTooLarge { limit } | Self::TooManyWaiters { limit } => {
+            Self::BodyTooLarge { limit }
+            | Self::TooManyWaiters { limit }
+            | Self::TooManyConnections { limit } => {
                 json!({ "limit": limit })
             }
             Self::UnknownAggregate { known, .. } => json!({ "aggregates": known }),
@@ -298,6 +308,7 @@ impl IntoResponse for ApiError {
         if matches!(
             self,
             Self::TooManyWaiters { .. }
+                | Self::TooManyConnections { .. }
                 | Self::NotAppliedYet { .. }
                 | Self::NotSearchableYet
                 | Self::SearchBusy(_)

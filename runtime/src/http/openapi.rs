@@ -213,6 +213,71 @@ impl OpenApi {
         );
     }
 
+    /// The notification routes of the query dashboard.
+    pub(crate) fn notify_paths(&mut self, projections: &[String]) {
+        let subscription = |streaming: &str| {
+            json!([
+                {"name": "projection", "in": "query", "required": streaming == "sse",
+                    "description": "The projection to follow", "schema": {"type": "string", "enum": projections}},
+                {"name": "collection", "in": "query", "required": false,
+                    "description": "Only this collection", "schema": {"type": "string", "minLength": 1, "maxLength": 256}},
+                {"name": "id", "in": "query", "required": false,
+                    "description": "Only this document (with `collection`)", "schema": {"type": "string", "minLength": 1, "maxLength": 256}},
+                {"name": "since", "in": "query", "required": false,
+                    "description": "Resume after this `epoch:position`", "schema": {"type": "string", "pattern": "^[A-Za-z0-9-]{1,64}:[0-9]{1,19}$", "examples": ["3f2a9c01b7de:42"]}}
+            ])
+        };
+        self.paths.insert(
+            "/notifications/ws".into(),
+            json!({"get": {
+                "summary": "Notifications over WebSocket (subprotocol `nexus.v1`; the credential may travel as `nexus.bearer.<base64url>` in Sec-WebSocket-Protocol, or as a `ticket`); other query parameters filter documents by field as the list endpoint does; frames are JSON: `ready`, `subscribed`, `notification`, `reset`, `throttled`, `error`, `pong`",
+                "operationId": "notifications_ws",
+                "parameters": subscription("ws"),
+                "responses": {
+                    "101": {"description": "Switched to the WebSocket protocol"},
+                    "400": error_response("Not a WebSocket upgrade, or a bad subscription"),
+                    "404": error_response("No such projection"),
+                    "503": error_response("Too many notification connections")
+                }
+            }}),
+        );
+        self.paths.insert(
+            "/notifications/sse".into(),
+            json!({"get": {
+                "summary": "Notifications as Server-Sent Events (`id` = `epoch:position`; `Last-Event-ID` resumes); other query parameters filter documents by field",
+                "operationId": "notifications_sse",
+                "parameters": subscription("sse"),
+                "responses": {
+                    "200": {"description": "An endless event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    "400": error_response("A bad subscription or Last-Event-ID"),
+                    "404": error_response("No such projection"),
+                    "503": error_response("Too many notification connections")
+                }
+            }}),
+        );
+        self.paths.insert(
+            "/notifications/tickets".into(),
+            json!({"post": {
+                "summary": "A single-use ticket of 30 s that stands for this request's credential on `/notifications/ws?ticket=` or `/notifications/sse?ticket=`",
+                "operationId": "notification_ticket",
+                "responses": {
+                    "200": {"description": "The ticket", "content": {"application/json": {"schema": {"type": "object",
+                        "required": ["ticket", "expires_in_ms"],
+                        "properties": {"ticket": {"type": "string"}, "expires_in_ms": {"type": "integer"}}}}}},
+                    "503": error_response("Too many tickets outstanding")
+                }
+            }}),
+        );
+        self.paths.insert(
+            "/notifications/client.js".into(),
+            json!({"get": {
+                "summary": "The JavaScript client (no dependencies): reconnects with backoff and full jitter, resumes from its last position",
+                "operationId": "notifications_client",
+                "responses": {"200": {"description": "The script", "content": {"text/javascript": {"schema": {"type": "string"}}}}}
+            }}),
+        );
+    }
+
     /// The search endpoint of each searchable projection (its collections in `collection`).
     pub(crate) fn search_paths(
         &mut self,

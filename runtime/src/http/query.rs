@@ -57,6 +57,7 @@ pub struct QueryDashboard {
     origins: OriginPolicy,
     access: AccessControl,
     extra: Vec<(Router, Value)>,
+    notifications: Option<(crate::notify::NotificationHub, super::NotifyOptions)>,
     #[cfg(feature = "search")]
     searches: BTreeMap<String, Arc<crate::search::SearchIndex>>,
     search_limits: SearchLimits,
@@ -94,11 +95,24 @@ impl QueryDashboard {
             origins: OriginPolicy::new(),
             access: AccessControl::open(),
             extra: Vec::new(),
+            notifications: None,
             #[cfg(feature = "search")]
             searches: BTreeMap::new(),
             search_limits: SearchLimits::default(),
             console: None,
         }
+    }
+
+    /// Serves notifications of `hub` (the one the projections' runner publishes to) over
+    /// WebSocket (`/notifications/ws`) and SSE (`/notifications/sse`), with the JavaScript
+    /// client at `/notifications/client.js`; subscriptions need `read-models:read`.
+    pub fn with_notifications(
+        mut self,
+        hub: crate::notify::NotificationHub,
+        options: super::NotifyOptions,
+    ) -> Self {
+        self.notifications = Some((hub, options));
+        self
     }
 
     /// Bounds on searches (query length, page size and depth, filters, aggregations, time,
@@ -202,6 +216,9 @@ impl QueryDashboard {
         if self.console.is_some() {
             openapi.extra_paths(&super::console::openapi());
         }
+        if self.notifications.is_some() {
+            openapi.notify_paths(&names);
+        }
         for (_, paths) in &self.extra {
             openapi.extra_paths(paths);
         }
@@ -221,6 +238,7 @@ impl QueryDashboard {
             title: self.title,
             waiters: Arc::new(Semaphore::new(self.limits.max_waiters)),
             limits: self.limits,
+            live: self.notifications.is_some(),
             #[cfg(feature = "search")]
             searches: self.searches,
             searching: Arc::new(Semaphore::new(self.search_limits.max_concurrent)),
@@ -246,6 +264,14 @@ impl QueryDashboard {
         for (extra, _) in self.extra {
             routes = routes.merge(extra);
         }
+        if let Some((hub, options)) = self.notifications {
+            routes = routes.merge(super::notify::routes(
+                hub,
+                options,
+                names.iter().cloned().collect(),
+                &self.access,
+            ));
+        }
         super::with_service_routes(
             routes,
             &title,
@@ -262,6 +288,8 @@ struct Shared {
     title: String,
     waiters: Arc<Semaphore>,
     limits: QueryLimits,
+    /// Notifications are served: the overview updates itself through the JavaScript client.
+    live: bool,
     #[cfg(feature = "search")]
     searches: BTreeMap<String, Arc<crate::search::SearchIndex>>,
     searching: Arc<Semaphore>,
@@ -656,24 +684,74 @@ async fn overview(State(shared): State<Arc<Shared>>) -> Response {
         );
         let name = escape(name);
         rows.push_str(&format!(
-            "<tr><td><a href=\"/health/projections/{name}\">{name}</a></td><td class=\"{status}\">{status}</td>\
-             <td>{position}</td><td>{lag}</td><td>{dead}</td></tr>\n"
+            "<tr data-projection=\"{name}\"><td><a href=\"/health/projections/{name}\">{name}</a></td><td class=\"{status}\">{status}</td>\
+             <td class=\"position\">{position}</td><td>{lag}</td><td>{dead}</td></tr>\n"
         ));
     }
     let title = escape(&shared.title);
+    let (refresh, live) = if shared.live {
+        let projections = serde_json::to_string(&shared.read_models.keys().collect::<Vec<_>>())
+            .unwrap_or_else(|_| "[]".to_owned())
+            .replace('<', "\\u003c");
+        (
+            String::new(),
+            format!(
+                "<h2>Live changes <small id=\"live-status\">connecting</small></h2>\
+             <table><thead><tr><th>committed</th><th>projection</th><th>document</th><th>aggregate version</th>\
+             <th>event</th><th>position</th></tr></thead><tbody id=\"live\"></tbody></table>\
+             <script src=\"/notifications/client.js\"></script><script>{}</script>",
+                LIVE_SCRIPT.replace("PROJECTIONS", &projections)
+            ),
+        )
+    } else {
+        (
+            "<meta http-equiv=\"refresh\" content=\"2\">".to_owned(),
+            String::new(),
+        )
+    };
     Html(format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\
-         <meta http-equiv=\"refresh\" content=\"2\">\
+         {refresh}\
          <style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}\
          td,th{{padding:.3rem .8rem;border-bottom:1px solid #ddd;text-align:left}}\
          .running{{color:#070}}.retrying{{color:#a60}}.failing,.stopped{{color:#b00}}</style></head>\
          <body><h1>{title}</h1><table><thead><tr><th>projection</th><th>status</th><th>position</th>\
          <th>lag (events)</th><th>dead letters</th></tr></thead><tbody>\n{rows}</tbody></table>\
          <p><a href=\"/read-models\">/read-models</a> · <a href=\"/health\">/health</a> · \
-         <a href=\"/metrics\">/metrics</a> · <a href=\"/openapi.json\">/openapi.json</a></p></body></html>\n"
+         <a href=\"/metrics\">/metrics</a> · <a href=\"/openapi.json\">/openapi.json</a></p>{live}</body></html>\n"
     ))
     .into_response()
 }
+
+/// The overview's live feed: the newest 20 changes, through the JavaScript client.
+const LIVE_SCRIPT: &str = r#"(function () {
+  var rows = document.getElementById("live");
+  var status = document.getElementById("live-status");
+  var client = new NexusNotifications(location.origin, {
+    onStatus: function (s) { status.textContent = s; }
+  });
+  PROJECTIONS.forEach(function (projection) {
+    client.subscribe(projection, { projection: projection }, {
+      notification: function (n) {
+        var tr = document.createElement("tr");
+        tr.className = "change";
+        [n.committed_at.slice(11, 23), n.projection, n.collection + "/" + n.id,
+         n.aggregate_type + "/" + n.aggregate_id + "@" + n.aggregate_version +
+           (n.coalesced ? " (" + n.coalesced.count + " coalesced)" : ""),
+         n.event_id, n.epoch + ":" + n.position].forEach(function (text) {
+          var td = document.createElement("td");
+          td.textContent = text;
+          tr.appendChild(td);
+        });
+        rows.insertBefore(tr, rows.firstChild);
+        while (rows.children.length > 20) rows.removeChild(rows.lastChild);
+        var cell = document.querySelector('tr[data-projection="' + CSS.escape(n.projection) + '"] .position');
+        if (cell && n.log_position > Number(cell.textContent)) cell.textContent = n.log_position;
+      },
+      reset: function (r) { status.textContent = "reset (" + r.reason + "): positions start over"; }
+    });
+  });
+})();"#;
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")

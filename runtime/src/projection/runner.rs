@@ -21,6 +21,7 @@ use super::store::{
 };
 use crate::bus::{BusError, Delivery, EventBus};
 use crate::event::{LogPosition, RecordedEvent, StreamId};
+use crate::notify::{Change, NotificationHub};
 use crate::store::{EventStore, ReadError};
 use crate::telemetry::trace;
 
@@ -112,6 +113,7 @@ pub struct ProjectionRunner {
     read_models: ReadModels,
     options: RunnerOptions,
     health: HealthRegistry,
+    notifications: Option<NotificationHub>,
 }
 
 impl std::fmt::Debug for ProjectionRunner {
@@ -148,7 +150,15 @@ impl ProjectionRunner {
             read_models,
             options: RunnerOptions::default(),
             health: HealthRegistry::new(),
+            notifications: None,
         }
+    }
+
+    /// The same runner publishing to `hub`, after each commit, one notification per document
+    /// the commit changed.
+    pub fn with_notifications(mut self, hub: NotificationHub) -> Self {
+        self.notifications = Some(hub);
+        self
     }
 
     /// The same runner with other options.
@@ -191,6 +201,7 @@ impl ProjectionRunner {
             bus: Arc::clone(&self.bus),
             options: self.options.clone(),
             health: Arc::clone(&health),
+            notifications: self.notifications.clone(),
             #[cfg(feature = "search")]
             search: search.clone(),
         };
@@ -373,6 +384,7 @@ struct Worker<P> {
     bus: Arc<dyn EventBus>,
     options: RunnerOptions,
     health: Arc<RwLock<ProjectionHealth>>,
+    notifications: Option<NotificationHub>,
     #[cfg(feature = "search")]
     search: Option<Arc<crate::search::SearchIndex>>,
 }
@@ -725,6 +737,9 @@ impl<P: Projection> Worker<P> {
             .checkpoint()
             .await?
             .unwrap_or(LogPosition::START);
+        if let Some(hub) = &self.notifications {
+            hub.run_started(&self.name, Some(start));
+        }
         let catch_up_to = if self.bus.replays_from_position() {
             None
         } else {
@@ -1160,6 +1175,14 @@ impl<P: Projection> Worker<P> {
         match outcome {
             Ok(writes) => {
                 for (doc, value) in writes.into_iter().flatten() {
+                    if self.notifications.is_some() {
+                        let (collection, id) = doc.clone();
+                        let mut change = Change::of(event, collection, id, None);
+                        if let Some(earlier) = batch.sources.get(&doc) {
+                            change.absorb(earlier);
+                        }
+                        batch.sources.insert(doc.clone(), change);
+                    }
                     batch.positions.insert(doc.clone(), event.position as i64);
                     batch.writes.insert(doc, value);
                 }
@@ -1268,6 +1291,8 @@ impl<P: Projection> Worker<P> {
             }
         }
         batch.checkpoint = state.advance_checkpoint();
+        let checkpoint = batch.checkpoint;
+        let sources = std::mem::take(&mut batch.sources);
         if !batch.is_empty() {
             let started = Instant::now();
             let commit = commit_span(&self.name, &completed);
@@ -1280,6 +1305,18 @@ impl<P: Projection> Worker<P> {
             let committed = self.read_model.commit(batch).instrument(commit).await?;
             metrics::histogram!("nexus_projection_commit_seconds", "projection" => self.name.clone())
                 .record(started.elapsed().as_secs_f64());
+            // Only now, with the documents readable, tell subscribers.
+            if let Some(hub) = &self.notifications {
+                let mut changes: Vec<Change> = sources
+                    .into_iter()
+                    .map(|(doc, mut change)| {
+                        change.document = committed.writes.get(&doc).cloned().flatten();
+                        change
+                    })
+                    .collect();
+                changes.sort_by_key(|c| c.log_position);
+                hub.publish(&self.name, checkpoint, changes);
+            }
             state.committed(committed);
         }
         // Only now, with the read model and checkpoint durable, tell the bus.

@@ -181,6 +181,8 @@ pub(crate) struct Batch {
     /// Streams whose parked letters are released for redrive (their head letter was redriven).
     pub(crate) release: Vec<StreamId>,
     pub(crate) checkpoint: Option<LogPosition>,
+    /// The event behind each written document, for notifications (only with a hub).
+    pub(crate) sources: HashMap<(String, String), crate::notify::Change>,
     /// The documents' `updated_at` (microseconds since the epoch), set by the commit.
     pub(crate) committed_at: i64,
 }

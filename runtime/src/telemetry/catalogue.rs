@@ -42,6 +42,8 @@ pub enum Component {
     Projection,
     /// The query dashboard's read-model queries.
     Query,
+    /// Real-time notifications (WebSocket and SSE).
+    Notifications,
     /// Every HTTP service of the runtime.
     Http,
     /// The per-second ring (`nexus_live_*`).
@@ -66,6 +68,7 @@ impl Component {
             Self::Relay => "relay",
             Self::Projection => "projections",
             Self::Query => "query dashboard",
+            Self::Notifications => "notifications",
             Self::Http => "HTTP",
             Self::Live => "per-second ring",
             Self::Saga => "sagas",
@@ -172,8 +175,8 @@ const fn histogram(
 }
 
 use Component::{
-    Bus, CommandService, Http, Integration, Live, Projection, Query, Registry, Relay, Saga, Search,
-    Snapshots,
+    Bus, CommandService, Http, Integration, Live, Notifications, Projection, Query, Registry,
+    Relay, Saga, Search, Snapshots,
 };
 
 /// Every metric, grouped by component.
@@ -401,6 +404,85 @@ pub const CATALOGUE: &[MetricDef] = &[
         "Projection runs restarted after an error.",
     ),
     // Requirement 11.3: query latency percentiles.
+    gauge(
+        Notifications,
+        "nexus_notify_connections",
+        &[],
+        "connections",
+        "Open notification connections (WebSocket and SSE).",
+    ),
+    gauge(
+        Notifications,
+        "nexus_notify_subscriptions",
+        &[],
+        "subscriptions",
+        "Live notification subscriptions.",
+    ),
+    counter(
+        Notifications,
+        "nexus_notify_published_total",
+        &["projection"],
+        "notifications",
+        "Notifications published after read-model commits (one per changed document).",
+    ),
+    counter(
+        Notifications,
+        "nexus_notify_sent_total",
+        &[],
+        "notifications",
+        "Notifications written to clients' sockets; rate it for notifications sent per second.",
+    ),
+    counter(
+        Notifications,
+        "nexus_notify_coalesced_total",
+        &[],
+        "notifications",
+        "Notifications folded into a later one of the same document for a client behind or throttled.",
+    ),
+    counter(
+        Notifications,
+        "nexus_notify_dropped_clients_total",
+        &["reason"],
+        "clients",
+        "Clients closed by the server: `slow` (mailbox overflow or write timeout) or `idle` (no frame within the idle timeout).",
+    ),
+    counter(
+        Notifications,
+        "nexus_notify_refused_connections_total",
+        &[],
+        "connections",
+        "Connections refused because the connection cap was reached.",
+    ),
+    counter(
+        Notifications,
+        "nexus_notify_resets_total",
+        &["reason"],
+        "resets",
+        "`reset`s sent: a resume position too old, of another epoch, or with too much to replay.",
+    ),
+    counter(
+        Notifications,
+        "nexus_notify_epochs_total",
+        &["projection"],
+        "epochs",
+        "New notification epochs (a read model went back, as in a rebuild).",
+    ),
+    histogram(
+        Notifications,
+        "nexus_notify_commit_to_send_seconds",
+        &[],
+        "seconds",
+        PIPELINE_BUCKETS,
+        "Time from a projection's commit to the notification's write to a client.",
+    ),
+    histogram(
+        Notifications,
+        "nexus_notify_connect_seconds",
+        &[],
+        "seconds",
+        LATENCY_BUCKETS,
+        "Time from a WebSocket upgrade request to its `ready` frame.",
+    ),
     histogram(
         Query,
         "nexus_query_duration_seconds",

@@ -10,6 +10,8 @@ mod domain;
 #[cfg(feature = "http")]
 mod http;
 mod integration;
+#[cfg(all(feature = "http", feature = "notify-client"))]
+mod notify;
 mod projection;
 mod saga;
 #[cfg(all(feature = "search", feature = "http"))]

@@ -1,0 +1,223 @@
+// Nexus notifications: a dependency-free client for the query dashboard's WebSocket endpoint.
+//
+//   const client = new NexusNotifications("http://localhost:8081", { token: "..." });
+//   client.subscribe("orders", { projection: "orders", collection: "orders" }, {
+//     notification(n) { ... n.id, n.aggregate_version, n.event_id ... },
+//     reset(r) { ... refetch the documents, then go on ... },
+//   });
+//
+// It reconnects with exponential backoff and full jitter (a random delay between 0 and
+// min(maxDelay, minDelay * 2^attempt), the first attempt included, so clients dropped together
+// do not come back together), resumes every subscription from the last position it saw
+// (`since`), and calls `reset` when the server says that position cannot be resumed. A link
+// silent for the server's ping interval plus 10 s is taken as dead. The credential travels in
+// the `Sec-WebSocket-Protocol` header (`nexus.bearer.<base64url>`), never in the URL.
+(function (global) {
+  "use strict";
+
+  var PROTOCOL = "nexus.v1";
+
+  function base64url(text) {
+    var bytes = new TextEncoder().encode(text);
+    var binary = "";
+    for (var i = 0; i < bytes.length; i++) binary += String.fromCharCode(bytes[i]);
+    return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  function NexusNotifications(baseUrl, options) {
+    options = options || {};
+    var url = new URL("/notifications/ws", baseUrl || global.location.href);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    this.url = url.toString();
+    this.token = options.token || null;
+    this.minDelay = options.minDelay || 500;
+    this.maxDelay = options.maxDelay || 20000;
+    this.onStatus = options.onStatus || function () {};
+    this.subs = {};
+    this.attempt = 0;
+    this.socket = null;
+    this.closed = false;
+    this.timer = null;
+    this.watchdog = null;
+    this.pingInterval = 25000;
+    this.connect();
+  }
+
+  NexusNotifications.prototype.status = function (status, detail) {
+    this.onStatus(status, detail);
+  };
+
+  NexusNotifications.prototype.connect = function () {
+    var self = this;
+    if (self.closed) return;
+    var protocols = [PROTOCOL];
+    if (self.token) protocols.push("nexus.bearer." + base64url(self.token));
+    var socket;
+    try {
+      socket = new WebSocket(self.url, protocols);
+    } catch (err) {
+      self.retry("connect failed: " + err);
+      return;
+    }
+    self.socket = socket;
+    self.status("connecting", { attempt: self.attempt });
+    socket.onopen = function () {
+      self.alive();
+    };
+    socket.onmessage = function (event) {
+      self.alive();
+      var frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch (err) {
+        return;
+      }
+      self.receive(frame);
+    };
+    socket.onclose = function (event) {
+      if (self.socket !== socket) return;
+      self.socket = null;
+      clearTimeout(self.watchdog);
+      if (event.code >= 4500 && event.code < 5000) {
+        self.status("closed", { code: event.code, reason: event.reason });
+        return;
+      }
+      self.retry(event.code + " " + event.reason);
+    };
+    socket.onerror = function () {};
+  };
+
+  // Any frame proves the link alive; a ping of our own makes the server answer in time.
+  NexusNotifications.prototype.alive = function () {
+    var self = this;
+    clearTimeout(self.watchdog);
+    self.watchdog = setTimeout(function () {
+      if (self.socket) self.socket.close(4000, "no frame within the ping interval");
+    }, self.pingInterval + 10000);
+  };
+
+  NexusNotifications.prototype.retry = function (why) {
+    var self = this;
+    if (self.closed) return;
+    var ceiling = Math.min(self.maxDelay, self.minDelay * Math.pow(2, self.attempt));
+    var delay = Math.random() * ceiling;
+    self.attempt += 1;
+    self.status("reconnecting", { attempt: self.attempt, delay: delay, why: why });
+    self.timer = setTimeout(function () {
+      self.connect();
+    }, delay);
+  };
+
+  NexusNotifications.prototype.send = function (frame) {
+    if (this.socket && this.socket.readyState === 1) this.socket.send(JSON.stringify(frame));
+  };
+
+  NexusNotifications.prototype.receive = function (frame) {
+    var self = this;
+    var sub;
+    switch (frame.type) {
+      case "ready":
+        self.attempt = 0;
+        self.pingInterval = frame.ping_interval_ms || self.pingInterval;
+        self.status("open", frame);
+        Object.keys(self.subs).forEach(function (name) {
+          self.sendSubscribe(name);
+        });
+        self.pinger && clearInterval(self.pinger);
+        self.pinger = setInterval(function () {
+          self.send({ type: "ping" });
+        }, self.pingInterval);
+        break;
+      case "subscribed":
+        sub = self.subs[frame.sub];
+        if (!sub) return;
+        if (!sub.epoch) {
+          sub.epoch = frame.epoch;
+          sub.position = frame.position;
+        }
+        if (sub.handlers.subscribed) sub.handlers.subscribed(frame);
+        break;
+      case "notification":
+        sub = self.byProjection(frame.projection);
+        if (!sub) return;
+        if (sub.epoch === frame.epoch && frame.position <= sub.position) return; // seen already
+        sub.epoch = frame.epoch;
+        sub.position = frame.position;
+        if (sub.handlers.notification) sub.handlers.notification(frame);
+        break;
+      case "reset":
+        sub = self.byProjection(frame.projection);
+        if (!sub) return;
+        sub.epoch = frame.epoch;
+        sub.position = frame.position;
+        if (sub.handlers.reset) sub.handlers.reset(frame);
+        break;
+      case "throttled":
+        Object.keys(self.subs).forEach(function (name) {
+          var h = self.subs[name].handlers;
+          if (h.throttled) h.throttled(frame);
+        });
+        break;
+      case "error":
+        sub = frame.sub && self.subs[frame.sub];
+        if (sub && sub.handlers.error) sub.handlers.error(frame);
+        self.status("error", frame);
+        break;
+      default:
+        break;
+    }
+  };
+
+  NexusNotifications.prototype.byProjection = function (projection) {
+    for (var name in this.subs) {
+      if (this.subs[name].spec.projection === projection) return this.subs[name];
+    }
+    return null;
+  };
+
+  NexusNotifications.prototype.sendSubscribe = function (name) {
+    var sub = this.subs[name];
+    var frame = { type: "subscribe", sub: name, projection: sub.spec.projection };
+    if (sub.spec.collection) frame.collection = sub.spec.collection;
+    if (sub.spec.id) frame.id = sub.spec.id;
+    if (sub.spec.filter) frame.filter = sub.spec.filter;
+    if (sub.epoch) frame.since = sub.epoch + ":" + sub.position;
+    this.send(frame);
+  };
+
+  // Follows `spec` ({projection, collection?, id?, filter?}; one subscription per projection)
+  // under `name`; subscribing again under the same name replaces it and resumes from the last
+  // position seen. `handlers`: notification, reset, subscribed, throttled, error.
+  NexusNotifications.prototype.subscribe = function (name, spec, handlers) {
+    var previous = this.subs[name];
+    this.subs[name] = {
+      spec: spec,
+      handlers: handlers || {},
+      epoch: previous && previous.spec.projection === spec.projection ? previous.epoch : null,
+      position: previous && previous.spec.projection === spec.projection ? previous.position : 0,
+    };
+    this.sendSubscribe(name);
+  };
+
+  NexusNotifications.prototype.unsubscribe = function (name) {
+    delete this.subs[name];
+    this.send({ type: "unsubscribe", sub: name });
+  };
+
+  // The last position seen of `name`'s projection, as `epoch:position`.
+  NexusNotifications.prototype.position = function (name) {
+    var sub = this.subs[name];
+    return sub && sub.epoch ? sub.epoch + ":" + sub.position : null;
+  };
+
+  NexusNotifications.prototype.close = function () {
+    this.closed = true;
+    clearTimeout(this.timer);
+    clearTimeout(this.watchdog);
+    clearInterval(this.pinger);
+    if (this.socket) this.socket.close(1000, "client closed");
+    this.socket = null;
+  };
+
+  global.NexusNotifications = NexusNotifications;
+})(typeof globalThis !== "undefined" ? globalThis : this);

@@ -1,0 +1,479 @@
+//! The Rust client of the query dashboard's notifications (feature `notify-client`).
+//!
+//! [`NotificationClient::connect`] starts a background task that holds one WebSocket
+//! connection, reconnects after a drop with exponential backoff and full jitter (a random delay
+//! in `[0, min(max_delay, min_delay · 2^attempt))`, the first attempt included, so clients
+//! dropped together come back spread out), resumes from the last position it delivered, and
+//! declares the link dead when nothing arrives for the server's ping interval plus 10 s. The
+//! credential travels in `Sec-WebSocket-Protocol`, never in the URL.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::notification::{Notification, ResetReason, ServerMessage, Since};
+
+/// What to follow and how to reconnect.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The query dashboard's base URL (`http://127.0.0.1:8081`; `ws://` works too).
+    pub url: String,
+    /// A bearer token or API key, sent in `Sec-WebSocket-Protocol`.
+    pub token: Option<String>,
+    /// The projection.
+    pub projection: String,
+    /// Only this collection.
+    pub collection: Option<String>,
+    /// Only this document (with `collection`).
+    pub id: Option<String>,
+    /// Only documents whose fields equal these values (with `collection`).
+    pub filter: Vec<(String, Value)>,
+    /// Resume after this position on the first connection.
+    pub since: Option<Since>,
+    /// The backoff's base (default 500 ms).
+    pub min_delay: Duration,
+    /// The backoff's cap (default 20 s).
+    pub max_delay: Duration,
+    /// How long one connection attempt may take (default 10 s).
+    pub connect_timeout: Duration,
+    /// Events buffered for the application (default 1 024); the socket is not read meanwhile.
+    pub buffer: usize,
+}
+
+impl ClientOptions {
+    /// Following every document of `projection` at the dashboard at `url`.
+    pub fn new(url: impl Into<String>, projection: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            token: None,
+            projection: projection.into(),
+            collection: None,
+            id: None,
+            filter: Vec::new(),
+            since: None,
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(10),
+            buffer: 1024,
+        }
+    }
+}
+
+/// What the application gets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// Connected and subscribed; notifications from `position` on follow (after any replay).
+    Subscribed {
+        /// The projection's epoch.
+        epoch: String,
+        /// Its newest position when the subscription started.
+        position: u64,
+        /// Notifications replayed after the resume position, delivered next.
+        replayed: u64,
+    },
+    /// A document changed (never one already delivered).
+    Notification(Box<Notification>),
+    /// The position could not be resumed: refetch the documents, then go on.
+    Reset {
+        /// The projection's epoch now.
+        epoch: String,
+        /// Its newest position now.
+        position: u64,
+        /// Why.
+        reason: ResetReason,
+    },
+    /// The server coalesces: more notifications than the limit arrive.
+    Throttled {
+        /// The limit per second.
+        limit: u32,
+    },
+    /// The server refused the subscription; the client stops.
+    Refused {
+        /// The server's code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// The connection dropped; the next attempt comes after `retry_in`.
+    Disconnected {
+        /// Why.
+        reason: String,
+        /// The jittered delay before the next attempt.
+        retry_in: Duration,
+        /// Attempts since the last good connection.
+        attempt: u32,
+    },
+}
+
+/// Why the client could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The URL is not an `http(s)://` or `ws(s)://` URL.
+    #[error("`{0}` is not an http(s) or ws(s) URL")]
+    InvalidUrl(String),
+}
+
+/// A running client; dropping it closes the connection.
+#[derive(Debug)]
+pub struct NotificationClient {
+    events: mpsc::Receiver<ClientEvent>,
+    position: Arc<Mutex<Option<Since>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for NotificationClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl NotificationClient {
+    /// Starts following; the first connection is made in the background.
+    pub fn connect(options: ClientOptions) -> Result<Self, ClientError> {
+        let base = ws_base(&options.url)?;
+        let (sender, events) = mpsc::channel(options.buffer.max(1));
+        let position = Arc::new(Mutex::new(options.since.clone()));
+        let task = tokio::spawn(run(base, options, sender, Arc::clone(&position)));
+        Ok(Self {
+            events,
+            position,
+            task,
+        })
+    }
+
+    /// The next event; `None` once the client stopped (refused, or closed for good).
+    pub async fn next(&mut self) -> Option<ClientEvent> {
+        self.events.recv().await
+    }
+
+    /// The last position delivered, to resume from in another process.
+    pub fn position(&self) -> Option<Since> {
+        self.position
+            .lock()
+            .expect("position lock poisoned")
+            .clone()
+    }
+}
+
+fn ws_base(url: &str) -> Result<String, ClientError> {
+    let url = url.trim_end_matches('/');
+    for (from, to) in [
+        ("http://", "ws://"),
+        ("https://", "wss://"),
+        ("ws://", "ws://"),
+        ("wss://", "wss://"),
+    ] {
+        if let Some(rest) = url.strip_prefix(from)
+            && !rest.is_empty()
+        {
+            return Ok(format!("{to}{rest}"));
+        }
+    }
+    Err(ClientError::InvalidUrl(crate::redact::url(url)))
+}
+
+/// `[0, min(max, min · 2^attempt))`, uniformly.
+fn backoff(options: &ClientOptions, attempt: u32) -> Duration {
+    let ceiling = options
+        .min_delay
+        .saturating_mul(2u32.saturating_pow(attempt.min(20)))
+        .min(options.max_delay);
+    let mut bytes = [0u8; 8];
+    let random = if getrandom::fill(&mut bytes).is_ok() {
+        u64::from_le_bytes(bytes)
+    } else {
+        u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    };
+    ceiling.mul_f64(random as f64 / u64::MAX as f64)
+}
+
+fn encode_component(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn request_url(base: &str, options: &ClientOptions, since: Option<&Since>) -> String {
+    let mut query = vec![format!(
+        "projection={}",
+        encode_component(&options.projection)
+    )];
+    if let Some(collection) = &options.collection {
+        query.push(format!("collection={}", encode_component(collection)));
+    }
+    if let Some(id) = &options.id {
+        query.push(format!("id={}", encode_component(id)));
+    }
+    for (field, value) in &options.filter {
+        let value = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        query.push(format!(
+            "{}={}",
+            encode_component(field),
+            encode_component(&value)
+        ));
+    }
+    if let Some(since) = since {
+        query.push(format!("since={}", encode_component(&since.to_string())));
+    }
+    format!("{base}/notifications/ws?{}", query.join("&"))
+}
+
+/// How one connection ended.
+enum Ended {
+    /// Reconnect after a backoff.
+    Retry(String),
+    /// Stop for good.
+    Stop,
+}
+
+async fn run(
+    base: String,
+    options: ClientOptions,
+    events: mpsc::Sender<ClientEvent>,
+    position: Arc<Mutex<Option<Since>>>,
+) {
+    let mut attempt = 0u32;
+    loop {
+        let since = position.lock().expect("position lock poisoned").clone();
+        let url = request_url(&base, &options, since.as_ref());
+        let outcome = match connection(&url, &options, &events, &position, &mut attempt).await {
+            Ended::Stop => return,
+            Ended::Retry(reason) => reason,
+        };
+        let retry_in = backoff(&options, attempt);
+        attempt = attempt.saturating_add(1);
+        let event = ClientEvent::Disconnected {
+            reason: outcome,
+            retry_in,
+            attempt,
+        };
+        if events.send(event).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(retry_in).await;
+    }
+}
+
+async fn connection(
+    url: &str,
+    options: &ClientOptions,
+    events: &mpsc::Sender<ClientEvent>,
+    position: &Mutex<Option<Since>>,
+    attempt: &mut u32,
+) -> Ended {
+    let mut request = match url.into_client_request() {
+        Ok(request) => request,
+        Err(err) => return Ended::Retry(format!("bad request: {err}")),
+    };
+    let mut protocols = crate::notify::client::PROTOCOL.to_owned();
+    if let Some(token) = &options.token {
+        protocols.push_str(", nexus.bearer.");
+        protocols.push_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token));
+    }
+    match HeaderValue::from_str(&protocols) {
+        Ok(value) => {
+            request
+                .headers_mut()
+                .insert("sec-websocket-protocol", value);
+        }
+        Err(_) => return Ended::Retry("the credential cannot travel in a header".into()),
+    }
+    let config = WebSocketConfig::default()
+        .read_buffer_size(8 << 10)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 20));
+    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    let mut socket = match tokio::time::timeout(options.connect_timeout, connect).await {
+        Err(_) => return Ended::Retry("connect timed out".into()),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+            let status = response.status();
+            let body = response
+                .body()
+                .as_ref()
+                .map(|b| {
+                    String::from_utf8_lossy(b)
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                })
+                .unwrap_or_default();
+            // 401/403/404/400 will not get better by retrying.
+            if status.is_client_error() && status.as_u16() != 429 {
+                let _ = events
+                    .send(ClientEvent::Refused {
+                        code: status.as_u16().to_string(),
+                        message: body,
+                    })
+                    .await;
+                return Ended::Stop;
+            }
+            return Ended::Retry(format!("HTTP {status}"));
+        }
+        Ok(Err(err)) => return Ended::Retry(err.to_string()),
+        Ok(Ok((socket, _))) => socket,
+    };
+    let mut silence = Duration::from_secs(35);
+    loop {
+        let frame = match tokio::time::timeout(silence, socket.next()).await {
+            Err(_) => return Ended::Retry("no frame within the ping interval plus 10 s".into()),
+            Ok(None) => return Ended::Retry("the server closed the connection".into()),
+            Ok(Some(Err(err))) => return Ended::Retry(err.to_string()),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let text = match frame {
+            Message::Text(text) => text,
+            Message::Close(close) => {
+                let (code, reason) = close.map_or((1005, String::new()), |c| {
+                    (u16::from(c.code), c.reason.to_string())
+                });
+                if (4500..5000).contains(&code) {
+                    let _ = events
+                        .send(ClientEvent::Refused {
+                            code: code.to_string(),
+                            message: reason,
+                        })
+                        .await;
+                    return Ended::Stop;
+                }
+                return Ended::Retry(format!("closed by the server: {code} {reason}"));
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Binary(_) => {
+                // Pongs to the server's pings go out with the next read or write.
+                let _ = socket.flush().await;
+                continue;
+            }
+        };
+        let Ok(message) = serde_json::from_str::<ServerMessage>(&text) else {
+            continue;
+        };
+        let event = match message {
+            ServerMessage::Ready {
+                ping_interval_ms, ..
+            } => {
+                silence = Duration::from_millis(ping_interval_ms) + Duration::from_secs(10);
+                *attempt = 0;
+                continue;
+            }
+            ServerMessage::Subscribed {
+                epoch,
+                position: at,
+                replayed,
+                ..
+            } => {
+                let mut known = position.lock().expect("position lock poisoned");
+                if known.is_none() {
+                    *known = Some(Since {
+                        epoch: epoch.clone(),
+                        position: at,
+                    });
+                }
+                ClientEvent::Subscribed {
+                    epoch,
+                    position: at,
+                    replayed,
+                }
+            }
+            ServerMessage::Notification(note) => {
+                let mut known = position.lock().expect("position lock poisoned");
+                if known
+                    .as_ref()
+                    .is_some_and(|k| k.epoch == note.epoch && note.position <= k.position)
+                {
+                    continue;
+                }
+                *known = Some(Since {
+                    epoch: note.epoch.clone(),
+                    position: note.position,
+                });
+                ClientEvent::Notification(Box::new(note))
+            }
+            ServerMessage::Reset {
+                epoch,
+                position: at,
+                reason,
+                ..
+            } => {
+                *position.lock().expect("position lock poisoned") = Some(Since {
+                    epoch: epoch.clone(),
+                    position: at,
+                });
+                ClientEvent::Reset {
+                    epoch,
+                    position: at,
+                    reason,
+                }
+            }
+            ServerMessage::Throttled { limit, .. } => ClientEvent::Throttled { limit },
+            ServerMessage::Error { code, message, .. } => {
+                let _ = events.send(ClientEvent::Refused { code, message }).await;
+                return Ended::Stop;
+            }
+            ServerMessage::Unsubscribed { .. } | ServerMessage::Pong => continue,
+        };
+        if events.send(event).await.is_err() {
+            return Ended::Stop;
+        }
+    }
+}
+
+/// The subprotocol the client speaks.
+pub(crate) const PROTOCOL: &str = "nexus.v1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_full_jitter_under_a_growing_capped_ceiling() {
+        let options = ClientOptions::new("http://x", "p");
+        for attempt in 0..12 {
+            let ceiling = Duration::from_millis(500)
+                .saturating_mul(2u32.pow(attempt))
+                .min(Duration::from_secs(20));
+            let delays: Vec<Duration> = (0..200).map(|_| backoff(&options, attempt)).collect();
+            assert!(delays.iter().all(|d| *d <= ceiling));
+            let mean = delays.iter().sum::<Duration>() / 200;
+            assert!(
+                mean > ceiling / 4 && mean < ceiling * 3 / 4,
+                "attempt {attempt}: mean {mean:?} of {ceiling:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn urls_become_websocket_urls_with_an_encoded_subscription() {
+        assert_eq!(ws_base("http://h:1/").unwrap(), "ws://h:1");
+        assert_eq!(ws_base("https://h").unwrap(), "wss://h");
+        assert!(ws_base("ftp://h").is_err());
+        let mut options = ClientOptions::new("http://h", "orders");
+        options.collection = Some("orders".into());
+        options.filter = vec![("customer.name".into(), Value::String("Ada L".into()))];
+        let since = Since {
+            epoch: "ab".into(),
+            position: 7,
+        };
+        assert_eq!(
+            request_url("ws://h", &options, Some(&since)),
+            "ws://h/notifications/ws?projection=orders&collection=orders&customer.name=Ada%20L&since=ab%3A7"
+        );
+    }
+}

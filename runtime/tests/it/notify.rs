@@ -1,0 +1,907 @@
+//! Notifications end to end over real sockets: a projection runner publishing to a hub, the
+//! query dashboard serving WebSocket and SSE, the Rust client and raw WebSocket clients.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use nexus_runtime::bus::EventBus;
+use nexus_runtime::bus::local::InProcessBus;
+use nexus_runtime::http::access::{AccessControl, AuthConfig, TokenRequest, issue_hs256};
+use nexus_runtime::http::{NotifyOptions, QueryDashboard, ServeOptions, serve_with};
+use nexus_runtime::notify::client::{ClientEvent, ClientOptions, NotificationClient};
+use nexus_runtime::notify::{NotificationHub, ResetReason, SessionLimits};
+use nexus_runtime::projection::{
+    Changes, Projection, ProjectionError, ProjectionHandle, ProjectionRunner,
+};
+use nexus_runtime::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
+
+use crate::support;
+
+/// One document per counter: its count and the parity of it.
+struct Counters;
+
+#[async_trait]
+impl Projection for Counters {
+    fn name(&self) -> &str {
+        "counters"
+    }
+
+    async fn apply(
+        &self,
+        event: &RecordedEvent,
+        changes: &mut Changes<'_>,
+    ) -> Result<(), ProjectionError> {
+        let id = event.stream.aggregate_id();
+        changes.put(
+            "counters",
+            id,
+            json!({"n": event.version, "parity": if event.version.is_multiple_of(2) { "even" } else { "odd" }}),
+        );
+        Ok(())
+    }
+}
+
+struct System {
+    store: Arc<dyn EventStore>,
+    runner: ProjectionRunner,
+    hub: NotificationHub,
+    projection: Option<ProjectionHandle>,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl System {
+    async fn start(options: NotifyOptions) -> Self {
+        Self::start_with(options, AccessControl::open()).await
+    }
+
+    async fn start_with(options: NotifyOptions, access: AccessControl) -> Self {
+        let (store, dir) = support::embedded();
+        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Arc::clone(&store)));
+        let hub = NotificationHub::default();
+        let runner = ProjectionRunner::new(Arc::clone(&store), bus, dir.path().join("read-models"))
+            .with_notifications(hub.clone());
+        let projection = runner.spawn(Counters).unwrap();
+        let dashboard = QueryDashboard::new(runner.health())
+            .with_access(access)
+            .read_model(&projection)
+            .with_notifications(hub.clone(), options)
+            .router();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(serve_with(
+            listener,
+            dashboard,
+            ServeOptions::default(),
+            std::future::pending(),
+        ));
+        Self {
+            store,
+            runner,
+            hub,
+            projection: Some(projection),
+            url,
+            _dir: dir,
+        }
+    }
+
+    fn ws(&self, query: &str) -> String {
+        format!(
+            "{}/notifications/ws?{query}",
+            self.url.replacen("http", "ws", 1)
+        )
+    }
+
+    /// Appends `count` events to counter `id`, one append each, with a correlation id.
+    async fn bump(&self, id: &str, count: u64) {
+        let stream = StreamId::new("counter", id);
+        for _ in 0..count {
+            let event = NewEvent::from_json(
+                "Bumped",
+                1,
+                "{}",
+                Metadata::correlated(format!("corr-{id}")),
+            )
+            .unwrap();
+            self.store
+                .append(&stream, ExpectedVersion::Any, vec![event])
+                .await
+                .unwrap();
+        }
+    }
+}
+
+impl System {
+    /// Appends `count` events to counter `id`, each committed (and published) before the next.
+    async fn bump_each(&self, id: &str, count: u64) {
+        for _ in 0..count {
+            let before = self.hub.position("counters").1;
+            self.bump(id, 1).await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.hub.position("counters").1 == before {
+                assert!(Instant::now() < deadline, "the projection publishes");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+fn options(per_second: u32, max_pending: usize) -> NotifyOptions {
+    NotifyOptions {
+        session: SessionLimits {
+            per_second,
+            max_pending,
+            ..SessionLimits::default()
+        },
+        ..NotifyOptions::default()
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open(url: &str) -> Socket {
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "nexus.v1".parse().unwrap());
+    let (socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "nexus.v1");
+    socket
+}
+
+/// The next JSON text frame, within `within`.
+async fn frame(socket: &mut Socket, within: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Err(_) | Ok(None) | Ok(Some(Err(_))) => return None,
+            Ok(Some(Ok(Message::Text(text)))) => return Some(serde_json::from_str(&text).unwrap()),
+            Ok(Some(Ok(Message::Close(_)))) => return None,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_arrives_in_order_per_document_under_load_or_is_coalesced_into_a_later_one() {
+    let system = System::start(options(100_000, 4096)).await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let mut client =
+            NotificationClient::connect(ClientOptions::new(&system.url, "counters")).unwrap();
+        assert!(matches!(
+            client.next().await,
+            Some(ClientEvent::Subscribed { .. })
+        ));
+        clients.push(client);
+    }
+    let (documents, per_document) = (25u64, 40u64);
+    let writers: Vec<_> = (0..documents)
+        .map(|d| {
+            let store = Arc::clone(&system.store);
+            tokio::spawn(async move {
+                let stream = StreamId::new("counter", format!("c-{d}"));
+                for _ in 0..per_document {
+                    let event = NewEvent::from_json(
+                        "Bumped",
+                        1,
+                        "{}",
+                        Metadata::correlated(format!("corr-c-{d}")),
+                    )
+                    .unwrap();
+                    store
+                        .append(&stream, ExpectedVersion::Any, vec![event])
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    for client in &mut clients {
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        let mut changes = 0u64;
+        let mut last_position = 0;
+        while versions.values().filter(|v| **v == per_document).count() < documents as usize {
+            let event = tokio::time::timeout(Duration::from_secs(20), client.next())
+                .await
+                .expect("notifications keep coming")
+                .unwrap();
+            let ClientEvent::Notification(note) = event else {
+                continue;
+            };
+            assert!(note.position > last_position, "positions increase");
+            last_position = note.position;
+            let before = versions
+                .insert(note.id.clone(), note.aggregate_version)
+                .unwrap_or(0);
+            match note.coalesced {
+                None => assert_eq!(
+                    note.aggregate_version,
+                    before + 1,
+                    "{} skipped a version",
+                    note.id
+                ),
+                Some(c) => {
+                    assert_eq!(
+                        c.from_version,
+                        before + 1,
+                        "the coalesced range starts after the last delivered"
+                    );
+                    assert_eq!(c.count, note.aggregate_version - before);
+                }
+            }
+            changes += note.coalesced.map_or(1, |c| c.count);
+            assert_eq!(note.aggregate_type, "counter");
+            assert_eq!(note.aggregate_id, note.id);
+            assert_eq!(
+                note.correlation_id.as_deref(),
+                Some(format!("corr-{}", note.id).as_str())
+            );
+            assert!(note.committed_at >= note.recorded_at);
+            assert!(note.log_position > 0);
+        }
+        assert_eq!(
+            changes,
+            documents * per_document,
+            "every change delivered or folded into a later one"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_killed_mid_stream_resumes_with_nothing_missed_and_nothing_twice() {
+    let system = System::start(options(100_000, 4096)).await;
+    let mut socket = open(&system.ws("projection=counters&collection=counters")).await;
+    assert_eq!(
+        frame(&mut socket, Duration::from_secs(5)).await.unwrap()["type"],
+        "ready"
+    );
+    let subscribed = frame(&mut socket, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(subscribed["type"], "subscribed");
+    let epoch = subscribed["epoch"].as_str().unwrap().to_owned();
+
+    let writer = {
+        let store = Arc::clone(&system.store);
+        tokio::spawn(async move {
+            for round in 0..60u64 {
+                let stream = StreamId::new("counter", format!("c-{}", round % 6));
+                let event = NewEvent::from_json("Bumped", 1, "{}", Metadata::default()).unwrap();
+                store
+                    .append(&stream, ExpectedVersion::Any, vec![event])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let mut seen: Vec<u64> = Vec::new();
+    let mut changes = 0;
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    let mut record = |note: &Value, seen: &mut Vec<u64>| {
+        seen.push(note["position"].as_u64().unwrap());
+        changes += note
+            .get("coalesced")
+            .map_or(1, |c| c["count"].as_u64().unwrap());
+        let version = note["aggregate_version"].as_u64().unwrap();
+        let before = versions
+            .insert(note["id"].as_str().unwrap().to_owned(), version)
+            .unwrap_or(0);
+        let from = note
+            .get("coalesced")
+            .map_or(version, |c| c["from_version"].as_u64().unwrap());
+        assert_eq!(from, before + 1, "no version missed: {note}");
+        changes
+    };
+    while seen.len() < 8 {
+        let note = frame(&mut socket, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(note["type"], "notification");
+        record(&note, &mut seen);
+    }
+    // Killed without a close frame, as a dropped network would.
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let last = *seen.last().unwrap();
+    let mut socket = open(&system.ws(&format!(
+        "projection=counters&collection=counters&since={epoch}:{last}"
+    )))
+    .await;
+    assert_eq!(
+        frame(&mut socket, Duration::from_secs(5)).await.unwrap()["type"],
+        "ready"
+    );
+    let resumed = frame(&mut socket, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(resumed["type"], "subscribed", "{resumed}");
+    writer.await.unwrap();
+    loop {
+        let note = frame(&mut socket, Duration::from_secs(10))
+            .await
+            .expect("the rest arrives");
+        assert_eq!(note["type"], "notification", "{note}");
+        if record(&note, &mut seen) == 60 {
+            break;
+        }
+    }
+    // Positions only go up (a replayed change may be folded into a later one of its document).
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "every position once, in order: {seen:?}"
+    );
+    assert!(
+        frame(&mut socket, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing more"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_the_throttle_gets_coalesced_notifications_with_the_right_final_versions() {
+    let limit = 50;
+    let system = System::start(options(limit, 4096)).await;
+    // Frames are stamped on a thread of their own, away from the server's scheduler.
+    let url = system.ws("projection=counters");
+    let (frames, mut stamped) = tokio::sync::mpsc::unbounded_channel::<(Instant, Value)>();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let mut socket = open(&url).await;
+                while let Some(Ok(message)) = socket.next().await {
+                    if let Message::Text(text) = message
+                        && frames
+                            .send((Instant::now(), serde_json::from_str(&text).unwrap()))
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+    });
+    async fn next(
+        stamped: &mut tokio::sync::mpsc::UnboundedReceiver<(Instant, Value)>,
+    ) -> Option<(Instant, Value)> {
+        tokio::time::timeout(Duration::from_secs(10), stamped.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+    assert_eq!(next(&mut stamped).await.unwrap().1["type"], "ready");
+    assert_eq!(next(&mut stamped).await.unwrap().1["type"], "subscribed");
+    let (documents, per_document) = (5u64, 60u64);
+    for _ in 0..per_document {
+        for d in 0..documents {
+            system.bump(&format!("c-{d}"), 1).await;
+        }
+    }
+    let mut arrivals = Vec::new();
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+    let mut changes = 0;
+    let mut throttled = false;
+    while versions.values().filter(|v| **v == per_document).count() < documents as usize {
+        let (at, message) = next(&mut stamped).await.expect("the final versions arrive");
+        match message["type"].as_str().unwrap() {
+            "throttled" => {
+                throttled = true;
+                assert_eq!(message["limit"], limit);
+            }
+            "notification" => {
+                arrivals.push(at);
+                let version = message["aggregate_version"].as_u64().unwrap();
+                let before = versions
+                    .insert(message["id"].as_str().unwrap().to_owned(), version)
+                    .unwrap_or(0);
+                assert!(version > before, "versions only go up");
+                if let Some(c) = message.get("coalesced") {
+                    assert_eq!(c["from_version"].as_u64().unwrap(), before + 1);
+                    assert_eq!(c["count"].as_u64().unwrap(), version - before);
+                }
+                changes += message
+                    .get("coalesced")
+                    .map_or(1, |c| c["count"].as_u64().unwrap());
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(throttled, "the client was told it is throttled");
+    assert_eq!(changes, documents * per_document);
+    assert!(
+        arrivals.len() < (documents * per_document) as usize / 2,
+        "coalesced: {} frames",
+        arrivals.len()
+    );
+    for (i, at) in arrivals.iter().enumerate() {
+        let within = arrivals[i..]
+            .iter()
+            .take_while(|t| **t < *at + Duration::from_secs(1))
+            .count();
+        assert!(
+            within <= limit as usize,
+            "{within} notifications within one second"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_disconnected_as_slow_without_holding_back_the_others() {
+    let mut notify = options(100_000, 64);
+    notify.write_timeout = Duration::from_secs(1);
+    let system = System::start(notify).await;
+    // The slow client: a socket with a tiny receive buffer that is never read.
+    let addr = system.url.trim_start_matches("http://").to_owned();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(addr.parse().unwrap()).await.unwrap();
+    slow.write_all(
+        format!(
+            "GET /notifications/ws?projection=counters HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: nexus.v1\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut following = ClientOptions::new(&system.url, "counters");
+    following.collection = Some("counters".into());
+    following.id = Some("c-7".into());
+    let mut fast = NotificationClient::connect(following).unwrap();
+    assert!(matches!(
+        fast.next().await,
+        Some(ClientEvent::Subscribed { .. })
+    ));
+
+    let (documents, per_document) = (400u64, 10u64);
+    let started = Instant::now();
+    for round in 0..per_document {
+        let store = Arc::clone(&system.store);
+        let appends: Vec<_> = (0..documents)
+            .map(|d| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    let event = NewEvent::from_json(
+                        "Bumped",
+                        1,
+                        format!("{{\"pad\":\"{}\"}}", "x".repeat(400)),
+                        Metadata::default(),
+                    )
+                    .unwrap();
+                    store
+                        .append(
+                            &StreamId::new("counter", format!("c-{d}")),
+                            ExpectedVersion::Any,
+                            vec![event],
+                        )
+                        .await
+                        .unwrap();
+                })
+            })
+            .collect();
+        for append in appends {
+            append.await.unwrap();
+        }
+        let _ = round;
+    }
+    let mut version = 0;
+    while version < per_document {
+        match tokio::time::timeout(Duration::from_secs(20), fast.next())
+            .await
+            .expect("the fast client is not held back")
+            .unwrap()
+        {
+            ClientEvent::Notification(note) => {
+                assert_eq!(note.id, "c-7");
+                version = note.aggregate_version;
+            }
+            ClientEvent::Disconnected { reason, .. } => {
+                panic!("the fast client was dropped: {reason}")
+            }
+            _ => {}
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The slow client's socket is closed by the server: reading drains what was buffered, then ends.
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, slow.read(&mut buf)).await {
+            Err(_) => panic!(
+                "the slow client was never disconnected ({} bytes read)",
+                received.len()
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(
+        received.len() < (documents * per_document * 400) as usize,
+        "it did not get everything"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_read_model_resets_its_subscribers_and_old_positions() {
+    let mut system = System::start(options(100_000, 4096)).await;
+    let mut client =
+        NotificationClient::connect(ClientOptions::new(&system.url, "counters")).unwrap();
+    let Some(ClientEvent::Subscribed { epoch, .. }) = client.next().await else {
+        panic!("subscribed")
+    };
+    system.bump("c-1", 3).await;
+    let mut version = 0;
+    while version < 3 {
+        let Some(ClientEvent::Notification(note)) = client.next().await else {
+            panic!("notification")
+        };
+        version = note.aggregate_version;
+    }
+    // Rebuild: stop the projection, drop its read model, start it again from nothing.
+    system.projection.take().unwrap().stop().await;
+    let path =
+        ProjectionRunner::read_model_path(&system._dir.path().join("read-models"), "counters");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    system.projection = Some(system.runner.spawn(Counters).unwrap());
+    let event = tokio::time::timeout(Duration::from_secs(10), client.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let ClientEvent::Reset {
+        epoch: new_epoch,
+        reason,
+        ..
+    } = event
+    else {
+        panic!("expected a reset, got {event:?}")
+    };
+    assert_eq!(reason, ResetReason::EpochChanged);
+    assert_ne!(new_epoch, epoch);
+    // The rebuild replays the three events under the new epoch (a commit may hold several).
+    let mut version = 0;
+    while version < 3 {
+        let event = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let ClientEvent::Notification(note) = event else {
+            panic!("expected a notification, got {event:?}")
+        };
+        assert_eq!(note.epoch, new_epoch);
+        assert_eq!(
+            note.coalesced
+                .map_or(note.aggregate_version, |c| c.from_version),
+            version + 1
+        );
+        version = note.aggregate_version;
+    }
+    // A client coming back with a position of the old epoch is told to refetch.
+    let mut socket = open(&system.ws(&format!("projection=counters&since={epoch}:3"))).await;
+    assert_eq!(
+        frame(&mut socket, Duration::from_secs(5)).await.unwrap()["type"],
+        "ready"
+    );
+    assert_eq!(
+        frame(&mut socket, Duration::from_secs(5)).await.unwrap()["type"],
+        "subscribed"
+    );
+    let reset = frame(&mut socket, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (reset["type"].as_str(), reset["reason"].as_str()),
+        (Some("reset"), Some("epoch_changed"))
+    );
+    assert_eq!(system.hub.position("counters").0, new_epoch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_change_on_an_open_socket_and_filters_use_the_list_language() {
+    let system = System::start(options(100_000, 4096)).await;
+    let mut socket = open(&system.ws("")).await;
+    assert_eq!(
+        frame(&mut socket, Duration::from_secs(5)).await.unwrap()["type"],
+        "ready"
+    );
+    let subscribe = json!({"type": "subscribe", "sub": "odd", "projection": "counters", "collection": "counters", "filter": {"parity": "odd"}});
+    socket
+        .send(Message::Text(subscribe.to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        frame(&mut socket, Duration::from_secs(5)).await.unwrap()["type"],
+        "subscribed"
+    );
+    system.bump_each("c-1", 4).await;
+    for version in [1, 3] {
+        let note = frame(&mut socket, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            note["aggregate_version"], version,
+            "only odd counts: {note}"
+        );
+    }
+    // Replace it with one document, resuming from where it was.
+    let since = format!("{}:{}", system.hub.position("counters").0, 4);
+    let subscribe = json!({"type": "subscribe", "sub": "odd", "projection": "counters", "collection": "counters", "id": "c-2", "since": since});
+    socket
+        .send(Message::Text(subscribe.to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        frame(&mut socket, Duration::from_secs(5)).await.unwrap()["type"],
+        "subscribed"
+    );
+    system.bump_each("c-1", 1).await;
+    system.bump_each("c-2", 1).await;
+    let note = frame(&mut socket, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (note["id"].as_str(), note["aggregate_version"].as_u64()),
+        (Some("c-2"), Some(1))
+    );
+    // A second subscription of the same projection is refused; bad frames get an error, not a close.
+    let second = json!({"type": "subscribe", "sub": "other", "projection": "counters"});
+    socket
+        .send(Message::Text(second.to_string().into()))
+        .await
+        .unwrap();
+    let refused = frame(&mut socket, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("subscription_refused"))
+    );
+    socket
+        .send(Message::Text("{\"type\":\"nope\"}".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        frame(&mut socket, Duration::from_secs(5)).await.unwrap()["code"],
+        "invalid_message"
+    );
+    socket
+        .send(Message::Text(json!({"type": "ping"}).to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        frame(&mut socket, Duration::from_secs(5)).await.unwrap()["type"],
+        "pong"
+    );
+    socket
+        .send(Message::Text(
+            json!({"type": "unsubscribe", "sub": "odd"})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        frame(&mut socket, Duration::from_secs(5)).await.unwrap()["type"],
+        "unsubscribed"
+    );
+    system.bump("c-2", 1).await;
+    assert!(
+        frame(&mut socket, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing after unsubscribing"
+    );
+}
+
+/// Reads an SSE response until `count` events with ids arrived: (id, event, data) of each.
+async fn sse_events(
+    url: &str,
+    last_event_id: Option<&str>,
+    count: usize,
+) -> Vec<(String, String, Value)> {
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let path = &url[url.find(&addr).unwrap() + addr.len()..];
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let last = last_event_id
+        .map(|id| format!("Last-Event-ID: {id}\r\n"))
+        .unwrap_or_default();
+    stream
+        .write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{last}\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let events: Vec<(String, String, Value)> = text
+            .split("\n\n")
+            .filter_map(|block| {
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(str::to_owned)
+                };
+                Some((
+                    field("id: ")?,
+                    field("event: ")?,
+                    serde_json::from_str(&field("data: ")?).ok()?,
+                ))
+            })
+            .collect();
+        if events.len() >= count {
+            return events;
+        }
+        let Ok(n) = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await else {
+            panic!("events did not arrive: {text}")
+        };
+        let n = n.unwrap();
+        assert!(n > 0, "the stream ended: {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_streams_the_same_notifications_and_resumes_from_last_event_id() {
+    let system = System::start(options(100_000, 4096)).await;
+    system.bump_each("c-1", 2).await;
+    let url = format!(
+        "{}/notifications/sse?projection=counters&collection=counters&id=c-1",
+        system.url
+    );
+    // Resume after the first of two.
+    let epoch = system.hub.position("counters").0;
+    let events = sse_events(&url, Some(&format!("{epoch}:1")), 2).await;
+    assert_eq!(
+        (events[0].1.as_str(), events[0].2["replayed"].as_u64()),
+        ("subscribed", Some(1))
+    );
+    assert_eq!(
+        (events[1].0.as_str(), events[1].1.as_str()),
+        (format!("{epoch}:2").as_str(), "notification")
+    );
+    assert_eq!(events[1].2["aggregate_version"], 2);
+    system.bump_each("c-1", 1).await;
+    let events = sse_events(&url, Some(&format!("{epoch}:2")), 2).await;
+    assert_eq!(
+        (
+            events[1].0.as_str(),
+            events[1].2["aggregate_version"].as_u64()
+        ),
+        (format!("{epoch}:3").as_str(), Some(3))
+    );
+    // An old epoch gets a reset whose id carries the new position.
+    let events = sse_events(&url, Some("0ld:9"), 2).await;
+    assert_eq!(
+        (events[1].1.as_str(), events[1].0.clone()),
+        ("reset", format!("{epoch}:3"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_need_read_models_read_with_the_token_in_the_subprotocol_or_a_ticket() {
+    const SECRET: &str = "a-test-secret-of-at-least-thirty-two-bytes!";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let config = AuthConfig {
+        issuer: Some("nexus-test".to_owned()),
+        audience: Some("nexus".to_owned()),
+        hs256_secret_file: Some("secret".into()),
+        anonymous: Some(Vec::new()),
+        ..AuthConfig::default()
+    };
+    let access = AccessControl::load(&config, dir.path()).await.unwrap();
+    let system = System::start_with(options(100, 4096), access).await;
+    let token = |role: &str| {
+        issue_hs256(
+            SECRET.as_bytes(),
+            &TokenRequest {
+                issuer: "nexus-test",
+                audience: "nexus",
+                subject: "tester",
+                roles: &[role.to_owned()],
+                roles_claim: "roles",
+                ttl: Duration::from_secs(60),
+                kid: None,
+            },
+        )
+        .unwrap()
+    };
+    // Without a credential: 401 before any upgrade.
+    let err = tokio_tungstenite::connect_async(system.ws("projection=counters"))
+        .await
+        .unwrap_err();
+    let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(response.status(), 401);
+    // The Rust client carries the token in Sec-WebSocket-Protocol.
+    let mut options = ClientOptions::new(&system.url, "counters");
+    options.token = Some(token("reader"));
+    let mut client = NotificationClient::connect(options.clone()).unwrap();
+    assert!(matches!(
+        client.next().await,
+        Some(ClientEvent::Subscribed { .. })
+    ));
+    // A role without read-models:read is refused for good (no reconnection loop).
+    options.token = Some(token("nobody"));
+    let mut refused = NotificationClient::connect(options).unwrap();
+    assert!(
+        matches!(refused.next().await, Some(ClientEvent::Refused { code, .. }) if code == "403")
+    );
+    assert!(refused.next().await.is_none());
+    // A ticket stands for the credential once.
+    let mut http = tokio::net::TcpStream::connect(system.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    http.write_all(
+        format!(
+            "POST /notifications/tickets HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            token("reader")
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    http.read_to_string(&mut answer).await.unwrap();
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let ticket = body["ticket"].as_str().unwrap();
+    let mut socket = open(&system.ws(&format!("projection=counters&ticket={ticket}"))).await;
+    assert_eq!(
+        frame(&mut socket, Duration::from_secs(5)).await.unwrap()["type"],
+        "ready"
+    );
+    let again = tokio_tungstenite::connect_async(
+        system.ws(&format!("projection=counters&ticket={ticket}")),
+    )
+    .await
+    .unwrap_err();
+    let tokio_tungstenite::tungstenite::Error::Http(response) = again else {
+        panic!("{again}")
+    };
+    assert_eq!(response.status(), 401, "a ticket is used once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_and_bad_subscriptions_are_refused_before_the_upgrade() {
+    let mut notify = options(100, 4096);
+    notify.max_connections = 2;
+    let system = System::start(notify).await;
+    let _a = open(&system.ws("projection=counters")).await;
+    let _b = open(&system.ws("projection=counters")).await;
+    let err = tokio_tungstenite::connect_async(system.ws("projection=counters"))
+        .await
+        .unwrap_err();
+    let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(response.status(), 503);
+    for (query, status) in [
+        ("projection=nope", 404),
+        ("projection=counters&since=x", 400),
+        ("projection=counters&id=1", 400),
+    ] {
+        let err = tokio_tungstenite::connect_async(system.ws(query))
+            .await
+            .unwrap_err();
+        let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
+            panic!("{err}")
+        };
+        assert_eq!(response.status(), status, "{query}");
+    }
+}
