@@ -4,6 +4,7 @@
 //! stream after the append commits, so there is never a dual write.
 
 use std::marker::PhantomData;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use tracing::Instrument;
 use crate::aggregate::Aggregate;
 use crate::event::{EventId, Metadata, NewEvent, PayloadError, StreamId};
 use crate::snapshot::{Snapshot, SnapshotError, SnapshotStore};
-use crate::store::{AppendError, EventStore, ExpectedVersion, ReadError, StoredPayload};
+use crate::store::{AppendError, EventStore, ExpectedVersion, ReadError};
 use crate::telemetry::{live, trace};
 
 /// An aggregate's state rebuilt from the store.
@@ -234,15 +235,39 @@ impl<A: Aggregate> Repository<A> {
                 events_applied: 0,
             },
         };
-        let tail = match self.store.read_payloads(&stream, loaded.version + 1).await {
-            Ok(events) => events,
-            Err(source) => return Err(LoadError::Read { stream, source }),
-        };
-        for stored in &tail {
-            apply_stored(&mut loaded.state, &stream, stored)?;
-            loaded.version = stored.version;
+        // Decoded as the rows arrive; the first event that does not decode stops the read.
+        let mut undecodable = None;
+        let from = loaded.version + 1;
+        let read = self
+            .store
+            .visit_payloads(
+                &stream,
+                from,
+                &mut |stored| match serde_json::from_str::<A::Event>(stored.payload) {
+                    Ok(event) => {
+                        loaded.state.apply(&event);
+                        loaded.version = stored.version;
+                        loaded.events_applied += 1;
+                        ControlFlow::Continue(())
+                    }
+                    Err(source) => {
+                        undecodable = Some((stored.version, stored.event_type.to_owned(), source));
+                        ControlFlow::Break(())
+                    }
+                },
+            )
+            .await;
+        if let Some((version, event_type, source)) = undecodable {
+            return Err(LoadError::Decode {
+                stream,
+                version,
+                event_type,
+                source,
+            });
         }
-        loaded.events_applied = tail.len();
+        if let Err(source) = read {
+            return Err(LoadError::Read { stream, source });
+        }
         if loaded.snapshot_version.is_some() {
             metrics::histogram!("nexus_snapshot_load_seconds", "aggregate" => A::TYPE)
                 .record(started.elapsed().as_secs_f64());
@@ -329,22 +354,6 @@ pub(crate) fn decode_snapshot<A: Aggregate>(snapshot: &Snapshot) -> Option<Loade
         snapshot_version: Some(snapshot.version),
         events_applied: 0,
     })
-}
-
-fn apply_stored<A: Aggregate>(
-    state: &mut A,
-    stream: &StreamId,
-    stored: &StoredPayload,
-) -> Result<(), LoadError> {
-    let event: A::Event =
-        serde_json::from_str(&stored.payload).map_err(|source| LoadError::Decode {
-            stream: stream.clone(),
-            version: stored.version,
-            event_type: stored.event_type.clone(),
-            source,
-        })?;
-    state.apply(&event);
-    Ok(())
 }
 
 /// Registers the command metrics of aggregate `A` at zero, so every outcome's series exists

@@ -166,12 +166,13 @@ impl NewEvent {
         event: &E,
         metadata: Metadata,
     ) -> Result<Self, PayloadError> {
-        let text = serde_json::to_string(event).map_err(PayloadError)?;
+        // Serialised straight into a raw value: serde_json's own output needs no second parse.
+        let payload = serde_json::value::to_raw_value(event).map_err(PayloadError)?;
         Ok(Self {
             id: EventId::new(),
             event_type: event.event_type().to_owned(),
             schema_version: event.event_version(),
-            payload: RawValue::from_string(text).map_err(PayloadError)?,
+            payload,
             metadata,
         })
     }

@@ -36,4 +36,6 @@ pub use event::{
 /// `#[derive(DomainEvent)]` with `#[event(type = "…", version = N)]` (see `nexus_macros`).
 pub use nexus_macros::DomainEvent;
 pub use snapshot::{Snapshot, SnapshotManager, SnapshotPolicy, SnapshotStore};
-pub use store::{AppendError, AppendResult, EventStore, ExpectedVersion, ReadError, StoredPayload};
+pub use store::{
+    AppendError, AppendResult, EventStore, ExpectedVersion, PayloadRef, ReadError, StoredPayload,
+};

@@ -6,6 +6,7 @@ pub mod postgres;
 mod subscription;
 
 use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -60,6 +61,17 @@ pub struct StoredPayload {
     pub event_type: String,
     /// Its payload, as JSON text.
     pub payload: String,
+}
+
+/// One stored event as [`EventStore::visit_payloads`] hands it over, borrowed from the read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadRef<'a> {
+    /// The event's version in its stream.
+    pub version: u64,
+    /// Its type name.
+    pub event_type: &'a str,
+    /// Its payload, as JSON text.
+    pub payload: &'a str,
 }
 
 /// What an append stored.
@@ -258,6 +270,29 @@ pub trait EventStore: Send + Sync + 'static {
             Err(ReadError::StreamNotFound(_)) => Ok(Vec::new()),
             Err(err) => Err(err),
         }
+    }
+
+    /// Hands the version, type and payload of events `from..` of one stream to `visit`, in
+    /// version order, until `visit` breaks: what [`EventStore::read_payloads`] returns, without
+    /// keeping a copy of it. A backend that streams rows hands each over as it arrives, so
+    /// rebuilding an aggregate decodes while the rest is still being read.
+    async fn visit_payloads(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        visit: &mut (dyn for<'row> FnMut(PayloadRef<'row>) -> ControlFlow<()> + Send),
+    ) -> Result<(), ReadError> {
+        for stored in self.read_payloads(stream, from).await? {
+            let payload = PayloadRef {
+                version: stored.version,
+                event_type: &stored.event_type,
+                payload: &stored.payload,
+            };
+            if visit(payload).is_break() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// The events of `stream` among `ids`, in version order; ids stored elsewhere or not at all

@@ -59,6 +59,9 @@ pub(crate) struct StoreArgs {
     /// Events per append.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// PostgreSQL: groups of appends committed concurrently (the store's group commit).
+    #[arg(long, default_value_t = PostgresOptions::default().committers)]
+    committers: usize,
     /// Memory soak instead of the throughput phases: `--commands` commands, each on a stream
     /// of its own, with snapshots on; reports resident memory along the way.
     #[arg(long)]
@@ -104,6 +107,7 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<Outcome> {
             "writers": args.writers,
             "events": args.events,
             "batch": args.batch,
+            "committers": args.committers,
             "path": match args.path { WritePath::Append => "append", WritePath::Command => "command" },
             "runs": runs,
             "peak_rss_mb": super::bench::peak_rss_mb(),
@@ -214,16 +218,21 @@ async fn soak_phase(target: &Target, args: &StoreArgs) -> anyhow::Result<serde_j
     }
     let seconds = started.elapsed().as_secs_f64();
     let snapshots = manager.snapshots_taken();
+    let tracked = manager.tracked_streams();
     manager.stop().await;
+    // The peak counts too, not only the samples: memory that rose and fell between two
+    // samples was still resident.
     let max = samples
         .iter()
         .filter_map(|s| s["rss_mb"].as_f64())
+        .chain(super::bench::peak_rss_mb())
         .fold(start.unwrap_or(0.0), f64::max);
     let commands = per_writer * args.writers;
     Ok(json!({
         "commands": commands,
         "streams": commands,
         "snapshots_taken": snapshots,
+        "snapshot_manager_tracked_streams": tracked,
         "seconds": round(seconds),
         "commands_per_sec": round(commands as f64 / seconds),
         "rss_mb": {
@@ -305,7 +314,8 @@ async fn open(backend: Backend, args: &StoreArgs) -> anyhow::Result<Target> {
             let schema = format!("nexus_bench_{}", uuid::Uuid::now_v7().simple());
             let options = PostgresOptions {
                 schema: schema.clone(),
-                pool_size: args.writers + 4,
+                pool_size: args.writers + args.committers + 4,
+                committers: args.committers,
                 ..PostgresOptions::default()
             };
             let store = PostgresStore::connect_with(&url, options)

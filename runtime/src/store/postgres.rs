@@ -1,6 +1,7 @@
 //! The PostgreSQL event store: hash-partitioned by aggregate id, immutable by trigger,
 //! tailed without skipping through the transaction-id visibility horizon.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +19,8 @@ use uuid::Uuid;
 
 use super::embedded::same_json;
 use super::{
-    AppendError, AppendResult, BoxError, EventStore, ExpectedVersion, OpenError, ReadError,
-    StoreLimits, StoredPayload, validate_append,
+    AppendError, AppendResult, BoxError, EventStore, ExpectedVersion, OpenError, PayloadRef,
+    ReadError, StoreLimits, StoredPayload, validate_append,
 };
 use crate::event::{EventId, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId};
 use crate::pg::is_connection_error;
@@ -114,11 +115,13 @@ impl Drop for PostgresStore {
 }
 
 struct Sql {
-    append: String,
+    /// The append statement of each partition, by partition number.
+    append: Vec<String>,
     version: String,
     by_ids: String,
     read_stream: String,
-    read_payloads: String,
+    /// The payload read of each partition, by partition number (as `append`).
+    read_payloads: Vec<String>,
     find_events: String,
     read_between: String,
     read_all: String,
@@ -127,20 +130,9 @@ struct Sql {
 }
 
 impl Sql {
-    fn new(schema: &str) -> Self {
+    fn new(schema: &str, partitions: u16) -> Self {
         Self {
-            append: format!(
-                "WITH cur AS (SELECT COALESCE(MAX(version), 0) AS v FROM {schema}.events \
-                 WHERE partition = $1 AND aggregate_type = $2 AND aggregate_id = $3) \
-                 INSERT INTO {schema}.events (partition, event_id, aggregate_type, aggregate_id, version, \
-                 event_type, schema_version, payload, metadata) \
-                 SELECT $1, e.id, $2, $3, cur.v + e.ord, e.typ, e.sv, e.payload, e.meta \
-                 FROM cur, unnest($5::uuid[], $6::text[], $7::int4[], $8::jsonb[], $9::jsonb[]) \
-                 WITH ORDINALITY AS e(id, typ, sv, payload, meta, ord) \
-                 WHERE ($4::int8 IS NULL OR cur.v = $4) AND NOT EXISTS (SELECT 1 FROM {schema}.events \
-                 WHERE partition = $1 AND event_id = ANY($5)) \
-                 RETURNING global_position, version"
-            ),
+            append: (0..partitions).map(|p| append_sql(schema, p)).collect(),
             version: format!(
                 "SELECT COALESCE(MAX(version), 0) FROM {schema}.events \
                  WHERE partition = $1 AND aggregate_type = $2 AND aggregate_id = $3"
@@ -153,10 +145,17 @@ impl Sql {
                 "SELECT {COLUMNS} FROM {schema}.events WHERE partition = $1 AND aggregate_type = $2 \
                  AND aggregate_id = $3 AND version >= $4 AND version <= $5 ORDER BY version"
             ),
-            read_payloads: format!(
-                "SELECT version, event_type, payload::text FROM {schema}.events WHERE partition = $1 \
-                 AND aggregate_type = $2 AND aggregate_id = $3 AND version >= $4 ORDER BY version"
-            ),
+            // Per partition, as appends: a statement on the parent table is planned afresh at
+            // every execution (its generic plan, over every partition, looks too costly).
+            read_payloads: (0..partitions)
+                .map(|p| {
+                    format!(
+                        "SELECT version, event_type, payload::text FROM {schema}.events_p{p} \
+                         WHERE partition = {p} AND aggregate_type = $1 AND aggregate_id = $2 \
+                         AND version >= $3 ORDER BY version"
+                    )
+                })
+                .collect(),
             find_events: format!(
                 "SELECT {COLUMNS} FROM {schema}.events WHERE partition = $1 AND event_id = ANY($2) \
                  AND aggregate_type = $3 AND aggregate_id = $4 ORDER BY version"
@@ -179,6 +178,29 @@ impl Sql {
             channel: format!("nexus_events_{schema}"),
         }
     }
+}
+
+/// The append statement of one partition: it names the partition's table and number, so its
+/// plan has no partitions to prune and probes the unique indexes whatever the statistics say.
+/// (Against the parent table, a generic plan made while the table was new and unanalysed
+/// checked the event ids by scanning the whole partition, at every append.)
+///
+/// It inserts the batch only if the stream is at the expected version and the batch's first
+/// event id is not stored. A batch is stored all or nothing, so the first id tells a retry of a
+/// stored batch; any other stored id fails the statement on the unique key.
+fn append_sql(schema: &str, partition: u16) -> String {
+    format!(
+        "WITH cur AS (SELECT COALESCE(MAX(version), 0) AS v FROM {schema}.events_p{partition} \
+         WHERE partition = {partition} AND aggregate_type = $1 AND aggregate_id = $2) \
+         INSERT INTO {schema}.events_p{partition} (partition, event_id, aggregate_type, aggregate_id, \
+         version, event_type, schema_version, payload, metadata) \
+         SELECT {partition}, e.id, $1, $2, cur.v + e.ord, e.typ, e.sv, e.payload, e.meta \
+         FROM cur, unnest($4::uuid[], $5::text[], $6::int4[], $7::jsonb[], $8::jsonb[]) \
+         WITH ORDINALITY AS e(id, typ, sv, payload, meta, ord) \
+         WHERE ($3::int8 IS NULL OR cur.v = $3) AND NOT EXISTS (SELECT 1 FROM {schema}.events_p{partition} \
+         WHERE partition = {partition} AND event_id = ($4::uuid[])[1]) \
+         RETURNING global_position, version"
+    )
 }
 
 fn append_err(err: tokio_postgres::Error) -> AppendError {
@@ -333,9 +355,8 @@ impl<'a> Bound<'a> {
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
         [
-            &self.partition,
             &self.aggregate_type,
             &self.aggregate_id,
             &self.required,
@@ -412,7 +433,7 @@ impl PostgresStore {
         }
         let pool = pool(url, options.pool_size)?;
         migrate(&pool, &options.schema, options.partitions).await?;
-        let sql = Sql::new(&options.schema);
+        let sql = Sql::new(&options.schema, options.partitions);
         let (changes_tx, changes) = watch::channel(0);
         let notify_others = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(
@@ -481,6 +502,17 @@ impl Writer {
         self.pool.get().await.map_err(|e| Box::new(e) as BoxError)
     }
 
+    /// The append statement of `partition`, prepared once per connection.
+    async fn append_statement(
+        &self,
+        client: &deadpool_postgres::Object,
+        partition: i16,
+    ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        client
+            .prepare_cached(&self.sql.append[partition as usize])
+            .await
+    }
+
     /// Commits a group of appends as one transaction and answers each caller.
     async fn commit_group(&self, mut group: Vec<group::Pending>) {
         if group.len() == 1 {
@@ -541,19 +573,22 @@ impl Writer {
         client: &deadpool_postgres::Object,
         group: &[group::Pending],
     ) -> Result<Vec<group::Step>, tokio_postgres::Error> {
-        let statement = client.prepare_cached(&self.sql.append).await?;
         let partitions = self.options.partitions;
         let bound: Vec<Bound<'_>> = group
             .iter()
             .map(|p| Bound::new(&p.stream, p.expected, &p.events, partitions))
             .collect();
-        let params: Vec<[&(dyn ToSql + Sync); 9]> = bound.iter().map(Bound::params).collect();
+        let mut statements = Vec::with_capacity(bound.len());
+        for b in &bound {
+            statements.push(self.append_statement(client, b.partition).await?);
+        }
+        let params: Vec<[&(dyn ToSql + Sync); 8]> = bound.iter().map(Bound::params).collect();
         let mut futures: Vec<RowsFuture<'_>> = Vec::with_capacity(group.len() + 2);
         futures.push(Box::pin(async {
             client.batch_execute("BEGIN").await.map(|()| Vec::new())
         }));
-        for params in &params {
-            futures.push(Box::pin(client.query(&statement, params)));
+        for (statement, params) in statements.iter().zip(&params) {
+            futures.push(Box::pin(client.query(statement, params)));
         }
         futures.push(Box::pin(async {
             client.batch_execute("COMMIT").await.map(|()| Vec::new())
@@ -615,7 +650,12 @@ impl Writer {
         let mut stored = Vec::with_capacity(events.len());
         for event in events {
             let Some(row) = rows.iter().find(|r| r.get::<_, Uuid>(0) == event.id.0) else {
-                return Ok(Replay::Mismatch(events[0].id, stream.clone()));
+                // Some ids of the batch are stored, not all: name one that is, and its stream.
+                let stored = &rows[0];
+                return Ok(Replay::Mismatch(
+                    EventId(stored.get(0)),
+                    StreamId::new(stored.get::<_, &str>(1), stored.get::<_, &str>(2)),
+                ));
             };
             let owner = StreamId::new(row.get::<_, &str>(1), row.get::<_, &str>(2));
             let Json(payload): Json<Box<RawValue>> = row.get(6);
@@ -644,8 +684,8 @@ impl Writer {
         events: &[NewEvent],
     ) -> Result<AppendResult, AppendError> {
         let partition = stream.partition(self.options.partitions) as i16;
-        let statement = client
-            .prepare_cached(&self.sql.append)
+        let statement = self
+            .append_statement(client, partition)
             .await
             .map_err(append_err)?;
         let bound = Bound::new(stream, expected, events, self.options.partitions);
@@ -816,9 +856,8 @@ impl EventStore for PostgresStore {
         let partition = stream.partition(self.writer.options.partitions) as i16;
         let rows = self
             .query_read(
-                &self.writer.sql.read_payloads,
+                &self.writer.sql.read_payloads[partition as usize],
                 &[
-                    &partition,
                     &stream.aggregate_type(),
                     &stream.aggregate_id(),
                     &(from.min(i64::MAX as u64) as i64),
@@ -834,6 +873,56 @@ impl EventStore for PostgresStore {
                 })
             })
             .collect()
+    }
+
+    async fn visit_payloads(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        visit: &mut (dyn for<'row> FnMut(PayloadRef<'row>) -> ControlFlow<()> + Send),
+    ) -> Result<(), ReadError> {
+        let partition = stream.partition(self.writer.options.partitions) as i16;
+        let from = from.min(i64::MAX as u64) as i64;
+        let sql = &self.writer.sql.read_payloads[partition as usize];
+        let params: [&(dyn ToSql + Sync); 3] =
+            [&stream.aggregate_type(), &stream.aggregate_id(), &from];
+        // As `crate::pg::read`: a dead pooled connection is replaced, but only before the
+        // first row, so no event is handed over twice.
+        let attempts = self.writer.pool.status().max_size + 1;
+        let mut attempt = 0;
+        let (_client, rows) = loop {
+            attempt += 1;
+            let client = self
+                .writer
+                .pool
+                .get()
+                .await
+                .map_err(|e| ReadError::Unavailable(Box::new(e)))?;
+            let started = match client.prepare_cached(sql).await {
+                Ok(statement) => client.query_raw(&statement, params).await,
+                Err(err) => Err(err),
+            };
+            match started {
+                Ok(rows) => break (client, rows),
+                Err(err) if attempt < attempts && is_connection_error(&err) => {
+                    drop(deadpool_postgres::Object::take(client));
+                }
+                Err(err) => return Err(read_err(err)),
+            }
+        };
+        let mut rows = std::pin::pin!(rows);
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(read_err)?;
+            let payload = PayloadRef {
+                version: row.try_get::<_, i64>(0).map_err(read_err)? as u64,
+                event_type: row.try_get(1).map_err(read_err)?,
+                payload: row.try_get(2).map_err(read_err)?,
+            };
+            if visit(payload).is_break() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     async fn read_stream_between(

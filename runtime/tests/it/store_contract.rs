@@ -1,6 +1,7 @@
 //! The `EventStore` contract: one suite, run against the embedded store and PostgreSQL.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -312,6 +313,105 @@ async fn reads_payloads_for_rebuilding_state(store: Arc<dyn EventStore>) {
             .is_empty(),
         "a stream without events has no payloads, which is not an error"
     );
+}
+
+async fn visits_payloads_in_order_until_told_to_stop(store: Arc<dyn EventStore>) {
+    let s = stream("visited");
+    store
+        .append(&s, ExpectedVersion::NoStream, events(0..5))
+        .await
+        .unwrap();
+    store
+        .append(&stream("beside"), ExpectedVersion::NoStream, events(10..12))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    store
+        .visit_payloads(&s, 2, &mut |p| {
+            let n = serde_json::from_str::<serde_json::Value>(p.payload).unwrap()["n"].clone();
+            seen.push((p.version, p.event_type.to_owned(), n));
+            ControlFlow::Continue(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        (2..=5)
+            .map(|v| (v, "Happened".to_owned(), serde_json::Value::from(v - 1)))
+            .collect::<Vec<_>>()
+    );
+    // Breaking stops the read: nothing after the break is handed over.
+    let mut versions = Vec::new();
+    store
+        .visit_payloads(&s, 1, &mut |p| {
+            versions.push(p.version);
+            if versions.len() == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(versions, [1, 2]);
+    // The store is still usable after a read stopped half way.
+    assert_eq!(store.read_payloads(&s, 1).await.unwrap().len(), 5);
+    let mut none = 0;
+    store
+        .visit_payloads(&stream("never-visited"), 1, &mut |_| {
+            none += 1;
+            ControlFlow::Continue(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(none, 0, "a stream without events visits nothing");
+}
+
+/// A batch whose first id is new but a later one is stored (in another stream of the same
+/// partition) is refused as a duplicate and stores nothing, while the appends issued with it
+/// succeed.
+async fn batch_reusing_a_later_id_fails_alone(store: Arc<dyn EventStore>) {
+    let bad = stream("reuser");
+    let partitions = store.partition_count();
+    let owner = (0..)
+        .map(|k| stream(&format!("owner-{k}")))
+        .find(|s| s.partition(partitions) == bad.partition(partitions))
+        .expect("some stream shares the partition");
+    let taken = event(99);
+    store
+        .append(&owner, ExpectedVersion::NoStream, vec![taken.clone()])
+        .await
+        .unwrap();
+    let mut reusing = events(0..2);
+    reusing.push(taken.clone());
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            store
+                .append(
+                    &stream(&format!("bystander-{i}")),
+                    ExpectedVersion::NoStream,
+                    events(0..2),
+                )
+                .await
+        }));
+    }
+    let refused = store.append(&bad, ExpectedVersion::NoStream, reusing).await;
+    match refused {
+        Err(AppendError::DuplicateEventId {
+            id,
+            stream: stored_in,
+        }) => {
+            assert_eq!(id, taken.id);
+            assert_eq!(stored_in, owner);
+        }
+        other => panic!("expected a duplicate event id, got {other:?}"),
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap().version, 2);
+    }
+    assert_eq!(store.stream_version(&bad).await.unwrap(), None);
 }
 
 async fn finds_events_of_a_stream_by_id(store: Arc<dyn EventStore>) {
@@ -773,6 +873,8 @@ contract!(
     rejects_bad_batches_with_clear_errors,
     unknown_stream_is_not_found,
     reads_payloads_for_rebuilding_state,
+    visits_payloads_in_order_until_told_to_stop,
+    batch_reusing_a_later_id_fails_alone,
     finds_events_of_a_stream_by_id,
     reads_a_stream_within_a_time_range,
     global_log_reads_every_event_once_in_order,
