@@ -209,14 +209,15 @@ fn shared_target() -> PathBuf {
 
 /// Runs `cargo ARGS --offline` in `project` with the shared target folder.
 fn cargo(project: &Path, args: &[&str]) {
+    cargo_with(project, args, args[0] != "fmt");
+}
+
+/// Runs `cargo ARGS` (with `--offline` when `offline`) in `project` with the shared target folder.
+fn cargo_with(project: &Path, args: &[&str], offline: bool) {
     let started = Instant::now();
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
-        .args(if args[0] == "fmt" {
-            None
-        } else {
-            Some("--offline")
-        })
+        .args(offline.then_some("--offline"))
         .current_dir(project)
         .env("CARGO_TARGET_DIR", shared_target())
         .env("CARGO_TERM_COLOR", "never")
@@ -441,4 +442,96 @@ fn generated_projects_pass_their_tests_and_nexus_check() {
     // The empty skeleton.
     let skeleton = generate(dir.path(), "skeleton", &["--no-sample"]);
     cargo(&skeleton, &["test", "--workspace"]);
+
+    a_project_generated_from_a_git_url_builds_with_no_path_to_nexus(dir.path());
+}
+
+/// `--nexus-git file://…` against a bare clone of this repository: no path to the checkout is
+/// left, cargo fetches Nexus over git and the project builds; CI installs `nexus` from the same
+/// URL and commit.
+fn a_project_generated_from_a_git_url_builds_with_no_path_to_nexus(dir: &Path) {
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let git = |args: &[&str]| {
+        let output = Command::new("git")
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(output.status.success(), "git {args:?}: {}", text(&output.stderr));
+        text(&output.stdout).trim().to_owned()
+    };
+    let checkout_text = checkout.to_str().expect("a UTF-8 path");
+    let rev = git(&["-C", checkout_text, "rev-parse", "HEAD"]);
+    let bare = dir.join("nexus.git");
+    git(&["clone", "--quiet", "--bare", checkout_text, bare.to_str().unwrap()]);
+    let url = format!("file://{}", bare.display());
+    let project = generate(dir, "remote", &["--nexus-git", &url, "--rev", &rev]);
+
+    let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains(&format!("nexus-runtime = {{ git = \"{url}\", rev = \"{rev}\" }}")),
+        "{manifest}"
+    );
+    let real = checkout.canonicalize().unwrap();
+    for file in ["Cargo.toml", "README.md", ".github/workflows/ci.yml"] {
+        let contents = std::fs::read_to_string(project.join(file)).unwrap();
+        assert!(
+            !contents.contains(real.to_str().unwrap()),
+            "{file} still names the local checkout:\n{contents}"
+        );
+    }
+    let workflow = std::fs::read_to_string(project.join(".github/workflows/ci.yml")).unwrap();
+    assert!(
+        workflow.contains(&format!("cargo install --locked --git '{url}' --rev '{rev}' nexus-cli")),
+        "{workflow}"
+    );
+    // Fetching the git dependency needs cargo online (a local file:// URL); the build after it
+    // does not.
+    cargo_with(&project, &["fetch"], false);
+    cargo(&project, &["build", "--workspace"]);
+    let metadata = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .current_dir(&project)
+        .output()
+        .expect("cargo metadata runs");
+    let metadata: Value = serde_json::from_slice(&metadata.stdout).expect("metadata JSON");
+    let runtime = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "nexus-runtime")
+        .expect("nexus-runtime is a dependency");
+    assert!(
+        runtime["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("git+file://")),
+        "{}",
+        runtime["source"]
+    );
+}
+
+#[test]
+fn a_published_version_is_pinned_exactly_and_installed_by_ci() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = nexus_new(dir.path(), &["pinned", "--nexus-version", "0.3.1"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("Nexus version 0.3.1 from crates.io"));
+    let project = dir.path().join("pinned");
+    let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("nexus-runtime = { version = \"=0.3.1\" }"),
+        "{manifest}"
+    );
+    let workflow = std::fs::read_to_string(project.join(".github/workflows/ci.yml")).unwrap();
+    assert!(
+        workflow.contains("cargo install --locked nexus-cli --version '=0.3.1'"),
+        "{workflow}"
+    );
+    assert!(!workflow.contains("Check out Nexus"), "{workflow}");
+
+    let bad = nexus_new(dir.path(), &["other", "--nexus-version", "latest"]);
+    assert_refused(&bad, "--nexus-version `latest` is not a version");
+    let bad = nexus_new(dir.path(), &["other", "--nexus-git", "github.com/x/nexus"]);
+    assert_refused(&bad, "is not a git URL");
+    let bad = nexus_new(dir.path(), &["other", "--rev", "abc"]);
+    assert_refused(&bad, "--nexus-git");
 }

@@ -85,6 +85,19 @@ pub(crate) struct NewArgs {
     /// Local Nexus checkout the project depends on by path (default: the checkout `nexus` was built from).
     #[arg(long, value_name = "PATH", env = "NEXUS_PATH")]
     pub(crate) nexus_path: Option<PathBuf>,
+    /// Depend on Nexus from this git repository instead of a local checkout (`https://…`,
+    /// `ssh://…` or `file://…`); the generated CI installs `nexus` from it too.
+    #[arg(long, value_name = "URL", conflicts_with = "nexus_version")]
+    pub(crate) nexus_git: Option<String>,
+    /// With --nexus-git: the commit to pin.
+    #[arg(long, value_name = "REV", requires = "nexus_git", conflicts_with = "tag")]
+    pub(crate) rev: Option<String>,
+    /// With --nexus-git: the tag to pin.
+    #[arg(long, value_name = "TAG", requires = "nexus_git")]
+    pub(crate) tag: Option<String>,
+    /// Depend on the published Nexus crates of this version (`0.3.1`) instead of a checkout.
+    #[arg(long, value_name = "VERSION")]
+    pub(crate) nexus_version: Option<String>,
     /// Print the files that would be written, and write nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
@@ -101,7 +114,10 @@ struct Report {
     store: StoreKind,
     bus: BusKind,
     sample: bool,
-    nexus_path: String,
+    /// The local checkout the project depends on, when it depends on one by path.
+    nexus_path: Option<String>,
+    /// Where the project takes Nexus from: a path, a git URL with its pin, or a version.
+    nexus: String,
     dry_run: bool,
     files: Vec<String>,
 }
@@ -122,8 +138,12 @@ pub(crate) fn run(args: NewArgs) -> anyhow::Result<Outcome> {
     };
     validate_name(&name)?;
     check_target(&args.path)?;
-    let nexus = NexusCheckout::open(args.nexus_path.as_deref())?;
-    let files = render(&name, &args, &nexus)?;
+    let source = NexusSource::from_args(&args)?;
+    let nexus = match &source {
+        NexusSource::Path(path) => NexusCheckout::open(Some(path))?,
+        NexusSource::Git { .. } | NexusSource::Version(_) => NexusCheckout::built_in()?,
+    };
+    let files = render(&name, &args, &nexus, &source)?;
 
     let listed: Vec<String> = files
         .keys()
@@ -138,7 +158,11 @@ pub(crate) fn run(args: NewArgs) -> anyhow::Result<Outcome> {
         store: args.store,
         bus: args.bus,
         sample: !args.no_sample,
-        nexus_path: nexus.root.display().to_string(),
+        nexus_path: match &source {
+            NexusSource::Path(_) => Some(nexus.root.display().to_string()),
+            _ => None,
+        },
+        nexus: source.describe(&nexus.root),
         dry_run: args.dry_run,
         files: listed,
     };
@@ -170,8 +194,8 @@ fn print_human(report: &Report) -> anyhow::Result<()> {
         "empty skeleton"
     };
     output::line(&format!(
-        "{verb} `{}` in {} ({store}, {bus}, {sample}; Nexus at {})",
-        report.name, report.path, report.nexus_path
+        "{verb} `{}` in {} ({store}, {bus}, {sample}; Nexus {})",
+        report.name, report.path, report.nexus
     ))?;
     if report.dry_run {
         for file in &report.files {
@@ -333,7 +357,114 @@ struct NexusCheckout {
     dependencies: BTreeMap<String, String>,
 }
 
+/// The workspace manifest and lockfile this binary was built with, for projects that do not
+/// depend on a local checkout.
+const BUILT_IN_MANIFEST: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"));
+const BUILT_IN_LOCKFILE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"));
+
+/// Where a generated project takes Nexus from.
+#[derive(Debug)]
+enum NexusSource {
+    /// A local checkout, by path (`--nexus-path`, or the checkout this binary was built from).
+    Path(PathBuf),
+    /// A git repository (`--nexus-git`), pinned by `--rev` or `--tag`, or its default branch.
+    Git {
+        url: String,
+        pin: Option<(&'static str, String)>,
+    },
+    /// Published crates (`--nexus-version`).
+    Version(String),
+}
+
+impl NexusSource {
+    fn from_args(args: &NewArgs) -> anyhow::Result<Self> {
+        if let Some(url) = &args.nexus_git {
+            let has_scheme = ["https://", "http://", "ssh://", "git://", "file://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme));
+            if !has_scheme || url.chars().any(|c| c.is_whitespace() || c == '"') {
+                bail!(
+                    "--nexus-git `{url}` is not a git URL: give https://…, ssh://…, git://… or file://…"
+                );
+            }
+            let pin = match (&args.rev, &args.tag) {
+                (Some(rev), _) => Some(("rev", rev.clone())),
+                (None, Some(tag)) => Some(("tag", tag.clone())),
+                (None, None) => None,
+            };
+            return Ok(Self::Git {
+                url: url.clone(),
+                pin,
+            });
+        }
+        if let Some(version) = &args.nexus_version {
+            semver::Version::parse(version).with_context(|| {
+                format!("--nexus-version `{version}` is not a version like 0.3.1")
+            })?;
+            return Ok(Self::Version(version.clone()));
+        }
+        Ok(Self::Path(
+            args.nexus_path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(BUILT_FROM)),
+        ))
+    }
+
+    /// The `nexus-runtime` entry of the generated `[workspace.dependencies]`, as inline TOML.
+    fn runtime_dependency(&self, root: &Path) -> anyhow::Result<String> {
+        Ok(match self {
+            Self::Path(_) => format!(
+                "{{ path = {} }}",
+                serde_json::to_string(&root.join("runtime").display().to_string())?
+            ),
+            Self::Git { url, pin } => match pin {
+                Some((kind, value)) => format!(
+                    "{{ git = {}, {kind} = {} }}",
+                    serde_json::to_string(url)?,
+                    serde_json::to_string(value)?
+                ),
+                None => format!("{{ git = {} }}", serde_json::to_string(url)?),
+            },
+            Self::Version(version) => {
+                format!("{{ version = {} }}", serde_json::to_string(&format!("={version}"))?)
+            }
+        })
+    }
+
+    /// What `cargo install` needs to install the matching `nexus` CLI (after `--locked`).
+    fn install_arguments(&self) -> Option<String> {
+        match self {
+            Self::Path(_) => None,
+            Self::Git { url, pin } => Some(match pin {
+                Some((kind, value)) => format!("--git '{url}' --{kind} '{value}' nexus-cli"),
+                None => format!("--git '{url}' nexus-cli"),
+            }),
+            Self::Version(version) => Some(format!("nexus-cli --version '={version}'")),
+        }
+    }
+
+    /// One phrase for messages: `at /path`, `from git URL (rev R)`, `version V from crates.io`.
+    fn describe(&self, root: &Path) -> String {
+        match self {
+            Self::Path(_) => format!("at {}", root.display()),
+            Self::Git { url, pin: Some((kind, value)) } => format!("from git {url} ({kind} {value})"),
+            Self::Git { url, pin: None } => format!("from git {url}"),
+            Self::Version(version) => format!("version {version} from crates.io"),
+        }
+    }
+}
+
 impl NexusCheckout {
+    /// The dependency versions and lockfile this binary was built with.
+    fn built_in() -> anyhow::Result<Self> {
+        Ok(Self {
+            root: PathBuf::from(BUILT_FROM),
+            lockfile: Some(BUILT_IN_LOCKFILE.to_owned()),
+            dependencies: workspace_dependencies(BUILT_IN_MANIFEST)
+                .context("failed to read the workspace manifest built into nexus")?,
+        })
+    }
+
     fn open(given: Option<&Path>) -> anyhow::Result<Self> {
         let (path, hint) = match given {
             Some(path) => (path.to_path_buf(), "check --nexus-path"),
@@ -412,6 +543,7 @@ fn render(
     name: &str,
     args: &NewArgs,
     nexus: &NexusCheckout,
+    source: &NexusSource,
 ) -> anyhow::Result<BTreeMap<PathBuf, Vec<u8>>> {
     let sample = !args.no_sample;
     let context = minijinja::context! {
@@ -421,7 +553,9 @@ fn render(
         bus => minijinja::value::Serde(args.bus),
         sample => sample,
         nexus_path => nexus.root.display().to_string(),
-        nexus_runtime_path => serde_json::to_string(&nexus.root.join("runtime").display().to_string())?,
+        nexus_runtime_dependency => source.runtime_dependency(&nexus.root)?,
+        nexus_install => source.install_arguments(),
+        nexus_description => source.describe(&nexus.root),
         deps => minijinja::value::Serde(&nexus.dependencies),
         version => env!("CARGO_PKG_VERSION"),
     };
