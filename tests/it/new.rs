@@ -452,23 +452,32 @@ fn generated_projects_pass_their_tests_and_nexus_check() {
 fn a_project_generated_from_a_git_url_builds_with_no_path_to_nexus(dir: &Path) {
     let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let git = |args: &[&str]| {
-        let output = Command::new("git")
-            .args(args)
-            .output()
-            .expect("git runs");
-        assert!(output.status.success(), "git {args:?}: {}", text(&output.stderr));
+        let output = Command::new("git").args(args).output().expect("git runs");
+        assert!(
+            output.status.success(),
+            "git {args:?}: {}",
+            text(&output.stderr)
+        );
         text(&output.stdout).trim().to_owned()
     };
     let checkout_text = checkout.to_str().expect("a UTF-8 path");
     let rev = git(&["-C", checkout_text, "rev-parse", "HEAD"]);
     let bare = dir.join("nexus.git");
-    git(&["clone", "--quiet", "--bare", checkout_text, bare.to_str().unwrap()]);
+    git(&[
+        "clone",
+        "--quiet",
+        "--bare",
+        checkout_text,
+        bare.to_str().unwrap(),
+    ]);
     let url = format!("file://{}", bare.display());
     let project = generate(dir, "remote", &["--nexus-git", &url, "--rev", &rev]);
 
     let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
     assert!(
-        manifest.contains(&format!("nexus-runtime = {{ git = \"{url}\", rev = \"{rev}\" }}")),
+        manifest.contains(&format!(
+            "nexus-runtime = {{ git = \"{url}\", rev = \"{rev}\" }}"
+        )),
         "{manifest}"
     );
     let real = checkout.canonicalize().unwrap();
@@ -481,7 +490,9 @@ fn a_project_generated_from_a_git_url_builds_with_no_path_to_nexus(dir: &Path) {
     }
     let workflow = std::fs::read_to_string(project.join(".github/workflows/ci.yml")).unwrap();
     assert!(
-        workflow.contains(&format!("cargo install --locked --git '{url}' --rev '{rev}' nexus-cli")),
+        workflow.contains(&format!(
+            "cargo install --locked --git '{url}' --rev '{rev}' nexus-cli"
+        )),
         "{workflow}"
     );
     // Fetching the git dependency needs cargo online (a local file:// URL); the build after it

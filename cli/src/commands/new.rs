@@ -90,7 +90,12 @@ pub(crate) struct NewArgs {
     #[arg(long, value_name = "URL", conflicts_with = "nexus_version")]
     pub(crate) nexus_git: Option<String>,
     /// With --nexus-git: the commit to pin.
-    #[arg(long, value_name = "REV", requires = "nexus_git", conflicts_with = "tag")]
+    #[arg(
+        long,
+        value_name = "REV",
+        requires = "nexus_git",
+        conflicts_with = "tag"
+    )]
     pub(crate) rev: Option<String>,
     /// With --nexus-git: the tag to pin.
     #[arg(long, value_name = "TAG", requires = "nexus_git")]
@@ -426,7 +431,10 @@ impl NexusSource {
                 None => format!("{{ git = {} }}", serde_json::to_string(url)?),
             },
             Self::Version(version) => {
-                format!("{{ version = {} }}", serde_json::to_string(&format!("={version}"))?)
+                format!(
+                    "{{ version = {} }}",
+                    serde_json::to_string(&format!("={version}"))?
+                )
             }
         })
     }
@@ -447,7 +455,10 @@ impl NexusSource {
     fn describe(&self, root: &Path) -> String {
         match self {
             Self::Path(_) => format!("at {}", root.display()),
-            Self::Git { url, pin: Some((kind, value)) } => format!("from git {url} ({kind} {value})"),
+            Self::Git {
+                url,
+                pin: Some((kind, value)),
+            } => format!("from git {url} ({kind} {value})"),
             Self::Git { url, pin: None } => format!("from git {url}"),
             Self::Version(version) => format!("version {version} from crates.io"),
         }

@@ -231,7 +231,13 @@ impl Throttle {
     fn new(per_second: u32) -> Self {
         let limit = f64::from(per_second.max(2));
         let burst = (limit / 10.0).floor().max(1.0);
-        let rate = (limit * 0.9 - burst).max(1.0);
+        // Below 10 a tenth of headroom is less than one notification: refill just under the
+        // limit instead, so arrivals stay more than 1/limit s apart and a second holds `limit`.
+        let rate = if limit < 10.0 {
+            limit - burst + 0.5
+        } else {
+            (limit * 0.9 - burst).max(1.0)
+        };
         Self {
             burst,
             rate,
