@@ -145,12 +145,12 @@ impl Sql {
                 "SELECT {COLUMNS} FROM {schema}.events WHERE partition = $1 AND aggregate_type = $2 \
                  AND aggregate_id = $3 AND version >= $4 AND version <= $5 ORDER BY version"
             ),
-            // Per partition, as appends: a statement on the parent table is planned afresh at
-            // every execution (its generic plan, over every partition, looks too costly).
+            // Per partition, as appends: the partition is a literal, so even the cached generic
+            // plan is pruned to one partition, while privileges stay those of the parent table.
             read_payloads: (0..partitions)
                 .map(|p| {
                     format!(
-                        "SELECT version, event_type, payload::text FROM {schema}.events_p{p} \
+                        "SELECT version, event_type, payload::text FROM {schema}.events \
                          WHERE partition = {p} AND aggregate_type = $1 AND aggregate_id = $2 \
                          AND version >= $3 ORDER BY version"
                     )
@@ -180,24 +180,26 @@ impl Sql {
     }
 }
 
-/// The append statement of one partition: it names the partition's table and number, so its
-/// plan has no partitions to prune and probes the unique indexes whatever the statistics say.
-/// (Against the parent table, a generic plan made while the table was new and unanalysed
-/// checked the event ids by scanning the whole partition, at every append.)
+/// The append statement of one partition: the partition number is a literal, so even a cached
+/// generic plan is pruned to that partition at planning time, and the event-id check probes
+/// only the batch's first id. (With the partition as a parameter, a generic plan made while the
+/// table was new and unanalysed checked the event ids by scanning the whole partition.) It goes
+/// through the parent table, so a service role needs privileges on `events` only
+/// (`postgres::the_store_runs_under_a_role_that_may_only_insert_and_select_events`).
 ///
 /// It inserts the batch only if the stream is at the expected version and the batch's first
 /// event id is not stored. A batch is stored all or nothing, so the first id tells a retry of a
 /// stored batch; any other stored id fails the statement on the unique key.
 fn append_sql(schema: &str, partition: u16) -> String {
     format!(
-        "WITH cur AS (SELECT COALESCE(MAX(version), 0) AS v FROM {schema}.events_p{partition} \
+        "WITH cur AS (SELECT COALESCE(MAX(version), 0) AS v FROM {schema}.events \
          WHERE partition = {partition} AND aggregate_type = $1 AND aggregate_id = $2) \
-         INSERT INTO {schema}.events_p{partition} (partition, event_id, aggregate_type, aggregate_id, \
+         INSERT INTO {schema}.events (partition, event_id, aggregate_type, aggregate_id, \
          version, event_type, schema_version, payload, metadata) \
          SELECT {partition}, e.id, $1, $2, cur.v + e.ord, e.typ, e.sv, e.payload, e.meta \
          FROM cur, unnest($4::uuid[], $5::text[], $6::int4[], $7::jsonb[], $8::jsonb[]) \
          WITH ORDINALITY AS e(id, typ, sv, payload, meta, ord) \
-         WHERE ($3::int8 IS NULL OR cur.v = $3) AND NOT EXISTS (SELECT 1 FROM {schema}.events_p{partition} \
+         WHERE ($3::int8 IS NULL OR cur.v = $3) AND NOT EXISTS (SELECT 1 FROM {schema}.events \
          WHERE partition = {partition} AND event_id = ($4::uuid[])[1]) \
          RETURNING global_position, version"
     )
