@@ -3,6 +3,7 @@
 //! Publication to the bus is not done here: the bus relay reads the store's change-data-capture
 //! stream after the append commits, so there is never a dual write.
 
+use std::borrow::Cow;
 use std::marker::PhantomData;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::event::{EventId, Metadata, NewEvent, PayloadError, StreamId};
 use crate::snapshot::{Snapshot, SnapshotError, SnapshotStore};
 use crate::store::{AppendError, EventStore, ExpectedVersion, ReadError};
 use crate::telemetry::{live, trace};
+use crate::upcast::{UpcastError, Upcasters};
 
 /// An aggregate's state rebuilt from the store.
 #[derive(Debug, Clone)]
@@ -55,6 +57,17 @@ pub enum LoadError {
         /// The cause.
         #[source]
         source: serde_json::Error,
+    },
+    /// A stored event of an older schema version could not be upcast.
+    #[error("event {version} of stream `{stream}` could not be upcast")]
+    Upcast {
+        /// The stream.
+        stream: StreamId,
+        /// The event's version.
+        version: u64,
+        /// The cause.
+        #[source]
+        source: UpcastError,
     },
     /// The snapshot store failed.
     #[error("failed to load the snapshot of `{stream}`")]
@@ -183,7 +196,14 @@ impl RetryPolicy {
 pub struct Repository<A> {
     store: Arc<dyn EventStore>,
     snapshots: Option<Arc<dyn SnapshotStore>>,
+    upcasters: Option<Arc<Upcasters>>,
     _aggregate: PhantomData<fn() -> A>,
+}
+
+/// Why a stored event did not become an `A::Event` during a load.
+enum Undecodable {
+    Upcast(UpcastError),
+    Json(serde_json::Error),
 }
 
 impl<A> Clone for Repository<A> {
@@ -191,6 +211,7 @@ impl<A> Clone for Repository<A> {
         Self {
             store: Arc::clone(&self.store),
             snapshots: self.snapshots.clone(),
+            upcasters: self.upcasters.clone(),
             _aggregate: PhantomData,
         }
     }
@@ -202,6 +223,7 @@ impl<A: Aggregate> Repository<A> {
         Self {
             store,
             snapshots: None,
+            upcasters: None,
             _aggregate: PhantomData,
         }
     }
@@ -209,6 +231,13 @@ impl<A: Aggregate> Repository<A> {
     /// The same repository, starting loads from the snapshots in `snapshots`.
     pub fn with_snapshots(mut self, snapshots: Arc<dyn SnapshotStore>) -> Self {
         self.snapshots = Some(snapshots);
+        self
+    }
+
+    /// The same repository, bringing stored events of older schema versions to the current
+    /// shape with `upcasters` before the aggregate applies them.
+    pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = (!upcasters.is_empty()).then(|| Arc::new(upcasters));
         self
     }
 
@@ -238,32 +267,50 @@ impl<A: Aggregate> Repository<A> {
         // Decoded as the rows arrive; the first event that does not decode stops the read.
         let mut undecodable = None;
         let from = loaded.version + 1;
+        let upcasters = self.upcasters.as_deref();
         let read = self
             .store
-            .visit_payloads(
-                &stream,
-                from,
-                &mut |stored| match serde_json::from_str::<A::Event>(stored.payload) {
+            .visit_payloads(&stream, from, &mut |stored| {
+                let payload = match upcasters {
+                    None => Ok(Cow::Borrowed(stored.payload)),
+                    Some(upcasters) => upcasters
+                        .upcast(stored.event_type, stored.schema_version, stored.payload)
+                        .map(|(payload, _)| payload),
+                };
+                let decoded = payload.map_err(Undecodable::Upcast).and_then(|payload| {
+                    serde_json::from_str::<A::Event>(&payload).map_err(Undecodable::Json)
+                });
+                match decoded {
                     Ok(event) => {
                         loaded.state.apply(&event);
                         loaded.version = stored.version;
                         loaded.events_applied += 1;
                         ControlFlow::Continue(())
                     }
-                    Err(source) => {
-                        undecodable = Some((stored.version, stored.event_type.to_owned(), source));
+                    Err(cause) => {
+                        undecodable = Some((stored.version, stored.event_type.to_owned(), cause));
                         ControlFlow::Break(())
                     }
-                },
-            )
+                }
+            })
             .await;
-        if let Some((version, event_type, source)) = undecodable {
-            return Err(LoadError::Decode {
-                stream,
-                version,
-                event_type,
-                source,
-            });
+        match undecodable {
+            Some((version, event_type, Undecodable::Json(source))) => {
+                return Err(LoadError::Decode {
+                    stream,
+                    version,
+                    event_type,
+                    source,
+                });
+            }
+            Some((version, _, Undecodable::Upcast(source))) => {
+                return Err(LoadError::Upcast {
+                    stream,
+                    version,
+                    source,
+                });
+            }
+            None => {}
         }
         if let Err(source) = read {
             return Err(LoadError::Read { stream, source });
@@ -279,7 +326,12 @@ impl<A: Aggregate> Repository<A> {
 
     /// Rebuilds aggregate `id` from its events alone, ignoring snapshots.
     pub async fn load_from_events(&self, id: &str) -> Result<Loaded<A>, LoadError> {
-        Repository::<A>::new(Arc::clone(&self.store)).load(id).await
+        Repository::<A> {
+            snapshots: None,
+            ..self.clone()
+        }
+        .load(id)
+        .await
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Loaded<A>>, LoadError> {

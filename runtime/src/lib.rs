@@ -3,6 +3,9 @@
 //! The core knows nothing about HTTP, PostgreSQL or NATS: those are adapters behind cargo
 //! features. With default features the store is an embedded SQLite file.
 
+// Lets `#[derive(DomainEvent)]`, whose output names `::nexus_runtime`, work inside the crate.
+extern crate self as nexus_runtime;
+
 pub mod aggregate;
 pub mod audit;
 pub mod bus;
@@ -24,6 +27,7 @@ pub mod store;
 pub mod telemetry;
 pub mod temporal;
 pub mod testing;
+pub mod upcast;
 mod wal;
 
 pub use aggregate::Aggregate;

@@ -6,6 +6,7 @@
 //! not applied twice), retries a failing event with exponential backoff while other keys keep
 //! flowing, and moves an event that keeps failing to the projection's dead-letter queue.
 
+mod cache;
 mod changes;
 pub mod health;
 mod runner;
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use crate::event::RecordedEvent;
 use crate::store::BoxError;
 
+pub use cache::CacheStats;
 pub use changes::Changes;
 pub(crate) use changes::{DocumentCache, Writes};
 pub use health::{HealthRegistry, ProjectionHealth, ProjectionStatus};

@@ -57,6 +57,8 @@ impl fmt::Display for ExpectedVersion {
 pub struct StoredPayload {
     /// The event's version in its stream.
     pub version: u64,
+    /// Its payload's schema version (what upcasters start from).
+    pub schema_version: u32,
     /// Its type name.
     pub event_type: String,
     /// Its payload, as JSON text.
@@ -68,6 +70,8 @@ pub struct StoredPayload {
 pub struct PayloadRef<'a> {
     /// The event's version in its stream.
     pub version: u64,
+    /// Its payload's schema version (what upcasters start from).
+    pub schema_version: u32,
     /// Its type name.
     pub event_type: &'a str,
     /// Its payload, as JSON text.
@@ -263,6 +267,7 @@ pub trait EventStore: Send + Sync + 'static {
                 .into_iter()
                 .map(|event| StoredPayload {
                     version: event.version,
+                    schema_version: event.schema_version,
                     payload: event.payload.get().to_owned(),
                     event_type: event.event_type,
                 })
@@ -285,6 +290,7 @@ pub trait EventStore: Send + Sync + 'static {
         for stored in self.read_payloads(stream, from).await? {
             let payload = PayloadRef {
                 version: stored.version,
+                schema_version: stored.schema_version,
                 event_type: &stored.event_type,
                 payload: &stored.payload,
             };

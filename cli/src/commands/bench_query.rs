@@ -2,7 +2,8 @@
 //! `--documents` orders, then events keep flowing at `--rate` per second while full-text
 //! searches and aggregations run against its search index; it reports search and aggregation
 //! latency, time from an event's commit to its document being searchable, index size and peak
-//! memory, per backend.
+//! memory, per backend; then the read cache under a Zipf(1.1) read mix with events flowing:
+//! hit ratio with the cache sized to a fifth of the documents, and read latency.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,7 +15,7 @@ use anyhow::Context;
 use clap::Args;
 use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
-use nexus_runtime::projection::{ProjectionHandle, ProjectionRunner, ReadModels};
+use nexus_runtime::projection::{ProjectionHandle, ProjectionRunner, ReadModels, RunnerOptions};
 use nexus_runtime::search::{SearchIndex, SearchLimits, SearchRequest};
 use nexus_runtime::store::embedded::EmbeddedStore;
 use nexus_runtime::{EventStore, ExpectedVersion, Metadata, NewEvent, StreamId};
@@ -375,6 +376,183 @@ async fn run_query(
     Ok((started.elapsed(), response.total))
 }
 
+/// Appends at `--rate` per second until `stop`: items added to random orders, and with
+/// `probes`, every 50th a new order of a unique customer, sent to the prober with its time.
+fn spawn_load(
+    store: Arc<dyn EventStore>,
+    stop: Arc<AtomicBool>,
+    appended: Arc<AtomicU64>,
+    args: &QueryArgs,
+    probes: Option<tokio::sync::mpsc::UnboundedSender<(String, Instant)>>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let (rate, documents) = (args.rate, args.documents);
+    tokio::spawn(async move {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1) as u32);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            n += 1;
+            match &probes {
+                Some(probes) if n.is_multiple_of(50) => {
+                    let token = format!("probe{n}");
+                    store
+                        .append(
+                            &StreamId::new("order", format!("p-{n}")),
+                            ExpectedVersion::NoStream,
+                            vec![event(&OrderEvent::OrderPlaced {
+                                customer: format!("{token} visibility"),
+                            })?],
+                        )
+                        .await?;
+                    let _ = probes.send((token, Instant::now()));
+                }
+                _ => {
+                    let order = rng.next() % documents;
+                    store
+                        .append(
+                            &StreamId::new("order", format!("o-{order}")),
+                            ExpectedVersion::Any,
+                            vec![event(&OrderEvent::ItemAdded {
+                                sku: sku(rng.next()),
+                                quantity: 1,
+                                unit_price_cents: 100 + rng.next() % 1000,
+                            })?],
+                        )
+                        .await?;
+                }
+            }
+            appended.fetch_add(1, Ordering::Relaxed);
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Ranks 0..n drawn with probability proportional to 1 / (rank + 1)^s.
+struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(n: u64, s: f64) -> Self {
+        let mut total = 0.0;
+        let mut cdf = Vec::with_capacity(n as usize);
+        for rank in 1..=n {
+            total += 1.0 / (rank as f64).powf(s);
+            cdf.push(total);
+        }
+        for p in &mut cdf {
+            *p /= total;
+        }
+        Self { cdf }
+    }
+
+    fn sample(&self, rng: &mut Rng) -> u64 {
+        let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+        self.cdf.partition_point(|p| *p < u) as u64
+    }
+
+    /// The smallest share of the ranks whose total probability reaches `mass`: what a perfect
+    /// cache (the hottest keys, nothing else) must hold for a hit ratio of `mass`.
+    fn share_for(&self, mass: f64) -> f64 {
+        (self.cdf.partition_point(|p| *p < mass) + 1) as f64 / self.cdf.len() as f64
+    }
+}
+
+/// The read cache under a Zipf(1.1) read mix with events still flowing: the orders projection
+/// is started again with its cache sized to hold about a fifth of the documents; one reader
+/// reads orders picked by Zipf rank while the load invalidates the orders it writes.
+async fn cache_phase(
+    store: &Arc<dyn EventStore>,
+    runner: &ProjectionRunner,
+    args: &QueryArgs,
+) -> anyhow::Result<Value> {
+    const SKEW: f64 = 1.1;
+    const SHARE: f64 = 0.2;
+    let sample = runner
+        .read_models()
+        .open(OrderSummaries::NAME)?
+        .list(OrderSummaries::ORDERS, &[], 1000, 0)
+        .await?;
+    anyhow::ensure!(!sample.is_empty(), "no orders to read");
+    // What the cache charges an entry: its key, its JSON and a fixed 64 bytes.
+    let entry_bytes = sample
+        .iter()
+        .map(|(id, doc)| 64 + OrderSummaries::ORDERS.len() + id.len() + doc.to_string().len())
+        .sum::<usize>() as f64
+        / sample.len() as f64;
+    let cache_bytes = (args.documents as f64 * SHARE * entry_bytes) as u64;
+    let runner = runner.clone().with_options(RunnerOptions {
+        read_cache_bytes: cache_bytes,
+        ..RunnerOptions::default()
+    });
+    let orders = runner
+        .spawn(OrderSummaries)
+        .context("failed to start the orders projection again")?;
+    let read_model = orders.read_model().clone();
+    let stats = read_model
+        .cache_stats()
+        .context("the runner's read model has no cache")?;
+
+    let (stop, appended) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let load = spawn_load(
+        Arc::clone(store),
+        Arc::clone(&stop),
+        Arc::clone(&appended),
+        args,
+        None,
+    );
+    let zipf = Zipf::new(args.documents, SKEW);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let (mut all, mut hits) = (Vec::new(), Vec::new());
+    // Warm-up: the first pass fills the cache; only reads after it count.
+    let warm_until = Instant::now() + Duration::from_secs(args.seconds.div_ceil(4));
+    let (mut warm_hits, mut warm_misses) = (0, 0);
+    let measure_until = warm_until + Duration::from_secs(args.seconds);
+    // Bounded: a fast cache answers millions of reads; two million samples are plenty.
+    while Instant::now() < measure_until && all.len() < 2_000_000 {
+        let id = format!("o-{}", zipf.sample(&mut rng));
+        let hits_before = stats.hits();
+        let started = Instant::now();
+        read_model.get(OrderSummaries::ORDERS, &id).await?;
+        let took = started.elapsed().as_secs_f64();
+        if Instant::now() < warm_until {
+            (warm_hits, warm_misses) = (stats.hits(), stats.misses());
+            continue;
+        }
+        all.push(took);
+        if stats.hits() > hits_before {
+            hits.push(took);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.await??;
+    let (measured_hits, measured_misses) = (stats.hits() - warm_hits, stats.misses() - warm_misses);
+    let ratio = measured_hits as f64 / (measured_hits + measured_misses).max(1) as f64;
+    let report = json!({
+        "zipf_s": SKEW,
+        "cache_share_of_documents": SHARE,
+        "cache_bytes": cache_bytes,
+        "entry_bytes_estimate": round(entry_bytes),
+        "reads": measured_hits + measured_misses,
+        "hit_ratio": round(ratio),
+        "evictions": stats.evictions(),
+        "events_invalidating_during_reads": appended.load(Ordering::Relaxed),
+        "read_ms": latency_ms(&mut all),
+        "cached_read_ms": latency_ms(&mut hits),
+        "targets": { "hit_ratio": 0.9, "cached_read_p99_ms": 1.0 },
+        // A perfect cache holding the hottest documents only; real caches need somewhat more.
+        "ideal_share_for_0_8_at_zipf_1_0": round(Zipf::new(args.documents, 1.0).share_for(0.8)),
+        "ideal_share_for_0_8_at_zipf_1_1": round(zipf.share_for(0.8)),
+    });
+    orders.stop().await;
+    Ok(report)
+}
+
 fn dir_bytes(path: &Path) -> u64 {
     let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(path) {
@@ -445,53 +623,13 @@ async fn bench_backend(backend: Backend, args: &QueryArgs) -> anyhow::Result<Val
     let stop = Arc::new(AtomicBool::new(false));
     let appended = Arc::new(AtomicU64::new(0));
     let (probes_tx, mut probes) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
-    let load = {
-        let (store, stop, appended, rate, documents) = (
-            Arc::clone(&target.store),
-            Arc::clone(&stop),
-            Arc::clone(&appended),
-            args.rate,
-            args.documents,
-        );
-        tokio::spawn(async move {
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-            let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1) as u32);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                n += 1;
-                if n.is_multiple_of(50) {
-                    let token = format!("probe{n}");
-                    store
-                        .append(
-                            &StreamId::new("order", format!("p-{n}")),
-                            ExpectedVersion::NoStream,
-                            vec![event(&OrderEvent::OrderPlaced {
-                                customer: format!("{token} visibility"),
-                            })?],
-                        )
-                        .await?;
-                    let _ = probes_tx.send((token, Instant::now()));
-                } else {
-                    let order = rng.next() % documents;
-                    store
-                        .append(
-                            &StreamId::new("order", format!("o-{order}")),
-                            ExpectedVersion::Any,
-                            vec![event(&OrderEvent::ItemAdded {
-                                sku: sku(rng.next()),
-                                quantity: 1,
-                                unit_price_cents: 100 + rng.next() % 1000,
-                            })?],
-                        )
-                        .await?;
-                }
-                appended.fetch_add(1, Ordering::Relaxed);
-            }
-            anyhow::Ok(())
-        })
-    };
+    let load = spawn_load(
+        Arc::clone(&target.store),
+        Arc::clone(&stop),
+        Arc::clone(&appended),
+        args,
+        Some(probes_tx),
+    );
     let prober = {
         let index = Arc::clone(&index);
         tokio::spawn(async move {
@@ -557,12 +695,18 @@ async fn bench_backend(backend: Backend, args: &QueryArgs) -> anyhow::Result<Val
         "searchable_documents": documents,
         "hits_per_query": hits.values().collect::<Vec<_>>(),
         "index_mb": round(index_bytes as f64 / (1024.0 * 1024.0)),
-        "peak_rss_mb": peak_rss_mb(),
-        // The read cache's figures (hit ratio under a Zipf read mix, cached read p99) belong
-        // here once the cache lands.
-        "cache": Value::Null,
     });
-    let _ = target.runner.health();
-    target.orders.stop().await;
+    let Target {
+        store,
+        runner,
+        orders,
+        _dir,
+        ..
+    } = target;
+    orders.stop().await;
+    let cache = cache_phase(&store, &runner, args).await?;
+    let mut report = report;
+    report["cache"] = cache;
+    report["peak_rss_mb"] = json!(peak_rss_mb());
     Ok(report)
 }

@@ -3,8 +3,11 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::ProjectionError;
 use super::store::{ReadModelError, ReadModelStore};
 
 /// Document writes not yet committed, keyed by (collection, id); `None` is a deletion.
@@ -98,7 +101,9 @@ pub struct Changes<'a> {
     writes: Writes,
     batch: &'a Writes,
     committed: &'a DocumentCache,
-    store: &'a ReadModelStore,
+    /// `None` in memory ([`ProjectionTest`](crate::testing::ProjectionTest)): `batch` holds
+    /// every document there is.
+    store: Option<&'a ReadModelStore>,
 }
 
 impl<'a> Changes<'a> {
@@ -111,7 +116,17 @@ impl<'a> Changes<'a> {
             writes: Writes::new(),
             batch,
             committed,
-            store,
+            store: Some(store),
+        }
+    }
+
+    /// Changes over documents held in memory only: `documents` is the whole read model.
+    pub(crate) fn in_memory(documents: &'a Writes, empty: &'a DocumentCache) -> Self {
+        Self {
+            writes: Writes::new(),
+            batch: documents,
+            committed: empty,
+            store: None,
         }
     }
 
@@ -126,9 +141,49 @@ impl<'a> Changes<'a> {
         if let Some(committed) = self.committed.get(collection, id) {
             return Ok(committed);
         }
-        let document = self.store.get(collection, id).await?;
+        let Some(store) = self.store else {
+            return Ok(None);
+        };
+        let document = store.get(collection, id).await?;
         self.committed.insert(collection, id, document.clone());
         Ok(document)
+    }
+
+    /// The current document `id` of `collection` decoded as `T`, if any.
+    ///
+    /// A stored document that does not decode as `T` is an error (the projection's event is
+    /// retried, then dead-lettered), never silently replaced.
+    pub async fn get_as<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<T>, ProjectionError> {
+        match self.get(collection, id).await? {
+            Some(document) => serde_json::from_value(document).map(Some).map_err(|err| {
+                ProjectionError::with_source(
+                    format!("document `{id}` of `{collection}` does not decode"),
+                    err,
+                )
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes document `id` of `collection` from a typed value.
+    pub fn put_as<T: Serialize>(
+        &mut self,
+        collection: &str,
+        id: &str,
+        document: &T,
+    ) -> Result<(), ProjectionError> {
+        let document = serde_json::to_value(document).map_err(|err| {
+            ProjectionError::with_source(
+                format!("document `{id}` of `{collection}` does not encode"),
+                err,
+            )
+        })?;
+        self.put(collection, id, document);
+        Ok(())
     }
 
     /// Writes document `id` of `collection`.

@@ -87,6 +87,12 @@ pub struct RunnerOptions {
     /// How search indexes are written (feature `search`): commit interval and size cap.
     #[cfg(feature = "search")]
     pub search: crate::search::IndexOptions,
+    /// Bytes of each projection's read cache (documents and list queries, estimated from their
+    /// JSON); 0 turns it off.
+    pub read_cache_bytes: u64,
+    /// Steps that bring events of older schema versions to the current shape before a
+    /// projection sees them (none by default).
+    pub upcasters: crate::upcast::Upcasters,
 }
 
 impl Default for RunnerOptions {
@@ -101,6 +107,8 @@ impl Default for RunnerOptions {
             gap_wait: Duration::from_secs(30),
             #[cfg(feature = "search")]
             search: crate::search::IndexOptions::default(),
+            read_cache_bytes: 32 * 1024 * 1024,
+            upcasters: crate::upcast::Upcasters::new(),
         }
     }
 }
@@ -154,6 +162,14 @@ impl ProjectionRunner {
         }
     }
 
+    /// The same runner bringing events of older schema versions to the current shape with
+    /// `upcasters` before its projections see them (see [`crate::upcast`]). They are part of
+    /// [`RunnerOptions`]: a later [`with_options`](Self::with_options) replaces them.
+    pub fn with_upcasters(mut self, upcasters: crate::upcast::Upcasters) -> Self {
+        self.options.upcasters = upcasters;
+        self
+    }
+
     /// The same runner publishing to `hub`, after each commit, one notification per document
     /// the commit changed.
     pub fn with_notifications(mut self, hub: NotificationHub) -> Self {
@@ -188,7 +204,10 @@ impl ProjectionRunner {
     /// into the health by the task as it starts.
     pub fn spawn<P: Projection>(&self, projection: P) -> Result<ProjectionHandle, ReadModelError> {
         let name = projection.name().to_owned();
-        let read_model = self.read_models.open(&name)?;
+        let read_model = self
+            .read_models
+            .open(&name)?
+            .with_cache(&name, self.options.read_cache_bytes);
         #[cfg(feature = "search")]
         let search = self.open_search(&projection, &read_model)?;
         let health = self.health.register(&name);
@@ -1155,16 +1174,24 @@ impl<P: Projection> Worker<P> {
         item.span = delivery_span(&self.name, item.event());
         let event = item.event();
         let outcome = if self.projection.handles(event) {
-            let mut changes = Changes::new(&batch.writes, &state.documents, &self.read_model);
-            let apply = tracing::info_span!(parent: &item.span, "apply", projection = %self.name);
-            let result = AssertUnwindSafe(self.projection.apply(event, &mut changes))
-                .catch_unwind()
-                .instrument(apply)
-                .await;
-            match result {
-                Ok(Ok(())) => Ok(Some(changes.into_writes())),
-                Ok(Err(err)) => Err(err.to_string()),
-                Err(panic) => Err(panic_message(panic.as_ref())),
+            match self.options.upcasters.upcast_event(event) {
+                Ok(event) => {
+                    let mut changes =
+                        Changes::new(&batch.writes, &state.documents, &self.read_model);
+                    let apply =
+                        tracing::info_span!(parent: &item.span, "apply", projection = %self.name);
+                    let result = AssertUnwindSafe(self.projection.apply(&event, &mut changes))
+                        .catch_unwind()
+                        .instrument(apply)
+                        .await;
+                    match result {
+                        Ok(Ok(())) => Ok(Some(changes.into_writes())),
+                        Ok(Err(err)) => Err(err.to_string()),
+                        Err(panic) => Err(panic_message(panic.as_ref())),
+                    }
+                }
+                // Retried, then dead-lettered, like any event the projection cannot apply.
+                Err(err) => Err(err.to_string()),
             }
         } else {
             Ok(None)

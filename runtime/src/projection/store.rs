@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::cache::{CacheStats, ReadCache};
 use super::changes::Writes;
 use crate::event::{LogPosition, RecordedEvent, StreamId};
 use crate::store::BoxError;
@@ -273,6 +274,7 @@ impl ReadModels {
             #[cfg(feature = "postgres")]
             Kind::Postgres(tables) => Ok(ReadModelStore {
                 backend: Backend::Postgres(Arc::new(tables.projection(name))),
+                cache: None,
             }),
         }
     }
@@ -294,9 +296,13 @@ pub(crate) fn sqlite_path(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// One projection's read model: a cheap-to-clone handle, whichever backend holds it.
+///
+/// The handle a runner opens for its projection carries a read cache (see
+/// [`ReadModelStore::with_cache`]); clones share it.
 #[derive(Clone)]
 pub struct ReadModelStore {
     backend: Backend,
+    cache: Option<Arc<ReadCache>>,
 }
 
 #[derive(Clone)]
@@ -342,7 +348,22 @@ impl ReadModelStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ReadModelError> {
         Ok(Self {
             backend: Backend::Sqlite(Arc::new(sqlite::SqliteReadModel::open(path.as_ref())?)),
+            cache: None,
         })
+    }
+
+    /// This handle with a read cache of `max_bytes` in front of [`get`](Self::get) and
+    /// [`list`](Self::list) (0 turns it off), invalidated by commits through this handle or
+    /// its clones. Only for the handle of the process that writes the read model: another
+    /// process's commits would not reach it.
+    pub fn with_cache(mut self, projection: &str, max_bytes: u64) -> Self {
+        self.cache = (max_bytes > 0).then(|| Arc::new(ReadCache::new(projection, max_bytes)));
+        self
+    }
+
+    /// The read cache's counters, when this handle has one.
+    pub fn cache_stats(&self) -> Option<Arc<CacheStats>> {
+        self.cache.as_ref().map(|cache| Arc::clone(cache.stats()))
     }
 
     /// The SQLite file, or `None` when the read model lives in PostgreSQL.
@@ -356,6 +377,23 @@ impl ReadModelStore {
 
     /// Document `id` of `collection`.
     pub async fn get(&self, collection: &str, id: &str) -> Result<Option<Value>, ReadModelError> {
+        let Some(cache) = &self.cache else {
+            return self.get_uncached(collection, id).await;
+        };
+        let _read = cache.read().await;
+        if let Some(found) = cache.document(collection, id) {
+            return Ok(found);
+        }
+        let found = self.get_uncached(collection, id).await?;
+        cache.put_document(collection, id, found.as_ref());
+        Ok(found)
+    }
+
+    async fn get_uncached(
+        &self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<Value>, ReadModelError> {
         match &self.backend {
             Backend::Sqlite(db) => {
                 let (collection, id) = (collection.to_owned(), id.to_owned());
@@ -380,6 +418,28 @@ impl ReadModelStore {
             check_field(field)?;
         }
         let limit = limit.min(10_000);
+        let Some(cache) = &self.cache else {
+            return self.list_uncached(collection, filters, limit, offset).await;
+        };
+        let query = serde_json::json!([filters, limit, offset]).to_string();
+        let _read = cache.read().await;
+        if let Some(rows) = cache.list(collection, query.clone()) {
+            return Ok(rows);
+        }
+        let rows = self
+            .list_uncached(collection, filters, limit, offset)
+            .await?;
+        cache.put_list(collection, query, &rows);
+        Ok(rows)
+    }
+
+    async fn list_uncached(
+        &self,
+        collection: &str,
+        filters: &[(String, Value)],
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<(String, Value)>, ReadModelError> {
         match &self.backend {
             Backend::Sqlite(db) => {
                 let (collection, filters) = (collection.to_owned(), filters.to_vec());
@@ -427,6 +487,23 @@ impl ReadModelStore {
     /// Commits a batch in one transaction: documents, stream versions, dead letters and the
     /// checkpoint together or not at all; hands the committed batch back.
     pub(crate) async fn commit(&self, batch: Batch) -> Result<Batch, ReadModelError> {
+        let Some(cache) = &self.cache else {
+            return self.commit_uncached(batch).await;
+        };
+        // Forgotten whatever the outcome: a commit that failed on a lost connection may still
+        // have committed.
+        let written: Vec<(String, String)> = batch.writes.keys().cloned().collect();
+        let _write = cache.write().await;
+        let committed = self.commit_uncached(batch).await;
+        cache.invalidate(
+            written
+                .iter()
+                .map(|(collection, id)| (collection.as_str(), id.as_str())),
+        );
+        committed
+    }
+
+    async fn commit_uncached(&self, batch: Batch) -> Result<Batch, ReadModelError> {
         match &self.backend {
             Backend::Sqlite(db) => {
                 blocking(db, move |db| {

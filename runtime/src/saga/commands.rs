@@ -99,7 +99,9 @@ fn failure<E: std::error::Error + 'static>(err: &CommandError<E>) -> StepFailure
         | CommandError::Conflict { .. }
         | CommandError::Encode(_)
         | CommandError::IdempotencyKeyReused { .. }
-        | CommandError::Load(LoadError::Decode { .. }) => StepFailure::definitive(message),
+        | CommandError::Load(LoadError::Decode { .. } | LoadError::Upcast { .. }) => {
+            StepFailure::definitive(message)
+        }
         CommandError::Append(
             AppendError::InvalidEvent { .. }
             | AppendError::InvalidStream { .. }

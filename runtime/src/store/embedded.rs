@@ -734,7 +734,7 @@ impl EventStore for EmbeddedStore {
         self.with_reader(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT version, event_type, payload FROM events \
+                    "SELECT version, event_type, payload, schema_version FROM events \
                      WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version >= ?3 ORDER BY version",
                 )
                 .map_err(read_backend)?;
@@ -750,6 +750,7 @@ impl EventStore for EmbeddedStore {
                             version: row.get::<_, i64>(0)? as u64,
                             event_type: row.get(1)?,
                             payload: row.get(2)?,
+                            schema_version: row.get(3)?,
                         })
                     },
                 )

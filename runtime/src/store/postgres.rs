@@ -150,7 +150,7 @@ impl Sql {
             read_payloads: (0..partitions)
                 .map(|p| {
                     format!(
-                        "SELECT version, event_type, payload::text FROM {schema}.events \
+                        "SELECT version, event_type, payload::text, schema_version FROM {schema}.events \
                          WHERE partition = {p} AND aggregate_type = $1 AND aggregate_id = $2 \
                          AND version >= $3 ORDER BY version"
                     )
@@ -211,6 +211,11 @@ fn append_err(err: tokio_postgres::Error) -> AppendError {
     } else {
         AppendError::Backend(Box::new(err))
     }
+}
+
+/// The `schema_version` column (an `integer`) at `index`.
+pub(crate) fn schema_version(row: &Row, index: usize) -> Result<u32, ReadError> {
+    Ok(row.try_get::<_, i32>(index).map_err(read_err)? as u32)
 }
 
 fn read_err(err: tokio_postgres::Error) -> ReadError {
@@ -872,6 +877,7 @@ impl EventStore for PostgresStore {
                     version: row.try_get::<_, i64>(0).map_err(read_err)? as u64,
                     event_type: row.try_get(1).map_err(read_err)?,
                     payload: row.try_get(2).map_err(read_err)?,
+                    schema_version: schema_version(&row, 3)?,
                 })
             })
             .collect()
@@ -919,6 +925,7 @@ impl EventStore for PostgresStore {
                 version: row.try_get::<_, i64>(0).map_err(read_err)? as u64,
                 event_type: row.try_get(1).map_err(read_err)?,
                 payload: row.try_get(2).map_err(read_err)?,
+                schema_version: schema_version(&row, 3)?,
             };
             if visit(payload).is_break() {
                 break;

@@ -378,7 +378,7 @@ impl History for PostgresHistory {
         let rows = self
             .query(
                 &format!(
-                    "SELECT version, event_type, payload::text FROM {schema}.events WHERE partition = $1 \
+                    "SELECT version, event_type, payload::text, schema_version FROM {schema}.events WHERE partition = $1 \
                      AND aggregate_type = $2 AND aggregate_id = $3 AND version > $4 AND version <= $5 \
                      ORDER BY version LIMIT $6"
                 ),
@@ -398,6 +398,7 @@ impl History for PostgresHistory {
                     version: row.try_get::<_, i64>(0).map_err(read_err)? as u64,
                     event_type: row.try_get(1).map_err(read_err)?,
                     payload: row.try_get(2).map_err(read_err)?,
+                    schema_version: crate::store::postgres::schema_version(row, 3)?,
                 })
             })
             .collect()

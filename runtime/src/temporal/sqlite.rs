@@ -289,7 +289,7 @@ impl History for SqliteHistory {
         self.with(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT version, event_type, payload FROM events WHERE aggregate_type = ?1 \
+                    "SELECT version, event_type, payload, schema_version FROM events WHERE aggregate_type = ?1 \
                      AND aggregate_id = ?2 AND version > ?3 AND version <= ?4 ORDER BY version LIMIT ?5",
                 )
                 .map_err(backend)?;
@@ -301,6 +301,7 @@ impl History for SqliteHistory {
                             version: row.get::<_, i64>(0)? as u64,
                             event_type: row.get(1)?,
                             payload: row.get(2)?,
+                            schema_version: row.get(3)?,
                         })
                     },
                 )

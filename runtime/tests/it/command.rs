@@ -8,6 +8,8 @@ use nexus_runtime::{
     RetryPolicy, StreamId,
 };
 
+use nexus_runtime::upcast::Upcasters;
+
 use crate::domain::{Ledger, LedgerCommand, LedgerError, LedgerEvent};
 use crate::support;
 
@@ -212,6 +214,67 @@ async fn an_event_that_does_not_decode_fails_the_load_with_its_location() {
         text.contains("event 1 of stream `ledger-odd` (Alien) does not decode"),
         "{text}"
     );
+}
+
+/// A deposit stored at schema version 1 (`cents`) loads as today's `Deposited { amount }`
+/// through an upcaster; without it, the load fails where the old event is.
+async fn old_events_load_through_their_upcasters(store: Arc<dyn EventStore>) {
+    let stream = StreamId::new("ledger", "old");
+    let v1 = NewEvent::from_json(
+        "Deposited",
+        1,
+        r#"{"type":"Deposited","cents":1250}"#,
+        Metadata::default(),
+    )
+    .unwrap();
+    let current =
+        NewEvent::from_domain(&LedgerEvent::Deposited { amount: 3 }, Metadata::default()).unwrap();
+    assert_eq!(
+        current.schema_version, 1,
+        "the fixture assumes v1 is current"
+    );
+    // Stored as v0: the shape before `amount`.
+    let v0 = NewEvent {
+        schema_version: 0,
+        ..v1
+    };
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![v0, current])
+        .await
+        .unwrap();
+    let upcasters = Upcasters::new().step("Deposited", 0, |mut v| {
+        let cents = v["cents"].take().as_i64().ok_or("no cents")?;
+        Ok(serde_json::json!({"type": "Deposited", "amount": cents / 100}))
+    });
+    let loaded = Repository::<Ledger>::new(Arc::clone(&store))
+        .with_upcasters(upcasters)
+        .load("old")
+        .await
+        .unwrap();
+    assert_eq!((loaded.state.balance, loaded.version), (15, 2));
+    let err = Repository::<Ledger>::new(store)
+        .load("old")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("event 1 of stream `ledger-old`"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_events_load_through_their_upcasters_embedded() {
+    let (store, _dir) = support::embedded();
+    old_events_load_through_their_upcasters(store).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_events_load_through_their_upcasters_postgres() {
+    let Some(db) = support::TestDb::create().await else {
+        return;
+    };
+    old_events_load_through_their_upcasters(db.store().await).await;
 }
 
 /// Counts the event ids a store is asked to find, delegating everything to an inner store.

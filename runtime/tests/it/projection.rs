@@ -282,7 +282,96 @@ on_each_backend!(
     redriving_one_letter_does_not_unpark_its_stream_nor_apply_anything_twice,
     redrives_of_one_stream_apply_in_version_order_in_skip_mode,
     list_filters_by_fields_and_pages_in_id_order,
+    the_read_cache_never_serves_a_document_older_than_an_applied_version,
 );
+
+/// Readers race a writer: each reads a stream's applied version from the database (what
+/// `wait_for` waits on), then the document and a list through the cache; neither may be older.
+async fn the_read_cache_never_serves_a_document_older_than_an_applied_version(backend: Backend) {
+    let Some(setup) = Setup::new(backend, RunnerOptions::default()).await else {
+        return;
+    };
+    let handle = setup.runner.spawn(Counter::new("cached")).unwrap();
+    let read_model = handle.read_model().clone();
+    let stats = read_model
+        .cache_stats()
+        .expect("a runner's read model has a cache");
+    const STREAMS: usize = 8;
+    const ROUNDS: usize = 60;
+    let done = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for reader in 0..2 {
+        let (read_model, done) = (read_model.clone(), Arc::clone(&done));
+        readers.push(tokio::spawn(async move {
+            let mut checks = 0u64;
+            let mut i = reader;
+            while !done.load(Ordering::SeqCst) {
+                i = (i + 1) % STREAMS;
+                let id = format!("m-{i}");
+                let applied = read_model
+                    .stream_version(&StreamId::new("meter", &id))
+                    .await
+                    .unwrap();
+                let count = read_model
+                    .get("counts", &id)
+                    .await
+                    .unwrap()
+                    .map_or(0, |doc| doc["count"].as_u64().unwrap());
+                assert!(
+                    count >= applied,
+                    "{id}: cached count {count} < applied {applied}"
+                );
+                let applied = read_model
+                    .stream_version(&StreamId::new("meter", "m-0"))
+                    .await
+                    .unwrap();
+                let listed = read_model.list("counts", &[], 100, 0).await.unwrap();
+                let count = listed
+                    .iter()
+                    .find(|(id, _)| id == "m-0")
+                    .map_or(0, |(_, doc)| doc["count"].as_u64().unwrap());
+                assert!(count >= applied, "listed count {count} < applied {applied}");
+                checks += 1;
+            }
+            checks
+        }));
+    }
+    for _ in 0..ROUNDS {
+        for i in 0..STREAMS {
+            append(&setup.store, &format!("m-{i}"), vec![event(false)]).await;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    eventually(
+        &handle,
+        Duration::from_secs(30),
+        "every event applied",
+        async |h| {
+            h.read_model()
+                .stream_version(&StreamId::new("meter", &format!("m-{}", STREAMS - 1)))
+                .await
+                .unwrap()
+                == ROUNDS as u64
+        },
+    )
+    .await;
+    // Once quiet, reads are answered from the cache with the final state.
+    for _ in 0..3 {
+        let doc = read_model.get("counts", "m-0").await.unwrap().unwrap();
+        assert_eq!(doc["count"], json!(ROUNDS));
+    }
+    done.store(true, Ordering::SeqCst);
+    for reader in readers {
+        assert!(reader.await.unwrap() > 0, "a reader made no check");
+    }
+    assert!(
+        stats.hits() >= 2,
+        "hits {} misses {}",
+        stats.hits(),
+        stats.misses()
+    );
+    assert!(stats.misses() > 0);
+}
 
 async fn applies_every_event_once_across_a_crash(backend: Backend) {
     let Some(setup) = Setup::new(

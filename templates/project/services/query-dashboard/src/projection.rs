@@ -5,10 +5,10 @@
 //! customer), which the query dashboard serves under `/read-models/orders/...`.
 
 use async_trait::async_trait;
-use nexus_runtime::RecordedEvent;
 use nexus_runtime::projection::{Changes, Projection, ProjectionError};
 use nexus_runtime::search::{CollectionSchema, Language, SearchSchema};
-use serde_json::{Value, json};
+use nexus_runtime::{EventEnvelope, RecordedEvent};
+use serde::{Deserialize, Serialize};
 
 use crate::events::{Order, OrderEvent};
 
@@ -25,22 +25,76 @@ impl OrderSummaries {
     pub const CUSTOMERS: &'static str = "customers";
 }
 
-fn number(document: &Value, field: &str) -> u64 {
-    document.get(field).and_then(Value::as_u64).unwrap_or(0)
+/// Where an order stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Placed, items may still be added.
+    Placed,
+    /// Confirmed at its total.
+    Confirmed,
+    /// Cancelled.
+    Cancelled,
 }
 
-async fn existing_order(changes: &Changes<'_>, id: &str) -> Result<Value, ProjectionError> {
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    /// The product's stock-keeping unit.
+    pub sku: String,
+    /// How many of it.
+    pub quantity: u32,
+    /// The price of one, in cents.
+    pub unit_price_cents: u64,
+}
+
+/// A document of the `orders` collection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSummary {
+    /// The order id.
+    pub id: String,
+    /// Who placed it.
+    pub customer: String,
+    /// Where it stands.
+    pub status: OrderStatus,
+    /// Items over all lines.
+    pub items: u64,
+    /// Its lines, in the order they were added.
+    pub lines: Vec<OrderLine>,
+    /// Its total in cents.
+    pub total_cents: u64,
+    /// The order stream's version this summary reflects.
+    pub version: u64,
+}
+
+/// A document of the `customers` collection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerSummary {
+    /// The customer.
+    pub id: String,
+    /// Orders placed.
+    pub orders: u64,
+    /// Orders confirmed.
+    pub confirmed: u64,
+    /// The total of confirmed orders, in cents.
+    pub total_cents: u64,
+}
+
+async fn existing_order(changes: &Changes<'_>, id: &str) -> Result<OrderSummary, ProjectionError> {
     changes
-        .get(OrderSummaries::ORDERS, id)
+        .get_as(OrderSummaries::ORDERS, id)
         .await?
         .ok_or_else(|| ProjectionError::new(format!("order {id} has no summary yet")))
 }
 
-async fn customer(changes: &Changes<'_>, name: &str) -> Result<Value, ProjectionError> {
+async fn customer(changes: &Changes<'_>, name: &str) -> Result<CustomerSummary, ProjectionError> {
     Ok(changes
-        .get(OrderSummaries::CUSTOMERS, name)
+        .get_as(OrderSummaries::CUSTOMERS, name)
         .await?
-        .unwrap_or_else(|| json!({ "id": name, "orders": 0, "confirmed": 0, "total_cents": 0 })))
+        .unwrap_or_else(|| CustomerSummary {
+            id: name.to_owned(),
+            ..CustomerSummary::default()
+        }))
 }
 
 #[async_trait]
@@ -73,19 +127,21 @@ impl Projection for OrderSummaries {
         changes: &mut Changes<'_>,
     ) -> Result<(), ProjectionError> {
         let id = event.stream.aggregate_id();
-        let order = match event.decode::<OrderEvent>()? {
+        let envelope = EventEnvelope::<OrderEvent>::decode(event)?;
+        let mut order = match envelope.event {
             OrderEvent::OrderPlaced { customer: name } => {
                 let mut summary = customer(changes, &name).await?;
-                summary["orders"] = json!(number(&summary, "orders") + 1);
-                changes.put(Self::CUSTOMERS, &name, summary);
-                json!({
-                    "id": id,
-                    "customer": name,
-                    "status": "placed",
-                    "items": 0,
-                    "lines": [],
-                    "total_cents": 0,
-                })
+                summary.orders += 1;
+                changes.put_as(Self::CUSTOMERS, &name, &summary)?;
+                OrderSummary {
+                    id: id.to_owned(),
+                    customer: name,
+                    status: OrderStatus::Placed,
+                    items: 0,
+                    lines: Vec::new(),
+                    total_cents: 0,
+                    version: 0,
+                }
             }
             OrderEvent::ItemAdded {
                 sku,
@@ -93,39 +149,33 @@ impl Projection for OrderSummaries {
                 unit_price_cents,
             } => {
                 let mut order = existing_order(changes, id).await?;
-                if let Some(lines) = order["lines"].as_array_mut() {
-                    lines.push(json!({
-                        "sku": sku,
-                        "quantity": quantity,
-                        "unit_price_cents": unit_price_cents,
-                    }));
-                }
-                order["items"] = json!(number(&order, "items") + u64::from(quantity));
-                order["total_cents"] =
-                    json!(number(&order, "total_cents") + u64::from(quantity) * unit_price_cents);
+                order.items += u64::from(quantity);
+                order.total_cents += u64::from(quantity) * unit_price_cents;
+                order.lines.push(OrderLine {
+                    sku,
+                    quantity,
+                    unit_price_cents,
+                });
                 order
             }
             OrderEvent::OrderConfirmed { total_cents } => {
                 let mut order = existing_order(changes, id).await?;
-                order["status"] = json!("confirmed");
-                order["total_cents"] = json!(total_cents);
-                let name = order["customer"].as_str().unwrap_or_default().to_owned();
-                let mut summary = customer(changes, &name).await?;
-                summary["confirmed"] = json!(number(&summary, "confirmed") + 1);
-                summary["total_cents"] = json!(number(&summary, "total_cents") + total_cents);
-                changes.put(Self::CUSTOMERS, &name, summary);
+                order.status = OrderStatus::Confirmed;
+                order.total_cents = total_cents;
+                let mut summary = customer(changes, &order.customer).await?;
+                summary.confirmed += 1;
+                summary.total_cents += total_cents;
+                changes.put_as(Self::CUSTOMERS, &order.customer, &summary)?;
                 order
             }
             OrderEvent::OrderCancelled { .. } => {
                 let mut order = existing_order(changes, id).await?;
-                order["status"] = json!("cancelled");
+                order.status = OrderStatus::Cancelled;
                 order
             }
         };
-        let mut order = order;
-        order["version"] = json!(event.version);
-        changes.put(Self::ORDERS, id, order);
-        Ok(())
+        order.version = envelope.version;
+        changes.put_as(Self::ORDERS, id, &order)
     }
 }
 
@@ -140,8 +190,81 @@ mod tests {
     use nexus_runtime::{CommandHandler, EventStore, Metadata, Repository};
     use serde_json::json;
 
+    use nexus_runtime::testing::ProjectionTest;
+
     use super::OrderSummaries;
-    use crate::events::{Order, OrderCommand};
+    use crate::events::{Order, OrderCommand, OrderEvent};
+
+    fn placed(customer: &str) -> OrderEvent {
+        OrderEvent::OrderPlaced {
+            customer: customer.into(),
+        }
+    }
+
+    fn item(sku: &str, quantity: u32, unit_price_cents: u64) -> OrderEvent {
+        OrderEvent::ItemAdded {
+            sku: sku.into(),
+            quantity,
+            unit_price_cents,
+        }
+    }
+
+    #[test]
+    fn a_confirmed_order_counts_for_its_customer() {
+        ProjectionTest::new(OrderSummaries)
+            .given("order", "o-1", [placed("ada"), item("tea", 2, 450)])
+            .when(
+                "order",
+                "o-1",
+                OrderEvent::OrderConfirmed { total_cents: 900 },
+            )
+            .then_document(
+                OrderSummaries::ORDERS,
+                "o-1",
+                json!({
+                    "id": "o-1", "customer": "ada", "status": "confirmed", "items": 2,
+                    "lines": [{"sku": "tea", "quantity": 2, "unit_price_cents": 450}],
+                    "total_cents": 900, "version": 3,
+                }),
+            )
+            .then_documents(
+                OrderSummaries::CUSTOMERS,
+                [(
+                    "ada",
+                    json!({"id": "ada", "orders": 1, "confirmed": 1, "total_cents": 900}),
+                )],
+            );
+    }
+
+    #[test]
+    fn a_cancelled_order_keeps_its_lines_and_counts_nothing_confirmed() {
+        ProjectionTest::new(OrderSummaries)
+            .given("order", "o-2", [placed("grace"), item("cake", 1, 300)])
+            .when(
+                "order",
+                "o-2",
+                OrderEvent::OrderCancelled {
+                    reason: "changed mind".into(),
+                },
+            )
+            .then_document_as::<super::OrderSummary>(OrderSummaries::ORDERS, "o-2", |order| {
+                assert_eq!(order.status, super::OrderStatus::Cancelled);
+                assert_eq!(order.total_cents, 300);
+                assert_eq!(order.version, 2);
+            })
+            .then_document(
+                OrderSummaries::CUSTOMERS,
+                "grace",
+                json!({"id": "grace", "orders": 1, "confirmed": 0, "total_cents": 0}),
+            );
+    }
+
+    #[test]
+    fn an_item_for_an_order_never_placed_is_refused() {
+        ProjectionTest::new(OrderSummaries)
+            .when("order", "o-3", item("tea", 1, 450))
+            .then_err(|err| err.to_string().contains("no summary yet"));
+    }
 
     /// Waits until the read model has applied `version` of order `id`, then returns the summary.
     async fn summary_at(
