@@ -192,6 +192,42 @@ try {
     await page.locator('pre.json', { hasText: 'demo-courier' }).waitFor();
   });
 
+  await step('open a failed saga, retry it once its cause is gone, and see it compensated', async () => {
+    // The demo's recipe for a stuck saga: a charge over the limit is declined, and releasing the
+    // order's stock is refused while a stock count runs, until the release gives up.
+    await api('POST', `${command}/commands/inventory/main`, { type: 'StartStockCount' });
+    const id = `saga-${Date.now().toString(36)}`;
+    for (const body of [
+      { type: 'PlaceOrder', customer: 'barbara' },
+      { type: 'AddItem', sku: 'espresso', quantity: 1, unit_price_cents: 60000 },
+      { type: 'SubmitOrder' },
+    ]) await api('POST', `${command}/commands/order/${id}`, body);
+    await section('Sagas');
+    await page.getByRole('link', { name: 'stuck', exact: true }).click();
+    const row = page.locator('tr[data-saga-status="stuck"]', { hasText: id });
+    const deadline = Date.now() + 20000;
+    while (!(await row.count())) {
+      if (Date.now() > deadline) throw new Error(`the saga of ${id} did not get stuck`);
+      await page.waitForTimeout(500);
+      await page.reload();
+    }
+    await row.getByRole('link').click();
+    await page.locator('[data-field="saga-status"]', { hasText: 'stuck' }).waitFor();
+    const failed = await page.locator('table.steps').textContent();
+    if (!/declined|limit/i.test(failed)) throw new Error(`the steps show no declined charge: ${failed}`);
+    await page.locator('[data-compensation="failed"]').waitFor();
+    await shot('saga-stuck');
+    await api('POST', `${command}/commands/inventory/main`, { type: 'FinishStockCount' });
+    await page.getByRole('button', { name: 'Retry', exact: true }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Retry' }).click();
+    await page.locator('[data-outcome="retry"]').waitFor();
+    // The page follows the instance while the runner compensates.
+    await page.locator('[data-field="saga-status"]', { hasText: 'compensated' }).waitFor();
+    await page.locator('[data-compensation="compensated"]').waitFor();
+    await page.locator('table.history code', { hasText: 'SagaRetried' }).waitFor();
+    await shot('saga-retried');
+  });
+
   await step('diff two schema versions with the breaking change marked, and check a schema', async () => {
     const subjects = await api('GET', `${registry}/subjects`);
     const subject = subjects.find((s) => s.includes('OrderPlaced'));
