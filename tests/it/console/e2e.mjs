@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import {
   STEP_MS, allowedOrigin, api, command, env, query, registry, requireModule, shots, step, token, unexpectedErrors,
 } from './common.mjs';
+import { ENDPOINTS, endpointOf } from '../../../runtime/console/src/endpoints.js';
 
 const { chromium } = requireModule('playwright-core');
 const readerToken = env('NEXUS_CONSOLE_READER_TOKEN');
@@ -268,24 +269,24 @@ try {
     if (await page.getByRole('button', { name: /Redrive/ }).count()) throw new Error('a reader is offered a redrive');
   });
 
-  await step("every request the console made is an operation of its service's OpenAPI document", async () => {
+  await step("every endpoint the console declares, and every request it made, is an operation of its service's OpenAPI document", async () => {
+    const services = { query, command, registry };
     const documents = {};
-    for (const base of [query, command, registry]) {
-      documents[new URL(base).origin] = (await api('GET', `${base}/openapi.json`)).paths;
-    }
-    const template = (path) => new RegExp(`^${path.replace(/[.*+?^$()|[\]\\]/g, '\\$&').replace(/\{[^}]+\}/g, '[^/]+')}$`);
-    const missing = [];
-    for (const request of requested) {
+    for (const [service, base] of Object.entries(services)) documents[service] = (await api('GET', `${base}/openapi.json`)).paths;
+    const same = (template) => template.replace(/\{[^}]+\}/g, '{}');
+    const undocumented = ENDPOINTS.filter(([service, method, template]) => !Object.entries(documents[service])
+      .some(([path, ops]) => ops[method.toLowerCase()] && same(path) === same(template)));
+    if (undocumented.length) throw new Error(`declared but undocumented: ${undocumented.map((e) => e.join(' ')).join(', ')}`);
+    const byOrigin = Object.fromEntries(Object.entries(services).map(([service, base]) => [new URL(base).origin, service]));
+    const undeclared = [...requested].filter((request) => {
       const [method, url] = request.split(' ');
       const { origin, pathname } = new URL(url);
-      const paths = documents[origin] || {};
-      const found = Object.entries(paths).some(([path, ops]) => ops[method.toLowerCase()] && template(path).test(pathname));
-      if (!found) missing.push(request);
-    }
-    if (missing.length) throw new Error(`undocumented requests: ${missing.join(', ')}`);
+      return !endpointOf(byOrigin[origin], method, pathname);
+    });
+    if (undeclared.length) throw new Error(`requests the console does not declare: ${undeclared.join(', ')}`);
     const kinds = new Set([...requested].map((r) => r.split(' ')[0]));
     if (requested.size < 20 || !kinds.has('POST')) throw new Error(`only ${[...requested].join(', ')} recorded`);
-    console.log(`     ${requested.size} distinct requests, all documented`);
+    console.log(`     ${ENDPOINTS.length} endpoints declared and documented; ${requested.size} distinct requests made, all declared`);
   });
 
   await step('nothing outside the services was requested and the page logged no error', async () => {
