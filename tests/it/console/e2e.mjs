@@ -193,6 +193,7 @@ try {
     await page.locator('pre.json', { hasText: 'demo-courier' }).waitFor();
   });
 
+  let sagaPage;
   await step('open a failed saga, retry it once its cause is gone, and see it compensated', async () => {
     // The demo's recipe for a stuck saga: a charge over the limit is declined, and releasing the
     // order's stock is refused while a stock count runs, until the release gives up.
@@ -214,6 +215,7 @@ try {
     }
     await row.getByRole('link').click();
     await page.locator('[data-field="saga-status"]', { hasText: 'stuck' }).waitFor();
+    sagaPage = page.url();
     const failed = await page.locator('table.steps').textContent();
     if (!/declined|limit/i.test(failed)) throw new Error(`the steps show no declined charge: ${failed}`);
     await page.locator('[data-compensation="failed"]').waitFor();
@@ -267,6 +269,9 @@ try {
     await section('Dead letters');
     await page.getByRole('note').filter({ hasText: 'dlq:admin' }).waitFor();
     if (await page.getByRole('button', { name: /Redrive/ }).count()) throw new Error('a reader is offered a redrive');
+    await page.goto(sagaPage);
+    await page.locator('[data-field="saga-status"]', { hasText: 'compensated' }).waitFor();
+    if (await page.getByRole('button', { name: /Retry|Abort/ }).count()) throw new Error('a reader is offered a saga action');
   });
 
   await step("every endpoint the console declares, and every request it made, is an operation of its service's OpenAPI document", async () => {
