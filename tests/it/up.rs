@@ -439,7 +439,7 @@ fn up_demo_runs_the_fulfilment_saga_and_an_operator_retries_a_stuck_one() {
     // Retrying needs `dlq:admin`; while the count runs it gets stuck again.
     let (status, _) = post(&format!("/sagas/fulfilment/{id}/retry"), json!({}), &[]);
     assert_eq!(status, 401);
-    let out = Command::new(nexus_bin())
+    let out = nexus()
         .args(["token", "issue", "--role", "admin", "--data-dir"])
         .arg(&data)
         .output()
