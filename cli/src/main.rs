@@ -6,10 +6,12 @@ mod commands;
 #[allow(
     dead_code,
     unreachable_pub,
+    unused_imports,
     reason = "shared with the generated projects, where these items are public"
 )]
 #[path = "../../templates/project/crates/events/src/lib.rs"]
 mod events;
+mod http;
 mod output;
 #[allow(
     dead_code,

@@ -1,5 +1,6 @@
 //! Given/when/then harnesses for aggregates ([`AggregateTest`]) and projections
-//! ([`ProjectionTest`]), for Nexus's own tests and for users' services: no store, bus or runner.
+//! ([`ProjectionTest`], in memory: no store, bus or runner), for Nexus's own tests and for
+//! users' services.
 //!
 //! ```
 //! # use nexus_runtime::testing::AggregateTest;
@@ -18,6 +19,10 @@
 //! AggregateTest::<Counter>::given([Added(4)]).when(3).then([Added(3)]);
 //! AggregateTest::<Counter>::given([Added(9)]).when(3).then_err(|e| matches!(e, TooBig));
 //! ```
+//!
+//! Sagas have theirs: [`SagaTest`] runs a saga definition on the real runner.
+
+mod saga;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -25,6 +30,8 @@ use std::fmt::Debug;
 use chrono::Utc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+pub use saga::{SagaScenario, SagaTest};
 
 use crate::aggregate::Aggregate;
 use crate::event::{DomainEvent, Metadata, NewEvent, RecordedEvent, StreamId};

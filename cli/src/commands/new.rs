@@ -23,7 +23,12 @@ use crate::output;
 static TEMPLATE: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../templates/project");
 
 /// Files of the orders sample that an empty skeleton (`--no-sample`) leaves out.
-const SAMPLE_ONLY: &[&str] = &["services/query-dashboard/src/projection.rs"];
+const SAMPLE_ONLY: &[&str] = &[
+    "services/query-dashboard/src/projection.rs",
+    "crates/events/src/fulfilment.rs",
+    "crates/events/src/inventory.rs",
+    "crates/events/src/payment.rs",
+];
 
 /// A file named `<stem>.empty.<ext>` replaces `<stem>.<ext>` in an empty skeleton.
 const EMPTY_MARKER: &str = ".empty";
@@ -45,24 +50,25 @@ const SHARED_DEPENDENCIES: &[&str] = &[
     "tracing-subscriber",
 ];
 
-/// Where a generated project keeps its events.
+/// Where events are kept: by a project `nexus new` generates, and by `nexus up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum StoreKind {
-    /// An SQLite file under the data folder, shared by both services (no server needed).
+    /// An SQLite file in the data folder, shared by the services (no server needed).
     Embedded,
-    /// PostgreSQL at `DATABASE_URL`.
+    /// PostgreSQL (`--url` for `nexus up`, `DATABASE_URL` in a generated project).
     Postgres,
 }
 
-/// How a generated project's query side receives events.
+/// How events reach the query side: in a project `nexus new` generates, and in `nexus up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum BusKind {
-    /// The dashboard tails the event store's change-data-capture stream itself.
+    /// The query side tails the event store's change-data-capture stream itself.
     #[value(name = "inprocess")]
     InProcess,
-    /// The command service relays events to NATS JetStream at `NATS_URL`; the dashboard consumes them.
+    /// A relay publishes events to NATS JetStream (`--nats-url`, `NATS_URL` in a generated
+    /// project); the query side consumes them from there.
     Nats,
 }
 

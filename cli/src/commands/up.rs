@@ -1,7 +1,7 @@
 //! `nexus up`: runs the reference system (the orders sample) until Ctrl-C.
 //!
-//! The command service, the query dashboard with its projection, the snapshot manager and the
-//! schema registry run in one process, on the embedded store and the in-process bus by default
+//! The command service with the order-fulfilment saga, the query dashboard with its projection,
+//! the snapshot manager and the schema registry run in one process, on the embedded store and the in-process bus by default
 //! (`--store postgres --bus nats` for the real servers). The two services share nothing but
 //! the bus, exactly as in a project `nexus new` generates: the sample domain is the same code.
 
@@ -12,38 +12,32 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
 use nexus_runtime::http::access::OriginPolicy;
 use nexus_runtime::http::{
-    CommandService, Console, NotifyOptions, QueryDashboard, TemporalApi, serve_until,
+    CommandService, Console, NotifyOptions, QueryDashboard, SagaApi, TemporalApi, serve_until,
     shutdown_signal,
 };
 use nexus_runtime::notify::NotificationHub;
 use nexus_runtime::projection::{ProjectionRunner, ReadModels};
+use nexus_runtime::saga::{SagaCommands, SagaHandle, SagaRunner};
 use nexus_runtime::snapshot::embedded::EmbeddedSnapshotStore;
 use nexus_runtime::store::embedded::EmbeddedStore;
-use nexus_runtime::{EventStore, SnapshotManager, SnapshotPolicy, SnapshotStore};
+use nexus_runtime::{
+    CommandHandler, EventStore, Repository, SnapshotManager, SnapshotPolicy, SnapshotStore,
+};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::Outcome;
-use crate::events::Order;
+use super::new::{BusKind, StoreKind};
+use crate::events::{FulfilmentOptions, Inventory, Order, Payment};
+use crate::http::{self, Http};
 use crate::output;
 use crate::projection::OrderSummaries;
-
-/// Where the reference system keeps its events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum StoreKind {
-    /// A SQLite file under `--data-dir` (no set-up).
-    Embedded,
-    /// PostgreSQL at `--url`.
-    Postgres,
-}
 
 /// Where projections keep their read models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,15 +46,6 @@ pub(crate) enum ReadModelKind {
     Sqlite,
     /// Tables in the schema `nexus_read_models` of the PostgreSQL at `--url`.
     Postgres,
-}
-
-/// How events reach the projections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum BusKind {
-    /// Projections tail the store's change-data-capture stream in this process.
-    Inprocess,
-    /// A relay publishes the log to NATS JetStream; projections consume it from there.
-    Nats,
 }
 
 #[derive(Debug, Args)]
@@ -75,7 +60,7 @@ pub(crate) struct UpArgs {
     #[arg(long, value_enum, default_value_t = ReadModelKind::Sqlite)]
     read_models: ReadModelKind,
     /// The event bus.
-    #[arg(long, value_enum, default_value_t = BusKind::Inprocess)]
+    #[arg(long, value_enum, default_value_t = BusKind::InProcess)]
     bus: BusKind,
     /// NATS URL for `--bus nats`.
     #[arg(long, env = "NEXUS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -166,7 +151,7 @@ async fn connect_bus(
     Option<nexus_runtime::bus::relay::RelayHandle>,
 )> {
     match args.bus {
-        BusKind::Inprocess => Ok((Arc::new(InProcessBus::new(Arc::clone(store))), None)),
+        BusKind::InProcess => Ok((Arc::new(InProcessBus::new(Arc::clone(store))), None)),
         BusKind::Nats => {
             use nexus_runtime::bus::nats::{JetStreamBus, NatsOptions};
             use nexus_runtime::bus::relay::Relay;
@@ -212,6 +197,41 @@ async fn temporal_api(
     Ok(api
         .with_snapshots(Arc::clone(snapshots))
         .aggregate::<Order>())
+}
+
+/// The order-fulfilment saga on its own projection runner over `bus` (its status read model is
+/// `saga-fulfilment` beside the others). Under `--demo` its retries are quick and a payment
+/// under review times out after 20 s, so failures show within seconds.
+async fn fulfilment_saga(
+    args: &UpArgs,
+    store: &Arc<dyn EventStore>,
+    snapshots: &Arc<dyn SnapshotStore>,
+    bus: Arc<dyn EventBus>,
+    read_models: &ReadModels,
+) -> anyhow::Result<SagaHandle> {
+    let commands = SagaCommands::new()
+        .handler(CommandHandler::new(
+            Repository::<Order>::new(Arc::clone(store)).with_snapshots(Arc::clone(snapshots)),
+        ))
+        .handler(CommandHandler::new(
+            Repository::<Inventory>::new(Arc::clone(store)).with_snapshots(Arc::clone(snapshots)),
+        ))
+        .handler(CommandHandler::new(
+            Repository::<Payment>::new(Arc::clone(store)).with_snapshots(Arc::clone(snapshots)),
+        ));
+    let mut projections =
+        ProjectionRunner::with_read_models(Arc::clone(store), bus, read_models.clone());
+    let options = if args.demo {
+        projections = projections.with_options(super::up_demo::runner_options());
+        super::up_demo::fulfilment_options()
+    } else {
+        FulfilmentOptions::default()
+    };
+    let definition = crate::events::fulfilment(options)?;
+    SagaRunner::new(Arc::clone(store), commands, projections)
+        .spawn(vec![definition])
+        .await
+        .context("failed to start the fulfilment saga")
 }
 
 /// Binds `port` on the configured host, saying which service wanted it when that fails.
@@ -292,6 +312,11 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
             every_events: Some(100),
             ..SnapshotPolicy::default()
         })
+        // The warehouse's stream grows with every order: its snapshots matter most.
+        .register::<Inventory>(SnapshotPolicy {
+            every_events: Some(100),
+            ..SnapshotPolicy::default()
+        })
         .spawn();
 
     // The query side: the projection reads the bus, never the command service.
@@ -319,11 +344,18 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
             .iter()
             .fold(args.origins.policy(base), OriginPolicy::allow_origin)
     };
+    // The command side runs the order-fulfilment saga: fed from the bus like a projection, it
+    // commands the aggregates through the command path, and `/sagas/...` serves its instances.
+    let sagas = fulfilment_saga(&args, &store, &snapshots, Arc::clone(&bus), &read_models).await?;
+    let saga_api = SagaApi::new([sagas.reader().clone()], access.clone());
     let commands = CommandService::new(Arc::clone(&store))
         .with_snapshots(Arc::clone(&snapshots))
         .with_access(access.clone())
         .aggregate::<Order>()
+        .aggregate::<Inventory>()
+        .aggregate::<Payment>()
         .with_routes(temporal.command_routes(), temporal.command_openapi())
+        .with_routes(saga_api.routes(), saga_api.openapi_paths())
         .with_origin_policy(service_origins(OriginPolicy::new()))
         .router();
 
@@ -435,7 +467,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     };
 
     let bus_description = match args.bus {
-        BusKind::Inprocess => "in-process bus".to_owned(),
+        BusKind::InProcess => "in-process bus".to_owned(),
         BusKind::Nats => format!("NATS JetStream at {}", output::redact_url(&args.nats_url)),
     };
     announce(
@@ -480,6 +512,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     if let Some(relay) = relay {
         relay.stop().await;
     }
+    sagas.stop().await;
     let checkpoint = orders.read_model().checkpoint().await.ok().flatten();
     orders.stop().await;
     if let Some(shipments) = shipments {
@@ -645,7 +678,42 @@ async fn demo(
     json_lines: bool,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let client = Client::new();
+    let client = match Http::new(Duration::from_secs(10)) {
+        Ok(client) => client,
+        Err(err) => {
+            let _ = output::line(&format!("  demo  stopped: {err:#}"));
+            return;
+        }
+    };
+    // Stock for what the demo orders (and for a stuck saga's order, see `up_demo`).
+    for sku in super::up_demo::SKUS {
+        let restock = json!({"type": "Restock", "sku": sku, "quantity": super::up_demo::RESTOCK});
+        let restocked = match http::url(
+            &command_url,
+            &["commands", "inventory", crate::events::WAREHOUSE],
+            &[],
+        ) {
+            Ok(url) => {
+                client
+                    .send(reqwest::Method::POST, &url, Some(&restock))
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        match restocked {
+            Ok(answer) if answer.status.is_success() => {}
+            Ok(answer) => {
+                let _ = output::line(&format!(
+                    "  demo  restocking {sku} -> {}: {}",
+                    answer.status,
+                    answer.json()
+                ));
+            }
+            Err(err) => {
+                let _ = output::line(&format!("  demo  restocking {sku}: {err:#}"));
+            }
+        }
+    }
     let customers = ["ada", "grace", "linus", "barbara"];
     let run = uuid::Uuid::now_v7().simple().to_string();
     let mut n = 0u32;
@@ -657,10 +725,11 @@ async fn demo(
             json!({"type": "AddItem", "sku": "espresso", "quantity": 2, "unit_price_cents": 250}),
             json!({"type": "AddItem", "sku": "croissant", "quantity": 1 + n % 3, "unit_price_cents": 320}),
         ];
+        // Submitted orders are confirmed by the fulfilment saga (stock reserved, payment charged).
         script.push(if n % 4 == 3 {
             json!({"type": "CancelOrder", "reason": "customer left"})
         } else {
-            json!({"type": "ConfirmOrder"})
+            json!({"type": "SubmitOrder"})
         });
         for command in script {
             if *stopped.borrow() {
@@ -685,48 +754,85 @@ async fn demo(
 }
 
 async fn demo_step(
-    client: &Client,
+    client: &Http,
     command_url: &str,
     query_url: &str,
     id: &str,
     command: &Value,
 ) -> anyhow::Result<Value> {
-    let (status, answer) = client
-        .send(
-            hyper::Method::POST,
-            &format!("{command_url}/commands/order/{id}"),
-            Some(command),
-        )
+    let url = http::url(command_url, &["commands", "order", id], &[])?;
+    let sent = client
+        .send(reqwest::Method::POST, &url, Some(command))
         .await?;
+    let (status, answer) = (sent.status, sent.json());
     if !status.is_success() {
         return Ok(
             json!({"order": id, "command": command["type"], "status": status.as_u16(), "answer": answer}),
         );
     }
-    let version = answer["version"].as_u64().unwrap_or_default();
-    let (_, order) = client
-        .send(
-            hyper::Method::GET,
-            &format!("{query_url}/read-models/orders/orders/{id}?wait_for=order/{id}@{version}"),
-            None,
-        )
-        .await?;
-    let customer = order["customer"].as_str().unwrap_or_default().to_owned();
-    let (_, spending) = client
-        .send(
-            hyper::Method::GET,
-            &format!("{query_url}/read-models/orders/customers/{customer}"),
-            None,
-        )
-        .await?;
-    Ok(json!({
+    let mut version = answer["version"].as_u64().unwrap_or_default();
+    // A submitted order is the saga's now: show how it ended, and the order as it left it.
+    let saga = if command["type"] == "SubmitOrder" {
+        let saga = saga_outcome(client, command_url, id).await?;
+        if saga["status"] == "completed" {
+            version += 1;
+        }
+        Some(saga)
+    } else {
+        None
+    };
+    let wait_for = format!("order/{id}@{version}");
+    let url = http::url(
+        query_url,
+        &["read-models", "orders", "orders", id],
+        &[("wait_for", &wait_for)],
+    )?;
+    let order = client.send(reqwest::Method::GET, &url, None).await?.json();
+    let customer = order["customer"].as_str().unwrap_or_default();
+    let url = http::url(
+        query_url,
+        &["read-models", "orders", "customers", customer],
+        &[],
+    )?;
+    let spending = client.send(reqwest::Method::GET, &url, None).await?.json();
+    let mut step = json!({
         "order": id,
         "command": command["type"],
         "status": status.as_u16(),
         "version": version,
         "read_model": order,
         "customer": spending,
-    }))
+    });
+    if let Some(saga) = saga {
+        step["saga"] = saga;
+    }
+    Ok(step)
+}
+
+/// The fulfilment saga of order `id` once it ended or got stuck (or as it is after 30 s).
+async fn saga_outcome(client: &Http, command_url: &str, id: &str) -> anyhow::Result<Value> {
+    let instance = nexus_runtime::saga::instance_id(crate::events::FULFILMENT, id);
+    let url = http::url(
+        command_url,
+        &["sagas", crate::events::FULFILMENT, &instance],
+        &[],
+    )?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = client.send(reqwest::Method::GET, &url, None).await?;
+        let (status, saga) = (answer.status, answer.json());
+        let settled = status.is_success()
+            && !matches!(saga["status"].as_str(), Some("running" | "compensating"));
+        if settled || tokio::time::Instant::now() >= deadline {
+            return Ok(json!({
+                "saga": crate::events::FULFILMENT,
+                "id": instance,
+                "status": saga["status"],
+                "reason": saga["reason"],
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn describe(step: &Value) -> String {
@@ -741,8 +847,12 @@ fn describe(step: &Value) -> String {
     }
     let model = &step["read_model"];
     let customer = &step["customer"];
+    let saga = match step["saga"]["status"].as_str() {
+        Some(status) => format!(" | saga {status}"),
+        None => String::new(),
+    };
     format!(
-        "  demo  order {order:<10} {command:<13} -> v{:<2} read model: {:<9} {} items {:>5} cents | {} {} orders, {} cents confirmed",
+        "  demo  order {order:<10} {command:<13} -> v{:<2} read model: {:<9} {} items {:>5} cents | {} {} orders, {} cents confirmed{saga}",
         step["version"],
         model["status"].as_str().unwrap_or("?"),
         model["items"],
@@ -751,44 +861,4 @@ fn describe(step: &Value) -> String {
         customer["orders"],
         customer["total_cents"],
     )
-}
-
-/// A small JSON-over-HTTP client for the demo.
-struct Client {
-    inner: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
-}
-
-impl Client {
-    fn new() -> Self {
-        Self {
-            inner:
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build_http(),
-        }
-    }
-
-    async fn send(
-        &self,
-        method: hyper::Method,
-        url: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<(hyper::StatusCode, Value)> {
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(url)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(
-                body.map(Value::to_string).unwrap_or_default(),
-            )))?;
-        let response = tokio::time::timeout(Duration::from_secs(10), self.inner.request(request))
-            .await
-            .with_context(|| format!("no answer from {url} within 10 s"))??;
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok((status, value))
-    }
 }

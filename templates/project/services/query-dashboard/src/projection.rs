@@ -31,6 +31,8 @@ impl OrderSummaries {
 pub enum OrderStatus {
     /// Placed, items may still be added.
     Placed,
+    /// Submitted for fulfilment: the order-fulfilment saga reserves, charges and confirms it.
+    Submitted,
     /// Confirmed at its total.
     Confirmed,
     /// Cancelled.
@@ -156,6 +158,11 @@ impl Projection for OrderSummaries {
                     quantity,
                     unit_price_cents,
                 });
+                order
+            }
+            OrderEvent::OrderSubmitted { .. } => {
+                let mut order = existing_order(changes, id).await?;
+                order.status = OrderStatus::Submitted;
                 order
             }
             OrderEvent::OrderConfirmed { total_cents } => {
