@@ -58,7 +58,7 @@ impl Projection for Flaky {
     }
 }
 
-async fn access(dir: &std::path::Path) -> AccessControl {
+pub(crate) async fn access(dir: &std::path::Path) -> AccessControl {
     std::fs::write(dir.join("secret"), SECRET).unwrap();
     let config = AuthConfig {
         issuer: Some("nexus-test".to_owned()),
@@ -69,7 +69,7 @@ async fn access(dir: &std::path::Path) -> AccessControl {
     AccessControl::load(&config, dir).await.unwrap()
 }
 
-fn token(role: &str) -> String {
+pub(crate) fn token(role: &str) -> String {
     let roles = [role.to_owned()];
     let token = issue_hs256(
         SECRET.as_bytes(),
@@ -87,7 +87,7 @@ fn token(role: &str) -> String {
     format!("Bearer {token}")
 }
 
-async fn send(
+pub(crate) async fn send(
     app: &Router,
     method: &str,
     uri: &str,

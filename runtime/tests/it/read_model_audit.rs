@@ -434,3 +434,85 @@ async fn a_history_page_holds_at_most_the_bound(backend: Backend) {
     let smallest = store.audit_history("docs", "a", 0, 0).await.unwrap();
     assert_eq!((smallest.entries.len(), smallest.next_after), (1, Some(1)));
 }
+
+#[cfg(feature = "http")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_is_served_over_http_with_audit_read_only() {
+    use axum::http::StatusCode;
+    use nexus_runtime::http::QueryDashboard;
+
+    use crate::dead_letters::{access, send, token};
+
+    let Some(setup) = Setup::new(Backend::Sqlite, options(256)).await else {
+        return;
+    };
+    append(&setup.store, "a", vec![set(1), drop_it()]).await;
+    let handle = setup.runner.spawn(Ledger).unwrap();
+    applied(&handle, "a", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = QueryDashboard::new(setup.runner.health())
+        .with_access(access(dir.path()).await)
+        .read_model(&handle)
+        .router();
+    let uri = "/audit/read-models/ledger/docs/a";
+    let (auditor, reader) = (token("auditor"), token("reader"));
+
+    let (status, _) = send(&app, "GET", uri, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = send(&app, "GET", uri, Some(&reader), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    let (status, body) = send(&app, "GET", uri, Some(&auditor), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["projection"], "ledger");
+    let entries = body["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0]["after"], json!({"n": 1}));
+    assert_eq!(entries[0]["cause"]["event_type"], "Set");
+    assert_eq!(entries[0]["cause"]["correlation_id"], "corr-1");
+    assert_eq!(entries[1]["before"], json!({"n": 1}));
+    assert_eq!(entries[1]["after"], Value::Null);
+    assert_eq!(entries[1]["cause"]["version"], 2);
+    assert_eq!(body["next_after"], Value::Null);
+
+    let (_, first) = send(&app, "GET", &format!("{uri}?limit=1"), Some(&auditor), None).await;
+    assert_eq!(first["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(first["next_after"], 1);
+    let (_, rest) = send(&app, "GET", &format!("{uri}?after=1"), Some(&auditor), None).await;
+    assert_eq!(rest["entries"][0]["seq"], 2);
+
+    use nexus_runtime::projection::store::audit::MAX_HISTORY_PAGE;
+    for bad in [
+        format!("{uri}?limit={}", MAX_HISTORY_PAGE + 1),
+        format!("{uri}?limit=0"),
+        format!("{uri}?after=-1"),
+        format!("{uri}?since=1"),
+    ] {
+        let (status, body) = send(&app, "GET", &bad, Some(&auditor), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let (status, _) = send(
+        &app,
+        "GET",
+        &format!("{uri}?limit={MAX_HISTORY_PAGE}"),
+        Some(&auditor),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = send(
+        &app,
+        "GET",
+        "/audit/read-models/nope/docs/a",
+        Some(&auditor),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    let (status, doc) = send(&app, "GET", "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let path = &doc["paths"]["/audit/read-models/{projection}/{collection}/{id}"]["get"];
+    assert_eq!(path["operationId"], "read_model_audit_history", "{doc}");
+    handle.stop().await;
+}
