@@ -26,6 +26,12 @@ export function hasToken() {
   return token !== '';
 }
 
+/// The signed-in credential, for a transport that carries it itself (the notifications socket
+/// sends it in `Sec-WebSocket-Protocol`, never in the URL).
+export function currentToken() {
+  return token;
+}
+
 /// The base URL of a service, or null when the dashboard was not told about it.
 export function serviceUrl(service) {
   if (service === 'query') return '';

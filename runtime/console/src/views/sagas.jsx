@@ -1,7 +1,7 @@
 // Sagas: the instances of each saga the command service runs, by status; one instance's steps
 // with attempts and errors, and its history; retry or abort a stuck instance after a
 // confirmation (`GET /sagas/{saga}[/{id}]` with aggregates:read, `POST …/retry|abort` with
-// dlq:admin, on the command service).
+// dlq:admin, on the command service; the service takes both for a stuck instance only).
 import { useState } from 'preact/hooks';
 import { call, commandDoc, servedBy } from '../api.js';
 import { href } from '../route.js';
@@ -122,7 +122,8 @@ function Instance({ saga, id }) {
           <>
             <button type="button" disabled={d.status !== 'stuck' || outcome.busy} onClick={() => setAction('retry')}
               title={d.status === 'stuck' ? undefined : 'Only a stuck instance can be retried'}>Retry</button>
-            <button type="button" class="danger" disabled={['completed', 'compensated', 'timed_out', 'aborted'].includes(d.status) || outcome.busy}
+            <button type="button" class="danger" disabled={d.status !== 'stuck' || outcome.busy}
+              title={d.status === 'stuck' ? undefined : 'Only a stuck instance can be aborted'}
               onClick={() => setAction('abort')}>Abort…</button>
           </>
         )}

@@ -92,12 +92,21 @@ BEGIN SELECT RAISE(ABORT, 'nexus: the read-model audit log is append-only, REPLA
 const AUDIT_COLUMNS: &str = "seq, projection, kind, collection, id, before, after, event_id, event_type, \
      aggregate_type, aggregate_id, version, position, correlation_id, at, detail, hash";
 
+/// Idle read connections kept per read model; a read finding none opens one, and one returned
+/// to a full pool is closed.
+const MAX_IDLE_READERS: usize = 4;
+
 /// The SQLite file of one projection's read model.
+///
+/// Commits and the projection's own bookkeeping go through one connection; reads of documents
+/// (`get`, `list`: what the query routes serve) take connections of their own, so in WAL mode
+/// they read the last commit without waiting for a commit in progress, nor for one another.
 pub(super) struct SqliteReadModel {
     path: PathBuf,
     /// The projection (the file's stem), as its audit entries name it.
     projection: String,
     conn: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
     checkpointer: Mutex<Checkpointer>,
 }
 
@@ -137,7 +146,44 @@ impl SqliteReadModel {
             projection,
             path,
             conn: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Runs `read` on an idle read connection (opening one when none is idle), then keeps the
+    /// connection for the next read unless [`MAX_IDLE_READERS`] already wait.
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, ReadModelError>,
+    ) -> Result<T, ReadModelError> {
+        let idle = self
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open(&self.path).map_err(|e| self.sqlite(e))?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))
+                    .map_err(|e| self.sqlite(e))?;
+                conn
+            }
+        };
+        let result = read(&conn);
+        let mut readers = self
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if readers.len() < MAX_IDLE_READERS {
+            readers.push(conn);
+        }
+        result
+    }
+
+    #[cfg(test)]
+    fn idle_readers(&self) -> usize {
+        self.readers.lock().map(|r| r.len()).unwrap_or_default()
     }
 
     /// The file.
@@ -167,14 +213,14 @@ impl SqliteReadModel {
 
     /// Document `id` of `collection`.
     pub(super) fn get(&self, collection: &str, id: &str) -> Result<Option<Value>, ReadModelError> {
-        let conn = self.lock();
-        let body: Option<String> = conn
-            .prepare_cached("SELECT body FROM documents WHERE collection = ?1 AND id = ?2")
-            .and_then(|mut s| {
-                s.query_row(params![collection, id], |row| row.get(0))
-                    .optional()
-            })
-            .map_err(|e| self.sqlite(e))?;
+        let body: Option<String> = self.read(|conn| {
+            conn.prepare_cached("SELECT body FROM documents WHERE collection = ?1 AND id = ?2")
+                .and_then(|mut s| {
+                    s.query_row(params![collection, id], |row| row.get(0))
+                        .optional()
+                })
+                .map_err(|e| self.sqlite(e))
+        })?;
         body.map(|b| serde_json::from_str(&b).map_err(|e| self.corrupt(e)))
             .transpose()
     }
@@ -220,22 +266,23 @@ impl SqliteReadModel {
             }
         }
         sql.push_str(&format!(" ORDER BY id LIMIT {} OFFSET {}", limit, offset));
-        let conn = self.lock();
-        let mut stmt = conn.prepare(&sql).map_err(|e| self.sqlite(e))?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(values), |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-            })
-            .map_err(|e| self.sqlite(e))?;
-        let mut documents = Vec::new();
-        for row in rows {
-            let (id, body) = row.map_err(|e| self.sqlite(e))?;
-            documents.push((
-                id,
-                serde_json::from_str(&body).map_err(|e| self.corrupt(e))?,
-            ));
-        }
-        Ok(documents)
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.sqlite(e))?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(values), |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(|e| self.sqlite(e))?;
+            let mut documents = Vec::new();
+            for row in rows {
+                let (id, body) = row.map_err(|e| self.sqlite(e))?;
+                documents.push((
+                    id,
+                    serde_json::from_str(&body).map_err(|e| self.corrupt(e))?,
+                ));
+            }
+            Ok(documents)
+        })
     }
 
     /// The version of `stream` this read model has applied.
@@ -709,22 +756,24 @@ impl SqliteReadModel {
         after: u64,
         limit: i64,
     ) -> Result<AuditPage, ReadModelError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {AUDIT_COLUMNS} FROM audit_log \
+        // On a read connection: the query route never waits for a commit in progress.
+        let rows = self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_log \
                  WHERE kind = 'change' AND collection = ?1 AND id = ?2 AND seq > ?3 \
                  UNION ALL \
                  SELECT {AUDIT_COLUMNS} FROM audit_log WHERE kind <> 'change' AND seq > ?3 \
-                 AND seq > (SELECT min(seq) FROM audit_log WHERE kind = 'change' AND collection = ?1 AND id = ?2) \
+                 AND seq > (SELECT min(seq) FROM audit_log \
+                 WHERE kind = 'change' AND collection = ?1 AND id = ?2) \
                  ORDER BY seq LIMIT ?4"
-            ))
-            .map_err(|e| self.sqlite(e))?;
-        let rows = stmt
-            .query_map(params![collection, id, after as i64, limit + 1], audit_row)
-            .map_err(|e| self.sqlite(e))?
-            .collect::<rusqlite::Result<Vec<Row>>>()
-            .map_err(|e| self.sqlite(e))?;
+                ))
+                .map_err(|e| self.sqlite(e))?;
+            stmt.query_map(params![collection, id, after as i64, limit + 1], audit_row)
+                .map_err(|e| self.sqlite(e))?
+                .collect::<rusqlite::Result<Vec<Row>>>()
+                .map_err(|e| self.sqlite(e))
+        })?;
         self.page(rows, limit)
     }
 
@@ -744,9 +793,9 @@ impl SqliteReadModel {
 
     /// Verifies the whole chain in one read transaction (a consistent snapshot), page by page.
     pub(super) fn audit_verify(&self) -> Result<AuditReport, ReadModelError> {
-        let mut conn = self.lock();
-        let run = |conn: &mut Connection| -> rusqlite::Result<AuditReport> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        // On a read connection, so commits go on meanwhile (WAL) while the walk reads its snapshot.
+        let run = |conn: &Connection| -> rusqlite::Result<AuditReport> {
+            let tx = conn.unchecked_transaction()?;
             let newest_prune = tx
                 .query_row(
                     &format!(
@@ -776,7 +825,7 @@ impl SqliteReadModel {
             tx.finish()?;
             Ok(verifier.finish())
         };
-        run(&mut conn).map_err(|e| self.sqlite(e))
+        self.read(|conn| run(conn).map_err(|e| self.sqlite(e)))
     }
 
     /// Removes the whole old segments `retention` allows, recording the removal in the chain.
@@ -900,4 +949,39 @@ fn audit_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         detail: row.get(15)?,
         hash: row.get(16)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_do_not_wait_for_the_writer_and_keep_a_bounded_number_of_connections() {
+        let dir = std::env::temp_dir().join(format!("nexus-rm-readers-{}", uuid::Uuid::now_v7()));
+        let db = std::sync::Arc::new(
+            SqliteReadModel::open(&dir.join("rm.db")).expect("the read model opens"),
+        );
+        // The writer's connection is busy (held) while documents are read.
+        let held = db.lock();
+        assert_eq!(db.get("c", "missing").expect("a read"), None);
+        drop(held);
+        // Twice the bound at once: each opens its own connection; the bound stay idle.
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(MAX_IDLE_READERS * 2));
+        let threads: Vec<_> = (0..MAX_IDLE_READERS * 2)
+            .map(|_| {
+                let (db, barrier) = (std::sync::Arc::clone(&db), std::sync::Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    db.read(|_| {
+                        barrier.wait();
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("a reader").expect("a read");
+        }
+        assert_eq!(db.idle_readers(), MAX_IDLE_READERS);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
