@@ -328,6 +328,7 @@ fn register_metrics(name: &str) {
         "nexus_projection_dead_letters_total",
         "nexus_projection_gap_fills_total",
         "nexus_projection_restarts_total",
+        "nexus_projection_audit_entries_total",
     ] {
         metrics::counter!(counter, "projection" => name.to_owned()).increment(0);
     }

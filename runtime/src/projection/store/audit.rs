@@ -352,6 +352,14 @@ pub(crate) struct Tail {
     pub(crate) hash: Vec<u8>,
 }
 
+/// Counts `entries` appended to `projection`'s audit log (after their commit).
+pub(crate) fn count_appended(projection: &str, entries: u64) {
+    if entries > 0 {
+        metrics::counter!("nexus_projection_audit_entries_total", "projection" => projection.to_owned())
+            .increment(entries);
+    }
+}
+
 /// Lowercase hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

@@ -533,9 +533,11 @@ impl PostgresReadModel {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| self.error(e))?;
         // Before the documents change: the audit reads what they were.
-        if !batch.audit.is_empty() {
-            self.append_changes(&tx, batch).await?;
-        }
+        let audited = if batch.audit.is_empty() {
+            0
+        } else {
+            self.append_changes(&tx, batch).await?
+        };
         let (mut put_collections, mut put_ids, mut bodies, mut positions) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut delete_collections, mut delete_ids) = (Vec::new(), Vec::new());
@@ -663,7 +665,9 @@ impl PostgresReadModel {
             .await
             .map_err(|e| self.error(e))?;
         }
-        tx.commit().await.map_err(|e| self.error(e))
+        tx.commit().await.map_err(|e| self.error(e))?;
+        audit::count_appended(&self.projection, audited);
+        Ok(())
     }
 
     fn dead_letter_from(&self, row: &Row) -> Result<DeadLetter, ReadModelError> {
@@ -839,7 +843,7 @@ impl PostgresReadModel {
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         batch: &Batch,
-    ) -> Result<(), ReadModelError> {
+    ) -> Result<u64, ReadModelError> {
         let sql = self.sql();
         let documents = audit::written_documents(&batch.audit);
         let collections: Vec<&str> = documents.iter().map(|(c, _)| c.as_str()).collect();
@@ -862,10 +866,11 @@ impl PostgresReadModel {
         let at = chrono::Utc::now().timestamp_micros();
         let rows = audit::change_rows(&self.projection, &tail, &batch.audit, committed, at);
         if rows.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         self.insert_rows(tx, &rows, batch.checkpoint.map(|c| c.position as i64))
-            .await
+            .await?;
+        Ok(rows.len() as u64)
     }
 
     async fn insert_rows(
@@ -948,6 +953,7 @@ impl PostgresReadModel {
             .await
             .map_err(|e| self.error(e))?;
         tx.commit().await.map_err(|e| self.error(e))?;
+        audit::count_appended(&self.projection, 1);
         Ok(Some(row.seq))
     }
 
@@ -1092,6 +1098,7 @@ impl PostgresReadModel {
         self.insert_rows(&tx, std::slice::from_ref(&row), None)
             .await?;
         tx.commit().await.map_err(|e| self.error(e))?;
+        audit::count_appended(&self.projection, 1);
         report.removed = removed;
         report.range = Some(range);
         report.entry = Some(row.seq);

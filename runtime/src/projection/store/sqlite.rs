@@ -393,10 +393,12 @@ impl SqliteReadModel {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.sqlite(e))?;
         let now = Utc::now().timestamp_micros();
+        let mut audited = 0;
         {
             // Before the documents change: the audit reads what they were.
             if !batch.audit.is_empty() {
-                self.append_changes(&tx, batch, now)
+                audited = self
+                    .append_changes(&tx, batch, now)
                     .map_err(|e| self.sqlite(e))?;
             }
             let mut put = tx
@@ -496,6 +498,7 @@ impl SqliteReadModel {
         }
         tx.commit().map_err(|e| self.sqlite(e))?;
         drop(conn);
+        audit::count_appended(&self.projection, audited);
         self.checkpointer
             .lock()
             .expect("read model checkpointer lock poisoned")
@@ -690,7 +693,7 @@ impl SqliteReadModel {
 
     /// Appends the audit entries of `batch`'s document writes, reading the documents as they
     /// were inside the commit's transaction.
-    fn append_changes(&self, tx: &Connection, batch: &Batch, now: i64) -> rusqlite::Result<()> {
+    fn append_changes(&self, tx: &Connection, batch: &Batch, now: i64) -> rusqlite::Result<u64> {
         let tail = audit_tail(tx)?;
         let mut committed = HashMap::new();
         {
@@ -705,7 +708,7 @@ impl SqliteReadModel {
         }
         let rows = audit::change_rows(&self.projection, &tail, &batch.audit, committed, now);
         if rows.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         insert_audit_rows(tx, &rows)?;
         if let Some(checkpoint) = batch.checkpoint {
@@ -715,7 +718,7 @@ impl SqliteReadModel {
             )?
             .execute([checkpoint.position as i64])?;
         }
-        Ok(())
+        Ok(rows.len() as u64)
     }
 
     /// A run starts from `from`: below the checkpoint the audit log last saw, that is a rebuild,
@@ -742,6 +745,7 @@ impl SqliteReadModel {
                 [from as i64],
             )?;
             tx.commit()?;
+            audit::count_appended(&self.projection, 1);
             Ok(Some(row.seq))
         };
         run(&mut conn).map_err(|e| self.sqlite(e))
@@ -877,6 +881,7 @@ impl SqliteReadModel {
             );
             insert_audit_rows(&tx, std::slice::from_ref(&row))?;
             tx.commit()?;
+            audit::count_appended(&self.projection, 1);
             report.removed = removed;
             report.range = Some(range);
             report.entry = Some(row.seq);
