@@ -4,15 +4,15 @@
 //! was rewritten behind the database's back.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::{Value, json};
 
-use crate::support::nexus_bin;
+use crate::support::nexus;
 use crate::up::{Up, command, http};
 
 fn audit(data: &Path, args: &[&str]) -> Output {
-    Command::new(nexus_bin())
+    nexus()
         .arg("audit")
         .args(args)
         .arg("--read-models")
@@ -52,7 +52,7 @@ fn up_audits_read_model_changes_served_over_http_and_verified_by_the_cli() {
     // The history is for audit:read only.
     let uri = format!("{}/audit/read-models/orders/orders/o-1", up.query_url);
     assert_eq!(http("GET", &uri, &[], None).0, 401);
-    let issued = Command::new(nexus_bin())
+    let issued = nexus()
         .args(["token", "issue", "--role", "auditor", "--data-dir"])
         .arg(&data)
         .output()

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::audit::{self, AuditKind, AuditPage, AuditReport, PruneReport, Retention, Row, Tail};
 use super::{Batch, DeadLetter, DeadLetterStatus, ReadModelError, RedriveFilter};
 use crate::event::{LogPosition, RecordedEvent, StreamId};
-use crate::wal::Checkpointer;
+use crate::wal::WalCheckpointer;
 
 const SCHEMA: &str = r"
 CREATE TABLE IF NOT EXISTS documents (
@@ -107,7 +107,7 @@ pub(super) struct SqliteReadModel {
     projection: String,
     conn: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
-    checkpointer: Mutex<Checkpointer>,
+    wal_checkpointer: Mutex<WalCheckpointer>,
 }
 
 impl SqliteReadModel {
@@ -142,7 +142,7 @@ impl SqliteReadModel {
             .map(|stem| stem.to_string_lossy().into_owned())
             .unwrap_or_default();
         Ok(Self {
-            checkpointer: Mutex::new(Checkpointer::new(&path)),
+            wal_checkpointer: Mutex::new(WalCheckpointer::new(&path)),
             projection,
             path,
             conn: Mutex::new(conn),
@@ -499,9 +499,9 @@ impl SqliteReadModel {
         tx.commit().map_err(|e| self.sqlite(e))?;
         drop(conn);
         audit::count_appended(&self.projection, audited);
-        self.checkpointer
+        self.wal_checkpointer
             .lock()
-            .expect("read model checkpointer lock poisoned")
+            .expect("read model WAL checkpointer lock poisoned")
             .committed();
         Ok(now)
     }
