@@ -255,7 +255,8 @@ impl ReadCache {
     }
 
     /// Estimated bytes held (after pending maintenance).
-    pub(crate) fn weighted_size(&self) -> u64 {
+    #[cfg(test)]
+    fn weighted_size(&self) -> u64 {
         self.entries.run_pending_tasks();
         self.entries.weighted_size()
     }

@@ -877,7 +877,7 @@ impl EventStore for PostgresStore {
                     version: row.try_get::<_, i64>(0).map_err(read_err)? as u64,
                     event_type: row.try_get(1).map_err(read_err)?,
                     payload: row.try_get(2).map_err(read_err)?,
-                    schema_version: schema_version(&row, 3)?,
+                    schema_version: schema_version(row, 3)?,
                 })
             })
             .collect()

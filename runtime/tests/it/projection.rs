@@ -349,7 +349,7 @@ async fn the_read_cache_never_serves_a_document_older_than_an_applied_version(ba
         "every event applied",
         async |h| {
             h.read_model()
-                .stream_version(&StreamId::new("meter", &format!("m-{}", STREAMS - 1)))
+                .stream_version(&StreamId::new("meter", format!("m-{}", STREAMS - 1)))
                 .await
                 .unwrap()
                 == ROUNDS as u64
