@@ -22,6 +22,7 @@ pub use health::{HealthRegistry, ProjectionHealth, ProjectionStatus};
 pub use runner::{
     DeadLetterMode, ProjectionHandle, ProjectionRunner, RetrySchedule, RunnerOptions,
 };
+pub(crate) use store::NotifyCommit;
 pub use store::{
     DeadLetter, DeadLetterStatus, ReadModelError, ReadModelStore, ReadModels, RedriveFilter,
 };

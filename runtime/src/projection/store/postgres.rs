@@ -23,11 +23,18 @@ use crate::pg::is_connection_error;
 /// Connections in a pool the read models create for themselves.
 pub(super) const POOL_SIZE: usize = 8;
 
-const MIGRATIONS: &[crate::pg::Migration] = &[(
-    1,
-    "read_models",
-    include_str!("../../../migrations/postgres-read-models/0001_read_models.sql"),
-)];
+const MIGRATIONS: &[crate::pg::Migration] = &[
+    (
+        1,
+        "read_models",
+        include_str!("../../../migrations/postgres-read-models/0001_read_models.sql"),
+    ),
+    (
+        2,
+        "notifications",
+        include_str!("../../../migrations/postgres-read-models/0002_notifications.sql"),
+    ),
+];
 
 const DEAD_LETTER_COLUMNS: &str =
     "id, envelope, error, attempts, first_failed_at, last_failed_at, status";
@@ -86,6 +93,12 @@ struct Sql {
     redrive_requests: String,
     dead_letter_page: String,
     collections: String,
+    notify_state: String,
+    notify_state_save: String,
+    notifications_clear: String,
+    notifications_insert: String,
+    notifications_prune: String,
+    notifications_after: String,
 }
 
 impl Sql {
@@ -196,6 +209,33 @@ impl Sql {
                            WHERE projection = $1 AND collection > c.name) \
                    FROM c WHERE c.name IS NOT NULL) \
                  SELECT name FROM c WHERE name IS NOT NULL LIMIT $2"
+            ),
+            notify_state: format!(
+                "SELECT epoch, position, checkpoint, \
+                 COALESCE((SELECT position FROM {s}.checkpoints WHERE projection = $1), 0) \
+                 FROM (SELECT 1) AS one LEFT JOIN {s}.notify_states ON projection = $1"
+            ),
+            notify_state_save: format!(
+                "INSERT INTO {s}.notify_states (projection, epoch, position, checkpoint) \
+                 VALUES ($1, $2, $3, COALESCE((SELECT position FROM {s}.checkpoints WHERE projection = $1), 0)) \
+                 ON CONFLICT (projection) DO UPDATE SET epoch = excluded.epoch, \
+                 position = excluded.position, checkpoint = excluded.checkpoint"
+            ),
+            notifications_clear: format!("DELETE FROM {s}.notifications WHERE projection = $1"),
+            notifications_insert: format!(
+                "INSERT INTO {s}.notifications (projection, position, note, document) \
+                 SELECT $1, n.position, n.note, n.document \
+                 FROM unnest($2::int8[], $3::text[], $4::text[]) AS n(position, note, document) \
+                 ON CONFLICT (projection, position) DO UPDATE SET note = excluded.note, \
+                 document = excluded.document"
+            ),
+            notifications_prune: format!(
+                "DELETE FROM {s}.notifications WHERE projection = $1 AND position <= $2"
+            ),
+            notifications_after: format!(
+                "SELECT n.position, n.note, n.document FROM {s}.notifications n \
+                 JOIN {s}.notify_states s ON s.projection = n.projection AND s.epoch = $2 \
+                 WHERE n.projection = $1 AND n.position > $3 ORDER BY n.position LIMIT $4"
             ),
         }
     }
@@ -572,7 +612,113 @@ impl PostgresReadModel {
             .await
             .map_err(|e| self.error(e))?;
         }
+        if let Some(notify) = &batch.notify {
+            self.log_notifications(&tx, notify).await?;
+        }
         tx.commit().await.map_err(|e| self.error(e))
+    }
+
+    /// The notification log's epoch and newest position; a new epoch and an empty log unless
+    /// the log was written up to the checkpoint.
+    pub(super) async fn notify_start(
+        &self,
+        new_epoch: String,
+    ) -> Result<(String, u64, bool), ReadModelError> {
+        let sql = self.sql();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.error(e))?;
+        let row = tx
+            .query_one(&sql.notify_state, &[&self.projection])
+            .await
+            .map_err(|e| self.error(e))?;
+        let (epoch, position, at, checkpoint): (Option<String>, Option<i64>, Option<i64>, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let started = match (epoch, position, at) {
+            (Some(epoch), Some(position), Some(at)) if at == checkpoint => {
+                (epoch, position as u64, false)
+            }
+            _ => {
+                tx.execute(&sql.notifications_clear, &[&self.projection])
+                    .await
+                    .map_err(|e| self.error(e))?;
+                tx.execute(
+                    &sql.notify_state_save,
+                    &[&self.projection, &new_epoch, &0i64],
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+                (new_epoch, 0, true)
+            }
+        };
+        tx.commit().await.map_err(|e| self.error(e))?;
+        Ok(started)
+    }
+
+    pub(super) async fn notifications_after(
+        &self,
+        epoch: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<super::LoggedNotification>, ReadModelError> {
+        let rows = self
+            .read(
+                &self.sql().notifications_after,
+                &[&self.projection, &epoch, &after, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get::<_, i64>(0) as u64, row.get(1), row.get(2)))
+            .collect())
+    }
+
+    /// Appends a commit's notifications to the log (emptying a log of another epoch first),
+    /// drops what is beyond the bound, and records the log as written up to the checkpoint.
+    async fn log_notifications(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        notify: &super::NotifyCommit,
+    ) -> Result<(), ReadModelError> {
+        let sql = self.sql();
+        let row = tx
+            .query_one(&sql.notify_state, &[&self.projection])
+            .await
+            .map_err(|e| self.error(e))?;
+        let (epoch, position): (Option<String>, Option<i64>) = (row.get(0), row.get(1));
+        let mut last = match (epoch, position) {
+            (Some(epoch), Some(position)) if epoch == notify.epoch => position,
+            _ => {
+                tx.execute(&sql.notifications_clear, &[&self.projection])
+                    .await
+                    .map_err(|e| self.error(e))?;
+                0
+            }
+        };
+        if !notify.rows.is_empty() {
+            let positions: Vec<i64> = notify.rows.iter().map(|r| r.0 as i64).collect();
+            let notes: Vec<&str> = notify.rows.iter().map(|r| r.1.as_str()).collect();
+            let documents: Vec<Option<&str>> = notify.rows.iter().map(|r| r.2.as_deref()).collect();
+            tx.execute(
+                &sql.notifications_insert,
+                &[&self.projection, &positions, &notes, &documents],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+            last = positions.iter().copied().fold(last, i64::max);
+            tx.execute(
+                &sql.notifications_prune,
+                &[&self.projection, &(last - notify.keep as i64)],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        }
+        tx.execute(
+            &sql.notify_state_save,
+            &[&self.projection, &notify.epoch, &last],
+        )
+        .await
+        .map_err(|e| self.error(e))?;
+        Ok(())
     }
 
     fn dead_letter_from(&self, row: &Row) -> Result<DeadLetter, ReadModelError> {
