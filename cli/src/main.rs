@@ -6,6 +6,7 @@ mod commands;
 #[allow(
     dead_code,
     unreachable_pub,
+    unused_imports,
     reason = "shared with the generated projects, where these items are public"
 )]
 #[path = "../../templates/project/crates/events/src/lib.rs"]

@@ -17,8 +17,14 @@
 //! AggregateTest::<Counter>::given([Added(4)]).when(3).then([Added(3)]);
 //! AggregateTest::<Counter>::given([Added(9)]).when(3).then_err(|e| matches!(e, TooBig));
 //! ```
+//!
+//! Sagas have theirs: [`SagaTest`] runs a saga definition on the real runner.
+
+mod saga;
 
 use std::fmt::Debug;
+
+pub use saga::{SagaScenario, SagaTest};
 
 use crate::aggregate::Aggregate;
 

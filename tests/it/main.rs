@@ -9,6 +9,7 @@ mod doctor;
 #[allow(
     dead_code,
     unreachable_pub,
+    unused_imports,
     reason = "shared with the generated projects, where these items are public"
 )]
 #[path = "../../templates/project/crates/events/src/lib.rs"]

@@ -339,15 +339,135 @@ fn up_demo_sends_orders_and_shows_the_read_model_changing() {
         .collect();
     assert_eq!(
         commands,
-        ["PlaceOrder", "AddItem", "AddItem", "ConfirmOrder"]
+        ["PlaceOrder", "AddItem", "AddItem", "SubmitOrder"]
     );
     assert_eq!(steps[0]["read_model"]["status"], "placed");
+    // The fulfilment saga reserved the stock, charged the payment and confirmed the order.
+    assert_eq!(steps[3]["saga"]["status"], "completed", "{}", steps[3]);
     assert_eq!(steps[3]["read_model"]["status"], "confirmed");
-    assert_eq!(steps[3]["version"], 4);
+    assert_eq!(steps[3]["version"], 5);
     assert!(
         steps[3]["customer"]["total_cents"].as_u64().unwrap() > 0,
         "{}",
         steps[3]
+    );
+    let (code, _) = up.interrupt();
+    assert_eq!(code, Some(0));
+}
+
+/// Polls saga `id` of `fulfilment` until `check` holds (at most 30 s); returns its document.
+fn fulfilment_until(up: &Up, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, saga) = http(
+            "GET",
+            &format!("{}/sagas/fulfilment/{id}", up.command_url),
+            &[],
+            None,
+        );
+        if status == 200 && check(&saga) {
+            return saga;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "saga {id} did not become {what} within 30 s: {status} {saga}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What the console's browser test does by hand: a saga stuck on a refused compensation, found
+/// in the stuck list, retried by an operator once the cause is gone.
+#[test]
+fn up_demo_runs_the_fulfilment_saga_and_an_operator_retries_a_stuck_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let up = Up::start(&data, &["--demo", "--demo-orders", "1", "--no-registry"]);
+    // The demo's order: placed, two items, submitted (the fourth line).
+    let lines: Vec<Value> = (0..4).map(|_| up.next_line()).collect();
+    let submitted = &lines[3];
+    assert_eq!(submitted["saga"]["status"], "completed", "{submitted}");
+    let post = |path: &str, body: Value, headers: &[(&str, &str)]| {
+        http(
+            "POST",
+            &format!("{}{path}", up.command_url),
+            headers,
+            Some(body),
+        )
+    };
+
+    // A stock count: nothing goes back on the shelf until it finishes.
+    let (status, body) = post(
+        "/commands/inventory/main",
+        json!({"type": "StartStockCount"}),
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    // An order above the charge limit: declined, so its reservation must be released.
+    for step in [
+        json!({"type": "PlaceOrder", "customer": "ada"}),
+        json!({"type": "AddItem", "sku": "espresso", "quantity": 1, "unit_price_cents": 60000}),
+        json!({"type": "SubmitOrder"}),
+    ] {
+        let (status, body) = command(&up, "stuck-1", step);
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, page) = (0..300)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            http(
+                "GET",
+                &format!("{}/sagas/fulfilment?status=stuck", up.command_url),
+                &[],
+                None,
+            )
+        })
+        .find(|(_, page)| page["items"].as_array().is_some_and(|i| !i.is_empty()))
+        .expect("the saga gets stuck within 30 s");
+    assert_eq!(status, 200);
+    let stuck = &page["items"][0];
+    assert_eq!(stuck["correlation_key"], "stuck-1", "{page}");
+    let id = stuck["id"].as_str().unwrap().to_owned();
+    let shown = fulfilment_until(&up, &id, "stuck", |s| s["status"] == "stuck");
+    assert!(
+        shown["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("stock count")),
+        "{shown}"
+    );
+
+    // Retrying needs `dlq:admin`; while the count runs it gets stuck again.
+    let (status, _) = post(&format!("/sagas/fulfilment/{id}/retry"), json!({}), &[]);
+    assert_eq!(status, 401);
+    let out = Command::new(nexus_bin())
+        .args(["token", "issue", "--role", "admin", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let admin = format!("Bearer {}", String::from_utf8(out.stdout).unwrap().trim());
+    let (status, body) = post(
+        "/commands/inventory/main",
+        json!({"type": "FinishStockCount"}),
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(
+        &format!("/sagas/fulfilment/{id}/retry"),
+        json!({}),
+        &[("Authorization", &admin)],
+    );
+    assert_eq!(status, 200, "{body}");
+    let done = fulfilment_until(&up, &id, "compensated", |s| s["status"] == "compensated");
+    let types: Vec<&str> = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert!(
+        types.contains(&"SagaStuck") && types.contains(&"SagaRetried"),
+        "{types:?}"
     );
     let (code, _) = up.interrupt();
     assert_eq!(code, Some(0));

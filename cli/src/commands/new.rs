@@ -23,7 +23,12 @@ use crate::output;
 static TEMPLATE: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../templates/project");
 
 /// Files of the orders sample that an empty skeleton (`--no-sample`) leaves out.
-const SAMPLE_ONLY: &[&str] = &["services/query-dashboard/src/projection.rs"];
+const SAMPLE_ONLY: &[&str] = &[
+    "services/query-dashboard/src/projection.rs",
+    "crates/events/src/fulfilment.rs",
+    "crates/events/src/inventory.rs",
+    "crates/events/src/payment.rs",
+];
 
 /// A file named `<stem>.empty.<ext>` replaces `<stem>.<ext>` in an empty skeleton.
 const EMPTY_MARKER: &str = ".empty";

@@ -1,7 +1,7 @@
 //! `nexus up`: runs the reference system (the orders sample) until Ctrl-C.
 //!
-//! The command service, the query dashboard with its projection, the snapshot manager and the
-//! schema registry run in one process, on the embedded store and the in-process bus by default
+//! The command service with the order-fulfilment saga, the query dashboard with its projection,
+//! the snapshot manager and the schema registry run in one process, on the embedded store and the in-process bus by default
 //! (`--store postgres --bus nats` for the real servers). The two services share nothing but
 //! the bus, exactly as in a project `nexus new` generates: the sample domain is the same code.
 
@@ -18,21 +18,24 @@ use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
 use nexus_runtime::http::access::OriginPolicy;
 use nexus_runtime::http::{
-    CommandService, Console, NotifyOptions, QueryDashboard, TemporalApi, serve_until,
+    CommandService, Console, NotifyOptions, QueryDashboard, SagaApi, TemporalApi, serve_until,
     shutdown_signal,
 };
 use nexus_runtime::notify::NotificationHub;
 use nexus_runtime::projection::{ProjectionRunner, ReadModels};
+use nexus_runtime::saga::{SagaCommands, SagaHandle, SagaRunner};
 use nexus_runtime::snapshot::embedded::EmbeddedSnapshotStore;
 use nexus_runtime::store::embedded::EmbeddedStore;
-use nexus_runtime::{EventStore, SnapshotManager, SnapshotPolicy, SnapshotStore};
+use nexus_runtime::{
+    CommandHandler, EventStore, Repository, SnapshotManager, SnapshotPolicy, SnapshotStore,
+};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::Outcome;
-use crate::events::Order;
+use crate::events::{FulfilmentOptions, Inventory, Order, Payment};
 use crate::output;
 use crate::projection::OrderSummaries;
 
@@ -214,6 +217,41 @@ async fn temporal_api(
         .aggregate::<Order>())
 }
 
+/// The order-fulfilment saga on its own projection runner over `bus` (its status read model is
+/// `saga-fulfilment` beside the others). Under `--demo` its retries are quick and a payment
+/// under review times out after 20 s, so failures show within seconds.
+async fn fulfilment_saga(
+    args: &UpArgs,
+    store: &Arc<dyn EventStore>,
+    snapshots: &Arc<dyn SnapshotStore>,
+    bus: Arc<dyn EventBus>,
+    read_models: &ReadModels,
+) -> anyhow::Result<SagaHandle> {
+    let commands = SagaCommands::new()
+        .handler(CommandHandler::new(
+            Repository::<Order>::new(Arc::clone(store)).with_snapshots(Arc::clone(snapshots)),
+        ))
+        .handler(CommandHandler::new(
+            Repository::<Inventory>::new(Arc::clone(store)).with_snapshots(Arc::clone(snapshots)),
+        ))
+        .handler(CommandHandler::new(
+            Repository::<Payment>::new(Arc::clone(store)).with_snapshots(Arc::clone(snapshots)),
+        ));
+    let mut projections =
+        ProjectionRunner::with_read_models(Arc::clone(store), bus, read_models.clone());
+    let options = if args.demo {
+        projections = projections.with_options(super::up_demo::runner_options());
+        super::up_demo::fulfilment_options()
+    } else {
+        FulfilmentOptions::default()
+    };
+    let definition = crate::events::fulfilment(options)?;
+    SagaRunner::new(Arc::clone(store), commands, projections)
+        .spawn(vec![definition])
+        .await
+        .context("failed to start the fulfilment saga")
+}
+
 /// Binds `port` on the configured host, saying which service wanted it when that fails.
 async fn bind(args: &UpArgs, port: u16, service: &str, flag: &str) -> anyhow::Result<TcpListener> {
     let addr = SocketAddr::new(args.host, port);
@@ -292,6 +330,11 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
             every_events: Some(100),
             ..SnapshotPolicy::default()
         })
+        // The warehouse's stream grows with every order: its snapshots matter most.
+        .register::<Inventory>(SnapshotPolicy {
+            every_events: Some(100),
+            ..SnapshotPolicy::default()
+        })
         .spawn();
 
     // The query side: the projection reads the bus, never the command service.
@@ -319,11 +362,18 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
             .iter()
             .fold(args.origins.policy(base), OriginPolicy::allow_origin)
     };
+    // The command side runs the order-fulfilment saga: fed from the bus like a projection, it
+    // commands the aggregates through the command path, and `/sagas/...` serves its instances.
+    let sagas = fulfilment_saga(&args, &store, &snapshots, Arc::clone(&bus), &read_models).await?;
+    let saga_api = SagaApi::new([sagas.reader().clone()], access.clone());
     let commands = CommandService::new(Arc::clone(&store))
         .with_snapshots(Arc::clone(&snapshots))
         .with_access(access.clone())
         .aggregate::<Order>()
+        .aggregate::<Inventory>()
+        .aggregate::<Payment>()
         .with_routes(temporal.command_routes(), temporal.command_openapi())
+        .with_routes(saga_api.routes(), saga_api.openapi_paths())
         .with_origin_policy(service_origins(OriginPolicy::new()))
         .router();
 
@@ -480,6 +530,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     if let Some(relay) = relay {
         relay.stop().await;
     }
+    sagas.stop().await;
     let checkpoint = orders.read_model().checkpoint().await.ok().flatten();
     orders.stop().await;
     if let Some(shipments) = shipments {
@@ -646,6 +697,23 @@ async fn demo(
     mut stopped: watch::Receiver<bool>,
 ) {
     let client = Client::new();
+    // Stock for what the demo orders (and for a stuck saga's order, see `up_demo`).
+    for sku in super::up_demo::SKUS {
+        let restock = json!({"type": "Restock", "sku": sku, "quantity": super::up_demo::RESTOCK});
+        let url = format!(
+            "{command_url}/commands/inventory/{}",
+            crate::events::WAREHOUSE
+        );
+        match client.send(hyper::Method::POST, &url, Some(&restock)).await {
+            Ok((status, _)) if status.is_success() => {}
+            Ok((status, answer)) => {
+                let _ = output::line(&format!("  demo  restocking {sku} -> {status}: {answer}"));
+            }
+            Err(err) => {
+                let _ = output::line(&format!("  demo  restocking {sku}: {err:#}"));
+            }
+        }
+    }
     let customers = ["ada", "grace", "linus", "barbara"];
     let run = uuid::Uuid::now_v7().simple().to_string();
     let mut n = 0u32;
@@ -657,10 +725,11 @@ async fn demo(
             json!({"type": "AddItem", "sku": "espresso", "quantity": 2, "unit_price_cents": 250}),
             json!({"type": "AddItem", "sku": "croissant", "quantity": 1 + n % 3, "unit_price_cents": 320}),
         ];
+        // Submitted orders are confirmed by the fulfilment saga (stock reserved, payment charged).
         script.push(if n % 4 == 3 {
             json!({"type": "CancelOrder", "reason": "customer left"})
         } else {
-            json!({"type": "ConfirmOrder"})
+            json!({"type": "SubmitOrder"})
         });
         for command in script {
             if *stopped.borrow() {
@@ -703,7 +772,17 @@ async fn demo_step(
             json!({"order": id, "command": command["type"], "status": status.as_u16(), "answer": answer}),
         );
     }
-    let version = answer["version"].as_u64().unwrap_or_default();
+    let mut version = answer["version"].as_u64().unwrap_or_default();
+    // A submitted order is the saga's now: show how it ended, and the order as it left it.
+    let saga = if command["type"] == "SubmitOrder" {
+        let saga = saga_outcome(client, command_url, id).await?;
+        if saga["status"] == "completed" {
+            version += 1;
+        }
+        Some(saga)
+    } else {
+        None
+    };
     let (_, order) = client
         .send(
             hyper::Method::GET,
@@ -719,14 +798,42 @@ async fn demo_step(
             None,
         )
         .await?;
-    Ok(json!({
+    let mut step = json!({
         "order": id,
         "command": command["type"],
         "status": status.as_u16(),
         "version": version,
         "read_model": order,
         "customer": spending,
-    }))
+    });
+    if let Some(saga) = saga {
+        step["saga"] = saga;
+    }
+    Ok(step)
+}
+
+/// The fulfilment saga of order `id` once it ended or got stuck (or as it is after 30 s).
+async fn saga_outcome(client: &Client, command_url: &str, id: &str) -> anyhow::Result<Value> {
+    let instance = nexus_runtime::saga::instance_id(crate::events::FULFILMENT, id);
+    let url = format!(
+        "{command_url}/sagas/{}/{instance}",
+        crate::events::FULFILMENT
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, saga) = client.send(hyper::Method::GET, &url, None).await?;
+        let settled = status.is_success()
+            && !matches!(saga["status"].as_str(), Some("running" | "compensating"));
+        if settled || tokio::time::Instant::now() >= deadline {
+            return Ok(json!({
+                "saga": crate::events::FULFILMENT,
+                "id": instance,
+                "status": saga["status"],
+                "reason": saga["reason"],
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn describe(step: &Value) -> String {
@@ -741,8 +848,12 @@ fn describe(step: &Value) -> String {
     }
     let model = &step["read_model"];
     let customer = &step["customer"];
+    let saga = match step["saga"]["status"].as_str() {
+        Some(status) => format!(" | saga {status}"),
+        None => String::new(),
+    };
     format!(
-        "  demo  order {order:<10} {command:<13} -> v{:<2} read model: {:<9} {} items {:>5} cents | {} {} orders, {} cents confirmed",
+        "  demo  order {order:<10} {command:<13} -> v{:<2} read model: {:<9} {} items {:>5} cents | {} {} orders, {} cents confirmed{saga}",
         step["version"],
         model["status"].as_str().unwrap_or("?"),
         model["items"],

@@ -7,6 +7,15 @@
 //! file and redrive the letter (`nexus dlq redrive shipments --all`, or the console's
 //! Dead letters page) and the shipment appears. Only `--demo` runs it; it is not part of the
 //! sample project `nexus new` generates.
+//!
+//! The demo also stocks the warehouse and submits its orders, so the order-fulfilment saga runs
+//! for each (`/sagas/fulfilment`). A stuck saga, one an operator must retry, is made by hand:
+//! start a stock count (`POST /commands/inventory/main {"type":"StartStockCount"}`), submit an
+//! order above the charge limit (500 €: say one `espresso` at 60000 cents): its charge is
+//! declined, and releasing its stock is refused while the count runs, so after the release's
+//! retries the saga is `stuck`. Finish the count (`FinishStockCount`) and retry it
+//! (`POST /sagas/fulfilment/{id}/retry` with a `dlq:admin` token, `nexus saga retry`, or the
+//! console): it ends `compensated`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,7 +27,8 @@ use nexus_runtime::projection::{
 };
 use serde_json::json;
 
-use crate::events::{Order, OrderEvent};
+use crate::events::{FulfilmentOptions, Order, OrderEvent};
+use nexus_runtime::saga::StepRetry;
 
 /// The file whose presence takes the simulated courier down.
 pub(crate) const COURIER_DOWN: &str = "courier-down";
@@ -55,6 +65,20 @@ pub(crate) fn runner_options() -> RunnerOptions {
             max_retries: 3,
         },
         ..RunnerOptions::default()
+    }
+}
+
+/// The products the demo orders, stocked when it starts.
+pub(crate) const SKUS: [&str; 2] = ["espresso", "croissant"];
+/// How many of each it stocks.
+pub(crate) const RESTOCK: u32 = 1_000;
+
+/// Under `--demo` the saga retries quickly (3 attempts, 0.2 s doubling) and a payment under
+/// review times out after 20 s, so a failed or stuck saga shows within seconds.
+pub(crate) fn fulfilment_options() -> FulfilmentOptions {
+    FulfilmentOptions {
+        payment_timeout: Duration::from_secs(20),
+        retry: StepRetry::new(3, Duration::from_millis(200)),
     }
 }
 

@@ -8,16 +8,32 @@
 use anyhow::Context as _;
 use serde_json::{Map, Value};
 
-use crate::events::{OrderCommand, OrderEvent};
+use crate::events::{
+    InventoryCommand, InventoryEvent, OrderCommand, OrderEvent, PaymentCommand, PaymentEvent,
+};
 
-/// The schema of every variant of the sample's event enum, keyed by event type.
+/// The schema of every variant of the sample's event enums, keyed by event type.
 pub(crate) fn event_schemas() -> anyhow::Result<Vec<(String, Value)>> {
-    split(serde_json::to_value(schemars::schema_for!(OrderEvent))?)
+    let mut all = split(serde_json::to_value(schemars::schema_for!(OrderEvent))?)?;
+    all.extend(split(serde_json::to_value(schemars::schema_for!(
+        InventoryEvent
+    ))?)?);
+    all.extend(split(serde_json::to_value(schemars::schema_for!(
+        PaymentEvent
+    ))?)?);
+    Ok(all)
 }
 
-/// The schema of every variant of the sample's command enum, keyed by command type.
+/// The schema of every variant of the sample's command enums, keyed by command type.
 pub(crate) fn command_schemas() -> anyhow::Result<Vec<(String, Value)>> {
-    split(serde_json::to_value(schemars::schema_for!(OrderCommand))?)
+    let mut all = split(serde_json::to_value(schemars::schema_for!(OrderCommand))?)?;
+    all.extend(split(serde_json::to_value(schemars::schema_for!(
+        InventoryCommand
+    ))?)?);
+    all.extend(split(serde_json::to_value(schemars::schema_for!(
+        PaymentCommand
+    ))?)?);
+    Ok(all)
 }
 
 /// Every subject of the sample: its event types, then its command types.
@@ -80,8 +96,19 @@ mod tests {
             [
                 "OrderPlaced",
                 "ItemAdded",
+                "OrderSubmitted",
                 "OrderConfirmed",
-                "OrderCancelled"
+                "OrderCancelled",
+                "StockAdded",
+                "StockReserved",
+                "StockReleased",
+                "StockCountStarted",
+                "StockCountFinished",
+                "PaymentAuthorized",
+                "PaymentCaptured",
+                "PaymentRejected",
+                "PaymentRefunded",
+                "PaymentVoided"
             ]
         );
         let (_, placed) = &schemas[0];
@@ -96,11 +123,21 @@ mod tests {
     fn every_command_type_gets_one_schema_after_the_events() {
         let all = subjects().expect("the sample's commands have schemas");
         let subjects: Vec<&str> = all.iter().map(|(s, _)| s.as_str()).collect();
+        let events = event_schemas()
+            .expect("the sample's events have schemas")
+            .len();
         assert_eq!(
-            subjects[4..],
-            ["PlaceOrder", "AddItem", "ConfirmOrder", "CancelOrder"]
+            subjects[events..events + 5],
+            [
+                "PlaceOrder",
+                "AddItem",
+                "SubmitOrder",
+                "ConfirmOrder",
+                "CancelOrder"
+            ]
         );
-        let (_, add) = &all[5];
+        assert!(subjects.contains(&"ReserveStock") && subjects.contains(&"ChargePayment"));
+        let (_, add) = &all[events + 1];
         assert_eq!(add["title"], "AddItem");
         assert_eq!(add["properties"]["quantity"]["type"], "integer");
         assert_eq!(add["properties"]["type"]["const"], "AddItem");

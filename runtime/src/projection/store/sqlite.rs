@@ -64,10 +64,19 @@ CREATE INDEX IF NOT EXISTS dead_letters_status ON dead_letters (status, position
 CREATE INDEX IF NOT EXISTS dead_letters_stream ON dead_letters (aggregate_type, aggregate_id, version);
 ";
 
+/// Idle read connections kept per read model; a read finding none opens one, and one returned
+/// to a full pool is closed.
+const MAX_IDLE_READERS: usize = 4;
+
 /// The SQLite file of one projection's read model.
+///
+/// Commits and the projection's own bookkeeping go through one connection; reads of documents
+/// (`get`, `list`: what the query routes serve) take connections of their own, so in WAL mode
+/// they read the last commit without waiting for a commit in progress, nor for one another.
 pub(super) struct SqliteReadModel {
     path: PathBuf,
     conn: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
     checkpointer: Mutex<Checkpointer>,
 }
 
@@ -102,7 +111,44 @@ impl SqliteReadModel {
             checkpointer: Mutex::new(Checkpointer::new(&path)),
             path,
             conn: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Runs `read` on an idle read connection (opening one when none is idle), then keeps the
+    /// connection for the next read unless [`MAX_IDLE_READERS`] already wait.
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, ReadModelError>,
+    ) -> Result<T, ReadModelError> {
+        let idle = self
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open(&self.path).map_err(|e| self.sqlite(e))?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))
+                    .map_err(|e| self.sqlite(e))?;
+                conn
+            }
+        };
+        let result = read(&conn);
+        let mut readers = self
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if readers.len() < MAX_IDLE_READERS {
+            readers.push(conn);
+        }
+        result
+    }
+
+    #[cfg(test)]
+    fn idle_readers(&self) -> usize {
+        self.readers.lock().map(|r| r.len()).unwrap_or_default()
     }
 
     /// The file.
@@ -132,14 +178,14 @@ impl SqliteReadModel {
 
     /// Document `id` of `collection`.
     pub(super) fn get(&self, collection: &str, id: &str) -> Result<Option<Value>, ReadModelError> {
-        let conn = self.lock();
-        let body: Option<String> = conn
-            .prepare_cached("SELECT body FROM documents WHERE collection = ?1 AND id = ?2")
-            .and_then(|mut s| {
-                s.query_row(params![collection, id], |row| row.get(0))
-                    .optional()
-            })
-            .map_err(|e| self.sqlite(e))?;
+        let body: Option<String> = self.read(|conn| {
+            conn.prepare_cached("SELECT body FROM documents WHERE collection = ?1 AND id = ?2")
+                .and_then(|mut s| {
+                    s.query_row(params![collection, id], |row| row.get(0))
+                        .optional()
+                })
+                .map_err(|e| self.sqlite(e))
+        })?;
         body.map(|b| serde_json::from_str(&b).map_err(|e| self.corrupt(e)))
             .transpose()
     }
@@ -185,22 +231,23 @@ impl SqliteReadModel {
             }
         }
         sql.push_str(&format!(" ORDER BY id LIMIT {} OFFSET {}", limit, offset));
-        let conn = self.lock();
-        let mut stmt = conn.prepare(&sql).map_err(|e| self.sqlite(e))?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(values), |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-            })
-            .map_err(|e| self.sqlite(e))?;
-        let mut documents = Vec::new();
-        for row in rows {
-            let (id, body) = row.map_err(|e| self.sqlite(e))?;
-            documents.push((
-                id,
-                serde_json::from_str(&body).map_err(|e| self.corrupt(e))?,
-            ));
-        }
-        Ok(documents)
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.sqlite(e))?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(values), |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(|e| self.sqlite(e))?;
+            let mut documents = Vec::new();
+            for row in rows {
+                let (id, body) = row.map_err(|e| self.sqlite(e))?;
+                documents.push((
+                    id,
+                    serde_json::from_str(&body).map_err(|e| self.corrupt(e))?,
+                ));
+            }
+            Ok(documents)
+        })
     }
 
     /// The version of `stream` this read model has applied.
@@ -710,5 +757,40 @@ impl SqliteReadModel {
                 .map_err(|e| self.sqlite(e))?,
         };
         Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_do_not_wait_for_the_writer_and_keep_a_bounded_number_of_connections() {
+        let dir = std::env::temp_dir().join(format!("nexus-rm-readers-{}", uuid::Uuid::now_v7()));
+        let db = std::sync::Arc::new(
+            SqliteReadModel::open(&dir.join("rm.db")).expect("the read model opens"),
+        );
+        // The writer's connection is busy (held) while documents are read.
+        let held = db.lock();
+        assert_eq!(db.get("c", "missing").expect("a read"), None);
+        drop(held);
+        // Twice the bound at once: each opens its own connection; the bound stay idle.
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(MAX_IDLE_READERS * 2));
+        let threads: Vec<_> = (0..MAX_IDLE_READERS * 2)
+            .map(|_| {
+                let (db, barrier) = (std::sync::Arc::clone(&db), std::sync::Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    db.read(|_| {
+                        barrier.wait();
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("a reader").expect("a read");
+        }
+        assert_eq!(db.idle_readers(), MAX_IDLE_READERS);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

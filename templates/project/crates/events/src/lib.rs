@@ -1,7 +1,26 @@
-//! The orders domain: the `Order` aggregate, its commands and its events, in one place.
+//! The orders domain: the `Order`, `Inventory` and `Payment` aggregates, their commands and
+//! events, and the order-fulfilment saga that coordinates them, in one place.
 //!
-//! Both services depend on this crate: the command service decides on `OrderCommand`s, the
-//! query dashboard reads `OrderEvent`s from the bus. Neither calls the other.
+//! Both services depend on this crate: the command service decides on commands and runs the
+//! saga, the query dashboard reads `OrderEvent`s from the bus. Neither calls the other.
+//!
+//! An order is placed, takes items, and is either confirmed at once (`ConfirmOrder`) or
+//! submitted (`SubmitOrder`): then the [`fulfilment`] saga reserves its stock, charges its
+//! payment and confirms it, releasing the stock and refunding the payment when a later step
+//! fails or the payment times out.
+
+mod fulfilment;
+mod inventory;
+mod payment;
+
+pub use fulfilment::{FULFILMENT, FulfilmentOptions, fulfilment};
+pub use inventory::{
+    Inventory, InventoryCommand, InventoryError, InventoryEvent, StockLine, WAREHOUSE,
+};
+pub use payment::{
+    AUTO_CAPTURE_LIMIT_CENTS, CHARGE_LIMIT_CENTS, Payment, PaymentCommand, PaymentError,
+    PaymentEvent, PaymentStatus,
+};
 
 use nexus_runtime::{Aggregate, DomainEvent};
 use schemars::JsonSchema;
@@ -16,6 +35,8 @@ pub enum OrderStatus {
     New,
     /// Placed, items may be added.
     Placed,
+    /// Submitted for fulfilment: the saga reserves stock, charges and confirms it.
+    Submitted,
     /// Confirmed: no more changes.
     Confirmed,
     /// Cancelled: no more changes.
@@ -23,7 +44,7 @@ pub enum OrderStatus {
 }
 
 /// One line of an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderLine {
     /// The product's stock-keeping unit.
     pub sku: String,
@@ -73,6 +94,15 @@ pub enum OrderEvent {
         /// The price of one, in cents.
         unit_price_cents: u64,
     },
+    /// The order was submitted for fulfilment, with what it holds.
+    OrderSubmitted {
+        /// Who placed it.
+        customer: String,
+        /// What is in it.
+        lines: Vec<OrderLine>,
+        /// Its total, in cents.
+        total_cents: u64,
+    },
     /// The order was confirmed.
     OrderConfirmed {
         /// The order's total at confirmation, in cents.
@@ -103,9 +133,11 @@ pub enum OrderCommand {
         /// The price of one, in cents.
         unit_price_cents: u64,
     },
-    /// Confirm a placed order that has items.
+    /// Submit a placed order that has items for fulfilment (the saga confirms it).
+    SubmitOrder,
+    /// Confirm a placed or submitted order that has items.
     ConfirmOrder,
-    /// Cancel a placed order.
+    /// Cancel a placed or submitted order.
     CancelOrder {
         /// Why.
         reason: String,
@@ -127,8 +159,11 @@ pub enum OrderError {
     /// `AddItem` with quantity 0.
     #[error("quantity must be at least 1")]
     EmptyQuantity,
-    /// `ConfirmOrder` on an order without items.
-    #[error("an order needs at least one item to be confirmed")]
+    /// `AddItem` on a submitted order.
+    #[error("the order is submitted and takes no more items")]
+    Submitted,
+    /// `SubmitOrder` or `ConfirmOrder` on an order without items.
+    #[error("an order needs at least one item to be submitted or confirmed")]
     NoItems,
     /// `PlaceOrder` without a customer.
     #[error("a customer is required")]
@@ -156,6 +191,9 @@ impl Aggregate for Order {
             (status @ (OrderStatus::Confirmed | OrderStatus::Cancelled), _) => {
                 Err(OrderError::Closed(status))
             }
+            (OrderStatus::Submitted, OrderCommand::AddItem { .. }) => Err(OrderError::Submitted),
+            // Submitting twice changes nothing (the saga runs once per order anyway).
+            (OrderStatus::Submitted, OrderCommand::SubmitOrder) => Ok(vec![]),
             (OrderStatus::Placed, OrderCommand::AddItem { quantity: 0, .. }) => {
                 Err(OrderError::EmptyQuantity)
             }
@@ -171,19 +209,24 @@ impl Aggregate for Order {
                 quantity: *quantity,
                 unit_price_cents: *unit_price_cents,
             }]),
-            (OrderStatus::Placed, OrderCommand::ConfirmOrder) if self.lines.is_empty() => {
+            (_, OrderCommand::SubmitOrder | OrderCommand::ConfirmOrder)
+                if self.lines.is_empty() =>
+            {
                 Err(OrderError::NoItems)
             }
-            (OrderStatus::Placed, OrderCommand::ConfirmOrder) => {
-                Ok(vec![OrderEvent::OrderConfirmed {
+            (OrderStatus::Placed, OrderCommand::SubmitOrder) => {
+                Ok(vec![OrderEvent::OrderSubmitted {
+                    customer: self.customer.clone(),
+                    lines: self.lines.clone(),
                     total_cents: self.total_cents(),
                 }])
             }
-            (OrderStatus::Placed, OrderCommand::CancelOrder { reason }) => {
-                Ok(vec![OrderEvent::OrderCancelled {
-                    reason: reason.clone(),
-                }])
-            }
+            (_, OrderCommand::ConfirmOrder) => Ok(vec![OrderEvent::OrderConfirmed {
+                total_cents: self.total_cents(),
+            }]),
+            (_, OrderCommand::CancelOrder { reason }) => Ok(vec![OrderEvent::OrderCancelled {
+                reason: reason.clone(),
+            }]),
         }
     }
 
@@ -202,6 +245,7 @@ impl Aggregate for Order {
                 quantity: *quantity,
                 unit_price_cents: *unit_price_cents,
             }),
+            OrderEvent::OrderSubmitted { .. } => self.status = OrderStatus::Submitted,
             OrderEvent::OrderConfirmed { .. } => self.status = OrderStatus::Confirmed,
             OrderEvent::OrderCancelled { .. } => self.status = OrderStatus::Cancelled,
         }
@@ -308,6 +352,40 @@ mod tests {
             .then([OrderEvent::OrderCancelled {
                 reason: "changed mind".into(),
             }]);
+    }
+
+    #[test]
+    fn a_submitted_order_carries_what_the_saga_needs_and_takes_no_more_items() {
+        let order = AggregateTest::<Order>::given([placed(), item()])
+            .when(OrderCommand::SubmitOrder)
+            .then([OrderEvent::OrderSubmitted {
+                customer: "ada".into(),
+                lines: vec![OrderLine {
+                    sku: "tea".into(),
+                    quantity: 2,
+                    unit_price_cents: 450,
+                }],
+                total_cents: 900,
+            }]);
+        assert_eq!(order.status, OrderStatus::Submitted);
+        let submitted = OrderEvent::OrderSubmitted {
+            customer: "ada".into(),
+            lines: order.lines.clone(),
+            total_cents: 900,
+        };
+        AggregateTest::<Order>::given([placed(), item(), submitted.clone()])
+            .when(OrderCommand::AddItem {
+                sku: "tea".into(),
+                quantity: 1,
+                unit_price_cents: 450,
+            })
+            .then_err(|e| *e == OrderError::Submitted);
+        AggregateTest::<Order>::given([placed(), item(), submitted])
+            .when(OrderCommand::ConfirmOrder)
+            .then([OrderEvent::OrderConfirmed { total_cents: 900 }]);
+        AggregateTest::<Order>::given([placed()])
+            .when(OrderCommand::SubmitOrder)
+            .then_err(|e| *e == OrderError::NoItems);
     }
 
     #[test]

@@ -105,6 +105,11 @@ impl Projection for OrderSummaries {
                     json!(number(&order, "total_cents") + u64::from(quantity) * unit_price_cents);
                 order
             }
+            OrderEvent::OrderSubmitted { .. } => {
+                let mut order = existing_order(changes, id).await?;
+                order["status"] = json!("submitted");
+                order
+            }
             OrderEvent::OrderConfirmed { total_cents } => {
                 let mut order = existing_order(changes, id).await?;
                 order["status"] = json!("confirmed");
