@@ -93,12 +93,51 @@ struct Sql {
     redrive_requests: String,
     dead_letter_page: String,
     collections: String,
-    notify_state: String,
-    notify_state_save: String,
-    notifications_clear: String,
-    notifications_insert: String,
-    notifications_prune: String,
-    notifications_after: String,
+    notify: NotifySql,
+}
+
+/// The statements of the notification log.
+struct NotifySql {
+    state: String,
+    save: String,
+    clear: String,
+    insert: String,
+    prune: String,
+    after: String,
+}
+
+impl NotifySql {
+    fn new(s: &str) -> Self {
+        Self {
+            state: format!(
+                "SELECT epoch, position, checkpoint, \
+                 COALESCE((SELECT position FROM {s}.checkpoints WHERE projection = $1), 0) \
+                 FROM (SELECT 1) AS one LEFT JOIN {s}.notify_states ON projection = $1"
+            ),
+            save: format!(
+                "INSERT INTO {s}.notify_states (projection, epoch, position, checkpoint) \
+                 VALUES ($1, $2, $3, COALESCE((SELECT position FROM {s}.checkpoints WHERE projection = $1), 0)) \
+                 ON CONFLICT (projection) DO UPDATE SET epoch = excluded.epoch, \
+                 position = excluded.position, checkpoint = excluded.checkpoint"
+            ),
+            clear: format!("DELETE FROM {s}.notifications WHERE projection = $1"),
+            insert: format!(
+                "INSERT INTO {s}.notifications (projection, position, note, document) \
+                 SELECT $1, n.position, n.note, n.document \
+                 FROM unnest($2::int8[], $3::text[], $4::text[]) AS n(position, note, document) \
+                 ON CONFLICT (projection, position) DO UPDATE SET note = excluded.note, \
+                 document = excluded.document"
+            ),
+            prune: format!(
+                "DELETE FROM {s}.notifications WHERE projection = $1 AND position <= $2"
+            ),
+            after: format!(
+                "SELECT n.position, n.note, n.document FROM {s}.notifications n \
+                 JOIN {s}.notify_states s ON s.projection = n.projection AND s.epoch = $2 \
+                 WHERE n.projection = $1 AND n.position > $3 ORDER BY n.position LIMIT $4"
+            ),
+        }
+    }
 }
 
 impl Sql {
@@ -210,33 +249,7 @@ impl Sql {
                    FROM c WHERE c.name IS NOT NULL) \
                  SELECT name FROM c WHERE name IS NOT NULL LIMIT $2"
             ),
-            notify_state: format!(
-                "SELECT epoch, position, checkpoint, \
-                 COALESCE((SELECT position FROM {s}.checkpoints WHERE projection = $1), 0) \
-                 FROM (SELECT 1) AS one LEFT JOIN {s}.notify_states ON projection = $1"
-            ),
-            notify_state_save: format!(
-                "INSERT INTO {s}.notify_states (projection, epoch, position, checkpoint) \
-                 VALUES ($1, $2, $3, COALESCE((SELECT position FROM {s}.checkpoints WHERE projection = $1), 0)) \
-                 ON CONFLICT (projection) DO UPDATE SET epoch = excluded.epoch, \
-                 position = excluded.position, checkpoint = excluded.checkpoint"
-            ),
-            notifications_clear: format!("DELETE FROM {s}.notifications WHERE projection = $1"),
-            notifications_insert: format!(
-                "INSERT INTO {s}.notifications (projection, position, note, document) \
-                 SELECT $1, n.position, n.note, n.document \
-                 FROM unnest($2::int8[], $3::text[], $4::text[]) AS n(position, note, document) \
-                 ON CONFLICT (projection, position) DO UPDATE SET note = excluded.note, \
-                 document = excluded.document"
-            ),
-            notifications_prune: format!(
-                "DELETE FROM {s}.notifications WHERE projection = $1 AND position <= $2"
-            ),
-            notifications_after: format!(
-                "SELECT n.position, n.note, n.document FROM {s}.notifications n \
-                 JOIN {s}.notify_states s ON s.projection = n.projection AND s.epoch = $2 \
-                 WHERE n.projection = $1 AND n.position > $3 ORDER BY n.position LIMIT $4"
-            ),
+            notify: NotifySql::new(s),
         }
     }
 }
@@ -628,7 +641,7 @@ impl PostgresReadModel {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| self.error(e))?;
         let row = tx
-            .query_one(&sql.notify_state, &[&self.projection])
+            .query_one(&sql.notify.state, &[&self.projection])
             .await
             .map_err(|e| self.error(e))?;
         let (epoch, position, at, checkpoint): (Option<String>, Option<i64>, Option<i64>, i64) =
@@ -638,15 +651,12 @@ impl PostgresReadModel {
                 (epoch, position as u64, false)
             }
             _ => {
-                tx.execute(&sql.notifications_clear, &[&self.projection])
+                tx.execute(&sql.notify.clear, &[&self.projection])
                     .await
                     .map_err(|e| self.error(e))?;
-                tx.execute(
-                    &sql.notify_state_save,
-                    &[&self.projection, &new_epoch, &0i64],
-                )
-                .await
-                .map_err(|e| self.error(e))?;
+                tx.execute(&sql.notify.save, &[&self.projection, &new_epoch, &0i64])
+                    .await
+                    .map_err(|e| self.error(e))?;
                 (new_epoch, 0, true)
             }
         };
@@ -662,7 +672,7 @@ impl PostgresReadModel {
     ) -> Result<Vec<super::LoggedNotification>, ReadModelError> {
         let rows = self
             .read(
-                &self.sql().notifications_after,
+                &self.sql().notify.after,
                 &[&self.projection, &epoch, &after, &limit],
             )
             .await?;
@@ -681,14 +691,14 @@ impl PostgresReadModel {
     ) -> Result<(), ReadModelError> {
         let sql = self.sql();
         let row = tx
-            .query_one(&sql.notify_state, &[&self.projection])
+            .query_one(&sql.notify.state, &[&self.projection])
             .await
             .map_err(|e| self.error(e))?;
         let (epoch, position): (Option<String>, Option<i64>) = (row.get(0), row.get(1));
         let mut last = match (epoch, position) {
             (Some(epoch), Some(position)) if epoch == notify.epoch => position,
             _ => {
-                tx.execute(&sql.notifications_clear, &[&self.projection])
+                tx.execute(&sql.notify.clear, &[&self.projection])
                     .await
                     .map_err(|e| self.error(e))?;
                 0
@@ -699,25 +709,22 @@ impl PostgresReadModel {
             let notes: Vec<&str> = notify.rows.iter().map(|r| r.1.as_str()).collect();
             let documents: Vec<Option<&str>> = notify.rows.iter().map(|r| r.2.as_deref()).collect();
             tx.execute(
-                &sql.notifications_insert,
+                &sql.notify.insert,
                 &[&self.projection, &positions, &notes, &documents],
             )
             .await
             .map_err(|e| self.error(e))?;
             last = positions.iter().copied().fold(last, i64::max);
             tx.execute(
-                &sql.notifications_prune,
+                &sql.notify.prune,
                 &[&self.projection, &(last - notify.keep as i64)],
             )
             .await
             .map_err(|e| self.error(e))?;
         }
-        tx.execute(
-            &sql.notify_state_save,
-            &[&self.projection, &notify.epoch, &last],
-        )
-        .await
-        .map_err(|e| self.error(e))?;
+        tx.execute(&sql.notify.save, &[&self.projection, &notify.epoch, &last])
+            .await
+            .map_err(|e| self.error(e))?;
         Ok(())
     }
 
