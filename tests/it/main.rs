@@ -14,6 +14,7 @@ mod doctor;
 )]
 #[path = "../../templates/project/crates/events/src/lib.rs"]
 mod events;
+mod faces;
 mod faults;
 mod metrics;
 mod new;
