@@ -23,6 +23,9 @@ pub use runner::{
     DeadLetterMode, ProjectionHandle, ProjectionRunner, RetrySchedule, RunnerOptions,
 };
 pub(crate) use store::NotifyCommit;
+pub use store::audit::{
+    AuditBreak, AuditCause, AuditEntry, AuditKind, AuditPage, AuditReport, PruneReport, Retention,
+};
 pub use store::{
     DeadLetter, DeadLetterStatus, ReadModelError, ReadModelStore, ReadModels, RedriveFilter,
 };

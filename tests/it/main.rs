@@ -1,5 +1,6 @@
 //! End-to-end tests: each module drives the `nexus` binary as a process.
 
+mod audit;
 mod check;
 mod console;
 mod dashboards;
