@@ -11,6 +11,7 @@ mod commands;
 )]
 #[path = "../../templates/project/crates/events/src/lib.rs"]
 mod events;
+mod http;
 mod output;
 #[allow(
     dead_code,

@@ -1,4 +1,8 @@
 //! Durable named positions in the event log, for relays and other log readers.
+//!
+//! In Nexus a *checkpoint* is always such a position: how far a reader (a relay, a projection,
+//! the snapshot manager) got. SQLite's write-ahead-log checkpoints are another thing, kept
+//! apart as `wal::WalCheckpointer`.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -19,6 +19,8 @@ mod relay;
 mod routing;
 mod sink;
 
-pub use relay::{IntegrationRelay, RelayError, RelayHandle, RelayOptions, RelayState, RelayStatus};
+pub use relay::{
+    IntegrationRelay, IntegrationRelayHandle, RelayError, RelayOptions, RelayState, RelayStatus,
+};
 pub use routing::{Route, RouteError, RoutingTable};
 pub use sink::{IntegrationSink, RoutedEvent, SinkError, headers};

@@ -4,7 +4,7 @@
 //! SQLite's automatic checkpoint runs inside the commit that crosses its threshold: that commit
 //! copies the log back into the database file and syncs it, a stall of several milliseconds
 //! now and then. With `wal_autocheckpoint = 0` on the committing connection, a
-//! [`Checkpointer`] does the copy on a thread of its own, with its own connection, so commits
+//! [`WalCheckpointer`] does the copy on a thread of its own, with its own connection, so commits
 //! never wait for it. Durability is unchanged: commits are in the log, and a checkpoint syncs
 //! the log before it overwrites pages of the database and the database after.
 
@@ -19,14 +19,14 @@ const CHECKPOINT_EVERY: u32 = 128;
 
 /// Checkpoints one SQLite file's log in the background. The thread starts on the first
 /// checkpoint and ends, its connection closed, when the checkpointer is dropped.
-pub(crate) struct Checkpointer {
+pub(crate) struct WalCheckpointer {
     path: PathBuf,
     commits: u32,
     wake: Option<mpsc::SyncSender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Checkpointer {
+impl WalCheckpointer {
     /// A checkpointer for the database at `path`.
     pub(crate) fn new(path: &Path) -> Self {
         Self {
@@ -68,7 +68,7 @@ impl Checkpointer {
     }
 }
 
-impl Drop for Checkpointer {
+impl Drop for WalCheckpointer {
     /// Stops the thread and waits for it to close its connection, so that nothing holds the
     /// file open any more (a rebuild may delete it).
     fn drop(&mut self) {

@@ -319,72 +319,17 @@ async fn sqlite_storage_keeps_data_across_reopen() {
     );
 }
 
-/// A throw-away PostgreSQL database, dropped when the test ends.
-struct TestDatabase {
-    admin_url: String,
-    name: String,
-    config: tokio_postgres::Config,
-}
-
-impl TestDatabase {
-    async fn create() -> Option<Self> {
-        let Ok(url) = std::env::var("NEXUS_TEST_POSTGRES_URL") else {
-            assert!(
-                std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "NEXUS_TEST_POSTGRES_URL is required when NEXUS_REQUIRE_SERVICES=1"
-            );
-            #[expect(
-                clippy::print_stderr,
-                reason = "tell the developer the test did not run"
-            )]
-            {
-                eprintln!("skipped: NEXUS_TEST_POSTGRES_URL not set");
-            }
-            return None;
-        };
-        let name = format!("nexus_test_{}", uuid::Uuid::now_v7().simple());
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("connect to PostgreSQL");
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
-        let mut config: tokio_postgres::Config = url.parse().expect("url");
-        config.dbname(&name);
-        Some(Self {
-            admin_url: url,
-            name,
-            config,
-        })
-    }
-
-    async fn drop_database(self) {
-        let (client, conn) = tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .await
-            .expect("drop database");
-    }
-}
+use nexus_test_support::TestDb;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_storage_passes_the_conformance_suite() {
-    let Some(db) = TestDatabase::create().await else {
+    let Some(db) = TestDb::create().await else {
         return;
     };
-    let storage = PostgresStorage::connect_with(db.config.clone())
+    let storage = PostgresStorage::connect_with(db.config())
         .await
         .expect("connect");
     conformance(Arc::new(storage)).await;
-    db.drop_database().await;
 }
 
 #[tokio::test]
@@ -451,12 +396,11 @@ async fn sqlite_registry_serves_fifty_parallel_writers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_registry_serves_fifty_parallel_writers() {
-    let Some(db) = TestDatabase::create().await else {
+    let Some(db) = TestDb::create().await else {
         return;
     };
-    let s = PostgresStorage::connect_with(db.config.clone())
+    let s = PostgresStorage::connect_with(db.config())
         .await
         .expect("connect");
     fifty_parallel_registrations_all_succeed(Arc::new(s)).await;
-    db.drop_database().await;
 }

@@ -3,9 +3,9 @@
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use crate::support::nexus_bin;
+use crate::support::nexus;
 
 const CONFIG: &str = r#"[services.command-service]
 package = "command-service"
@@ -50,15 +50,9 @@ fn write(root: &Path, name: &str, text: &str) {
     std::fs::write(path, text).expect("write");
 }
 
-fn nexus(args: &[&str], root: &Path) -> Output {
-    Command::new(nexus_bin())
-        .args(args)
-        .arg(root)
-        .env("NO_COLOR", "1")
-        .env_remove("GITHUB_STEP_SUMMARY")
-        .env_remove("NEXUS_REGISTRY_URL")
-        .output()
-        .expect("nexus runs")
+/// Runs `nexus ARGS ROOT`.
+fn check(root: &Path, args: &[&str]) -> Output {
+    nexus().args(args).arg(root).output().expect("nexus runs")
 }
 
 fn stdout(output: &Output) -> String {
@@ -68,7 +62,7 @@ fn stdout(output: &Output) -> String {
 #[test]
 fn check_exits_1_on_a_violation_and_shows_where() {
     let dir = workspace(VIOLATING);
-    let out = nexus(&["check"], dir.path());
+    let out = check(dir.path(), &["check"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let text = stdout(&out);
     assert!(text.contains("NX003::event-store-mutation"), "{text}");
@@ -80,7 +74,7 @@ fn check_exits_1_on_a_violation_and_shows_where() {
 #[test]
 fn check_exits_0_on_a_clean_workspace() {
     let dir = workspace(CLEAN);
-    let out = nexus(&["check"], dir.path());
+    let out = check(dir.path(), &["check"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(stdout(&out).contains("0 error(s)"));
 }
@@ -93,7 +87,7 @@ fn check_exits_2_when_it_cannot_run() {
         "nexus.toml",
         "[services.a]\nrole = \"reader\"\n",
     );
-    let out = nexus(&["check"], dir.path());
+    let out = check(dir.path(), &["check"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -102,7 +96,7 @@ fn check_exits_2_when_it_cannot_run() {
     );
 
     let empty = tempfile::tempdir().expect("temp dir");
-    let out = nexus(&["check"], empty.path());
+    let out = check(empty.path(), &["check"]);
     assert_eq!(out.status.code(), Some(2), "no Cargo.toml: {out:?}");
 
     let dir = workspace(CLEAN);
@@ -112,9 +106,9 @@ fn check_exits_2_when_it_cannot_run() {
         "package custom.broken\nmetadata := {\n",
     );
     let rules = dir.path().join("custom");
-    let out = nexus(
-        &["check", "--rules", rules.to_str().expect("utf-8")],
+    let out = check(
         dir.path(),
+        &["check", "--rules", rules.to_str().expect("utf-8")],
     );
     assert_eq!(out.status.code(), Some(2), "unparsable policy: {out:?}");
     assert!(
@@ -127,7 +121,7 @@ fn check_exits_2_when_it_cannot_run() {
 fn an_unparsable_file_is_reported_not_fatal() {
     let dir = workspace(&format!("mod broken;\n{VIOLATING}"));
     write(dir.path(), "src/broken.rs", "fn broken( {\n");
-    let out = nexus(&["check", "--format", "json"], dir.path());
+    let out = check(dir.path(), &["check", "--format", "json"]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -165,7 +159,7 @@ fn only_compiled_files_are_checked_and_a_missing_pinned_toolchain_falls_back() {
         "rust-toolchain.toml",
         "[toolchain]\nchannel = \"1.61.0\"\n",
     );
-    let out = Command::new(nexus_bin())
+    let out = nexus()
         .args(["check", "--format", "json"])
         .arg(dir.path())
         .current_dir(dir.path())
@@ -232,7 +226,7 @@ fn a_call_reaching_two_sibling_services_is_reported_not_fatal() {
         "{CONFIG}\n[services.billing]\npackage = \"billing\"\nrole = \"service\"\naddresses = [\"gateway\", \"BILLING_URL\"]\n\n[services.reporting]\npackage = \"reporting\"\nrole = \"query\"\naddresses = [\"gateway\"]\n"
     );
     write(dir.path(), "nexus.toml", &config);
-    let out = nexus(&["check", "--format", "json"], dir.path());
+    let out = check(dir.path(), &["check", "--format", "json"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let mut found: Vec<(u64, String)> = json["findings"]
@@ -262,7 +256,7 @@ fn a_call_reaching_two_sibling_services_is_reported_not_fatal() {
 #[test]
 fn json_has_the_documented_shape() {
     let dir = workspace(VIOLATING);
-    let out = nexus(&["check", "--format", "json"], dir.path());
+    let out = check(dir.path(), &["check", "--format", "json"]);
     assert_eq!(out.status.code(), Some(1));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let finding = &json["findings"][0];
@@ -304,7 +298,7 @@ fn json_has_the_documented_shape() {
 #[test]
 fn sarif_output_validates_against_the_official_schema() {
     let dir = workspace(VIOLATING);
-    let out = nexus(&["check", "--format", "sarif"], dir.path());
+    let out = check(dir.path(), &["check", "--format", "sarif"]);
     assert_eq!(out.status.code(), Some(1));
     let sarif: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let text = include_str!("../../policy-engine/tests/it/data/sarif-schema-2.1.0.json");
@@ -331,7 +325,7 @@ fn sarif_output_validates_against_the_official_schema() {
 fn github_format_prints_workflow_commands_and_a_step_summary() {
     let dir = workspace(VIOLATING);
     let summary = dir.path().join("summary.md");
-    let out = Command::new(nexus_bin())
+    let out = nexus()
         .args(["check", "--format", "github"])
         .arg(dir.path())
         .env("GITHUB_STEP_SUMMARY", &summary)
@@ -358,7 +352,7 @@ fn github_format_prints_workflow_commands_and_a_step_summary() {
 #[test]
 fn junit_format_has_a_failure_per_error() {
     let dir = workspace(VIOLATING);
-    let out = nexus(&["check", "--format", "junit"], dir.path());
+    let out = check(dir.path(), &["check", "--format", "junit"]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
     assert!(text.starts_with("<?xml"), "{text}");
@@ -378,7 +372,7 @@ fn junit_format_has_a_failure_per_error() {
 #[test]
 fn write_baseline_accepts_current_findings() {
     let dir = workspace(VIOLATING);
-    let out = nexus(&["check", "--write-baseline"], dir.path());
+    let out = check(dir.path(), &["check", "--write-baseline"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let baseline =
         std::fs::read_to_string(dir.path().join("nexus-baseline.json")).expect("baseline");
@@ -386,7 +380,7 @@ fn write_baseline_accepts_current_findings() {
         baseline.contains("\"rule\": \"NX003\"") && !baseline.contains("\"line\""),
         "{baseline}"
     );
-    let out = nexus(&["check", "--format", "json"], dir.path());
+    let out = check(dir.path(), &["check", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(json["summary"]["suppressed"], 1);
@@ -398,31 +392,30 @@ fn the_facts_cache_gives_the_same_findings_and_no_cache_bypasses_it() {
     // The cache lives in the workspace's Cargo target folder, wherever that is configured.
     let target = dir.path().join("build");
     let cache = target.join("nexus-check-cache");
-    let nexus = |args: &[&str], root: &Path| -> Output {
-        Command::new(nexus_bin())
+    let run = |args: &[&str], root: &Path| -> Output {
+        nexus()
             .args(args)
             .arg(root)
             .env("CARGO_TARGET_DIR", &target)
-            .env_remove("NEXUS_REGISTRY_URL")
             .output()
             .expect("nexus runs")
     };
-    let uncached = nexus(&["check", "--format", "json", "--no-cache"], dir.path());
+    let uncached = run(&["check", "--format", "json", "--no-cache"], dir.path());
     assert_eq!(uncached.status.code(), Some(1), "{uncached:?}");
     assert!(!cache.exists(), "--no-cache writes no cache");
 
-    let cold = nexus(&["check", "--format", "json"], dir.path());
+    let cold = run(&["check", "--format", "json"], dir.path());
     let entries = |dir: &Path| -> usize {
         walkdir_count(dir, |p| p.extension().is_some_and(|e| e == "json"))
     };
     assert_eq!(entries(&cache), 1, "one entry per Rust file");
-    let warm = nexus(&["check", "--format", "json"], dir.path());
+    let warm = run(&["check", "--format", "json"], dir.path());
     assert_eq!(stdout(&cold), stdout(&uncached));
     assert_eq!(stdout(&warm), stdout(&uncached));
 
     // A changed file is parsed again, and the stale entry is removed.
     write(dir.path(), "src/lib.rs", CLEAN);
-    let changed = nexus(&["check", "--format", "json"], dir.path());
+    let changed = run(&["check", "--format", "json"], dir.path());
     assert_eq!(changed.status.code(), Some(0), "{changed:?}");
     assert_eq!(entries(&cache), 1);
 }
@@ -467,7 +460,8 @@ deny contains v if {
         "pub fn hello() {\n    println!(\"hi\");\n}\n",
     );
     let rules = dir.path().join("policies");
-    let out = nexus(
+    let out = check(
+        dir.path(),
         &[
             "check",
             "--format",
@@ -475,7 +469,6 @@ deny contains v if {
             "--rules",
             rules.to_str().expect("utf-8"),
         ],
-        dir.path(),
     );
     assert_eq!(out.status.code(), Some(0), "warnings do not fail: {out:?}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -487,7 +480,7 @@ deny contains v if {
 #[test]
 fn rules_test_runs_policy_tests_with_coverage() {
     let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rules");
-    let out = Command::new(nexus_bin())
+    let out = nexus()
         .args(["rules", "test", "--coverage", "--threshold", "50"])
         .arg(&rules)
         .output()
@@ -513,7 +506,7 @@ fn rules_test_runs_policy_tests_with_coverage() {
         "r/rule_test.rego",
         "package r_test\nimport data.r\ntest_x_is_two if r.x == 2\n",
     );
-    let out = Command::new(nexus_bin())
+    let out = nexus()
         .args(["rules", "test"])
         .arg(dir.path().join("r"))
         .output()
@@ -593,9 +586,9 @@ impl DomainEvent for OrderShipped {
 "#;
     let dir = workspace(lib);
     let url = registry(3);
-    let out = nexus(
-        &["check", "--format", "json", "--registry", &url],
+    let out = check(
         dir.path(),
+        &["check", "--format", "json", "--registry", &url],
     );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -611,7 +604,7 @@ impl DomainEvent for OrderShipped {
 
     // Without a registry or schemas folder, nothing verifies the events: an error by default
     // (events must conform before deployment), a warning when `nexus.toml` lowers the gate.
-    let out = nexus(&["check", "--format", "json"], dir.path());
+    let out = check(dir.path(), &["check", "--format", "json"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(json["summary"]["errors"], 2, "{json:#}");
@@ -625,7 +618,7 @@ impl DomainEvent for OrderShipped {
         "nexus.toml",
         &format!("{CONFIG}\n[schemas]\ngate = \"warning\"\n"),
     );
-    let out = nexus(&["check", "--format", "json"], dir.path());
+    let out = check(dir.path(), &["check", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(json["summary"]["warnings"], 2, "{json:#}");
@@ -635,6 +628,6 @@ impl DomainEvent for OrderShipped {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let closed = format!("http://{}", listener.local_addr().expect("address"));
     drop(listener);
-    let out = nexus(&["check", "--registry", &closed], dir.path());
+    let out = check(dir.path(), &["check", "--registry", &closed]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::metrics::get_text;
-use crate::support::{nexus_bin, service_url};
+use crate::support::{nexus, service_url};
 use crate::up::{Up, drop_stream};
 
 /// How long the load runs while Prometheus scrapes.
@@ -27,17 +27,9 @@ fn prometheus_bin() -> Option<PathBuf> {
         .iter()
         .map(PathBuf::from)
         .find(|p| p.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "prometheus is not installed but NEXUS_REQUIRE_SERVICES=1 (apt-get install prometheus)"
-        );
-        #[expect(clippy::print_stderr, reason = "say why the test did nothing")]
-        {
-            eprintln!("skipped: prometheus is not installed");
-        }
-    }
-    found
+    crate::support::available(
+        found.ok_or_else(|| "prometheus is not installed (apt-get install prometheus)".to_owned()),
+    )
 }
 
 struct Prometheus {
@@ -153,7 +145,7 @@ fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let generated = Command::new(nexus_bin())
+    let generated = nexus()
         .args(["new", "dash", "--nexus-path"])
         .arg(env!("CARGO_MANIFEST_DIR").trim_end_matches("/cli"))
         .current_dir(dir.path())

@@ -1,6 +1,5 @@
 //! `nexus dlq`: listing, showing and redriving a projection's dead letters from the command line.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use nexus_runtime::projection::{
 use nexus_runtime::store::embedded::EmbeddedStore;
 use nexus_runtime::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
 
-use crate::support::{drop_database, fresh_database, nexus_bin, service_url};
+use crate::support::{TestDb, nexus};
 
 struct Refuses;
 
@@ -92,8 +91,8 @@ fn dead_letter_with(dir: &std::path::Path, backend: &Backend<'_>) {
     });
 }
 
-fn nexus(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(nexus_bin())
+fn dlq(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    nexus()
         .arg("dlq")
         .args(args)
         .arg("--read-models")
@@ -107,7 +106,7 @@ fn dlq_lists_shows_and_redrives_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
     dead_letter_in(dir.path());
 
-    let listed = nexus(dir.path(), &["list", "refuser", "--json"]);
+    let listed = dlq(dir.path(), &["list", "refuser", "--json"]);
     assert!(
         listed.status.success(),
         "{}",
@@ -120,30 +119,30 @@ fn dlq_lists_shows_and_redrives_dead_letters() {
     assert_eq!(letters[0]["error"], "refusing Odd");
     let id = letters[0]["id"].as_i64().unwrap();
 
-    let shown = nexus(dir.path(), &["show", "refuser", &id.to_string()]);
+    let shown = dlq(dir.path(), &["show", "refuser", &id.to_string()]);
     assert!(shown.status.success());
     let letter: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(letter["event"]["metadata"]["correlation_id"], "c-1");
     assert_eq!(letter["event"]["stream"]["aggregate_id"], "t1");
 
-    let human = nexus(dir.path(), &["list", "refuser"]);
+    let human = dlq(dir.path(), &["list", "refuser"]);
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(text.contains("thing-t1 v1 Odd"), "{text}");
 
-    let redrive = nexus(dir.path(), &["redrive", "refuser", "--all", "--json"]);
+    let redrive = dlq(dir.path(), &["redrive", "refuser", "--all", "--json"]);
     assert!(redrive.status.success());
     let marked: serde_json::Value = serde_json::from_slice(&redrive.stdout).unwrap();
     assert_eq!(marked["marked"], 1);
 
-    let vague = nexus(dir.path(), &["redrive", "refuser"]);
+    let vague = dlq(dir.path(), &["redrive", "refuser"]);
     assert_eq!(vague.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&vague.stderr).contains("--id N, --stream TYPE/ID or --all"));
 
-    let missing = nexus(dir.path(), &["show", "refuser", "999"]);
+    let missing = dlq(dir.path(), &["show", "refuser", "999"]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no dead letter with id 999"));
 
-    let unknown = nexus(dir.path(), &["list", "nobody"]);
+    let unknown = dlq(dir.path(), &["list", "nobody"]);
     assert_eq!(unknown.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&unknown.stderr).contains("no read model for projection `nobody`")
@@ -152,15 +151,14 @@ fn dlq_lists_shows_and_redrives_dead_letters() {
 
 #[test]
 fn dlq_reads_and_redrives_dead_letters_kept_in_postgres() {
-    let Some(admin) = service_url("NEXUS_TEST_POSTGRES_URL") else {
+    let Some(db) = TestDb::create_blocking() else {
         return;
     };
-    let database = format!("nexus_dlq_{}", std::process::id());
-    let url = fresh_database(&admin, &database);
+    let url = db.url().to_owned();
     let dir = tempfile::tempdir().unwrap();
     dead_letter_with(dir.path(), &Backend::Postgres(&url));
     let run = |args: &[&str]| {
-        Command::new(nexus_bin())
+        nexus()
             .arg("dlq")
             .args(args)
             .args(["--postgres-url", &url])
@@ -191,5 +189,4 @@ fn dlq_reads_and_redrives_dead_letters_kept_in_postgres() {
         serde_json::from_slice::<serde_json::Value>(&other.stdout).unwrap(),
         serde_json::json!([])
     );
-    drop_database(&admin, &database);
 }

@@ -1,11 +1,11 @@
 //! `nexus doctor` and `nexus completions` end to end.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
-use crate::support::{nexus_bin, service_url};
+use crate::support::{TestDb, nexus, service_url};
 
 /// Every check `nexus doctor` runs with no `--port`, in its printed order.
 const IDS: &[&str] = &[
@@ -25,13 +25,10 @@ const IDS: &[&str] = &[
 const CLOSED: &str = "127.0.0.1:1";
 
 /// Runs `nexus` in `dir` with the server variables of the developer's shell cleared.
-fn nexus(dir: &Path, args: &[&str]) -> Output {
-    Command::new(nexus_bin())
+fn nexus_in(dir: &Path, args: &[&str]) -> Output {
+    nexus()
         .args(args)
         .current_dir(dir)
-        .env_remove("NEXUS_POSTGRES_URL")
-        .env_remove("NEXUS_NATS_URL")
-        .env_remove("NEXUS_RABBITMQ_URL")
         .output()
         .expect("run nexus")
 }
@@ -52,7 +49,7 @@ fn doctor_json(dir: &Path, args: &[&str]) -> (Output, Value) {
         }
     }
     all.extend(args);
-    let output = nexus(dir, &all);
+    let output = nexus_in(dir, &all);
     let report = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|err| panic!("doctor --json is not JSON ({err}):\n{}", text(&output)));
     (output, report)
@@ -215,7 +212,7 @@ fn doctor_fails_with_exit_1_when_the_data_dir_is_a_file() {
 #[test]
 fn doctor_prints_one_aligned_line_per_check_with_fix_hints() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let output = nexus(
+    let output = nexus_in(
         dir.path(),
         &[
             "doctor",
@@ -307,7 +304,7 @@ fn doctor_reports_a_reachable_rabbitmq_as_ok() {
 #[test]
 fn completions_print_a_bash_script_that_knows_the_subcommands() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let output = nexus(dir.path(), &["completions", "bash"]);
+    let output = nexus_in(dir.path(), &["completions", "bash"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let script = String::from_utf8_lossy(&output.stdout);
     assert!(script.contains("complete "), "{script}");
@@ -319,7 +316,7 @@ fn completions_print_a_bash_script_that_knows_the_subcommands() {
 #[test]
 fn completions_print_a_zsh_script_starting_with_compdef() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let output = nexus(dir.path(), &["completions", "zsh"]);
+    let output = nexus_in(dir.path(), &["completions", "zsh"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert!(
         String::from_utf8_lossy(&output.stdout).starts_with("#compdef nexus"),
@@ -331,7 +328,7 @@ fn completions_print_a_zsh_script_starting_with_compdef() {
 #[test]
 fn completions_reject_an_unknown_shell_with_exit_2() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let output = nexus(dir.path(), &["completions", "tcsh"]);
+    let output = nexus_in(dir.path(), &["completions", "tcsh"]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -355,28 +352,13 @@ fn psql(url: &str, sql: &str) {
     });
 }
 
-/// `url` pointing at database `name`.
-fn database_url(url: &str, name: &str) -> String {
-    let base = url.split('?').next().unwrap_or(url);
-    let cut = base
-        .rfind('/')
-        .filter(|&i| i > "postgres://".len())
-        .unwrap_or(base.len());
-    format!("{}/{name}", &base[..cut])
-}
-
 #[test]
 fn doctor_warns_when_the_service_role_can_rewrite_events_and_not_when_it_may_only_insert() {
-    let Some(url) = service_url("NEXUS_TEST_POSTGRES_URL") else {
+    let Some(db) = TestDb::create_blocking() else {
         return;
     };
-    let suffix = uuid::Uuid::now_v7().simple().to_string();
-    let (db, role) = (
-        format!("nexus_doctor_{suffix}"),
-        format!("nexus_svc_{suffix}"),
-    );
-    psql(&url, &format!("CREATE DATABASE {db}"));
-    let db_url = database_url(&url, &db);
+    let role = format!("nexus_svc_{}", uuid::Uuid::now_v7().simple());
+    let db_url = db.url().to_owned();
     // The schema as the event store creates it, reduced to what the check reads.
     psql(
         &db_url,
@@ -391,8 +373,9 @@ fn doctor_warns_when_the_service_role_can_rewrite_events_and_not_when_it_may_onl
     let role_check = check(&owner, "service.postgres.role");
     let restricted_url = db_url.replacen("postgres@", &format!("{role}@"), 1);
     let (_, restricted) = doctor_json(dir.path(), &["--postgres-url", &restricted_url]);
-    psql(&url, &format!("DROP DATABASE {db} WITH (FORCE)"));
-    psql(&url, &format!("DROP ROLE {role}"));
+    let admin_url = db.admin_url().to_owned();
+    drop(db);
+    psql(&admin_url, &format!("DROP ROLE {role}"));
     assert_eq!(role_check["status"], "warn", "{}", text(&output));
     let detail = role_check["detail"].as_str().unwrap_or_default();
     for right in ["UPDATE", "DELETE", "TRUNCATE", "disable triggers"] {

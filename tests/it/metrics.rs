@@ -262,7 +262,7 @@ fn nexus_top_reads_rates_latencies_and_lags_from_a_running_system() {
     let up = Up::start(&dir.path().join("data"), &[]);
     drive(&up, "top");
     let top = |args: &[&str]| {
-        let output = std::process::Command::new(crate::support::nexus_bin())
+        let output = crate::support::nexus()
             .arg("top")
             .arg(&up.command_url)
             .args(args)

@@ -7,16 +7,14 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::support::nexus_bin;
+use crate::support::nexus;
 
 /// Runs `nexus new ARGS` in `dir`.
 fn nexus_new(dir: &Path, args: &[&str]) -> Output {
-    Command::new(nexus_bin())
+    nexus()
         .arg("new")
         .args(args)
         .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .env_remove("NEXUS_PATH")
         .output()
         .expect("nexus runs")
 }
@@ -245,7 +243,7 @@ fn cargo_with(project: &Path, args: &[&str], offline: bool) {
 
 /// Runs `nexus check --format json` on `project`: (exit code, report).
 fn check(project: &Path) -> (Option<i32>, Value) {
-    let output = Command::new(nexus_bin())
+    let output = nexus()
         .args(["check", "--format", "json"])
         .arg(project)
         .env("NO_COLOR", "1")
@@ -373,7 +371,7 @@ fn generated_services_read_their_auth_table_and_serve_history(project: &Path) {
     assert_eq!(status, 401, "history needs a credential: {body}");
     let key = project.join(".nexus/data/auth/dev-signing-key");
     assert!(key.is_file(), "the service created the development key");
-    let token = Command::new(nexus_bin())
+    let token = nexus()
         .args(["token", "issue", "--role", "auditor", "--data-dir"])
         .arg(project.join(".nexus/data"))
         .output()

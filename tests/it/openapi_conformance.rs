@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::nexus_bin;
+use crate::support::nexus;
 use crate::up::{Up, command, http};
 
 /// Examples generated per operation and phase.
@@ -28,7 +28,6 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
 /// The `st` command next to `NEXUS_TEST_PYTHON`, or `None` (skipped) when schemathesis is absent;
 /// `NEXUS_REQUIRE_SERVICES=1` fails instead.
 fn schemathesis() -> Option<std::path::PathBuf> {
-    let required = std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() == Ok("1");
     let python = std::env::var("NEXUS_TEST_PYTHON").ok();
     let st = python.as_deref().and_then(|python| {
         let st = Path::new(python).with_file_name("st");
@@ -38,18 +37,11 @@ fn schemathesis() -> Option<std::path::PathBuf> {
             .is_ok_and(|out| out.status.success());
         works.then_some(st)
     });
-    if st.is_none() {
-        assert!(
-            !required,
-            "schemathesis is required when NEXUS_REQUIRE_SERVICES=1: set NEXUS_TEST_PYTHON to a \
-             virtualenv's python with schemathesis installed (.ci/run does)"
-        );
-        #[expect(clippy::print_stderr, reason = "say why the test did nothing")]
-        {
-            eprintln!("skipped: no schemathesis next to NEXUS_TEST_PYTHON");
-        }
-    }
-    st
+    crate::support::available(st.ok_or_else(|| {
+        "no schemathesis next to NEXUS_TEST_PYTHON (set it to a virtualenv's python with \
+         schemathesis installed, as .ci/run does)"
+            .to_owned()
+    }))
 }
 
 /// Runs schemathesis on the document at `base/openapi.json`; returns its exit code and output.
@@ -119,7 +111,7 @@ fn the_openapi_documents_of_nexus_up_hold_against_generated_requests() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let up = Up::start(&data, &[]);
-    let output = Command::new(nexus_bin())
+    let output = nexus()
         .args(["token", "issue", "--role", "admin", "--data-dir"])
         .arg(&data)
         .env_remove("NEXUS_TOKEN")

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::nexus_bin;
+use crate::support::nexus;
 
 /// A `nexus registry serve` child process, stopped when dropped.
 struct Server {
@@ -24,7 +24,7 @@ impl Server {
     /// A server in `dir` with more flags for `nexus registry serve`.
     fn start_with(dir: tempfile::TempDir, flags: &[&std::ffi::OsStr]) -> Self {
         let storage = format!("sqlite:{}", dir.path().join("registry.db").display());
-        let mut child = Command::new(nexus_bin())
+        let mut child = nexus()
             .args([
                 "registry",
                 "serve",
@@ -56,7 +56,7 @@ impl Server {
     }
 
     fn schema(&self, args: &[&str]) -> Output {
-        Command::new(nexus_bin())
+        nexus()
             .arg("schema")
             .args(args)
             .args(["--registry", &self.url])
@@ -257,7 +257,7 @@ fn schema_check_dir_offline_reports_file_line_and_property_and_exits_one() {
     write(&schemas.join("orders/1.2.0.json"), V1_2_RENAME);
     write(&schemas.join("payments.json"), r#"{"type": "object"}"#);
 
-    let out = Command::new(nexus_bin())
+    let out = nexus()
         .args(["schema", "check", "--offline", "--dir"])
         .arg(&schemas)
         .output()
@@ -282,7 +282,7 @@ fn schema_check_dir_offline_reports_file_line_and_property_and_exits_one() {
         schemas.join("orders/2.0.0.json"),
     )
     .expect("rename");
-    let out = Command::new(nexus_bin())
+    let out = nexus()
         .args(["schema", "check", "--offline", "--dir"])
         .arg(&schemas)
         .output()
@@ -295,7 +295,7 @@ fn schema_check_dir_offline_reports_file_line_and_property_and_exits_one() {
         schemas.join("orders/3.0.0.json"),
     )
     .expect("rename");
-    let out = Command::new(nexus_bin())
+    let out = nexus()
         .args(["schema", "check", "--offline", "--dir"])
         .arg(&schemas)
         .output()
@@ -339,7 +339,7 @@ fn schema_commands_fail_with_exit_two_when_the_registry_is_unreachable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("v1.json");
     write(&file, V1);
-    let out = Command::new(nexus_bin())
+    let out = nexus()
         .args(["schema", "register", "orders"])
         .arg(&file)
         .args(["--registry", "http://127.0.0.1:1"])
@@ -355,23 +355,12 @@ fn schema_commands_fail_with_exit_two_when_the_registry_is_unreachable() {
 
 #[test]
 fn confluent_kafka_python_client_talks_to_the_registry() {
-    let Ok(python) = std::env::var("NEXUS_TEST_PYTHON") else {
-        assert!(
-            std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "NEXUS_TEST_PYTHON is required when NEXUS_REQUIRE_SERVICES=1"
-        );
-        #[expect(
-            clippy::print_stderr,
-            reason = "tell the developer the test did not run"
-        )]
-        {
-            eprintln!("skipped: NEXUS_TEST_PYTHON not set");
-        }
+    let Some(python) = crate::support::service_url("NEXUS_TEST_PYTHON") else {
         return;
     };
     // The client authenticates as Confluent's clients do, with an API key's id and secret as
     // HTTP Basic credentials: changing configuration and deleting need `registry:admin`.
-    let key = Command::new(nexus_bin())
+    let key = nexus()
         .args(["token", "api-key", "--id", "confluent", "--role", "admin"])
         .output()
         .expect("run nexus token api-key");
@@ -567,7 +556,7 @@ fn schema_check_dir_offline_json_reports_violations_per_file_of_each_subject() {
     write(&schemas.join("orders/1.2.0.json"), V1_2_RENAME);
     write(&schemas.join("payments.json"), r#"{"type": "object"}"#);
     let check = || {
-        Command::new(nexus_bin())
+        nexus()
             .args(["schema", "check", "--offline", "--json", "--dir"])
             .arg(&schemas)
             .output()
@@ -706,7 +695,7 @@ fn schema_json_failures_exit_two_with_the_error_on_stderr_and_nothing_on_stdout(
     let file = dir.path().join("v1.json");
     write(&file, V1);
     for command in ["register", "check"] {
-        let out = Command::new(nexus_bin())
+        let out = nexus()
             .args(["schema", command, "orders"])
             .arg(&file)
             .args(["--json", "--registry", "http://127.0.0.1:1"])
@@ -727,7 +716,7 @@ fn schema_json_failures_exit_two_with_the_error_on_stderr_and_nothing_on_stdout(
     write(&schemas.join("orders/1.0.0.json"), V1);
     write(&schemas.join("orders/1.1.0.json"), V1_2_RENAME);
     write(&schemas.join("payments.json"), "{\"type\": ");
-    let out = Command::new(nexus_bin())
+    let out = nexus()
         .args(["schema", "check", "--offline", "--json", "--dir"])
         .arg(&schemas)
         .output()
@@ -739,17 +728,13 @@ fn schema_json_failures_exit_two_with_the_error_on_stderr_and_nothing_on_stdout(
 
 #[test]
 fn registry_serve_never_logs_the_storage_password() {
-    let Ok(url) = std::env::var("NEXUS_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "NEXUS_TEST_POSTGRES_URL is required when NEXUS_REQUIRE_SERVICES=1"
-        );
+    let Some(url) = crate::support::service_url("NEXUS_TEST_POSTGRES_URL") else {
         return;
     };
     // The shared server trusts local connections, so a password in the URL is accepted and ignored.
     let with_password = url.replacen("://postgres@", "://postgres:s3cret-token@", 1);
     assert!(with_password.contains("s3cret-token"), "{with_password}");
-    let mut child = Command::new(nexus_bin())
+    let mut child = nexus()
         .args([
             "registry",
             "serve",

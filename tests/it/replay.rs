@@ -3,15 +3,15 @@
 //! straight from the store read-only; bad input exits 2 with a clear message.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::{Value, json};
 
-use crate::support::nexus_bin;
+use crate::support::nexus;
 use crate::up::{Up, command};
 
 fn replay(args: &[&str]) -> Output {
-    Command::new(nexus_bin())
+    nexus()
         .arg("replay")
         .args(args)
         .env_remove("NEXUS_TOKEN")
@@ -186,7 +186,7 @@ fn replay_reads_events_state_and_projections_of_a_running_system_from_its_store(
 }
 
 fn issue_token(data: &Path, role: &str) -> String {
-    let out = Command::new(nexus_bin())
+    let out = nexus()
         .args(["token", "issue", "--role", role, "--data-dir"])
         .arg(data)
         .output()

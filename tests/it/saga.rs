@@ -1,7 +1,7 @@
 //! `nexus saga`: listing, showing, retrying and aborting saga instances from the command line,
 //! against a command service running a saga whose compensation gets stuck.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use nexus_runtime::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::support::nexus_bin;
+use crate::support::nexus;
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
 
@@ -123,10 +123,10 @@ fn definition() -> SagaDefinition {
         .unwrap()
 }
 
-fn nexus(url: &str, token: Option<&str>, args: &[&str]) -> Output {
-    let mut command = Command::new(nexus_bin());
+/// Runs `nexus saga ARGS --url URL`, with `token` in `NEXUS_TOKEN`.
+fn saga(url: &str, token: Option<&str>, args: &[&str]) -> Output {
+    let mut command = nexus();
     command.arg("saga").args(args).arg("--url").arg(url);
-    command.env_remove("NEXUS_TOKEN").env_remove("NEXUS_URL");
     if let Some(token) = token {
         command.env("NEXUS_TOKEN", token);
     }
@@ -145,7 +145,7 @@ fn json_of(output: &Output) -> Value {
 fn until_status(url: &str, token: &str, id: &str, status: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let output = nexus(url, Some(token), &["show", "demo", id, "--json"]);
+        let output = saga(url, Some(token), &["show", "demo", id, "--json"]);
         if output.status.success() {
             let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
             if doc["status"] == status {
@@ -250,13 +250,13 @@ fn nexus_saga_lists_shows_retries_and_aborts_stuck_instances() {
     );
     until_status(&url, &token, &t2, "stuck");
 
-    let listed = json_of(&nexus(
+    let listed = json_of(&saga(
         &url,
         Some(&token),
         &["list", "demo", "--status", "stuck", "--json"],
     ));
     assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
-    let human = nexus(&url, Some(&token), &["show", "demo", &t1]);
+    let human = saga(&url, Some(&token), &["show", "demo", &t1]);
     assert!(human.status.success());
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(
@@ -265,10 +265,10 @@ fn nexus_saga_lists_shows_retries_and_aborts_stuck_instances() {
     );
 
     // Without a token retry is refused (exit code 2, the service's reason).
-    let refused = nexus(&url, None, &["retry", "demo", &t1]);
+    let refused = saga(&url, None, &["retry", "demo", &t1]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
-    let bad = nexus(&url, Some(&token), &["list", "demo", "--status", "sleepy"]);
+    let bad = saga(&url, Some(&token), &["list", "demo", "--status", "sleepy"]);
     assert_eq!(bad.status.code(), Some(2));
 
     runtime.block_on(async {
@@ -281,27 +281,23 @@ fn nexus_saga_lists_shows_retries_and_aborts_stuck_instances() {
             .await
             .unwrap();
     });
-    let retried = json_of(&nexus(
-        &url,
-        Some(&token),
-        &["retry", "demo", &t1, "--json"],
-    ));
+    let retried = json_of(&saga(&url, Some(&token), &["retry", "demo", &t1, "--json"]));
     assert_eq!(retried["status"], "compensating");
     let done = until_status(&url, &token, &t1, "compensated");
     assert_eq!(done["steps"][0]["compensation"]["status"], "compensated");
-    let aborted = json_of(&nexus(
+    let aborted = json_of(&saga(
         &url,
         Some(&token),
         &["abort", "demo", &t2, "--reason", "undone by hand", "--json"],
     ));
     assert_eq!(aborted["status"], "aborted");
-    let again = nexus(&url, Some(&token), &["retry", "demo", &t2]);
+    let again = saga(&url, Some(&token), &["retry", "demo", &t2]);
     assert_eq!(
         again.status.code(),
         Some(2),
         "an aborted saga cannot be retried"
     );
-    let shown = json_of(&nexus(&url, Some(&token), &["show", "demo", &t2, "--json"]));
+    let shown = json_of(&saga(&url, Some(&token), &["show", "demo", &t2, "--json"]));
     assert_eq!(shown["reason"], "undone by hand");
     assert_eq!(
         shown["history"].as_array().unwrap().last().unwrap()["type"],

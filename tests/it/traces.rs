@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message as _;
 use serde_json::json;
 
-use crate::support::{drop_database, fresh_database, service_url};
+use crate::support::{TestDb, service_url};
 use crate::up::{Up, drop_stream};
 
 /// Largest export request the receiver reads.
@@ -281,14 +281,13 @@ fn one_command_is_one_trace_from_request_to_read_model_on_the_embedded_store() {
 
 #[test]
 fn one_command_is_one_trace_from_request_to_read_model_on_postgres_and_nats() {
-    let (Some(pg), Some(nats)) = (
-        service_url("NEXUS_TEST_POSTGRES_URL"),
+    let (Some(db), Some(nats)) = (
+        TestDb::create_blocking(),
         service_url("NEXUS_TEST_NATS_URL"),
     ) else {
         return;
     };
-    let database = format!("nexus_tracing_{}", std::process::id());
-    let url = fresh_database(&pg, &database);
+    let url = db.url().to_owned();
     let stream = format!("NEXUS_TRACING_TEST_{}", std::process::id());
     let tree = one_command_is_one_trace(
         &[
@@ -315,5 +314,4 @@ fn one_command_is_one_trace_from_request_to_read_model_on_postgres_and_nats() {
         eprintln!("trace tree (PostgreSQL, NATS JetStream):\n{tree}");
     }
     drop_stream(&nats, &stream);
-    drop_database(&pg, &database);
 }

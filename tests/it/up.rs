@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{drop_database, fresh_database, nexus_bin, service_url};
+use crate::support::{TestDb, nexus, service_url};
 
 /// A running `nexus up`; tests stop it with [`Up::interrupt`], a panic kills it.
 pub(crate) struct Up {
@@ -29,7 +29,7 @@ impl Up {
 
     /// Like [`Up::start`], with extra environment variables.
     pub(crate) fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(nexus_bin())
+        let mut child = nexus()
             .envs(env.iter().copied())
             .args([
                 "up",
@@ -439,7 +439,7 @@ fn up_demo_runs_the_fulfilment_saga_and_an_operator_retries_a_stuck_one() {
     // Retrying needs `dlq:admin`; while the count runs it gets stuck again.
     let (status, _) = post(&format!("/sagas/fulfilment/{id}/retry"), json!({}), &[]);
     assert_eq!(status, 401);
-    let out = Command::new(nexus_bin())
+    let out = nexus()
         .args(["token", "issue", "--role", "admin", "--data-dir"])
         .arg(&data)
         .output()
@@ -478,7 +478,7 @@ fn up_refuses_a_port_in_use_and_names_the_flag() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(nexus_bin())
+    let output = nexus()
         .args([
             "up",
             "--query-port",
@@ -499,14 +499,13 @@ fn up_refuses_a_port_in_use_and_names_the_flag() {
 
 #[test]
 fn up_runs_on_postgres_and_nats_and_keeps_its_read_models_in_postgres() {
-    let (Some(pg), Some(nats)) = (
-        service_url("NEXUS_TEST_POSTGRES_URL"),
+    let (Some(db), Some(nats)) = (
+        TestDb::create_blocking(),
         service_url("NEXUS_TEST_NATS_URL"),
     ) else {
         return;
     };
-    let database = format!("nexus_up_{}", std::process::id());
-    let url = fresh_database(&pg, &database);
+    let url = db.url().to_owned();
     let stream = format!("NEXUS_UP_TEST_{}", std::process::id());
     let args = [
         "--store",
@@ -564,7 +563,6 @@ fn up_runs_on_postgres_and_nats_and_keeps_its_read_models_in_postgres() {
     let (code, _) = up.interrupt();
     assert_eq!(code, Some(0));
     drop_stream(&nats, &stream);
-    drop_database(&pg, &database);
 }
 
 /// Deletes a JetStream stream a test created.
@@ -590,7 +588,7 @@ fn up_rejects_postgres_without_a_url() {
             "--read-models postgres needs --url",
         ),
     ] {
-        let output = Command::new(nexus_bin())
+        let output = nexus()
             .arg("up")
             .args(flags)
             .arg("--data-dir")
@@ -606,7 +604,7 @@ fn up_rejects_postgres_without_a_url() {
 
 #[test]
 fn bench_store_prints_its_measurements_as_json() {
-    let output = Command::new(nexus_bin())
+    let output = nexus()
         .args([
             "bench",
             "store",
@@ -641,7 +639,7 @@ fn bench_store_prints_its_measurements_as_json() {
 
 #[test]
 fn bench_refuses_a_load_smaller_than_its_writers() {
-    let output = Command::new(nexus_bin())
+    let output = nexus()
         .args(["bench", "store", "--writers", "8", "--events", "4"])
         .output()
         .unwrap();
@@ -651,7 +649,7 @@ fn bench_refuses_a_load_smaller_than_its_writers() {
 
 #[test]
 fn bench_bus_prints_latency_and_lag_per_projection_count() {
-    let output = Command::new(nexus_bin())
+    let output = nexus()
         .args([
             "bench",
             "bus",
@@ -684,15 +682,10 @@ fn bench_bus_prints_latency_and_lag_per_projection_count() {
 
 #[test]
 fn bench_store_measures_postgres_against_its_plain_insert_ceiling() {
-    let Ok(url) = std::env::var("NEXUS_TEST_POSTGRES_URL") else {
-        assert_ne!(
-            std::env::var("NEXUS_REQUIRE_SERVICES").as_deref(),
-            Ok("1"),
-            "NEXUS_TEST_POSTGRES_URL is not set but NEXUS_REQUIRE_SERVICES=1"
-        );
+    let Some(url) = service_url("NEXUS_TEST_POSTGRES_URL") else {
         return;
     };
-    let output = Command::new(nexus_bin())
+    let output = nexus()
         .args([
             "bench",
             "store",
@@ -724,12 +717,10 @@ fn bench_store_measures_postgres_against_its_plain_insert_ceiling() {
 }
 
 /// Runs `nexus` with `args` and returns the exit code, stdout and stderr.
-fn nexus(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let output = Command::new(nexus_bin())
+fn run(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String, String) {
+    let output = nexus()
         .args(args)
         .envs(env.iter().copied())
-        .env_remove("NEXUS_TOKEN")
-        .env_remove("NEXUS_AUTH")
         .output()
         .expect("run nexus");
     (
@@ -754,9 +745,9 @@ fn up_creates_a_dev_key_and_nexus_token_issue_opens_admin_endpoints() {
     let registry = up.announced["schema_registry"].as_str().unwrap().to_owned();
     let data_dir = data.to_str().unwrap();
     let issue = |role: &str| {
-        let (code, token, stderr) = nexus(
-            &["token", "issue", "--role", role, "--data-dir", data_dir],
+        let (code, token, stderr) = run(
             &[],
+            &["token", "issue", "--role", role, "--data-dir", data_dir],
         );
         assert_eq!(code, Some(0), "{stderr}");
         token.trim().to_owned()
@@ -810,13 +801,14 @@ fn up_creates_a_dev_key_and_nexus_token_issue_opens_admin_endpoints() {
     );
 
     // `nexus schema` sends the token from NEXUS_TOKEN; a bad one is refused with 401.
-    let (code, stdout, stderr) = nexus(
-        &["schema", "list", "--registry", &registry],
+    let (code, stdout, stderr) = run(
         &[("NEXUS_TOKEN", admin.trim_start_matches("Bearer "))],
+        &["schema", "list", "--registry", &registry],
     );
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("OrderPlaced"), "{stdout}");
-    let (code, _, stderr) = nexus(
+    let (code, _, stderr) = run(
+        &[],
         &[
             "schema",
             "list",
@@ -825,7 +817,6 @@ fn up_creates_a_dev_key_and_nexus_token_issue_opens_admin_endpoints() {
             "--token",
             "nexus_not_a_key",
         ],
-        &[],
     );
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
@@ -836,7 +827,8 @@ fn up_creates_a_dev_key_and_nexus_token_issue_opens_admin_endpoints() {
     let (code, _) = up.interrupt();
     assert_eq!(code, Some(0));
     // Without a key, `nexus token issue` says where it looked.
-    let (code, _, stderr) = nexus(
+    let (code, _, stderr) = run(
+        &[],
         &[
             "token",
             "issue",
@@ -845,7 +837,6 @@ fn up_creates_a_dev_key_and_nexus_token_issue_opens_admin_endpoints() {
             "--data-dir",
             dir.path().to_str().unwrap(),
         ],
-        &[],
     );
     assert_eq!(code, Some(2));
     assert!(stderr.contains("nexus up"), "{stderr}");
@@ -856,7 +847,8 @@ fn a_non_loopback_bind_without_auth_is_refused_unless_insecure() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data_dir = data.to_str().unwrap();
-    let (code, _, stderr) = nexus(
+    let (code, _, stderr) = run(
+        &[],
         &[
             "up",
             "--host",
@@ -870,11 +862,11 @@ fn a_non_loopback_bind_without_auth_is_refused_unless_insecure() {
             "--data-dir",
             data_dir,
         ],
-        &[],
     );
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--insecure"), "{stderr}");
-    let (code, _, stderr) = nexus(
+    let (code, _, stderr) = run(
+        &[],
         &[
             "registry",
             "serve",
@@ -883,7 +875,6 @@ fn a_non_loopback_bind_without_auth_is_refused_unless_insecure() {
             "--storage",
             &format!("sqlite:{data_dir}/r.db"),
         ],
-        &[],
     );
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--insecure"), "{stderr}");
@@ -902,12 +893,11 @@ fn a_non_loopback_bind_without_auth_is_refused_unless_insecure() {
 #[test]
 fn the_registry_serves_behind_an_auth_file_with_api_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, printed, stderr) =
-        nexus(&["token", "api-key", "--id", "ci", "--role", "writer"], &[]);
+    let (code, printed, stderr) = run(&[], &["token", "api-key", "--id", "ci", "--role", "writer"]);
     assert_eq!(code, Some(0), "{stderr}");
     let (key, entry) = printed.split_once('\n').unwrap();
     std::fs::write(dir.path().join("auth.toml"), entry).unwrap();
-    let mut child = Command::new(nexus_bin())
+    let mut child = nexus()
         .args(["registry", "serve", "--addr", "0.0.0.0:0", "--storage"])
         .arg(format!("sqlite:{}", dir.path().join("r.db").display()))
         .arg("--auth")

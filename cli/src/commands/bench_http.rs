@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use nexus_runtime::http::{CommandService, serve_until};
 use nexus_runtime::snapshot::embedded::EmbeddedSnapshotStore;
 use nexus_runtime::store::embedded::EmbeddedStore;
@@ -20,6 +18,7 @@ use tokio::net::TcpListener;
 use super::Outcome;
 use super::bench::{latency_ms, round};
 use crate::events::Order;
+use crate::http::{self, Http};
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -34,11 +33,6 @@ pub(crate) struct HttpArgs {
     #[arg(long)]
     json: bool,
 }
-
-type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
 
 pub(crate) fn run(args: HttpArgs) -> anyhow::Result<Outcome> {
     anyhow::ensure!(
@@ -103,10 +97,7 @@ pub(crate) fn run(args: HttpArgs) -> anyhow::Result<Outcome> {
 
 /// `--connections` clients each place new orders one after the other for `--duration` seconds.
 async fn http_phase(base: &str, args: &HttpArgs) -> anyhow::Result<serde_json::Value> {
-    let client: HttpClient =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_max_idle_per_host(args.connections)
-            .build_http();
+    let client = Http::pooled(Duration::from_secs(30), args.connections)?;
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let started = Instant::now();
@@ -121,14 +112,12 @@ async fn http_phase(base: &str, args: &HttpArgs) -> anyhow::Result<serde_json::V
             while Instant::now() < deadline {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let body = json!({"type": "PlaceOrder", "customer": format!("c{}", n % 100)});
-                let request = hyper::Request::post(format!("{base}/commands/order/bench-{n}"))
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(body.to_string())))?;
+                let url = http::url(&base, &["commands", "order", &format!("bench-{n}")], &[])?;
                 let t = Instant::now();
-                let response = client.request(request).await?;
-                let status = response.status();
-                response.into_body().collect().await?;
-                if status.is_success() {
+                let answer = client
+                    .send(reqwest::Method::POST, &url, Some(&body))
+                    .await?;
+                if answer.status.is_success() {
                     latencies.push(t.elapsed().as_secs_f64());
                 } else {
                     failures += 1;

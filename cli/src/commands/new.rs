@@ -50,24 +50,25 @@ const SHARED_DEPENDENCIES: &[&str] = &[
     "tracing-subscriber",
 ];
 
-/// Where a generated project keeps its events.
+/// Where events are kept: by a project `nexus new` generates, and by `nexus up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum StoreKind {
-    /// An SQLite file under the data folder, shared by both services (no server needed).
+    /// An SQLite file in the data folder, shared by the services (no server needed).
     Embedded,
-    /// PostgreSQL at `DATABASE_URL`.
+    /// PostgreSQL (`--url` for `nexus up`, `DATABASE_URL` in a generated project).
     Postgres,
 }
 
-/// How a generated project's query side receives events.
+/// How events reach the query side: in a project `nexus new` generates, and in `nexus up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum BusKind {
-    /// The dashboard tails the event store's change-data-capture stream itself.
+    /// The query side tails the event store's change-data-capture stream itself.
     #[value(name = "inprocess")]
     InProcess,
-    /// The command service relays events to NATS JetStream at `NATS_URL`; the dashboard consumes them.
+    /// A relay publishes events to NATS JetStream (`--nats-url`, `NATS_URL` in a generated
+    /// project); the query side consumes them from there.
     Nats,
 }
 

@@ -12,8 +12,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nexus_runtime::StreamId;
 use nexus_runtime::projection::ReadModelStore;
@@ -22,15 +20,19 @@ use nexus_runtime::temporal::{
     AsOf, History, Scope, SqliteHistory, TemporalLimits, TemporalQuery, TimeRange, TokenSigner,
     replay_projection, run_page, state_as_of,
 };
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::Outcome;
 use crate::events::Order;
+use crate::http::{self, Http};
 use crate::output;
 use crate::projection::OrderSummaries;
 
 /// Most waits for a rate limit before giving up.
 const MAX_RATE_WAITS: u32 = 30;
+/// How long one request may take (a page of a long range, a replay of a large projection).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ReplayCommand {
@@ -277,7 +279,7 @@ async fn events_from_service(
     bar: &ProgressBar,
 ) -> anyhow::Result<u64> {
     let client = Client::new(args.source.token.clone())?;
-    let mut params = vec![
+    let mut params: Vec<(&str, String)> = vec![
         ("from", query.range.from.to_rfc3339()),
         ("to", query.range.to.to_rfc3339()),
     ];
@@ -293,7 +295,6 @@ async fn events_from_service(
     if let Some(size) = query.page_size {
         params.push(("limit", size.to_string()));
     }
-    let base = format!("{}/temporal/events", url.trim_end_matches('/'));
     let mut token: Option<String> = None;
     let mut total = 0;
     loop {
@@ -301,9 +302,9 @@ async fn events_from_service(
         if let Some(token) = &token {
             page_params.push(("token", token.clone()));
         }
-        let page = client
-            .send_patiently(hyper::Method::GET, &with_query(&base, &page_params), bar)
-            .await?;
+        let query: Vec<(&str, &str)> = page_params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let page_url = http::url(url, &["temporal", "events"], &query)?;
+        let page = client.send_patiently(Method::GET, &page_url, bar).await?;
         let events = page["events"].as_array().cloned().unwrap_or_default();
         for event in &events {
             print_event(event, args.json)?;
@@ -324,27 +325,6 @@ async fn events_from_service(
     }
 }
 
-fn with_query(base: &str, params: &[(&str, String)]) -> String {
-    let encoded: Vec<String> = params
-        .iter()
-        .map(|(k, v)| format!("{k}={}", encode(v)))
-        .collect();
-    format!("{base}?{}", encoded.join("&"))
-}
-
-/// Percent-encodes everything but unreserved characters.
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 async fn state(args: StateArgs) -> anyhow::Result<Outcome> {
     let (kind, id) = split_target(&args.target)?;
     let id = id.with_context(|| format!("`{}` is not `<aggregate>/<id>`", args.target))?;
@@ -358,18 +338,13 @@ async fn state(args: StateArgs) -> anyhow::Result<Outcome> {
         (Some(spec), _) => state_from_store(spec, &kind, &id, at).await?,
         (None, Some(url)) => {
             let client = Client::new(args.source.token.clone())?;
-            let query = match at {
-                AsOf::Time(time) => format!("at={}", encode(&time.to_rfc3339())),
-                AsOf::Version(version) => format!("version={version}"),
+            let (key, value) = match at {
+                AsOf::Time(time) => ("at", time.to_rfc3339()),
+                AsOf::Version(version) => ("version", version.to_string()),
             };
-            let url = format!(
-                "{}/temporal/state/{}/{}?{query}",
-                url.trim_end_matches('/'),
-                encode(&kind),
-                encode(&id)
-            );
+            let url = http::url(url, &["temporal", "state", &kind, &id], &[(key, &value)])?;
             client
-                .send_patiently(hyper::Method::GET, &url, &ProgressBar::hidden())
+                .send_patiently(Method::GET, &url, &ProgressBar::hidden())
                 .await?
         }
         (None, None) => bail!("give --url (the command service) or --store"),
@@ -443,15 +418,13 @@ async fn projection(args: ProjectionArgs) -> anyhow::Result<Outcome> {
         }
         (None, Some(url)) => {
             let client = Client::new(args.source.token.clone())?;
-            let url = format!(
-                "{}/admin/projections/{}/replay?until={}&into={}",
-                url.trim_end_matches('/'),
-                encode(&args.name),
-                encode(&until.to_rfc3339()),
-                encode(&args.into)
-            );
+            let url = http::url(
+                url,
+                &["admin", "projections", &args.name, "replay"],
+                &[("until", &until.to_rfc3339()), ("into", &args.into)],
+            )?;
             client
-                .send_patiently(hyper::Method::POST, &url, &ProgressBar::hidden())
+                .send_patiently(Method::POST, &url, &ProgressBar::hidden())
                 .await?
         }
         (None, None) => bail!("give --store or --url (the query dashboard)"),
@@ -460,28 +433,15 @@ async fn projection(args: ProjectionArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Clean)
 }
 
-/// A small JSON-over-HTTP client that sends the token and honours `Retry-After`.
+/// The service client, waiting as long as `Retry-After` says when rate-limited.
 struct Client {
-    inner: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
-    token: Option<String>,
+    http: Http,
 }
 
 impl Client {
     fn new(token: Option<String>) -> anyhow::Result<Self> {
-        if token
-            .as_deref()
-            .is_some_and(|t| t.is_empty() || t.contains(char::is_whitespace))
-        {
-            bail!("the token must be one word without spaces");
-        }
         Ok(Self {
-            inner:
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build_http(),
-            token,
+            http: Http::new(REQUEST_TIMEOUT)?.with_token(token)?,
         })
     }
 
@@ -489,52 +449,26 @@ impl Client {
     /// tries again. Any other error status is an error naming the service's message.
     async fn send_patiently(
         &self,
-        method: hyper::Method,
-        url: &str,
+        method: Method,
+        url: &reqwest::Url,
         bar: &ProgressBar,
     ) -> anyhow::Result<Value> {
         for _ in 0..=MAX_RATE_WAITS {
-            let mut request = hyper::Request::builder().method(method.clone()).uri(url);
-            if let Some(token) = &self.token {
-                request = request.header("authorization", format!("Bearer {token}"));
-            }
-            let request = request.body(Full::new(Bytes::new()))?;
-            let response =
-                tokio::time::timeout(Duration::from_secs(60), self.inner.request(request))
-                    .await
-                    .with_context(|| format!("no answer from {} within 60 s", redact(url)))?
-                    .with_context(|| format!("cannot reach {}", redact(url)))?;
-            let status = response.status();
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            let bytes = response.into_body().collect().await?.to_bytes();
-            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            if status == hyper::StatusCode::TOO_MANY_REQUESTS {
-                let wait = retry_after.unwrap_or(6).clamp(1, 120);
+            let answer = self.http.send(method.clone(), url, None).await?;
+            if answer.status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                let wait = answer.retry_after.unwrap_or(6).clamp(1, 120);
+                let limit = answer.json()["limit"].as_u64();
                 bar.suspend(|| say(&format!(
                     "nexus replay: the service allows {} requests per minute; waiting {wait} s as it asks (Retry-After)",
-                    body["limit"].as_u64().map_or_else(|| "a few".to_owned(), |n| n.to_string())
+                    limit.map_or_else(|| "a few".to_owned(), |n| n.to_string())
                 )));
                 tokio::time::sleep(Duration::from_secs(wait)).await;
                 continue;
             }
-            if !status.is_success() {
-                let message = body["message"].as_str().unwrap_or("no message");
-                let code = body["error"].as_str().unwrap_or("error");
-                bail!("{} answered {status} ({code}): {message}", redact(url));
-            }
-            return Ok(body);
+            return answer.into_json(url);
         }
         bail!("still rate-limited after {MAX_RATE_WAITS} waits")
     }
-}
-
-/// The URL without its query string (which may hold a continuation token).
-fn redact(url: &str) -> String {
-    output::redact_url(url.split('?').next().unwrap_or(url))
 }
 
 #[expect(
@@ -605,6 +539,5 @@ mod tests {
         let long = events_query(&args("100d", "1h")).unwrap_err().to_string();
         assert!(long.contains("90 days"), "{long}");
         assert!(events_query(&args("2h", "1h")).is_ok());
-        assert_eq!(encode("a b+c:/"), "a%20b%2Bc%3A%2F");
     }
 }

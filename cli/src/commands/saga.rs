@@ -3,14 +3,17 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::Outcome;
+use crate::http::{self, Http};
 use crate::output;
+
+/// How long one request to the command service may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Args)]
 pub(crate) struct SagaArgs {
@@ -80,7 +83,11 @@ pub(crate) fn run(args: SagaArgs) -> anyhow::Result<Outcome> {
 }
 
 async fn run_async(args: SagaArgs) -> anyhow::Result<Outcome> {
-    let client = Client::new(&args.url, args.token.clone())?;
+    let client = Http::new(REQUEST_TIMEOUT)?.with_token(args.token.clone())?;
+    let base = args.url.as_str();
+    if http::url(base, &[], &[]).is_err() {
+        bail!("--url must be an http:// URL of the command service");
+    }
     match &args.command {
         SagaCommand::List {
             saga,
@@ -88,17 +95,13 @@ async fn run_async(args: SagaArgs) -> anyhow::Result<Outcome> {
             limit,
             offset,
         } => {
-            let mut query = vec![format!("limit={limit}"), format!("offset={offset}")];
+            let (limit, offset) = (limit.to_string(), offset.to_string());
+            let mut query = vec![("limit", limit.as_str()), ("offset", offset.as_str())];
             if let Some(status) = status {
-                query.push(format!("status={}", encode(status)));
+                query.push(("status", status));
             }
-            let page = client
-                .send(
-                    hyper::Method::GET,
-                    &format!("/sagas/{}?{}", encode(saga), query.join("&")),
-                    None,
-                )
-                .await?;
+            let url = http::url(base, &["sagas", saga], &query)?;
+            let page = client.json(Method::GET, &url, None).await?;
             if args.json {
                 output::json(&page)?;
             } else {
@@ -125,13 +128,8 @@ async fn run_async(args: SagaArgs) -> anyhow::Result<Outcome> {
             }
         }
         SagaCommand::Show { saga, id } => {
-            let doc = client
-                .send(
-                    hyper::Method::GET,
-                    &format!("/sagas/{}/{}", encode(saga), encode(id)),
-                    None,
-                )
-                .await?;
+            let url = http::url(base, &["sagas", saga, id], &[])?;
+            let doc = client.json(Method::GET, &url, None).await?;
             if args.json {
                 output::json(&doc)?;
             } else {
@@ -139,23 +137,14 @@ async fn run_async(args: SagaArgs) -> anyhow::Result<Outcome> {
             }
         }
         SagaCommand::Retry { saga, id } => {
-            let done = client
-                .send(
-                    hyper::Method::POST,
-                    &format!("/sagas/{}/{}/retry", encode(saga), encode(id)),
-                    None,
-                )
-                .await?;
+            let url = http::url(base, &["sagas", saga, id, "retry"], &[])?;
+            let done = client.json(Method::POST, &url, None).await?;
             acted(args.json, &done, "retried; it compensates again")?;
         }
         SagaCommand::Abort { saga, id, reason } => {
-            let done = client
-                .send(
-                    hyper::Method::POST,
-                    &format!("/sagas/{}/{}/abort", encode(saga), encode(id)),
-                    Some(json!({ "reason": reason })),
-                )
-                .await?;
+            let url = http::url(base, &["sagas", saga, id, "abort"], &[])?;
+            let body = json!({ "reason": reason });
+            let done = client.json(Method::POST, &url, Some(&body)).await?;
             acted(args.json, &done, "aborted")?;
         }
     }
@@ -228,99 +217,5 @@ fn text(value: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Null => "-".to_owned(),
         other => other.to_string(),
-    }
-}
-
-/// Percent-encodes a path segment or query value.
-fn encode(value: &str) -> String {
-    let mut out = String::new();
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-/// A small JSON-over-HTTP client for one service.
-struct Client {
-    inner: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
-    base: String,
-    token: Option<String>,
-}
-
-impl Client {
-    fn new(url: &str, token: Option<String>) -> anyhow::Result<Self> {
-        if token
-            .as_deref()
-            .is_some_and(|t| t.is_empty() || t.contains(char::is_whitespace))
-        {
-            bail!("the token must be one word without spaces");
-        }
-        if !url.starts_with("http://") {
-            bail!("--url must be an http:// URL of the command service");
-        }
-        Ok(Self {
-            inner:
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build_http(),
-            base: url.trim_end_matches('/').to_owned(),
-            token,
-        })
-    }
-
-    /// Sends a request; an error status is an error naming the service's message.
-    async fn send(
-        &self,
-        method: hyper::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let shown = output::redact_url(url.split('?').next().unwrap_or(&url));
-        let mut request = hyper::Request::builder().method(method).uri(&url);
-        if let Some(token) = &self.token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let bytes = match body {
-            Some(body) => {
-                request = request.header("content-type", "application/json");
-                Bytes::from(body.to_string())
-            }
-            None => Bytes::new(),
-        };
-        let request = request.body(Full::new(bytes))?;
-        let response = tokio::time::timeout(Duration::from_secs(30), self.inner.request(request))
-            .await
-            .with_context(|| format!("no answer from {shown} within 30 s"))?
-            .with_context(|| format!("cannot reach {shown}"))?;
-        let status = response.status();
-        let bytes = tokio::time::timeout(Duration::from_secs(30), response.into_body().collect())
-            .await
-            .with_context(|| format!("{shown} did not finish its answer within 30 s"))??
-            .to_bytes();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if !status.is_success() {
-            let message = body["message"].as_str().unwrap_or("no message");
-            let code = body["error"].as_str().unwrap_or("error");
-            bail!("{shown} answered {status} ({code}): {message}");
-        }
-        Ok(body)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn path_segments_are_percent_encoded() {
-        assert_eq!(encode("order-fulfilment"), "order-fulfilment");
-        assert_eq!(encode("a b/c?d"), "a%20b%2Fc%3Fd");
     }
 }

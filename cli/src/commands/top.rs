@@ -9,10 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Modifier, Style};
@@ -21,10 +18,9 @@ use ratatui::widgets::{Block, Paragraph, Row, Table};
 use serde::Serialize;
 
 use super::Outcome;
+use crate::http::{self, Http};
 use crate::output;
 
-/// Longest `/metrics` answer read.
-const MAX_BODY: usize = 16 * 1024 * 1024;
 /// Longest wait for one scrape.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -46,9 +42,8 @@ pub(crate) struct TopArgs {
 
 pub(crate) fn run(args: TopArgs) -> anyhow::Result<Outcome> {
     let runtime = super::tokio_runtime()?;
-    let url = format!("{}/metrics", args.url.trim_end_matches('/'));
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
+    let url = http::url(&args.url, &["metrics"], &[])?;
+    let client = Http::new(SCRAPE_TIMEOUT)?;
     let scrape = || runtime.block_on(scrape(&client, &url));
     if args.json {
         output::json(&scrape()?)?;
@@ -127,31 +122,15 @@ struct Consumer {
     dead_letters: Option<f64>,
 }
 
-type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Empty<Bytes>,
->;
-
-async fn scrape(client: &HttpClient, url: &str) -> anyhow::Result<Sample> {
-    let uri: hyper::Uri = url
-        .parse()
-        .with_context(|| format!("`{}` is not a URL", output::redact_url(url)))?;
-    let response = tokio::time::timeout(SCRAPE_TIMEOUT, client.get(uri))
-        .await
-        .with_context(|| format!("no answer from {} within 5 s", output::redact_url(url)))?
-        .with_context(|| format!("cannot reach {}", output::redact_url(url)))?;
+async fn scrape(client: &Http, url: &reqwest::Url) -> anyhow::Result<Sample> {
+    let answer = client.send(reqwest::Method::GET, url, None).await?;
     anyhow::ensure!(
-        response.status().is_success(),
+        answer.status.is_success(),
         "{} answered {}",
-        output::redact_url(url),
-        response.status()
+        http::shown(url),
+        answer.status
     );
-    let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|err| anyhow::anyhow!("cannot read the metrics: {err}"))?
-        .to_bytes();
-    Ok(sample(&String::from_utf8_lossy(&body)))
+    Ok(sample(&String::from_utf8_lossy(&answer.body)))
 }
 
 /// One series of a Prometheus text exposition.

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
 use nexus_runtime::http::access::OriginPolicy;
@@ -35,18 +33,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::Outcome;
+use super::new::{BusKind, StoreKind};
 use crate::events::{FulfilmentOptions, Inventory, Order, Payment};
+use crate::http::{self, Http};
 use crate::output;
 use crate::projection::OrderSummaries;
-
-/// Where the reference system keeps its events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum StoreKind {
-    /// A SQLite file under `--data-dir` (no set-up).
-    Embedded,
-    /// PostgreSQL at `--url`.
-    Postgres,
-}
 
 /// Where projections keep their read models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,15 +46,6 @@ pub(crate) enum ReadModelKind {
     Sqlite,
     /// Tables in the schema `nexus_read_models` of the PostgreSQL at `--url`.
     Postgres,
-}
-
-/// How events reach the projections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum BusKind {
-    /// Projections tail the store's change-data-capture stream in this process.
-    Inprocess,
-    /// A relay publishes the log to NATS JetStream; projections consume it from there.
-    Nats,
 }
 
 #[derive(Debug, Args)]
@@ -78,7 +60,7 @@ pub(crate) struct UpArgs {
     #[arg(long, value_enum, default_value_t = ReadModelKind::Sqlite)]
     read_models: ReadModelKind,
     /// The event bus.
-    #[arg(long, value_enum, default_value_t = BusKind::Inprocess)]
+    #[arg(long, value_enum, default_value_t = BusKind::InProcess)]
     bus: BusKind,
     /// NATS URL for `--bus nats`.
     #[arg(long, env = "NEXUS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
@@ -169,7 +151,7 @@ async fn connect_bus(
     Option<nexus_runtime::bus::relay::RelayHandle>,
 )> {
     match args.bus {
-        BusKind::Inprocess => Ok((Arc::new(InProcessBus::new(Arc::clone(store))), None)),
+        BusKind::InProcess => Ok((Arc::new(InProcessBus::new(Arc::clone(store))), None)),
         BusKind::Nats => {
             use nexus_runtime::bus::nats::{JetStreamBus, NatsOptions};
             use nexus_runtime::bus::relay::Relay;
@@ -485,7 +467,7 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     };
 
     let bus_description = match args.bus {
-        BusKind::Inprocess => "in-process bus".to_owned(),
+        BusKind::InProcess => "in-process bus".to_owned(),
         BusKind::Nats => format!("NATS JetStream at {}", output::redact_url(&args.nats_url)),
     };
     announce(
@@ -696,18 +678,36 @@ async fn demo(
     json_lines: bool,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let client = Client::new();
+    let client = match Http::new(Duration::from_secs(10)) {
+        Ok(client) => client,
+        Err(err) => {
+            let _ = output::line(&format!("  demo  stopped: {err:#}"));
+            return;
+        }
+    };
     // Stock for what the demo orders (and for a stuck saga's order, see `up_demo`).
     for sku in super::up_demo::SKUS {
         let restock = json!({"type": "Restock", "sku": sku, "quantity": super::up_demo::RESTOCK});
-        let url = format!(
-            "{command_url}/commands/inventory/{}",
-            crate::events::WAREHOUSE
-        );
-        match client.send(hyper::Method::POST, &url, Some(&restock)).await {
-            Ok((status, _)) if status.is_success() => {}
-            Ok((status, answer)) => {
-                let _ = output::line(&format!("  demo  restocking {sku} -> {status}: {answer}"));
+        let restocked = match http::url(
+            &command_url,
+            &["commands", "inventory", crate::events::WAREHOUSE],
+            &[],
+        ) {
+            Ok(url) => {
+                client
+                    .send(reqwest::Method::POST, &url, Some(&restock))
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        match restocked {
+            Ok(answer) if answer.status.is_success() => {}
+            Ok(answer) => {
+                let _ = output::line(&format!(
+                    "  demo  restocking {sku} -> {}: {}",
+                    answer.status,
+                    answer.json()
+                ));
             }
             Err(err) => {
                 let _ = output::line(&format!("  demo  restocking {sku}: {err:#}"));
@@ -754,19 +754,17 @@ async fn demo(
 }
 
 async fn demo_step(
-    client: &Client,
+    client: &Http,
     command_url: &str,
     query_url: &str,
     id: &str,
     command: &Value,
 ) -> anyhow::Result<Value> {
-    let (status, answer) = client
-        .send(
-            hyper::Method::POST,
-            &format!("{command_url}/commands/order/{id}"),
-            Some(command),
-        )
+    let url = http::url(command_url, &["commands", "order", id], &[])?;
+    let sent = client
+        .send(reqwest::Method::POST, &url, Some(command))
         .await?;
+    let (status, answer) = (sent.status, sent.json());
     if !status.is_success() {
         return Ok(
             json!({"order": id, "command": command["type"], "status": status.as_u16(), "answer": answer}),
@@ -783,21 +781,20 @@ async fn demo_step(
     } else {
         None
     };
-    let (_, order) = client
-        .send(
-            hyper::Method::GET,
-            &format!("{query_url}/read-models/orders/orders/{id}?wait_for=order/{id}@{version}"),
-            None,
-        )
-        .await?;
-    let customer = order["customer"].as_str().unwrap_or_default().to_owned();
-    let (_, spending) = client
-        .send(
-            hyper::Method::GET,
-            &format!("{query_url}/read-models/orders/customers/{customer}"),
-            None,
-        )
-        .await?;
+    let wait_for = format!("order/{id}@{version}");
+    let url = http::url(
+        query_url,
+        &["read-models", "orders", "orders", id],
+        &[("wait_for", &wait_for)],
+    )?;
+    let order = client.send(reqwest::Method::GET, &url, None).await?.json();
+    let customer = order["customer"].as_str().unwrap_or_default();
+    let url = http::url(
+        query_url,
+        &["read-models", "orders", "customers", customer],
+        &[],
+    )?;
+    let spending = client.send(reqwest::Method::GET, &url, None).await?.json();
     let mut step = json!({
         "order": id,
         "command": command["type"],
@@ -813,15 +810,17 @@ async fn demo_step(
 }
 
 /// The fulfilment saga of order `id` once it ended or got stuck (or as it is after 30 s).
-async fn saga_outcome(client: &Client, command_url: &str, id: &str) -> anyhow::Result<Value> {
+async fn saga_outcome(client: &Http, command_url: &str, id: &str) -> anyhow::Result<Value> {
     let instance = nexus_runtime::saga::instance_id(crate::events::FULFILMENT, id);
-    let url = format!(
-        "{command_url}/sagas/{}/{instance}",
-        crate::events::FULFILMENT
-    );
+    let url = http::url(
+        command_url,
+        &["sagas", crate::events::FULFILMENT, &instance],
+        &[],
+    )?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, saga) = client.send(hyper::Method::GET, &url, None).await?;
+        let answer = client.send(reqwest::Method::GET, &url, None).await?;
+        let (status, saga) = (answer.status, answer.json());
         let settled = status.is_success()
             && !matches!(saga["status"].as_str(), Some("running" | "compensating"));
         if settled || tokio::time::Instant::now() >= deadline {
@@ -862,44 +861,4 @@ fn describe(step: &Value) -> String {
         customer["orders"],
         customer["total_cents"],
     )
-}
-
-/// A small JSON-over-HTTP client for the demo.
-struct Client {
-    inner: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
-}
-
-impl Client {
-    fn new() -> Self {
-        Self {
-            inner:
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build_http(),
-        }
-    }
-
-    async fn send(
-        &self,
-        method: hyper::Method,
-        url: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<(hyper::StatusCode, Value)> {
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(url)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(
-                body.map(Value::to_string).unwrap_or_default(),
-            )))?;
-        let response = tokio::time::timeout(Duration::from_secs(10), self.inner.request(request))
-            .await
-            .with_context(|| format!("no answer from {url} within 10 s"))??;
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok((status, value))
-    }
 }

@@ -379,10 +379,9 @@ async fn verifier(config: &AuthConfig, base: &Path) -> Result<Verifier, ConfigEr
         }
         (Some(file), None) => Some(JwksSource::File(base.join(file))),
         (None, Some(url)) => {
-            let uri: hyper::Uri = url
-                .parse()
+            let uri = reqwest::Url::parse(url)
                 .map_err(|_| ConfigError::JwksSource("`jwks_url` is not a URL".to_owned()))?;
-            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            if uri.scheme() != "http" || uri.host_str().is_none_or(str::is_empty) {
                 return Err(ConfigError::JwksSource(
                     "`jwks_url` must be an http:// URL (serve https through `jwks_file` refreshed by a sidecar)".to_owned(),
                 ));

@@ -13,11 +13,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
@@ -32,7 +27,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub(crate) enum JwksSource {
     File(PathBuf),
-    Url(hyper::Uri),
+    Url(reqwest::Url),
 }
 
 /// Why a key set could not be fetched.
@@ -76,7 +71,7 @@ pub(crate) struct Jwks {
     current: RwLock<Arc<KeySet>>,
     /// When the last fetch started; held across a fetch so fetches are single-flight.
     last_attempt: tokio::sync::Mutex<Option<Instant>>,
-    http: Client<HttpConnector, Empty<Bytes>>,
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for Jwks {
@@ -107,7 +102,11 @@ impl Jwks {
                 fetched_at: Instant::now(),
             })),
             last_attempt: tokio::sync::Mutex::new(None),
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            http: reqwest::Client::builder()
+                .timeout(FETCH_TIMEOUT)
+                .no_proxy()
+                .build()
+                .unwrap_or_default(),
         }
     }
 
@@ -174,7 +173,7 @@ impl Jwks {
                 if bytes.len() > MAX_JWKS_BYTES {
                     return Err(JwksError::Invalid(format!("over {MAX_JWKS_BYTES} bytes")));
                 }
-                Bytes::from(bytes)
+                bytes
             }
             JwksSource::Url(url) => self.get(url).await?,
         };
@@ -186,33 +185,44 @@ impl Jwks {
         })
     }
 
-    async fn get(&self, url: &hyper::Uri) -> Result<Bytes, JwksError> {
+    /// The document at `url`: a 200 within [`FETCH_TIMEOUT`], at most [`MAX_JWKS_BYTES`] long.
+    async fn get(&self, url: &reqwest::Url) -> Result<Vec<u8>, JwksError> {
         let failed = |reason: String| JwksError::Fetch {
             url: redact(url),
             reason,
         };
-        let request = hyper::Request::get(url.clone())
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(Empty::new())
-            .map_err(|e| failed(e.to_string()))?;
-        let answer = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            if !response.status().is_success() {
-                return Err(failed(format!("status {}", response.status())));
+        let reason = |e: reqwest::Error| {
+            if e.is_timeout() {
+                return format!("no answer within {FETCH_TIMEOUT:?}");
             }
-            let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
-                .collect()
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            Ok(body.to_bytes())
+            let e = e.without_url();
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(inner) = cause {
+                text = format!("{text}: {inner}");
+                cause = inner.source();
+            }
+            text
         };
-        tokio::time::timeout(FETCH_TIMEOUT, answer)
+        let mut response = self
+            .http
+            .get(url.clone())
+            .timeout(FETCH_TIMEOUT)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
             .await
-            .map_err(|_| failed(format!("no answer within {FETCH_TIMEOUT:?}")))?
+            .map_err(|e| failed(reason(e)))?;
+        if !response.status().is_success() {
+            return Err(failed(format!("status {}", response.status())));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| failed(reason(e)))? {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(JwksError::Invalid(format!("over {MAX_JWKS_BYTES} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     /// The keys of `set` with a `kid` and an allowed algorithm, at most [`MAX_JWKS_KEYS`].
@@ -268,10 +278,10 @@ impl Jwks {
 }
 
 /// `scheme://authority` of `url`, for messages and logs (paths and queries may hold secrets).
-pub(crate) fn redact(url: &hyper::Uri) -> String {
-    let host = url.host().unwrap_or("");
-    match url.port_u16() {
-        Some(port) => format!("{}://{host}:{port}", url.scheme_str().unwrap_or("http")),
-        None => format!("{}://{host}", url.scheme_str().unwrap_or("http")),
+pub(crate) fn redact(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or("");
+    match url.port() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
     }
 }

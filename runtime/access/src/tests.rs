@@ -295,6 +295,37 @@ impl IssuerStub {
 }
 
 #[tokio::test]
+async fn a_jwks_document_is_read_up_to_its_size_limit_and_refused_past_it() {
+    use crate::jwks::{Jwks, JwksError, JwksSource, MAX_JWKS_BYTES};
+    let stub = IssuerStub::default();
+    let url = stub.serve().await;
+    let jwks = Jwks::new(
+        JwksSource::Url(url.parse().unwrap()),
+        vec![Algorithm::EdDSA],
+        std::collections::BTreeMap::new(),
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    );
+    let pad_to = |len: usize| {
+        stub.publish("ed-a");
+        let mut document = stub.document.lock().unwrap();
+        let padding = len - document.len();
+        document.push_str(&" ".repeat(padding));
+    };
+    pad_to(MAX_JWKS_BYTES);
+    assert_eq!(
+        jwks.load().await.unwrap(),
+        1,
+        "a document of exactly the limit"
+    );
+    pad_to(MAX_JWKS_BYTES + 1);
+    assert!(
+        matches!(jwks.load().await, Err(JwksError::Invalid(reason)) if reason.contains("bytes")),
+        "one byte over the limit"
+    );
+}
+
+#[tokio::test]
 async fn a_rotated_jwks_key_is_picked_up_without_restart_within_the_cooldown() {
     let stub = IssuerStub::default();
     stub.publish("ed-a");

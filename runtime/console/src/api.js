@@ -1,7 +1,9 @@
 // Every request the console makes goes through `call`: to the dashboard that served the page
 // (same origin), the command service or the schema registry, with the signed-in credential.
-// All of them are documented, access-controlled endpoints of those services; there is no
-// console-only API.
+// All of them are documented, access-controlled endpoints of those services, declared in
+// endpoints.js (any other is refused here); there is no console-only API.
+
+import { endpointOf } from './endpoints.js';
 
 const TOKEN_KEY = 'nexus.console.token';
 
@@ -24,6 +26,12 @@ export function setToken(value) {
 
 export function hasToken() {
   return token !== '';
+}
+
+/// The signed-in credential, for a transport that carries it itself (the notifications socket
+/// sends it in `Sec-WebSocket-Protocol`, never in the URL).
+export function currentToken() {
+  return token;
 }
 
 /// The base URL of a service, or null when the dashboard was not told about it.
@@ -59,6 +67,9 @@ function queryString(query) {
 /// Calls `method path` on `service`; resolves to the parsed JSON body, rejects with ApiError.
 /// `okStatuses` lists non-2xx statuses whose body is an answer (the health check's 503).
 export async function call(service, path, { method = 'GET', query, body, okStatuses = [], signal } = {}) {
+  if (!endpointOf(service, method, path)) {
+    throw new ApiError(0, { error: 'undeclared', message: `${method} ${path} is not an endpoint the console declares (endpoints.js)` });
+  }
   const base = serviceUrl(service);
   if (base === null || base === undefined) {
     throw new ApiError(0, { error: 'not_configured', message: `this console was not told where the ${service} is` });

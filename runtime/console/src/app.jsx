@@ -8,10 +8,12 @@ import { ReadModels } from './views/readmodels.jsx';
 import { DeadLetters } from './views/deadletters.jsx';
 import { Schemas } from './views/schemas.jsx';
 import { Sagas } from './views/sagas.jsx';
+import { Live } from './views/live.jsx';
 
 const SECTIONS = [
   { key: 'projections', label: 'Projections', view: Projections },
   { key: 'streams', label: 'Streams', view: Streams },
+  { key: 'live', label: 'Live', view: Live },
   { key: 'read-models', label: 'Read models', view: ReadModels },
   { key: 'dead-letters', label: 'Dead letters', view: DeadLetters },
   { key: 'sagas', label: 'Sagas', view: Sagas, needs: 'sagas' },

@@ -154,7 +154,7 @@ impl OpenApi {
         self.paths.insert(
             "/read-models".into(),
             json!({"get": {
-                "summary": "The projections served, with their collections (up to 100 names), health and checkpoint",
+                "summary": "The projections served, with their collections (up to 100 names), health and checkpoint; for a projection with search, its searchable collections with their document counts (`searchable`) and declared fields (`search_fields`: path, kind, facet)",
                 "operationId": "read_models",
                 "responses": {"200": {"description": "Projections"}}
             }}),

@@ -460,9 +460,20 @@ async fn projections(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, A
     for (name, store) in &shared.read_models {
         let checkpoint = store.checkpoint().await.map_err(read_model_error)?;
         #[cfg(feature = "search")]
-        let search = shared.searches.get(name).map(|index| index.documents());
+        let (search, search_fields) = match shared.searches.get(name) {
+            Some(index) => {
+                let documents = index.documents();
+                // What a client may search, filter, sort and facet on, per collection.
+                let fields: serde_json::Map<String, Value> = documents
+                    .keys()
+                    .filter_map(|c| Some((c.clone(), json!(index.declaration(c)?.fields()))))
+                    .collect();
+                (Some(documents), Some(fields))
+            }
+            None => (None, None),
+        };
         #[cfg(not(feature = "search"))]
-        let search: Option<BTreeMap<String, u64>> = None;
+        let (search, search_fields): (Option<BTreeMap<String, u64>>, Option<Value>) = (None, None);
         let collections = store
             .collections(MAX_COLLECTIONS)
             .await
@@ -473,6 +484,7 @@ async fn projections(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, A
             "checkpoint": checkpoint.map(|c| c.position),
             "health": shared.health.get(name),
             "searchable": search,
+            "search_fields": search_fields,
         }));
     }
     Ok(Json(json!({ "projections": projections })))

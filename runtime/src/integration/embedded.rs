@@ -178,7 +178,7 @@ pub struct QueuedMessage {
 
 /// A message that was dead-lettered, with why.
 #[derive(Debug, Clone)]
-pub struct DeadLetter {
+pub struct QueueDeadLetter {
     /// Its id in the dead-letter table.
     pub id: i64,
     /// The queue it was dead-lettered from.
@@ -662,7 +662,7 @@ impl EmbeddedQueue {
         &self,
         queue: &str,
         limit: usize,
-    ) -> Result<Vec<DeadLetter>, QueueError> {
+    ) -> Result<Vec<QueueDeadLetter>, QueueError> {
         let queue = queue.to_owned();
         let rows = self
             .run(move |conn| {
@@ -680,7 +680,7 @@ impl EmbeddedQueue {
     }
 
     /// One dead letter by id, with its full event.
-    pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, QueueError> {
+    pub async fn dead_letter(&self, id: i64) -> Result<Option<QueueDeadLetter>, QueueError> {
         let row = self
             .run(move |conn| {
                 Ok(conn
@@ -827,13 +827,13 @@ impl RawDeadLetter {
         })
     }
 
-    fn into_dead_letter(self) -> Result<DeadLetter, QueueError> {
+    fn into_dead_letter(self) -> Result<QueueDeadLetter, QueueError> {
         let event = serde_json::from_str(&self.body).map_err(|source| QueueError::Corrupt {
             queue: self.queue.clone(),
             message: self.id,
             source,
         })?;
-        Ok(DeadLetter {
+        Ok(QueueDeadLetter {
             id: self.id,
             queue: self.queue,
             exchange: self.exchange,

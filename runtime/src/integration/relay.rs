@@ -169,7 +169,7 @@ impl IntegrationRelay {
     }
 
     /// Loads the checkpoint and starts relaying on a background task.
-    pub async fn start(self) -> Result<RelayHandle, RelayError> {
+    pub async fn start(self) -> Result<IntegrationRelayHandle, RelayError> {
         let name = self.options.name.clone();
         let from = self
             .checkpoint
@@ -199,7 +199,7 @@ impl IntegrationRelay {
             status: status_tx,
         };
         let task = tokio::spawn(worker.run(from).instrument(span));
-        Ok(RelayHandle {
+        Ok(IntegrationRelayHandle {
             name,
             stop: stop_tx,
             status: status_rx,
@@ -212,14 +212,14 @@ impl IntegrationRelay {
 ///
 /// Dropping the handle stops the relay too, without waiting for it to finish.
 #[derive(Debug)]
-pub struct RelayHandle {
+pub struct IntegrationRelayHandle {
     name: String,
     stop: watch::Sender<bool>,
     status: watch::Receiver<RelayStatus>,
     task: JoinHandle<()>,
 }
 
-impl RelayHandle {
+impl IntegrationRelayHandle {
     /// The relay's current status.
     pub fn status(&self) -> RelayStatus {
         self.status.borrow().clone()

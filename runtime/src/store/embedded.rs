@@ -23,7 +23,7 @@ use super::{
     StoredPayload, validate_append,
 };
 use crate::event::{EventId, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId};
-use crate::wal::Checkpointer;
+use crate::wal::WalCheckpointer;
 
 /// Default number of partitions streams are spread over.
 pub const DEFAULT_PARTITIONS: u16 = 16;
@@ -209,17 +209,17 @@ impl EmbeddedStore {
             .map_err(|e| OpenError::Migration(Box::new(e)))?;
 
         // Commits never copy the log back into the database themselves (a stall of a sync now
-        // and then); a background checkpointer does.
+        // and then); a background WAL checkpointer does.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| OpenError::Unavailable(Box::new(e)))?;
-        let checkpointer = Checkpointer::new(&path);
+        let wal_checkpointer = WalCheckpointer::new(&path);
         let (tx, rx) = mpsc::channel(options.queue_capacity);
         let (changes_tx, changes) = watch::channel(head);
         let log_watch = watch_log(&path, changes_tx.clone());
         let limits = options.limits;
         thread::Builder::new()
             .name("nexus-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, changes_tx, limits, checkpointer))
+            .spawn(move || writer_loop(conn, rx, changes_tx, limits, wal_checkpointer))
             .map_err(|e| OpenError::Unavailable(Box::new(e)))?;
         Ok(Self {
             path,
@@ -328,7 +328,7 @@ fn writer_loop(
     mut rx: mpsc::Receiver<AppendRequest>,
     changes: watch::Sender<u64>,
     limits: StoreLimits,
-    mut checkpointer: Checkpointer,
+    mut wal_checkpointer: WalCheckpointer,
 ) {
     let partitions: u16 = conn
         .query_row(
@@ -353,7 +353,7 @@ fn writer_loop(
                 for (request, result) in group.into_iter().zip(results) {
                     let _ = request.reply.send(result);
                 }
-                checkpointer.committed();
+                wal_checkpointer.committed();
                 if head > 0 {
                     changes.send_modify(|n| *n = n.wrapping_add(1));
                 }

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use nexus_runtime::checkpoint::{CheckpointStore, EmbeddedCheckpoints};
 use nexus_runtime::integration::embedded::{EmbeddedQueue, NackOutcome, QueueError, QueueOptions};
 use nexus_runtime::integration::{
-    IntegrationRelay, IntegrationSink, RelayHandle, RelayOptions, RelayState, RoutedEvent,
-    RoutingTable, SinkError,
+    IntegrationRelay, IntegrationRelayHandle, IntegrationSink, RelayOptions, RelayState,
+    RoutedEvent, RoutingTable, SinkError,
 };
 use nexus_runtime::{
     EventId, EventStore, ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent, StreamId,
@@ -383,7 +383,7 @@ async fn start(
     sink: Arc<dyn IntegrationSink>,
     checkpoints: &Arc<EmbeddedCheckpoints>,
     name: &str,
-) -> RelayHandle {
+) -> IntegrationRelayHandle {
     let checkpoints: Arc<dyn CheckpointStore> = checkpoints.clone();
     IntegrationRelay::new(Arc::clone(store), sink, checkpoints, routing())
         .with_options(quick_options(name))
@@ -666,7 +666,7 @@ mod rabbitmq {
     use nexus_runtime::checkpoint::{CheckpointStore, EmbeddedCheckpoints};
     use nexus_runtime::integration::rabbitmq::{QueueSpec, RabbitMqOptions, RabbitMqSink};
     use nexus_runtime::integration::{
-        IntegrationRelay, RelayHandle, RelayOptions, RoutingTable, headers,
+        IntegrationRelay, IntegrationRelayHandle, RelayOptions, RoutingTable, headers,
     };
     use nexus_runtime::{EventId, EventStore, RecordedEvent, StreamId};
 
@@ -674,22 +674,7 @@ mod rabbitmq {
     use crate::support::embedded;
 
     fn url() -> Option<String> {
-        match std::env::var("NEXUS_TEST_RABBITMQ_URL") {
-            Ok(url) => Some(url),
-            Err(_) => {
-                if std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                    panic!("NEXUS_TEST_RABBITMQ_URL is not set but NEXUS_REQUIRE_SERVICES=1");
-                }
-                #[expect(
-                    clippy::print_stderr,
-                    reason = "tell the person running the tests why this one did nothing"
-                )]
-                {
-                    eprintln!("skipped: NEXUS_TEST_RABBITMQ_URL not set");
-                }
-                None
-            }
-        }
+        crate::support::service_url("NEXUS_TEST_RABBITMQ_URL")
     }
 
     /// Names unique to one test, and the broker objects to delete at its end.
@@ -785,7 +770,7 @@ mod rabbitmq {
         dir: &tempfile::TempDir,
         routing: RoutingTable,
         batch_size: usize,
-    ) -> RelayHandle {
+    ) -> IntegrationRelayHandle {
         let checkpoints: Arc<dyn CheckpointStore> =
             Arc::new(EmbeddedCheckpoints::open(dir.path().join("cp.db")).unwrap());
         IntegrationRelay::new(Arc::clone(store), sink, checkpoints, routing)

@@ -273,6 +273,22 @@ async fn search_finds_phrases_prefixes_and_scoped_fields_with_boolean_operators(
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
         assert_eq!(body["error"], json!("invalid_search"));
     }
+    // The list of read models says what each searchable collection declares (the console
+    // offers those fields to highlight, facet and sort on).
+    let (status, body) = get(&app, "/read-models").await;
+    assert_eq!(status, StatusCode::OK);
+    let catalog = &body["projections"][0];
+    assert_eq!(catalog["searchable"]["items"], json!(5), "{body}");
+    let fields = &catalog["search_fields"]["items"];
+    assert_eq!(
+        fields[0],
+        json!({"path": "title", "kind": {"type": "text", "language": "english"}, "facet": false})
+    );
+    assert_eq!(
+        fields[1],
+        json!({"path": "brand", "kind": {"type": "keyword"}, "facet": true})
+    );
+    assert_eq!(fields.as_array().unwrap().len(), 6, "{body}");
     handle.stop().await;
 }
 

@@ -12,39 +12,7 @@ pub(crate) fn embedded() -> (Arc<dyn EventStore>, tempfile::TempDir) {
     (Arc::new(store), dir)
 }
 
-/// The URL of a test server from `var`, or `None` (test skipped) when it is unset.
-#[allow(
-    dead_code,
-    reason = "used by the server-backed test modules that are compiled in"
-)]
-pub(crate) fn service_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) => Some(url),
-        Err(_) => {
-            skip(&format!("{var} not set"));
-            None
-        }
-    }
-}
-
-/// Skips a test that needs something this machine lacks; with `NEXUS_REQUIRE_SERVICES=1`
-/// (set by CI) the test fails instead.
-#[allow(
-    dead_code,
-    reason = "used by the server-backed test modules that are compiled in"
-)]
-pub(crate) fn skip(reason: &str) {
-    if std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("{reason}, but NEXUS_REQUIRE_SERVICES=1");
-    }
-    #[expect(
-        clippy::print_stderr,
-        reason = "tell the person running the tests why this one did nothing"
-    )]
-    {
-        eprintln!("skipped: {reason}");
-    }
-}
+pub(crate) use nexus_test_support::{service_url, skip};
 
 #[cfg(feature = "postgres")]
 pub(crate) use pg::TestDb;
@@ -56,10 +24,10 @@ mod pg {
     use nexus_runtime::EventStore;
     use nexus_runtime::store::postgres::{PostgresOptions, PostgresStore};
 
-    /// A PostgreSQL database created for one test and dropped when it ends.
+    /// A PostgreSQL database created for one test and dropped when it ends, with the stores
+    /// the runtime's tests open on it.
     pub(crate) struct TestDb {
-        admin_url: String,
-        name: String,
+        db: nexus_test_support::TestDb,
         pub(crate) url: String,
     }
 
@@ -68,21 +36,10 @@ mod pg {
         ///
         /// With `NEXUS_REQUIRE_SERVICES=1` a missing server fails the test instead.
         pub(crate) async fn create() -> Option<Self> {
-            let admin_url = super::service_url("NEXUS_TEST_POSTGRES_URL")?;
-            let name = format!("nexus_test_{}", uuid::Uuid::now_v7().simple());
-            let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-                .await
-                .expect("connect to the test PostgreSQL server");
-            tokio::spawn(connection);
-            client
-                .batch_execute(&format!("CREATE DATABASE {name}"))
-                .await
-                .expect("create the test database");
-            let url = with_database(&admin_url, &name);
+            let db = nexus_test_support::TestDb::create().await?;
             Some(Self {
-                admin_url,
-                name,
-                url,
+                url: db.url().to_owned(),
+                db,
             })
         }
 
@@ -106,52 +63,7 @@ mod pg {
 
         /// A raw client on this database.
         pub(crate) async fn client(&self) -> tokio_postgres::Client {
-            let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-                .await
-                .expect("connect to the test database");
-            tokio::spawn(connection);
-            client
-        }
-    }
-
-    impl Drop for TestDb {
-        fn drop(&mut self) {
-            let admin_url = self.admin_url.clone();
-            let name = self.name.clone();
-            // Drop the database on a separate thread: Drop cannot await.
-            let _ = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("build a runtime to drop the test database");
-                runtime.block_on(async move {
-                    if let Ok((client, connection)) =
-                        tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await
-                    {
-                        tokio::spawn(connection);
-                        let _ = client
-                            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                            .await;
-                    }
-                });
-            })
-            .join();
-        }
-    }
-
-    /// `url` with its database name replaced by `database`.
-    fn with_database(url: &str, database: &str) -> String {
-        let (base, query) = url
-            .split_once('?')
-            .map_or((url, None), |(b, q)| (b, Some(q)));
-        let scheme_end = base.find("://").map_or(0, |i| i + 3);
-        let base = match base[scheme_end..].find('/') {
-            Some(slash) => &base[..scheme_end + slash],
-            None => base,
-        };
-        match query {
-            Some(query) => format!("{base}/{database}?{query}"),
-            None => format!("{base}/{database}"),
+            self.db.client().await
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::nexus_bin;
+use crate::support::nexus;
 
 /// How a run of `nexus up` keeps its events, read models and bus.
 #[derive(Debug, Clone)]
@@ -178,7 +178,7 @@ impl Drop for NexusUp {
 fn spawn(layout: &Layout, data: &Path, n: u32) -> (Child, Urls) {
     let log_path = data.parent().unwrap_or(data).join(format!("nexus-{n}.log"));
     let log = std::fs::File::create(&log_path).expect("create the log file");
-    let mut child = Command::new(nexus_bin())
+    let mut child = nexus()
         .args([
             "up",
             "--json",

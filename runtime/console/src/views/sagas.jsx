@@ -1,14 +1,16 @@
 // Sagas: the instances of each saga the command service runs, by status; one instance's steps
 // with attempts and errors, and its history; retry or abort a stuck instance after a
 // confirmation (`GET /sagas/{saga}[/{id}]` with aggregates:read, `POST …/retry|abort` with
-// dlq:admin, on the command service).
+// dlq:admin, on the command service; the service takes both for a stuck instance only).
 import { useState } from 'preact/hooks';
 import { call, commandDoc, servedBy } from '../api.js';
 import { href } from '../route.js';
-import { Confirm, ErrorBox, Json, Needs, Time, useLoad, useSession } from '../ui.jsx';
+import { Confirm, ErrorBox, Json, Needs, Time, useInterval, useLoad, useSession } from '../ui.jsx';
 
 const STATUSES = ['running', 'compensating', 'stuck', 'completed', 'compensated', 'timed_out', 'aborted'];
 const PAGE = 50;
+/// How often an instance the runner is still working on is read again.
+const POLL_MS = 1000;
 const path = (saga, id) => `/sagas/${encodeURIComponent(saga)}${id ? `/${encodeURIComponent(id)}` : ''}`;
 
 export function Sagas({ route }) {
@@ -96,6 +98,9 @@ function Instance({ saga, id }) {
   const [outcome, setOutcome] = useState({ data: null, error: null, busy: false });
   const [open, setOpen] = useState(null);
   const d = doc.data;
+  // While the runner works on it (after a retry, say), follow it to where it ends.
+  const working = Boolean(d && ['running', 'compensating'].includes(d.status));
+  useInterval(doc.reload, POLL_MS, working);
 
   const act = async () => {
     const which = action;
@@ -122,7 +127,8 @@ function Instance({ saga, id }) {
           <>
             <button type="button" disabled={d.status !== 'stuck' || outcome.busy} onClick={() => setAction('retry')}
               title={d.status === 'stuck' ? undefined : 'Only a stuck instance can be retried'}>Retry</button>
-            <button type="button" class="danger" disabled={['completed', 'compensated', 'timed_out', 'aborted'].includes(d.status) || outcome.busy}
+            <button type="button" class="danger" disabled={d.status !== 'stuck' || outcome.busy}
+              title={d.status === 'stuck' ? undefined : 'Only a stuck instance can be aborted'}
               onClick={() => setAction('abort')}>Abort…</button>
           </>
         )}
@@ -138,7 +144,8 @@ function Instance({ saga, id }) {
       {d && (
         <>
           <dl class="facts">
-            <dt>Status</dt><dd><span class={`status ${d.status}`} data-field="saga-status">{d.status}</span>{d.timed_out ? ' (timed out)' : ''}</dd>
+            <dt>Status</dt><dd><span class={`status ${d.status}`} data-field="saga-status">{d.status}</span>{d.timed_out ? ' (timed out)' : ''}
+              {working && <span class="muted"> · read again every {POLL_MS / 1000} s</span>}</dd>
             {d.reason && <><dt>Reason</dt><dd class="error-text">{d.reason}</dd></>}
             <dt>Correlation key</dt><dd>{d.correlation_key}</dd>
             <dt>Definition</dt><dd>version {d.definition_version}</dd>
@@ -162,7 +169,7 @@ function Instance({ saga, id }) {
                   <td class="error-text">{s.last_error || ''}</td>
                   <td><Time value={s.started_at} /></td>
                   <td><Time value={s.finished_at} /></td>
-                  <td>{s.compensation ? <code class="oneline">{JSON.stringify(s.compensation)}</code> : <span class="muted">–</span>}</td>
+                  <td><Compensation value={s.compensation} /></td>
                 </tr>
               ))}
             </tbody>
@@ -194,5 +201,20 @@ function Instance({ saga, id }) {
         <label>Reason <input value={reason} required maxLength={1000} onInput={(e) => setReason(e.currentTarget.value)} /></label>
       </Confirm>
     </section>
+  );
+}
+
+/// A step's compensation: its status and attempts, the last error, and the command it sends.
+function Compensation({ value }) {
+  if (!value) return <span class="muted">–</span>;
+  const command = value.command && value.command.command;
+  return (
+    <div class="compensation" data-compensation={value.status}>
+      <span class={`status ${value.status}`}>{value.status.replace('_', ' ')}</span>
+      {' '}<span class="muted">{value.attempts} attempt{value.attempts === 1 ? '' : 's'}{value.outcome_unknown ? ', outcome unknown' : ''}</span>
+      {value.command && <div><code>{value.command.aggregate}/{value.command.id}</code>{command && command.type ? <> <code>{command.type}</code></> : null}</div>}
+      {value.last_error && <div class="error-text">{value.last_error}</div>}
+      {value.retry_at && <div class="muted">next attempt <Time value={value.retry_at} /></div>}
+    </div>
   );
 }

@@ -160,7 +160,10 @@ function Stream({ type, id }) {
   return (
     <section aria-labelledby="stream-title">
       <p class="crumbs"><a href={href(['streams'])}>Streams</a> / <a href={href(['streams', type])}>{type}</a> /</p>
-      <h1 id="stream-title">{type} <code>{id}</code></h1>
+      <div class="title-row">
+        <h1 id="stream-title">{type} <code>{id}</code></h1>
+        <a href={href(['live'], { stream: `${type}/${id}` })}>Live tail of this stream</a>
+      </div>
       <ErrorBox error={first.error} />
       {first.loading && <p class="muted">Loading…</p>}
       {first.data && (

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{Batch, DeadLetter, DeadLetterStatus, ReadModelError, RedriveFilter};
 use crate::event::{LogPosition, RecordedEvent, StreamId};
-use crate::wal::Checkpointer;
+use crate::wal::WalCheckpointer;
 
 const SCHEMA: &str = r"
 CREATE TABLE IF NOT EXISTS documents (
@@ -66,7 +66,7 @@ pub(super) struct SqliteReadModel {
     path: PathBuf,
     conn: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
-    checkpointer: Mutex<Checkpointer>,
+    wal_checkpointer: Mutex<WalCheckpointer>,
 }
 
 impl SqliteReadModel {
@@ -97,7 +97,7 @@ impl SqliteReadModel {
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(sqlite)?;
         Ok(Self {
-            checkpointer: Mutex::new(Checkpointer::new(&path)),
+            wal_checkpointer: Mutex::new(WalCheckpointer::new(&path)),
             path,
             conn: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
@@ -441,9 +441,9 @@ impl SqliteReadModel {
         }
         tx.commit().map_err(|e| self.sqlite(e))?;
         drop(conn);
-        self.checkpointer
+        self.wal_checkpointer
             .lock()
-            .expect("read model checkpointer lock poisoned")
+            .expect("read model WAL checkpointer lock poisoned")
             .committed();
         Ok(now)
     }

@@ -1077,32 +1077,17 @@ async fn real_port_serves_clients_and_shuts_down_gracefully() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_down_answers_500_and_health_503() {
-    let Ok(url) = std::env::var("NEXUS_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "NEXUS_TEST_POSTGRES_URL is required when NEXUS_REQUIRE_SERVICES=1"
-        );
-        #[expect(
-            clippy::print_stderr,
-            reason = "tell the developer the test did not run"
-        )]
-        {
-            eprintln!("skipped: NEXUS_TEST_POSTGRES_URL not set");
-        }
+    let Some(db) = nexus_test_support::TestDb::create().await else {
         return;
     };
-    let name = format!("nexus_test_{}", uuid::Uuid::now_v7().simple());
-    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+    let admin = tokio_postgres::connect(db.admin_url(), tokio_postgres::NoTls)
         .await
+        .map(|(admin, conn)| {
+            tokio::spawn(conn);
+            admin
+        })
         .expect("connect");
-    tokio::spawn(conn);
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create");
-    let mut config: tokio_postgres::Config = url.parse().expect("url");
-    config.dbname(&name);
-    let storage = crate::storage::postgres::PostgresStorage::connect_with(config)
+    let storage = crate::storage::postgres::PostgresStorage::connect_with(db.config())
         .await
         .expect("connect");
     let r = Registry {
@@ -1115,7 +1100,7 @@ async fn storage_down_answers_500_and_health_503() {
     );
     // Take the database away underneath the running registry.
     admin
-        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", db.name()))
         .await
         .expect("drop");
     let answer = r.register("pg", &json!({"type": "integer"})).await;
