@@ -17,6 +17,7 @@ mod metrics;
 mod notify;
 mod openapi;
 mod query;
+mod read_model_audit;
 mod saga;
 mod temporal;
 

@@ -22,6 +22,9 @@ pub use health::{HealthRegistry, ProjectionHealth, ProjectionStatus};
 pub use runner::{
     DeadLetterMode, ProjectionHandle, ProjectionRunner, RetrySchedule, RunnerOptions,
 };
+pub use store::audit::{
+    AuditBreak, AuditCause, AuditEntry, AuditKind, AuditPage, AuditReport, PruneReport, Retention,
+};
 pub use store::{
     DeadLetter, DeadLetterStatus, ReadModelError, ReadModelStore, ReadModels, RedriveFilter,
 };

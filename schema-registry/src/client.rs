@@ -183,7 +183,7 @@ impl Client {
             } else {
                 ClientError::Unreachable {
                     url: shown.clone(),
-                    source: Box::new(e),
+                    source: Box::new(e.without_url()),
                 }
             }
         };

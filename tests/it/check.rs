@@ -21,7 +21,7 @@ addresses = ["query-dashboard", "QUERY_DASHBOARD_URL"]
 tables = ["events"]
 "#;
 
-const VIOLATING: &str = r#"pub async fn purge(pool: &sqlx::PgPool) {
+pub(crate) const VIOLATING: &str = r#"pub async fn purge(pool: &sqlx::PgPool) {
     sqlx::query("DELETE FROM events WHERE id = $1").execute(pool).await.unwrap();
 }
 "#;
@@ -32,7 +32,7 @@ const CLEAN: &str = r#"pub async fn append(pool: &sqlx::PgPool) {
 "#;
 
 /// A one-package workspace named `command-service` with `lib` as its `src/lib.rs`.
-fn workspace(lib: &str) -> tempfile::TempDir {
+pub(crate) fn workspace(lib: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     write(
         dir.path(),

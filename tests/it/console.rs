@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::nexus_bin;
 use crate::up::Up;
 
 /// The whole Chromium run, all steps.
@@ -67,14 +66,7 @@ fn the_console_unit_tests_pass_under_node() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !node_works {
-        assert!(
-            std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "NEXUS_REQUIRE_SERVICES=1 but node is not installed"
-        );
-        #[expect(clippy::print_stderr, reason = "say why the test did nothing")]
-        {
-            eprintln!("skipped: node is not installed");
-        }
+        crate::support::skip("node is not installed");
         return;
     }
     let console = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/console");
@@ -92,7 +84,7 @@ fn the_console_unit_tests_pass_under_node() {
 }
 
 fn token(data: &Path, role: &str) -> String {
-    let out = Command::new(nexus_bin())
+    let out = crate::support::nexus()
         .args(["token", "issue", "--role", role, "--data-dir"])
         .arg(data)
         .output()
@@ -108,18 +100,8 @@ fn token(data: &Path, role: &str) -> String {
 #[test]
 fn the_console_tails_searches_browses_and_repairs_the_demo_in_chromium_and_firefox_and_hides_what_a_token_may_not_do()
  {
-    let (chromium, modules) = match browser() {
-        Ok(found) => found,
-        Err(why) if std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() == Ok("1") => {
-            panic!("NEXUS_REQUIRE_SERVICES=1 but {why}")
-        }
-        Err(why) => {
-            #[expect(clippy::print_stderr, reason = "say why the test did nothing")]
-            {
-                eprintln!("skipped: {why}");
-            }
-            return;
-        }
+    let Some((chromium, modules)) = crate::support::available(browser()) else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -183,15 +165,7 @@ fn the_console_tails_searches_browses_and_repairs_the_demo_in_chromium_and_firef
             ("NEXUS_CONSOLE_FIREFOX", &firefox),
             FIREFOX_RUN_LIMIT,
         ),
-        Err(why) if std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() == Ok("1") => {
-            panic!("NEXUS_REQUIRE_SERVICES=1 but {why}")
-        }
-        Err(why) => {
-            #[expect(clippy::print_stderr, reason = "say why Firefox was not run")]
-            {
-                eprintln!("Firefox skipped: {why}");
-            }
-        }
+        Err(why) => crate::support::skip(format_args!("Firefox: {why}")),
     }
 }
 

@@ -85,25 +85,14 @@ fn start_prometheus(bin: &Path, dir: &Path, target: &str) -> Prometheus {
     Prometheus { child, url }
 }
 
-/// Percent-encodes a query for the URL.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Evaluates `expr` now; the result's series.
 fn query(prometheus: &Prometheus, expr: &str) -> Vec<Value> {
-    let (status, body) = get_text(&format!(
-        "{}/api/v1/query?query={}",
-        prometheus.url,
-        encode(expr)
-    ));
+    let url = reqwest::Url::parse_with_params(
+        &format!("{}/api/v1/query", prometheus.url),
+        [("query", expr)],
+    )
+    .expect("the Prometheus URL");
+    let (status, body) = get_text(url.as_str());
     let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     assert_eq!(status, 200, "{expr}: {body}");
     assert_eq!(answer["status"], "success", "{expr}: {body}");

@@ -1,5 +1,6 @@
 //! End-to-end tests: each module drives the `nexus` binary as a process.
 
+mod audit;
 mod check;
 mod console;
 mod dashboards;
@@ -14,6 +15,7 @@ mod doctor;
 )]
 #[path = "../../templates/project/crates/events/src/lib.rs"]
 mod events;
+mod faces;
 mod faults;
 mod metrics;
 mod new;

@@ -10,14 +10,13 @@ use std::time::{Duration, Instant};
 use nexus_runtime::notify::client::{ClientEvent, ClientOptions, NotificationClient};
 use serde_json::{Value, json};
 
-use crate::support::nexus_bin;
 use crate::up::Up;
 
 /// The browser run, all steps.
 const RUN_LIMIT: Duration = Duration::from_secs(90);
 
 fn token(data: &Path) -> String {
-    let out = Command::new(nexus_bin())
+    let out = crate::support::nexus()
         .args(["token", "issue", "--role", "admin", "--data-dir"])
         .arg(data)
         .output()
@@ -32,18 +31,8 @@ fn token(data: &Path) -> String {
 
 #[test]
 fn the_javascript_client_shows_live_updates_and_resumes_after_a_drop_in_chromium() {
-    let (chromium, modules) = match crate::console::browser() {
-        Ok(found) => found,
-        Err(why) if std::env::var("NEXUS_REQUIRE_SERVICES").as_deref() == Ok("1") => {
-            panic!("NEXUS_REQUIRE_SERVICES=1 but {why}")
-        }
-        Err(why) => {
-            #[expect(clippy::print_stderr, reason = "say why the test did nothing")]
-            {
-                eprintln!("skipped: {why}");
-            }
-            return;
-        }
+    let Some((chromium, modules)) = crate::support::available(crate::console::browser()) else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -96,7 +85,7 @@ fn free_port() -> u16 {
 
 /// `nexus up` on fixed ports, so a restart comes back where clients look for it.
 fn up_on(data: &Path, command_port: u16, query_port: u16) -> Child {
-    let mut child = Command::new(nexus_bin())
+    let mut child = crate::support::nexus()
         .args(["up", "--json", "--registry-port", "0", "--command-port"])
         .arg(command_port.to_string())
         .arg("--query-port")
@@ -258,7 +247,7 @@ fn nexus_watch_prints_notifications_as_json_lines() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let up = Up::start(&data, &[]);
-    let mut watch = Command::new(nexus_bin())
+    let mut watch = crate::support::nexus()
         .args([
             "watch",
             "orders/orders/w-1",

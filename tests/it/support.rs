@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-pub(crate) use nexus_test_support::{TestDb, available, service_url};
+pub(crate) use nexus_test_support::{TestDb, available, service_url, skip};
 
 /// Path of the `nexus` binary built for this test run.
 pub(crate) fn nexus_bin() -> PathBuf {

@@ -79,7 +79,7 @@ impl Up {
     }
 
     /// Sends SIGINT and returns the exit code and the last line printed.
-    fn interrupt(mut self) -> (Option<i32>, Value) {
+    pub(crate) fn interrupt(mut self) -> (Option<i32>, Value) {
         let status = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status()

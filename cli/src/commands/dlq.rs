@@ -13,8 +13,10 @@ use nexus_runtime::projection::{ProjectionRunner, ReadModelStore, ReadModels, Re
 use super::Outcome;
 use crate::output;
 
+/// Where the projections' read models are: a folder of SQLite files or a PostgreSQL database
+/// (shared with `nexus audit`).
 #[derive(Debug, Args)]
-pub(crate) struct DlqArgs {
+pub(crate) struct ReadModelSource {
     /// Folder holding the projections' read models (SQLite files).
     #[arg(long, global = true, default_value = ".nexus/data/read-models")]
     read_models: PathBuf,
@@ -24,6 +26,31 @@ pub(crate) struct DlqArgs {
     /// With `--postgres-url`: the schema holding the read models.
     #[arg(long, global = true, default_value = ReadModels::DEFAULT_POSTGRES_SCHEMA)]
     schema: String,
+}
+
+impl ReadModelSource {
+    /// The read model of `projection`; a SQLite file must exist already.
+    pub(crate) async fn open(&self, projection: &str) -> anyhow::Result<ReadModelStore> {
+        if let Some(url) = &self.postgres_url {
+            let read_models = ReadModels::postgres(url, &self.schema)
+                .await
+                .context("failed to open the read models in PostgreSQL")?;
+            return Ok(read_models.open(projection)?);
+        }
+        let path = ProjectionRunner::read_model_path(&self.read_models, projection);
+        anyhow::ensure!(
+            path.exists(),
+            "no read model for projection `{projection}` at {} (use --read-models to point at the folder)",
+            path.display()
+        );
+        ReadModelStore::open(&path).with_context(|| format!("failed to open {}", path.display()))
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DlqArgs {
+    #[command(flatten)]
+    source: ReadModelSource,
     /// Print JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -62,19 +89,7 @@ pub(crate) enum DlqCommand {
 }
 
 async fn open(args: &DlqArgs, projection: &str) -> anyhow::Result<ReadModelStore> {
-    if let Some(url) = &args.postgres_url {
-        let read_models = ReadModels::postgres(url, &args.schema)
-            .await
-            .context("failed to open the read models in PostgreSQL")?;
-        return Ok(read_models.open(projection)?);
-    }
-    let path = ProjectionRunner::read_model_path(&args.read_models, projection);
-    anyhow::ensure!(
-        path.exists(),
-        "no read model for projection `{projection}` at {} (use --read-models to point at the folder)",
-        path.display()
-    );
-    ReadModelStore::open(&path).with_context(|| format!("failed to open {}", path.display()))
+    args.source.open(projection).await
 }
 
 pub(crate) fn run(args: DlqArgs) -> anyhow::Result<Outcome> {

@@ -1,5 +1,6 @@
 //! The command tree of `nexus` and the dispatch from a parsed command to its module.
 
+pub(crate) mod audit;
 pub(crate) mod auth;
 pub(crate) mod bench;
 pub(crate) mod bench_bus;
@@ -72,6 +73,8 @@ pub(crate) enum Command {
     Replay(replay::ReplayCommand),
     /// List, inspect and redrive a projection's dead letters.
     Dlq(dlq::DlqArgs),
+    /// Verify, read and prune the audit log of a projection's read-model changes.
+    Audit(audit::AuditArgs),
     /// List and inspect saga instances; retry or abort stuck ones.
     Saga(saga::SagaArgs),
     /// Print read-model notifications as they arrive (WebSocket, resumes after a drop).
@@ -118,6 +121,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Schema(command) => schema::run(command),
         Command::Replay(command) => replay::run(command),
         Command::Dlq(args) => dlq::run(args),
+        Command::Audit(args) => audit::run(args),
         Command::Saga(args) => saga::run(args),
         Command::Token(command) => token::run(command),
         Command::Top(args) => top::run(args),

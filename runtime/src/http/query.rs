@@ -194,8 +194,8 @@ impl QueryDashboard {
     }
 
     /// The router: read models, their dead letters (`/admin/projections/{name}/dead-letters`),
-    /// health, `/metrics`, `/openapi.json`, an overview page at `/` and, when configured, the
-    /// console.
+    /// their documents' audit history (`/audit/read-models/{name}/{collection}/{id}`), health,
+    /// `/metrics`, `/openapi.json`, an overview page at `/` and, when configured, the console.
     pub fn router(self) -> Router {
         let names: Vec<String> = self.read_models.keys().cloned().collect();
         let mut openapi = OpenApi::new(
@@ -213,6 +213,7 @@ impl QueryDashboard {
             openapi.search_paths(&searchable, &self.search_limits, self.limits.max_wait);
         }
         openapi.extra_paths(&super::dead_letters::openapi(&names));
+        openapi.extra_paths(&super::read_model_audit::openapi(&names));
         if self.console.is_some() {
             openapi.extra_paths(&super::console::openapi());
         }
@@ -228,6 +229,7 @@ impl QueryDashboard {
             register_metrics(name);
         }
         let dead_letters = super::dead_letters::routes(&self.read_models, &self.access);
+        let audit = super::read_model_audit::routes(&self.read_models, &self.access);
         let console = self
             .console
             .as_ref()
@@ -257,7 +259,8 @@ impl QueryDashboard {
             .route_layer(self.access.require(Permission::ReadModelsRead))
             .with_state(state)
             .merge(super::health_router(self.health))
-            .merge(dead_letters);
+            .merge(dead_letters)
+            .merge(audit);
         if let Some(console) = console {
             routes = routes.merge(console);
         }

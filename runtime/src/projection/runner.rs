@@ -16,6 +16,7 @@ use tracing::Instrument;
 use super::Projection;
 use super::changes::{Changes, DocumentCache};
 use super::health::{HealthRegistry, ProjectionHealth, ProjectionStatus};
+use super::store::audit::{AuditCause, AuditWrite};
 use super::store::{
     Batch, DeadLetterStatus, NewDeadLetter, ReadModelError, ReadModelStore, ReadModels,
 };
@@ -87,6 +88,9 @@ pub struct RunnerOptions {
     /// How search indexes are written (feature `search`): commit interval and size cap.
     #[cfg(feature = "search")]
     pub search: crate::search::IndexOptions,
+    /// Append every document change to the read model's audit log, in the commit's
+    /// transaction (default on; see [`crate::projection::ReadModelStore::audit_history`]).
+    pub audit: bool,
 }
 
 impl Default for RunnerOptions {
@@ -101,6 +105,7 @@ impl Default for RunnerOptions {
             gap_wait: Duration::from_secs(30),
             #[cfg(feature = "search")]
             search: crate::search::IndexOptions::default(),
+            audit: true,
         }
     }
 }
@@ -323,6 +328,7 @@ fn register_metrics(name: &str) {
         "nexus_projection_dead_letters_total",
         "nexus_projection_gap_fills_total",
         "nexus_projection_restarts_total",
+        "nexus_projection_audit_entries_total",
     ] {
         metrics::counter!(counter, "projection" => name.to_owned()).increment(0);
     }
@@ -739,6 +745,14 @@ impl<P: Projection> Worker<P> {
             .unwrap_or(LogPosition::START);
         if let Some(hub) = &self.notifications {
             hub.run_started(&self.name, Some(start));
+        }
+        if self.options.audit
+            && let Some(seq) = self.read_model.audit_run_started(start.position).await?
+        {
+            tracing::info!(
+                projection = %self.name, from = start.position, seq,
+                "the read model went back: recorded as a rebuild in its audit log"
+            );
         }
         let catch_up_to = if self.bus.replays_from_position() {
             None
@@ -1174,6 +1188,25 @@ impl<P: Projection> Worker<P> {
         let key_state = state.keys.get_mut(key).expect("the key is being processed");
         match outcome {
             Ok(writes) => {
+                if self.options.audit
+                    && let Some(writes) = writes.as_ref().filter(|w| !w.is_empty())
+                {
+                    let cause = Arc::new(AuditCause::of(event));
+                    let mut ordered: Vec<_> = writes.iter().collect();
+                    ordered.sort_by(|a, b| a.0.cmp(b.0));
+                    batch
+                        .audit
+                        .extend(
+                            ordered
+                                .into_iter()
+                                .map(|((collection, id), after)| AuditWrite {
+                                    collection: collection.clone(),
+                                    id: id.clone(),
+                                    after: after.clone(),
+                                    cause: Arc::clone(&cause),
+                                }),
+                        );
+                }
                 for (doc, value) in writes.into_iter().flatten() {
                     if self.notifications.is_some() {
                         let (collection, id) = doc.clone();

@@ -6,6 +6,7 @@
 //! projection (feature `postgres`, [`ReadModels::postgres`]). Every call is async; the SQLite
 //! backend does its blocking work on Tokio's blocking pool.
 
+pub mod audit;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
@@ -183,6 +184,9 @@ pub(crate) struct Batch {
     pub(crate) checkpoint: Option<LogPosition>,
     /// The event behind each written document, for notifications (only with a hub).
     pub(crate) sources: HashMap<(String, String), crate::notify::Change>,
+    /// Every document write in the order the projection made it, with the event behind it,
+    /// for the audit log (empty when the runner does not audit).
+    pub(crate) audit: Vec<audit::AuditWrite>,
     /// The documents' `updated_at` (microseconds since the epoch), set by the commit.
     pub(crate) committed_at: i64,
 }
@@ -291,6 +295,11 @@ impl ReadModels {
 /// The SQLite file of projection `name` under `dir`.
 pub(crate) fn sqlite_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.db"))
+}
+
+/// Clamps a history page size to `1..=MAX_HISTORY_PAGE`.
+fn history_limit(limit: usize) -> i64 {
+    limit.clamp(1, audit::MAX_HISTORY_PAGE) as i64
 }
 
 /// One projection's read model: a cheap-to-clone handle, whichever backend holds it.
@@ -575,6 +584,63 @@ impl ReadModelStore {
         match filter {
             RedriveFilter::Id(id) if changed == 0 => Err(ReadModelError::NoSuchDeadLetter(*id)),
             _ => Ok(changed),
+        }
+    }
+
+    /// Records a run starting from `from` in the audit log: below the checkpoint the log last
+    /// saw, it is a rebuild and gets a `rebuild` entry (whose seq is returned).
+    pub(crate) async fn audit_run_started(&self, from: u64) -> Result<Option<u64>, ReadModelError> {
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.audit_run_started(from)).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.audit_run_started(from).await,
+        }
+    }
+
+    /// One page of the audit history of document `id` of `collection`: its changes with `seq`
+    /// above `after`, oldest first, with the rebuilds and prunes since its first change; at most
+    /// `limit` entries (1 to [`audit::MAX_HISTORY_PAGE`]).
+    pub async fn audit_history(
+        &self,
+        collection: &str,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<audit::AuditPage, ReadModelError> {
+        let limit = history_limit(limit);
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                let (collection, id) = (collection.to_owned(), id.to_owned());
+                blocking(db, move |db| {
+                    db.audit_history(&collection, &id, after, limit)
+                })
+                .await
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.audit_history(collection, id, after, limit).await,
+        }
+    }
+
+    /// Checks the projection's whole audit chain, from the anchor of the newest prune (or the
+    /// first entry) to the newest entry, on one consistent snapshot.
+    pub async fn audit_verify(&self) -> Result<audit::AuditReport, ReadModelError> {
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, |db| db.audit_verify()).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.audit_verify().await,
+        }
+    }
+
+    /// Removes the oldest whole segments of the audit log that `retention` allows, and records
+    /// what it removed as a `prune` entry of the chain.
+    pub async fn audit_prune(
+        &self,
+        retention: audit::Retention,
+    ) -> Result<audit::PruneReport, ReadModelError> {
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.audit_prune(&retention)).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.audit_prune(&retention).await,
         }
     }
 }

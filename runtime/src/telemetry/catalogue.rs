@@ -377,6 +377,13 @@ pub const CATALOGUE: &[MetricDef] = &[
     ),
     counter(
         Projection,
+        "nexus_projection_audit_entries_total",
+        &["projection"],
+        "entries",
+        "Entries appended to the projection's read-model audit log (document changes, rebuilds), counted once committed.",
+    ),
+    counter(
+        Projection,
         "nexus_projection_dead_letters_total",
         &["projection"],
         "events",

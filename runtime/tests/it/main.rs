@@ -13,6 +13,7 @@ mod integration;
 #[cfg(all(feature = "http", feature = "notify-client"))]
 mod notify;
 mod projection;
+mod read_model_audit;
 mod saga;
 #[cfg(all(feature = "search", feature = "http"))]
 mod search;

@@ -186,24 +186,24 @@ fn runner(
 
 /// Where a test keeps its read models.
 #[derive(Debug, Clone, Copy)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     #[cfg(feature = "postgres")]
     Postgres,
 }
 
 /// An embedded event store and a runner whose read models live on one backend.
-struct Setup {
-    store: Arc<dyn EventStore>,
-    runner: ProjectionRunner,
-    _dir: tempfile::TempDir,
+pub(crate) struct Setup {
+    pub(crate) store: Arc<dyn EventStore>,
+    pub(crate) runner: ProjectionRunner,
+    pub(crate) _dir: tempfile::TempDir,
     #[cfg(feature = "postgres")]
-    db: Option<support::TestDb>,
+    pub(crate) db: Option<support::TestDb>,
 }
 
 impl Setup {
     /// `None` (the test is skipped) when the backend's server is not configured.
-    async fn new(backend: Backend, options: RunnerOptions) -> Option<Self> {
+    pub(crate) async fn new(backend: Backend, options: RunnerOptions) -> Option<Self> {
         let (store, dir) = support::embedded();
         let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Arc::clone(&store)));
         match backend {
@@ -240,7 +240,7 @@ impl Setup {
     }
 
     /// The read model of `name` opened afresh, as another process (`nexus dlq`) would.
-    async fn reopen(&self, name: &str) -> ReadModelStore {
+    pub(crate) async fn reopen(&self, name: &str) -> ReadModelStore {
         #[cfg(feature = "postgres")]
         if let Some(db) = &self.db {
             return ReadModels::postgres(&db.url, ReadModels::DEFAULT_POSTGRES_SCHEMA)
@@ -273,6 +273,7 @@ macro_rules! on_each_backend {
         }
     )*};
 }
+pub(crate) use on_each_backend;
 
 on_each_backend!(
     applies_every_event_once_across_a_crash,

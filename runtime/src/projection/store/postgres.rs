@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use super::audit::{self, AuditKind, AuditPage, AuditReport, PruneReport, Retention, Tail};
 use super::{Batch, DeadLetter, DeadLetterStatus, ReadModelError, RedriveFilter};
 use crate::event::{LogPosition, RecordedEvent, StreamId};
 use crate::pg::is_connection_error;
@@ -23,11 +24,21 @@ use crate::pg::is_connection_error;
 /// Connections in a pool the read models create for themselves.
 pub(super) const POOL_SIZE: usize = 8;
 
-const MIGRATIONS: &[crate::pg::Migration] = &[(
-    1,
-    "read_models",
-    include_str!("../../../migrations/postgres-read-models/0001_read_models.sql"),
-)];
+const MIGRATIONS: &[crate::pg::Migration] = &[
+    (
+        1,
+        "read_models",
+        include_str!("../../../migrations/postgres-read-models/0001_read_models.sql"),
+    ),
+    (
+        2,
+        "read_model_audit",
+        include_str!("../../../migrations/postgres-read-models/0002_read_model_audit.sql"),
+    ),
+];
+
+const AUDIT_COLUMNS: &str = "seq, projection, kind, collection, id, before, after, event_id, \
+     event_type, aggregate_type, aggregate_id, version, position, correlation_id, at, detail, hash";
 
 const DEAD_LETTER_COLUMNS: &str =
     "id, envelope, error, attempts, first_failed_at, last_failed_at, status";
@@ -86,6 +97,21 @@ struct Sql {
     redrive_requests: String,
     dead_letter_page: String,
     collections: String,
+    audit_lock: String,
+    audit_tail: String,
+    audit_committed: String,
+    audit_append: String,
+    audit_head: String,
+    audit_head_set: String,
+    audit_history: String,
+    audit_newest_prune: String,
+    audit_page: String,
+    audit_first: String,
+    audit_max_at: String,
+    audit_anchor: String,
+    audit_permit: String,
+    audit_prune: String,
+    audit_unpermit: String,
 }
 
 impl Sql {
@@ -197,6 +223,67 @@ impl Sql {
                    FROM c WHERE c.name IS NOT NULL) \
                  SELECT name FROM c WHERE name IS NOT NULL LIMIT $2"
             ),
+            // Serialises the writers of one projection's chain (its key names the schema and
+            // projection), held to the end of the transaction.
+            audit_lock: "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))".to_owned(),
+            audit_tail: format!(
+                "SELECT seq, hash FROM {s}.audit_log WHERE projection = $1 ORDER BY seq DESC LIMIT 1"
+            ),
+            audit_committed: format!(
+                "SELECT d.collection, d.id, d.body FROM {s}.documents d \
+                 JOIN unnest($2::text[], $3::text[]) AS x(collection, id) \
+                 ON d.collection = x.collection AND d.id = x.id WHERE d.projection = $1"
+            ),
+            // Every entry in one statement, and the checkpoint the log saw (when given).
+            audit_append: format!(
+                "WITH appended AS (INSERT INTO {s}.audit_log ({AUDIT_COLUMNS}) \
+                 SELECT r.seq, $1, r.kind, r.collection, r.id, r.before, r.after, r.event_id, \
+                 r.event_type, r.aggregate_type, r.aggregate_id, r.version, r.position, \
+                 r.correlation_id, r.at, r.detail, r.hash \
+                 FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                 $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[], $13::int8[], \
+                 $14::text[], $15::int8[], $16::text[], $17::bytea[]) \
+                 AS r(seq, kind, collection, id, before, after, event_id, event_type, aggregate_type, \
+                 aggregate_id, version, position, correlation_id, at, detail, hash)) \
+                 INSERT INTO {s}.audit_heads (projection, checkpoint) \
+                 SELECT $1, $18::int8 WHERE $18::int8 IS NOT NULL \
+                 ON CONFLICT (projection) DO UPDATE \
+                 SET checkpoint = GREATEST({s}.audit_heads.checkpoint, excluded.checkpoint)"
+            ),
+            audit_head: format!("SELECT checkpoint FROM {s}.audit_heads WHERE projection = $1"),
+            audit_head_set: format!(
+                "UPDATE {s}.audit_heads SET checkpoint = $2 WHERE projection = $1"
+            ),
+            audit_history: format!(
+                "SELECT {AUDIT_COLUMNS} FROM {s}.audit_log WHERE projection = $1 AND kind = 'change' \
+                 AND collection = $2 AND id = $3 AND seq > $4 \
+                 UNION ALL \
+                 SELECT {AUDIT_COLUMNS} FROM {s}.audit_log WHERE projection = $1 AND kind <> 'change' \
+                 AND seq > $4 AND seq > (SELECT min(seq) FROM {s}.audit_log WHERE projection = $1 \
+                 AND kind = 'change' AND collection = $2 AND id = $3) \
+                 ORDER BY seq LIMIT $5"
+            ),
+            audit_newest_prune: format!(
+                "SELECT {AUDIT_COLUMNS} FROM {s}.audit_log WHERE projection = $1 AND kind = 'prune' \
+                 ORDER BY seq DESC LIMIT 1"
+            ),
+            audit_page: format!(
+                "SELECT {AUDIT_COLUMNS} FROM {s}.audit_log WHERE projection = $1 AND seq > $2 \
+                 ORDER BY seq LIMIT $3"
+            ),
+            audit_first: format!("SELECT min(seq) FROM {s}.audit_log WHERE projection = $1"),
+            audit_max_at: format!(
+                "SELECT max(at) FROM {s}.audit_log WHERE projection = $1 AND seq BETWEEN $2 AND $3"
+            ),
+            audit_anchor: format!(
+                "SELECT seq, hash FROM {s}.audit_log WHERE projection = $1 AND seq <= $2 \
+                 ORDER BY seq DESC LIMIT 1"
+            ),
+            audit_permit: format!(
+                "INSERT INTO {s}.audit_prune_permits (projection, upto) VALUES ($1, $2)"
+            ),
+            audit_prune: format!("DELETE FROM {s}.audit_log WHERE projection = $1 AND seq <= $2"),
+            audit_unpermit: format!("DELETE FROM {s}.audit_prune_permits WHERE projection = $1"),
         }
     }
 }
@@ -445,6 +532,12 @@ impl PostgresReadModel {
         let sql = self.sql();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| self.error(e))?;
+        // Before the documents change: the audit reads what they were.
+        let audited = if batch.audit.is_empty() {
+            0
+        } else {
+            self.append_changes(&tx, batch).await?
+        };
         let (mut put_collections, mut put_ids, mut bodies, mut positions) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut delete_collections, mut delete_ids) = (Vec::new(), Vec::new());
@@ -572,7 +665,9 @@ impl PostgresReadModel {
             .await
             .map_err(|e| self.error(e))?;
         }
-        tx.commit().await.map_err(|e| self.error(e))
+        tx.commit().await.map_err(|e| self.error(e))?;
+        audit::count_appended(&self.projection, audited);
+        Ok(())
     }
 
     fn dead_letter_from(&self, row: &Row) -> Result<DeadLetter, ReadModelError> {
@@ -704,5 +799,331 @@ impl PostgresReadModel {
             RedriveFilter::All => self.write(&sql.redrive_all, &[&self.projection]).await?,
         };
         Ok(changed as usize)
+    }
+
+    /// The advisory-lock key of this projection's chain.
+    fn chain_key(&self) -> String {
+        format!(
+            "nexus.read_model_audit/{}/{}",
+            self.tables.schema, self.projection
+        )
+    }
+
+    /// Takes the chain's lock and reads its tail, in one round trip.
+    async fn lock_chain(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+    ) -> Result<Tail, ReadModelError> {
+        let sql = self.sql();
+        let lock = tx
+            .prepare_cached(&sql.audit_lock)
+            .await
+            .map_err(|e| self.error(e))?;
+        let tail = tx
+            .prepare_cached(&sql.audit_tail)
+            .await
+            .map_err(|e| self.error(e))?;
+        let key = self.chain_key();
+        // Sent together; the tail is read after the lock is held (each statement of a READ
+        // COMMITTED transaction sees what committed before it started).
+        let (lock_params, tail_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
+            ([&key], [&self.projection]);
+        let (_, rows) =
+            futures::try_join!(tx.query(&lock, &lock_params), tx.query(&tail, &tail_params))
+                .map_err(|e| self.error(e))?;
+        Ok(rows.first().map_or_else(Tail::default, |row| Tail {
+            seq: row.get::<_, i64>(0) as u64,
+            hash: row.get(1),
+        }))
+    }
+
+    /// Appends the audit entries of `batch`'s document writes, reading the documents as they
+    /// were inside the commit's transaction, in one statement.
+    async fn append_changes(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        batch: &Batch,
+    ) -> Result<u64, ReadModelError> {
+        let sql = self.sql();
+        let documents = audit::written_documents(&batch.audit);
+        let collections: Vec<&str> = documents.iter().map(|(c, _)| c.as_str()).collect();
+        let ids: Vec<&str> = documents.iter().map(|(_, id)| id.as_str()).collect();
+        let committed_sql = tx
+            .prepare_cached(&sql.audit_committed)
+            .await
+            .map_err(|e| self.error(e))?;
+        let (tail, committed_rows) = futures::try_join!(self.lock_chain(tx), async {
+            tx.query(&committed_sql, &[&self.projection, &collections, &ids])
+                .await
+                .map_err(|e| self.error(e))
+        })?;
+        let mut committed: HashMap<(String, String), Option<String>> =
+            documents.into_iter().map(|key| (key, None)).collect();
+        for row in committed_rows {
+            let body: Value = row.get(2);
+            committed.insert((row.get(0), row.get(1)), Some(body.to_string()));
+        }
+        let at = chrono::Utc::now().timestamp_micros();
+        let rows = audit::change_rows(&self.projection, &tail, &batch.audit, committed, at);
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        self.insert_rows(tx, &rows, batch.checkpoint.map(|c| c.position as i64))
+            .await?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn insert_rows(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        rows: &[audit::Row],
+        checkpoint: Option<i64>,
+    ) -> Result<(), ReadModelError> {
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq as i64).collect();
+        let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
+        let text = |f: fn(&audit::Row) -> &Option<String>| -> Vec<Option<&str>> {
+            rows.iter().map(|r| f(r).as_deref()).collect()
+        };
+        let (collections, ids, befores, afters) = (
+            text(|r| &r.collection),
+            text(|r| &r.id),
+            text(|r| &r.before),
+            text(|r| &r.after),
+        );
+        let (event_ids, event_types, aggregate_types, aggregate_ids) = (
+            text(|r| &r.event_id),
+            text(|r| &r.event_type),
+            text(|r| &r.aggregate_type),
+            text(|r| &r.aggregate_id),
+        );
+        let (correlations, details) = (text(|r| &r.correlation_id), text(|r| &r.detail));
+        let versions: Vec<Option<i64>> = rows.iter().map(|r| r.version).collect();
+        let positions: Vec<Option<i64>> = rows.iter().map(|r| r.position).collect();
+        let ats: Vec<i64> = rows.iter().map(|r| r.at).collect();
+        let hashes: Vec<&[u8]> = rows.iter().map(|r| r.hash.as_slice()).collect();
+        let append = tx
+            .prepare_cached(&self.sql().audit_append)
+            .await
+            .map_err(|e| self.error(e))?;
+        tx.execute(
+            &append,
+            &[
+                &self.projection,
+                &seqs,
+                &kinds,
+                &collections,
+                &ids,
+                &befores,
+                &afters,
+                &event_ids,
+                &event_types,
+                &aggregate_types,
+                &aggregate_ids,
+                &versions,
+                &positions,
+                &correlations,
+                &ats,
+                &details,
+                &hashes,
+                &checkpoint,
+            ],
+        )
+        .await
+        .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    pub(super) async fn audit_run_started(&self, from: u64) -> Result<Option<u64>, ReadModelError> {
+        let sql = self.sql();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.error(e))?;
+        let tail = self.lock_chain(&tx).await?;
+        let seen: Option<i64> = tx
+            .query_opt(&sql.audit_head, &[&self.projection])
+            .await
+            .map_err(|e| self.error(e))?
+            .map(|row| row.get(0));
+        let Some(seen) = seen.filter(|seen| *seen as u64 > from) else {
+            return Ok(None);
+        };
+        let row = audit::rebuild_row(&self.projection, &tail, from, seen as u64);
+        self.insert_rows(&tx, std::slice::from_ref(&row), None)
+            .await?;
+        tx.execute(&sql.audit_head_set, &[&self.projection, &(from as i64)])
+            .await
+            .map_err(|e| self.error(e))?;
+        tx.commit().await.map_err(|e| self.error(e))?;
+        audit::count_appended(&self.projection, 1);
+        Ok(Some(row.seq))
+    }
+
+    pub(super) async fn audit_history(
+        &self,
+        collection: &str,
+        id: &str,
+        after: u64,
+        limit: i64,
+    ) -> Result<AuditPage, ReadModelError> {
+        let rows = self
+            .read(
+                &self.sql().audit_history,
+                &[
+                    &self.projection,
+                    &collection,
+                    &id,
+                    &(after as i64),
+                    &(limit + 1),
+                ],
+            )
+            .await?;
+        let mut rows: Vec<audit::Row> = rows.iter().map(audit_row).collect();
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_after = more.then(|| rows.last().map(|r| r.seq)).flatten();
+        let entries = rows
+            .into_iter()
+            .map(|row| row.entry().map_err(|e| self.corrupt(e)))
+            .collect::<Result<_, _>>()?;
+        Ok(AuditPage {
+            entries,
+            next_after,
+        })
+    }
+
+    pub(super) async fn audit_verify(&self) -> Result<AuditReport, ReadModelError> {
+        let sql = self.sql();
+        let mut client = self.client().await?;
+        // One snapshot for the whole walk, so a prune or append meanwhile cannot look like a gap.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| self.error(e))?;
+        let newest_prune = tx
+            .query_opt(&sql.audit_newest_prune, &[&self.projection])
+            .await
+            .map_err(|e| self.error(e))?
+            .map(|row| audit_row(&row));
+        let mut verifier = audit::Verifier::new(&self.projection, newest_prune.as_ref());
+        let page = tx
+            .prepare_cached(&sql.audit_page)
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut after = 0i64;
+        loop {
+            let rows: Vec<audit::Row> = tx
+                .query(
+                    &page,
+                    &[&self.projection, &after, &(audit::VERIFY_PAGE as i64)],
+                )
+                .await
+                .map_err(|e| self.error(e))?
+                .iter()
+                .map(audit_row)
+                .collect();
+            let Some(last) = rows.last() else { break };
+            after = last.seq as i64;
+            if !verifier.feed(&rows) || rows.len() < audit::VERIFY_PAGE {
+                break;
+            }
+        }
+        tx.commit().await.map_err(|e| self.error(e))?;
+        Ok(verifier.finish())
+    }
+
+    pub(super) async fn audit_prune(
+        &self,
+        retention: &Retention,
+    ) -> Result<PruneReport, ReadModelError> {
+        let sql = self.sql();
+        let mut report = PruneReport {
+            projection: self.projection.clone(),
+            removed: 0,
+            range: None,
+            entry: None,
+        };
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.error(e))?;
+        let tail = self.lock_chain(&tx).await?;
+        let first: Option<i64> = tx
+            .query_one(&sql.audit_first, &[&self.projection])
+            .await
+            .map_err(|e| self.error(e))?
+            .get(0);
+        let Some(first) = first else {
+            return Ok(report);
+        };
+        let max_at = tx
+            .prepare_cached(&sql.audit_max_at)
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut plan = audit::PrunePlan::new(first as u64, tail.seq, retention);
+        while let Some((from, to)) = plan.next() {
+            let newest: Option<i64> = tx
+                .query_one(&max_at, &[&self.projection, &(from as i64), &(to as i64)])
+                .await
+                .map_err(|e| self.error(e))?
+                .get(0);
+            plan.observe(newest);
+        }
+        let upto = plan.upto();
+        let Some(upto) = upto else {
+            return Ok(report);
+        };
+        let anchor = tx
+            .query_one(&sql.audit_anchor, &[&self.projection, &(upto as i64)])
+            .await
+            .map_err(|e| self.error(e))?;
+        let (last, anchor): (i64, Vec<u8>) = (anchor.get(0), anchor.get(1));
+        tx.execute(&sql.audit_permit, &[&self.projection, &last])
+            .await
+            .map_err(|e| self.error(e))?;
+        let removed = tx
+            .execute(&sql.audit_prune, &[&self.projection, &last])
+            .await
+            .map_err(|e| self.error(e))?;
+        tx.execute(&sql.audit_unpermit, &[&self.projection])
+            .await
+            .map_err(|e| self.error(e))?;
+        let range = (first as u64, last as u64);
+        let row = audit::prune_row(
+            &self.projection,
+            &tail,
+            (range.0, range.1, removed),
+            &anchor,
+            retention,
+        );
+        self.insert_rows(&tx, std::slice::from_ref(&row), None)
+            .await?;
+        tx.commit().await.map_err(|e| self.error(e))?;
+        audit::count_appended(&self.projection, 1);
+        report.removed = removed;
+        report.range = Some(range);
+        report.entry = Some(row.seq);
+        Ok(report)
+    }
+}
+
+fn audit_row(row: &Row) -> audit::Row {
+    audit::Row {
+        seq: row.get::<_, i64>(0) as u64,
+        projection: row.get(1),
+        kind: AuditKind::parse(row.get(2)),
+        collection: row.get(3),
+        id: row.get(4),
+        before: row.get(5),
+        after: row.get(6),
+        event_id: row.get(7),
+        event_type: row.get(8),
+        aggregate_type: row.get(9),
+        aggregate_id: row.get(10),
+        version: row.get(11),
+        position: row.get(12),
+        correlation_id: row.get(13),
+        at: row.get(14),
+        detail: row.get(15),
+        hash: row.get(16),
     }
 }

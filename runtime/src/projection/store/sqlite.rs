@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
+use super::audit::{self, AuditKind, AuditPage, AuditReport, PruneReport, Retention, Row, Tail};
 use super::{Batch, DeadLetter, DeadLetterStatus, ReadModelError, RedriveFilter};
 use crate::event::{LogPosition, RecordedEvent, StreamId};
 use crate::wal::WalCheckpointer;
@@ -51,7 +52,45 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE INDEX IF NOT EXISTS dead_letters_status ON dead_letters (status, position);
 CREATE INDEX IF NOT EXISTS dead_letters_stream ON dead_letters (aggregate_type, aggregate_id, version);
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq            INTEGER PRIMARY KEY,
+    projection     TEXT    NOT NULL,
+    kind           TEXT    NOT NULL CHECK (kind IN ('change', 'rebuild', 'prune')),
+    collection     TEXT,
+    id             TEXT,
+    before         TEXT,
+    after          TEXT,
+    event_id       TEXT,
+    event_type     TEXT,
+    aggregate_type TEXT,
+    aggregate_id   TEXT,
+    version        INTEGER,
+    position       INTEGER,
+    correlation_id TEXT,
+    at             INTEGER NOT NULL,
+    detail         TEXT,
+    hash           BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_document ON audit_log (collection, id, seq) WHERE kind = 'change';
+CREATE INDEX IF NOT EXISTS audit_log_marks ON audit_log (kind, seq) WHERE kind <> 'change';
+CREATE TABLE IF NOT EXISTS audit_head (
+    singleton  INTEGER PRIMARY KEY CHECK (singleton = 1),
+    checkpoint INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_prune_permit (upto INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS audit_log_is_append_only_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'nexus: the read-model audit log is append-only, UPDATE is not allowed'); END;
+CREATE TRIGGER IF NOT EXISTS audit_log_is_append_only_delete BEFORE DELETE ON audit_log
+WHEN NOT EXISTS (SELECT 1 FROM audit_prune_permit WHERE OLD.seq <= upto)
+BEGIN SELECT RAISE(ABORT, 'nexus: the read-model audit log is append-only, DELETE is allowed to retention only'); END;
+-- INSERT OR REPLACE deletes the row it collides with without firing the DELETE trigger.
+CREATE TRIGGER IF NOT EXISTS audit_log_is_append_only_replace BEFORE INSERT ON audit_log
+WHEN EXISTS (SELECT 1 FROM audit_log WHERE seq = NEW.seq)
+BEGIN SELECT RAISE(ABORT, 'nexus: the read-model audit log is append-only, REPLACE is not allowed'); END;
 ";
+
+const AUDIT_COLUMNS: &str = "seq, projection, kind, collection, id, before, after, event_id, event_type, \
+     aggregate_type, aggregate_id, version, position, correlation_id, at, detail, hash";
 
 /// Idle read connections kept per read model; a read finding none opens one, and one returned
 /// to a full pool is closed.
@@ -64,6 +103,8 @@ const MAX_IDLE_READERS: usize = 4;
 /// they read the last commit without waiting for a commit in progress, nor for one another.
 pub(super) struct SqliteReadModel {
     path: PathBuf,
+    /// The projection (the file's stem), as its audit entries name it.
+    projection: String,
     conn: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     wal_checkpointer: Mutex<WalCheckpointer>,
@@ -96,8 +137,13 @@ impl SqliteReadModel {
         // file and would stall the projection now and then; a background thread does it.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(sqlite)?;
+        let projection = path
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_default();
         Ok(Self {
             wal_checkpointer: Mutex::new(WalCheckpointer::new(&path)),
+            projection,
             path,
             conn: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
@@ -341,9 +387,20 @@ impl SqliteReadModel {
     /// Commits a batch in one transaction (and one fsync); returns the documents' `updated_at`.
     pub(super) fn commit(&self, batch: &Batch) -> Result<i64, ReadModelError> {
         let mut conn = self.lock();
-        let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
+        // Immediate: the audit chain reads its tail and appends after it, with no other writer
+        // (another process on the same file) in between.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.sqlite(e))?;
         let now = Utc::now().timestamp_micros();
+        let mut audited = 0;
         {
+            // Before the documents change: the audit reads what they were.
+            if !batch.audit.is_empty() {
+                audited = self
+                    .append_changes(&tx, batch, now)
+                    .map_err(|e| self.sqlite(e))?;
+            }
             let mut put = tx
                 .prepare_cached(
                     "INSERT INTO documents (collection, id, body, position, updated_at) VALUES (?1, ?2, ?3, ?4, ?5) \
@@ -441,6 +498,7 @@ impl SqliteReadModel {
         }
         tx.commit().map_err(|e| self.sqlite(e))?;
         drop(conn);
+        audit::count_appended(&self.projection, audited);
         self.wal_checkpointer
             .lock()
             .expect("read model WAL checkpointer lock poisoned")
@@ -632,6 +690,270 @@ impl SqliteReadModel {
         };
         Ok(changed)
     }
+
+    /// Appends the audit entries of `batch`'s document writes, reading the documents as they
+    /// were inside the commit's transaction.
+    fn append_changes(&self, tx: &Connection, batch: &Batch, now: i64) -> rusqlite::Result<u64> {
+        let tail = audit_tail(tx)?;
+        let mut committed = HashMap::new();
+        {
+            let mut body =
+                tx.prepare_cached("SELECT body FROM documents WHERE collection = ?1 AND id = ?2")?;
+            for key in audit::written_documents(&batch.audit) {
+                let before: Option<String> = body
+                    .query_row(params![key.0, key.1], |row| row.get(0))
+                    .optional()?;
+                committed.insert(key, before);
+            }
+        }
+        let rows = audit::change_rows(&self.projection, &tail, &batch.audit, committed, now);
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        insert_audit_rows(tx, &rows)?;
+        if let Some(checkpoint) = batch.checkpoint {
+            tx.prepare_cached(
+                "INSERT INTO audit_head (singleton, checkpoint) VALUES (1, ?1) \
+                 ON CONFLICT (singleton) DO UPDATE SET checkpoint = max(checkpoint, excluded.checkpoint)",
+            )?
+            .execute([checkpoint.position as i64])?;
+        }
+        Ok(rows.len() as u64)
+    }
+
+    /// A run starts from `from`: below the checkpoint the audit log last saw, that is a rebuild,
+    /// recorded as such; returns the `rebuild` entry's seq.
+    pub(super) fn audit_run_started(&self, from: u64) -> Result<Option<u64>, ReadModelError> {
+        let mut conn = self.lock();
+        let run = |conn: &mut Connection| -> rusqlite::Result<Option<u64>> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let seen: Option<i64> = tx
+                .query_row(
+                    "SELECT checkpoint FROM audit_head WHERE singleton = 1",
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(seen) = seen.filter(|seen| *seen as u64 > from) else {
+                return Ok(None);
+            };
+            let tail = audit_tail(&tx)?;
+            let row = audit::rebuild_row(&self.projection, &tail, from, seen as u64);
+            insert_audit_rows(&tx, std::slice::from_ref(&row))?;
+            tx.execute(
+                "UPDATE audit_head SET checkpoint = ?1 WHERE singleton = 1",
+                [from as i64],
+            )?;
+            tx.commit()?;
+            audit::count_appended(&self.projection, 1);
+            Ok(Some(row.seq))
+        };
+        run(&mut conn).map_err(|e| self.sqlite(e))
+    }
+
+    /// One page of a document's history: its changes after `after`, with the rebuilds and
+    /// prunes since its first change.
+    pub(super) fn audit_history(
+        &self,
+        collection: &str,
+        id: &str,
+        after: u64,
+        limit: i64,
+    ) -> Result<AuditPage, ReadModelError> {
+        // On a read connection: the query route never waits for a commit in progress.
+        let rows = self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_log \
+                 WHERE kind = 'change' AND collection = ?1 AND id = ?2 AND seq > ?3 \
+                 UNION ALL \
+                 SELECT {AUDIT_COLUMNS} FROM audit_log WHERE kind <> 'change' AND seq > ?3 \
+                 AND seq > (SELECT min(seq) FROM audit_log \
+                 WHERE kind = 'change' AND collection = ?1 AND id = ?2) \
+                 ORDER BY seq LIMIT ?4"
+                ))
+                .map_err(|e| self.sqlite(e))?;
+            stmt.query_map(params![collection, id, after as i64, limit + 1], audit_row)
+                .map_err(|e| self.sqlite(e))?
+                .collect::<rusqlite::Result<Vec<Row>>>()
+                .map_err(|e| self.sqlite(e))
+        })?;
+        self.page(rows, limit)
+    }
+
+    fn page(&self, mut rows: Vec<Row>, limit: i64) -> Result<AuditPage, ReadModelError> {
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_after = more.then(|| rows.last().map(|r| r.seq)).flatten();
+        let entries = rows
+            .into_iter()
+            .map(|row| row.entry().map_err(|e| self.corrupt(e)))
+            .collect::<Result<_, _>>()?;
+        Ok(AuditPage {
+            entries,
+            next_after,
+        })
+    }
+
+    /// Verifies the whole chain in one read transaction (a consistent snapshot), page by page.
+    pub(super) fn audit_verify(&self) -> Result<AuditReport, ReadModelError> {
+        // On a read connection, so commits go on meanwhile (WAL) while the walk reads its snapshot.
+        let run = |conn: &Connection| -> rusqlite::Result<AuditReport> {
+            let tx = conn.unchecked_transaction()?;
+            let newest_prune = tx
+                .query_row(
+                    &format!(
+                        "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE kind = 'prune' \
+                         ORDER BY seq DESC LIMIT 1"
+                    ),
+                    [],
+                    audit_row,
+                )
+                .optional()?;
+            let mut verifier = audit::Verifier::new(&self.projection, newest_prune.as_ref());
+            let mut page = tx.prepare_cached(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))?;
+            let mut after = 0i64;
+            loop {
+                let rows = page
+                    .query_map(params![after, audit::VERIFY_PAGE as i64], audit_row)?
+                    .collect::<rusqlite::Result<Vec<Row>>>()?;
+                let Some(last) = rows.last() else { break };
+                after = last.seq as i64;
+                if !verifier.feed(&rows) || rows.len() < audit::VERIFY_PAGE {
+                    break;
+                }
+            }
+            drop(page);
+            tx.finish()?;
+            Ok(verifier.finish())
+        };
+        self.read(|conn| run(conn).map_err(|e| self.sqlite(e)))
+    }
+
+    /// Removes the whole old segments `retention` allows, recording the removal in the chain.
+    pub(super) fn audit_prune(&self, retention: &Retention) -> Result<PruneReport, ReadModelError> {
+        let mut conn = self.lock();
+        let run = |conn: &mut Connection| -> rusqlite::Result<PruneReport> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut report = PruneReport {
+                projection: self.projection.clone(),
+                removed: 0,
+                range: None,
+                entry: None,
+            };
+            let tail = audit_tail(&tx)?;
+            let first: Option<i64> =
+                tx.query_row("SELECT min(seq) FROM audit_log", [], |row| row.get(0))?;
+            let Some(first) = first else {
+                return Ok(report);
+            };
+            let mut plan = audit::PrunePlan::new(first as u64, tail.seq, retention);
+            {
+                let mut max_at =
+                    tx.prepare_cached("SELECT max(at) FROM audit_log WHERE seq BETWEEN ?1 AND ?2")?;
+                while let Some((from, to)) = plan.next() {
+                    plan.observe(
+                        max_at.query_row(params![from as i64, to as i64], |row| row.get(0))?,
+                    );
+                }
+            }
+            let upto = plan.upto();
+            let Some(upto) = upto else {
+                return Ok(report);
+            };
+            let (last, anchor): (i64, Vec<u8>) = tx.query_row(
+                "SELECT seq, hash FROM audit_log WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1",
+                [upto as i64],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            tx.execute("INSERT INTO audit_prune_permit (upto) VALUES (?1)", [last])?;
+            let removed = tx.execute("DELETE FROM audit_log WHERE seq <= ?1", [last])? as u64;
+            tx.execute("DELETE FROM audit_prune_permit", [])?;
+            let range = (first as u64, last as u64);
+            let row = audit::prune_row(
+                &self.projection,
+                &tail,
+                (range.0, range.1, removed),
+                &anchor,
+                retention,
+            );
+            insert_audit_rows(&tx, std::slice::from_ref(&row))?;
+            tx.commit()?;
+            audit::count_appended(&self.projection, 1);
+            report.removed = removed;
+            report.range = Some(range);
+            report.entry = Some(row.seq);
+            Ok(report)
+        };
+        run(&mut conn).map_err(|e| self.sqlite(e))
+    }
+}
+
+/// The newest entry of the chain.
+fn audit_tail(conn: &Connection) -> rusqlite::Result<Tail> {
+    Ok(conn
+        .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |row| {
+            Ok(Tail {
+                seq: row.get::<_, i64>(0)? as u64,
+                hash: row.get(1)?,
+            })
+        })
+        .optional()?
+        .unwrap_or_default())
+}
+
+fn insert_audit_rows(conn: &Connection, rows: &[Row]) -> rusqlite::Result<()> {
+    let mut insert = conn.prepare_cached(&format!(
+        "INSERT INTO audit_log ({AUDIT_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+    ))?;
+    for row in rows {
+        insert.execute(params![
+            row.seq as i64,
+            row.projection,
+            row.kind.as_str(),
+            row.collection,
+            row.id,
+            row.before,
+            row.after,
+            row.event_id,
+            row.event_type,
+            row.aggregate_type,
+            row.aggregate_id,
+            row.version,
+            row.position,
+            row.correlation_id,
+            row.at,
+            row.detail,
+            row.hash,
+        ])?;
+    }
+    Ok(())
+}
+
+fn audit_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        seq: row.get::<_, i64>(0)? as u64,
+        projection: row.get(1)?,
+        kind: AuditKind::parse(&row.get::<_, String>(2)?),
+        collection: row.get(3)?,
+        id: row.get(4)?,
+        before: row.get(5)?,
+        after: row.get(6)?,
+        event_id: row.get(7)?,
+        event_type: row.get(8)?,
+        aggregate_type: row.get(9)?,
+        aggregate_id: row.get(10)?,
+        version: row.get(11)?,
+        position: row.get(12)?,
+        correlation_id: row.get(13)?,
+        at: row.get(14)?,
+        detail: row.get(15)?,
+        hash: row.get(16)?,
+    })
 }
 
 #[cfg(test)]
