@@ -32,7 +32,10 @@ pub use metrics::{metrics_router, prometheus};
 /// The access-control layer shared with the schema registry (`nexus-access`).
 pub use nexus_access as access;
 pub use nexus_access::{ServeOptions, serve, serve_until, serve_with, shutdown_signal};
-pub use notify::{BEARER_PROTOCOL_PREFIX, CLIENT_JS, NotifyOptions, PROTOCOL as NOTIFY_PROTOCOL};
+pub use notify::{
+    BEARER_PROTOCOL_PREFIX, CLIENT_JS, EXPIRED_CLOSE_CODE, NotifyOptions,
+    PROTOCOL as NOTIFY_PROTOCOL,
+};
 pub use query::{QueryDashboard, QueryLimits};
 pub use saga::SagaApi;
 pub use temporal::{TemporalApi, TemporalOpenError};

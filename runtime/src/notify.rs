@@ -23,6 +23,7 @@ mod notification;
 mod session;
 
 pub use filter::{Scope, parse_filter_value};
+pub(crate) use hub::new_epoch;
 pub use hub::{Change, HubOptions, NotificationHub};
 pub use notification::{
     ClientMessage, Coalesced, Notification, Op, ResetReason, ServerMessage, Since, SinceError,

@@ -24,6 +24,7 @@ pub use health::{HealthRegistry, ProjectionHealth, ProjectionStatus};
 pub use runner::{
     DeadLetterMode, ProjectionHandle, ProjectionRunner, RetrySchedule, RunnerOptions,
 };
+pub(crate) use store::NotifyCommit;
 pub use store::audit::{
     AuditBreak, AuditCause, AuditEntry, AuditKind, AuditPage, AuditReport, PruneReport, Retention,
 };

@@ -233,6 +233,52 @@ impl SagaReader {
         Ok(page.into_iter().map(|(_, doc)| doc).collect())
     }
 
+    /// What `GET /sagas/{saga}/{id}` shows of instance `id`: its status document with its
+    /// `history` (the first [`MAX_HISTORY`] events) and `history_truncated`.
+    ///
+    /// Two indexed reads of the read model, where the history is projected beside the status;
+    /// only an instance projected before histories were has none there, and then its stream is
+    /// read.
+    pub async fn show(&self, id: &str) -> Result<Option<Value>, SagaError> {
+        let Some(mut doc) = self.status(id).await? else {
+            return Ok(None);
+        };
+        let projected = self
+            .read_model
+            .get(runner::HISTORY, id)
+            .await
+            .map_err(SagaError::ReadModel)?
+            .and_then(|mut h| match h.get_mut("events").map(Value::take) {
+                Some(Value::Array(events)) => Some(events),
+                _ => None,
+            });
+        let history = match projected {
+            Some(events) => events,
+            None => self
+                .history(id, MAX_HISTORY)
+                .await?
+                .into_iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "version": e.version,
+                        "type": e.event_type,
+                        "recorded_at": e.recorded_at,
+                        "data": serde_json::from_str::<Value>(e.payload.get())
+                            .unwrap_or(Value::Null),
+                    })
+                })
+                .collect(),
+        };
+        if let Value::Object(map) = &mut doc {
+            map.insert(
+                "history_truncated".into(),
+                Value::Bool(history.len() >= MAX_HISTORY),
+            );
+            map.insert(runner::HISTORY.into(), Value::Array(history));
+        }
+        Ok(Some(doc))
+    }
+
     /// The first `limit` (capped at [`MAX_HISTORY`]) events of instance `id`'s stream.
     pub async fn history(&self, id: &str, limit: usize) -> Result<Vec<RecordedEvent>, SagaError> {
         let stream = instance_stream(&self.saga, id);

@@ -11,6 +11,8 @@ pub mod catalogue;
 pub mod live;
 #[cfg(feature = "otel")]
 pub mod otel;
+#[cfg(all(feature = "otel", feature = "http"))]
+pub mod otlp_metrics;
 pub mod trace;
 
 pub use catalogue::{CATALOGUE, Component, MetricDef, MetricKind};

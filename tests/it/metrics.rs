@@ -300,3 +300,108 @@ fn nexus_top_reads_rates_latencies_and_lags_from_a_running_system() {
         );
     }
 }
+
+#[test]
+fn the_otlp_export_pushes_every_metric_that_metrics_exposes() {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
+
+    let receiver = crate::traces::Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start_with_env(
+        &dir.path().join("data"),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+        ],
+    );
+    drive(&up, "o");
+    // The same families, of the same kinds, under the same names: counters as monotonic
+    // cumulative sums, gauges as gauges, histograms with the buckets of `/metrics`.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (text, exported) = loop {
+        let (status, text) = get_text(&format!("{}/metrics", up.command_url));
+        assert_eq!(status, 200);
+        let exported = receiver.metrics();
+        // A histogram nothing was recorded in has no data point to export.
+        let observed = |name: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{name}_count")))
+                .any(|l| !l.ends_with(" 0"))
+        };
+        let differ: Vec<(String, String)> = families(&text)
+            .into_iter()
+            .filter(|(name, kind)| kind != "histogram" || observed(name))
+            .filter(|(name, kind)| {
+                let same = match exported.get(name).and_then(|m| m.data.as_ref()) {
+                    Some(Data::Sum(sum)) => {
+                        kind == "counter" && sum.is_monotonic && sum.aggregation_temporality == 2
+                    }
+                    Some(Data::Gauge(_)) => kind == "gauge",
+                    Some(Data::Histogram(_)) => kind == "histogram",
+                    _ => false,
+                };
+                !same
+            })
+            .collect();
+        if differ.is_empty() {
+            break (text, exported);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "exposed on /metrics but not exported over OTLP as the same kind: {differ:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let Some(Data::Histogram(histogram)) = exported["nexus_command_duration_seconds"].data.as_ref()
+    else {
+        panic!("a histogram")
+    };
+    let bounds = &histogram.data_points[0].explicit_bounds;
+    let buckets = CATALOGUE
+        .iter()
+        .find(|m| m.name == "nexus_command_duration_seconds")
+        .unwrap()
+        .buckets;
+    assert_eq!(bounds.as_slice(), buckets);
+    // With the traffic over, the exported counts reach what /metrics says.
+    let placed = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("nexus_commands_total{") && l.contains("outcome=\"ok\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let want = placed(&text);
+    assert!(want >= 100.0, "{want} commands accepted");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let Some(Data::Sum(sum)) = receiver.metrics()["nexus_commands_total"].data.clone() else {
+            panic!("a sum")
+        };
+        let have: f64 = sum
+            .data_points
+            .iter()
+            .filter(|p| {
+                p.attributes
+                    .iter()
+                    .any(|a| a.key == "outcome" && format!("{:?}", a.value).contains("\"ok\""))
+            })
+            .map(|p| match p.value {
+                Some(Number::AsInt(n)) => n as f64,
+                Some(Number::AsDouble(n)) => n,
+                None => 0.0,
+            })
+            .sum();
+        if have == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "exported {have}, /metrics says {want}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(up);
+}

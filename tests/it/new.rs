@@ -319,9 +319,14 @@ impl Drop for Service {
     }
 }
 
-/// Starts the built binary `name` of `project` on a free loopback port; returns it and its URL
-/// once `/openapi.json` answers.
-fn start_service(project: &Path, name: &str, addr_var: &str) -> (Service, String) {
+/// Starts the built binary `name` of `project` on a free loopback port with `env`; returns it
+/// and its URL once it listens.
+fn start_service(
+    project: &Path,
+    name: &str,
+    addr_var: &str,
+    env: &[(&str, &str)],
+) -> (Service, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -332,6 +337,7 @@ fn start_service(project: &Path, name: &str, addr_var: &str) -> (Service, String
         .env("RUST_LOG", "warn")
         .env_remove("NEXUS_CONFIG")
         .env_remove("NEXUS_INSECURE")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
         .spawn()
@@ -355,16 +361,41 @@ fn generated_services_read_their_auth_table_and_serve_history(project: &Path) {
         project,
         &["build", "-p", "command-service", "-p", "query-dashboard"],
     );
+    let receiver = crate::traces::Receiver::start();
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
     let (_commands, command_url) =
-        start_service(project, "command-service", "COMMAND_SERVICE_ADDR");
-    let (_dashboard, query_url) = start_service(project, "query-dashboard", "QUERY_DASHBOARD_ADDR");
+        start_service(project, "command-service", "COMMAND_SERVICE_ADDR", &otel);
+    let (_dashboard, query_url) =
+        start_service(project, "query-dashboard", "QUERY_DASHBOARD_ADDR", &otel);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let (status, body) = http(
         "POST",
         &format!("{command_url}/commands/order/o-1"),
-        &[],
+        &[("traceparent", &format!("00-{trace_id}-00f067aa0ba902b7-01"))],
         Some(serde_json::json!({"type": "PlaceOrder", "customer": "ada"})),
     );
     assert!((200..300).contains(&status), "{status}: {body}");
+    // Both services export their spans over OTLP, and the dashboard's continue the command's
+    // trace from the event's metadata.
+    let trace: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let spans = receiver.trace(
+        &trace,
+        &[
+            "POST /commands/{aggregate}/{id}",
+            "command order",
+            "append",
+            "commit orders",
+        ],
+    );
+    assert_eq!(
+        crate::traces::hex(&spans["POST /commands/{aggregate}/{id}"].parent_span_id),
+        "00f067aa0ba902b7"
+    );
 
     let state = format!("{command_url}/temporal/state/order/o-1?version=1");
     let (status, body) = http("GET", &state, &[], None);

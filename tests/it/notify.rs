@@ -196,18 +196,19 @@ fn clients_come_back_with_jittered_backoff_after_the_dashboard_restarts_and_go_o
                         );
                         delay.get_or_insert(retry_in);
                     }
-                    // A new process is a new epoch: the client is told to refetch, then goes on.
-                    ClientEvent::Reset { .. } => break,
-                    ClientEvent::Notification(_)
-                    | ClientEvent::Subscribed { .. }
-                    | ClientEvent::Throttled { .. } => {}
+                    // The new process continues the read model's epoch: the client resumes
+                    // from its position and gets the change it missed, with nothing to refetch.
+                    ClientEvent::Reset { .. } => panic!("a restart is not a new epoch: {event:?}"),
+                    ClientEvent::Notification(n) if n.aggregate_version == 2 => break,
+                    ClientEvent::Notification(n) => panic!("only the missed change: {n:?}"),
+                    ClientEvent::Subscribed { .. } | ClientEvent::Throttled { .. } => {}
                     ClientEvent::Refused { code, message } => panic!("refused: {code} {message}"),
                 }
             }
             first_delays.push(delay.expect("the client saw the drop"));
         }
     });
-    // What the refetch reads, then live notifications again.
+    // The document as the notification said, then live notifications again.
     let (status, order) = crate::up::http(
         "GET",
         &format!("{query_url}/read-models/orders/orders/r-1?wait_for=order/r-1@2"),

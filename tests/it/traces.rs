@@ -1,5 +1,6 @@
 //! End-to-end traces: `nexus up` with `OTEL_EXPORTER_OTLP_ENDPOINT` pointing at a small OTLP
-//! receiver in the test (HTTP/protobuf, decoded with the OpenTelemetry protobuf types), and one
+//! receiver in the test (HTTP/protobuf, decoded with the OpenTelemetry protobuf types; it takes
+//! metrics too, for `metrics.rs`), and one
 //! command's trace followed from the request to the read-model commit, on the embedded store
 //! with the in-process bus and on PostgreSQL with NATS JetStream.
 
@@ -9,7 +10,9 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::Metric;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message as _;
@@ -21,34 +24,46 @@ use crate::up::{Up, drop_stream};
 /// Largest export request the receiver reads.
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
-/// An OTLP/HTTP trace receiver on a free loopback port, keeping every span it is sent.
+/// An OTLP/HTTP receiver on a free loopback port, keeping every span and the newest export of
+/// every metric it is sent.
 pub(crate) struct Receiver {
     pub(crate) endpoint: String,
-    spans: Arc<Mutex<Vec<Span>>>,
+    kept: Arc<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    spans: Mutex<Vec<Span>>,
+    metrics: Mutex<BTreeMap<String, Metric>>,
 }
 
 impl Receiver {
     pub(crate) fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let spans = Arc::new(Mutex::new(Vec::new()));
-        let kept = Arc::clone(&spans);
+        let kept = Arc::new(Kept::default());
+        let serving = Arc::clone(&kept);
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
-                let kept = Arc::clone(&kept);
+                let kept = Arc::clone(&serving);
                 std::thread::spawn(move || serve(stream, &kept));
             }
         });
-        Self { endpoint, spans }
+        Self { endpoint, kept }
     }
 
     /// Every span received so far.
     pub(crate) fn spans(&self) -> Vec<Span> {
-        self.spans.lock().unwrap().clone()
+        self.kept.spans.lock().unwrap().clone()
+    }
+
+    /// The newest export of each metric received so far, by name.
+    pub(crate) fn metrics(&self) -> BTreeMap<String, Metric> {
+        self.kept.metrics.lock().unwrap().clone()
     }
 
     /// Waits until the spans of `trace_id` include every one of `names`; returns them by name.
-    fn trace(&self, trace_id: &[u8], names: &[&str]) -> BTreeMap<String, Span> {
+    pub(crate) fn trace(&self, trace_id: &[u8], names: &[&str]) -> BTreeMap<String, Span> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let spans: BTreeMap<String, Span> = self
@@ -71,7 +86,7 @@ impl Receiver {
 }
 
 /// Answers OTLP export requests on one connection (keep-alive) until it closes.
-fn serve(stream: TcpStream, kept: &Mutex<Vec<Span>>) {
+fn serve(stream: TcpStream, kept: &Kept) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
     loop {
@@ -99,17 +114,36 @@ fn serve(stream: TcpStream, kept: &Mutex<Vec<Span>>) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let status = match ExportTraceServiceRequest::decode(body.as_slice()) {
-            Ok(export) if request_line.starts_with("POST /v1/traces") => {
-                let mut kept = kept.lock().unwrap();
-                for resource in export.resource_spans {
-                    for scope in resource.scope_spans {
-                        kept.extend(scope.spans);
+        let status = if request_line.starts_with("POST /v1/traces") {
+            match ExportTraceServiceRequest::decode(body.as_slice()) {
+                Ok(export) => {
+                    let mut spans = kept.spans.lock().unwrap();
+                    for resource in export.resource_spans {
+                        for scope in resource.scope_spans {
+                            spans.extend(scope.spans);
+                        }
                     }
+                    "200 OK"
                 }
-                "200 OK"
+                Err(_) => "400 Bad Request",
             }
-            _ => "400 Bad Request",
+        } else if request_line.starts_with("POST /v1/metrics") {
+            match ExportMetricsServiceRequest::decode(body.as_slice()) {
+                Ok(export) => {
+                    let mut metrics = kept.metrics.lock().unwrap();
+                    for resource in export.resource_metrics {
+                        for scope in resource.scope_metrics {
+                            for metric in scope.metrics {
+                                metrics.insert(metric.name.clone(), metric);
+                            }
+                        }
+                    }
+                    "200 OK"
+                }
+                Err(_) => "400 Bad Request",
+            }
+        } else {
+            "404 Not Found"
         };
         let answer = format!(
             "HTTP/1.1 {status}\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n"
@@ -120,7 +154,7 @@ fn serve(stream: TcpStream, kept: &Mutex<Vec<Span>>) {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

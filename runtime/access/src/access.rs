@@ -299,7 +299,10 @@ impl AccessControl {
                 .verify(credential)
                 .await
                 .map_err(|e| Rejection::invalid(e.to_string(), self.style))?;
-            return Ok(self.principal(token.subject, token.roles, Via::Token));
+            return Ok(Principal {
+                expires_at: token.expires_at,
+                ..self.principal(token.subject, token.roles, Via::Token)
+            });
         }
         match api_key::find(&self.inner.api_keys, credential) {
             Some(key) => Ok(self.principal(key.id.clone(), key.roles.clone(), Via::ApiKey)),
@@ -346,6 +349,7 @@ impl AccessControl {
             subject,
             roles,
             via,
+            expires_at: None,
         }
     }
 }

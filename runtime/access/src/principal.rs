@@ -31,6 +31,9 @@ pub struct Principal {
     pub permissions: Permissions,
     /// How the caller authenticated.
     pub via: Via,
+    /// When the credential stops being accepted (a token's `exp` plus the allowed clock
+    /// skew); `None` for API keys and anonymous callers. Long-lived connections end then.
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 impl Principal {
@@ -44,6 +47,7 @@ impl Principal {
                 .filter(|p| !p.always_authenticated())
                 .collect(),
             via: Via::Anonymous,
+            expires_at: None,
         }
     }
 

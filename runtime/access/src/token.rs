@@ -75,6 +75,8 @@ pub(crate) struct VerifiedToken {
     pub subject: String,
     /// The roles found under the configured claim.
     pub roles: Vec<String>,
+    /// When the token stops being accepted: `exp` plus the allowed clock skew.
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 /// Checks bearer tokens against the configured HS256 secret and JWKS.
@@ -113,9 +115,14 @@ impl Verifier {
             Some(Value::String(sub)) if !sub.is_empty() => sub.clone(),
             _ => return Err(TokenError::MissingClaim("sub".to_owned())),
         };
+        let expires_at = data.claims.get("exp").and_then(Value::as_u64).map(|exp| {
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(exp.saturating_add(self.leeway_secs))
+        });
         Ok(VerifiedToken {
             subject,
             roles: roles_at(&data.claims, &self.roles_claim),
+            expires_at,
         })
     }
 

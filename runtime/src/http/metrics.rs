@@ -10,7 +10,9 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 use crate::telemetry::catalogue::LATENCY_BUCKETS;
 use crate::telemetry::{CATALOGUE, MetricKind};
@@ -23,17 +25,37 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 /// route then answers 501 and the application exports metrics its own way.
 pub fn prometheus() -> Option<PrometheusHandle> {
     HANDLE
-        .get_or_init(|| match builder().install_recorder() {
-            Ok(handle) => {
-                describe();
-                Some(handle)
-            }
-            Err(err) => {
-                tracing::warn!(%err, "another metrics recorder is installed; /metrics is off");
-                None
+        .get_or_init(|| {
+            let recorder = builder().build_recorder();
+            let handle = recorder.handle();
+            match install(recorder) {
+                Ok(()) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "another metrics recorder is installed; /metrics is off");
+                    None
+                }
             }
         })
         .clone()
+}
+
+/// Installs the Prometheus recorder, beside the OTLP export when that is configured.
+fn install(recorder: PrometheusRecorder) -> Result<(), String> {
+    #[cfg(feature = "otel")]
+    match crate::telemetry::otlp_metrics::recorder() {
+        Ok(Some(otlp)) => {
+            return ::metrics::set_global_recorder(crate::telemetry::otlp_metrics::Both(
+                recorder, otlp,
+            ))
+            .map_err(|e| e.to_string());
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(%err, "the OTLP metrics export is off"),
+    }
+    ::metrics::set_global_recorder(recorder).map_err(|e| e.to_string())
 }
 
 /// The exporter: every histogram a classic histogram with explicit buckets (the catalogue's,

@@ -11,7 +11,10 @@
 // do not come back together), resumes every subscription from the last position it saw
 // (`since`), and calls `reset` when the server says that position cannot be resumed. A link
 // silent for the server's ping interval plus 10 s is taken as dead. The credential travels in
-// the `Sec-WebSocket-Protocol` header (`nexus.bearer.<base64url>`), never in the URL.
+// the `Sec-WebSocket-Protocol` header (`nexus.bearer.<base64url>`), never in the URL; pass
+// `token` as a function to get a fresh one at each connection (a connection closes with 4401
+// when its token expires). A filter subscription gets `op: "left"` when a document stops
+// matching its filter.
 (function (global) {
   "use strict";
 
@@ -51,7 +54,10 @@
     var self = this;
     if (self.closed) return;
     var protocols = [PROTOCOL];
-    if (self.token) protocols.push("nexus.bearer." + base64url(self.token));
+    // `token` may be a function, asked at every connection: a connection closes with 4401
+    // when its token expires, and the next one goes with a fresh token.
+    var token = typeof self.token === "function" ? self.token() : self.token;
+    if (token) protocols.push("nexus.bearer." + base64url(token));
     var socket;
     try {
       socket = new WebSocket(self.url, protocols);

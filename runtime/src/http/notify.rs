@@ -26,7 +26,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use nexus_access::{AccessControl, Permission};
+use nexus_access::{AccessControl, Permission, Principal};
 
 use super::error::ApiError;
 use super::extract::Query;
@@ -302,8 +302,30 @@ impl NotifyState {
     }
 }
 
+/// The close code of a connection whose credential expired: reconnect with a fresh one.
+pub const EXPIRED_CLOSE_CODE: u16 = 4401;
+const EXPIRED_REASON: &str = "expired: the credential expired; reconnect with a fresh one";
+
+/// When a connection of `principal` must end: its credential's expiry, on the runtime's clock.
+fn expiry(principal: Option<&Principal>) -> Option<tokio::time::Instant> {
+    let expires_at = principal?.expires_at?;
+    let left = expires_at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    Some(tokio::time::Instant::now() + left)
+}
+
+/// Waits until `deadline`; forever without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn websocket(
     State(state): State<Arc<NotifyState>>,
+    principal: Option<axum::Extension<Principal>>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
@@ -316,6 +338,7 @@ async fn websocket(
     })?;
     let permit = state.admit()?;
     let options = state.options;
+    let expires = expiry(principal.as_deref());
     Ok(upgrade
         .protocols([PROTOCOL])
         .read_buffer_size(options.read_buffer)
@@ -324,7 +347,7 @@ async fn websocket(
         .max_message_size(options.max_message)
         .max_frame_size(options.max_message)
         .on_upgrade(move |socket| async move {
-            run_socket(state, socket, initial, started).await;
+            run_socket(state, socket, initial, started, expires).await;
             drop(permit);
         }))
 }
@@ -342,6 +365,7 @@ async fn run_socket(
     mut socket: WebSocket,
     initial: Option<UrlSubscription>,
     started: Instant,
+    expires: Option<tokio::time::Instant>,
 ) {
     let options = state.options;
     let mut session = state.hub.connect(options.session);
@@ -364,7 +388,8 @@ async fn run_socket(
             &initial.projection,
             initial.scope,
             initial.since.as_ref(),
-        );
+        )
+        .await;
         if send(&mut socket, &encode(&reply), options.write_timeout)
             .await
             .is_err()
@@ -372,13 +397,16 @@ async fn run_socket(
             return;
         }
     }
-    let end = serve_socket(&state, &mut socket, &mut session).await;
+    let end = serve_socket(&state, &mut socket, &mut session, expires).await;
     if let End::Close(code, reason) = end {
-        if code == 4008 {
-            metrics::counter!("nexus_notify_dropped_clients_total", "reason" => "slow")
-                .increment(1);
-        } else if code == 4001 {
-            metrics::counter!("nexus_notify_dropped_clients_total", "reason" => "idle")
+        let dropped = match code {
+            4008 => Some("slow"),
+            4001 => Some("idle"),
+            EXPIRED_CLOSE_CODE => Some("expired"),
+            _ => None,
+        };
+        if let Some(dropped) = dropped {
+            metrics::counter!("nexus_notify_dropped_clients_total", "reason" => dropped)
                 .increment(1);
         }
         tracing::debug!(
@@ -395,7 +423,12 @@ async fn run_socket(
     }
 }
 
-async fn serve_socket(state: &NotifyState, socket: &mut WebSocket, session: &mut Session) -> End {
+async fn serve_socket(
+    state: &NotifyState,
+    socket: &mut WebSocket,
+    session: &mut Session,
+    expires: Option<tokio::time::Instant>,
+) -> End {
     let options = state.options;
     let mut ping = tokio::time::interval_at(
         tokio::time::Instant::now() + options.ping_interval,
@@ -423,7 +456,7 @@ async fn serve_socket(state: &NotifyState, socket: &mut WebSocket, session: &mut
                         }
                     }
                     Ok(ClientMessage::Subscribe { sub, projection, collection, id, filter, since }) => {
-                        subscribe_message(state, session, sub, projection, collection, id, filter, since)
+                        subscribe_message(state, session, sub, projection, collection, id, filter, since).await
                     }
                 };
                 if send(socket, &encode(&reply), options.write_timeout).await.is_err() {
@@ -442,6 +475,7 @@ async fn serve_socket(state: &NotifyState, socket: &mut WebSocket, session: &mut
                     }
                 }
             },
+            () = until(expires) => return End::Close(EXPIRED_CLOSE_CODE, EXPIRED_REASON),
             _ = ping.tick() => {
                 if last_heard.elapsed() > options.idle_timeout {
                     return End::Close(4001, "idle: no frame or pong within the idle timeout");
@@ -463,7 +497,7 @@ fn slow(session: &Session) -> End {
     clippy::too_many_arguments,
     reason = "the fields of one subscribe frame"
 )]
-fn subscribe_message(
+async fn subscribe_message(
     state: &NotifyState,
     session: &mut Session,
     sub: String,
@@ -489,19 +523,19 @@ fn subscribe_message(
     };
     let filter = filter.unwrap_or_default().into_iter().collect();
     match Scope::new(collection, id, filter) {
-        Ok(scope) => subscribe(session, sub, &projection, scope, since.as_ref()),
+        Ok(scope) => subscribe(session, sub, &projection, scope, since.as_ref()).await,
         Err(message) => error("invalid_subscription", message, Some(sub)),
     }
 }
 
-fn subscribe(
+async fn subscribe(
     session: &mut Session,
     sub: String,
     projection: &str,
     scope: Scope,
     since: Option<&Since>,
 ) -> ServerMessage {
-    match session.subscribe(&sub, projection, scope, since) {
+    match session.subscribe(&sub, projection, scope, since).await {
         Ok(subscribed) => ServerMessage::Subscribed {
             sub,
             projection: projection.to_owned(),
@@ -538,6 +572,7 @@ fn encode(message: &ServerMessage) -> String {
 
 async fn sse(
     State(state): State<Arc<NotifyState>>,
+    principal: Option<axum::Extension<Principal>>,
     headers: HeaderMap,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
@@ -563,18 +598,34 @@ async fn sse(
         &subscription.projection,
         subscription.scope,
         subscription.since.as_ref(),
-    );
+    )
+    .await;
     let first = sse_event(&first);
+    let expires = expiry(principal.as_deref());
     let stream = futures::stream::unfold(
-        (Some(first), session, permit),
-        |(first, mut session, permit)| async move {
+        (Some(first), Some(session), permit),
+        move |(first, session, permit)| async move {
             if let Some(first) = first {
                 return Some((
                     Ok::<Event, std::convert::Infallible>(first),
                     (None, session, permit),
                 ));
             }
-            match session.next().await {
+            // After the closing event, the stream ends.
+            let mut session = session?;
+            let next = tokio::select! {
+                next = session.next() => next,
+                () = until(expires) => {
+                    metrics::counter!("nexus_notify_dropped_clients_total", "reason" => "expired")
+                        .increment(1);
+                    let closed = ServerMessage::Closed {
+                        code: EXPIRED_CLOSE_CODE,
+                        reason: EXPIRED_REASON.to_owned(),
+                    };
+                    return Some((Ok(sse_event(&closed)), (None, None, permit)));
+                }
+            };
+            match next {
                 Next::Closed(reason) => {
                     metrics::counter!("nexus_notify_dropped_clients_total", "reason" => "slow")
                         .increment(1);
@@ -595,7 +646,7 @@ async fn sse(
                         Ok(message) => message,
                         Err(_) => return None,
                     };
-                    Some((Ok(sse_event(&message)), (None, session, permit)))
+                    Some((Ok(sse_event(&message)), (None, Some(session), permit)))
                 }
             }
         },
@@ -623,6 +674,7 @@ fn sse_event(message: &ServerMessage) -> Event {
         ServerMessage::Ready { .. } => ("ready", None),
         ServerMessage::Unsubscribed { .. } => ("unsubscribed", None),
         ServerMessage::Pong => ("pong", None),
+        ServerMessage::Closed { .. } => ("closed", None),
     };
     let event = Event::default().event(name).data(encode(message));
     match id {

@@ -1,7 +1,8 @@
 //! The saga routes of the command service: status of one instance (with its history), pages of
 //! instances by status, and the operator's retry and abort of stuck instances.
 //!
-//! Status comes from each saga's status read model in one read, so it answers without a runner.
+//! Status, with the history, comes from each saga's status read model in one indexed read, so it
+//! answers without a runner and without touching the event store.
 //! Reads need `aggregates:read`; retry and abort act on the dead-letter list of sagas and need
 //! `dlq:admin`, which is never granted without a credential.
 
@@ -19,7 +20,7 @@ use nexus_access::{AccessControl, Permission, Principal};
 
 use super::error::ApiError;
 use super::extract::{JsonBody, Path, Query};
-use crate::saga::{MAX_HISTORY, MAX_PAGE, SagaError, SagaReader, SagaStatus};
+use crate::saga::{MAX_PAGE, SagaError, SagaReader, SagaStatus};
 
 /// Longest reason an operator may give for an abort.
 const MAX_REASON_LEN: usize = 1_000;
@@ -179,28 +180,11 @@ async fn show(
 ) -> Result<Response, ApiError> {
     let reader = reader(&sagas, &saga)?;
     let id = instance(&id)?;
-    let Some(mut doc) = reader.status(id).await.map_err(saga_error)? else {
+    let Some(doc) = reader.show(id).await.map_err(saga_error)? else {
         return Err(ApiError::UnknownId(format!(
             "saga `{saga}` has no instance `{id}` (or its status is not projected yet)"
         )));
     };
-    let history = reader.history(id, MAX_HISTORY).await.map_err(saga_error)?;
-    let truncated = history.len() >= MAX_HISTORY;
-    let history: Vec<Value> = history
-        .into_iter()
-        .map(|e| {
-            json!({
-                "version": e.version,
-                "type": e.event_type,
-                "recorded_at": e.recorded_at,
-                "data": serde_json::from_str::<Value>(e.payload.get()).unwrap_or(Value::Null),
-            })
-        })
-        .collect();
-    if let Value::Object(map) = &mut doc {
-        map.insert("history".into(), json!(history));
-        map.insert("history_truncated".into(), json!(truncated));
-    }
     Ok(axum::Json(doc).into_response())
 }
 

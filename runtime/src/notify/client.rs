@@ -427,7 +427,10 @@ async fn connection(
                 let _ = events.send(ClientEvent::Refused { code, message }).await;
                 return Ended::Stop;
             }
-            ServerMessage::Unsubscribed { .. } | ServerMessage::Pong => continue,
+            // `closed` is for Server-Sent Events; a WebSocket gets a close frame.
+            ServerMessage::Unsubscribed { .. }
+            | ServerMessage::Pong
+            | ServerMessage::Closed { .. } => continue,
         };
         if events.send(event).await.is_err() {
             return Ended::Stop;

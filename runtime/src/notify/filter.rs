@@ -18,8 +18,20 @@ pub enum Scope {
     Document(String, String),
     /// The documents of one collection whose fields equal the given values (`.` nests), as the
     /// list endpoint filters; a deletion is delivered to every filter of its collection, since
-    /// the deleted document may have matched.
+    /// the deleted document may have matched, and a write that makes a document stop matching
+    /// as `left`.
     Filter(String, Vec<(String, Value)>),
+}
+
+/// What a change means to one subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Not its concern.
+    Skip,
+    /// Delivered as it is.
+    Deliver,
+    /// The document no longer matches the subscription's filter: delivered as `left`.
+    Left,
 }
 
 impl Scope {
@@ -77,6 +89,40 @@ impl Scope {
                     })
             }
         }
+    }
+}
+
+impl Scope {
+    /// What a change of document `id` of `collection` to `document` (`None`: deleted) means to
+    /// this scope, given what the document was before (`None`: not known, `Some(None)`: it did
+    /// not exist). A filter that cannot tell whether the document matched before says `Left`:
+    /// a `left` for a document a client does not list costs it nothing, a missing one leaves a
+    /// stale row in its list.
+    pub(crate) fn route(
+        &self,
+        collection: &str,
+        id: &str,
+        document: Option<&Value>,
+        previous: Option<Option<&Value>>,
+    ) -> Route {
+        if self.matches(collection, id, document) {
+            return Route::Deliver;
+        }
+        match (self, previous) {
+            (Self::Filter(c, _), _) if c != collection => Route::Skip,
+            (Self::Filter(_, _), None) => Route::Left,
+            (Self::Filter(_, _), Some(Some(before)))
+                if self.matches(collection, id, Some(before)) =>
+            {
+                Route::Left
+            }
+            _ => Route::Skip,
+        }
+    }
+
+    /// Whether this is a filter over `collection`.
+    pub(crate) fn filters(&self, collection: &str) -> bool {
+        matches!(self, Self::Filter(c, _) if c == collection)
     }
 }
 

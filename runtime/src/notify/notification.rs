@@ -14,6 +14,9 @@ pub enum Op {
     Upsert,
     /// Deleted.
     Delete,
+    /// Written, and no longer matching the filter of the subscription it is delivered to
+    /// (sent only to filter subscriptions, so a filtered list can drop it).
+    Left,
 }
 
 /// Several changes of one document delivered as one (latest wins) because the client was
@@ -164,6 +167,15 @@ pub enum ServerMessage {
     },
     /// The answer to a client's `ping`.
     Pong,
+    /// The server ends the stream (Server-Sent Events, which have no close frame; a WebSocket
+    /// gets a close frame with the same code): 4000–4499 reconnect (4401: with a fresh
+    /// credential), 4500 and above do not.
+    Closed {
+        /// The close code.
+        code: u16,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A frame from the client.

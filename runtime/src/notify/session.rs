@@ -318,7 +318,7 @@ impl Session {
 
     /// Starts subscription `sub` (replacing one of the same name) on `scope` of `projection`,
     /// replaying what it missed after `since` (or queueing a `reset`), then live notifications.
-    pub fn subscribe(
+    pub async fn subscribe(
         &mut self,
         sub: &str,
         projection: &str,
@@ -338,16 +338,19 @@ impl Session {
         }
         let scope = Arc::new(scope);
         let key = self.hub.next_id();
-        let started = self.hub.subscribe(
-            projection,
-            Sub {
-                key,
-                mailbox: Arc::clone(&self.mailbox),
-                scope: Arc::clone(&scope),
-            },
-            since,
-            self.limits.max_pending / 2,
-        );
+        let started = self
+            .hub
+            .subscribe(
+                projection,
+                Sub {
+                    key,
+                    mailbox: Arc::clone(&self.mailbox),
+                    scope: Arc::clone(&scope),
+                },
+                since,
+                self.limits.max_pending / 2,
+            )
+            .await;
         self.subs
             .insert(sub.to_owned(), (projection.to_owned(), scope, key));
         metrics::gauge!("nexus_notify_subscriptions").increment(1.0);

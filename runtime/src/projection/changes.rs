@@ -42,7 +42,7 @@ impl DocumentCache {
         self.inner.lock().expect("document cache lock poisoned")
     }
 
-    fn get(&self, collection: &str, id: &str) -> Option<Option<Value>> {
+    pub(crate) fn get(&self, collection: &str, id: &str) -> Option<Option<Value>> {
         self.lock()
             .collections
             .get(collection)

@@ -216,6 +216,10 @@ impl ProjectionRunner {
         #[cfg(feature = "search")]
         let search = self.open_search(&projection, &read_model)?;
         let health = self.health.register(&name);
+        if let Some(hub) = &self.notifications {
+            // Resumes wait for the run to say where its notification log stands.
+            hub.starting(&name);
+        }
         let (stop, stopped) = watch::channel(false);
         let worker = Worker {
             name: name.clone(),
@@ -763,7 +767,8 @@ impl<P: Projection> Worker<P> {
             .await?
             .unwrap_or(LogPosition::START);
         if let Some(hub) = &self.notifications {
-            hub.run_started(&self.name, Some(start));
+            let started = self.read_model.notify_start().await?;
+            hub.run_started(&self.name, started, self.read_model.clone());
         }
         if self.options.audit
             && let Some(seq) = self.read_model.audit_run_started(start.position).await?
@@ -1351,9 +1356,40 @@ impl<P: Projection> Worker<P> {
             }
         }
         batch.checkpoint = state.advance_checkpoint();
-        let checkpoint = batch.checkpoint;
         let sources = std::mem::take(&mut batch.sources);
         if !batch.is_empty() {
+            // Numbered before the commit and logged in it, so a client resumes across restarts.
+            let prepared = if let Some(hub) = &self.notifications {
+                let mut changes = Vec::with_capacity(sources.len());
+                for ((collection, id), mut change) in sources {
+                    change.document = batch
+                        .writes
+                        .get(&(collection.clone(), id.clone()))
+                        .cloned()
+                        .flatten();
+                    // A filter subscription learns from the document's previous state that
+                    // the document left it.
+                    if hub.follows_filters(&self.name, &collection) {
+                        change.previous = Some(match state.documents.get(&collection, &id) {
+                            Some(known) => known,
+                            None => self.read_model.get(&collection, &id).await?,
+                        });
+                    }
+                    changes.push(change);
+                }
+                changes.sort_by(|a, b| {
+                    (a.log_position, &a.collection, &a.id).cmp(&(
+                        b.log_position,
+                        &b.collection,
+                        &b.id,
+                    ))
+                });
+                let prepared = hub.prepare(&self.name, changes);
+                batch.notify = Some(prepared.log(hub.history_limit()));
+                Some(prepared)
+            } else {
+                None
+            };
             let started = Instant::now();
             let commit = commit_span(&self.name, &completed);
             #[cfg(feature = "search")]
@@ -1366,16 +1402,8 @@ impl<P: Projection> Worker<P> {
             metrics::histogram!("nexus_projection_commit_seconds", "projection" => self.name.clone())
                 .record(started.elapsed().as_secs_f64());
             // Only now, with the documents readable, tell subscribers.
-            if let Some(hub) = &self.notifications {
-                let mut changes: Vec<Change> = sources
-                    .into_iter()
-                    .map(|(doc, mut change)| {
-                        change.document = committed.writes.get(&doc).cloned().flatten();
-                        change
-                    })
-                    .collect();
-                changes.sort_by_key(|c| c.log_position);
-                hub.publish(&self.name, checkpoint, changes);
+            if let (Some(hub), Some(prepared)) = (&self.notifications, prepared) {
+                hub.publish_prepared(prepared);
             }
             state.committed(committed);
         }

@@ -190,7 +190,26 @@ pub(crate) struct Batch {
     pub(crate) audit: Vec<audit::AuditWrite>,
     /// The documents' `updated_at` (microseconds since the epoch), set by the commit.
     pub(crate) committed_at: i64,
+    /// The notifications of this commit, kept with it so a client resumes across restarts
+    /// (only with a hub).
+    pub(crate) notify: Option<NotifyCommit>,
 }
+
+/// The notifications one commit publishes, written in its transaction to the read model's
+/// bounded notification log.
+#[derive(Debug, Default)]
+pub(crate) struct NotifyCommit {
+    /// The epoch they belong to; a log of another epoch is emptied first.
+    pub(crate) epoch: String,
+    /// Position, notification (JSON) and the committed document (JSON, `None` for a deletion).
+    pub(crate) rows: Vec<(u64, String, Option<String>)>,
+    /// Notifications kept: older ones are deleted by the same commit.
+    pub(crate) keep: u64,
+}
+
+/// One notification read back from the log: its position, the notification and document as
+/// JSON.
+pub(crate) type LoggedNotification = (u64, String, Option<String>);
 
 impl Batch {
     pub(crate) fn is_empty(&self) -> bool {
@@ -525,6 +544,39 @@ impl ReadModelStore {
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres(db) => db.commit(&batch).await.map(|()| batch),
+        }
+    }
+
+    /// The epoch and newest position of the notification log, starting a new epoch (and an
+    /// empty log; the flag says so) unless the log was written up to the read model's
+    /// checkpoint: a read model rebuilt, restored or changed while nothing was notified is never
+    /// mistaken for continuity.
+    pub(crate) async fn notify_start(&self) -> Result<(String, u64, bool), ReadModelError> {
+        let epoch = crate::notify::new_epoch();
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.notify_start(epoch)).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.notify_start(epoch).await,
+        }
+    }
+
+    /// At most `limit` notifications of `epoch` after position `after`, in position order
+    /// (none when the log is of another epoch).
+    pub(crate) async fn notifications_after(
+        &self,
+        epoch: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LoggedNotification>, ReadModelError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                let epoch = epoch.to_owned();
+                blocking(db, move |db| db.notifications_after(&epoch, after, limit)).await
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(db) => db.notifications_after(epoch, after, limit).await,
         }
     }
 

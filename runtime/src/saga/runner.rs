@@ -28,6 +28,10 @@ pub(crate) const SAGAS: &str = "sagas";
 /// each is next due: the scheduler's index, rebuilt from the saga's events like any document.
 pub(crate) const OPEN: &str = "open";
 
+/// The collection of every instance's history (`{"events": [...]}`, its first `MAX_HISTORY`
+/// events as the status documents show them).
+pub(crate) const HISTORY: &str = "history";
+
 /// The namespace of instance ids (a UUIDv5 of saga name and correlation key).
 const INSTANCE_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x6e65_7875_735f_7361_6761_5f69_6e73_7463);
@@ -675,7 +679,8 @@ impl Projection for SagaProjection {
             return Ok(());
         }
         let id = &event.stream.aggregate_id()[self.prefix.len()..];
-        let decoded: SagaEvent = serde_json::from_str(event.payload.get())?;
+        let data: Value = serde_json::from_str(event.payload.get())?;
+        let decoded: SagaEvent = serde_json::from_value(data.clone())?;
         let state = match changes.get(SAGAS, id).await? {
             Some(doc) => {
                 let mut state: SagaState = serde_json::from_value(doc)?;
@@ -684,6 +689,26 @@ impl Projection for SagaProjection {
             }
             None => SagaState::start(id, &decoded, event.recorded_at),
         };
+        // The history is projected too (its first `MAX_HISTORY` events, in a collection of its
+        // own so the status documents stay small to scan), so a status query is two indexed
+        // reads of the read model; an instance projected before histories were has none, and
+        // the reader falls back to its stream.
+        let history = match changes.get(HISTORY, id).await? {
+            Some(doc) => doc.get("events").and_then(Value::as_array).cloned(),
+            None if event.version == 1 => Some(Vec::new()),
+            None => None,
+        };
+        if let Some(mut history) = history {
+            let entry = json!({
+                "version": event.version,
+                "type": event.event_type,
+                "recorded_at": event.recorded_at,
+                "data": data,
+            });
+            if record(&mut history, entry) {
+                changes.put(HISTORY, id, json!({ "events": history }));
+            }
+        }
         let Some(state) = state else {
             return Err(ProjectionError::new(format!(
                 "saga stream `{}` does not begin with SagaStarted",
@@ -712,6 +737,16 @@ impl Projection for SagaProjection {
         }
         Ok(())
     }
+}
+
+/// Appends `entry` to a projected history unless it holds [`super::MAX_HISTORY`] entries already
+/// (the reader then says the history is truncated); whether it did.
+fn record(history: &mut Vec<Value>, entry: Value) -> bool {
+    let room = history.len() < super::MAX_HISTORY;
+    if room {
+        history.push(entry);
+    }
+    room
 }
 
 fn projection_error(err: SagaError) -> ProjectionError {
@@ -991,5 +1026,21 @@ impl SagaHandle {
     pub fn abort(self) {
         self.driver.abort();
         self.projection.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_projected_history_keeps_its_first_events_up_to_the_bound() {
+        let max = super::super::MAX_HISTORY;
+        let mut history: Vec<Value> = (1..max).map(|v| json!({ "version": v })).collect();
+        assert!(record(&mut history, json!({ "version": max })));
+        assert_eq!(history.len(), max);
+        assert!(!record(&mut history, json!({ "version": max + 1 })));
+        assert_eq!(history.len(), max);
+        assert_eq!(history.last(), Some(&json!({ "version": max })));
     }
 }

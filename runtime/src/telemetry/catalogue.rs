@@ -451,7 +451,7 @@ pub const CATALOGUE: &[MetricDef] = &[
         "nexus_notify_dropped_clients_total",
         &["reason"],
         "clients",
-        "Clients closed by the server: `slow` (mailbox overflow or write timeout) or `idle` (no frame within the idle timeout).",
+        "Clients closed by the server: `slow` (mailbox overflow or write timeout), `idle` (no frame within the idle timeout) or `expired` (the credential the connection was opened with expired).",
     ),
     counter(
         Notifications,
@@ -472,7 +472,7 @@ pub const CATALOGUE: &[MetricDef] = &[
         "nexus_notify_epochs_total",
         &["projection"],
         "epochs",
-        "New notification epochs (a read model went back, as in a rebuild).",
+        "New notification epochs: a read model rebuilt, restored or changed while its notifications were not logged.",
     ),
     histogram(
         Notifications,

@@ -65,12 +65,30 @@ impl Drop for TracerGuard {
                 let _ = provider.shutdown();
             });
         }
+        // The OTLP metrics export, if on, ends with the process's telemetry too.
+        #[cfg(feature = "http")]
+        super::otlp_metrics::shutdown();
     }
+}
+
+/// The service name telemetry reports unless `OTEL_SERVICE_NAME` says otherwise (the first one
+/// a process sets up tracing with).
+static SERVICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The resource telemetry of this process reports: `OTEL_RESOURCE_ATTRIBUTES`,
+/// `OTEL_SERVICE_NAME`, else the service named when tracing was set up (else `nexus`).
+pub(crate) fn resource() -> Resource {
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource =
+            resource.with_service_name(SERVICE.get().map_or("nexus", String::as_str).to_owned());
+    }
+    resource.build()
 }
 
 /// Runs `work` on a thread of its own and waits for it at most [`SHUTDOWN_TIMEOUT`]: an
 /// unreachable collector must not hang the process at exit.
-fn bounded(work: impl FnOnce() + Send + 'static) {
+pub(crate) fn bounded(work: impl FnOnce() + Send + 'static) {
     let (done, finished) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("otel-shutdown".into())
@@ -83,17 +101,53 @@ fn bounded(work: impl FnOnce() + Send + 'static) {
     }
 }
 
+/// Sets up `tracing` for a service as `nexus up` does: log lines on stderr filtered by
+/// `RUST_LOG` (default `info`) and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans at `info`
+/// and above exported over OTLP (the W3C trace context of requests and event metadata is
+/// continued, so one trace follows a command through to its read model). `service` names the
+/// process unless `OTEL_SERVICE_NAME` does. Keep the guard until the process ends: dropping it
+/// flushes what is buffered. A second call (another subscriber already set) only logs nothing
+/// new.
+///
+/// ```no_run
+/// # fn main() -> Result<(), nexus_runtime::telemetry::otel::OtelError> {
+/// let _telemetry = nexus_runtime::telemetry::otel::init("command-service")?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn init(service: &str) -> Result<Option<TracerGuard>, OtelError> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let (otel, guard) = match layer(service)? {
+        Some((layer, guard)) => (Some(layer), Some(guard)),
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(otel.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
+        .try_init();
+    Ok(guard)
+}
+
 /// The OpenTelemetry layer exporting to `OTEL_EXPORTER_OTLP_ENDPOINT`, or `None` when it is
 /// unset or empty. `service` names the process unless `OTEL_SERVICE_NAME` does.
 pub fn layer<S>(service: &str) -> Result<Option<(OtelLayer<S>, TracerGuard)>, OtelError>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
+    let _ = SERVICE.set(service.to_owned());
     let endpoint = std::env::var(ENDPOINT_VAR).unwrap_or_default();
     if endpoint.trim().is_empty() {
         return Ok(None);
     }
-    build(service, &endpoint, None).map(Some)
+    build(&endpoint, None).map(Some)
 }
 
 /// The OpenTelemetry layer exporting to the OTLP/HTTP collector at `endpoint` (its base URL;
@@ -102,12 +156,12 @@ pub fn layer_for<S>(service: &str, endpoint: &str) -> Result<(OtelLayer<S>, Trac
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
+    let _ = SERVICE.set(service.to_owned());
     let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
-    build(service, endpoint, Some(traces))
+    build(endpoint, Some(traces))
 }
 
 fn build<S>(
-    service: &str,
     endpoint: &str,
     traces: Option<String>,
 ) -> Result<(OtelLayer<S>, TracerGuard), OtelError>
@@ -124,13 +178,9 @@ where
         endpoint: crate::redact::url(endpoint),
         source,
     })?;
-    let mut resource = Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name(service.to_owned());
-    }
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(resource.build())
+        .with_resource(resource())
         .build();
     let tracer = provider.tracer("nexus");
     let layer = tracing_opentelemetry::layer()

@@ -17,9 +17,9 @@ use nexus_runtime::bus::local::InProcessBus;
 use nexus_runtime::http::access::{AccessControl, AuthConfig, TokenRequest, issue_hs256};
 use nexus_runtime::http::{NotifyOptions, QueryDashboard, ServeOptions, serve_with};
 use nexus_runtime::notify::client::{ClientEvent, ClientOptions, NotificationClient};
-use nexus_runtime::notify::{NotificationHub, ResetReason, SessionLimits};
+use nexus_runtime::notify::{HubOptions, NotificationHub, ResetReason, SessionLimits};
 use nexus_runtime::projection::{
-    Changes, Projection, ProjectionError, ProjectionHandle, ProjectionRunner,
+    Changes, Projection, ProjectionError, ProjectionHandle, ProjectionRunner, ReadModels,
 };
 use nexus_runtime::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
 
@@ -52,10 +52,14 @@ impl Projection for Counters {
 struct System {
     store: Arc<dyn EventStore>,
     runner: ProjectionRunner,
+    read_models: ReadModels,
     hub: NotificationHub,
     projection: Option<ProjectionHandle>,
     url: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
+    #[cfg(feature = "postgres")]
+    _db: Option<support::TestDb>,
 }
 
 impl System {
@@ -65,32 +69,108 @@ impl System {
 
     async fn start_with(options: NotifyOptions, access: AccessControl) -> Self {
         let (store, dir) = support::embedded();
+        let read_models = ReadModels::sqlite(dir.path().join("read-models"));
+        Self::serve(
+            store,
+            dir,
+            read_models,
+            options,
+            access,
+            HubOptions::default(),
+        )
+    }
+
+    /// The same with the read models in a fresh PostgreSQL database (`None`: no server).
+    #[cfg(feature = "postgres")]
+    async fn start_on_postgres(options: NotifyOptions) -> Option<Self> {
+        let db = support::TestDb::create().await?;
+        let (store, dir) = support::embedded();
+        let read_models = ReadModels::postgres(&db.url, ReadModels::DEFAULT_POSTGRES_SCHEMA)
+            .await
+            .expect("the PostgreSQL read models open");
+        let mut system = Self::serve(
+            store,
+            dir,
+            read_models,
+            options,
+            AccessControl::open(),
+            HubOptions::default(),
+        );
+        system._db = Some(db);
+        Some(system)
+    }
+
+    /// A runner and a dashboard sharing a new hub over `store` and `read_models`.
+    fn serve(
+        store: Arc<dyn EventStore>,
+        dir: tempfile::TempDir,
+        read_models: ReadModels,
+        options: NotifyOptions,
+        access: AccessControl,
+        history: HubOptions,
+    ) -> Self {
         let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Arc::clone(&store)));
-        let hub = NotificationHub::default();
-        let runner = ProjectionRunner::new(Arc::clone(&store), bus, dir.path().join("read-models"))
-            .with_notifications(hub.clone());
+        let hub = NotificationHub::new(history);
+        let runner =
+            ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models.clone())
+                .with_notifications(hub.clone());
         let projection = runner.spawn(Counters).unwrap();
         let dashboard = QueryDashboard::new(runner.health())
             .with_access(access)
             .read_model(&projection)
             .with_notifications(hub.clone(), options)
             .router();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(serve_with(
             listener,
             dashboard,
             ServeOptions::default(),
-            std::future::pending(),
+            async move {
+                let _ = stopped.await;
+            },
         ));
         Self {
             store,
             runner,
+            read_models,
             hub,
             projection: Some(projection),
             url,
+            shutdown: Some(shutdown),
             _dir: dir,
+            #[cfg(feature = "postgres")]
+            _db: None,
         }
+    }
+
+    /// What a restarted dashboard process does: the projection and the server stop, and a new
+    /// hub, runner and dashboard (keeping `history` notifications) start over the same store
+    /// and read models, on another port.
+    async fn restart(mut self, options: NotifyOptions, history: HubOptions) -> Self {
+        if let Some(projection) = self.projection.take() {
+            projection.stop().await;
+        }
+        let _ = self.shutdown.take().unwrap().send(());
+        #[cfg(feature = "postgres")]
+        let db = self._db.take();
+        #[allow(unused_mut, reason = "only PostgreSQL keeps a database")]
+        let mut system = Self::serve(
+            self.store,
+            self._dir,
+            self.read_models,
+            options,
+            AccessControl::open(),
+            history,
+        );
+        #[cfg(feature = "postgres")]
+        {
+            system._db = db;
+        }
+        system
     }
 
     fn ws(&self, query: &str) -> String {
@@ -624,11 +704,13 @@ async fn subscriptions_change_on_an_open_socket_and_filters_use_the_list_languag
         "subscribed"
     );
     system.bump_each("c-1", 4).await;
-    for version in [1, 3] {
+    // Odd counts, and each even one as the document leaving the filter.
+    for (version, op) in [(1, "upsert"), (2, "left"), (3, "upsert"), (4, "left")] {
         let note = frame(&mut socket, Duration::from_secs(5)).await.unwrap();
         assert_eq!(
-            note["aggregate_version"], version,
-            "only odd counts: {note}"
+            (note["aggregate_version"].as_u64(), note["op"].as_str()),
+            (Some(version), Some(op)),
+            "{note}"
         );
     }
     // Replace it with one document, resuming from where it was.
@@ -904,4 +986,319 @@ async fn connections_are_capped_and_bad_subscriptions_are_refused_before_the_upg
         };
         assert_eq!(response.status(), status, "{query}");
     }
+}
+
+/// Reads notifications from `socket` until `count` arrived: (position, id, version, op) each.
+async fn notes(socket: &mut Socket, count: usize) -> Vec<(u64, String, u64, String)> {
+    let mut notes = Vec::new();
+    while notes.len() < count {
+        let note = frame(socket, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("a notification after {notes:?}"));
+        assert_eq!(note["type"], "notification", "{note} after {notes:?}");
+        notes.push((
+            note["position"].as_u64().unwrap(),
+            note["id"].as_str().unwrap().to_owned(),
+            note["aggregate_version"].as_u64().unwrap(),
+            note["op"].as_str().unwrap().to_owned(),
+        ));
+    }
+    notes
+}
+
+/// Opens a socket subscribed to `counters` after `since`: the `subscribed` frame, then the
+/// socket (a `reset`, if any, is the next frame).
+async fn resume(system: &System, since: &str) -> (Value, Socket) {
+    let mut socket = open(&system.ws(&format!(
+        "projection=counters&collection=counters&since={since}"
+    )))
+    .await;
+    assert_eq!(
+        frame(&mut socket, Duration::from_secs(5)).await.unwrap()["type"],
+        "ready"
+    );
+    let subscribed = frame(&mut socket, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    (subscribed, socket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_dashboard_resumes_from_the_read_models_log_or_says_reset() {
+    restarts_resume(System::start(options(100_000, 4096)).await).await;
+    #[cfg(feature = "postgres")]
+    match System::start_on_postgres(options(100_000, 4096)).await {
+        Some(system) => restarts_resume(system).await,
+        None => support::skip("no PostgreSQL for the read models (NEXUS_TEST_POSTGRES_URL)"),
+    }
+}
+
+/// A restart keeps the epoch and resumes from the read model's notification log, within its
+/// bound; a read model changed without notifications starts a new epoch.
+async fn restarts_resume(system: System) {
+    system.bump_each("c-1", 3).await;
+    let (epoch, _) = system.hub.position("counters");
+    // A client saw positions 1 to 3 and went away; 4 and 5 were published to nobody.
+    system.bump_each("c-2", 1).await;
+    system.bump_each("c-3", 1).await;
+    let mut system = system
+        .restart(
+            options(100_000, 4096),
+            HubOptions {
+                history: 2,
+                ..HubOptions::default()
+            },
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while system.hub.position("counters") != (epoch.clone(), 5) {
+        assert!(
+            Instant::now() < deadline,
+            "the new process continues the epoch: {:?}",
+            system.hub.position("counters")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Same read model, same epoch: what was missed comes from the log, once, in order.
+    let (subscribed, mut socket) = resume(&system, &format!("{epoch}:3")).await;
+    assert_eq!(
+        (
+            subscribed["epoch"].as_str(),
+            subscribed["position"].as_u64(),
+            subscribed["replayed"].as_u64()
+        ),
+        (Some(epoch.as_str()), Some(5), Some(2))
+    );
+    let expected = |list: &[(u64, &str, u64)]| -> Vec<(u64, String, u64, String)> {
+        list.iter()
+            .map(|(p, id, v)| (*p, (*id).to_owned(), *v, "upsert".to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        notes(&mut socket, 2).await,
+        expected(&[(4, "c-2", 1), (5, "c-3", 1)])
+    );
+    system.bump_each("c-1", 1).await;
+    assert_eq!(notes(&mut socket, 1).await, expected(&[(6, "c-1", 4)]));
+    assert!(
+        frame(&mut socket, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing twice"
+    );
+
+    // The log keeps the newest two (positions 5 and 6): older positions get a reset.
+    let (_, mut socket) = resume(&system, &format!("{epoch}:3")).await;
+    let reset = frame(&mut socket, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (
+            reset["type"].as_str(),
+            reset["reason"].as_str(),
+            reset["position"].as_u64()
+        ),
+        (Some("reset"), Some("too_old"), Some(6)),
+        "{reset}"
+    );
+    let (subscribed, mut socket) = resume(&system, &format!("{epoch}:4")).await;
+    assert_eq!(subscribed["replayed"], 2);
+    assert_eq!(
+        notes(&mut socket, 2).await,
+        expected(&[(5, "c-3", 1), (6, "c-1", 4)])
+    );
+
+    // A read model that moved on while nothing logged its notifications starts a new epoch.
+    system.projection.take().unwrap().stop().await;
+    let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Arc::clone(&system.store)));
+    let quiet = ProjectionRunner::with_read_models(
+        Arc::clone(&system.store),
+        bus,
+        system.read_models.clone(),
+    );
+    let unnotified = quiet.spawn(Counters).unwrap();
+    system.bump("c-4", 1).await;
+    let read_model = unnotified.read_model();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_model.get("counters", "c-4").await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the quiet runner applies c-4");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    unnotified.stop().await;
+    let system = system
+        .restart(options(100_000, 4096), HubOptions::default())
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while system.hub.position("counters").0 == epoch {
+        assert!(Instant::now() < deadline, "a new epoch");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, mut socket) = resume(&system, &format!("{epoch}:6")).await;
+    let reset = frame(&mut socket, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (reset["type"].as_str(), reset["reason"].as_str()),
+        (Some("reset"), Some("epoch_changed")),
+        "{reset}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_that_stops_matching_a_filter_is_notified_as_left() {
+    let system = System::start(options(100_000, 4096)).await;
+    let mut socket = open(&system.ws("projection=counters&collection=counters&parity=even")).await;
+    assert_eq!(
+        frame(&mut socket, Duration::from_secs(5)).await.unwrap()["type"],
+        "ready"
+    );
+    let subscribed = frame(&mut socket, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(subscribed["type"], "subscribed");
+    let epoch = subscribed["epoch"].as_str().unwrap().to_owned();
+    // 1 is odd and the document did not exist before: nothing. 2 enters, 3 leaves.
+    system.bump_each("c-1", 3).await;
+    let seen = notes(&mut socket, 2).await;
+    let summary: Vec<(u64, &str)> = seen.iter().map(|n| (n.2, n.3.as_str())).collect();
+    assert_eq!(summary, [(2, "upsert"), (3, "left")]);
+    // A replay tells the same story.
+    let mut replay = open(&system.ws(&format!(
+        "projection=counters&collection=counters&parity=even&since={epoch}:2"
+    )))
+    .await;
+    assert_eq!(
+        frame(&mut replay, Duration::from_secs(5)).await.unwrap()["type"],
+        "ready"
+    );
+    assert_eq!(
+        frame(&mut replay, Duration::from_secs(5)).await.unwrap()["replayed"],
+        1
+    );
+    let replayed = notes(&mut replay, 1).await;
+    assert_eq!((replayed[0].2, replayed[0].3.as_str()), (3, "left"));
+    // 4 enters again; another document that never matched is not announced.
+    system.bump_each("c-1", 1).await;
+    system.bump_each("c-2", 1).await;
+    for socket in [&mut socket, &mut replay] {
+        let seen = notes(socket, 1).await;
+        assert_eq!(
+            (seen[0].1.as_str(), seen[0].2, seen[0].3.as_str()),
+            ("c-1", 4, "upsert")
+        );
+        assert!(
+            frame(socket, Duration::from_millis(300)).await.is_none(),
+            "c-2 was never even"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_closed_when_its_token_expires() {
+    const SECRET: &str = "a-test-secret-of-at-least-thirty-two-bytes!";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let config = AuthConfig {
+        issuer: Some("nexus-test".to_owned()),
+        audience: Some("nexus".to_owned()),
+        hs256_secret_file: Some("secret".into()),
+        anonymous: Some(Vec::new()),
+        leeway_secs: 0,
+        ..AuthConfig::default()
+    };
+    let access = AccessControl::load(&config, dir.path()).await.unwrap();
+    let system = System::start_with(options(100, 4096), access).await;
+    let token = |ttl: u64| {
+        issue_hs256(
+            SECRET.as_bytes(),
+            &TokenRequest {
+                issuer: "nexus-test",
+                audience: "nexus",
+                subject: "tester",
+                roles: &["reader".to_owned()],
+                roles_claim: "roles",
+                ttl: Duration::from_secs(ttl),
+                kid: None,
+            },
+        )
+        .unwrap()
+    };
+    let expires = |token: &str| -> u64 {
+        let claims = token.split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims)
+                .unwrap(),
+        )
+        .unwrap();
+        claims["exp"].as_u64().unwrap()
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+
+    // WebSocket: a close frame with 4401 at expiry, not before.
+    let short = token(2);
+    let mut request = system
+        .ws("projection=counters")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!(
+            "nexus.v1, nexus.bearer.{}",
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &short)
+        )
+        .parse()
+        .unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(close))) => break close.expect("a close code"),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let at = now();
+    assert_eq!(u16::from(close.code), 4401, "{close:?}");
+    assert!(close.reason.contains("expired"), "{close:?}");
+    let exp = expires(&short) as f64;
+    assert!(
+        at >= exp - 0.05 && at < exp + 2.0,
+        "closed at {at}, token expired at {exp}"
+    );
+
+    // Server-Sent Events: a `closed` event with the same code, then the stream ends.
+    let short = token(2);
+    let mut stream = tokio::net::TcpStream::connect(system.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /notifications/sse?projection=counters HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                 Accept: text/event-stream\r\nAuthorization: Bearer {short}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut text = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut text))
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let at = now();
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let closed = text
+        .split("\n\n")
+        .find(|block| block.contains("event: closed"))
+        .unwrap_or_else(|| panic!("a closed event: {text}"));
+    assert!(closed.contains("\"code\":4401"), "{closed}");
+    let exp = expires(&short) as f64;
+    assert!(
+        at >= exp - 0.05 && at < exp + 2.0,
+        "ended at {at}, expiry {exp}"
+    );
 }

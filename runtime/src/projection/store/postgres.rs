@@ -35,6 +35,11 @@ const MIGRATIONS: &[crate::pg::Migration] = &[
         "read_model_audit",
         include_str!("../../../migrations/postgres-read-models/0002_read_model_audit.sql"),
     ),
+    (
+        3,
+        "notifications",
+        include_str!("../../../migrations/postgres-read-models/0003_notifications.sql"),
+    ),
 ];
 
 const AUDIT_COLUMNS: &str = "seq, projection, kind, collection, id, before, after, event_id, \
@@ -112,6 +117,51 @@ struct Sql {
     audit_permit: String,
     audit_prune: String,
     audit_unpermit: String,
+    notify: NotifySql,
+}
+
+/// The statements of the notification log.
+struct NotifySql {
+    state: String,
+    save: String,
+    clear: String,
+    insert: String,
+    prune: String,
+    after: String,
+}
+
+impl NotifySql {
+    fn new(s: &str) -> Self {
+        Self {
+            state: format!(
+                "SELECT epoch, position, checkpoint, \
+                 COALESCE((SELECT position FROM {s}.checkpoints WHERE projection = $1), 0) \
+                 FROM (SELECT 1) AS one LEFT JOIN {s}.notify_states ON projection = $1"
+            ),
+            save: format!(
+                "INSERT INTO {s}.notify_states (projection, epoch, position, checkpoint) \
+                 VALUES ($1, $2, $3, COALESCE((SELECT position FROM {s}.checkpoints WHERE projection = $1), 0)) \
+                 ON CONFLICT (projection) DO UPDATE SET epoch = excluded.epoch, \
+                 position = excluded.position, checkpoint = excluded.checkpoint"
+            ),
+            clear: format!("DELETE FROM {s}.notifications WHERE projection = $1"),
+            insert: format!(
+                "INSERT INTO {s}.notifications (projection, position, note, document) \
+                 SELECT $1, n.position, n.note, n.document \
+                 FROM unnest($2::int8[], $3::text[], $4::text[]) AS n(position, note, document) \
+                 ON CONFLICT (projection, position) DO UPDATE SET note = excluded.note, \
+                 document = excluded.document"
+            ),
+            prune: format!(
+                "DELETE FROM {s}.notifications WHERE projection = $1 AND position <= $2"
+            ),
+            after: format!(
+                "SELECT n.position, n.note, n.document FROM {s}.notifications n \
+                 JOIN {s}.notify_states s ON s.projection = n.projection AND s.epoch = $2 \
+                 WHERE n.projection = $1 AND n.position > $3 ORDER BY n.position LIMIT $4"
+            ),
+        }
+    }
 }
 
 impl Sql {
@@ -284,6 +334,7 @@ impl Sql {
             ),
             audit_prune: format!("DELETE FROM {s}.audit_log WHERE projection = $1 AND seq <= $2"),
             audit_unpermit: format!("DELETE FROM {s}.audit_prune_permits WHERE projection = $1"),
+            notify: NotifySql::new(s),
         }
     }
 }
@@ -665,8 +716,108 @@ impl PostgresReadModel {
             .await
             .map_err(|e| self.error(e))?;
         }
+        if let Some(notify) = &batch.notify {
+            self.log_notifications(&tx, notify).await?;
+        }
         tx.commit().await.map_err(|e| self.error(e))?;
         audit::count_appended(&self.projection, audited);
+        Ok(())
+    }
+
+    /// The notification log's epoch and newest position; a new epoch and an empty log unless
+    /// the log was written up to the checkpoint.
+    pub(super) async fn notify_start(
+        &self,
+        new_epoch: String,
+    ) -> Result<(String, u64, bool), ReadModelError> {
+        let sql = self.sql();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| self.error(e))?;
+        let row = tx
+            .query_one(&sql.notify.state, &[&self.projection])
+            .await
+            .map_err(|e| self.error(e))?;
+        let (epoch, position, at, checkpoint): (Option<String>, Option<i64>, Option<i64>, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let started = match (epoch, position, at) {
+            (Some(epoch), Some(position), Some(at)) if at == checkpoint => {
+                (epoch, position as u64, false)
+            }
+            _ => {
+                tx.execute(&sql.notify.clear, &[&self.projection])
+                    .await
+                    .map_err(|e| self.error(e))?;
+                tx.execute(&sql.notify.save, &[&self.projection, &new_epoch, &0i64])
+                    .await
+                    .map_err(|e| self.error(e))?;
+                (new_epoch, 0, true)
+            }
+        };
+        tx.commit().await.map_err(|e| self.error(e))?;
+        Ok(started)
+    }
+
+    pub(super) async fn notifications_after(
+        &self,
+        epoch: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<super::LoggedNotification>, ReadModelError> {
+        let rows = self
+            .read(
+                &self.sql().notify.after,
+                &[&self.projection, &epoch, &after, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get::<_, i64>(0) as u64, row.get(1), row.get(2)))
+            .collect())
+    }
+
+    /// Appends a commit's notifications to the log (emptying a log of another epoch first),
+    /// drops what is beyond the bound, and records the log as written up to the checkpoint.
+    async fn log_notifications(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        notify: &super::NotifyCommit,
+    ) -> Result<(), ReadModelError> {
+        let sql = self.sql();
+        let row = tx
+            .query_one(&sql.notify.state, &[&self.projection])
+            .await
+            .map_err(|e| self.error(e))?;
+        let (epoch, position): (Option<String>, Option<i64>) = (row.get(0), row.get(1));
+        let mut last = match (epoch, position) {
+            (Some(epoch), Some(position)) if epoch == notify.epoch => position,
+            _ => {
+                tx.execute(&sql.notify.clear, &[&self.projection])
+                    .await
+                    .map_err(|e| self.error(e))?;
+                0
+            }
+        };
+        if !notify.rows.is_empty() {
+            let positions: Vec<i64> = notify.rows.iter().map(|r| r.0 as i64).collect();
+            let notes: Vec<&str> = notify.rows.iter().map(|r| r.1.as_str()).collect();
+            let documents: Vec<Option<&str>> = notify.rows.iter().map(|r| r.2.as_deref()).collect();
+            tx.execute(
+                &sql.notify.insert,
+                &[&self.projection, &positions, &notes, &documents],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+            last = positions.iter().copied().fold(last, i64::max);
+            tx.execute(
+                &sql.notify.prune,
+                &[&self.projection, &(last - notify.keep as i64)],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        }
+        tx.execute(&sql.notify.save, &[&self.projection, &notify.epoch, &last])
+            .await
+            .map_err(|e| self.error(e))?;
         Ok(())
     }
 

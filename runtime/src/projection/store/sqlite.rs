@@ -50,6 +50,17 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     last_failed_at  INTEGER NOT NULL,
     status          TEXT    NOT NULL
 );
+CREATE TABLE IF NOT EXISTS notify_state (
+    singleton  INTEGER PRIMARY KEY CHECK (singleton = 1),
+    epoch      TEXT    NOT NULL,
+    position   INTEGER NOT NULL,
+    checkpoint INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS notifications (
+    position INTEGER PRIMARY KEY,
+    note     TEXT    NOT NULL,
+    document TEXT
+);
 CREATE INDEX IF NOT EXISTS dead_letters_status ON dead_letters (status, position);
 CREATE INDEX IF NOT EXISTS dead_letters_stream ON dead_letters (aggregate_type, aggregate_id, version);
 CREATE TABLE IF NOT EXISTS audit_log (
@@ -384,6 +395,70 @@ impl SqliteReadModel {
         Ok(out)
     }
 
+    /// The notification log's epoch and newest position; a new epoch and an empty log unless
+    /// the log was written up to the checkpoint.
+    pub(super) fn notify_start(
+        &self,
+        new_epoch: String,
+    ) -> Result<(String, u64, bool), ReadModelError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.sqlite(e))?;
+        let checkpoint: i64 = tx
+            .query_row(
+                "SELECT COALESCE((SELECT position FROM checkpoint WHERE singleton = 1), 0)",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let state: Option<(String, i64, i64)> = tx
+            .query_row(
+                "SELECT epoch, position, checkpoint FROM notify_state WHERE singleton = 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| self.sqlite(e))?;
+        let started = match state {
+            Some((epoch, position, at)) if at == checkpoint => (epoch, position as u64, false),
+            _ => {
+                tx.execute("DELETE FROM notifications", [])
+                    .map_err(|e| self.sqlite(e))?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO notify_state (singleton, epoch, position, checkpoint) \
+                     VALUES (1, ?1, 0, ?2)",
+                    params![new_epoch, checkpoint],
+                )
+                .map_err(|e| self.sqlite(e))?;
+                (new_epoch, 0, true)
+            }
+        };
+        tx.commit().map_err(|e| self.sqlite(e))?;
+        Ok(started)
+    }
+
+    /// At most `limit` logged notifications of `epoch` after `after`, in position order.
+    pub(super) fn notifications_after(
+        &self,
+        epoch: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<super::LoggedNotification>, ReadModelError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT position, note, document FROM notifications \
+                 WHERE position > ?2 AND EXISTS (SELECT 1 FROM notify_state WHERE epoch = ?1) \
+                 ORDER BY position LIMIT ?3",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let rows = stmt
+            .query_map(params![epoch, after, limit], |row| {
+                Ok((row.get::<_, i64>(0)? as u64, row.get(1)?, row.get(2)?))
+            })
+            .map_err(|e| self.sqlite(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sqlite(e))
+    }
+
     /// Commits a batch in one transaction (and one fsync); returns the documents' `updated_at`.
     pub(super) fn commit(&self, batch: &Batch) -> Result<i64, ReadModelError> {
         let mut conn = self.lock();
@@ -485,16 +560,7 @@ impl SqliteReadModel {
                 )
                 .map_err(|e| self.sqlite(e))?;
             }
-            if let Some(checkpoint) = batch.checkpoint {
-                tx.prepare_cached(
-                    "INSERT INTO checkpoint (singleton, commit_key, position) VALUES (1, ?1, ?2) \
-                     ON CONFLICT (singleton) DO UPDATE SET commit_key = excluded.commit_key, position = excluded.position",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![checkpoint.commit as i64, checkpoint.position as i64])
-                })
-                .map_err(|e| self.sqlite(e))?;
-            }
+            self.close_batch(&tx, batch)?;
         }
         tx.commit().map_err(|e| self.sqlite(e))?;
         drop(conn);
@@ -504,6 +570,74 @@ impl SqliteReadModel {
             .expect("read model WAL checkpointer lock poisoned")
             .committed();
         Ok(now)
+    }
+
+    /// The end of a batch's transaction: its checkpoint and its notifications.
+    fn close_batch(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        batch: &Batch,
+    ) -> Result<(), ReadModelError> {
+        if let Some(checkpoint) = batch.checkpoint {
+            tx.prepare_cached(
+                "INSERT INTO checkpoint (singleton, commit_key, position) VALUES (1, ?1, ?2) \
+                 ON CONFLICT (singleton) DO UPDATE SET commit_key = excluded.commit_key, position = excluded.position",
+            )
+            .and_then(|mut s| s.execute(params![checkpoint.commit as i64, checkpoint.position as i64]))
+            .map_err(|e| self.sqlite(e))?;
+        }
+        if let Some(notify) = &batch.notify {
+            self.log_notifications(tx, notify)?;
+        }
+        Ok(())
+    }
+
+    /// Appends a commit's notifications to the log (emptying a log of another epoch first),
+    /// drops what is beyond the bound, and records the log as written up to the checkpoint.
+    fn log_notifications(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        notify: &super::NotifyCommit,
+    ) -> Result<(), ReadModelError> {
+        let current: Option<(String, i64)> = tx
+            .prepare_cached("SELECT epoch, position FROM notify_state WHERE singleton = 1")
+            .and_then(|mut s| {
+                s.query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .map_err(|e| self.sqlite(e))?;
+        let mut last = match current {
+            Some((epoch, position)) if epoch == notify.epoch => position,
+            _ => {
+                tx.execute("DELETE FROM notifications", [])
+                    .map_err(|e| self.sqlite(e))?;
+                0
+            }
+        };
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO notifications (position, note, document) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        for (position, note, document) in &notify.rows {
+            let position = *position as i64;
+            insert
+                .execute(params![position, note, document])
+                .map_err(|e| self.sqlite(e))?;
+            last = last.max(position);
+        }
+        if !notify.rows.is_empty() {
+            tx.prepare_cached("DELETE FROM notifications WHERE position <= ?1")
+                .and_then(|mut s| s.execute([last - notify.keep as i64]))
+                .map_err(|e| self.sqlite(e))?;
+        }
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO notify_state (singleton, epoch, position, checkpoint) \
+             VALUES (1, ?1, ?2, COALESCE((SELECT position FROM checkpoint WHERE singleton = 1), 0))",
+        )
+        .and_then(|mut s| s.execute(params![notify.epoch, last]))
+        .map_err(|e| self.sqlite(e))?;
+        Ok(())
     }
 
     fn row_to_dead_letter(
