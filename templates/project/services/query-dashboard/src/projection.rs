@@ -257,7 +257,7 @@ mod tests {
             .then_document_as::<super::OrderSummary>(OrderSummaries::ORDERS, "o-2", |order| {
                 assert_eq!(order.status, super::OrderStatus::Cancelled);
                 assert_eq!(order.total_cents, 300);
-                assert_eq!(order.version, 2);
+                assert_eq!(order.version, 3);
             })
             .then_document(
                 OrderSummaries::CUSTOMERS,
