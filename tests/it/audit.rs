@@ -21,6 +21,17 @@ fn audit(data: &Path, args: &[&str]) -> Output {
         .expect("run nexus audit")
 }
 
+/// `nexus audit …` that must succeed.
+fn audit_ok(data: &Path, args: &[&str]) -> Output {
+    let out = audit(data, args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -73,12 +84,7 @@ fn up_audits_read_model_changes_served_over_http_and_verified_by_the_cli() {
     assert_eq!(entries[2]["after"]["status"], "confirmed");
 
     // The CLI reads the same history and verifies the chain while the service runs.
-    let listed = audit(&data, &["history", "orders", "orders", "o-1", "--json"]);
-    assert!(
-        listed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
+    let listed = audit_ok(&data, &["history", "orders", "orders", "o-1", "--json"]);
     let lines: Vec<Value> = stdout(&listed)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -95,7 +101,7 @@ fn up_audits_read_model_changes_served_over_http_and_verified_by_the_cli() {
     assert_eq!(code, Some(0));
 
     // Pruning everything old keeps the chain verifiable from its recorded anchor.
-    let pruned = audit(
+    let pruned = audit_ok(
         &data,
         &[
             "prune",
@@ -106,11 +112,6 @@ fn up_audits_read_model_changes_served_over_http_and_verified_by_the_cli() {
             "2",
             "--json",
         ],
-    );
-    assert!(
-        pruned.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pruned.stderr)
     );
     let pruned: Value = serde_json::from_slice(&pruned.stdout).unwrap();
     assert!(pruned["removed"].as_u64() >= Some(2), "{pruned}");

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::Projection;
-use super::changes::{Changes, DocumentCache};
+use super::changes::{Changes, DocumentCache, Writes};
 use super::health::{HealthRegistry, ProjectionHealth, ProjectionStatus};
 use super::store::audit::{AuditCause, AuditWrite};
 use super::store::{
@@ -1178,6 +1178,72 @@ impl<P: Projection> Worker<P> {
         Ok(())
     }
 
+    /// Runs the projection on `event` (upcast first): its writes, `None` when it does not
+    /// handle the event, or why it failed (an error or a panic).
+    async fn run_projection(
+        &self,
+        event: &RecordedEvent,
+        span: &tracing::Span,
+        batch: &Writes,
+        documents: &DocumentCache,
+    ) -> Result<Option<Writes>, String> {
+        if !self.projection.handles(event) {
+            return Ok(None);
+        }
+        // An event that cannot be upcast is retried, then dead-lettered, like any event the
+        // projection cannot apply.
+        let event = self
+            .options
+            .upcasters
+            .upcast_event(event)
+            .map_err(|err| err.to_string())?;
+        let mut changes = Changes::new(batch, documents, &self.read_model);
+        let apply = tracing::info_span!(parent: span, "apply", projection = %self.name);
+        let result = AssertUnwindSafe(self.projection.apply(&event, &mut changes))
+            .catch_unwind()
+            .instrument(apply)
+            .await;
+        match result {
+            Ok(Ok(())) => Ok(Some(changes.into_writes())),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(panic) => Err(panic_message(panic.as_ref())),
+        }
+    }
+
+    /// Adds the writes `event` caused to the batch, with what the audit log and the
+    /// notifications need to know about them.
+    fn record_writes(&self, event: &RecordedEvent, writes: Option<Writes>, batch: &mut Batch) {
+        if self.options.audit
+            && let Some(writes) = writes.as_ref().filter(|w| !w.is_empty())
+        {
+            let cause = Arc::new(AuditCause::of(event));
+            let mut ordered: Vec<_> = writes.iter().collect();
+            ordered.sort_by(|a, b| a.0.cmp(b.0));
+            batch.audit.extend(
+                ordered
+                    .into_iter()
+                    .map(|((collection, id), after)| AuditWrite {
+                        collection: collection.clone(),
+                        id: id.clone(),
+                        after: after.clone(),
+                        cause: Arc::clone(&cause),
+                    }),
+            );
+        }
+        for (doc, value) in writes.into_iter().flatten() {
+            if self.notifications.is_some() {
+                let (collection, id) = doc.clone();
+                let mut change = Change::of(event, collection, id, None);
+                if let Some(earlier) = batch.sources.get(&doc) {
+                    change.absorb(earlier);
+                }
+                batch.sources.insert(doc.clone(), change);
+            }
+            batch.positions.insert(doc.clone(), event.position as i64);
+            batch.writes.insert(doc, value);
+        }
+    }
+
     /// Applies `item`; on failure schedules a retry or dead-letters it. `false` when the key
     /// must wait (a retry is scheduled).
     async fn apply(
@@ -1192,65 +1258,15 @@ impl<P: Projection> Worker<P> {
         let mut item = item;
         item.span = delivery_span(&self.name, item.event());
         let event = item.event();
-        let outcome = if self.projection.handles(event) {
-            match self.options.upcasters.upcast_event(event) {
-                Ok(event) => {
-                    let mut changes =
-                        Changes::new(&batch.writes, &state.documents, &self.read_model);
-                    let apply =
-                        tracing::info_span!(parent: &item.span, "apply", projection = %self.name);
-                    let result = AssertUnwindSafe(self.projection.apply(&event, &mut changes))
-                        .catch_unwind()
-                        .instrument(apply)
-                        .await;
-                    match result {
-                        Ok(Ok(())) => Ok(Some(changes.into_writes())),
-                        Ok(Err(err)) => Err(err.to_string()),
-                        Err(panic) => Err(panic_message(panic.as_ref())),
-                    }
-                }
-                // Retried, then dead-lettered, like any event the projection cannot apply.
-                Err(err) => Err(err.to_string()),
-            }
-        } else {
-            Ok(None)
-        };
+        let outcome = self
+            .run_projection(event, &item.span, &batch.writes, &state.documents)
+            .await;
         let park = self.options.dead_letter == DeadLetterMode::Park;
         let retry = self.options.retry;
         let key_state = state.keys.get_mut(key).expect("the key is being processed");
         match outcome {
             Ok(writes) => {
-                if self.options.audit
-                    && let Some(writes) = writes.as_ref().filter(|w| !w.is_empty())
-                {
-                    let cause = Arc::new(AuditCause::of(event));
-                    let mut ordered: Vec<_> = writes.iter().collect();
-                    ordered.sort_by(|a, b| a.0.cmp(b.0));
-                    batch
-                        .audit
-                        .extend(
-                            ordered
-                                .into_iter()
-                                .map(|((collection, id), after)| AuditWrite {
-                                    collection: collection.clone(),
-                                    id: id.clone(),
-                                    after: after.clone(),
-                                    cause: Arc::clone(&cause),
-                                }),
-                        );
-                }
-                for (doc, value) in writes.into_iter().flatten() {
-                    if self.notifications.is_some() {
-                        let (collection, id) = doc.clone();
-                        let mut change = Change::of(event, collection, id, None);
-                        if let Some(earlier) = batch.sources.get(&doc) {
-                            change.absorb(earlier);
-                        }
-                        batch.sources.insert(doc.clone(), change);
-                    }
-                    batch.positions.insert(doc.clone(), event.position as i64);
-                    batch.writes.insert(doc, value);
-                }
+                self.record_writes(event, writes, batch);
                 batch
                     .versions
                     .insert(key.clone(), applied_version.max(event.version));

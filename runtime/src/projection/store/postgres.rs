@@ -102,22 +102,27 @@ struct Sql {
     redrive_requests: String,
     dead_letter_page: String,
     collections: String,
-    audit_lock: String,
-    audit_tail: String,
-    audit_committed: String,
-    audit_append: String,
-    audit_head: String,
-    audit_head_set: String,
-    audit_history: String,
-    audit_newest_prune: String,
-    audit_page: String,
-    audit_first: String,
-    audit_max_at: String,
-    audit_anchor: String,
-    audit_permit: String,
-    audit_prune: String,
-    audit_unpermit: String,
+    audit: AuditSql,
     notify: NotifySql,
+}
+
+/// The statements of the audit log.
+struct AuditSql {
+    lock: String,
+    tail: String,
+    committed: String,
+    append: String,
+    head: String,
+    head_set: String,
+    history: String,
+    newest_prune: String,
+    page: String,
+    first: String,
+    max_at: String,
+    anchor: String,
+    permit: String,
+    prune: String,
+    unpermit: String,
 }
 
 /// The statements of the notification log.
@@ -128,6 +133,72 @@ struct NotifySql {
     insert: String,
     prune: String,
     after: String,
+}
+
+impl AuditSql {
+    fn new(s: &str) -> Self {
+        Self {
+            // Serialises the writers of one projection's chain (its key names the schema and
+            // projection), held to the end of the transaction.
+            lock: "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))".to_owned(),
+            tail: format!(
+                "SELECT seq, hash FROM {s}.audit_log WHERE projection = $1 ORDER BY seq DESC LIMIT 1"
+            ),
+            committed: format!(
+                "SELECT d.collection, d.id, d.body FROM {s}.documents d \
+                 JOIN unnest($2::text[], $3::text[]) AS x(collection, id) \
+                 ON d.collection = x.collection AND d.id = x.id WHERE d.projection = $1"
+            ),
+            // Every entry in one statement, and the checkpoint the log saw (when given).
+            append: format!(
+                "WITH appended AS (INSERT INTO {s}.audit_log ({AUDIT_COLUMNS}) \
+                 SELECT r.seq, $1, r.kind, r.collection, r.id, r.before, r.after, r.event_id, \
+                 r.event_type, r.aggregate_type, r.aggregate_id, r.version, r.position, \
+                 r.correlation_id, r.at, r.detail, r.hash \
+                 FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                 $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[], $13::int8[], \
+                 $14::text[], $15::int8[], $16::text[], $17::bytea[]) \
+                 AS r(seq, kind, collection, id, before, after, event_id, event_type, aggregate_type, \
+                 aggregate_id, version, position, correlation_id, at, detail, hash)) \
+                 INSERT INTO {s}.audit_heads (projection, checkpoint) \
+                 SELECT $1, $18::int8 WHERE $18::int8 IS NOT NULL \
+                 ON CONFLICT (projection) DO UPDATE \
+                 SET checkpoint = GREATEST({s}.audit_heads.checkpoint, excluded.checkpoint)"
+            ),
+            head: format!("SELECT checkpoint FROM {s}.audit_heads WHERE projection = $1"),
+            head_set: format!("UPDATE {s}.audit_heads SET checkpoint = $2 WHERE projection = $1"),
+            history: format!(
+                "SELECT {AUDIT_COLUMNS} FROM {s}.audit_log WHERE projection = $1 AND kind = 'change' \
+                 AND collection = $2 AND id = $3 AND seq > $4 \
+                 UNION ALL \
+                 SELECT {AUDIT_COLUMNS} FROM {s}.audit_log WHERE projection = $1 AND kind <> 'change' \
+                 AND seq > $4 AND seq > (SELECT min(seq) FROM {s}.audit_log WHERE projection = $1 \
+                 AND kind = 'change' AND collection = $2 AND id = $3) \
+                 ORDER BY seq LIMIT $5"
+            ),
+            newest_prune: format!(
+                "SELECT {AUDIT_COLUMNS} FROM {s}.audit_log WHERE projection = $1 AND kind = 'prune' \
+                 ORDER BY seq DESC LIMIT 1"
+            ),
+            page: format!(
+                "SELECT {AUDIT_COLUMNS} FROM {s}.audit_log WHERE projection = $1 AND seq > $2 \
+                 ORDER BY seq LIMIT $3"
+            ),
+            first: format!("SELECT min(seq) FROM {s}.audit_log WHERE projection = $1"),
+            max_at: format!(
+                "SELECT max(at) FROM {s}.audit_log WHERE projection = $1 AND seq BETWEEN $2 AND $3"
+            ),
+            anchor: format!(
+                "SELECT seq, hash FROM {s}.audit_log WHERE projection = $1 AND seq <= $2 \
+                 ORDER BY seq DESC LIMIT 1"
+            ),
+            permit: format!(
+                "INSERT INTO {s}.audit_prune_permits (projection, upto) VALUES ($1, $2)"
+            ),
+            prune: format!("DELETE FROM {s}.audit_log WHERE projection = $1 AND seq <= $2"),
+            unpermit: format!("DELETE FROM {s}.audit_prune_permits WHERE projection = $1"),
+        }
+    }
 }
 
 impl NotifySql {
@@ -273,67 +344,7 @@ impl Sql {
                    FROM c WHERE c.name IS NOT NULL) \
                  SELECT name FROM c WHERE name IS NOT NULL LIMIT $2"
             ),
-            // Serialises the writers of one projection's chain (its key names the schema and
-            // projection), held to the end of the transaction.
-            audit_lock: "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))".to_owned(),
-            audit_tail: format!(
-                "SELECT seq, hash FROM {s}.audit_log WHERE projection = $1 ORDER BY seq DESC LIMIT 1"
-            ),
-            audit_committed: format!(
-                "SELECT d.collection, d.id, d.body FROM {s}.documents d \
-                 JOIN unnest($2::text[], $3::text[]) AS x(collection, id) \
-                 ON d.collection = x.collection AND d.id = x.id WHERE d.projection = $1"
-            ),
-            // Every entry in one statement, and the checkpoint the log saw (when given).
-            audit_append: format!(
-                "WITH appended AS (INSERT INTO {s}.audit_log ({AUDIT_COLUMNS}) \
-                 SELECT r.seq, $1, r.kind, r.collection, r.id, r.before, r.after, r.event_id, \
-                 r.event_type, r.aggregate_type, r.aggregate_id, r.version, r.position, \
-                 r.correlation_id, r.at, r.detail, r.hash \
-                 FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                 $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[], $13::int8[], \
-                 $14::text[], $15::int8[], $16::text[], $17::bytea[]) \
-                 AS r(seq, kind, collection, id, before, after, event_id, event_type, aggregate_type, \
-                 aggregate_id, version, position, correlation_id, at, detail, hash)) \
-                 INSERT INTO {s}.audit_heads (projection, checkpoint) \
-                 SELECT $1, $18::int8 WHERE $18::int8 IS NOT NULL \
-                 ON CONFLICT (projection) DO UPDATE \
-                 SET checkpoint = GREATEST({s}.audit_heads.checkpoint, excluded.checkpoint)"
-            ),
-            audit_head: format!("SELECT checkpoint FROM {s}.audit_heads WHERE projection = $1"),
-            audit_head_set: format!(
-                "UPDATE {s}.audit_heads SET checkpoint = $2 WHERE projection = $1"
-            ),
-            audit_history: format!(
-                "SELECT {AUDIT_COLUMNS} FROM {s}.audit_log WHERE projection = $1 AND kind = 'change' \
-                 AND collection = $2 AND id = $3 AND seq > $4 \
-                 UNION ALL \
-                 SELECT {AUDIT_COLUMNS} FROM {s}.audit_log WHERE projection = $1 AND kind <> 'change' \
-                 AND seq > $4 AND seq > (SELECT min(seq) FROM {s}.audit_log WHERE projection = $1 \
-                 AND kind = 'change' AND collection = $2 AND id = $3) \
-                 ORDER BY seq LIMIT $5"
-            ),
-            audit_newest_prune: format!(
-                "SELECT {AUDIT_COLUMNS} FROM {s}.audit_log WHERE projection = $1 AND kind = 'prune' \
-                 ORDER BY seq DESC LIMIT 1"
-            ),
-            audit_page: format!(
-                "SELECT {AUDIT_COLUMNS} FROM {s}.audit_log WHERE projection = $1 AND seq > $2 \
-                 ORDER BY seq LIMIT $3"
-            ),
-            audit_first: format!("SELECT min(seq) FROM {s}.audit_log WHERE projection = $1"),
-            audit_max_at: format!(
-                "SELECT max(at) FROM {s}.audit_log WHERE projection = $1 AND seq BETWEEN $2 AND $3"
-            ),
-            audit_anchor: format!(
-                "SELECT seq, hash FROM {s}.audit_log WHERE projection = $1 AND seq <= $2 \
-                 ORDER BY seq DESC LIMIT 1"
-            ),
-            audit_permit: format!(
-                "INSERT INTO {s}.audit_prune_permits (projection, upto) VALUES ($1, $2)"
-            ),
-            audit_prune: format!("DELETE FROM {s}.audit_log WHERE projection = $1 AND seq <= $2"),
-            audit_unpermit: format!("DELETE FROM {s}.audit_prune_permits WHERE projection = $1"),
+            audit: AuditSql::new(s),
             notify: NotifySql::new(s),
         }
     }
@@ -967,11 +978,11 @@ impl PostgresReadModel {
     ) -> Result<Tail, ReadModelError> {
         let sql = self.sql();
         let lock = tx
-            .prepare_cached(&sql.audit_lock)
+            .prepare_cached(&sql.audit.lock)
             .await
             .map_err(|e| self.error(e))?;
         let tail = tx
-            .prepare_cached(&sql.audit_tail)
+            .prepare_cached(&sql.audit.tail)
             .await
             .map_err(|e| self.error(e))?;
         let key = self.chain_key();
@@ -1000,7 +1011,7 @@ impl PostgresReadModel {
         let collections: Vec<&str> = documents.iter().map(|(c, _)| c.as_str()).collect();
         let ids: Vec<&str> = documents.iter().map(|(_, id)| id.as_str()).collect();
         let committed_sql = tx
-            .prepare_cached(&sql.audit_committed)
+            .prepare_cached(&sql.audit.committed)
             .await
             .map_err(|e| self.error(e))?;
         let (tail, committed_rows) = futures::try_join!(self.lock_chain(tx), async {
@@ -1053,7 +1064,7 @@ impl PostgresReadModel {
         let ats: Vec<i64> = rows.iter().map(|r| r.at).collect();
         let hashes: Vec<&[u8]> = rows.iter().map(|r| r.hash.as_slice()).collect();
         let append = tx
-            .prepare_cached(&self.sql().audit_append)
+            .prepare_cached(&self.sql().audit.append)
             .await
             .map_err(|e| self.error(e))?;
         tx.execute(
@@ -1090,7 +1101,7 @@ impl PostgresReadModel {
         let tx = client.transaction().await.map_err(|e| self.error(e))?;
         let tail = self.lock_chain(&tx).await?;
         let seen: Option<i64> = tx
-            .query_opt(&sql.audit_head, &[&self.projection])
+            .query_opt(&sql.audit.head, &[&self.projection])
             .await
             .map_err(|e| self.error(e))?
             .map(|row| row.get(0));
@@ -1100,7 +1111,7 @@ impl PostgresReadModel {
         let row = audit::rebuild_row(&self.projection, &tail, from, seen as u64);
         self.insert_rows(&tx, std::slice::from_ref(&row), None)
             .await?;
-        tx.execute(&sql.audit_head_set, &[&self.projection, &(from as i64)])
+        tx.execute(&sql.audit.head_set, &[&self.projection, &(from as i64)])
             .await
             .map_err(|e| self.error(e))?;
         tx.commit().await.map_err(|e| self.error(e))?;
@@ -1117,7 +1128,7 @@ impl PostgresReadModel {
     ) -> Result<AuditPage, ReadModelError> {
         let rows = self
             .read(
-                &self.sql().audit_history,
+                &self.sql().audit.history,
                 &[
                     &self.projection,
                     &collection,
@@ -1153,13 +1164,13 @@ impl PostgresReadModel {
             .await
             .map_err(|e| self.error(e))?;
         let newest_prune = tx
-            .query_opt(&sql.audit_newest_prune, &[&self.projection])
+            .query_opt(&sql.audit.newest_prune, &[&self.projection])
             .await
             .map_err(|e| self.error(e))?
             .map(|row| audit_row(&row));
         let mut verifier = audit::Verifier::new(&self.projection, newest_prune.as_ref());
         let page = tx
-            .prepare_cached(&sql.audit_page)
+            .prepare_cached(&sql.audit.page)
             .await
             .map_err(|e| self.error(e))?;
         let mut after = 0i64;
@@ -1199,7 +1210,7 @@ impl PostgresReadModel {
         let tx = client.transaction().await.map_err(|e| self.error(e))?;
         let tail = self.lock_chain(&tx).await?;
         let first: Option<i64> = tx
-            .query_one(&sql.audit_first, &[&self.projection])
+            .query_one(&sql.audit.first, &[&self.projection])
             .await
             .map_err(|e| self.error(e))?
             .get(0);
@@ -1207,7 +1218,7 @@ impl PostgresReadModel {
             return Ok(report);
         };
         let max_at = tx
-            .prepare_cached(&sql.audit_max_at)
+            .prepare_cached(&sql.audit.max_at)
             .await
             .map_err(|e| self.error(e))?;
         let mut plan = audit::PrunePlan::new(first as u64, tail.seq, retention);
@@ -1224,18 +1235,18 @@ impl PostgresReadModel {
             return Ok(report);
         };
         let anchor = tx
-            .query_one(&sql.audit_anchor, &[&self.projection, &(upto as i64)])
+            .query_one(&sql.audit.anchor, &[&self.projection, &(upto as i64)])
             .await
             .map_err(|e| self.error(e))?;
         let (last, anchor): (i64, Vec<u8>) = (anchor.get(0), anchor.get(1));
-        tx.execute(&sql.audit_permit, &[&self.projection, &last])
+        tx.execute(&sql.audit.permit, &[&self.projection, &last])
             .await
             .map_err(|e| self.error(e))?;
         let removed = tx
-            .execute(&sql.audit_prune, &[&self.projection, &last])
+            .execute(&sql.audit.prune, &[&self.projection, &last])
             .await
             .map_err(|e| self.error(e))?;
-        tx.execute(&sql.audit_unpermit, &[&self.projection])
+        tx.execute(&sql.audit.unpermit, &[&self.projection])
             .await
             .map_err(|e| self.error(e))?;
         let range = (first as u64, last as u64);
