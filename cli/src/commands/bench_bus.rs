@@ -143,7 +143,7 @@ impl Recorder for CaptureRecorder {
 }
 
 /// The benchmark's projection: one document per stream, updated per event.
-struct Tally(String);
+pub(crate) struct Tally(pub(crate) String);
 
 #[async_trait]
 impl Projection for Tally {

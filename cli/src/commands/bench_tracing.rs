@@ -15,13 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use nexus_runtime::bus::local::InProcessBus;
-use nexus_runtime::projection::{Changes, Projection, ProjectionError, ProjectionRunner};
+use nexus_runtime::projection::ProjectionRunner;
 use nexus_runtime::store::embedded::EmbeddedStore;
 use nexus_runtime::{
     Aggregate, CommandHandler, DomainEvent, EventStore, ExpectedVersion, Metadata, NewEvent,
-    RecordedEvent, Repository, StreamId,
+    Repository, StreamId,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
@@ -32,6 +31,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 
 use super::Outcome;
 use super::bench::round;
+use super::bench_bus::Tally as Counted;
 use crate::output;
 
 /// The largest tracing cost the benchmark accepts, in percent of throughput.
@@ -216,7 +216,7 @@ async fn projection(dir: &std::path::Path, name: &str) -> anyhow::Result<(f64, (
     let bus = Arc::new(InProcessBus::new(Arc::clone(&store)));
     let runner = ProjectionRunner::new(Arc::clone(&store), bus, dir.join(format!("{name}-models")));
     let started = Instant::now();
-    let handle = runner.spawn(Count(name.to_owned()))?;
+    let handle = runner.spawn(Counted(name.to_owned()))?;
     loop {
         let at = handle
             .read_model()
@@ -269,31 +269,6 @@ impl Aggregate for Tally {
 
     fn apply(&mut self, event: &Added) {
         self.total += event.amount;
-    }
-}
-
-/// The measured projection: one document per stream, updated per event.
-struct Count(String);
-
-#[async_trait]
-impl Projection for Count {
-    fn name(&self) -> &str {
-        &self.0
-    }
-
-    async fn apply(
-        &self,
-        event: &RecordedEvent,
-        changes: &mut Changes<'_>,
-    ) -> Result<(), ProjectionError> {
-        let id = event.stream.aggregate_id();
-        let count = changes
-            .get("count", id)
-            .await?
-            .and_then(|d| d["n"].as_u64())
-            .unwrap_or(0);
-        changes.put("count", id, json!({ "n": count + 1 }));
-        Ok(())
     }
 }
 

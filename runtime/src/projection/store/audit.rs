@@ -144,6 +144,21 @@ pub struct AuditPage {
     pub next_after: Option<u64>,
 }
 
+impl AuditPage {
+    /// The page of `rows` read with `limit + 1`: at most `limit` entries, and `next_after`
+    /// when the extra row shows more remain. A stored text that is not JSON is corrupt.
+    pub(crate) fn of(mut rows: Vec<Row>, limit: i64) -> Result<Self, serde_json::Error> {
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_after = more.then(|| rows.last().map(|r| r.seq)).flatten();
+        let entries = rows.into_iter().map(Row::entry).collect::<Result<_, _>>()?;
+        Ok(Self {
+            entries,
+            next_after,
+        })
+    }
+}
+
 /// Where verification found the chain broken.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditBreak {

@@ -1138,18 +1138,7 @@ impl PostgresReadModel {
                 ],
             )
             .await?;
-        let mut rows: Vec<audit::Row> = rows.iter().map(audit_row).collect();
-        let more = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let next_after = more.then(|| rows.last().map(|r| r.seq)).flatten();
-        let entries = rows
-            .into_iter()
-            .map(|row| row.entry().map_err(|e| self.corrupt(e)))
-            .collect::<Result<_, _>>()?;
-        Ok(AuditPage {
-            entries,
-            next_after,
-        })
+        AuditPage::of(rows.iter().map(audit_row).collect(), limit).map_err(|e| self.corrupt(e))
     }
 
     pub(super) async fn audit_verify(&self) -> Result<AuditReport, ReadModelError> {

@@ -912,21 +912,7 @@ impl SqliteReadModel {
                 .collect::<rusqlite::Result<Vec<Row>>>()
                 .map_err(|e| self.sqlite(e))
         })?;
-        self.page(rows, limit)
-    }
-
-    fn page(&self, mut rows: Vec<Row>, limit: i64) -> Result<AuditPage, ReadModelError> {
-        let more = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let next_after = more.then(|| rows.last().map(|r| r.seq)).flatten();
-        let entries = rows
-            .into_iter()
-            .map(|row| row.entry().map_err(|e| self.corrupt(e)))
-            .collect::<Result<_, _>>()?;
-        Ok(AuditPage {
-            entries,
-            next_after,
-        })
+        AuditPage::of(rows, limit).map_err(|e| self.corrupt(e))
     }
 
     /// Verifies the whole chain in one read transaction (a consistent snapshot), page by page.
