@@ -29,6 +29,12 @@ export function addRow(list, row) {
 }
 
 /// The row of one notification: its event, and the one document it changed.
+// Whether `list` already has the row of `row`'s event: another document of a shown event joins its
+// row even while the tail is paused, since it is not a new event.
+export function shows(list, row) {
+  return list.some((r) => !r.reset && r.event_id === row.event_id);
+}
+
 export function rowOf(n) {
   return { ...n, documents: [`${n.projection} · ${n.collection}/${n.id}`] };
 }

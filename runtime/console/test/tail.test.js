@@ -2,7 +2,7 @@
 // Run with `npm test` (node's own test runner; no dependencies).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MAX_ROWS, addRow, inStream, rowOf } from '../src/tail.js';
+import { MAX_ROWS, addRow, inStream, rowOf, shows } from '../src/tail.js';
 
 const note = (event, projection, collection, id, extra = {}) => ({
   projection, collection, id, event_id: `e-${event}`, log_position: event,
@@ -41,4 +41,11 @@ test('a stream is named by type and id, or by id alone', () => {
   assert.equal(inStream(n, 'o-1'), true);
   assert.equal(inStream(n, 'invoice/o-1'), false);
   assert.equal(inStream(n, 'order/o-2'), false);
+});
+
+test('a paused tail holds new events only: another document of a shown event is not new', () => {
+  const { list } = addRow([], rowOf(note(1, 'orders', 'orders', 'o-1')));
+  assert.equal(shows(list, rowOf(note(1, 'orders', 'customers', 'ada'))), true);
+  assert.equal(shows(list, rowOf(note(2, 'orders', 'orders', 'o-1'))), false);
+  assert.equal(shows([{ reset: true, key: 'r' }], rowOf(note(1, 'orders', 'orders', 'o-1'))), false);
 });

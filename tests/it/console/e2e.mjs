@@ -179,8 +179,8 @@ try {
     const deadline = Date.now() + 15000;
     while (!(await row.count())) {
       if (Date.now() > deadline) throw new Error(`no dead letter for ${id}`);
-      await page.waitForTimeout(500);
       await page.reload();
+      await page.waitForTimeout(500);
     }
     await row.locator('.status', { hasText: 'dead' }).waitFor();
     await shot('dead-letter');
@@ -210,8 +210,10 @@ try {
     const deadline = Date.now() + 20000;
     while (!(await row.count())) {
       if (Date.now() > deadline) throw new Error(`the saga of ${id} did not get stuck`);
-      await page.waitForTimeout(500);
+      // Reloaded, then given time to fetch and render the list before it is looked at again:
+      // counting right after a reload raced the page's own request for the list.
       await page.reload();
+      await page.waitForTimeout(500);
     }
     await row.getByRole('link').click();
     await page.locator('[data-field="saga-status"]', { hasText: 'stuck' }).waitFor();

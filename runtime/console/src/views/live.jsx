@@ -8,7 +8,7 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { call, currentToken } from '../api.js';
 import { go, href } from '../route.js';
 import { ErrorBox, Needs, Time, useLoad } from '../ui.jsx';
-import { MAX_ROWS, addRow, inStream, rowOf } from '../tail.js';
+import { MAX_ROWS, addRow, inStream, rowOf, shows } from '../tail.js';
 
 /// Subscriptions one connection may hold (the server's default per-client bound).
 const MAX_SUBSCRIPTIONS = 64;
@@ -78,6 +78,8 @@ function Tail({ projections, stream, onStream }) {
   const [draft, setDraft] = useState(stream);
   const pausedRef = useRef(false);
   pausedRef.current = paused;
+  const rowsRef = useRef(rows);
+  rowsRef.current = rows;
   const streamRef = useRef(stream);
   streamRef.current = stream;
 
@@ -104,7 +106,7 @@ function Tail({ projections, stream, onStream }) {
             notification: (n) => {
               if (!inStream(n, streamRef.current)) return;
               const row = rowOf(n);
-              if (pausedRef.current) setHeld((h) => {
+              if (pausedRef.current && !shows(rowsRef.current, row)) setHeld((h) => {
                 const { list, dropped } = addRow(h.list, row);
                 return { list, dropped: h.dropped + dropped };
               });

@@ -7,6 +7,8 @@ import { call, commandDoc, servedBy } from '../api.js';
 import { href } from '../route.js';
 import { Confirm, ErrorBox, Json, Needs, Time, useInterval, useLoad, useSession } from '../ui.jsx';
 
+// How long the page follows an instance after a retry or abort, whatever its status reads.
+const FOLLOW_AFTER_ACTION_MS = 30000;
 const STATUSES = ['running', 'compensating', 'stuck', 'completed', 'compensated', 'timed_out', 'aborted'];
 const PAGE = 50;
 /// How often an instance the runner is still working on is read again.
@@ -98,8 +100,11 @@ function Instance({ saga, id }) {
   const [outcome, setOutcome] = useState({ data: null, error: null, busy: false });
   const [open, setOpen] = useState(null);
   const d = doc.data;
-  // While the runner works on it (after a retry, say), follow it to where it ends.
-  const working = Boolean(d && ['running', 'compensating'].includes(d.status));
+  // While the runner works on it (after a retry, say), follow it to where it ends. Right after an
+  // action the status read may still be the old one (the runner records the change a moment
+  // later), so the page also follows for a bounded while after it.
+  const [followUntil, setFollowUntil] = useState(0);
+  const working = Boolean(d && (['running', 'compensating'].includes(d.status) || Date.now() < followUntil));
   useInterval(doc.reload, POLL_MS, working);
 
   const act = async () => {
@@ -112,6 +117,7 @@ function Instance({ saga, id }) {
         body: which === 'abort' ? { reason } : undefined,
       });
       setOutcome({ data: { ...data, action: which }, error: null, busy: false });
+      setFollowUntil(Date.now() + FOLLOW_AFTER_ACTION_MS);
       doc.reload();
     } catch (error) {
       setOutcome({ data: null, error, busy: false });
