@@ -57,6 +57,11 @@ try {
     const stream = `tr[data-stream="order/${id}"]`;
     await api('POST', `${command}/commands/order/${id}`, { type: 'PlaceOrder', customer: 'grace' });
     await page.waitForSelector(stream);
+    // Follow this stream only, so nothing else the running demo does is held while paused.
+    await page.locator('input[name="stream"]').fill(`order/${id}`);
+    await click('form[aria-label="Follow a stream"] button[type="submit"]');
+    await page.waitForFunction(() => location.hash.includes('stream='));
+    await page.waitForSelector(stream);
     await click('button::-p-text(Pause)');
     await api('POST', `${command}/commands/order/${id}`, { type: 'AddItem', sku: 'espresso', quantity: 1, unit_price_cents: 250 });
     await page.waitForSelector('[data-field="live-resume"]::-p-text(1 new)');
