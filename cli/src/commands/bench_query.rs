@@ -567,17 +567,18 @@ fn dir_bytes(path: &Path) -> u64 {
     total
 }
 
-async fn bench_backend(backend: Backend, args: &QueryArgs) -> anyhow::Result<Value> {
-    let target = open(backend, args).await?;
-    let index = search_index(&target)?;
-
-    // Load: every order's events appended together, by 8 writers.
+/// Loads `--documents` orders, every order's events appended together by 8 writers, and waits
+/// until all are searchable: how long the appends took, and how long until searchable.
+async fn load(
+    target: &Target,
+    index: &SearchIndex,
+    documents: u64,
+) -> anyhow::Result<(Duration, Duration)> {
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
     for _ in 0..8 {
-        let (store, next, documents) =
-            (Arc::clone(&target.store), Arc::clone(&next), args.documents);
+        let (store, next) = (Arc::clone(&target.store), Arc::clone(&next));
         writers.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
@@ -605,80 +606,105 @@ async fn bench_backend(backend: Backend, args: &QueryArgs) -> anyhow::Result<Val
             .get(OrderSummaries::ORDERS)
             .copied()
             .unwrap_or(0);
-        if indexed >= args.documents {
-            break;
+        if indexed >= documents {
+            return Ok((appended_in, started.elapsed()));
         }
         if Instant::now() > deadline {
-            anyhow::bail!(
-                "only {indexed} of {} orders searchable after 30 minutes",
-                args.documents
-            );
+            anyhow::bail!("only {indexed} of {documents} orders searchable after 30 minutes");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let loaded_in = started.elapsed();
+}
+
+/// Searches for each probe's customer token until it appears (at most 30 s after its commit):
+/// the seconds from commit to searchable, one per probe.
+async fn probe_visibility(
+    index: Arc<SearchIndex>,
+    mut probes: tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut latencies = Vec::new();
+    while let Some((token, appended_at)) = probes.recv().await {
+        let pairs = vec![("q".to_owned(), format!("customer:{token}"))];
+        let timeout = appended_at + Duration::from_secs(30);
+        loop {
+            let (_, total) = run_query(&index, &pairs).await?;
+            if total > 0 {
+                latencies.push(appended_at.elapsed().as_secs_f64());
+                break;
+            }
+            if Instant::now() > timeout {
+                anyhow::bail!("{token} was not searchable 30 s after its commit");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    Ok(latencies)
+}
+
+/// What the search and aggregation mix measured.
+struct QueryMix {
+    search_seconds: Vec<f64>,
+    aggregation_seconds: Vec<f64>,
+    /// Hits of each search query, the last time it ran.
+    hits: BTreeMap<usize, u64>,
+    measured_for: Duration,
+}
+
+/// Runs the search queries in turn, and an aggregation after every second search, for `seconds`.
+async fn query_mix(index: &SearchIndex, seconds: u64) -> anyhow::Result<QueryMix> {
+    let started = Instant::now();
+    let searches = search_queries();
+    let aggregations = aggregation_queries();
+    let (mut search_seconds, mut aggregation_seconds) = (Vec::new(), Vec::new());
+    let mut hits: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut i = 0usize;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let query = &searches[i % searches.len()];
+        let (took, total) = run_query(index, query).await?;
+        search_seconds.push(took.as_secs_f64());
+        *hits.entry(i % searches.len()).or_default() = total;
+        if i.is_multiple_of(2) {
+            let query = &aggregations[(i / 2) % aggregations.len()];
+            let (took, _) = run_query(index, query).await?;
+            aggregation_seconds.push(took.as_secs_f64());
+        }
+        i += 1;
+    }
+    Ok(QueryMix {
+        search_seconds,
+        aggregation_seconds,
+        hits,
+        measured_for: started.elapsed(),
+    })
+}
+
+async fn bench_backend(backend: Backend, args: &QueryArgs) -> anyhow::Result<Value> {
+    let target = open(backend, args).await?;
+    let index = search_index(&target)?;
+    let (appended_in, loaded_in) = load(&target, &index, args.documents).await?;
 
     // Measure: events at `--rate` per second (items added to random orders; every 50th a new
     // order of a unique customer, which a prober searches for until it appears).
     let stop = Arc::new(AtomicBool::new(false));
     let appended = Arc::new(AtomicU64::new(0));
-    let (probes_tx, mut probes) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
-    let load = spawn_load(
+    let (probes_tx, probes) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let flowing = spawn_load(
         Arc::clone(&target.store),
         Arc::clone(&stop),
         Arc::clone(&appended),
         args,
         Some(probes_tx),
     );
-    let prober = {
-        let index = Arc::clone(&index);
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while let Some((token, appended_at)) = probes.recv().await {
-                let pairs = vec![("q".to_owned(), format!("customer:{token}"))];
-                let timeout = appended_at + Duration::from_secs(30);
-                loop {
-                    let (_, total) = run_query(&index, &pairs).await?;
-                    if total > 0 {
-                        latencies.push(appended_at.elapsed().as_secs_f64());
-                        break;
-                    }
-                    if Instant::now() > timeout {
-                        anyhow::bail!("{token} was not searchable 30 s after its commit");
-                    }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-            anyhow::Ok(latencies)
-        })
-    };
-    let measure_started = Instant::now();
-    let searches = search_queries();
-    let aggregations = aggregation_queries();
-    let (mut search_seconds, mut aggregation_seconds) = (Vec::new(), Vec::new());
-    let mut hits: BTreeMap<usize, u64> = BTreeMap::new();
-    let mut i = 0usize;
-    while measure_started.elapsed() < Duration::from_secs(args.seconds) {
-        let query = &searches[i % searches.len()];
-        let (took, total) = run_query(&index, query).await?;
-        search_seconds.push(took.as_secs_f64());
-        *hits.entry(i % searches.len()).or_default() = total;
-        if i.is_multiple_of(2) {
-            let query = &aggregations[(i / 2) % aggregations.len()];
-            let (took, _) = run_query(&index, query).await?;
-            aggregation_seconds.push(took.as_secs_f64());
-        }
-        i += 1;
-    }
-    let measured_for = measure_started.elapsed();
+    let prober = tokio::spawn(probe_visibility(Arc::clone(&index), probes));
+    let mut mix = query_mix(&index, args.seconds).await?;
     stop.store(true, Ordering::Relaxed);
-    load.await??;
+    flowing.await??;
     let mut visibility = prober.await??;
     let events = appended.load(Ordering::Relaxed);
 
     let index_bytes = target.index_dir.as_deref().map_or(0, dir_bytes);
     let documents = index.documents();
-    let report = json!({
+    let mut report = json!({
         "backend": match backend { Backend::Embedded => "embedded", Backend::Postgres => "postgres" },
         "search_engine": match backend { Backend::Embedded => "tantivy", Backend::Postgres => "postgresql" },
         "load": {
@@ -688,12 +714,12 @@ async fn bench_backend(backend: Backend, args: &QueryArgs) -> anyhow::Result<Val
             "documents_per_second": round(args.documents as f64 / loaded_in.as_secs_f64()),
         },
         "events_during_measurement": events,
-        "events_per_second": round(events as f64 / measured_for.as_secs_f64()),
-        "search_ms": latency_ms(&mut search_seconds),
-        "aggregation_ms": latency_ms(&mut aggregation_seconds),
+        "events_per_second": round(events as f64 / mix.measured_for.as_secs_f64()),
+        "search_ms": latency_ms(&mut mix.search_seconds),
+        "aggregation_ms": latency_ms(&mut mix.aggregation_seconds),
         "publication_to_searchable_ms": latency_ms(&mut visibility),
         "searchable_documents": documents,
-        "hits_per_query": hits.values().collect::<Vec<_>>(),
+        "hits_per_query": mix.hits.values().collect::<Vec<_>>(),
         "index_mb": round(index_bytes as f64 / (1024.0 * 1024.0)),
     });
     let Target {
@@ -704,9 +730,7 @@ async fn bench_backend(backend: Backend, args: &QueryArgs) -> anyhow::Result<Val
         ..
     } = target;
     orders.stop().await;
-    let cache = cache_phase(&store, &runner, args).await?;
-    let mut report = report;
-    report["cache"] = cache;
+    report["cache"] = cache_phase(&store, &runner, args).await?;
     report["peak_rss_mb"] = json!(peak_rss_mb());
     Ok(report)
 }

@@ -4,6 +4,7 @@
 //! deadlines take to fire after a restart.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -312,103 +313,88 @@ async fn bench_backend(backend: Backend, args: &SagaArgs) -> anyhow::Result<Valu
     Ok(run)
 }
 
-async fn measure(target: &Target, args: &SagaArgs) -> anyhow::Result<Value> {
-    // The ceiling: the same 3 × N commands straight through the command path, 16 senders.
-    let ceiling = {
-        let handler = CommandHandler::<Tally>::new(Repository::new(Arc::clone(&target.store)));
-        let started = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for sender in 0..16 {
-            let (handler, n) = (handler.clone(), args.sagas);
-            tasks.spawn(async move {
-                for i in (sender..n * 3).step_by(16) {
-                    handler
-                        .execute(
-                            &format!("ceiling-{i}"),
-                            &TallyCommand::Touch,
-                            Metadata::default(),
-                        )
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                }
-                anyhow::Ok(())
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            done??;
-        }
-        args.sagas as f64 / started.elapsed().as_secs_f64()
-    };
-
-    let sagas = spawn(target, vec![three_steps()?]).await?;
-    let reader = sagas.reader().clone();
-    let keys: Vec<String> = (0..args.sagas).map(|i| format!("o{i}")).collect();
-    let api = SagaApi::new([reader.clone()], AccessControl::open()).routes();
-
-    // Status queries while the sagas run, through the route.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let querying = {
-        let (api, keys, stop) = (api.clone(), keys.clone(), Arc::clone(&stop));
-        tokio::spawn(async move {
-            let mut samples = Vec::new();
-            let mut i = 0usize;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && samples.len() < 100_000 {
-                let id = instance_id(SAGA, &keys[(i * 7919) % keys.len()]);
-                i += 1;
-                let request = axum::http::Request::builder()
-                    .uri(format!("/sagas/{SAGA}/{id}"))
-                    .header("host", "127.0.0.1")
-                    .body(Body::empty())?;
-                let t = Instant::now();
-                let response = api.clone().oneshot(request).await?;
-                let status = response.status();
-                let _ = http_body_util::BodyExt::collect(response.into_body()).await?;
-                if status.is_success() {
-                    samples.push(t.elapsed().as_secs_f64());
-                } else {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-            anyhow::Ok(samples)
-        })
-    };
-
+/// Sagas per second when their 3 × N commands go straight through the command path, 16
+/// senders: the ceiling the saga rate is compared with.
+async fn ceiling(target: &Target, sagas: usize) -> anyhow::Result<f64> {
+    let handler = CommandHandler::<Tally>::new(Repository::new(Arc::clone(&target.store)));
     let started = Instant::now();
-    start(&target.store, "bench-order", &keys).await?;
-    let took = until(
-        &reader,
-        SagaStatus::Completed,
-        keys.len(),
-        Duration::from_secs(600),
-    )
-    .await?;
-    let total = started.elapsed().max(took);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut loaded = querying.await.context("the status querier panicked")??;
-    // Status queries after the run too (the same route, an idle system).
-    let mut idle = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for sender in 0..16 {
+        let handler = handler.clone();
+        tasks.spawn(async move {
+            for i in (sender..sagas * 3).step_by(16) {
+                handler
+                    .execute(
+                        &format!("ceiling-{i}"),
+                        &TallyCommand::Touch,
+                        Metadata::default(),
+                    )
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(sagas as f64 / started.elapsed().as_secs_f64())
+}
+
+/// `GET /sagas/{saga}/{id}` through the route: its status and seconds taken, body included.
+async fn status_query(
+    api: &axum::Router,
+    saga: &str,
+    id: &str,
+) -> anyhow::Result<(axum::http::StatusCode, f64)> {
+    let request = axum::http::Request::builder()
+        .uri(format!("/sagas/{saga}/{id}"))
+        .header("host", "127.0.0.1")
+        .body(Body::empty())?;
+    let t = Instant::now();
+    let response = api.clone().oneshot(request).await?;
+    let status = response.status();
+    let _ = http_body_util::BodyExt::collect(response.into_body()).await?;
+    Ok((status, t.elapsed().as_secs_f64()))
+}
+
+/// Status queries of instances spread over `keys` until `stop` (at most 100 000): the
+/// latencies of those that succeeded.
+async fn query_until(
+    api: axum::Router,
+    keys: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut samples = Vec::new();
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) && samples.len() < 100_000 {
+        let id = instance_id(SAGA, &keys[(i * 7919) % keys.len()]);
+        i += 1;
+        match status_query(&api, SAGA, &id).await? {
+            (status, took) if status.is_success() => samples.push(took),
+            _ => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+    Ok(samples)
+}
+
+/// 1 000 status queries on an idle system, each of which must succeed.
+async fn idle_queries(api: &axum::Router, keys: &[String]) -> anyhow::Result<Vec<f64>> {
+    let mut samples = Vec::new();
     for i in 0..1_000 {
         let id = instance_id(SAGA, &keys[(i * 7919) % keys.len()]);
-        let request = axum::http::Request::builder()
-            .uri(format!("/sagas/{SAGA}/{id}"))
-            .header("host", "127.0.0.1")
-            .body(Body::empty())?;
-        let t = Instant::now();
-        let response = api.clone().oneshot(request).await?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "status query failed: {}",
-            response.status()
-        );
-        let _ = http_body_util::BodyExt::collect(response.into_body()).await?;
-        idle.push(t.elapsed().as_secs_f64());
+        let (status, took) = status_query(api, SAGA, &id).await?;
+        anyhow::ensure!(status.is_success(), "status query failed: {status}");
+        samples.push(took);
     }
+    Ok(samples)
+}
 
-    // Step latency from the saga events: dispatch recorded → success recorded.
+/// Step latency from the saga events: dispatch recorded → success recorded.
+async fn step_latencies(store: &Arc<dyn EventStore>, keys: &[String]) -> anyhow::Result<Vec<f64>> {
     let mut steps = Vec::new();
-    for key in &keys {
-        let events = target
-            .store
+    for key in keys {
+        let events = store
             .read_stream(&instance_stream(SAGA, &instance_id(SAGA, key)), 1, None)
             .await?;
         let mut dispatched = [None; 3];
@@ -428,11 +414,17 @@ async fn measure(target: &Target, args: &SagaArgs) -> anyhow::Result<Value> {
             }
         }
     }
-    // Exactly once: every step's aggregate has one event.
-    for key in keys.iter().take(50) {
+    Ok(steps)
+}
+
+/// Exactly once: every step's aggregate of the sagas of `keys` has one event.
+async fn ensure_each_step_ran_once(
+    store: &Arc<dyn EventStore>,
+    keys: &[String],
+) -> anyhow::Result<()> {
+    for key in keys {
         for step in 0..3 {
-            let events = target
-                .store
+            let events = store
                 .read_stream(&StreamId::new("tally", format!("{key}-{step}")), 1, None)
                 .await?;
             anyhow::ensure!(
@@ -442,20 +434,18 @@ async fn measure(target: &Target, args: &SagaArgs) -> anyhow::Result<Value> {
             );
         }
     }
-    sagas.stop().await;
+    Ok(())
+}
 
-    // Deadlines due while no runner runs: every instance waits for an event that never comes,
-    // the runner dies, the deadlines pass, a new runner starts.
-    let deadline = Duration::from_secs(10);
-    let late = spawn(target, vec![waits(deadline)?]).await?;
-    let late_keys: Vec<String> = (0..args.deadlines).map(|i| format!("late{i}")).collect();
-    start(&target.store, "bench-late", &late_keys).await?;
-    let waiting_since = Instant::now();
+/// Waits until every one of `n` deadline sagas waits for its event (or has moved on), for at
+/// most two minutes.
+async fn until_all_wait(reader: &SagaReader, n: usize) -> anyhow::Result<()> {
+    let since = Instant::now();
     loop {
         let mut waiting = 0;
         let mut offset = 0;
         loop {
-            let page = late.reader().list(None, 500, offset).await?;
+            let page = reader.list(None, 500, offset).await?;
             waiting += page
                 .iter()
                 .filter(|d| d["status"] != "running" || d["steps"][0]["status"] == "waiting")
@@ -465,55 +455,38 @@ async fn measure(target: &Target, args: &SagaArgs) -> anyhow::Result<Value> {
             }
             offset += 500;
         }
-        if waiting >= late_keys.len() {
-            break;
+        if waiting >= n {
+            return Ok(());
         }
         anyhow::ensure!(
-            waiting_since.elapsed() < Duration::from_secs(120),
-            "only {waiting} of {} deadline sagas ever waited",
-            late_keys.len()
+            since.elapsed() < Duration::from_secs(120),
+            "only {waiting} of {n} deadline sagas ever waited"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let fired_before_crash = count(late.reader(), SagaStatus::TimedOut).await?;
-    late.abort();
-    tokio::time::sleep(deadline + Duration::from_millis(500)).await;
-    let restarted = Instant::now();
-    let late = spawn(target, vec![waits(deadline)?]).await?;
-    let racing = {
-        let api = SagaApi::new([late.reader().clone()], AccessControl::open()).routes();
-        let late_keys = late_keys.clone();
-        tokio::spawn(async move {
-            let mut samples = Vec::new();
-            for i in 0..2_000usize {
-                let id = instance_id(LATE, &late_keys[i % late_keys.len()]);
-                let request = axum::http::Request::builder()
-                    .uri(format!("/sagas/{LATE}/{id}"))
-                    .header("host", "127.0.0.1")
-                    .body(Body::empty())?;
-                let t = Instant::now();
-                let response = api.clone().oneshot(request).await?;
-                let ok = response.status().is_success();
-                let _ = http_body_util::BodyExt::collect(response.into_body()).await?;
-                if ok {
-                    samples.push(t.elapsed().as_secs_f64());
-                }
-            }
-            anyhow::Ok(samples)
-        })
-    };
-    until(
-        late.reader(),
-        SagaStatus::TimedOut,
-        late_keys.len(),
-        Duration::from_secs(300),
-    )
-    .await?;
-    let fired = restarted.elapsed();
+}
+
+/// 2 000 status queries of the deadline sagas: the latencies of those that succeeded.
+async fn query_late(api: axum::Router, keys: Vec<String>) -> anyhow::Result<Vec<f64>> {
+    let mut samples = Vec::new();
+    for i in 0..2_000usize {
+        let id = instance_id(LATE, &keys[i % keys.len()]);
+        let (status, took) = status_query(&api, LATE, &id).await?;
+        if status.is_success() {
+            samples.push(took);
+        }
+    }
+    Ok(samples)
+}
+
+/// Ensures each deadline saga recorded exactly one `SagaTimedOut`.
+async fn ensure_each_deadline_fired_once(
+    store: &Arc<dyn EventStore>,
+    keys: &[String],
+) -> anyhow::Result<()> {
     let mut timed_out = 0;
-    for key in &late_keys {
-        let events = target
-            .store
+    for key in keys {
+        let events = store
             .read_stream(&instance_stream(LATE, &instance_id(LATE, key)), 1, None)
             .await?;
         timed_out += events
@@ -522,13 +495,84 @@ async fn measure(target: &Target, args: &SagaArgs) -> anyhow::Result<Value> {
             .count();
     }
     anyhow::ensure!(
-        timed_out == late_keys.len(),
+        timed_out == keys.len(),
         "{timed_out} deadlines fired for {} sagas",
-        late_keys.len()
+        keys.len()
     );
-    let mut recovering = racing.await.context("the status querier panicked")??;
-    late.stop().await;
+    Ok(())
+}
 
+/// What the overdue-deadline phase measured.
+struct Deadlines {
+    sagas: usize,
+    fired_before_crash: usize,
+    all_fired_after_restart: Duration,
+    status_query_seconds: Vec<f64>,
+}
+
+/// Deadlines due while no runner runs: every instance waits for an event that never comes,
+/// the runner dies, the deadlines pass, a new runner starts and fires them while status
+/// queries race it.
+async fn overdue_deadlines(target: &Target, sagas: usize) -> anyhow::Result<Deadlines> {
+    let deadline = Duration::from_secs(10);
+    let late = spawn(target, vec![waits(deadline)?]).await?;
+    let keys: Vec<String> = (0..sagas).map(|i| format!("late{i}")).collect();
+    start(&target.store, "bench-late", &keys).await?;
+    until_all_wait(late.reader(), keys.len()).await?;
+    let fired_before_crash = count(late.reader(), SagaStatus::TimedOut).await?;
+    late.abort();
+    tokio::time::sleep(deadline + Duration::from_millis(500)).await;
+    let restarted = Instant::now();
+    let late = spawn(target, vec![waits(deadline)?]).await?;
+    let api = SagaApi::new([late.reader().clone()], AccessControl::open()).routes();
+    let racing = tokio::spawn(query_late(api, keys.clone()));
+    until(
+        late.reader(),
+        SagaStatus::TimedOut,
+        keys.len(),
+        Duration::from_secs(300),
+    )
+    .await?;
+    let all_fired_after_restart = restarted.elapsed();
+    ensure_each_deadline_fired_once(&target.store, &keys).await?;
+    let status_query_seconds = racing.await.context("the status querier panicked")??;
+    late.stop().await;
+    Ok(Deadlines {
+        sagas: keys.len(),
+        fired_before_crash,
+        all_fired_after_restart,
+        status_query_seconds,
+    })
+}
+
+async fn measure(target: &Target, args: &SagaArgs) -> anyhow::Result<Value> {
+    let ceiling = ceiling(target, args.sagas).await?;
+
+    let sagas = spawn(target, vec![three_steps()?]).await?;
+    let keys: Vec<String> = (0..args.sagas).map(|i| format!("o{i}")).collect();
+    let api = SagaApi::new([sagas.reader().clone()], AccessControl::open()).routes();
+    // Status queries while the sagas run, through the route.
+    let stop = Arc::new(AtomicBool::new(false));
+    let querying = tokio::spawn(query_until(api.clone(), keys.clone(), Arc::clone(&stop)));
+    let started = Instant::now();
+    start(&target.store, "bench-order", &keys).await?;
+    let took = until(
+        sagas.reader(),
+        SagaStatus::Completed,
+        keys.len(),
+        Duration::from_secs(600),
+    )
+    .await?;
+    let total = started.elapsed().max(took);
+    stop.store(true, Ordering::Relaxed);
+    let mut loaded = querying.await.context("the status querier panicked")??;
+    // Status queries after the run too (the same route, an idle system).
+    let mut idle = idle_queries(&api, &keys).await?;
+    let mut steps = step_latencies(&target.store, &keys).await?;
+    ensure_each_step_ran_once(&target.store, &keys[..keys.len().min(50)]).await?;
+    sagas.stop().await;
+
+    let mut deadlines = overdue_deadlines(target, args.deadlines).await?;
     let rate = keys.len() as f64 / total.as_secs_f64();
     Ok(json!({
         "sagas": keys.len(),
@@ -541,14 +585,14 @@ async fn measure(target: &Target, args: &SagaArgs) -> anyhow::Result<Value> {
         "status_query_ms": {
             "under_load": latency_ms(&mut loaded),
             "idle": latency_ms(&mut idle),
-            "during_deadline_recovery": latency_ms(&mut recovering),
+            "during_deadline_recovery": latency_ms(&mut deadlines.status_query_seconds),
             "target_p99": 200.0,
         },
         "overdue_deadlines": {
-            "sagas": late_keys.len(),
+            "sagas": deadlines.sagas,
             "fired_once_each": true,
-            "fired_before_the_crash": fired_before_crash,
-            "all_fired_after_restart_ms": round(fired.as_secs_f64() * 1000.0),
+            "fired_before_the_crash": deadlines.fired_before_crash,
+            "all_fired_after_restart_ms": round(deadlines.all_fired_after_restart.as_secs_f64() * 1000.0),
         },
     }))
 }

@@ -210,106 +210,158 @@ async fn seed(target: &Target, stream: &StreamId) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bench_backend(backend: Backend, args: &TemporalArgs) -> anyhow::Result<Value> {
-    let target = open(backend, args).await?;
-    let stream = StreamId::new(Tally::TYPE, "t1");
-    let started = Utc::now() - chrono::Duration::seconds(1);
-    seed(&target, &stream).await?;
-    let history = target.history.as_ref();
-    let signer = TokenSigner::random();
-    let limits = TemporalLimits::default();
-    let query = TemporalQuery {
-        scope: Scope::Stream(stream.clone()),
-        range: TimeRange {
-            from: started,
-            to: Utc::now() + chrono::Duration::seconds(1),
-        },
-        event_types: Vec::new(),
-        page_size: None,
-    };
+/// Reads of the benchmark stream through the read-only history.
+struct Reads<'a> {
+    history: &'a dyn History,
+    signer: TokenSigner,
+    limits: TemporalLimits,
+    /// Every event of the stream, in one page.
+    query: TemporalQuery,
+}
 
-    // One page holding all 10,000 events (the scan limit is 10,000).
-    let mut range = Vec::with_capacity(args.samples);
-    for _ in 0..args.samples {
-        let at = Instant::now();
-        let page = run_page(history, &signer, &limits, &query, "bench", None).await?;
-        range.push(at.elapsed());
-        anyhow::ensure!(
-            page.returned as u64 == EVENTS && !page.partial,
-            "short read"
-        );
-    }
-
-    // Ten pages of 1,000 through continuation tokens against one unbounded page.
-    let paged_query = TemporalQuery {
-        page_size: Some(1000),
-        ..query.clone()
-    };
-    let mut paged = Vec::with_capacity(args.samples);
-    for _ in 0..args.samples {
-        let at = Instant::now();
-        let mut token: Option<String> = None;
-        let mut read = 0;
-        loop {
+impl Reads<'_> {
+    /// One page holding all 10,000 events (the scan limit is 10,000), `samples` times.
+    async fn range(&self, samples: usize) -> anyhow::Result<Vec<Duration>> {
+        let mut took = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let at = Instant::now();
             let page = run_page(
-                history,
-                &signer,
-                &limits,
-                &paged_query,
+                self.history,
+                &self.signer,
+                &self.limits,
+                &self.query,
                 "bench",
-                token.as_deref(),
+                None,
             )
             .await?;
-            read += page.returned;
-            match page.next_token {
-                Some(next) => token = Some(next),
-                None => break,
-            }
+            took.push(at.elapsed());
+            anyhow::ensure!(
+                page.returned as u64 == EVENTS && !page.partial,
+                "short read"
+            );
         }
-        paged.push(at.elapsed());
-        anyhow::ensure!(read as u64 == EVENTS, "paging lost events: {read}");
+        Ok(took)
     }
 
-    // State as of versions in the second half, with and without the snapshot history.
-    let mut with = Vec::with_capacity(args.samples);
-    let mut without = Vec::with_capacity(args.samples);
-    let mut folded_with = 0;
-    for sample in 0..args.samples as u64 {
+    /// Ten pages of 1,000 through continuation tokens, `samples` times.
+    async fn paged(&self, samples: usize) -> anyhow::Result<Vec<Duration>> {
+        let query = TemporalQuery {
+            page_size: Some(1000),
+            ..self.query.clone()
+        };
+        let mut took = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let at = Instant::now();
+            let mut token: Option<String> = None;
+            let mut read = 0;
+            loop {
+                let page = run_page(
+                    self.history,
+                    &self.signer,
+                    &self.limits,
+                    &query,
+                    "bench",
+                    token.as_deref(),
+                )
+                .await?;
+                read += page.returned;
+                match page.next_token {
+                    Some(next) => token = Some(next),
+                    None => break,
+                }
+            }
+            took.push(at.elapsed());
+            anyhow::ensure!(read as u64 == EVENTS, "paging lost events: {read}");
+        }
+        Ok(took)
+    }
+}
+
+/// State-as-of timings with and without the snapshot history.
+struct StatesAsOf {
+    with: Vec<Duration>,
+    without: Vec<Duration>,
+    /// The most events one read with the history folded.
+    folded_with: usize,
+}
+
+/// State as of versions in the second half of the stream, each read with and without the
+/// snapshot history, which must agree.
+async fn states_as_of(
+    target: &Target,
+    limits: &TemporalLimits,
+    stream: &StreamId,
+    samples: usize,
+) -> anyhow::Result<StatesAsOf> {
+    let history = target.history.as_ref();
+    let mut states = StatesAsOf {
+        with: Vec::with_capacity(samples),
+        without: Vec::with_capacity(samples),
+        folded_with: 0,
+    };
+    for sample in 0..samples as u64 {
         let version = EVENTS / 2 + (sample * 977) % (EVENTS / 2);
         let at = Instant::now();
         let found = state_as_of::<Tally>(
             history,
             Some(target.snapshots.as_ref()),
-            &limits,
+            limits,
             stream.aggregate_id(),
             AsOf::Version(version),
         )
         .await?
         .context("no state")?;
-        with.push(at.elapsed());
-        folded_with = folded_with.max(found.events_folded);
+        states.with.push(at.elapsed());
+        states.folded_with = states.folded_with.max(found.events_folded);
         let at = Instant::now();
         let rebuilt = state_as_of::<Tally>(
             history,
             None,
-            &limits,
+            limits,
             stream.aggregate_id(),
             AsOf::Version(version),
         )
         .await?
         .context("no state")?;
-        without.push(at.elapsed());
+        states.without.push(at.elapsed());
         anyhow::ensure!(
             rebuilt.state.total == found.state.total && found.version == version,
             "state with and without snapshots differ at version {version}"
         );
     }
+    Ok(states)
+}
 
-    let median = |samples: &[Duration]| {
-        let mut sorted = samples.to_vec();
-        sorted.sort();
-        sorted[sorted.len() / 2].as_secs_f64()
+fn median(samples: &[Duration]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted[sorted.len() / 2].as_secs_f64()
+}
+
+async fn bench_backend(backend: Backend, args: &TemporalArgs) -> anyhow::Result<Value> {
+    let target = open(backend, args).await?;
+    let stream = StreamId::new(Tally::TYPE, "t1");
+    let started = Utc::now() - chrono::Duration::seconds(1);
+    seed(&target, &stream).await?;
+    let reads = Reads {
+        history: target.history.as_ref(),
+        signer: TokenSigner::random(),
+        limits: TemporalLimits::default(),
+        query: TemporalQuery {
+            scope: Scope::Stream(stream.clone()),
+            range: TimeRange {
+                from: started,
+                to: Utc::now() + chrono::Duration::seconds(1),
+            },
+            event_types: Vec::new(),
+            page_size: None,
+        },
     };
+    let range = reads.range(args.samples).await?;
+    // Ten pages of 1,000 through continuation tokens against one unbounded page.
+    let paged = reads.paged(args.samples).await?;
+    let states = states_as_of(&target, &reads.limits, &stream, args.samples).await?;
+
     let overhead = median(&paged) / median(&range) - 1.0;
     if let Some((url, schema)) = &target.schema {
         drop(target.store);
@@ -319,9 +371,9 @@ async fn bench_backend(backend: Backend, args: &TemporalArgs) -> anyhow::Result<
         "backend": match backend { Backend::Embedded => "embedded", Backend::Postgres => "postgres" },
         "range_read_10k_ms": ms(&range),
         "state_as_of_ms": {
-            "with_snapshot_history": ms(&with),
-            "without_snapshots": ms(&without),
-            "most_events_folded_with_history": folded_with,
+            "with_snapshot_history": ms(&states.with),
+            "without_snapshots": ms(&states.without),
+            "most_events_folded_with_history": states.folded_with,
         },
         "continuation": {
             "pages": 10,

@@ -11,17 +11,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::Router;
 use clap::{Args, ValueEnum};
 use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
-use nexus_runtime::http::access::OriginPolicy;
+use nexus_runtime::bus::relay::RelayHandle;
+use nexus_runtime::http::access::{AccessControl, OriginPolicy};
 use nexus_runtime::http::{
     CommandService, Console, NotifyOptions, QueryDashboard, SagaApi, TemporalApi, serve_until,
     shutdown_signal,
 };
 use nexus_runtime::notify::NotificationHub;
-use nexus_runtime::projection::{ProjectionRunner, ReadModels};
+use nexus_runtime::projection::{HealthRegistry, ProjectionHandle, ProjectionRunner, ReadModels};
 use nexus_runtime::saga::{SagaCommands, SagaHandle, SagaRunner};
+use nexus_runtime::snapshot::SnapshotManagerHandle;
 use nexus_runtime::snapshot::embedded::EmbeddedSnapshotStore;
 use nexus_runtime::store::embedded::EmbeddedStore;
 use nexus_runtime::{
@@ -146,10 +149,7 @@ async fn open(
 async fn connect_bus(
     args: &UpArgs,
     store: &Arc<dyn EventStore>,
-) -> anyhow::Result<(
-    Arc<dyn EventBus>,
-    Option<nexus_runtime::bus::relay::RelayHandle>,
-)> {
+) -> anyhow::Result<(Arc<dyn EventBus>, Option<RelayHandle>)> {
     match args.bus {
         BusKind::InProcess => Ok((Arc::new(InProcessBus::new(Arc::clone(store))), None)),
         BusKind::Nats => {
@@ -178,7 +178,7 @@ async fn connect_bus(
 async fn temporal_api(
     args: &UpArgs,
     snapshots: &Arc<dyn SnapshotStore>,
-    access: &nexus_runtime::http::access::AccessControl,
+    access: &AccessControl,
 ) -> anyhow::Result<TemporalApi> {
     let api = match args.store {
         StoreKind::Embedded => TemporalApi::embedded(
@@ -262,66 +262,72 @@ fn validate(args: &UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
-    validate(&args)?;
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("failed to create {}", args.data_dir.display()))?;
-    // Bind first: a port in use fails before anything starts.
-    let command_listener = bind(
-        &args,
-        args.command_port,
-        "command service",
-        "--command-port",
-    )
-    .await?;
-    let query_listener = bind(&args, args.query_port, "query dashboard", "--query-port").await?;
-    let registry_listener = if args.no_registry {
-        None
-    } else {
-        Some(
-            bind(
-                &args,
+/// The services' sockets, bound before anything starts so that a port in use fails first.
+struct Listeners {
+    command: TcpListener,
+    query: TcpListener,
+    registry: Option<TcpListener>,
+}
+
+impl Listeners {
+    async fn bind(args: &UpArgs) -> anyhow::Result<Self> {
+        let command = bind(args, args.command_port, "command service", "--command-port").await?;
+        let query = bind(args, args.query_port, "query dashboard", "--query-port").await?;
+        let registry = if args.no_registry {
+            None
+        } else {
+            let registry = bind(
+                args,
                 args.registry_port,
                 "schema registry",
                 "--registry-port",
-            )
-            .await?,
-        )
-    };
+            );
+            Some(registry.await?)
+        };
+        Ok(Self {
+            command,
+            query,
+            registry,
+        })
+    }
+}
 
-    // Access: `--auth FILE`, else a development key created once in the data folder.
+/// Access: `--auth FILE`, else a development key created once in the data folder.
+async fn access_control(args: &UpArgs) -> anyhow::Result<AccessControl> {
     let dev_key = super::auth::dev_key_path(&args.data_dir);
     if args.auth.auth.is_none() {
         nexus_runtime::http::access::ensure_secret_file(&dev_key).with_context(|| {
             format!("failed to create the development key {}", dev_key.display())
         })?;
     }
-    let access = super::auth::access_for(
+    super::auth::access_for(
         &args.auth,
         SocketAddr::new(args.host, 0),
         Some(super::auth::dev_config(&dev_key)),
     )
-    .await?;
+    .await
+}
 
-    let (store, snapshots, store_description) = open(&args).await?;
-    let (bus, relay) = connect_bus(&args, &store).await?;
-
-    // The command side: aggregates loaded from snapshots, snapshots taken in the background.
-    let manager = SnapshotManager::new(Arc::clone(&store), Arc::clone(&snapshots))
-        .register::<Order>(SnapshotPolicy {
-            every_events: Some(100),
-            ..SnapshotPolicy::default()
-        })
+/// Snapshots of the command side's aggregates, taken in the background every 100 events.
+fn snapshot_manager(
+    store: &Arc<dyn EventStore>,
+    snapshots: &Arc<dyn SnapshotStore>,
+) -> SnapshotManagerHandle {
+    let every_100 = || SnapshotPolicy {
+        every_events: Some(100),
+        ..SnapshotPolicy::default()
+    };
+    SnapshotManager::new(Arc::clone(store), Arc::clone(snapshots))
+        .register::<Order>(every_100())
         // The warehouse's stream grows with every order: its snapshots matter most.
-        .register::<Inventory>(SnapshotPolicy {
-            every_events: Some(100),
-            ..SnapshotPolicy::default()
-        })
-        .spawn();
+        .register::<Inventory>(every_100())
+        .spawn()
+}
 
-    // The query side: the projection reads the bus, never the command service.
-    let read_models = match args.read_models {
-        ReadModelKind::Sqlite => ReadModels::sqlite(args.data_dir.join("read-models")),
+/// Where the projections (and the saga's status documents) keep their read models.
+async fn open_read_models(args: &UpArgs) -> anyhow::Result<ReadModels> {
+    match args.read_models {
+        ReadModelKind::Sqlite => Ok(ReadModels::sqlite(args.data_dir.join("read-models"))),
         ReadModelKind::Postgres => {
             let url = args
                 .url
@@ -329,157 +335,321 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
                 .context("--read-models postgres needs --url (or NEXUS_POSTGRES_URL)")?;
             ReadModels::postgres(url, ReadModels::DEFAULT_POSTGRES_SCHEMA)
                 .await
-                .context("failed to open the PostgreSQL read models")?
+                .context("failed to open the PostgreSQL read models")
         }
-    };
-    let temporal = temporal_api(&args, &snapshots, &access)
-        .await?
-        .projection(Arc::new(OrderSummaries), read_models.clone());
-    // The console, served by the dashboard, calls the command service and the registry from
-    // the dashboard's origin: those two let its pages write and read, nothing else changes.
-    let query_addr = query_listener.local_addr()?;
-    let console_origins = console_origins(query_addr);
-    let service_origins = |base: OriginPolicy| {
-        console_origins
-            .iter()
-            .fold(args.origins.policy(base), OriginPolicy::allow_origin)
-    };
-    // The command side runs the order-fulfilment saga: fed from the bus like a projection, it
-    // commands the aggregates through the command path, and `/sagas/...` serves its instances.
-    let sagas = fulfilment_saga(&args, &store, &snapshots, Arc::clone(&bus), &read_models).await?;
-    let saga_api = SagaApi::new([sagas.reader().clone()], access.clone());
-    let commands = CommandService::new(Arc::clone(&store))
-        .with_snapshots(Arc::clone(&snapshots))
+    }
+}
+
+/// The origins the command service and the registry allow: the configured ones, and the
+/// console's, which the dashboard at `query_addr` serves and which calls both from there (its
+/// pages write and read those two, nothing else changes).
+fn service_origins(args: &UpArgs, query_addr: SocketAddr, base: OriginPolicy) -> OriginPolicy {
+    console_origins(query_addr)
+        .iter()
+        .fold(args.origins.policy(base), OriginPolicy::allow_origin)
+}
+
+/// The command service's router: the aggregates, the temporal API's command-side routes and
+/// `/sagas/...`, which serves the fulfilment saga's instances.
+fn command_router(
+    args: &UpArgs,
+    running: &Running,
+    access: &AccessControl,
+    temporal: &TemporalApi,
+    query_addr: SocketAddr,
+) -> Router {
+    let saga_api = SagaApi::new([running.sagas.reader().clone()], access.clone());
+    CommandService::new(Arc::clone(&running.store))
+        .with_snapshots(Arc::clone(&running.snapshots))
         .with_access(access.clone())
         .aggregate::<Order>()
         .aggregate::<Inventory>()
         .aggregate::<Payment>()
         .with_routes(temporal.command_routes(), temporal.command_openapi())
         .with_routes(saga_api.routes(), saga_api.openapi_paths())
-        .with_origin_policy(service_origins(OriginPolicy::new()))
-        .router();
+        .with_origin_policy(service_origins(args, query_addr, OriginPolicy::new()))
+        .router()
+}
 
-    // The query side: the projection reads the bus, never the command service.
-    // Each commit of the projection notifies the dashboard's WebSocket and SSE subscribers.
-    let notifications = NotificationHub::default();
-    let mut runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models)
-        .with_notifications(notifications.clone());
-    if args.demo {
-        runner = runner.with_options(super::up_demo::runner_options());
-    }
-    let orders = runner
-        .spawn(OrderSummaries)
-        .context("failed to open the orders read model")?;
-    let shipments = if args.demo {
-        let folder = args.data_dir.join("demo");
-        std::fs::create_dir_all(&folder)
-            .with_context(|| format!("failed to create {}", folder.display()))?;
-        Some(
-            runner
+/// The query side: the projections read the bus, never the command service, and each commit
+/// notifies the dashboard's WebSocket and SSE subscribers. Under `--demo` a second projection
+/// (shipments) runs beside the orders.
+struct QuerySide {
+    health: HealthRegistry,
+    notifications: NotificationHub,
+    orders: ProjectionHandle,
+    shipments: Option<ProjectionHandle>,
+}
+
+impl QuerySide {
+    fn spawn(
+        args: &UpArgs,
+        store: &Arc<dyn EventStore>,
+        bus: Arc<dyn EventBus>,
+        read_models: ReadModels,
+    ) -> anyhow::Result<Self> {
+        let notifications = NotificationHub::default();
+        let mut runner = ProjectionRunner::with_read_models(Arc::clone(store), bus, read_models)
+            .with_notifications(notifications.clone());
+        if args.demo {
+            runner = runner.with_options(super::up_demo::runner_options());
+        }
+        let orders = runner
+            .spawn(OrderSummaries)
+            .context("failed to open the orders read model")?;
+        let shipments = if args.demo {
+            let folder = args.data_dir.join("demo");
+            std::fs::create_dir_all(&folder)
+                .with_context(|| format!("failed to create {}", folder.display()))?;
+            let shipments = runner
                 .spawn(super::up_demo::Shipments::new(folder))
-                .context("failed to open the shipments read model")?,
-        )
-    } else {
-        None
+                .context("failed to open the shipments read model")?;
+            Some(shipments)
+        } else {
+            None
+        };
+        Ok(Self {
+            health: runner.health(),
+            notifications,
+            orders,
+            shipments,
+        })
+    }
+
+    /// The query dashboard's router: the read models, the console (pointed at the command
+    /// service and the registry), live notifications and the temporal API's read routes.
+    fn dashboard(
+        &self,
+        args: &UpArgs,
+        access: &AccessControl,
+        temporal: &TemporalApi,
+        command_url: &str,
+        registry_url: Option<&str>,
+    ) -> Router {
+        let mut console = Console::new().command_service(command_url);
+        if let Some(url) = registry_url {
+            console = console.registry(url);
+        }
+        if let Some(template) = &args.trace_links {
+            console = console.trace_links(template);
+        }
+        let mut dashboard = QueryDashboard::new(self.health.clone())
+            .with_access(access.clone())
+            .read_model(&self.orders)
+            .with_console(console)
+            .with_notifications(self.notifications.clone(), NotifyOptions::default());
+        if let Some(shipments) = &self.shipments {
+            dashboard = dashboard.read_model(shipments);
+        }
+        dashboard
+            .with_routes(temporal.dashboard_routes(), temporal.dashboard_openapi())
+            .with_origin_policy(args.origins.policy(OriginPolicy::new()))
+            .router()
+    }
+}
+
+/// A server task and the name of its service.
+type Server = (&'static str, JoinHandle<std::io::Result<()>>);
+
+/// Resolves once `stop` has been sent.
+async fn until_stopped(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// Serves `router` on `listener` until `stopped` says so.
+fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    router: Router,
+    stopped: &watch::Receiver<bool>,
+) -> Server {
+    let task = tokio::spawn(serve_until(
+        listener,
+        router,
+        until_stopped(stopped.clone()),
+    ));
+    (name, task)
+}
+
+/// The schema registry on `listener`, keeping its schemas beside the event store (PostgreSQL
+/// with `--store postgres`, else `registry.db` in the data folder).
+async fn serve_registry(
+    args: &UpArgs,
+    listener: TcpListener,
+    access: &AccessControl,
+    query_addr: SocketAddr,
+    stopped: &watch::Receiver<bool>,
+) -> anyhow::Result<Server> {
+    use nexus_schema_registry::server::{AppState, Options};
+    let spec = match (&args.store, &args.url) {
+        (StoreKind::Postgres, Some(url)) => url.clone(),
+        _ => format!("sqlite:{}", args.data_dir.join("registry.db").display()),
     };
-    let command_url = format!("http://{}", command_listener.local_addr()?);
-    let registry_url = match &registry_listener {
+    let storage = super::registry::open_storage(&spec).await?;
+    let options = Options {
+        access: Some(access.clone()),
+        origins: service_origins(args, query_addr, Options::default().origins),
+        ..Options::default()
+    };
+    let state = AppState::new(storage, options);
+    let task = tokio::spawn(nexus_schema_registry::server::serve(
+        listener,
+        state,
+        until_stopped(stopped.clone()),
+    ));
+    Ok(("schema registry", task))
+}
+
+/// The event bus for people.
+fn bus_description(args: &UpArgs) -> String {
+    match args.bus {
+        BusKind::InProcess => "in-process bus".to_owned(),
+        BusKind::Nats => format!("NATS JetStream at {}", output::redact_url(&args.nats_url)),
+    }
+}
+
+/// Everything `up` runs besides the servers, stopped in this order once they have stopped.
+struct Running {
+    store: Arc<dyn EventStore>,
+    snapshots: Arc<dyn SnapshotStore>,
+    relay: Option<RelayHandle>,
+    manager: SnapshotManagerHandle,
+    sagas: SagaHandle,
+}
+
+/// What a run leaves behind, for the closing line.
+struct Stopped {
+    head: u64,
+    checkpoint: Option<u64>,
+    snapshots_taken: u64,
+}
+
+impl Running {
+    /// Stops the relay, the saga, the projections (each commits what it has) and the snapshot
+    /// manager, then reads where the log and the orders projection stand.
+    async fn stop(self, query: QuerySide) -> Stopped {
+        if let Some(relay) = self.relay {
+            relay.stop().await;
+        }
+        self.sagas.stop().await;
+        let checkpoint = query.orders.read_model().checkpoint().await.ok().flatten();
+        query.orders.stop().await;
+        if let Some(shipments) = query.shipments {
+            shipments.stop().await;
+        }
+        let snapshots_taken = self.manager.snapshots_taken();
+        self.manager.stop().await;
+        let head = self
+            .store
+            .head()
+            .await
+            .map(|h| h.position)
+            .unwrap_or_default();
+        Stopped {
+            head,
+            checkpoint: checkpoint.map(|c| c.position),
+            snapshots_taken,
+        }
+    }
+}
+
+impl Stopped {
+    fn report(&self, json: bool) -> anyhow::Result<()> {
+        let Stopped {
+            head,
+            checkpoint,
+            snapshots_taken,
+        } = self;
+        if json {
+            let summary = json!({
+                "stopped": true,
+                "events": head,
+                "projection_position": checkpoint,
+                "snapshots_taken": snapshots_taken,
+            });
+            return output::line(&summary.to_string());
+        }
+        output::line(&format!(
+            "nexus up: stopped cleanly; the log holds {head} events, the orders projection is at {}, {snapshots_taken} snapshots taken this run",
+            checkpoint.map_or_else(|| "the start".to_owned(), |c| format!("position {c}"))
+        ))
+    }
+}
+
+/// Waits for every server to finish its requests in flight, logging those that failed.
+async fn join(servers: Vec<Server>) {
+    for (name, server) in servers {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(%err, "the {name} stopped with an error"),
+            Err(err) => tracing::warn!(%err, "the {name} task failed"),
+        }
+    }
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
+    validate(&args)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("failed to create {}", args.data_dir.display()))?;
+    let listeners = Listeners::bind(&args).await?;
+    let access = access_control(&args).await?;
+    let (store, snapshots, store_description) = open(&args).await?;
+    let (bus, relay) = connect_bus(&args, &store).await?;
+    let manager = snapshot_manager(&store, &snapshots);
+    let read_models = open_read_models(&args).await?;
+    let temporal = temporal_api(&args, &snapshots, &access)
+        .await?
+        .projection(Arc::new(OrderSummaries), read_models.clone());
+    // The command side runs the order-fulfilment saga: fed from the bus like a projection, it
+    // commands the aggregates through the command path.
+    let sagas = fulfilment_saga(&args, &store, &snapshots, Arc::clone(&bus), &read_models).await?;
+    let running = Running {
+        manager,
+        store,
+        snapshots,
+        relay,
+        sagas,
+    };
+    let query = QuerySide::spawn(&args, &running.store, bus, read_models)?;
+
+    let query_addr = listeners.query.local_addr()?;
+    let command_url = format!("http://{}", listeners.command.local_addr()?);
+    let query_url = format!("http://{query_addr}");
+    let registry_url = match &listeners.registry {
         Some(listener) => Some(format!("http://{}", listener.local_addr()?)),
         None => None,
     };
-    let mut console = Console::new().command_service(&command_url);
-    if let Some(url) = &registry_url {
-        console = console.registry(url);
-    }
-    if let Some(template) = &args.trace_links {
-        console = console.trace_links(template);
-    }
-    let mut dashboard = QueryDashboard::new(runner.health())
-        .with_access(access.clone())
-        .read_model(&orders)
-        .with_console(console)
-        .with_notifications(notifications, NotifyOptions::default());
-    if let Some(shipments) = &shipments {
-        dashboard = dashboard.read_model(shipments);
-    }
-    let dashboard = dashboard
-        .with_routes(temporal.dashboard_routes(), temporal.dashboard_openapi())
-        .with_origin_policy(args.origins.policy(OriginPolicy::new()))
-        .router();
-
+    let commands = command_router(&args, &running, &access, &temporal, query_addr);
+    let dashboard = query.dashboard(
+        &args,
+        &access,
+        &temporal,
+        &command_url,
+        registry_url.as_deref(),
+    );
     let (stop, stopped) = watch::channel(false);
-    let until_stopped = move |mut stopped: watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|stop| *stop).await;
-    };
-    let query_url = format!("http://{query_addr}");
-    let mut servers: Vec<(&str, JoinHandle<std::io::Result<()>>)> = vec![
-        (
-            "command service",
-            tokio::spawn(serve_until(
-                command_listener,
-                commands,
-                until_stopped(stopped.clone()),
-            )),
-        ),
-        (
-            "query dashboard",
-            tokio::spawn(serve_until(
-                query_listener,
-                dashboard,
-                until_stopped(stopped.clone()),
-            )),
-        ),
+    let mut servers = vec![
+        serve("command service", listeners.command, commands, &stopped),
+        serve("query dashboard", listeners.query, dashboard, &stopped),
     ];
-    let registry_url = match (registry_listener, registry_url) {
-        (Some(listener), Some(url)) => {
-            let spec = match (&args.store, &args.url) {
-                (StoreKind::Postgres, Some(url)) => url.clone(),
-                _ => format!("sqlite:{}", args.data_dir.join("registry.db").display()),
-            };
-            let storage = super::registry::open_storage(&spec).await?;
-            let state = nexus_schema_registry::server::AppState::new(
-                storage,
-                nexus_schema_registry::server::Options {
-                    access: Some(access.clone()),
-                    origins: service_origins(
-                        nexus_schema_registry::server::Options::default().origins,
-                    ),
-                    ..nexus_schema_registry::server::Options::default()
-                },
-            );
-            servers.push((
-                "schema registry",
-                tokio::spawn(nexus_schema_registry::server::serve(
-                    listener,
-                    state,
-                    until_stopped(stopped.clone()),
-                )),
-            ));
-            Some(url)
-        }
-        _ => None,
-    };
+    if let Some(listener) = listeners.registry {
+        servers.push(serve_registry(&args, listener, &access, query_addr, &stopped).await?);
+    }
 
     // The sample's event schemas, so producers, consumers and `nexus check --registry` find them.
     let registered = match &registry_url {
         Some(url) => Some(register_schemas(url).await),
         None => None,
     };
-
-    let bus_description = match args.bus {
-        BusKind::InProcess => "in-process bus".to_owned(),
-        BusKind::Nats => format!("NATS JetStream at {}", output::redact_url(&args.nats_url)),
-    };
     announce(
         &args,
         &store_description,
-        &bus_description,
+        &bus_description(&args),
         &command_url,
         &query_url,
         registry_url.as_deref(),
         registered.as_ref(),
     )?;
-
     let demo = args.demo.then(|| {
         tokio::spawn(demo(
             command_url.clone(),
@@ -502,42 +672,8 @@ async fn up(args: UpArgs) -> anyhow::Result<Outcome> {
     if let Some(demo) = demo {
         let _ = demo.await;
     }
-    for (name, server) in servers {
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!(%err, "the {name} stopped with an error"),
-            Err(err) => tracing::warn!(%err, "the {name} task failed"),
-        }
-    }
-    if let Some(relay) = relay {
-        relay.stop().await;
-    }
-    sagas.stop().await;
-    let checkpoint = orders.read_model().checkpoint().await.ok().flatten();
-    orders.stop().await;
-    if let Some(shipments) = shipments {
-        shipments.stop().await;
-    }
-    let snapshots_taken = manager.snapshots_taken();
-    manager.stop().await;
-    let head = store.head().await.map(|h| h.position).unwrap_or_default();
-    let summary = json!({
-        "stopped": true,
-        "events": head,
-        "projection_position": checkpoint.map(|c| c.position),
-        "snapshots_taken": snapshots_taken,
-    });
-    if args.json {
-        output::line(&summary.to_string())?;
-    } else {
-        output::line(&format!(
-            "nexus up: stopped cleanly; the log holds {head} events, the orders projection is at {}, {snapshots_taken} snapshots taken this run",
-            checkpoint.map_or_else(
-                || "the start".to_owned(),
-                |c| format!("position {}", c.position)
-            )
-        ))?;
-    }
+    join(servers).await;
+    running.stop(query).await.report(args.json)?;
     match failed {
         Some((name, message)) => Err(anyhow::anyhow!("the {name} failed: {message}")),
         None => Ok(Outcome::Clean),
@@ -561,9 +697,7 @@ fn console_origins(addr: SocketAddr) -> Vec<String> {
 }
 
 /// Waits for the first server task that ends on its own (which only happens on failure).
-async fn first_failure(
-    servers: &mut [(&str, JoinHandle<std::io::Result<()>>)],
-) -> (String, String) {
+async fn first_failure(servers: &mut [Server]) -> (String, String) {
     let (result, index, _) =
         futures::future::select_all(servers.iter_mut().map(|(_, task)| task)).await;
     let name = servers[index].0.to_owned();

@@ -15,14 +15,11 @@ const MAX_LINES: usize = 120;
 /// function that is not on it. Do not add to it.
 const LONG_FUNCTIONS: &[&str] = &[
     "schema-registry/src/compat/tests.rs::table", // 352
-    "cli/src/commands/up.rs::up",                 // 281
-    "cli/src/commands/bench_saga.rs::measure",    // 240
     "runtime/tests/it/saga.rs::the_saga_routes_show_list_retry_and_abort_behind_access_control", // 229
     "runtime/tests/it/dead_letters.rs::dead_letters_page_at_the_bound_redrive_over_http_and_need_dlq_admin", // 210
-    "cli/src/commands/bench_query.rs::bench_backend", // 177
-    "runtime/src/notify/client.rs::connection",       // 161
+    "runtime/src/notify/client.rs::connection", // 161
     "runtime/src/search/request.rs::aggregation_kind", // 160
-    "policy-engine/src/lib.rs::check",                // 156
+    "policy-engine/src/lib.rs::check",          // 156
     "runtime/tests/it/temporal.rs::http::temporal_endpoints_authenticate_limit_page_and_audit_every_outcome", // 152
     "schema-registry/src/compat/diff.rs::Differ::combinators", // 149
     "schema-registry/src/compat/diff.rs::Differ::bounds",      // 148
@@ -35,7 +32,6 @@ const LONG_FUNCTIONS: &[&str] = &[
     "runtime/tests/it/search.rs::every_aggregation_type_matches_a_hand_computed_answer", // 132
     "runtime/src/saga/runner.rs::Engine::perform",                         // 129
     "policy-engine/src/facts/cargo.rs::load",                              // 126
-    "cli/src/commands/bench_temporal.rs::bench_backend",                   // 123
     "runtime/tests/it/http.rs::web_pages_cannot_write_rebind_or_post_non_json", // 123
     "runtime/tests/it/projection.rs::list_filters_by_fields_and_pages_in_id_order", // 122
     "tests/it/notify.rs::clients_come_back_with_jittered_backoff_after_the_dashboard_restarts_and_go_on", // 122
