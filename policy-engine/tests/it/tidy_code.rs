@@ -17,9 +17,8 @@ const LONG_FUNCTIONS: &[&str] = &[
     "schema-registry/src/compat/tests.rs::table", // 352
     "runtime/tests/it/saga.rs::the_saga_routes_show_list_retry_and_abort_behind_access_control", // 229
     "runtime/tests/it/dead_letters.rs::dead_letters_page_at_the_bound_redrive_over_http_and_need_dlq_admin", // 210
-    "runtime/src/notify/client.rs::connection", // 161
     "runtime/src/search/request.rs::aggregation_kind", // 160
-    "policy-engine/src/lib.rs::check",          // 156
+    "policy-engine/src/lib.rs::check",                 // 156
     "runtime/tests/it/temporal.rs::http::temporal_endpoints_authenticate_limit_page_and_audit_every_outcome", // 152
     "schema-registry/src/compat/diff.rs::Differ::combinators", // 149
     "schema-registry/src/compat/diff.rs::Differ::bounds",      // 148

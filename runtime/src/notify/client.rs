@@ -12,13 +12,15 @@ use std::time::Duration;
 
 use base64::Engine;
 use futures::{SinkExt, StreamExt};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, PercentEncode, utf8_percent_encode};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::notification::{Notification, ResetReason, ServerMessage, Since};
 
@@ -197,16 +199,15 @@ fn backoff(options: &ClientOptions, attempt: u32) -> Duration {
     ceiling.mul_f64(random as f64 / u64::MAX as f64)
 }
 
-fn encode_component(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+/// What a query component keeps as it is: RFC 3986's unreserved characters.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+fn encode_component(text: &str) -> PercentEncode<'_> {
+    utf8_percent_encode(text, COMPONENT)
 }
 
 fn request_url(base: &str, options: &ClientOptions, since: Option<&Since>) -> String {
@@ -273,6 +274,184 @@ async fn run(
     }
 }
 
+/// A WebSocket connection to the dashboard.
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The upgrade request for `url`, with the subprotocol and the credential in
+/// `Sec-WebSocket-Protocol`.
+fn upgrade_request(url: &str, options: &ClientOptions) -> Result<Request, Ended> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|err| Ended::Retry(format!("bad request: {err}")))?;
+    let mut protocols = PROTOCOL.to_owned();
+    if let Some(token) = &options.token {
+        protocols.push_str(", nexus.bearer.");
+        protocols.push_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token));
+    }
+    let value = HeaderValue::from_str(&protocols)
+        .map_err(|_| Ended::Retry("the credential cannot travel in a header".into()))?;
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", value);
+    Ok(request)
+}
+
+/// Tells the application the server refused it, and stops.
+async fn refused(events: &mpsc::Sender<ClientEvent>, code: String, message: String) -> Ended {
+    let _ = events.send(ClientEvent::Refused { code, message }).await;
+    Ended::Stop
+}
+
+/// Connects within the connect timeout; a refusal that retrying cannot change (a 4xx other
+/// than 429) stops the client.
+async fn open_socket(
+    request: Request,
+    options: &ClientOptions,
+    events: &mpsc::Sender<ClientEvent>,
+) -> Result<Socket, Ended> {
+    let config = WebSocketConfig::default()
+        .read_buffer_size(8 << 10)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 20));
+    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    match tokio::time::timeout(options.connect_timeout, connect).await {
+        Err(_) => Err(Ended::Retry("connect timed out".into())),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+            let status = response.status();
+            // 401/403/404/400 will not get better by retrying.
+            if status.is_client_error() && status.as_u16() != 429 {
+                let body = response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).chars().take(300).collect())
+                    .unwrap_or_default();
+                return Err(refused(events, status.as_u16().to_string(), body).await);
+            }
+            Err(Ended::Retry(format!("HTTP {status}")))
+        }
+        Ok(Err(err)) => Err(Ended::Retry(err.to_string())),
+        Ok(Ok((socket, _))) => Ok(socket),
+    }
+}
+
+/// The next text frame, `None` after a control frame; the connection ends on silence longer
+/// than `silence`, on an error, or on a close frame (a close code in 4500..5000 is a refusal).
+async fn next_text(
+    socket: &mut Socket,
+    silence: Duration,
+    events: &mpsc::Sender<ClientEvent>,
+) -> Result<Option<Utf8Bytes>, Ended> {
+    let frame = match tokio::time::timeout(silence, socket.next()).await {
+        Err(_) => {
+            return Err(Ended::Retry(
+                "no frame within the ping interval plus 10 s".into(),
+            ));
+        }
+        Ok(None) => return Err(Ended::Retry("the server closed the connection".into())),
+        Ok(Some(Err(err))) => return Err(Ended::Retry(err.to_string())),
+        Ok(Some(Ok(frame))) => frame,
+    };
+    match frame {
+        Message::Text(text) => Ok(Some(text)),
+        Message::Close(close) => {
+            let (code, reason) = close.map_or((1005, String::new()), |c| {
+                (u16::from(c.code), c.reason.to_string())
+            });
+            if (4500..5000).contains(&code) {
+                return Err(refused(events, code.to_string(), reason).await);
+            }
+            Err(Ended::Retry(format!(
+                "closed by the server: {code} {reason}"
+            )))
+        }
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Binary(_) => {
+            // Pongs to the server's pings go out with the next read or write.
+            let _ = socket.flush().await;
+            Ok(None)
+        }
+    }
+}
+
+/// What a server message means to the client.
+enum Delivery {
+    /// The server is ready and pings this often.
+    Ready(Duration),
+    /// Hand this to the application.
+    Deliver(ClientEvent),
+    /// Nothing for the application (a notification already delivered, a pong, …).
+    Skip,
+    /// The server refused the subscription.
+    Refused { code: String, message: String },
+}
+
+/// Reads one server message, moving the resume `position` forward for what it delivers.
+fn delivery(message: ServerMessage, position: &Mutex<Option<Since>>) -> Delivery {
+    let mut known = position.lock().expect("position lock poisoned");
+    let event = match message {
+        ServerMessage::Ready {
+            ping_interval_ms, ..
+        } => return Delivery::Ready(Duration::from_millis(ping_interval_ms)),
+        ServerMessage::Subscribed {
+            epoch,
+            position: at,
+            replayed,
+            ..
+        } => {
+            if known.is_none() {
+                *known = Some(Since {
+                    epoch: epoch.clone(),
+                    position: at,
+                });
+            }
+            ClientEvent::Subscribed {
+                epoch,
+                position: at,
+                replayed,
+            }
+        }
+        ServerMessage::Notification(note) => {
+            if known
+                .as_ref()
+                .is_some_and(|k| k.epoch == note.epoch && note.position <= k.position)
+            {
+                return Delivery::Skip;
+            }
+            *known = Some(Since {
+                epoch: note.epoch.clone(),
+                position: note.position,
+            });
+            ClientEvent::Notification(Box::new(note))
+        }
+        ServerMessage::Reset {
+            epoch,
+            position: at,
+            reason,
+            ..
+        } => {
+            *known = Some(Since {
+                epoch: epoch.clone(),
+                position: at,
+            });
+            ClientEvent::Reset {
+                epoch,
+                position: at,
+                reason,
+            }
+        }
+        ServerMessage::Throttled { limit, .. } => ClientEvent::Throttled { limit },
+        ServerMessage::Error { code, message, .. } => {
+            return Delivery::Refused { code, message };
+        }
+        // `closed` is for Server-Sent Events; a WebSocket gets a close frame.
+        ServerMessage::Unsubscribed { .. } | ServerMessage::Pong | ServerMessage::Closed { .. } => {
+            return Delivery::Skip;
+        }
+    };
+    Delivery::Deliver(event)
+}
+
+/// One connection, from the upgrade until it ends; a `ready` from the server resets `attempt`.
 async fn connection(
     url: &str,
     options: &ClientOptions,
@@ -280,157 +459,33 @@ async fn connection(
     position: &Mutex<Option<Since>>,
     attempt: &mut u32,
 ) -> Ended {
-    let mut request = match url.into_client_request() {
+    let request = match upgrade_request(url, options) {
         Ok(request) => request,
-        Err(err) => return Ended::Retry(format!("bad request: {err}")),
+        Err(ended) => return ended,
     };
-    let mut protocols = crate::notify::client::PROTOCOL.to_owned();
-    if let Some(token) = &options.token {
-        protocols.push_str(", nexus.bearer.");
-        protocols.push_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token));
-    }
-    match HeaderValue::from_str(&protocols) {
-        Ok(value) => {
-            request
-                .headers_mut()
-                .insert("sec-websocket-protocol", value);
-        }
-        Err(_) => return Ended::Retry("the credential cannot travel in a header".into()),
-    }
-    let config = WebSocketConfig::default()
-        .read_buffer_size(8 << 10)
-        .write_buffer_size(0)
-        .max_message_size(Some(1 << 20));
-    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
-    let mut socket = match tokio::time::timeout(options.connect_timeout, connect).await {
-        Err(_) => return Ended::Retry("connect timed out".into()),
-        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
-            let status = response.status();
-            let body = response
-                .body()
-                .as_ref()
-                .map(|b| {
-                    String::from_utf8_lossy(b)
-                        .chars()
-                        .take(300)
-                        .collect::<String>()
-                })
-                .unwrap_or_default();
-            // 401/403/404/400 will not get better by retrying.
-            if status.is_client_error() && status.as_u16() != 429 {
-                let _ = events
-                    .send(ClientEvent::Refused {
-                        code: status.as_u16().to_string(),
-                        message: body,
-                    })
-                    .await;
-                return Ended::Stop;
-            }
-            return Ended::Retry(format!("HTTP {status}"));
-        }
-        Ok(Err(err)) => return Ended::Retry(err.to_string()),
-        Ok(Ok((socket, _))) => socket,
+    let mut socket = match open_socket(request, options, events).await {
+        Ok(socket) => socket,
+        Err(ended) => return ended,
     };
     let mut silence = Duration::from_secs(35);
     loop {
-        let frame = match tokio::time::timeout(silence, socket.next()).await {
-            Err(_) => return Ended::Retry("no frame within the ping interval plus 10 s".into()),
-            Ok(None) => return Ended::Retry("the server closed the connection".into()),
-            Ok(Some(Err(err))) => return Ended::Retry(err.to_string()),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let text = match frame {
-            Message::Text(text) => text,
-            Message::Close(close) => {
-                let (code, reason) = close.map_or((1005, String::new()), |c| {
-                    (u16::from(c.code), c.reason.to_string())
-                });
-                if (4500..5000).contains(&code) {
-                    let _ = events
-                        .send(ClientEvent::Refused {
-                            code: code.to_string(),
-                            message: reason,
-                        })
-                        .await;
-                    return Ended::Stop;
-                }
-                return Ended::Retry(format!("closed by the server: {code} {reason}"));
-            }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Binary(_) => {
-                // Pongs to the server's pings go out with the next read or write.
-                let _ = socket.flush().await;
-                continue;
-            }
+        let text = match next_text(&mut socket, silence, events).await {
+            Ok(Some(text)) => text,
+            Ok(None) => continue,
+            Err(ended) => return ended,
         };
         let Ok(message) = serde_json::from_str::<ServerMessage>(&text) else {
             continue;
         };
-        let event = match message {
-            ServerMessage::Ready {
-                ping_interval_ms, ..
-            } => {
-                silence = Duration::from_millis(ping_interval_ms) + Duration::from_secs(10);
+        let event = match delivery(message, position) {
+            Delivery::Ready(ping_interval) => {
+                silence = ping_interval + Duration::from_secs(10);
                 *attempt = 0;
                 continue;
             }
-            ServerMessage::Subscribed {
-                epoch,
-                position: at,
-                replayed,
-                ..
-            } => {
-                let mut known = position.lock().expect("position lock poisoned");
-                if known.is_none() {
-                    *known = Some(Since {
-                        epoch: epoch.clone(),
-                        position: at,
-                    });
-                }
-                ClientEvent::Subscribed {
-                    epoch,
-                    position: at,
-                    replayed,
-                }
-            }
-            ServerMessage::Notification(note) => {
-                let mut known = position.lock().expect("position lock poisoned");
-                if known
-                    .as_ref()
-                    .is_some_and(|k| k.epoch == note.epoch && note.position <= k.position)
-                {
-                    continue;
-                }
-                *known = Some(Since {
-                    epoch: note.epoch.clone(),
-                    position: note.position,
-                });
-                ClientEvent::Notification(Box::new(note))
-            }
-            ServerMessage::Reset {
-                epoch,
-                position: at,
-                reason,
-                ..
-            } => {
-                *position.lock().expect("position lock poisoned") = Some(Since {
-                    epoch: epoch.clone(),
-                    position: at,
-                });
-                ClientEvent::Reset {
-                    epoch,
-                    position: at,
-                    reason,
-                }
-            }
-            ServerMessage::Throttled { limit, .. } => ClientEvent::Throttled { limit },
-            ServerMessage::Error { code, message, .. } => {
-                let _ = events.send(ClientEvent::Refused { code, message }).await;
-                return Ended::Stop;
-            }
-            // `closed` is for Server-Sent Events; a WebSocket gets a close frame.
-            ServerMessage::Unsubscribed { .. }
-            | ServerMessage::Pong
-            | ServerMessage::Closed { .. } => continue,
+            Delivery::Deliver(event) => event,
+            Delivery::Skip => continue,
+            Delivery::Refused { code, message } => return refused(events, code, message).await,
         };
         if events.send(event).await.is_err() {
             return Ended::Stop;
