@@ -24,12 +24,10 @@ const LONG_FUNCTIONS: &[&str] = &[
     "schema-registry/src/compat/diff.rs::Differ::bounds",      // 148
     "tests/it/saga.rs::nexus_saga_lists_shows_retries_and_aborts_stuck_instances", // 147
     "tests/it/replay.rs::replay_reads_events_state_and_projections_of_a_running_system_from_its_store", // 140
-    "runtime/src/saga/state.rs::SagaState::apply", // 137
     "runtime/tests/it/saga.rs::a_duplicate_start_event_starts_nothing_and_versions_are_pinned", // 137
     "runtime/tests/it/http.rs::the_dashboard_serves_read_models_with_filters_pages_and_read_your_writes", // 134
     "runtime/src/projection/store/postgres.rs::PostgresReadModel::commit", // 133
     "runtime/tests/it/search.rs::every_aggregation_type_matches_a_hand_computed_answer", // 132
-    "runtime/src/saga/runner.rs::Engine::perform",                         // 129
     "policy-engine/src/facts/cargo.rs::load",                              // 126
     "runtime/tests/it/http.rs::web_pages_cannot_write_rebind_or_post_non_json", // 123
     "runtime/tests/it/projection.rs::list_filters_by_fields_and_pages_in_id_order", // 122

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::commands::{SagaCommands, StepFailure};
-use super::definition::{SagaContext, SagaDefinition};
+use super::definition::{SagaContext, SagaDefinition, StepRetry};
 use super::state::{Action, Next, SAGA_STREAM_TYPE, SagaEvent, SagaState, SagaStatus};
 use super::{SagaError, SagaReader, chain};
 use crate::event::{EventId, Metadata, NewEvent, RecordedEvent, StreamId};
@@ -469,58 +469,37 @@ impl Engine {
             input: &state.input,
             outputs: &outputs,
         };
-        let after = |delay: Duration| {
-            now + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::days(1))
-        };
         match action {
             Action::Dispatch {
                 step,
                 attempt,
                 key,
                 deadline,
-            } => match (definition.steps[step].command)(&context) {
-                Ok(command) => vec![SagaEvent::SagaStepDispatched {
+            } => vec![match (definition.steps[step].command)(&context) {
+                Ok(command) => SagaEvent::SagaStepDispatched {
                     step,
                     attempt,
                     key,
                     command,
                     deadline,
-                }],
-                Err(error) => vec![SagaEvent::SagaStepFailed {
+                },
+                Err(error) => SagaEvent::SagaStepFailed {
                     step,
                     attempt,
                     error: format!("the step's command could not be built: {error}"),
                     outcome_unknown: false,
                     retry_at: None,
-                }],
-            },
+                },
+            }],
             Action::Send {
                 step,
                 attempt,
                 key,
                 command,
-            } => match self.send(state, &command, &key).await {
-                Ok(output) if definition.steps[step].awaits.is_some() => {
-                    let _ = output;
-                    vec![SagaEvent::SagaStepAccepted { step, attempt }]
-                }
-                Ok(output) => vec![SagaEvent::SagaStepSucceeded {
-                    step,
-                    attempt,
-                    output,
-                }],
-                Err(failure) => {
-                    let retry = definition.steps[step].retry;
-                    let retry_at = (attempt < retry.attempts).then(|| after(retry.delay(attempt)));
-                    vec![SagaEvent::SagaStepFailed {
-                        step,
-                        attempt,
-                        error: failure.message,
-                        outcome_unknown: failure.outcome_unknown,
-                        retry_at,
-                    }]
-                }
-            },
+            } => {
+                let sent = self.send(state, &command, &key).await;
+                vec![step_sent(definition, now, step, attempt, sent)]
+            }
             Action::TimeOut { step, deadline } => {
                 let what = match step.and_then(|i| state.steps.get(i)) {
                     Some(s) => format!("step `{}`", s.name),
@@ -536,47 +515,21 @@ impl Engine {
             Action::Compensate { reason } => vec![SagaEvent::SagaCompensationStarted { reason }],
             Action::Complete => vec![SagaEvent::SagaCompleted {}],
             Action::DispatchCompensation { step, attempt, key } => {
-                let build = definition.steps[step]
-                    .compensation
-                    .as_ref()
-                    .map(|f| f(&context));
-                match build {
-                    Some(Ok(command)) => vec![SagaEvent::SagaCompensationDispatched {
-                        step,
-                        attempt,
-                        key,
-                        command,
-                    }],
-                    Some(Err(error)) => vec![SagaEvent::SagaCompensationFailed {
-                        step,
-                        attempt,
-                        error: format!("the compensation could not be built: {error}"),
-                        outcome_unknown: false,
-                        retry_at: None,
-                    }],
-                    None => vec![SagaEvent::SagaStepCompensated { step, attempt: 0 }],
-                }
+                vec![dispatch_compensation(
+                    definition, &context, step, attempt, key,
+                )]
             }
             Action::SendCompensation {
                 step,
                 attempt,
                 key,
                 command,
-            } => match self.send(state, &command, &key).await {
-                Ok(_) => vec![SagaEvent::SagaStepCompensated { step, attempt }],
-                Err(failure) => {
-                    let retry = definition.steps[step].compensation_retry;
-                    let used = state.compensation_budget_used(step);
-                    let retry_at = (used < retry.attempts).then(|| after(retry.delay(used)));
-                    vec![SagaEvent::SagaCompensationFailed {
-                        step,
-                        attempt,
-                        error: failure.message,
-                        outcome_unknown: failure.outcome_unknown,
-                        retry_at,
-                    }]
-                }
-            },
+            } => {
+                let sent = self.send(state, &command, &key).await;
+                vec![compensation_sent(
+                    state, definition, now, step, attempt, sent,
+                )]
+            }
             Action::SkipCompensation { step } => {
                 vec![SagaEvent::SagaStepCompensated { step, attempt: 0 }]
             }
@@ -605,6 +558,100 @@ impl Engine {
                 self.options.send_timeout
             ))),
         }
+    }
+}
+
+/// When a send that failed after `used` attempts is tried again (`retry`'s delay after `now`):
+/// `None` once its attempts are used up.
+fn retry_at(now: DateTime<Utc>, retry: StepRetry, used: u32) -> Option<DateTime<Utc>> {
+    (used < retry.attempts).then(|| {
+        now + chrono::Duration::from_std(retry.delay(used))
+            .unwrap_or_else(|_| chrono::Duration::days(1))
+    })
+}
+
+/// What a step's command answered, recorded: accepted when the step awaits an event, else
+/// succeeded; or failed, with when it is tried again.
+fn step_sent(
+    definition: &SagaDefinition,
+    now: DateTime<Utc>,
+    step: usize,
+    attempt: u32,
+    sent: Result<Value, StepFailure>,
+) -> SagaEvent {
+    match sent {
+        Ok(_) if definition.steps[step].awaits.is_some() => {
+            SagaEvent::SagaStepAccepted { step, attempt }
+        }
+        Ok(output) => SagaEvent::SagaStepSucceeded {
+            step,
+            attempt,
+            output,
+        },
+        Err(failure) => SagaEvent::SagaStepFailed {
+            step,
+            attempt,
+            error: failure.message,
+            outcome_unknown: failure.outcome_unknown,
+            retry_at: retry_at(now, definition.steps[step].retry, attempt),
+        },
+    }
+}
+
+/// The dispatch of a step's compensation, recorded: its command, the failure to build one, or
+/// the step compensated at once when it has no compensation.
+fn dispatch_compensation(
+    definition: &SagaDefinition,
+    context: &SagaContext<'_>,
+    step: usize,
+    attempt: u32,
+    key: String,
+) -> SagaEvent {
+    let build = definition.steps[step]
+        .compensation
+        .as_ref()
+        .map(|f| f(context));
+    match build {
+        Some(Ok(command)) => SagaEvent::SagaCompensationDispatched {
+            step,
+            attempt,
+            key,
+            command,
+        },
+        Some(Err(error)) => SagaEvent::SagaCompensationFailed {
+            step,
+            attempt,
+            error: format!("the compensation could not be built: {error}"),
+            outcome_unknown: false,
+            retry_at: None,
+        },
+        None => SagaEvent::SagaStepCompensated { step, attempt: 0 },
+    }
+}
+
+/// What a compensation's command answered, recorded: compensated, or failed with when it is
+/// tried again (within the compensation's budget, which an operator's retry renews).
+fn compensation_sent(
+    state: &SagaState,
+    definition: &SagaDefinition,
+    now: DateTime<Utc>,
+    step: usize,
+    attempt: u32,
+    sent: Result<Value, StepFailure>,
+) -> SagaEvent {
+    match sent {
+        Ok(_) => SagaEvent::SagaStepCompensated { step, attempt },
+        Err(failure) => SagaEvent::SagaCompensationFailed {
+            step,
+            attempt,
+            error: failure.message,
+            outcome_unknown: failure.outcome_unknown,
+            retry_at: retry_at(
+                now,
+                definition.steps[step].compensation_retry,
+                state.compensation_budget_used(step),
+            ),
+        },
     }
 }
 

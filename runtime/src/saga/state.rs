@@ -529,6 +529,46 @@ impl SagaState {
         self.updated_at = at;
         match event {
             SagaEvent::SagaStarted { .. } => {}
+            SagaEvent::SagaStepDispatched { .. }
+            | SagaEvent::SagaStepAccepted { .. }
+            | SagaEvent::SagaStepSucceeded { .. }
+            | SagaEvent::SagaStepFailed { .. } => self.apply_step(event, at),
+            SagaEvent::SagaCompensationDispatched { .. }
+            | SagaEvent::SagaStepCompensated { .. }
+            | SagaEvent::SagaCompensationFailed { .. } => self.apply_compensation(event, at),
+            SagaEvent::SagaTimedOut { .. } => self.timed_out = true,
+            SagaEvent::SagaCompensationStarted { reason } => {
+                self.status = SagaStatus::Compensating;
+                self.reason = Some(reason.clone());
+            }
+            SagaEvent::SagaStuck { reason, .. } => {
+                self.status = SagaStatus::Stuck;
+                self.reason = Some(reason.clone());
+            }
+            SagaEvent::SagaRetried { .. } => {
+                if self.status == SagaStatus::Stuck {
+                    self.retry_failed_compensations(at);
+                }
+            }
+            SagaEvent::SagaAborted { reason, .. } => {
+                self.status = SagaStatus::Aborted;
+                self.reason = Some(reason.clone());
+            }
+            SagaEvent::SagaCompleted {} => self.status = SagaStatus::Completed,
+            SagaEvent::SagaFailed { reason } => {
+                self.status = if self.timed_out {
+                    SagaStatus::TimedOut
+                } else {
+                    SagaStatus::Compensated
+                };
+                self.reason = Some(reason.clone());
+            }
+        }
+    }
+
+    /// Folds an event of a step's forward command: dispatched, accepted, succeeded or failed.
+    fn apply_step(&mut self, event: &SagaEvent, at: DateTime<Utc>) {
+        match event {
             SagaEvent::SagaStepDispatched {
                 step,
                 attempt,
@@ -585,11 +625,13 @@ impl SagaState {
                     }
                 }
             }
-            SagaEvent::SagaTimedOut { .. } => self.timed_out = true,
-            SagaEvent::SagaCompensationStarted { reason } => {
-                self.status = SagaStatus::Compensating;
-                self.reason = Some(reason.clone());
-            }
+            _ => {}
+        }
+    }
+
+    /// Folds an event of a step's compensation: dispatched, compensated or failed.
+    fn apply_compensation(&mut self, event: &SagaEvent, at: DateTime<Utc>) {
+        match event {
             SagaEvent::SagaCompensationDispatched {
                 step,
                 attempt,
@@ -628,36 +670,21 @@ impl SagaState {
                 c.outcome_unknown = *outcome_unknown;
                 c.retry_at = *retry_at;
             }
-            SagaEvent::SagaStuck { reason, .. } => {
-                self.status = SagaStatus::Stuck;
-                self.reason = Some(reason.clone());
-            }
-            SagaEvent::SagaRetried { .. } => {
-                if self.status == SagaStatus::Stuck {
-                    self.status = SagaStatus::Compensating;
-                    for step in &mut self.steps {
-                        if let Some(c) = &mut step.compensation
-                            && c.status == CompensationStatus::Failed
-                        {
-                            c.status = CompensationStatus::Retrying;
-                            c.budget_used = 0;
-                            c.retry_at = Some(at);
-                        }
-                    }
-                }
-            }
-            SagaEvent::SagaAborted { reason, .. } => {
-                self.status = SagaStatus::Aborted;
-                self.reason = Some(reason.clone());
-            }
-            SagaEvent::SagaCompleted {} => self.status = SagaStatus::Completed,
-            SagaEvent::SagaFailed { reason } => {
-                self.status = if self.timed_out {
-                    SagaStatus::TimedOut
-                } else {
-                    SagaStatus::Compensated
-                };
-                self.reason = Some(reason.clone());
+            _ => {}
+        }
+    }
+
+    /// An operator's retry of a stuck instance: it compensates again, failed compensations
+    /// retried now with a fresh budget.
+    fn retry_failed_compensations(&mut self, at: DateTime<Utc>) {
+        self.status = SagaStatus::Compensating;
+        for step in &mut self.steps {
+            if let Some(c) = &mut step.compensation
+                && c.status == CompensationStatus::Failed
+            {
+                c.status = CompensationStatus::Retrying;
+                c.budget_used = 0;
+                c.retry_at = Some(at);
             }
         }
     }
