@@ -172,21 +172,7 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
     let mut rule_dirs: Vec<PathBuf> = config.rules.iter().map(|r| root.join(r)).collect();
     rule_dirs.extend(options.rules.iter().cloned());
     let mut rules = RuleSet::load(!options.no_builtin_rules, &rule_dirs)?;
-
-    let mut deprecated_schemas = options.deprecated_schema_files.clone();
-    let schemas = match (&options.schemas, &config.schemas_dir) {
-        (Some(schemas), _) => Some(schemas.clone()),
-        (None, dir) => {
-            let dir = root.join(dir.as_deref().unwrap_or("schemas"));
-            if dir.is_dir() || config.schemas_dir.is_some() {
-                let loaded = schemas::load_dir(&dir)?;
-                deprecated_schemas.extend(loaded.deprecated);
-                Some(loaded.schemas)
-            } else {
-                None
-            }
-        }
-    };
+    let (schemas, deprecated_schemas) = registered_schemas(options, &config)?;
 
     let call_names = rules.call_names();
     let facts = facts::gather(
@@ -203,9 +189,73 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
     tracing::debug!(violations = evaluation.violations.len(), elapsed = ?started.elapsed(), "evaluated rules");
     let mut sources = facts.sources;
 
+    let mut findings = rule_findings(rules.rules(), evaluation, &config);
+    findings.extend(deprecated_schemas.iter().map(|file| {
+        let rel = facts::cargo::relative(root, file);
+        suppress::meta_finding(
+            "NX906",
+            "deprecated-schema-layout",
+            Severity::Warning,
+            Span::line_of(&rel, "", 1),
+            format!("`{rel}` is in the deprecated flat schemas layout"),
+            "move `<Subject>.json` to `<Subject>/1.0.0.json` and `<Subject>.v<N>.json` to `<Subject>/<N>.0.0.json`: one folder per subject, one file per semantic version, as `nexus schema check --dir` and `nexus new` use",
+        )
+    }));
+    findings.extend(reading_findings(facts.notes, facts.parse_errors));
+    findings.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    findings.dedup_by(|a, b| a.sort_key() == b.sort_key() && a.labels == b.labels);
+    diagnostic::assign_fingerprints(&mut findings, |span| snippet(&sources, span));
+
+    let mut extra = suppress::apply_inline(&mut findings, &facts.allows);
+    let baseline_path = baseline_path(options, &config);
+    extra.extend(apply_baseline(
+        root,
+        &baseline_path,
+        &mut findings,
+        &mut sources,
+    )?);
+    diagnostic::assign_fingerprints(&mut extra, |span| snippet(&sources, span));
+    findings.extend(extra);
+    findings.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+
+    Ok(CheckReport {
+        findings,
+        rules: rules.rules().to_vec(),
+        files: facts.files,
+        skipped: facts.skipped,
+        sources,
+        baseline_path,
+    })
+}
+
+/// The registered schemas rules compare events with: the caller's, else those of the configured
+/// schemas folder (`schemas` by default) when it exists; and the files in the deprecated flat
+/// layout among them.
+fn registered_schemas(
+    options: &CheckOptions,
+    config: &Config,
+) -> Result<(Option<Vec<RegisteredSchema>>, Vec<PathBuf>), CheckError> {
+    let mut deprecated = options.deprecated_schema_files.clone();
+    if let Some(schemas) = &options.schemas {
+        return Ok((Some(schemas.clone()), deprecated));
+    }
+    let dir = options
+        .root
+        .join(config.schemas_dir.as_deref().unwrap_or("schemas"));
+    if !dir.is_dir() && config.schemas_dir.is_none() {
+        return Ok((None, deprecated));
+    }
+    let loaded = schemas::load_dir(&dir)?;
+    deprecated.extend(loaded.deprecated);
+    Ok((Some(loaded.schemas), deprecated))
+}
+
+/// The rules' violations as findings, at the severity `nexus.toml` gives each rule (`off` drops
+/// them), and one NX904 finding for each rule that failed to evaluate.
+fn rule_findings(rules: &[Rule], evaluation: engine::Evaluation, config: &Config) -> Vec<Finding> {
     let mut findings = Vec::new();
     for (index, message) in evaluation.failures {
-        let rule = &rules.rules()[index];
+        let rule = &rules[index];
         findings.push(suppress::meta_finding(
             "NX904",
             "rule-error",
@@ -219,7 +269,7 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
         ));
     }
     for (index, violation) in evaluation.violations {
-        let rule = &rules.rules()[index];
+        let rule = &rules[index];
         let severity = violation
             .severity
             .as_deref()
@@ -251,73 +301,67 @@ pub fn check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
             suppressed: None,
         });
     }
-    for file in &deprecated_schemas {
-        let rel = facts::cargo::relative(root, file);
-        findings.push(suppress::meta_finding(
-            "NX906",
-            "deprecated-schema-layout",
-            Severity::Warning,
-            Span::line_of(&rel, "", 1),
-            format!("`{rel}` is in the deprecated flat schemas layout"),
-            "move `<Subject>.json` to `<Subject>/1.0.0.json` and `<Subject>.v<N>.json` to `<Subject>/<N>.0.0.json`: one folder per subject, one file per semantic version, as `nexus schema check --dir` and `nexus new` use",
-        ));
-    }
-    for (message, span) in facts.notes {
-        findings.push(suppress::meta_finding(
+    findings
+}
+
+/// Findings about reading the workspace: a toolchain fallback (NX905) and files that do not
+/// parse (NX900).
+fn reading_findings(
+    notes: Vec<(String, Span)>,
+    parse_errors: Vec<(String, Span)>,
+) -> impl Iterator<Item = Finding> {
+    let notes = notes.into_iter().map(|(message, span)| {
+        suppress::meta_finding(
             "NX905",
             "toolchain-fallback",
             Severity::Note,
             span,
             message,
             "install the pinned toolchain to check with it, or ignore this: the rules read source, not compiler output",
-        ));
-    }
-    for (message, span) in facts.parse_errors {
-        findings.push(suppress::meta_finding(
+        )
+    });
+    let parse_errors = parse_errors.into_iter().map(|(message, span)| {
+        suppress::meta_finding(
             "NX900",
             "parse-error",
             Severity::Warning,
             span,
             format!("file does not parse, so no rule checked it: {message}"),
             "fix the syntax error; `cargo check` shows it too",
-        ));
-    }
-    findings.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-    findings.dedup_by(|a, b| a.sort_key() == b.sort_key() && a.labels == b.labels);
-    diagnostic::assign_fingerprints(&mut findings, |span| snippet(&sources, span));
+        )
+    });
+    notes.chain(parse_errors)
+}
 
-    let mut extra = suppress::apply_inline(&mut findings, &facts.allows);
-
-    let baseline_rel = options
+/// The baseline file as given, as configured, or `nexus-baseline.json`.
+fn baseline_path(options: &CheckOptions, config: &Config) -> PathBuf {
+    options
         .baseline
         .clone()
         .or_else(|| config.baseline.as_ref().map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("nexus-baseline.json"));
+        .unwrap_or_else(|| PathBuf::from("nexus-baseline.json"))
+}
+
+/// Marks the findings the baseline at `baseline_rel` covers; returns a finding for each stale
+/// baseline entry (whose text then joins `sources`, so they render).
+fn apply_baseline(
+    root: &Path,
+    baseline_rel: &Path,
+    findings: &mut [Finding],
+    sources: &mut HashMap<String, Arc<str>>,
+) -> Result<Vec<Finding>, CheckError> {
     let baseline_path = if baseline_rel.is_absolute() {
-        baseline_rel.clone()
+        baseline_rel.to_path_buf()
     } else {
-        root.join(&baseline_rel)
+        root.join(baseline_rel)
     };
     let (baseline, baseline_text) = Baseline::load(&baseline_path)?;
     let baseline_name = baseline_rel.to_string_lossy().replace('\\', "/");
-    let stale = baseline.apply(&mut findings, &baseline_name, &baseline_text);
+    let stale = baseline.apply(findings, &baseline_name, &baseline_text);
     if !stale.is_empty() {
-        sources.insert(baseline_name.clone(), Arc::from(baseline_text.as_str()));
+        sources.insert(baseline_name, Arc::from(baseline_text.as_str()));
     }
-    extra.extend(stale);
-
-    diagnostic::assign_fingerprints(&mut extra, |span| snippet(&sources, span));
-    findings.extend(extra);
-    findings.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-
-    Ok(CheckReport {
-        findings,
-        rules: rules.rules().to_vec(),
-        files: facts.files,
-        skipped: facts.skipped,
-        sources,
-        baseline_path: baseline_rel,
-    })
+    Ok(stale)
 }
 
 fn snippet(sources: &HashMap<String, Arc<str>>, span: &Span) -> String {

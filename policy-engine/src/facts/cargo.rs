@@ -60,8 +60,8 @@ pub struct EdgeFact {
     pub from: String,
     /// The package depended on.
     pub to: String,
-    /// `normal`, `build` or `dev`.
-    pub kind: &'static str,
+    /// Which table declares it.
+    pub kind: DepKind,
     /// The `cfg(…)`/triple of a target-specific dependency.
     pub target: Option<String>,
     /// Whether the dependency is optional (behind a feature).
@@ -72,6 +72,29 @@ pub struct EdgeFact {
     pub workspace: bool,
     /// The manifest line declaring it.
     pub span: Span,
+}
+
+/// The kind of a dependency: the table that declares it (`[dependencies]`,
+/// `[build-dependencies]`, `[dev-dependencies]`), as rules see it (`normal`, `build`, `dev`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DepKind {
+    /// `[dependencies]`.
+    Normal,
+    /// `[build-dependencies]`.
+    Build,
+    /// `[dev-dependencies]`.
+    Dev,
+}
+
+impl DepKind {
+    fn of(kind: cargo_metadata::DependencyKind) -> Self {
+        match kind {
+            cargo_metadata::DependencyKind::Development => DepKind::Dev,
+            cargo_metadata::DependencyKind::Build => DepKind::Build,
+            _ => DepKind::Normal,
+        }
+    }
 }
 
 /// That `from` reaches local package `to` through a chain of dependencies.
@@ -96,6 +119,36 @@ pub struct ReachFact {
 /// runs again with the toolchain rustup uses by default and [`Workspace::toolchain_fallback`]
 /// says so.
 pub fn load(root: &Path) -> Result<Workspace, CheckError> {
+    let (metadata, toolchain_fallback) = metadata(root)?;
+    let root_dir = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let local: BTreeMap<String, PathBuf> = metadata
+        .packages
+        .iter()
+        .map(|p| {
+            (
+                p.name.to_string(),
+                p.manifest_path.clone().into_std_path_buf(),
+            )
+        })
+        .collect();
+    let mut packages: Vec<PackageFact> = metadata
+        .packages
+        .iter()
+        .map(|package| package_fact(package, &root_dir, &local))
+        .collect();
+    packages.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Workspace {
+        packages,
+        target_dir: metadata.target_directory.into_std_path_buf(),
+        toolchain_fallback,
+    })
+}
+
+/// `cargo metadata` of the workspace at `root`, with the toolchain it pins or else rustup's
+/// default one (and then the toolchain file and what happened).
+fn metadata(
+    root: &Path,
+) -> Result<(cargo_metadata::Metadata, Option<(PathBuf, String)>), CheckError> {
     let manifest = root.join("Cargo.toml");
     if !manifest.is_file() {
         return Err(CheckError::Workspace {
@@ -121,105 +174,82 @@ pub fn load(root: &Path) -> Result<Workspace, CheckError> {
         root: root.display().to_string(),
         message: format!("`cargo metadata` failed: {}", tool_error(&err)),
     };
-    let mut toolchain_fallback = None;
-    let metadata = match command(None) {
-        Ok(metadata) => metadata,
-        Err(err) => {
-            let pinned = toolchain_file(root);
-            let fallback = pinned.as_ref().and(default_toolchain());
-            match (pinned, fallback) {
-                (Some(file), Some(toolchain)) => {
-                    let metadata = command(Some(&toolchain)).map_err(failed)?;
-                    tracing::debug!(error = %tool_error(&err), %toolchain, "fell back to the default toolchain");
-                    toolchain_fallback = Some((
-                        file,
-                        format!(
-                            "`cargo metadata` failed with the toolchain this file pins ({}), so the check used rustup's default toolchain `{toolchain}`; static analysis needs no particular compiler",
-                            tool_error(&err)
-                        ),
-                    ));
-                    metadata
-                }
-                _ => return Err(failed(err)),
-            }
-        }
+    let err = match command(None) {
+        Ok(metadata) => return Ok((metadata, None)),
+        Err(err) => err,
     };
-    let root_dir = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
-    let local: BTreeMap<String, PathBuf> = metadata
-        .packages
-        .iter()
-        .map(|p| {
-            (
-                p.name.to_string(),
-                p.manifest_path.clone().into_std_path_buf(),
-            )
-        })
-        .collect();
-    let mut packages = Vec::new();
-    for package in &metadata.packages {
-        let manifest_path = package.manifest_path.clone().into_std_path_buf();
-        let manifest_rel = relative(&root_dir, &manifest_path);
-        let text = std::fs::read_to_string(&manifest_path).unwrap_or_default();
-        let index = ManifestIndex::new(&text);
-        let mut edges = Vec::new();
-        let mut dependencies = Vec::new();
-        for dep in &package.dependencies {
-            dependencies.push(dep.name.clone());
-            if !local.contains_key(&dep.name) || dep.path.is_none() {
-                continue;
-            }
-            let kind = match dep.kind {
-                cargo_metadata::DependencyKind::Development => "dev",
-                cargo_metadata::DependencyKind::Build => "build",
-                _ => "normal",
-            };
-            let key = dep.rename.clone().unwrap_or_else(|| dep.name.clone());
-            let target = dep.target.as_ref().map(|t| t.to_string());
-            let (line, workspace) = index.find(kind, target.as_deref(), &key);
-            edges.push(EdgeFact {
-                from: package.name.to_string(),
-                to: dep.name.clone(),
-                kind,
-                target,
-                optional: dep.optional,
-                rename: dep.rename.clone(),
-                workspace,
-                span: toml_line_span(&manifest_rel, &text, line),
-            });
+    let pinned = toolchain_file(root);
+    let fallback = pinned.as_ref().and(default_toolchain());
+    let (Some(file), Some(toolchain)) = (pinned, fallback) else {
+        return Err(failed(err));
+    };
+    let metadata = command(Some(&toolchain)).map_err(failed)?;
+    tracing::debug!(error = %tool_error(&err), %toolchain, "fell back to the default toolchain");
+    let note = format!(
+        "`cargo metadata` failed with the toolchain this file pins ({}), so the check used rustup's default toolchain `{toolchain}`; static analysis needs no particular compiler",
+        tool_error(&err)
+    );
+    Ok((metadata, Some((file, note))))
+}
+
+/// One package as rules see it, with its edges to the `local` packages (name → manifest).
+fn package_fact(
+    package: &cargo_metadata::Package,
+    root_dir: &Path,
+    local: &BTreeMap<String, PathBuf>,
+) -> PackageFact {
+    let manifest_path = package.manifest_path.clone().into_std_path_buf();
+    let manifest_rel = relative(root_dir, &manifest_path);
+    let text = std::fs::read_to_string(&manifest_path).unwrap_or_default();
+    let index = ManifestIndex::new(&text);
+    let mut edges = Vec::new();
+    let mut dependencies = Vec::new();
+    for dep in &package.dependencies {
+        dependencies.push(dep.name.clone());
+        if !local.contains_key(&dep.name) || dep.path.is_none() {
+            continue;
         }
-        dependencies.sort();
-        dependencies.dedup();
-        let dir = manifest_path
-            .parent()
-            .map_or_else(|| root_dir.clone(), Path::to_path_buf);
-        let dir_rel = relative(&root_dir, &dir);
-        packages.push(PackageFact {
-            name: package.name.to_string(),
-            manifest: manifest_rel,
-            dir: if dir_rel.is_empty() {
-                ".".to_owned()
-            } else {
-                dir_rel
-            },
-            dependencies,
-            edges,
-            abs_dir: dir,
-            roots: package
-                .targets
-                .iter()
-                .map(|target| TargetRoot {
-                    path: target.src_path.clone().into_std_path_buf(),
-                    test: target.is_kind(cargo_metadata::TargetKind::Test),
-                })
-                .collect(),
+        let kind = DepKind::of(dep.kind);
+        let key = dep.rename.clone().unwrap_or_else(|| dep.name.clone());
+        let target = dep.target.as_ref().map(|t| t.to_string());
+        let (line, workspace) = index.find(kind, target.as_deref(), &key);
+        edges.push(EdgeFact {
+            from: package.name.to_string(),
+            to: dep.name.clone(),
+            kind,
+            target,
+            optional: dep.optional,
+            rename: dep.rename.clone(),
+            workspace,
+            span: toml_line_span(&manifest_rel, &text, line),
         });
     }
-    packages.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Workspace {
-        packages,
-        target_dir: metadata.target_directory.into_std_path_buf(),
-        toolchain_fallback,
-    })
+    dependencies.sort();
+    dependencies.dedup();
+    let dir = manifest_path
+        .parent()
+        .map_or_else(|| root_dir.to_path_buf(), Path::to_path_buf);
+    let dir_rel = relative(root_dir, &dir);
+    PackageFact {
+        name: package.name.to_string(),
+        manifest: manifest_rel,
+        dir: if dir_rel.is_empty() {
+            ".".to_owned()
+        } else {
+            dir_rel
+        },
+        dependencies,
+        edges,
+        abs_dir: dir,
+        roots: package
+            .targets
+            .iter()
+            .map(|target| TargetRoot {
+                path: target.src_path.clone().into_std_path_buf(),
+                test: target.is_kind(cargo_metadata::TargetKind::Test),
+            })
+            .collect(),
+    }
 }
 
 /// The `rust-toolchain.toml` or `rust-toolchain` file that applies to `root`, if any.
@@ -325,7 +355,7 @@ fn shortest_chains(
             let weight = edge.weight();
             // A dev-dependency only counts as the first hop: dev-dependencies of other packages
             // are never built for `start`.
-            if weight.kind == "dev" && (!include_dev || node != start) {
+            if weight.kind == DepKind::Dev && (!include_dev || node != start) {
                 continue;
             }
             let target = edge.target();
@@ -386,13 +416,13 @@ pub(crate) fn relative(root: &Path, path: &Path) -> String {
 /// Finds the line declaring a dependency key in a manifest, by table headers and keys.
 struct ManifestIndex {
     /// (section kind, target, key, line, inherited from the workspace)
-    entries: Vec<(&'static str, Option<String>, String, u32, bool)>,
+    entries: Vec<(DepKind, Option<String>, String, u32, bool)>,
 }
 
 impl ManifestIndex {
     fn new(text: &str) -> Self {
         let mut entries = Vec::new();
-        let mut section: Option<(&'static str, Option<String>)> = None;
+        let mut section: Option<(DepKind, Option<String>)> = None;
         let mut header_key: Option<(String, u32)> = None;
         for (index, raw) in text.lines().enumerate() {
             let line_no = index as u32 + 1;
@@ -418,9 +448,9 @@ impl ManifestIndex {
                         (None, &parts[..])
                     };
                 let kind = match rest.first().map(String::as_str) {
-                    Some("dependencies") => Some("normal"),
-                    Some("dev-dependencies" | "dev_dependencies") => Some("dev"),
-                    Some("build-dependencies" | "build_dependencies") => Some("build"),
+                    Some("dependencies") => Some(DepKind::Normal),
+                    Some("dev-dependencies" | "dev_dependencies") => Some(DepKind::Dev),
+                    Some("build-dependencies" | "build_dependencies") => Some(DepKind::Build),
                     _ => None,
                 };
                 if let Some(kind) = kind {
@@ -462,9 +492,9 @@ impl ManifestIndex {
         Self { entries }
     }
 
-    fn find(&self, kind: &str, target: Option<&str>, key: &str) -> (u32, bool) {
+    fn find(&self, kind: DepKind, target: Option<&str>, key: &str) -> (u32, bool) {
         let normal = |s: &str| s.replace('_', "-");
-        let matches = |entry: &&(&'static str, Option<String>, String, u32, bool)| {
+        let matches = |entry: &&(DepKind, Option<String>, String, u32, bool)| {
             entry.0 == kind && normal(&entry.2) == normal(key)
         };
         self.entries
@@ -518,9 +548,12 @@ path = "../d"
 e.workspace = true
 "#;
         let index = ManifestIndex::new(text);
-        assert_eq!(index.find("normal", None, "reader"), (6, false));
-        assert_eq!(index.find("normal", Some("cfg(unix)"), "c"), (8, false));
-        assert_eq!(index.find("build", None, "d"), (9, false));
-        assert_eq!(index.find("dev", None, "e"), (12, true));
+        assert_eq!(index.find(DepKind::Normal, None, "reader"), (6, false));
+        assert_eq!(
+            index.find(DepKind::Normal, Some("cfg(unix)"), "c"),
+            (8, false)
+        );
+        assert_eq!(index.find(DepKind::Build, None, "d"), (9, false));
+        assert_eq!(index.find(DepKind::Dev, None, "e"), (12, true));
     }
 }

@@ -18,7 +18,6 @@ const LONG_FUNCTIONS: &[&str] = &[
     "runtime/tests/it/saga.rs::the_saga_routes_show_list_retry_and_abort_behind_access_control", // 229
     "runtime/tests/it/dead_letters.rs::dead_letters_page_at_the_bound_redrive_over_http_and_need_dlq_admin", // 210
     "runtime/src/search/request.rs::aggregation_kind", // 160
-    "policy-engine/src/lib.rs::check",                 // 156
     "runtime/tests/it/temporal.rs::http::temporal_endpoints_authenticate_limit_page_and_audit_every_outcome", // 152
     "schema-registry/src/compat/diff.rs::Differ::combinators", // 149
     "schema-registry/src/compat/diff.rs::Differ::bounds",      // 148
@@ -28,7 +27,6 @@ const LONG_FUNCTIONS: &[&str] = &[
     "runtime/tests/it/http.rs::the_dashboard_serves_read_models_with_filters_pages_and_read_your_writes", // 134
     "runtime/src/projection/store/postgres.rs::PostgresReadModel::commit", // 133
     "runtime/tests/it/search.rs::every_aggregation_type_matches_a_hand_computed_answer", // 132
-    "policy-engine/src/facts/cargo.rs::load",                              // 126
     "runtime/tests/it/http.rs::web_pages_cannot_write_rebind_or_post_non_json", // 123
     "runtime/tests/it/projection.rs::list_filters_by_fields_and_pages_in_id_order", // 122
     "tests/it/notify.rs::clients_come_back_with_jittered_backoff_after_the_dashboard_restarts_and_go_on", // 122
