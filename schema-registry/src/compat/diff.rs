@@ -529,8 +529,16 @@ impl Differ {
         }
     }
 
+    /// Numeric, length and count bounds, `multipleOf`, `pattern` and `format`, `uniqueItems`.
     fn bounds(&mut self, o: &Map<String, Value>, u: &Map<String, Value>, path: &str) {
-        // Upper bounds: a lower value accepts less. Lower bounds: a higher value accepts less.
+        self.limits(o, u, path);
+        self.multiple_of(o, u, path);
+        self.text_constraints(o, u, path);
+        self.unique_items(o, u, path);
+    }
+
+    /// Upper bounds: a lower value accepts less. Lower bounds: a higher value accepts less.
+    fn limits(&mut self, o: &Map<String, Value>, u: &Map<String, Value>, path: &str) {
         for (keyword, upper) in [
             ("maximum", true),
             ("exclusiveMaximum", true),
@@ -589,7 +597,10 @@ impl Differ {
                 _ => {}
             }
         }
+    }
 
+    /// `multipleOf`: a new factor that divides the old one accepts more.
+    fn multiple_of(&mut self, o: &Map<String, Value>, u: &Map<String, Value>, path: &str) {
         let pointer = || format!("{path}/multipleOf");
         match (
             o.get("multipleOf").and_then(number),
@@ -628,7 +639,10 @@ impl Differ {
             }
             _ => {}
         }
+    }
 
+    /// `pattern` and `format`: any new or changed one may reject values the old accepted.
+    fn text_constraints(&mut self, o: &Map<String, Value>, u: &Map<String, Value>, path: &str) {
         for keyword in ["pattern", "format"] {
             let pointer = || format!("{path}/{keyword}");
             match (o.get(keyword), u.get(keyword)) {
@@ -657,7 +671,9 @@ impl Differ {
                 _ => {}
             }
         }
+    }
 
+    fn unique_items(&mut self, o: &Map<String, Value>, u: &Map<String, Value>, path: &str) {
         let unique = |m: &Map<String, Value>| m.get("uniqueItems") == Some(&Value::Bool(true));
         match (unique(o), unique(u)) {
             (false, true) => self.push(
@@ -1135,84 +1151,109 @@ impl Differ {
         &mut self,
         o: &Map<String, Value>,
         u: &Map<String, Value>,
-        path: &mut String,
+        path: &str,
         depth: usize,
     ) -> Result<(), CheckError> {
-        // Sums: every alternative of the original must be accepted by some alternative of the update.
         for keyword in ["oneOf", "anyOf"] {
-            let (from, to) = (
-                o.get(keyword).and_then(Value::as_array),
-                u.get(keyword).and_then(Value::as_array),
-            );
-            match (from, to) {
-                (None, None) => {}
-                (Some(_), None) => self.push(
-                    path,
-                    Rule::CombinedTypeChanged,
-                    format!("`{keyword}` removed"),
-                    true,
-                    true,
-                ),
-                (None, Some(to)) => {
-                    // Wrapping the old schema into a sum is fine when one alternative accepts it.
-                    let plain = Value::Object(
-                        o.iter()
-                            .filter(|(k, _)| !ANNOTATIONS.contains(&k.as_str()))
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect(),
+            self.sum(keyword, o, u, path, depth)?;
+        }
+        self.product(o, u, path, depth)?;
+        self.negation(o, u, path, depth)
+    }
+
+    /// A sum (`oneOf`, `anyOf`): every alternative of the original must be accepted by some
+    /// alternative of the update.
+    fn sum(
+        &mut self,
+        keyword: &str,
+        o: &Map<String, Value>,
+        u: &Map<String, Value>,
+        path: &str,
+        depth: usize,
+    ) -> Result<(), CheckError> {
+        let (from, to) = (
+            o.get(keyword).and_then(Value::as_array),
+            u.get(keyword).and_then(Value::as_array),
+        );
+        match (from, to) {
+            (None, None) => {}
+            (Some(_), None) => self.push(
+                path,
+                Rule::CombinedTypeChanged,
+                format!("`{keyword}` removed"),
+                true,
+                true,
+            ),
+            (None, Some(to)) => {
+                // Wrapping the old schema into a sum is fine when one alternative accepts it.
+                let plain = Value::Object(
+                    o.iter()
+                        .filter(|(k, _)| !ANNOTATIONS.contains(&k.as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                );
+                let mut backward = false;
+                let mut additive = false;
+                for alt in to {
+                    let (b, a) = self.verdicts(&plain, &merge(u, keyword, alt), depth + 1)?;
+                    backward |= b;
+                    additive |= a;
+                }
+                if !(backward && additive) {
+                    self.push(
+                        &format!("{path}/{keyword}"),
+                        Rule::CombinedTypeChanged,
+                        format!("`{keyword}` added"),
+                        backward,
+                        additive,
                     );
+                }
+            }
+            (Some(from), Some(to)) => {
+                for (i, alt) in from.iter().enumerate() {
                     let mut backward = false;
                     let mut additive = false;
-                    for alt in to {
-                        let (b, a) = self.verdicts(&plain, &merge(u, keyword, alt), depth + 1)?;
+                    for candidate in to {
+                        let (b, a) = self.verdicts(alt, candidate, depth + 1)?;
                         backward |= b;
                         additive |= a;
+                        if backward && additive {
+                            break;
+                        }
                     }
                     if !(backward && additive) {
                         self.push(
-                            &format!("{path}/{keyword}"),
-                            Rule::CombinedTypeChanged,
-                            format!("`{keyword}` added"),
-                            backward,
-                            additive,
-                        );
-                    }
-                }
-                (Some(from), Some(to)) => {
-                    for (i, alt) in from.iter().enumerate() {
-                        let mut backward = false;
-                        let mut additive = false;
-                        for candidate in to {
-                            let (b, a) = self.verdicts(alt, candidate, depth + 1)?;
-                            backward |= b;
-                            additive |= a;
-                            if backward && additive {
-                                break;
-                            }
-                        }
-                        if !(backward && additive) {
-                            self.push(
                                 &format!("{path}/{keyword}/{i}"),
                                 Rule::CombinedTypeChanged,
                                 format!("no alternative of the new `{keyword}` accepts everything alternative {i} accepted"),
                                 backward,
                                 additive,
                             );
-                        }
                     }
-                    if keyword == "oneOf" && to.len() > from.len() {
-                        self.push(
-                            &format!("{path}/{keyword}"),
-                            Rule::CombinedTypeExtended,
-                            format!("`{keyword}` has new alternatives"),
-                            true,
-                            true,
-                        );
-                    }
+                }
+                if keyword == "oneOf" && to.len() > from.len() {
+                    self.push(
+                        &format!("{path}/{keyword}"),
+                        Rule::CombinedTypeExtended,
+                        format!("`{keyword}` has new alternatives"),
+                        true,
+                        true,
+                    );
                 }
             }
         }
-        // Product: every subschema of the update must accept what some subschema of the original accepts.
+        Ok(())
+    }
+
+    /// The product (`allOf`): every subschema of the update must accept what some subschema of
+    /// the original accepts.
+    fn product(
+        &mut self,
+        o: &Map<String, Value>,
+        u: &Map<String, Value>,
+        path: &str,
+        depth: usize,
+    ) -> Result<(), CheckError> {
         match (
             o.get("allOf").and_then(Value::as_array),
             u.get("allOf").and_then(Value::as_array),
@@ -1247,7 +1288,17 @@ impl Differ {
                 }
             }
         }
-        // Negation: the update may only forbid less.
+        Ok(())
+    }
+
+    /// Negation (`not`): the update may only forbid less.
+    fn negation(
+        &mut self,
+        o: &Map<String, Value>,
+        u: &Map<String, Value>,
+        path: &str,
+        depth: usize,
+    ) -> Result<(), CheckError> {
         match (o.get("not"), u.get("not")) {
             (None, None) => {}
             (Some(_), None) => self.push(
