@@ -7,13 +7,38 @@
 //! partial on error. Compatibility is decided by the caller, which passes the version number it
 //! expects to follow ([`NewVersion::expected_last`]) and retries on [`StorageError::Conflict`].
 
+/// The settings tables (compatibility and mode, per subject and global), the same in both
+/// backends' migrations.
+macro_rules! settings_tables {
+    () => {
+        "
+CREATE TABLE IF NOT EXISTS registry_config (
+    subject             TEXT PRIMARY KEY,
+    compatibility       TEXT NOT NULL,
+    compatibility_group TEXT
+);
+CREATE TABLE IF NOT EXISTS registry_modes (
+    subject TEXT PRIMARY KEY,
+    mode    TEXT NOT NULL
+);
+"
+    };
+}
+
 pub mod postgres;
 pub mod sqlite;
 
+/// The columns both backends read a version with, in the order their row mappers expect.
+const VERSION_COLUMNS: &str = "v.subject, v.version, v.schema_id, s.schema, v.major, v.semver, v.registered_by, v.created_at, v.deleted";
+
 use std::error::Error as StdError;
+use std::fmt;
+use std::str::FromStr;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
+
+use crate::compat::{Level, UnknownLevel};
 
 /// One version of a subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,10 +98,78 @@ pub struct NewVersion {
 /// Compatibility configuration of the registry or of one subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigRecord {
-    /// The level name, e.g. `NEXUS` or `BACKWARD`.
-    pub compatibility: String,
+    /// The level, stored as its wire name (`NEXUS`, `BACKWARD`, …).
+    pub compatibility: Level,
     /// The metadata property that splits versions into groups, e.g. `major_version`.
     pub compatibility_group: Option<String>,
+}
+
+impl ConfigRecord {
+    /// A configuration from its stored columns.
+    fn decode(compatibility: &str, compatibility_group: Option<String>) -> Result<Self> {
+        Ok(Self {
+            compatibility: compatibility
+                .parse()
+                .map_err(|e: UnknownLevel| StorageError::Backend(Box::new(e)))?,
+            compatibility_group,
+        })
+    }
+}
+
+/// The write mode of the registry or of one subject (Confluent's names are the wire and
+/// stored form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Registrations and deletions allowed.
+    ReadWrite,
+    /// Nothing changes.
+    ReadOnly,
+    /// Confluent's `READONLY_OVERRIDE`, accepted for its clients; nothing changes, as in
+    /// [`Mode::ReadOnly`].
+    ReadOnlyOverride,
+}
+
+impl Mode {
+    /// Every mode.
+    pub const ALL: [Mode; 3] = [Mode::ReadWrite, Mode::ReadOnly, Mode::ReadOnlyOverride];
+
+    /// The wire name, as in `{"mode": "READWRITE"}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::ReadWrite => "READWRITE",
+            Mode::ReadOnly => "READONLY",
+            Mode::ReadOnlyOverride => "READONLY_OVERRIDE",
+        }
+    }
+
+    /// A mode from its stored name.
+    fn decode(stored: &str) -> Result<Self> {
+        stored
+            .parse()
+            .map_err(|e: UnknownMode| StorageError::Backend(Box::new(e)))
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A mode name that is not one of [`Mode::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not supported (expected one of READWRITE, READONLY, READONLY_OVERRIDE)")]
+pub struct UnknownMode(pub String);
+
+impl FromStr for Mode {
+    type Err = UnknownMode;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| UnknownMode(s.to_owned()))
+    }
 }
 
 /// Where a schema id is used.
@@ -180,11 +273,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Removes the configuration of a subject; returns what it was.
     async fn delete_config(&self, subject: &str) -> Result<Option<ConfigRecord>>;
     /// The mode of a subject, or the global one for [`GLOBAL`].
-    async fn mode(&self, subject: &str) -> Result<Option<String>>;
+    async fn mode(&self, subject: &str) -> Result<Option<Mode>>;
     /// Sets the mode of a subject, or the global one for [`GLOBAL`].
-    async fn put_mode(&self, subject: &str, mode: &str) -> Result<()>;
+    async fn put_mode(&self, subject: &str, mode: Mode) -> Result<()>;
     /// Removes the mode of a subject; returns what it was.
-    async fn delete_mode(&self, subject: &str) -> Result<Option<String>>;
+    async fn delete_mode(&self, subject: &str) -> Result<Option<Mode>>;
     /// Checks that the backend answers.
     async fn ping(&self) -> Result<()>;
 }

@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use nexus_schema_registry::compat::Level;
 use nexus_schema_registry::storage::{
-    ConfigRecord, GLOBAL, NewVersion, SchemaReference, Storage, StorageError,
+    ConfigRecord, GLOBAL, Mode, NewVersion, SchemaReference, Storage, StorageError,
     postgres::PostgresStorage, sqlite::SqliteStorage,
 };
 
@@ -185,7 +186,7 @@ async fn deletes_follow_soft_then_permanent_order(s: &dyn Storage) {
     s.put_config(
         "d",
         ConfigRecord {
-            compatibility: "FULL".into(),
+            compatibility: Level::Full,
             compatibility_group: None,
         },
     )
@@ -211,14 +212,14 @@ async fn deletes_follow_soft_then_permanent_order(s: &dyn Storage) {
 async fn config_and_mode_are_per_subject_with_a_global_entry(s: &dyn Storage) {
     assert_eq!(s.config(GLOBAL).await.expect("config"), None);
     let full = ConfigRecord {
-        compatibility: "FULL".into(),
+        compatibility: Level::Full,
         compatibility_group: Some("major_version".into()),
     };
     s.put_config(GLOBAL, full.clone()).await.expect("put");
     s.put_config(
         "cfg",
         ConfigRecord {
-            compatibility: "NONE".into(),
+            compatibility: Level::None,
             compatibility_group: None,
         },
     )
@@ -230,22 +231,19 @@ async fn config_and_mode_are_per_subject_with_a_global_entry(s: &dyn Storage) {
             .await
             .expect("config")
             .map(|c| c.compatibility),
-        Some("NONE".into())
+        Some(Level::None)
     );
     assert_eq!(
         s.delete_config("cfg")
             .await
             .expect("delete")
             .map(|c| c.compatibility),
-        Some("NONE".into())
+        Some(Level::None)
     );
     assert_eq!(s.delete_config("cfg").await.expect("delete"), None);
-    s.put_mode(GLOBAL, "READONLY").await.expect("mode");
-    s.put_mode(GLOBAL, "READWRITE").await.expect("mode");
-    assert_eq!(
-        s.mode(GLOBAL).await.expect("mode").as_deref(),
-        Some("READWRITE")
-    );
+    s.put_mode(GLOBAL, Mode::ReadOnly).await.expect("mode");
+    s.put_mode(GLOBAL, Mode::ReadWrite).await.expect("mode");
+    assert_eq!(s.mode(GLOBAL).await.expect("mode"), Some(Mode::ReadWrite));
     assert_eq!(s.delete_mode("nothing").await.expect("mode"), None);
     s.ping().await.expect("ping");
 }

@@ -9,11 +9,12 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use tokio_postgres::{NoTls, Row, error::SqlState};
 
 use super::{
-    ConfigRecord, NewVersion, Result, SchemaReference, Storage, StorageError, Usage, VersionRecord,
-    fingerprint, fingerprint_with,
+    ConfigRecord, Mode, NewVersion, Result, SchemaReference, Storage, StorageError, Usage,
+    VERSION_COLUMNS, VersionRecord, fingerprint, fingerprint_with,
 };
 
-const MIGRATION: &str = "
+const MIGRATION: &str = concat!(
+    "
 SELECT pg_advisory_xact_lock(7710452);
 CREATE TABLE IF NOT EXISTS registry_schemas (
     id          BIGSERIAL PRIMARY KEY,
@@ -41,18 +42,9 @@ CREATE TABLE IF NOT EXISTS registry_references (
     PRIMARY KEY (schema_id, position)
 );
 CREATE INDEX IF NOT EXISTS registry_references_by_target ON registry_references (subject, version);
-CREATE TABLE IF NOT EXISTS registry_config (
-    subject             TEXT PRIMARY KEY,
-    compatibility       TEXT NOT NULL,
-    compatibility_group TEXT
+",
+    settings_tables!()
 );
-CREATE TABLE IF NOT EXISTS registry_modes (
-    subject TEXT PRIMARY KEY,
-    mode    TEXT NOT NULL
-);
-";
-
-const VERSION_COLUMNS: &str = "v.subject, v.version, v.schema_id, s.schema, v.major, v.semver, v.registered_by, v.created_at, v.deleted";
 
 /// Registry storage in a PostgreSQL database.
 #[derive(Clone)]
@@ -413,10 +405,8 @@ impl Storage for PostgresStorage {
             .query_opt(&stmt, &[&subject])
             .await
             .map_err(backend)?;
-        Ok(row.map(|r| ConfigRecord {
-            compatibility: r.get(0),
-            compatibility_group: r.get(1),
-        }))
+        row.map(|r| ConfigRecord::decode(r.get(0), r.get(1)))
+            .transpose()
     }
 
     async fn put_config(&self, subject: &str, config: ConfigRecord) -> Result<()> {
@@ -426,7 +416,11 @@ impl Storage for PostgresStorage {
                 "INSERT INTO registry_config (subject, compatibility, compatibility_group) VALUES ($1, $2, $3)
                  ON CONFLICT (subject) DO UPDATE SET compatibility = EXCLUDED.compatibility,
                                                      compatibility_group = EXCLUDED.compatibility_group",
-                &[&subject, &config.compatibility, &config.compatibility_group],
+                &[
+                    &subject,
+                    &config.compatibility.as_str(),
+                    &config.compatibility_group,
+                ],
             )
             .await
             .map_err(backend)?;
@@ -442,13 +436,11 @@ impl Storage for PostgresStorage {
             )
             .await
             .map_err(backend)?;
-        Ok(row.map(|r| ConfigRecord {
-            compatibility: r.get(0),
-            compatibility_group: r.get(1),
-        }))
+        row.map(|r| ConfigRecord::decode(r.get(0), r.get(1)))
+            .transpose()
     }
 
-    async fn mode(&self, subject: &str) -> Result<Option<String>> {
+    async fn mode(&self, subject: &str) -> Result<Option<Mode>> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -457,23 +449,23 @@ impl Storage for PostgresStorage {
             )
             .await
             .map_err(backend)?;
-        Ok(row.map(|r| r.get(0)))
+        row.map(|r| Mode::decode(r.get(0))).transpose()
     }
 
-    async fn put_mode(&self, subject: &str, mode: &str) -> Result<()> {
+    async fn put_mode(&self, subject: &str, mode: Mode) -> Result<()> {
         let client = self.client().await?;
         client
             .execute(
                 "INSERT INTO registry_modes (subject, mode) VALUES ($1, $2)
                  ON CONFLICT (subject) DO UPDATE SET mode = EXCLUDED.mode",
-                &[&subject, &mode],
+                &[&subject, &mode.as_str()],
             )
             .await
             .map_err(backend)?;
         Ok(())
     }
 
-    async fn delete_mode(&self, subject: &str) -> Result<Option<String>> {
+    async fn delete_mode(&self, subject: &str) -> Result<Option<Mode>> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -482,7 +474,7 @@ impl Storage for PostgresStorage {
             )
             .await
             .map_err(backend)?;
-        Ok(row.map(|r| r.get(0)))
+        row.map(|r| Mode::decode(r.get(0))).transpose()
     }
 
     async fn ping(&self) -> Result<()> {

@@ -12,11 +12,12 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    ConfigRecord, NewVersion, Result, SchemaReference, Storage, StorageError, Usage, VersionRecord,
-    fingerprint, fingerprint_with,
+    ConfigRecord, Mode, NewVersion, Result, SchemaReference, Storage, StorageError, Usage,
+    VERSION_COLUMNS, VersionRecord, fingerprint, fingerprint_with,
 };
 
-const MIGRATION: &str = "
+const MIGRATION: &str = concat!(
+    "
 CREATE TABLE IF NOT EXISTS registry_schemas (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     fingerprint TEXT NOT NULL UNIQUE,
@@ -43,18 +44,9 @@ CREATE TABLE IF NOT EXISTS registry_references (
     PRIMARY KEY (schema_id, position)
 );
 CREATE INDEX IF NOT EXISTS registry_references_by_target ON registry_references (subject, version);
-CREATE TABLE IF NOT EXISTS registry_config (
-    subject             TEXT PRIMARY KEY,
-    compatibility       TEXT NOT NULL,
-    compatibility_group TEXT
+",
+    settings_tables!()
 );
-CREATE TABLE IF NOT EXISTS registry_modes (
-    subject TEXT PRIMARY KEY,
-    mode    TEXT NOT NULL
-);
-";
-
-const VERSION_COLUMNS: &str = "v.subject, v.version, v.schema_id, s.schema, v.major, v.semver, v.registered_by, v.created_at, v.deleted";
 
 /// Registry storage in one SQLite file.
 #[derive(Clone)]
@@ -364,14 +356,12 @@ impl Storage for SqliteStorage {
             let mut stmt = c
                 .prepare_cached("SELECT compatibility, compatibility_group FROM registry_config WHERE subject = ?1")
                 .map_err(backend)?;
-            stmt.query_row([subject], |r| {
-                Ok(ConfigRecord {
-                    compatibility: r.get(0)?,
-                    compatibility_group: r.get(1)?,
-                })
-            })
-            .optional()
-            .map_err(backend)
+            let row: Option<(String, Option<String>)> = stmt
+                .query_row([subject], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(backend)?;
+            row.map(|(level, group)| ConfigRecord::decode(&level, group))
+                .transpose()
         })
         .await
     }
@@ -383,7 +373,11 @@ impl Storage for SqliteStorage {
                 "INSERT INTO registry_config (subject, compatibility, compatibility_group) VALUES (?1, ?2, ?3)
                  ON CONFLICT (subject) DO UPDATE SET compatibility = excluded.compatibility,
                                                      compatibility_group = excluded.compatibility_group",
-                params![subject, config.compatibility, config.compatibility_group],
+                params![
+                    subject,
+                    config.compatibility.as_str(),
+                    config.compatibility_group
+                ],
             )
             .map_err(backend)?;
             Ok(())
@@ -399,38 +393,38 @@ impl Storage for SqliteStorage {
                     "DELETE FROM registry_config WHERE subject = ?1 RETURNING compatibility, compatibility_group",
                 )
                 .map_err(backend)?;
-            stmt.query_row([subject], |r| {
-                Ok(ConfigRecord {
-                    compatibility: r.get(0)?,
-                    compatibility_group: r.get(1)?,
-                })
-            })
-            .optional()
-            .map_err(backend)
+            let row: Option<(String, Option<String>)> = stmt
+                .query_row([subject], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(backend)?;
+            row.map(|(level, group)| ConfigRecord::decode(&level, group))
+                .transpose()
         })
         .await
     }
 
-    async fn mode(&self, subject: &str) -> Result<Option<String>> {
+    async fn mode(&self, subject: &str) -> Result<Option<Mode>> {
         let subject = subject.to_owned();
         self.run(move |c| {
             let mut stmt = c
                 .prepare_cached("SELECT mode FROM registry_modes WHERE subject = ?1")
                 .map_err(backend)?;
-            stmt.query_row([subject], |r| r.get(0))
+            let stored: Option<String> = stmt
+                .query_row([subject], |r| r.get(0))
                 .optional()
-                .map_err(backend)
+                .map_err(backend)?;
+            stored.as_deref().map(Mode::decode).transpose()
         })
         .await
     }
 
-    async fn put_mode(&self, subject: &str, mode: &str) -> Result<()> {
-        let (subject, mode) = (subject.to_owned(), mode.to_owned());
+    async fn put_mode(&self, subject: &str, mode: Mode) -> Result<()> {
+        let subject = subject.to_owned();
         self.run(move |c| {
             c.execute(
                 "INSERT INTO registry_modes (subject, mode) VALUES (?1, ?2)
                  ON CONFLICT (subject) DO UPDATE SET mode = excluded.mode",
-                params![subject, mode],
+                params![subject, mode.as_str()],
             )
             .map_err(backend)?;
             Ok(())
@@ -438,15 +432,17 @@ impl Storage for SqliteStorage {
         .await
     }
 
-    async fn delete_mode(&self, subject: &str) -> Result<Option<String>> {
+    async fn delete_mode(&self, subject: &str) -> Result<Option<Mode>> {
         let subject = subject.to_owned();
         self.run(move |c| {
             let mut stmt = c
                 .prepare_cached("DELETE FROM registry_modes WHERE subject = ?1 RETURNING mode")
                 .map_err(backend)?;
-            stmt.query_row([subject], |r| r.get(0))
+            let stored: Option<String> = stmt
+                .query_row([subject], |r| r.get(0))
                 .optional()
-                .map_err(backend)
+                .map_err(backend)?;
+            stored.as_deref().map(Mode::decode).transpose()
         })
         .await
     }

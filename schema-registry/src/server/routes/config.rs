@@ -3,8 +3,6 @@
 //! A server started with a locked level ([`crate::server::Options::locked_level`]) applies it to
 //! every subject and refuses requests to set another one.
 
-use std::{fmt, str::FromStr};
-
 use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -17,53 +15,13 @@ use super::{
 use crate::{
     compat::{self, Level},
     server::{ApiError, AppState},
-    storage::{ConfigRecord, GLOBAL},
+    storage::{ConfigRecord, GLOBAL, Mode, UnknownMode},
 };
 
-/// The modes a registry or subject can be in (Confluent's names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[expect(
-    clippy::enum_variant_names,
-    reason = "the variants mirror Confluent's READWRITE, READONLY and READONLY_OVERRIDE"
-)]
-pub(super) enum Mode {
-    ReadWrite,
-    ReadOnly,
-    ReadOnlyOverride,
-}
-
-impl Mode {
-    const ALL: [Mode; 3] = [Mode::ReadWrite, Mode::ReadOnly, Mode::ReadOnlyOverride];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Mode::ReadWrite => "READWRITE",
-            Mode::ReadOnly => "READONLY",
-            Mode::ReadOnlyOverride => "READONLY_OVERRIDE",
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Mode {
-    type Err = ApiError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Mode::ALL
-            .into_iter()
-            .find(|m| m.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| {
-                ApiError::InvalidMode(format!(
-                    "`{s}` is not supported (expected one of {})",
-                    Mode::ALL.map(Mode::as_str).join(", ")
-                ))
-            })
-    }
+/// The mode a request names.
+fn requested_mode(name: &str) -> Result<Mode, ApiError> {
+    name.parse()
+        .map_err(|e: UnknownMode| ApiError::InvalidMode(e.to_string()))
 }
 
 /// The level and grouping in force for a subject.
@@ -75,7 +33,7 @@ pub(super) async fn policy(state: &AppState, subject: &str) -> Result<(Level, bo
     let default = state.options().default_level;
     let (level, group) = match config {
         Some(c) => (
-            c.compatibility.parse().unwrap_or(default),
+            c.compatibility,
             c.compatibility_group.as_deref() == Some("major_version"),
         ),
         None => (default, false),
@@ -88,9 +46,7 @@ async fn mode(state: &AppState, subject: &str) -> Result<Mode, ApiError> {
         Some(m) => Some(m),
         None => state.storage().mode(GLOBAL).await?,
     };
-    Ok(stored
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(Mode::ReadWrite))
+    Ok(stored.unwrap_or(Mode::ReadWrite))
 }
 
 pub(super) async fn ensure_writable(state: &AppState, subject: &str) -> Result<(), ApiError> {
@@ -104,7 +60,7 @@ pub(super) async fn ensure_writable(state: &AppState, subject: &str) -> Result<(
 }
 
 fn config_json(config: &ConfigRecord) -> Value {
-    let mut body = json!({"compatibilityLevel": config.compatibility});
+    let mut body = json!({"compatibilityLevel": config.compatibility.as_str()});
     if let Some(group) = &config.compatibility_group {
         body["compatibilityGroup"] = json!(group);
     }
@@ -114,7 +70,7 @@ fn config_json(config: &ConfigRecord) -> Value {
 /// A stored configuration as it applies: the locked level replaces the stored one.
 fn in_force(state: &AppState, mut config: ConfigRecord) -> ConfigRecord {
     if let Some(locked) = state.options().locked_level {
-        locked.as_str().clone_into(&mut config.compatibility);
+        config.compatibility = locked;
     }
     config
 }
@@ -125,7 +81,7 @@ async fn effective_global(state: &AppState) -> Result<ConfigRecord, ApiError> {
         .config(GLOBAL)
         .await?
         .unwrap_or_else(|| ConfigRecord {
-            compatibility: state.options().default_level.as_str().to_owned(),
+            compatibility: state.options().default_level,
             compatibility_group: None,
         });
     Ok(in_force(state, stored))
@@ -176,11 +132,11 @@ async fn put_config(state: &AppState, subject: &str, request: ConfigRequest) -> 
         )));
     }
     let config = ConfigRecord {
-        compatibility: level.as_str().to_owned(),
+        compatibility: level,
         compatibility_group: request.compatibility_group.filter(|g| !g.is_empty()),
     };
     state.storage().put_config(subject, config.clone()).await?;
-    let mut answer = json!({"compatibility": config.compatibility});
+    let mut answer = json!({"compatibility": config.compatibility.as_str()});
     if let Some(group) = config.compatibility_group {
         answer["compatibilityGroup"] = json!(group);
     }
@@ -233,8 +189,8 @@ pub(super) async fn put_global_mode(
     State(state): State<AppState>,
     Body(request): Body<ModeRequest>,
 ) -> ApiResult {
-    let mode: Mode = request.mode.parse()?;
-    state.storage().put_mode(GLOBAL, mode.as_str()).await?;
+    let mode = requested_mode(&request.mode)?;
+    state.storage().put_mode(GLOBAL, mode).await?;
     ok(&json!({"mode": mode.as_str()}))
 }
 
@@ -245,7 +201,7 @@ pub(super) async fn get_subject_mode(
 ) -> ApiResult {
     check_subject(&subject)?;
     match state.storage().mode(&subject).await? {
-        Some(mode) => ok(&json!({"mode": mode})),
+        Some(mode) => ok(&json!({"mode": mode.as_str()})),
         None if params.flag("defaultToGlobal") => {
             ok(&json!({"mode": mode(&state, GLOBAL).await?.as_str()}))
         }
@@ -259,8 +215,8 @@ pub(super) async fn put_subject_mode(
     Body(request): Body<ModeRequest>,
 ) -> ApiResult {
     check_subject(&subject)?;
-    let mode: Mode = request.mode.parse()?;
-    state.storage().put_mode(&subject, mode.as_str()).await?;
+    let mode = requested_mode(&request.mode)?;
+    state.storage().put_mode(&subject, mode).await?;
     ok(&json!({"mode": mode.as_str()}))
 }
 
@@ -270,7 +226,7 @@ pub(super) async fn delete_subject_mode(
 ) -> ApiResult {
     check_subject(&subject)?;
     match state.storage().delete_mode(&subject).await? {
-        Some(previous) => ok(&json!({"mode": previous})),
+        Some(previous) => ok(&json!({"mode": previous.as_str()})),
         None => Err(ApiError::SubjectModeNotFound(subject)),
     }
 }
