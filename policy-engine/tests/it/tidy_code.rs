@@ -14,13 +14,9 @@ const MAX_LINES: usize = 120;
 /// Split one and take it off the list: the test fails until you do, and fails for a new long
 /// function that is not on it. Do not add to it.
 const LONG_FUNCTIONS: &[&str] = &[
-    "runtime/tests/it/saga.rs::the_saga_routes_show_list_retry_and_abort_behind_access_control", // 229
-    "runtime/tests/it/dead_letters.rs::dead_letters_page_at_the_bound_redrive_over_http_and_need_dlq_admin", // 210
     "runtime/src/search/request.rs::aggregation_kind", // 160
-    "runtime/tests/it/temporal.rs::http::temporal_endpoints_authenticate_limit_page_and_audit_every_outcome", // 152
     "tests/it/saga.rs::nexus_saga_lists_shows_retries_and_aborts_stuck_instances", // 147
     "tests/it/replay.rs::replay_reads_events_state_and_projections_of_a_running_system_from_its_store", // 140
-    "runtime/tests/it/saga.rs::a_duplicate_start_event_starts_nothing_and_versions_are_pinned", // 137
     "runtime/tests/it/http.rs::the_dashboard_serves_read_models_with_filters_pages_and_read_your_writes", // 134
     "runtime/src/projection/store/postgres.rs::PostgresReadModel::commit", // 133
     "runtime/tests/it/search.rs::every_aggregation_type_matches_a_hand_computed_answer", // 132

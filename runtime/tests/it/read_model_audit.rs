@@ -441,7 +441,7 @@ async fn the_history_is_served_over_http_with_audit_read_only() {
     use axum::http::StatusCode;
     use nexus_runtime::http::QueryDashboard;
 
-    use crate::dead_letters::{access, send, token};
+    use crate::support::http::{access, send, token};
 
     let Some(setup) = Setup::new(Backend::Sqlite, options(256)).await else {
         return;

@@ -1041,6 +1041,29 @@ async fn two_runners_never_advance_one_instance_twice(backend: Backend) {
     b.stop().await;
 }
 
+/// Saga `dup`: one step charging wallet `d`, started by an order's `Placed` and correlated by
+/// the order's `key` field, so that two orders with one key are one instance.
+fn correlated_by_key() -> SagaDefinition {
+    SagaDefinition::builder("dup", 1)
+        .starts_on("order", "Placed")
+        .correlate(|e| {
+            serde_json::from_str::<Value>(e.payload.get())
+                .ok()?
+                .get("key")?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .step(Step::new("charge", |c| {
+            Ok(StepCommand::new(
+                "wallet",
+                "d",
+                json!({"type": "Charge", "order": c.correlation_key}),
+            ))
+        }))
+        .build()
+        .unwrap()
+}
+
 async fn a_duplicate_start_event_starts_nothing_and_versions_are_pinned(backend: Backend) {
     let Some(setup) = Setup::new(backend).await else {
         return;
@@ -1108,25 +1131,7 @@ async fn a_duplicate_start_event_starts_nothing_and_versions_are_pinned(backend:
 
     // A second start event with the same correlation key: the store refuses a second `Placed`
     // on one order, so send one on another stream the correlation maps to the same key.
-    let correlated = SagaDefinition::builder("dup", 1)
-        .starts_on("order", "Placed")
-        .correlate(|e| {
-            serde_json::from_str::<Value>(e.payload.get())
-                .ok()?
-                .get("key")?
-                .as_str()
-                .map(str::to_owned)
-        })
-        .step(Step::new("charge", |c| {
-            Ok(StepCommand::new(
-                "wallet",
-                "d",
-                json!({"type": "Charge", "order": c.correlation_key}),
-            ))
-        }))
-        .build()
-        .unwrap();
-    let dup = setup.spawn(vec![correlated]).await;
+    let dup = setup.spawn(vec![correlated_by_key()]).await;
     for order in ["d1", "d2"] {
         setup
             .handler::<Order>()
@@ -1179,49 +1184,59 @@ async fn a_duplicate_start_event_starts_nothing_and_versions_are_pinned(backend:
     sagas.stop().await;
 }
 
+/// The saga list (for `reader`): by status (`stuck` is the one stuck instance), paged with
+/// `next_offset`; bad queries, ids and sagas are refused.
+#[cfg(feature = "http")]
+async fn saga_lists_are_filtered_paged_and_checked(
+    reader: &crate::support::http::Caller<'_>,
+    stuck: &str,
+) {
+    use axum::http::StatusCode;
+
+    let (status, body) = reader.get(&format!("/sagas/{SAGA}?status=stuck")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(body["items"][0]["id"], json!(stuck));
+    let (_, body) = reader.get(&format!("/sagas/{SAGA}?limit=1")).await;
+    assert_eq!(body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(body["next_offset"], 1);
+    let (_, body) = reader.get(&format!("/sagas/{SAGA}?limit=1&offset=1")).await;
+    assert_eq!(body["next_offset"], Value::Null);
+    for bad in [
+        "?status=asleep",
+        "?limit=0",
+        "?limit=501",
+        "?offset=1000001",
+        "?colour=red",
+    ] {
+        let (status, body) = reader.get(&format!("/sagas/{SAGA}{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let (status, _) = reader.get(&format!("/sagas/{SAGA}/not-a-uuid")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = reader.get("/sagas/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = reader
+        .get(&format!("/sagas/{SAGA}/{}", instance_id(SAGA, "zz")))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
 /// The saga routes: reads need `aggregates:read`, retry and abort `dlq:admin`; bounds on pages,
 /// statuses, ids and reasons answer 400; a stuck instance is retried over HTTP to its end.
 #[cfg(feature = "http")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_saga_routes_show_list_retry_and_abort_behind_access_control() {
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode, header};
-    use http_body_util::BodyExt;
-    use nexus_runtime::http::access::{AccessControl, AuthConfig, TokenRequest, issue_hs256};
+    use axum::http::StatusCode;
     use nexus_runtime::http::{CommandService, SagaApi};
-    use tower::ServiceExt;
 
-    const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+    use crate::support::http::{Caller, access};
+
     let Some(setup) = Setup::new(Backend::Sqlite).await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
-    let config = AuthConfig {
-        issuer: Some("nexus-test".to_owned()),
-        audience: Some("nexus".to_owned()),
-        hs256_secret_file: Some("secret".into()),
-        anonymous: Some(Vec::new()),
-        ..AuthConfig::default()
-    };
-    let access = AccessControl::load(&config, dir.path()).await.unwrap();
-    let token = |role: &str| {
-        let roles = [role.to_owned()];
-        let token = issue_hs256(
-            SECRET.as_bytes(),
-            &TokenRequest {
-                issuer: "nexus-test",
-                audience: "nexus",
-                subject: "operator",
-                roles: &roles,
-                roles_claim: "roles",
-                ttl: Duration::from_secs(60),
-                kid: None,
-            },
-        )
-        .unwrap();
-        format!("Bearer {token}")
-    };
+    let access = access(dir.path()).await;
     setup
         .wallet(WalletCommand::BlockRefunds { blocked: true })
         .await;
@@ -1233,33 +1248,6 @@ async fn the_saga_routes_show_list_retry_and_abort_behind_access_control() {
         .with_access(access)
         .with_routes(api.routes(), api.openapi_paths())
         .router();
-    let send = async |method: &str, uri: &str, auth: Option<&str>, body: Option<Value>| {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::HOST, "127.0.0.1");
-        if let Some(auth) = auth {
-            request = request.header(header::AUTHORIZATION, auth);
-        }
-        let body = match body {
-            Some(body) => {
-                request = request.header(header::CONTENT_TYPE, "application/json");
-                Body::from(body.to_string())
-            }
-            None => Body::empty(),
-        };
-        let response = app
-            .clone()
-            .oneshot(request.body(body).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
-        )
-    };
 
     setup.place("h1", false).await;
     setup.place("h2", true).await;
@@ -1278,90 +1266,27 @@ async fn the_saga_routes_show_list_retry_and_abort_behind_access_control() {
     )
     .await;
     let (h1, h2) = (instance_id(SAGA, "h1"), instance_id(SAGA, "h2"));
-    let reader = token("reader");
-    let admin = token("admin");
+    let anonymous = Caller::anonymous(&app);
+    let reader = Caller::with_role(&app, "reader");
+    let admin = Caller::with_role(&app, "admin");
 
-    let (status, _) = send("GET", &format!("/sagas/{SAGA}/{h1}"), None, None).await;
+    let (status, _) = anonymous.get(&format!("/sagas/{SAGA}/{h1}")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, body) = send("GET", &format!("/sagas/{SAGA}/{h1}"), Some(&reader), None).await;
+    let (status, body) = reader.get(&format!("/sagas/{SAGA}/{h1}")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "completed");
     assert_eq!(body["steps"][0]["name"], "reserve");
     assert_eq!(body["history"][0]["type"], "SagaStarted");
     assert_eq!(body["history"].as_array().unwrap().len(), 8);
 
-    let (status, body) = send(
-        "GET",
-        &format!("/sagas/{SAGA}?status=stuck"),
-        Some(&reader),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["items"].as_array().unwrap().len(), 1);
-    assert_eq!(body["items"][0]["id"], json!(h2));
-    let (_, body) = send(
-        "GET",
-        &format!("/sagas/{SAGA}?limit=1"),
-        Some(&reader),
-        None,
-    )
-    .await;
-    assert_eq!(body["items"].as_array().unwrap().len(), 1);
-    assert_eq!(body["next_offset"], 1);
-    let (_, body) = send(
-        "GET",
-        &format!("/sagas/{SAGA}?limit=1&offset=1"),
-        Some(&reader),
-        None,
-    )
-    .await;
-    assert_eq!(body["next_offset"], Value::Null);
-    for bad in [
-        "?status=asleep",
-        "?limit=0",
-        "?limit=501",
-        "?offset=1000001",
-        "?colour=red",
-    ] {
-        let (status, body) = send("GET", &format!("/sagas/{SAGA}{bad}"), Some(&reader), None).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
-    }
-    let (status, _) = send(
-        "GET",
-        &format!("/sagas/{SAGA}/not-a-uuid"),
-        Some(&reader),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = send("GET", "/sagas/nope", Some(&reader), None).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = send(
-        "GET",
-        &format!("/sagas/{SAGA}/{}", instance_id(SAGA, "zz")),
-        Some(&reader),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    saga_lists_are_filtered_paged_and_checked(&reader, &h2).await;
 
     // Operating needs dlq:admin, which a reader lacks.
-    let (status, _) = send(
-        "POST",
-        &format!("/sagas/{SAGA}/{h2}/retry"),
-        Some(&reader),
-        None,
-    )
-    .await;
+    let (status, _) = reader
+        .post(&format!("/sagas/{SAGA}/{h2}/retry"), None)
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, body) = send(
-        "POST",
-        &format!("/sagas/{SAGA}/{h1}/retry"),
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (status, body) = admin.post(&format!("/sagas/{SAGA}/{h1}/retry"), None).await;
     assert_eq!(
         status,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -1369,25 +1294,18 @@ async fn the_saga_routes_show_list_retry_and_abort_behind_access_control() {
     );
     let long = "x".repeat(1_001);
     for reason in ["", long.as_str()] {
-        let (status, _) = send(
-            "POST",
-            &format!("/sagas/{SAGA}/{h2}/abort"),
-            Some(&admin),
-            Some(json!({"reason": reason})),
-        )
-        .await;
+        let (status, _) = admin
+            .post(
+                &format!("/sagas/{SAGA}/{h2}/abort"),
+                Some(json!({"reason": reason})),
+            )
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
     setup
         .wallet(WalletCommand::BlockRefunds { blocked: false })
         .await;
-    let (status, body) = send(
-        "POST",
-        &format!("/sagas/{SAGA}/{h2}/retry"),
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (status, body) = admin.post(&format!("/sagas/{SAGA}/{h2}/retry"), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "compensating");
     until_status(

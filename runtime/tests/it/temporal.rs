@@ -936,6 +936,61 @@ mod http {
         text.replace('+', "%2B").replace(':', "%3A")
     }
 
+    /// Follows `first`'s continuation tokens through every page of `events`: the positions of
+    /// all the events read, in order.
+    async fn every_page(dashboard: &Router, events: &str, first: &Value) -> Vec<u64> {
+        let positions_of = |page: &Value| -> Vec<u64> {
+            page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["position"].as_u64().unwrap())
+                .collect()
+        };
+        let mut positions = positions_of(first);
+        let mut next = first["next_token"].as_str().map(str::to_owned);
+        while let Some(token) = next {
+            let (status, page, _) = get(
+                dashboard,
+                &format!("{events}&token={token}"),
+                Some("auditor"),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            positions.extend(positions_of(&page));
+            next = page["next_token"].as_str().map(str::to_owned);
+        }
+        positions
+    }
+
+    /// Asserts that the audit `page` holds an entry for every outcome the endpoints test
+    /// provoked, with the caller and what was scanned; returns how many entries it holds.
+    fn assert_every_outcome_audited(page: &Value) -> usize {
+        let entries = page["entries"].as_array().unwrap();
+        let seen = |outcome: &str, reason: Option<&str>, status: u64| {
+            entries.iter().any(|e| {
+                e["outcome"] == outcome
+                    && reason.is_none_or(|r| e["reason"] == r)
+                    && e["status"] == status
+            })
+        };
+        assert!(seen("refused", Some("unauthenticated"), 401), "{page}");
+        assert!(seen("refused", Some("forbidden"), 403), "{page}");
+        assert!(seen("refused", Some("range_too_long"), 422), "{page}");
+        assert!(seen("partial", Some("scan_limit"), 200), "{page}");
+        assert!(seen("ok", None, 200), "{page}");
+        assert!(seen("refused", Some("invalid_token"), 400), "{page}");
+        assert!(seen("refused", Some("token_mismatch"), 400), "{page}");
+        assert!(seen("refused", Some("rate_limited"), 429), "{page}");
+        let forbidden = entries.iter().find(|e| e["status"] == 403).unwrap();
+        assert_eq!(forbidden["client_id"], "key:reader");
+        let partial = entries.iter().find(|e| e["outcome"] == "partial").unwrap();
+        assert_eq!(partial["client_id"], "key:auditor");
+        assert_eq!(partial["roles"], serde_json::json!(["auditor"]));
+        assert_eq!(partial["scanned"], 10);
+        entries.len()
+    }
+
     #[test]
     fn temporal_endpoints_authenticate_limit_page_and_audit_every_outcome() {
         let runtime = runtime();
@@ -967,30 +1022,7 @@ mod http {
             assert_eq!(first["partial"], true);
             assert_eq!(first["reason"], "scan_limit");
             let token = first["next_token"].as_str().unwrap().to_owned();
-            let mut positions: Vec<u64> = first["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["position"].as_u64().unwrap())
-                .collect();
-            let mut next = Some(token.clone());
-            while let Some(token) = next {
-                let (status, page, _) = get(
-                    &api.dashboard,
-                    &format!("{events}&token={token}"),
-                    Some("auditor"),
-                )
-                .await;
-                assert_eq!(status, StatusCode::OK, "{page}");
-                positions.extend(
-                    page["events"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|e| e["position"].as_u64().unwrap()),
-                );
-                next = page["next_token"].as_str().map(str::to_owned);
-            }
+            let positions = every_page(&api.dashboard, &events, &first).await;
             let unique: HashSet<u64> = positions.iter().copied().collect();
             assert_eq!(unique.len(), 40, "the 40 invoice events, once each");
 
@@ -1056,30 +1088,9 @@ mod http {
             )
             .await;
             assert_eq!(status, StatusCode::OK);
-            let entries = page["entries"].as_array().unwrap();
-            let seen = |outcome: &str, reason: Option<&str>, status: u64| {
-                entries.iter().any(|e| {
-                    e["outcome"] == outcome
-                        && reason.is_none_or(|r| e["reason"] == r)
-                        && e["status"] == status
-                })
-            };
-            assert!(seen("refused", Some("unauthenticated"), 401), "{page}");
-            assert!(seen("refused", Some("forbidden"), 403), "{page}");
-            assert!(seen("refused", Some("range_too_long"), 422), "{page}");
-            assert!(seen("partial", Some("scan_limit"), 200), "{page}");
-            assert!(seen("ok", None, 200), "{page}");
-            assert!(seen("refused", Some("invalid_token"), 400), "{page}");
-            assert!(seen("refused", Some("token_mismatch"), 400), "{page}");
-            assert!(seen("refused", Some("rate_limited"), 429), "{page}");
-            let forbidden = entries.iter().find(|e| e["status"] == 403).unwrap();
-            assert_eq!(forbidden["client_id"], "key:reader");
-            let partial = entries.iter().find(|e| e["outcome"] == "partial").unwrap();
-            assert_eq!(partial["client_id"], "key:auditor");
-            assert_eq!(partial["roles"], serde_json::json!(["auditor"]));
-            assert_eq!(partial["scanned"], 10);
+            let entries = assert_every_outcome_audited(&page);
             let logged = api.audit.page(0, 1000).await.unwrap();
-            assert!(logged.len() >= entries.len());
+            assert!(logged.len() >= entries);
 
             // The OpenAPI documents describe the endpoints.
             let (_, doc, _) = get(&api.dashboard, "/openapi.json", None).await;
