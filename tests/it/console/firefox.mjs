@@ -61,10 +61,26 @@ try {
     await page.locator('input[name="stream"]').fill(`order/${id}`);
     await click('form[aria-label="Follow a stream"] button[type="submit"]');
     await page.waitForFunction(() => location.hash.includes('stream='));
+    // The follow has rendered (it adds "All streams" beside the form, which moves the Pause
+    // button), so the click lands on Pause and not where it was a frame before.
+    await page.waitForSelector('form[aria-label="Follow a stream"] button::-p-text(All streams)');
     await page.waitForSelector(stream);
     await click('button::-p-text(Pause)');
+    await page.waitForSelector('[data-field="live-resume"]::-p-text(0 new)');
     await api('POST', `${command}/commands/order/${id}`, { type: 'AddItem', sku: 'espresso', quantity: 1, unit_price_cents: 250 });
-    await page.waitForSelector('[data-field="live-resume"]::-p-text(1 new)');
+    try {
+      await page.waitForSelector('[data-field="live-resume"]::-p-text(1 new)');
+    } catch (err) {
+      // Say what the page showed instead: the button, the rows of this stream, the socket's status.
+      const seen = await page.evaluate((s) => ({
+        resume: document.querySelector('[data-field="live-resume"]')?.textContent,
+        rows: document.querySelectorAll(s).length,
+        status: document.querySelector('[data-field="live-status"]')?.textContent,
+        hash: location.hash,
+      }), stream);
+      await page.screenshot({ path: join(shots, 'firefox-live-failed.png') });
+      throw new Error(`${err.message}; the page showed ${JSON.stringify(seen)}`);
+    }
     if ((await rows(stream)) !== 1) throw new Error('a paused tail showed a new event');
     await click('[data-field="live-resume"]');
     await page.waitForFunction((s) => document.querySelectorAll(s).length === 2, {}, stream);
