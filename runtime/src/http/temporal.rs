@@ -559,6 +559,14 @@ fn events_query(
             ));
         }
     }
+    for name in ["aggregate_type", "aggregate_id"] {
+        if one(name).is_some_and(str::is_empty) {
+            return Err(Failure::bad(
+                "invalid_scope",
+                format!("`{name}` is empty: name one, or leave the parameter out"),
+            ));
+        }
+    }
     let scope = match (one("aggregate_type"), one("aggregate_id")) {
         (Some(kind), Some(id)) => Scope::Stream(StreamId::new(kind, id)),
         (Some(kind), None) => Scope::AggregateType(kind.to_owned()),
@@ -881,6 +889,8 @@ fn openapi_dashboard(limits: &TemporalLimits) -> Value {
                 "as_of": {"type": "integer", "description": "The log position the query is pinned at"},
                 "next_token": {"type": "string"}}}}}
     });
+    responses["404"] =
+        json!({"description": "`aggregate_id` names a stream with no events (`unknown_stream`)"});
     json!({
         "/temporal/events": {"get": {
             "summary": "Events recorded in a time range [from, to), read-only (permission temporal:read)",
@@ -888,8 +898,8 @@ fn openapi_dashboard(limits: &TemporalLimits) -> Value {
             "tags": ["temporal"],
             "security": [{"bearer": []}],
             "parameters": [
-                {"name": "aggregate_type", "in": "query", "required": false, "schema": {"type": "string"}},
-                {"name": "aggregate_id", "in": "query", "required": false, "description": "One aggregate (needs aggregate_type)", "schema": {"type": "string"}},
+                {"name": "aggregate_type", "in": "query", "required": false, "schema": {"type": "string", "minLength": 1}},
+                {"name": "aggregate_id", "in": "query", "required": false, "description": "One aggregate (needs aggregate_type)", "schema": {"type": "string", "minLength": 1}},
                 {"name": "event_type", "in": "query", "required": false, "description": "Only these event types (repeat or comma-separate)", "schema": {"type": "string"}},
                 time("from", "Inclusive start, RFC 3339 (default: `to` minus the range limit)"),
                 time("to", "Exclusive end, RFC 3339 (default: now)"),

@@ -1016,6 +1016,25 @@ mod http {
             assert_eq!(body["error"], "range_too_long");
             assert_eq!(body["limit_days"], 90);
 
+            // 400 for an empty name (not a 404 for the stream `/`), 404 for a stream with no events.
+            let empty = format!("/temporal/events?aggregate_type=&aggregate_id=&{}", range());
+            let (status, body, _) = get(&api.dashboard, &empty, Some("auditor")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert!(
+                body["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("`aggregate_type` is empty"),
+                "{body}"
+            );
+            let none = format!(
+                "/temporal/events?aggregate_type=invoice&aggregate_id=nobody&{}",
+                range()
+            );
+            let (status, body, _) = get(&api.dashboard, &none, Some("auditor")).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+            assert_eq!(body["error"], "unknown_stream");
+
             // Partial pages with continuation tokens, then the rest, exactly.
             let (status, first, _) = get(&api.dashboard, &events, Some("auditor")).await;
             assert_eq!(status, StatusCode::OK, "{first}");
