@@ -1,8 +1,9 @@
 //! `nexus bench …`: benchmark commands that print JSON.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use super::Outcome;
+use super::bench_store::Backend;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
@@ -47,6 +48,39 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
         BenchCommand::Store(args) => super::bench_store::run(args),
         BenchCommand::Temporal(args) => super::bench_temporal::run(args),
         BenchCommand::Query(args) => super::bench_query::run(args),
+    }
+}
+
+/// The stores a benchmark measures, and the PostgreSQL it measures on.
+#[derive(Debug, Args)]
+pub(crate) struct Backends {
+    /// Backends to measure, one after the other (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "embedded,postgres"
+    )]
+    backend: Vec<Backend>,
+    /// PostgreSQL URL (throw-away schemas are created and dropped in it); without it the
+    /// PostgreSQL run is skipped and the report says so.
+    #[arg(long, env = "NEXUS_POSTGRES_URL")]
+    pub(crate) url: Option<String>,
+}
+
+impl Backends {
+    /// The backends to run, in order, and why each of the others is skipped (for the report).
+    pub(crate) fn to_run(&self) -> (Vec<Backend>, Vec<&'static str>) {
+        let mut run = Vec::new();
+        let mut skipped = Vec::new();
+        for backend in &self.backend {
+            if *backend == Backend::Postgres && self.url.is_none() {
+                skipped.push("postgres: no --url (or NEXUS_POSTGRES_URL)");
+            } else {
+                run.push(*backend);
+            }
+        }
+        (run, skipped)
     }
 }
 

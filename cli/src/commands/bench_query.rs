@@ -705,7 +705,7 @@ async fn bench_backend(backend: Backend, args: &QueryArgs) -> anyhow::Result<Val
     let index_bytes = target.index_dir.as_deref().map_or(0, dir_bytes);
     let documents = index.documents();
     let mut report = json!({
-        "backend": match backend { Backend::Embedded => "embedded", Backend::Postgres => "postgres" },
+        "backend": backend.name(),
         "search_engine": match backend { Backend::Embedded => "tantivy", Backend::Postgres => "postgresql" },
         "load": {
             "orders": args.documents,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::body::Body;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use nexus_runtime::bus::EventBus;
 use nexus_runtime::bus::local::InProcessBus;
 use nexus_runtime::http::SagaApi;
@@ -30,23 +30,14 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::Outcome;
-use super::bench::{latency_ms, round};
+use super::bench::{Backends, latency_ms, round};
+use super::bench_store::Backend;
 use crate::output;
 
 #[derive(Debug, Args)]
 pub(crate) struct SagaArgs {
-    /// Backends to measure, one after the other (comma-separated).
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "embedded,postgres"
-    )]
-    backend: Vec<Backend>,
-    /// PostgreSQL URL (throw-away schemas are created and dropped in it); without it the
-    /// PostgreSQL run is skipped and the report says so.
-    #[arg(long, env = "NEXUS_POSTGRES_URL")]
-    url: Option<String>,
+    #[command(flatten)]
+    backends: Backends,
     /// Sagas started at once.
     #[arg(long, default_value_t = 1_000)]
     sagas: usize,
@@ -56,12 +47,6 @@ pub(crate) struct SagaArgs {
     /// Print JSON (the report is JSON either way).
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    Embedded,
-    Postgres,
 }
 
 /// Whatever a step's aggregate is told, it records once.
@@ -291,7 +276,7 @@ async fn until(
 }
 
 async fn bench_backend(backend: Backend, args: &SagaArgs) -> anyhow::Result<Value> {
-    let target = open(backend, args.url.as_deref()).await?;
+    let target = open(backend, args.backends.url.as_deref()).await?;
     let result = measure(&target, args).await;
     if let Some((url, schemas)) = &target.cleanup {
         let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -306,10 +291,7 @@ async fn bench_backend(backend: Backend, args: &SagaArgs) -> anyhow::Result<Valu
         }
     }
     let mut run = result?;
-    run["backend"] = json!(match backend {
-        Backend::Embedded => "embedded",
-        Backend::Postgres => "postgres",
-    });
+    run["backend"] = json!(backend.name());
     Ok(run)
 }
 
@@ -603,14 +585,10 @@ pub(crate) fn run(args: SagaArgs) -> anyhow::Result<Outcome> {
         "--sagas and --deadlines must be at least 1"
     );
     super::tokio_runtime()?.block_on(async {
+        let (backends, skipped) = args.backends.to_run();
         let mut runs = Vec::new();
-        let mut skipped = Vec::new();
-        for backend in &args.backend {
-            if *backend == Backend::Postgres && args.url.is_none() {
-                skipped.push("postgres: no --url (or NEXUS_POSTGRES_URL)");
-                continue;
-            }
-            runs.push(bench_backend(*backend, &args).await?);
+        for backend in backends {
+            runs.push(bench_backend(backend, &args).await?);
         }
         let report = json!({
             "benchmark": "saga",

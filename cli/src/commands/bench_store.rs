@@ -30,6 +30,16 @@ pub(crate) enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// Its name in reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum WritePath {
     /// Raw `EventStore::append` calls.
@@ -147,7 +157,7 @@ fn run_soak(args: &StoreArgs) -> anyhow::Result<Outcome> {
         }
         let report = json!({
             "benchmark": "store-soak",
-            "backend": match backend { Backend::Embedded => "embedded", Backend::Postgres => "postgres" },
+            "backend": backend.name(),
             "machine": { "cores": std::thread::available_parallelism().map_or(1, |n| n.get()) },
             "writers": args.writers,
             "soak": soak,
@@ -345,7 +355,7 @@ async fn bench_backend(backend: Backend, args: &StoreArgs) -> anyhow::Result<ser
     let reads = read_phase(&target.store).await?;
     let cdc = cdc_phase(&target.store).await?;
     let mut run = json!({
-        "backend": match backend { Backend::Embedded => "embedded", Backend::Postgres => "postgres" },
+        "backend": backend.name(),
         "append": append,
         "rehydrate_10k_ms": rehydrate,
         "stream_read_ms": reads,

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::Outcome;
-use super::bench::{latency_ms, round};
+use super::bench::{Backends, latency_ms, round};
 use super::bench_store::Backend;
 use crate::output;
 
@@ -35,17 +35,8 @@ const SNAPSHOT_EVERY: u64 = 250;
 
 #[derive(Debug, Args)]
 pub(crate) struct TemporalArgs {
-    /// Backends to measure, one after the other (comma-separated).
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "embedded,postgres"
-    )]
-    backend: Vec<Backend>,
-    /// PostgreSQL URL (a throw-away schema is created and dropped in it).
-    #[arg(long, env = "NEXUS_POSTGRES_URL")]
-    url: Option<String>,
+    #[command(flatten)]
+    backends: Backends,
     /// Samples per measurement.
     #[arg(long, default_value_t = 30)]
     samples: usize,
@@ -94,9 +85,10 @@ pub(crate) fn run(args: TemporalArgs) -> anyhow::Result<Outcome> {
         anyhow::bail!("--samples must be at least 1");
     }
     super::tokio_runtime()?.block_on(async {
+        let (backends, skipped) = args.backends.to_run();
         let mut runs = Vec::new();
-        for backend in &args.backend {
-            runs.push(bench_backend(*backend, &args).await?);
+        for backend in backends {
+            runs.push(bench_backend(backend, &args).await?);
         }
         let report = json!({
             "benchmark": "temporal",
@@ -105,6 +97,7 @@ pub(crate) fn run(args: TemporalArgs) -> anyhow::Result<Outcome> {
             "samples": args.samples,
             "targets": { "range_read_p99_ms": 200, "continuation_overhead_max": 0.2 },
             "runs": runs,
+            "skipped": skipped,
         });
         if args.json {
             output::json(&report)?;
@@ -153,6 +146,7 @@ async fn open(backend: Backend, args: &TemporalArgs) -> anyhow::Result<Target> {
         }
         Backend::Postgres => {
             let url = args
+                .backends
                 .url
                 .clone()
                 .context("--backend postgres needs --url (or NEXUS_POSTGRES_URL)")?;
@@ -368,7 +362,7 @@ async fn bench_backend(backend: Backend, args: &TemporalArgs) -> anyhow::Result<
         drop_schema(url, schema).await?;
     }
     Ok(json!({
-        "backend": match backend { Backend::Embedded => "embedded", Backend::Postgres => "postgres" },
+        "backend": backend.name(),
         "range_read_10k_ms": ms(&range),
         "state_as_of_ms": {
             "with_snapshot_history": ms(&states.with),
