@@ -991,6 +991,48 @@ mod http {
         entries.len()
     }
 
+    /// Requests to `dashboard` that are refused, each naming why: 401 without a credential, 403
+    /// without the permission, 422 for a range over the limit, 400 for an empty name (not a 404
+    /// for the stream `/`), 404 for a stream with no events; `events` is a good query.
+    async fn refusals_name_their_reason(dashboard: &Router, events: &str) {
+        // 401 without a credential, 403 without the permission.
+        let (status, _, _) = get(dashboard, events, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, body, _) = get(dashboard, events, Some("reader")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.to_string().contains("temporal:read"), "{body}");
+
+        // 422 naming the limit.
+        let long = format!(
+            "/temporal/events?aggregate_type=invoice&from={}&to={}",
+            urlencode(&(Utc::now() - chrono::Duration::days(91)).to_rfc3339()),
+            urlencode(&Utc::now().to_rfc3339())
+        );
+        let (status, body, _) = get(dashboard, &long, Some("auditor")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["error"], "range_too_long");
+        assert_eq!(body["limit_days"], 90);
+
+        // 400 for an empty name (not a 404 for the stream `/`), 404 for a stream with no events.
+        let empty = format!("/temporal/events?aggregate_type=&aggregate_id=&{}", range());
+        let (status, body, _) = get(dashboard, &empty, Some("auditor")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("`aggregate_type` is empty"),
+            "{body}"
+        );
+        let none = format!(
+            "/temporal/events?aggregate_type=invoice&aggregate_id=nobody&{}",
+            range()
+        );
+        let (status, body, _) = get(dashboard, &none, Some("auditor")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["error"], "unknown_stream");
+    }
+
     #[test]
     fn temporal_endpoints_authenticate_limit_page_and_audit_every_outcome() {
         let runtime = runtime();
@@ -998,42 +1040,7 @@ mod http {
             let api = api().await;
             let events = format!("/temporal/events?aggregate_type=invoice&{}", range());
 
-            // 401 without a credential, 403 without the permission.
-            let (status, _, _) = get(&api.dashboard, &events, None).await;
-            assert_eq!(status, StatusCode::UNAUTHORIZED);
-            let (status, body, _) = get(&api.dashboard, &events, Some("reader")).await;
-            assert_eq!(status, StatusCode::FORBIDDEN);
-            assert!(body.to_string().contains("temporal:read"), "{body}");
-
-            // 422 naming the limit.
-            let long = format!(
-                "/temporal/events?aggregate_type=invoice&from={}&to={}",
-                urlencode(&(Utc::now() - chrono::Duration::days(91)).to_rfc3339()),
-                urlencode(&Utc::now().to_rfc3339())
-            );
-            let (status, body, _) = get(&api.dashboard, &long, Some("auditor")).await;
-            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-            assert_eq!(body["error"], "range_too_long");
-            assert_eq!(body["limit_days"], 90);
-
-            // 400 for an empty name (not a 404 for the stream `/`), 404 for a stream with no events.
-            let empty = format!("/temporal/events?aggregate_type=&aggregate_id=&{}", range());
-            let (status, body, _) = get(&api.dashboard, &empty, Some("auditor")).await;
-            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-            assert!(
-                body["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("`aggregate_type` is empty"),
-                "{body}"
-            );
-            let none = format!(
-                "/temporal/events?aggregate_type=invoice&aggregate_id=nobody&{}",
-                range()
-            );
-            let (status, body, _) = get(&api.dashboard, &none, Some("auditor")).await;
-            assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-            assert_eq!(body["error"], "unknown_stream");
+            refusals_name_their_reason(&api.dashboard, &events).await;
 
             // Partial pages with continuation tokens, then the rest, exactly.
             let (status, first, _) = get(&api.dashboard, &events, Some("auditor")).await;
