@@ -118,6 +118,60 @@ fn place(command_url: &str, id: &str, body: Value) -> Value {
     answer
 }
 
+/// `n` clients following order `r-1` of the dashboard at `query_url` (first retry within
+/// 400 ms), each subscribed.
+async fn subscribed_watchers(query_url: &str, n: usize) -> Vec<NotificationClient> {
+    let mut watchers = Vec::new();
+    for _ in 0..n {
+        let mut options = ClientOptions::new(query_url, "orders");
+        options.collection = Some("orders".into());
+        options.id = Some("r-1".into());
+        options.min_delay = Duration::from_millis(400);
+        let mut client = NotificationClient::connect(options).unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .unwrap();
+        assert!(
+            matches!(event, Some(ClientEvent::Subscribed { .. })),
+            "{event:?}"
+        );
+        watchers.push(client);
+    }
+    watchers
+}
+
+/// Follows one client through the dashboard's restart until it gets version 2 of `r-1`: each
+/// retry waits at most the backoff's ceiling, and it resumes with only the change it missed.
+/// Returns the delay before its first retry.
+async fn back_after_the_restart(client: &mut NotificationClient) -> Duration {
+    let mut delay = None;
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(20), client.next())
+            .await
+            .expect("the client comes back")
+            .unwrap();
+        match event {
+            ClientEvent::Disconnected {
+                retry_in, attempt, ..
+            } => {
+                assert!(
+                    retry_in <= Duration::from_millis(400) * 2u32.pow(attempt - 1),
+                    "{retry_in:?} at attempt {attempt}"
+                );
+                delay.get_or_insert(retry_in);
+            }
+            // The new process continues the read model's epoch: the client resumes
+            // from its position and gets the change it missed, with nothing to refetch.
+            ClientEvent::Reset { .. } => panic!("a restart is not a new epoch: {event:?}"),
+            ClientEvent::Notification(n) if n.aggregate_version == 2 => break,
+            ClientEvent::Notification(n) => panic!("only the missed change: {n:?}"),
+            ClientEvent::Subscribed { .. } | ClientEvent::Throttled { .. } => {}
+            ClientEvent::Refused { code, message } => panic!("refused: {code} {message}"),
+        }
+    }
+    delay.expect("the client saw the drop")
+}
+
 #[test]
 fn clients_come_back_with_jittered_backoff_after_the_dashboard_restarts_and_go_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -132,25 +186,7 @@ fn clients_come_back_with_jittered_backoff_after_the_dashboard_restarts_and_go_o
         .build()
         .unwrap();
     let clients = 12;
-    let mut watchers: Vec<NotificationClient> = runtime.block_on(async {
-        let mut watchers = Vec::new();
-        for _ in 0..clients {
-            let mut options = ClientOptions::new(&query_url, "orders");
-            options.collection = Some("orders".into());
-            options.id = Some("r-1".into());
-            options.min_delay = Duration::from_millis(400);
-            let mut client = NotificationClient::connect(options).unwrap();
-            let event = tokio::time::timeout(Duration::from_secs(10), client.next())
-                .await
-                .unwrap();
-            assert!(
-                matches!(event, Some(ClientEvent::Subscribed { .. })),
-                "{event:?}"
-            );
-            watchers.push(client);
-        }
-        watchers
-    });
+    let mut watchers = runtime.block_on(subscribed_watchers(&query_url, clients));
     place(
         &command_url,
         "r-1",
@@ -180,32 +216,7 @@ fn clients_come_back_with_jittered_backoff_after_the_dashboard_restarts_and_go_o
     let mut first_delays = Vec::new();
     runtime.block_on(async {
         for client in &mut watchers {
-            let mut delay = None;
-            loop {
-                let event = tokio::time::timeout(Duration::from_secs(20), client.next())
-                    .await
-                    .expect("the client comes back")
-                    .unwrap();
-                match event {
-                    ClientEvent::Disconnected {
-                        retry_in, attempt, ..
-                    } => {
-                        assert!(
-                            retry_in <= Duration::from_millis(400) * 2u32.pow(attempt - 1),
-                            "{retry_in:?} at attempt {attempt}"
-                        );
-                        delay.get_or_insert(retry_in);
-                    }
-                    // The new process continues the read model's epoch: the client resumes
-                    // from its position and gets the change it missed, with nothing to refetch.
-                    ClientEvent::Reset { .. } => panic!("a restart is not a new epoch: {event:?}"),
-                    ClientEvent::Notification(n) if n.aggregate_version == 2 => break,
-                    ClientEvent::Notification(n) => panic!("only the missed change: {n:?}"),
-                    ClientEvent::Subscribed { .. } | ClientEvent::Throttled { .. } => {}
-                    ClientEvent::Refused { code, message } => panic!("refused: {code} {message}"),
-                }
-            }
-            first_delays.push(delay.expect("the client saw the drop"));
+            first_delays.push(back_after_the_restart(client).await);
         }
     });
     // The document as the notification said, then live notifications again.

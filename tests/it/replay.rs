@@ -43,6 +43,60 @@ fn place_orders(up: &Up) {
     }
 }
 
+/// Replays with bad input (a reversed or too long range, a time that is not one, a stream
+/// without events, an unknown aggregate, no store, a store file that does not exist) exit 2
+/// with a clear message, and create nothing; `store` is the running system's store, `dir` a
+/// folder for the missing one.
+fn assert_bad_input_is_refused(store: &str, dir: &Path) {
+    for (args, message) in [
+        (
+            vec![
+                "events",
+                "order/o-1",
+                "--from",
+                "1h",
+                "--to",
+                "2h",
+                "--store",
+                store,
+            ],
+            "reversed",
+        ),
+        (
+            vec!["events", "order/o-1", "--from", "100d", "--store", store],
+            "the limit is 90 days",
+        ),
+        (
+            vec![
+                "events",
+                "order/o-1",
+                "--from",
+                "yesterday",
+                "--store",
+                store,
+            ],
+            "not a time",
+        ),
+        (
+            vec!["events", "order/nobody", "--from", "1h", "--store", store],
+            "has no events",
+        ),
+        (
+            vec!["state", "ship/1", "--version", "1", "--store", store],
+            "unknown aggregate",
+        ),
+        (vec!["events", "order/o-1", "--from", "1h"], "give --url"),
+    ] {
+        let out = replay(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+    }
+    let missing = format!("sqlite:{}", dir.join("missing.db").display());
+    let out = replay(&["events", "order/o-1", "--from", "1h", "--store", &missing]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!Path::new(&dir.join("missing.db")).exists());
+}
+
 #[test]
 fn replay_reads_events_state_and_projections_of_a_running_system_from_its_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -135,53 +189,7 @@ fn replay_reads_events_state_and_projections_of_a_running_system_from_its_store(
     assert_eq!(again.status.code(), Some(2));
 
     // Bad input: a clear message and exit 2.
-    for (args, message) in [
-        (
-            vec![
-                "events",
-                "order/o-1",
-                "--from",
-                "1h",
-                "--to",
-                "2h",
-                "--store",
-                &store,
-            ],
-            "reversed",
-        ),
-        (
-            vec!["events", "order/o-1", "--from", "100d", "--store", &store],
-            "the limit is 90 days",
-        ),
-        (
-            vec![
-                "events",
-                "order/o-1",
-                "--from",
-                "yesterday",
-                "--store",
-                &store,
-            ],
-            "not a time",
-        ),
-        (
-            vec!["events", "order/nobody", "--from", "1h", "--store", &store],
-            "has no events",
-        ),
-        (
-            vec!["state", "ship/1", "--version", "1", "--store", &store],
-            "unknown aggregate",
-        ),
-        (vec!["events", "order/o-1", "--from", "1h"], "give --url"),
-    ] {
-        let out = replay(&args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
-    }
-    let missing = format!("sqlite:{}", dir.path().join("missing.db").display());
-    let out = replay(&["events", "order/o-1", "--from", "1h", "--store", &missing]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(!Path::new(&dir.path().join("missing.db")).exists());
+    assert_bad_input_is_refused(&store, dir.path());
     drop(up);
 }
 

@@ -1,6 +1,7 @@
 //! `nexus saga`: listing, showing, retrying and aborting saga instances from the command line,
 //! against a command service running a saga whose compensation gets stuck.
 
+use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,8 +11,8 @@ use nexus_runtime::http::access::{AccessControl, AuthConfig, TokenRequest, issue
 use nexus_runtime::http::{CommandService, SagaApi, serve_until};
 use nexus_runtime::projection::{ProjectionRunner, ReadModels};
 use nexus_runtime::saga::{
-    SagaCommands, SagaDefinition, SagaOptions, SagaRunner, Step, StepCommand, StepRetry,
-    instance_id,
+    SagaCommands, SagaDefinition, SagaHandle, SagaOptions, SagaRunner, Step, StepCommand,
+    StepRetry, instance_id,
 };
 use nexus_runtime::store::embedded::EmbeddedStore;
 use nexus_runtime::{
@@ -157,54 +158,57 @@ fn until_status(url: &str, token: &str, id: &str, status: &str) -> Value {
     }
 }
 
-#[test]
-fn nexus_saga_lists_shows_retries_and_aborts_stuck_instances() {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+/// The `demo` saga over an embedded store in `dir` (where the HS256 secret is), its routes on
+/// the command service behind access control, served on a free loopback port: the base URL,
+/// the store, the server task and the running saga.
+async fn serve_sagas(
+    dir: &Path,
+) -> (
+    String,
+    Arc<dyn EventStore>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+    SagaHandle,
+) {
+    let store: Arc<dyn EventStore> = Arc::new(EmbeddedStore::open(dir.join("events.db")).unwrap());
+    let config = AuthConfig {
+        issuer: Some("nexus-test".to_owned()),
+        audience: Some("nexus".to_owned()),
+        hs256_secret_file: Some("secret".into()),
+        anonymous: Some(Vec::new()),
+        ..AuthConfig::default()
+    };
+    let access = AccessControl::load(&config, dir).await.unwrap();
+    let bus = Arc::new(InProcessBus::new(Arc::clone(&store)));
+    let projections = ProjectionRunner::with_read_models(
+        Arc::clone(&store),
+        bus,
+        ReadModels::sqlite(dir.join("read-models")),
+    );
+    let commands = SagaCommands::new().handler(CommandHandler::<Gate>::new(Repository::new(
+        Arc::clone(&store),
+    )));
+    let sagas = SagaRunner::new(Arc::clone(&store), commands, projections)
+        .with_options(SagaOptions {
+            reconcile_interval: Duration::from_millis(500),
+            ..SagaOptions::default()
+        })
+        .spawn(vec![definition()])
+        .await
         .unwrap();
-    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
-    let (url, store, _server, sagas) = runtime.block_on(async {
-        let store: Arc<dyn EventStore> =
-            Arc::new(EmbeddedStore::open(dir.path().join("events.db")).unwrap());
-        let config = AuthConfig {
-            issuer: Some("nexus-test".to_owned()),
-            audience: Some("nexus".to_owned()),
-            hs256_secret_file: Some("secret".into()),
-            anonymous: Some(Vec::new()),
-            ..AuthConfig::default()
-        };
-        let access = AccessControl::load(&config, dir.path()).await.unwrap();
-        let bus = Arc::new(InProcessBus::new(Arc::clone(&store)));
-        let projections = ProjectionRunner::with_read_models(
-            Arc::clone(&store),
-            bus,
-            ReadModels::sqlite(dir.path().join("read-models")),
-        );
-        let commands = SagaCommands::new().handler(CommandHandler::<Gate>::new(Repository::new(
-            Arc::clone(&store),
-        )));
-        let sagas = SagaRunner::new(Arc::clone(&store), commands, projections)
-            .with_options(SagaOptions {
-                reconcile_interval: Duration::from_millis(500),
-                ..SagaOptions::default()
-            })
-            .spawn(vec![definition()])
-            .await
-            .unwrap();
-        let api = SagaApi::new([sagas.reader().clone()], access.clone());
-        let app = CommandService::new(Arc::clone(&store))
-            .with_access(access)
-            .with_routes(api.routes(), api.openapi_paths())
-            .router();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(serve_until(listener, app, std::future::pending()));
-        (url, store, server, sagas)
-    });
-    let token = issue_hs256(
+    let api = SagaApi::new([sagas.reader().clone()], access.clone());
+    let app = CommandService::new(Arc::clone(&store))
+        .with_access(access)
+        .with_routes(api.routes(), api.openapi_paths())
+        .router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(serve_until(listener, app, std::future::pending()));
+    (url, store, server, sagas)
+}
+
+/// A token of role `admin`, signed with the test's secret.
+fn admin_token() -> String {
+    issue_hs256(
         SECRET.as_bytes(),
         &TokenRequest {
             issuer: "nexus-test",
@@ -216,7 +220,20 @@ fn nexus_saga_lists_shows_retries_and_aborts_stuck_instances() {
             kid: None,
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn nexus_saga_lists_shows_retries_and_aborts_stuck_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let (url, store, _server, sagas) = runtime.block_on(serve_sagas(dir.path()));
+    let token = admin_token();
     let handler = CommandHandler::<Gate>::new(Repository::new(Arc::clone(&store)));
     runtime.block_on(async {
         handler

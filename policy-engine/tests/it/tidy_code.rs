@@ -15,14 +15,9 @@ const MAX_LINES: usize = 120;
 /// function that is not on it. Do not add to it.
 const LONG_FUNCTIONS: &[&str] = &[
     "runtime/src/search/request.rs::aggregation_kind", // 160
-    "tests/it/saga.rs::nexus_saga_lists_shows_retries_and_aborts_stuck_instances", // 147
-    "tests/it/replay.rs::replay_reads_events_state_and_projections_of_a_running_system_from_its_store", // 140
-    "runtime/tests/it/http.rs::the_dashboard_serves_read_models_with_filters_pages_and_read_your_writes", // 134
     "runtime/src/projection/store/postgres.rs::PostgresReadModel::commit", // 133
     "runtime/tests/it/search.rs::every_aggregation_type_matches_a_hand_computed_answer", // 132
-    "runtime/tests/it/http.rs::web_pages_cannot_write_rebind_or_post_non_json", // 123
     "runtime/tests/it/projection.rs::list_filters_by_fields_and_pages_in_id_order", // 122
-    "tests/it/notify.rs::clients_come_back_with_jittered_backoff_after_the_dashboard_restarts_and_go_on", // 122
 ];
 
 /// The workspace root.

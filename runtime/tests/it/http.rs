@@ -510,6 +510,70 @@ fn assert_all_refs_resolve(doc: &Value, value: &Value) {
     }
 }
 
+/// Opens tickets `t-0` to `t-4` through `app` and closes the even ones: the answer to the last
+/// command (closing `t-4`).
+async fn open_five_closing_the_even_ones(app: &Router) -> Value {
+    let mut last = Value::Null;
+    for n in 0..5 {
+        let (status, response) = call(
+            app,
+            post(
+                &format!("/commands/ticket/t-{n}"),
+                json!({"type": "Open", "title": format!("ticket {n}")}),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        if n % 2 == 0 {
+            let (status, response) = call(
+                app,
+                post(&format!("/commands/ticket/t-{n}"), json!({"type": "Close"})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            last = json_of(response).await;
+        } else {
+            let _ = json_of(response).await;
+        }
+    }
+    last
+}
+
+/// Unknown projections and ids are 404s, bad filters and parameters 400s, each with its code.
+async fn assert_bad_reads_are_refused_with_their_code(dashboard: &Router) {
+    for (uri, expected, code) in [
+        (
+            "/read-models/nope/tickets",
+            StatusCode::NOT_FOUND,
+            "unknown_projection",
+        ),
+        (
+            "/read-models/tickets/tickets/t-99",
+            StatusCode::NOT_FOUND,
+            "unknown_id",
+        ),
+        (
+            "/read-models/tickets/tickets?bad%20field=1",
+            StatusCode::BAD_REQUEST,
+            "invalid_filter",
+        ),
+        (
+            "/read-models/tickets/tickets?limit=5000",
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+        ),
+        (
+            "/read-models/tickets/tickets?wait_for=t-4",
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+        ),
+    ] {
+        let (status, response) = call(dashboard, get(uri)).await;
+        assert_eq!(status, expected, "{uri}");
+        assert_eq!(json_of(response).await["error"], code, "{uri}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_serves_read_models_with_filters_pages_and_read_your_writes() {
     let (store, dir) = support::embedded();
@@ -521,29 +585,7 @@ async fn the_dashboard_serves_read_models_with_filters_pages_and_read_your_write
         .router();
     let app = commands(&store);
 
-    let mut last = Value::Null;
-    for n in 0..5 {
-        let (status, response) = call(
-            &app,
-            post(
-                &format!("/commands/ticket/t-{n}"),
-                json!({"type": "Open", "title": format!("ticket {n}")}),
-            ),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
-        if n % 2 == 0 {
-            let (status, response) = call(
-                &app,
-                post(&format!("/commands/ticket/t-{n}"), json!({"type": "Close"})),
-            )
-            .await;
-            assert_eq!(status, StatusCode::OK);
-            last = json_of(response).await;
-        } else {
-            let _ = json_of(response).await;
-        }
-    }
+    let last = open_five_closing_the_even_ones(&app).await;
     // Read your writes: wait until the projection has applied what the command answered.
     let wait = format!("ticket/t-4@{}", last["version"]);
     let (status, response) = call(
@@ -594,37 +636,7 @@ async fn the_dashboard_serves_read_models_with_filters_pages_and_read_your_write
         (json!(2), json!(9))
     );
 
-    for (uri, expected, code) in [
-        (
-            "/read-models/nope/tickets",
-            StatusCode::NOT_FOUND,
-            "unknown_projection",
-        ),
-        (
-            "/read-models/tickets/tickets/t-99",
-            StatusCode::NOT_FOUND,
-            "unknown_id",
-        ),
-        (
-            "/read-models/tickets/tickets?bad%20field=1",
-            StatusCode::BAD_REQUEST,
-            "invalid_filter",
-        ),
-        (
-            "/read-models/tickets/tickets?limit=5000",
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
-        ),
-        (
-            "/read-models/tickets/tickets?wait_for=t-4",
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
-        ),
-    ] {
-        let (status, response) = call(&dashboard, get(uri)).await;
-        assert_eq!(status, expected, "{uri}");
-        assert_eq!(json_of(response).await["error"], code, "{uri}");
-    }
+    assert_bad_reads_are_refused_with_their_code(&dashboard).await;
 
     let (status, response) = call(&dashboard, get("/read-models")).await;
     assert_eq!(status, StatusCode::OK);
@@ -1004,13 +1016,22 @@ fn command_with(headers: &[(&str, &str)], body: &str) -> Request<Body> {
     request.body(Body::from(body.to_owned())).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn web_pages_cannot_write_rebind_or_post_non_json() {
-    let (store, _dir) = support::embedded();
-    let app = commands(&store);
-    let open = r#"{"type": "Open", "title": "t"}"#;
-    let json = ("content-type", "application/json");
-    for (headers, body, expected, code) in [
+/// A command that opens ticket `t-1`, and the content type of JSON.
+const OPEN: &str = r#"{"type": "Open", "title": "t"}"#;
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+/// A write the command service refuses: its headers, its body, the status and the error code.
+type RefusedWrite = (
+    Vec<(&'static str, &'static str)>,
+    &'static str,
+    StatusCode,
+    &'static str,
+);
+
+/// Writes a web page could send that the command service refuses.
+fn refused_writes() -> Vec<RefusedWrite> {
+    let (open, json) = (OPEN, JSON);
+    vec![
         // A simple (preflight-free) cross-site POST: text/plain or a form.
         (
             vec![("content-type", "text/plain")],
@@ -1058,7 +1079,16 @@ async fn web_pages_cannot_write_rebind_or_post_non_json() {
             StatusCode::FORBIDDEN,
             "cross_site",
         ),
-    ] {
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_pages_cannot_write_rebind_or_post_non_json() {
+    let (store, _dir) = support::embedded();
+    let app = commands(&store);
+    let open = OPEN;
+    let json = JSON;
+    for (headers, body, expected, code) in refused_writes() {
         let (status, response) = call(&app, command_with(&headers, body)).await;
         assert_eq!(status, expected, "{headers:?}");
         assert_eq!(json_of(response).await["error"], code, "{headers:?}");
