@@ -12,6 +12,7 @@ mod commands;
 #[path = "../../templates/project/crates/events/src/lib.rs"]
 mod events;
 mod http;
+mod otlp_request;
 mod output;
 #[allow(
     dead_code,

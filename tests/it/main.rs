@@ -21,6 +21,9 @@ mod metrics;
 mod new;
 mod notify;
 mod openapi_conformance;
+// The request reader of the `nexus` binary's own OTLP receiver (`bench store --tracing-overhead`).
+#[path = "../../cli/src/otlp_request.rs"]
+mod otlp_request;
 #[allow(
     dead_code,
     unreachable_pub,

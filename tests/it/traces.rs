@@ -5,7 +5,7 @@
 //! with the in-process bus and on PostgreSQL with NATS JetStream.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message as _;
 use serde_json::json;
 
+use crate::otlp_request;
 use crate::support::{TestDb, service_url};
 use crate::up::{Up, drop_stream};
 
@@ -89,32 +90,8 @@ impl Receiver {
 fn serve(stream: TcpStream, kept: &Kept) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut length = 0usize;
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length.min(MAX_BODY)];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let status = if request_line.starts_with("POST /v1/traces") {
+    while let Some((line, body)) = otlp_request::read(&mut reader, MAX_BODY) {
+        let status = if line.starts_with("POST /v1/traces") {
             match ExportTraceServiceRequest::decode(body.as_slice()) {
                 Ok(export) => {
                     let mut spans = kept.spans.lock().unwrap();
@@ -127,7 +104,7 @@ fn serve(stream: TcpStream, kept: &Kept) {
                 }
                 Err(_) => "400 Bad Request",
             }
-        } else if request_line.starts_with("POST /v1/metrics") {
+        } else if line.starts_with("POST /v1/metrics") {
             match ExportMetricsServiceRequest::decode(body.as_slice()) {
                 Ok(export) => {
                     let mut metrics = kept.metrics.lock().unwrap();

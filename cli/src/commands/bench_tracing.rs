@@ -9,7 +9,7 @@
 //! Each phase runs on a current-thread runtime inside its own `tracing` dispatcher, so both
 //! sides run the same code on the same threads; the best of two runs per side is reported.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -321,31 +321,7 @@ fn serve(stream: TcpStream, bodies: &Mutex<Vec<Vec<u8>>>, requests: &AtomicU64) 
     };
     let mut reader = BufReader::new(read_half);
     let mut writer = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut length = 0usize;
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length.min(MAX_BODY)];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
+    while let Some((_, body)) = crate::otlp_request::read(&mut reader, MAX_BODY) {
         // Decoded after the measurement, so the receiver (a collector's work) does not take
         // CPU from the measured process while it runs.
         bodies
