@@ -17,7 +17,6 @@ const LONG_FUNCTIONS: &[&str] = &[
     "runtime/src/search/request.rs::aggregation_kind", // 160
     "runtime/src/projection/store/postgres.rs::PostgresReadModel::commit", // 133
     "runtime/tests/it/search.rs::every_aggregation_type_matches_a_hand_computed_answer", // 132
-    "runtime/tests/it/projection.rs::list_filters_by_fields_and_pages_in_id_order", // 122
 ];
 
 /// The workspace root.

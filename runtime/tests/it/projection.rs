@@ -1017,12 +1017,10 @@ fn document(collection: &str, doc: serde_json::Value) -> NewEvent {
     .unwrap()
 }
 
-async fn list_filters_by_fields_and_pages_in_id_order(backend: Backend) {
-    let Some(setup) = Setup::new(backend, RunnerOptions::default()).await else {
-        return;
-    };
-    let (store, runner) = (&setup.store, &setup.runner);
-    let handle = runner.spawn(Documents).unwrap();
+/// Documents `d00` to `d23` of `items` (`status` open or closed in turn, `n` = i % 5, `flag` on
+/// odd ones, `customer.name` of three, `tag` null below 5 and `x` from 20, missing between),
+/// `d24` written and deleted, and `b`, `B`, `a`, `_` in `other`: 30 events.
+async fn seed_items_and_others(store: &Arc<dyn EventStore>) {
     let names = ["ada", "bob", "cy"];
     for i in 0..25 {
         let mut doc = json!({
@@ -1049,6 +1047,15 @@ async fn list_filters_by_fields_and_pages_in_id_order(backend: Backend) {
     for id in ["b", "B", "a", "_"] {
         append(store, id, vec![document("other", json!({"id": id}))]).await;
     }
+}
+
+async fn list_filters_by_fields_and_pages_in_id_order(backend: Backend) {
+    let Some(setup) = Setup::new(backend, RunnerOptions::default()).await else {
+        return;
+    };
+    let (store, runner) = (&setup.store, &setup.runner);
+    let handle = runner.spawn(Documents).unwrap();
+    seed_items_and_others(store).await;
     eventually(
         &handle,
         Duration::from_secs(10),
