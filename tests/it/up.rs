@@ -543,6 +543,20 @@ fn up_runs_on_postgres_and_nats_and_keeps_its_read_models_in_postgres() {
         (200, json!("grace")),
         "{order}"
     );
+    // Search runs in PostgreSQL too: no index server, and the write is searchable as it commits.
+    let (status, found) = http(
+        "GET",
+        &format!(
+            "{}/read-models/orders/orders/search?q=grac*&highlight=customer&facets=status",
+            up.query_url
+        ),
+        &[],
+        None,
+    );
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["total"], json!(1), "{found}");
+    assert_eq!(found["hits"][0]["id"], json!("p-1"), "{found}");
+    assert_eq!(found["facets"]["status"], json!({"placed": 1}), "{found}");
     let (code, _) = up.interrupt();
     assert_eq!(code, Some(0));
 

@@ -603,6 +603,7 @@ async fn load(
     loop {
         let indexed = index
             .documents()
+            .await?
             .get(OrderSummaries::ORDERS)
             .copied()
             .unwrap_or(0);
@@ -703,7 +704,7 @@ async fn bench_backend(backend: Backend, args: &QueryArgs) -> anyhow::Result<Val
     let events = appended.load(Ordering::Relaxed);
 
     let index_bytes = target.index_dir.as_deref().map_or(0, dir_bytes);
-    let documents = index.documents();
+    let documents = index.documents().await?;
     let mut report = json!({
         "backend": backend.name(),
         "search_engine": match backend { Backend::Embedded => "tantivy", Backend::Postgres => "postgresql" },

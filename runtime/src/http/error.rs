@@ -149,6 +149,10 @@ pub enum ApiError {
     /// A search request is malformed or exceeds a bound.
     #[error("{0}")]
     InvalidSearch(String),
+    /// A valid search request the collection's backend does not support (400
+    /// `unsupported_search`), such as a bucket aggregation nested in another on PostgreSQL.
+    #[error("{0}")]
+    UnsupportedSearch(String),
     /// The collection has no search declaration.
     #[error("collection `{collection}` of `{projection}` is not searchable")]
     NotSearchable {
@@ -202,7 +206,8 @@ impl ApiError {
             | Self::InvalidCommand { .. }
             | Self::InvalidId(_)
             | Self::InvalidFilter(_)
-            | Self::InvalidSearch(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidSearch(_)
+            | Self::UnsupportedSearch(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -248,6 +253,7 @@ impl ApiError {
             Self::TooManyWaiters { .. } => "too_many_waiters",
             Self::TooManyConnections { .. } => "too_many_connections",
             Self::InvalidSearch(_) => "invalid_search",
+            Self::UnsupportedSearch(_) => "unsupported_search",
             Self::NotSearchable { .. } => "not_searchable",
             Self::NotSearchableYet => "not_searchable_yet",
             Self::SearchBusy(_) => "search_busy",

@@ -303,7 +303,7 @@ impl OpenApi {
             "/read-models/{projection}/{collection}/search".into(),
             json!({"get": {
                 "summary": "Full-text search of a searchable collection, with filters, sort, cursor pages, highlights, facets and aggregations",
-                "description": "Query parameters other than the ones listed filter on declared keyword, numeric, date and boolean fields: `status=placed`, `total_cents[gte]=100`, `total_cents[lt]=500`, `status[in]=placed,confirmed` (also `gt`, `lte`). The index commits every few hundred milliseconds; `wait_for` waits until the write is searchable. Aggregations take Elasticsearch's request shape (terms, range, histogram, date_histogram, stats, percentiles, cardinality; one level of `aggs` under a bucket aggregation) and answer in its response shape.",
+                "description": "Query parameters other than the ones listed filter on declared keyword, numeric, date and boolean fields: `status=placed`, `total_cents[gte]=100`, `total_cents[lt]=500`, `status[in]=placed,confirmed` (also `gt`, `lte`). The index commits every few hundred milliseconds (on PostgreSQL read models, with the write itself); `wait_for` waits until the write is searchable. Aggregations take Elasticsearch's request shape (terms, range, histogram, date_histogram, stats, percentiles, cardinality; one level of `aggs` under a bucket aggregation, metrics only on PostgreSQL read models) and answer in its response shape.",
                 "operationId": "search_documents",
                 "parameters": [
                     {"name": "projection", "in": "path", "required": true, "schema": {"type": "string", "enum": projections}},
@@ -325,7 +325,7 @@ impl OpenApi {
                 "responses": {
                     "200": {"description": "A page of hits",
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchPage"}}}},
-                    "400": error_response("A malformed query, filter, sort, cursor or aggregation, or one over a bound"),
+                    "400": error_response("A malformed query, filter, sort, cursor or aggregation, or one over a bound (`invalid_search`), or one the backend does not support (`unsupported_search`: a bucket aggregation nested in another on PostgreSQL)"),
                     "404": error_response("No such projection, or the collection is not searchable"),
                     "503": error_response("wait_for timed out, too many searches are running, or the search ran out of time")
                 }

@@ -208,7 +208,7 @@ impl QueryDashboard {
             let searchable: Vec<(String, Vec<String>)> = self
                 .searches
                 .iter()
-                .map(|(name, index)| (name.clone(), index.documents().into_keys().collect()))
+                .map(|(name, index)| (name.clone(), index.collections()))
                 .collect();
             openapi.search_paths(&searchable, &self.search_limits, self.limits.max_wait);
         }
@@ -465,7 +465,7 @@ async fn projections(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, A
         #[cfg(feature = "search")]
         let (search, search_fields) = match shared.searches.get(name) {
             Some(index) => {
-                let documents = index.documents();
+                let documents = index.documents().await.map_err(search_error)?;
                 // What a client may search, filter, sort and facet on, per collection.
                 let fields: serde_json::Map<String, Value> = documents
                     .keys()
@@ -578,6 +578,7 @@ async fn list_documents(
 fn search_error(err: SearchError) -> ApiError {
     match err {
         SearchError::Invalid(message) => ApiError::InvalidSearch(message),
+        SearchError::Unsupported(message) => ApiError::UnsupportedSearch(message),
         SearchError::NotSearchable {
             projection,
             collection,
@@ -612,7 +613,7 @@ async fn search(
             .ok_or_else(|| not_searchable(Vec::new()))?;
         let declaration = index
             .declaration(&collection)
-            .ok_or_else(|| not_searchable(index.documents().into_keys().collect()))?;
+            .ok_or_else(|| not_searchable(index.collections()))?;
         let request = SearchRequest::parse(&pairs, declaration, &shared.search_limits)
             .map_err(search_error)?;
         let waits: Vec<(String, String)> = pairs

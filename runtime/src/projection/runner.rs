@@ -245,7 +245,8 @@ impl ProjectionRunner {
         })
     }
 
-    /// Opens the search indexes `projection` declares, beside its SQLite read model.
+    /// Opens the search `projection` declares: tantivy indexes beside a SQLite read model, or
+    /// PostgreSQL full text in a PostgreSQL one.
     #[cfg(feature = "search")]
     fn open_search<P: Projection>(
         &self,
@@ -257,18 +258,15 @@ impl ProjectionRunner {
             return Ok(None);
         }
         let name = projection.name();
-        let Some(dir) = self.read_models.search_dir(name) else {
-            tracing::debug!(projection = %name, "read model searches in its own database");
-            return Ok(None);
-        };
+        let dir = self.read_models.search_dir(name);
         crate::search::SearchIndex::open(
             name,
-            &dir,
+            dir.as_deref(),
             &declaration,
             read_model.clone(),
             self.options.search,
         )
-        .map(Some)
+        .map(|index| Some(Arc::new(index)))
         .map_err(|e| ReadModelError::Search {
             projection: name.to_owned(),
             source: Box::new(e),
@@ -1341,7 +1339,7 @@ impl<P: Projection> Worker<P> {
         batch: Batch,
         completed: &[Item],
     ) -> Result<Batch, WorkerError> {
-        let Some(search) = &self.search else {
+        let Some(search) = self.search.as_ref().and_then(|s| s.tantivy()) else {
             return Ok(self.read_model.commit(batch).await?);
         };
         let writes = search.searchable_writes(&batch.writes);

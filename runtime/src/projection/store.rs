@@ -8,7 +8,7 @@
 
 pub mod audit;
 #[cfg(feature = "postgres")]
-mod postgres;
+pub(crate) mod postgres;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -392,6 +392,15 @@ impl ReadModelStore {
     /// The read cache's counters, when this handle has one.
     pub fn cache_stats(&self) -> Option<Arc<CacheStats>> {
         self.cache.as_ref().map(|cache| Arc::clone(cache.stats()))
+    }
+
+    /// The PostgreSQL read model behind this handle, if it is one.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres(&self) -> Option<&Arc<postgres::PostgresReadModel>> {
+        match &self.backend {
+            Backend::Postgres(db) => Some(db),
+            Backend::Sqlite(_) => None,
+        }
     }
 
     /// The SQLite file, or `None` when the read model lives in PostgreSQL.

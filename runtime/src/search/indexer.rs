@@ -90,7 +90,7 @@ pub(crate) struct Handoff {
     pub(crate) position: u64,
 }
 
-/// What the last start's catch-up did (see [`SearchIndex::catch_up`]).
+/// What the last start's catch-up did (see [`super::SearchIndex::catch_up`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CatchUp {
     /// Documents re-indexed because the index lacked them or held another version.
@@ -104,8 +104,8 @@ enum Message {
     Stop(oneshot::Sender<()>),
 }
 
-/// One projection's search indexes: searched by the query dashboard, fed by the runner.
-pub struct SearchIndex {
+/// One projection's tantivy indexes: searched by the query dashboard, fed by the runner.
+pub(crate) struct TantivyIndex {
     projection: String,
     collections: BTreeMap<String, Arc<CollectionIndex>>,
     /// The sequence number of the last batch handed over; held across a read-model commit and
@@ -119,16 +119,16 @@ pub struct SearchIndex {
     caught_up: Arc<Mutex<Option<CatchUp>>>,
 }
 
-impl std::fmt::Debug for SearchIndex {
+impl std::fmt::Debug for TantivyIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SearchIndex")
+        f.debug_struct("TantivyIndex")
             .field("projection", &self.projection)
             .field("collections", &self.collections.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
 
-impl SearchIndex {
+impl TantivyIndex {
     /// Opens (creating if needed) the indexes of `schema` under `dir`, one folder per
     /// collection, and starts the thread that writes them, which first catches up with
     /// `read_model` if the last stop was not clean. Must be called inside a Tokio runtime.
@@ -138,7 +138,7 @@ impl SearchIndex {
         schema: &SearchSchema,
         read_model: ReadModelStore,
         options: IndexOptions,
-    ) -> Result<Arc<Self>, IndexError> {
+    ) -> Result<Self, IndexError> {
         schema
             .validate()
             .map_err(|message| IndexError::Declaration {
@@ -195,7 +195,7 @@ impl SearchIndex {
                 path: dir.to_path_buf(),
                 source: tantivy::TantivyError::from(e),
             })?;
-        Ok(Arc::new(Self {
+        Ok(Self {
             projection: projection.to_owned(),
             collections,
             gate: tokio::sync::Mutex::new(0),
@@ -205,26 +205,16 @@ impl SearchIndex {
             killed,
             thread: Mutex::new(Some(thread)),
             caught_up,
-        }))
-    }
-
-    /// The projection.
-    pub fn projection(&self) -> &str {
-        &self.projection
-    }
-
-    /// Whether `collection` is searchable.
-    pub fn has_collection(&self, collection: &str) -> bool {
-        self.collections.contains_key(collection)
+        })
     }
 
     /// The declaration of `collection`, if it is searchable.
-    pub fn declaration(&self, collection: &str) -> Option<&CollectionSchema> {
+    pub(crate) fn declaration(&self, collection: &str) -> Option<&CollectionSchema> {
         self.collections.get(collection).map(|c| &c.schema)
     }
 
     /// Live documents searchable now, per collection.
-    pub fn documents(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn documents(&self) -> BTreeMap<String, u64> {
         self.collections
             .iter()
             .map(|(name, index)| (name.clone(), index.len()))
@@ -233,7 +223,7 @@ impl SearchIndex {
 
     /// Runs `request` against `collection` on the blocking pool; `guard` (a semaphore permit,
     /// say) is held until the search itself ends, even if the caller stops waiting for it.
-    pub async fn search<G: Send + 'static>(
+    pub(crate) async fn search<G: Send + 'static>(
         &self,
         collection: &str,
         request: SearchRequest,
@@ -269,7 +259,7 @@ impl SearchIndex {
 
     /// Waits until every read-model commit made before this call is searchable (and the
     /// start-up catch-up is done), or `timeout` passes; returns whether it is.
-    pub async fn wait_searchable(&self, timeout: Duration) -> bool {
+    pub(crate) async fn wait_searchable(&self, timeout: Duration) -> bool {
         let wait = async {
             self.ready().await;
             let target = *self.gate.lock().await;
@@ -281,7 +271,7 @@ impl SearchIndex {
 
     /// What this start's catch-up did; `None` when the index was stopped cleanly last time
     /// (nothing compared) or the catch-up has not finished.
-    pub fn catch_up(&self) -> Option<CatchUp> {
+    pub(crate) fn catch_up(&self) -> Option<CatchUp> {
         *self.caught_up.lock().expect("catch-up lock poisoned")
     }
 
@@ -333,7 +323,7 @@ impl SearchIndex {
     }
 
     /// Commits what is pending as a clean stop and ends the thread.
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         let (done, stopped) = oneshot::channel();
         if self.send(Message::Stop(done)).await {
             let _ = stopped.await;
@@ -342,7 +332,7 @@ impl SearchIndex {
     }
 
     /// Ends the thread at once without committing, as a crash would.
-    pub fn kill(&self) {
+    pub(crate) fn kill(&self) {
         self.killed.store(true, Ordering::SeqCst);
         self.join();
     }
@@ -359,7 +349,7 @@ impl SearchIndex {
     }
 }
 
-impl Drop for SearchIndex {
+impl Drop for TantivyIndex {
     fn drop(&mut self) {
         self.killed.store(true, Ordering::SeqCst);
     }

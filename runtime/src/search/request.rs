@@ -86,6 +86,10 @@ pub enum SearchError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The request is valid, but its backend cannot answer it (a 400 naming what is not
+    /// supported there, such as a bucket aggregation nested in another on PostgreSQL).
+    #[error("{0}")]
+    Unsupported(String),
     /// The database could not be reached.
     #[error("search backend of `{projection}` is unavailable")]
     Unavailable {
@@ -111,6 +115,17 @@ pub enum FieldValue {
 }
 
 impl FieldValue {
+    /// Its JSON form in the `fields` column of a PostgreSQL read model: a string, a number,
+    /// epoch microseconds or a boolean.
+    pub(crate) fn to_json(&self) -> Value {
+        match self {
+            Self::Str(s) => Value::String(s.clone()),
+            Self::Number(n) => serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number),
+            Self::Date(micros) => Value::from(*micros),
+            Self::Bool(b) => Value::Bool(*b),
+        }
+    }
+
     /// Reads `value` (from a document) as a value of `kind`; `None` when it is not one.
     pub(crate) fn from_json(kind: FieldKind, value: &Value) -> Option<Self> {
         match (kind, value) {
@@ -129,7 +144,7 @@ impl FieldValue {
     }
 
     /// Reads a filter's text as a value of `field`'s kind.
-    fn parse(field: &SearchField, text: &str) -> Result<Self, SearchError> {
+    pub(crate) fn parse(field: &SearchField, text: &str) -> Result<Self, SearchError> {
         let bad = |what: &str| {
             SearchError::Invalid(format!(
                 "filter on `{}` needs {what}, got `{text}`",
@@ -274,7 +289,8 @@ pub enum AggregationKind {
 }
 
 impl AggregationKind {
-    fn is_bucket(&self) -> bool {
+    /// Whether it makes buckets (terms, range, histogram, date histogram) rather than a metric.
+    pub fn is_bucket(&self) -> bool {
         matches!(
             self,
             Self::Terms { .. }

@@ -20,6 +20,8 @@ use super::audit::{self, AuditKind, AuditPage, AuditReport, PruneReport, Retenti
 use super::{Batch, DeadLetter, DeadLetterStatus, ReadModelError, RedriveFilter};
 use crate::event::{LogPosition, RecordedEvent, StreamId};
 use crate::pg::is_connection_error;
+use crate::search::SearchSchema;
+use crate::search::columns::Columns;
 
 /// Connections in a pool the read models create for themselves.
 pub(super) const POOL_SIZE: usize = 8;
@@ -39,6 +41,11 @@ const MIGRATIONS: &[crate::pg::Migration] = &[
         3,
         "notifications",
         include_str!("../../../migrations/postgres-read-models/0003_notifications.sql"),
+    ),
+    (
+        4,
+        "search",
+        include_str!("../../../migrations/postgres-read-models/0004_search.sql"),
     ),
 ];
 
@@ -104,6 +111,71 @@ struct Sql {
     collections: String,
     audit: AuditSql,
     notify: NotifySql,
+    search: SearchSql,
+}
+
+/// The statements that keep the full-text columns of searchable collections.
+struct SearchSql {
+    /// Writes documents of searchable collections with their `fields` and `search` columns.
+    put: String,
+    fingerprints: String,
+    declare: String,
+    undeclare: String,
+    page: String,
+    update: String,
+}
+
+/// The `search` vector of the text slots `d.c1, d.t1` to `d.c4, d.t4`, each weighted by its slot.
+const SEARCH_VECTOR: &str = "setweight(to_tsvector(d.c1::regconfig, d.t1), 'A') \
+     || setweight(to_tsvector(d.c2::regconfig, d.t2), 'B') \
+     || setweight(to_tsvector(d.c3::regconfig, d.t3), 'C') \
+     || setweight(to_tsvector(d.c4::regconfig, d.t4), 'D')";
+
+/// The columns of the search slots' `unnest`, from parameter `$first` on.
+fn search_slots(first: usize) -> String {
+    (first..first + 8)
+        .map(|n| format!("${n}::text[]"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl SearchSql {
+    fn new(s: &str) -> Self {
+        Self {
+            put: format!(
+                "INSERT INTO {s}.documents (projection, collection, id, body, position, updated_at, fields, search) \
+                 SELECT $1, d.collection, d.id, d.body, d.position, now(), d.fields, {SEARCH_VECTOR} \
+                 FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::int8[], $6::jsonb[], {}) \
+                 AS d(collection, id, body, position, fields, c1, t1, c2, t2, c3, t3, c4, t4) \
+                 ON CONFLICT (projection, collection, id) DO UPDATE SET body = excluded.body, \
+                 position = excluded.position, updated_at = excluded.updated_at, \
+                 fields = excluded.fields, search = excluded.search",
+                search_slots(7)
+            ),
+            fingerprints: format!(
+                "SELECT collection, fingerprint FROM {s}.search_declarations WHERE projection = $1"
+            ),
+            declare: format!(
+                "INSERT INTO {s}.search_declarations (projection, collection, fingerprint) \
+                 VALUES ($1, $2, $3) ON CONFLICT (projection, collection) \
+                 DO UPDATE SET fingerprint = excluded.fingerprint"
+            ),
+            undeclare: format!(
+                "DELETE FROM {s}.search_declarations WHERE projection = $1 AND collection = $2"
+            ),
+            page: format!(
+                "SELECT id, body FROM {s}.documents WHERE projection = $1 AND collection = $2 \
+                 AND id > $3 ORDER BY id LIMIT $4"
+            ),
+            update: format!(
+                "UPDATE {s}.documents AS x SET fields = d.fields, search = {SEARCH_VECTOR} \
+                 FROM unnest($3::text[], $4::jsonb[], {}) \
+                 AS d(id, fields, c1, t1, c2, t2, c3, t3, c4, t4) \
+                 WHERE x.projection = $1 AND x.collection = $2 AND x.id = d.id",
+                search_slots(5)
+            ),
+        }
+    }
 }
 
 /// The statements of the audit log.
@@ -346,6 +418,7 @@ impl Sql {
             ),
             audit: AuditSql::new(s),
             notify: NotifySql::new(s),
+            search: SearchSql::new(s),
         }
     }
 }
@@ -383,25 +456,80 @@ impl Tables {
         PostgresReadModel {
             tables: self.clone(),
             projection: name.to_owned(),
+            search: std::sync::OnceLock::new(),
         }
     }
 }
 
 /// One projection's rows in the shared tables.
-pub(super) struct PostgresReadModel {
+pub(crate) struct PostgresReadModel {
     tables: Tables,
     projection: String,
+    /// The projection's search declaration, once its runner declared one: commits then keep
+    /// the `search` and `fields` columns of searchable collections.
+    search: std::sync::OnceLock<SearchSchema>,
 }
 
 type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
+/// Documents a search backfill reads per round trip.
+const SEARCH_PAGE: i64 = 500;
+
+/// Documents about to be put, as the arrays of one `unnest` insert.
+#[derive(Default)]
+struct DocumentRows<'a> {
+    collections: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    bodies: Vec<&'a Value>,
+    positions: Vec<i64>,
+    columns: Vec<Columns>,
+}
+
+/// The search columns of some documents, as the arrays of one `unnest`.
+struct SearchSlots {
+    fields: Vec<Value>,
+    /// Per text slot, the configuration and the text of every document.
+    slots: Vec<(Vec<&'static str>, Vec<String>)>,
+}
+
+impl SearchSlots {
+    fn of(columns: &[Columns]) -> Self {
+        let mut slots: Vec<(Vec<&'static str>, Vec<String>)> = (0
+            ..crate::search::columns::MAX_TEXT_FIELDS)
+            .map(|_| (Vec::new(), Vec::new()))
+            .collect();
+        for column in columns {
+            for (slot, (config, text)) in slots.iter_mut().zip(&column.texts) {
+                slot.0.push(config);
+                slot.1.push(text.clone());
+            }
+        }
+        Self {
+            fields: columns.iter().map(|c| c.fields.clone()).collect(),
+            slots,
+        }
+    }
+
+    fn push_params<'a>(&'a self, params: &mut Params<'a>) {
+        for (configs, texts) in &self.slots {
+            params.push(configs);
+            params.push(texts);
+        }
+    }
+}
+
 impl PostgresReadModel {
-    pub(super) fn schema(&self) -> &str {
+    pub(crate) fn schema(&self) -> &str {
         &self.tables.schema
     }
 
-    pub(super) fn projection(&self) -> &str {
+    pub(crate) fn projection(&self) -> &str {
         &self.projection
+    }
+
+    /// The connection pool (searches run their own read-only transactions on it).
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.tables.pool
     }
 
     fn sql(&self) -> &Sql {
@@ -587,6 +715,153 @@ impl PostgresReadModel {
         }))
     }
 
+    /// Writes the batch's documents: puts (those of searchable collections with their search
+    /// columns) and deletions.
+    async fn write_documents(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        batch: &Batch,
+    ) -> Result<(), ReadModelError> {
+        let sql = self.sql();
+        let mut plain = DocumentRows::default();
+        let mut searchable = DocumentRows::default();
+        let (mut delete_collections, mut delete_ids) = (Vec::new(), Vec::new());
+        for ((collection, id), document) in &batch.writes {
+            let Some(document) = document else {
+                delete_collections.push(collection.as_str());
+                delete_ids.push(id.as_str());
+                continue;
+            };
+            let position = batch
+                .positions
+                .get(&(collection.clone(), id.clone()))
+                .copied()
+                .unwrap_or(0);
+            let declaration = self.search.get().and_then(|s| s.get(collection));
+            let rows = if declaration.is_some() {
+                &mut searchable
+            } else {
+                &mut plain
+            };
+            rows.collections.push(collection.as_str());
+            rows.ids.push(id.as_str());
+            rows.bodies.push(document);
+            rows.positions.push(position);
+            if let Some(declaration) = declaration {
+                rows.columns.push(Columns::of(declaration, document));
+            }
+        }
+        if !plain.ids.is_empty() {
+            tx.execute(
+                &sql.put,
+                &[
+                    &self.projection,
+                    &plain.collections,
+                    &plain.ids,
+                    &plain.bodies,
+                    &plain.positions,
+                ],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        }
+        if !searchable.ids.is_empty() {
+            let slots = SearchSlots::of(&searchable.columns);
+            let mut params: Params<'_> = vec![
+                &self.projection,
+                &searchable.collections,
+                &searchable.ids,
+                &searchable.bodies,
+                &searchable.positions,
+                &slots.fields,
+            ];
+            slots.push_params(&mut params);
+            tx.execute(&sql.search.put, &params)
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        if !delete_ids.is_empty() {
+            tx.execute(
+                &sql.delete,
+                &[&self.projection, &delete_collections, &delete_ids],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        }
+        Ok(())
+    }
+
+    /// Sets the projection's search declaration (once), then recomputes the search columns of
+    /// every document of each collection whose declaration changed since they were computed,
+    /// page by page; returns how many documents it recomputed.
+    pub(crate) async fn declare_search(
+        &self,
+        schema: &SearchSchema,
+    ) -> Result<usize, ReadModelError> {
+        let _ = self.search.set(schema.clone());
+        let rows = self
+            .read(&self.sql().search.fingerprints, &[&self.projection])
+            .await?;
+        let known: HashMap<String, String> = rows
+            .iter()
+            .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
+            .collect();
+        for collection in known.keys() {
+            if schema.get(collection).is_none() {
+                self.write(
+                    &self.sql().search.undeclare,
+                    &[&self.projection, collection],
+                )
+                .await?;
+            }
+        }
+        let mut recomputed = 0;
+        for (collection, declaration) in schema.collections() {
+            let fingerprint = serde_json::to_string(declaration).unwrap_or_default();
+            if known.get(collection) == Some(&fingerprint) {
+                continue;
+            }
+            recomputed += self.recompute_search(collection, declaration).await?;
+            self.write(
+                &self.sql().search.declare,
+                &[&self.projection, &collection, &fingerprint],
+            )
+            .await?;
+        }
+        Ok(recomputed)
+    }
+
+    async fn recompute_search(
+        &self,
+        collection: &str,
+        declaration: &crate::search::CollectionSchema,
+    ) -> Result<usize, ReadModelError> {
+        let mut after = String::new();
+        let mut recomputed = 0;
+        loop {
+            let rows = self
+                .read(
+                    &self.sql().search.page,
+                    &[&self.projection, &collection, &after, &SEARCH_PAGE],
+                )
+                .await?;
+            let Some(last) = rows.last() else {
+                return Ok(recomputed);
+            };
+            after = last.get::<_, String>(0);
+            let ids: Vec<String> = rows.iter().map(|row| row.get::<_, String>(0)).collect();
+            let columns: Vec<Columns> = rows
+                .iter()
+                .map(|row| Columns::of(declaration, &row.get::<_, Value>(1)))
+                .collect();
+            let slots = SearchSlots::of(&columns);
+            let mut params: Params<'_> = vec![&self.projection, &collection, &ids, &slots.fields];
+            slots.push_params(&mut params);
+            self.write(&self.sql().search.update, &params).await?;
+            recomputed += rows.len();
+        }
+    }
+
     /// Commits a batch in one transaction. A connection lost before `COMMIT` is answered
     /// leaves the outcome unknown to us, but never half-applied: on restart the runner reads
     /// the checkpoint and stream versions back, so whichever way it went nothing applies twice.
@@ -600,51 +875,7 @@ impl PostgresReadModel {
         } else {
             self.append_changes(&tx, batch).await?
         };
-        let (mut put_collections, mut put_ids, mut bodies, mut positions) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut delete_collections, mut delete_ids) = (Vec::new(), Vec::new());
-        for ((collection, id), document) in &batch.writes {
-            match document {
-                Some(document) => {
-                    put_collections.push(collection.as_str());
-                    put_ids.push(id.as_str());
-                    bodies.push(document);
-                    positions.push(
-                        batch
-                            .positions
-                            .get(&(collection.clone(), id.clone()))
-                            .copied()
-                            .unwrap_or(0),
-                    );
-                }
-                None => {
-                    delete_collections.push(collection.as_str());
-                    delete_ids.push(id.as_str());
-                }
-            }
-        }
-        if !put_ids.is_empty() {
-            tx.execute(
-                &sql.put,
-                &[
-                    &self.projection,
-                    &put_collections,
-                    &put_ids,
-                    &bodies,
-                    &positions,
-                ],
-            )
-            .await
-            .map_err(|e| self.error(e))?;
-        }
-        if !delete_ids.is_empty() {
-            tx.execute(
-                &sql.delete,
-                &[&self.projection, &delete_collections, &delete_ids],
-            )
-            .await
-            .map_err(|e| self.error(e))?;
-        }
+        self.write_documents(&tx, batch).await?;
         if !batch.versions.is_empty() {
             let (mut types, mut ids, mut versions) = (Vec::new(), Vec::new(), Vec::new());
             for (stream, version) in &batch.versions {

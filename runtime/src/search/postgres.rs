@@ -1,0 +1,430 @@
+//! Search of PostgreSQL read models in PostgreSQL itself, behind the same [`SearchRequest`] and
+//! [`SearchResponse`] as the tantivy backend, so a PostgreSQL deployment needs no other server.
+//!
+//! The commit that writes a document of a searchable collection also writes its `search`
+//! `tsvector` (the declared full-text fields, each with its text search configuration and a
+//! weight of its own, A to D, so a field-scoped query finds that field only; GIN-indexed) and
+//! its `fields` (the declared keyword, numeric, date and boolean values; GIN-indexed for
+//! equality filters). A write is therefore searchable when it commits: there is no index to
+//! catch up, and `wait_for` on search waits for the read model only. At start the runner
+//! recomputes both columns of a collection whose declaration changed (see
+//! `PostgresReadModel::declare_search`).
+//!
+//! A search is a few statements in one read-only `REPEATABLE READ` transaction under the
+//! request's time limit: the count, the page (ranked with `ts_rank`, normalised by document
+//! length), highlights of the page (`ts_headline`), and one statement per facet and
+//! aggregation (see [`aggs`]). Differences from tantivy, documented for users: words are
+//! stemmed and stop words dropped by PostgreSQL's configurations (`english` drops `the`),
+//! accents are kept, percentiles and cardinality are exact, and a bucket aggregation cannot
+//! hold another bucket aggregation.
+
+mod aggs;
+mod query;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+
+use self::query::{Slots, Statement, TextQuery, matched, order};
+use super::indexer::{CatchUp, IndexError};
+use super::request::{Hit, SearchError, SearchLimits, SearchRequest, SearchResponse};
+use super::schema::{CollectionSchema, SearchSchema, values_at};
+use crate::projection::store::postgres::PostgresReadModel;
+
+/// How long a start waits before trying again to prepare the search columns.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Marks a match in `ts_headline` output before it is HTML-escaped (private-use characters,
+/// removed from the text first).
+const START: char = '\u{E000}';
+const STOP: char = '\u{E001}';
+
+/// One projection's searches in its PostgreSQL read model.
+pub(crate) struct PostgresSearch {
+    projection: String,
+    read_model: Arc<PostgresReadModel>,
+    schema: SearchSchema,
+    ready: watch::Receiver<bool>,
+    caught_up: Arc<Mutex<Option<CatchUp>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl PostgresSearch {
+    /// Checks `schema` and starts preparing the search columns of `read_model` (recomputing
+    /// those of collections whose declaration changed); the runner applies nothing before
+    /// that is done ([`Self::ready`]). Must be called inside a Tokio runtime.
+    pub(crate) fn open(
+        projection: &str,
+        schema: &SearchSchema,
+        read_model: Arc<PostgresReadModel>,
+    ) -> Result<Self, IndexError> {
+        let declaration = |message| IndexError::Declaration {
+            projection: projection.to_owned(),
+            message,
+        };
+        schema.validate().map_err(declaration)?;
+        for (collection, declared) in schema.collections() {
+            super::columns::check(collection, declared).map_err(declaration)?;
+        }
+        let (ready_tx, ready) = watch::channel(false);
+        let caught_up = Arc::new(Mutex::new(None));
+        let task = {
+            let (read_model, schema) = (Arc::clone(&read_model), schema.clone());
+            let (caught_up, projection) = (Arc::clone(&caught_up), projection.to_owned());
+            tokio::spawn(async move {
+                loop {
+                    match read_model.declare_search(&schema).await {
+                        Ok(recomputed) => {
+                            if recomputed > 0 {
+                                tracing::info!(projection = %projection, recomputed, "search columns recomputed for a changed declaration");
+                                *caught_up.lock().expect("catch-up lock poisoned") =
+                                    Some(CatchUp {
+                                        indexed: recomputed,
+                                        deleted: 0,
+                                    });
+                            }
+                            let _ = ready_tx.send(true);
+                            return;
+                        }
+                        Err(err) => {
+                            tracing::error!(projection = %projection, error = %err, "failed to prepare the search columns; retrying");
+                            tokio::time::sleep(RETRY).await;
+                        }
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            projection: projection.to_owned(),
+            read_model,
+            schema: schema.clone(),
+            ready,
+            caught_up,
+            task: Mutex::new(Some(task)),
+        })
+    }
+
+    /// The declaration of `collection`, if it is searchable.
+    pub(crate) fn declaration(&self, collection: &str) -> Option<&CollectionSchema> {
+        self.schema.get(collection)
+    }
+
+    /// The searchable collections.
+    pub(crate) fn collections(&self) -> Vec<String> {
+        self.schema
+            .collections()
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
+
+    /// Waits until the search columns are prepared (or preparing stopped).
+    pub(crate) async fn ready(&self) {
+        let mut ready = self.ready.clone();
+        let _ = ready.wait_for(|ready| *ready).await;
+    }
+
+    /// What this start recomputed, when a declaration had changed.
+    pub(crate) fn catch_up(&self) -> Option<CatchUp> {
+        *self.caught_up.lock().expect("catch-up lock poisoned")
+    }
+
+    /// Stops preparing the search columns, if that is still going on.
+    pub(crate) fn stop(&self) {
+        if let Some(task) = self.task.lock().expect("task lock poisoned").take() {
+            task.abort();
+        }
+    }
+
+    /// Searchable documents per declared collection.
+    pub(crate) async fn documents(&self) -> Result<BTreeMap<String, u64>, SearchError> {
+        let client = self
+            .read_model
+            .pool()
+            .get()
+            .await
+            .map_err(|e| SearchError::Unavailable {
+                projection: self.projection.clone(),
+                source: Box::new(e),
+            })?;
+        let sql = format!(
+            "SELECT collection, count(*) FROM {}.documents WHERE projection = $1 \
+             AND fields IS NOT NULL GROUP BY collection",
+            self.read_model.schema()
+        );
+        let rows = client
+            .query(&sql, &[&self.projection])
+            .await
+            .map_err(|e| failed(&self.projection, e))?;
+        let mut counts: BTreeMap<String, u64> =
+            self.collections().into_iter().map(|c| (c, 0)).collect();
+        for row in rows {
+            let collection: String = row.get(0);
+            if let Some(count) = counts.get_mut(&collection) {
+                *count = row.get::<_, i64>(1) as u64;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Runs `request` against `collection`; `guard` is held until the search ends, even if the
+    /// caller stops waiting for it (each statement is bounded by the request's time limit).
+    pub(crate) async fn search<G: Send + 'static>(
+        &self,
+        collection: &str,
+        request: SearchRequest,
+        limits: SearchLimits,
+        guard: G,
+    ) -> Result<SearchResponse, SearchError> {
+        let schema =
+            self.schema
+                .get(collection)
+                .cloned()
+                .ok_or_else(|| SearchError::NotSearchable {
+                    projection: self.projection.clone(),
+                    collection: collection.to_owned(),
+                })?;
+        let read_model = Arc::clone(&self.read_model);
+        let collection = collection.to_owned();
+        let projection = self.projection.clone();
+        let work = tokio::spawn(async move {
+            let result = run(&read_model, &schema, &collection, &request, &limits).await;
+            drop(guard);
+            result
+        });
+        match work.await {
+            Ok(result) => result,
+            Err(err) => Err(SearchError::Backend {
+                projection,
+                source: Box::new(err),
+            }),
+        }
+    }
+}
+
+impl Drop for PostgresSearch {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A failed statement as a search error: a lost connection or a statement over its time limit
+/// is unavailable (503), anything else a backend failure (500, logged).
+fn failed(projection: &str, err: tokio_postgres::Error) -> SearchError {
+    if crate::pg::is_connection_error(&err) || err.code() == Some(&SqlState::QUERY_CANCELED) {
+        SearchError::Unavailable {
+            projection: projection.to_owned(),
+            source: Box::new(err),
+        }
+    } else {
+        SearchError::Backend {
+            projection: projection.to_owned(),
+            source: Box::new(err),
+        }
+    }
+}
+
+/// The read-only transaction one search runs its statements in.
+struct Session<'a> {
+    tx: deadpool_postgres::Transaction<'a>,
+    projection: &'a str,
+}
+
+impl Session<'_> {
+    /// Runs `statement` (never prepared for reuse: its text depends on the request).
+    async fn rows(&self, statement: &Statement) -> Result<Vec<Row>, SearchError> {
+        self.tx
+            .query(&statement.sql, &statement.params())
+            .await
+            .map_err(|e| failed(self.projection, e))
+    }
+}
+
+/// `text` HTML-escaped, with the headline marks as `<b>`…`</b>`.
+fn fragment_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#x27;"),
+            START => out.push_str("<b>"),
+            STOP => out.push_str("</b>"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+async fn run(
+    read_model: &PostgresReadModel,
+    schema: &CollectionSchema,
+    collection: &str,
+    request: &SearchRequest,
+    limits: &SearchLimits,
+) -> Result<SearchResponse, SearchError> {
+    let projection = read_model.projection();
+    let text = request.query.as_deref().map(TextQuery::parse).transpose()?;
+    let slots = Slots::new(schema);
+    let s = read_model.schema();
+    let where_ =
+        |st: &mut Statement| matched(projection, collection, request, text.as_ref(), &slots, st);
+    // Checked before a connection is taken: a bad query is a 400 without a round trip.
+    where_(&mut Statement::default())?;
+    let mut client = read_model
+        .pool()
+        .get()
+        .await
+        .map_err(|e| SearchError::Unavailable {
+            projection: projection.to_owned(),
+            source: Box::new(e),
+        })?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| failed(projection, e))?;
+    let session = Session { tx, projection };
+    let mut st = Statement::default();
+    let timeout = st.param(limits.timeout.as_millis().max(1).to_string());
+    st.sql = format!("SELECT set_config('statement_timeout', {timeout}::text, true)");
+    session.rows(&st).await?;
+
+    let mut st = Statement::default();
+    let condition = where_(&mut st)?;
+    st.sql = format!("SELECT count(*) FROM {s}.documents d WHERE {condition}");
+    let total = session
+        .rows(&st)
+        .await?
+        .first()
+        .map_or(0, |r| r.get::<_, i64>(0));
+    let mut response = SearchResponse::new(total.max(0) as u64);
+
+    let mut st = Statement::default();
+    let condition = where_(&mut st)?;
+    let score = match (
+        &text,
+        text.as_ref().and_then(|t| t.tsquery(&slots, None, &mut st)),
+    ) {
+        (_, Some(rank)) => format!("ts_rank('{{1,1,1,1}}'::float4[], d.search, {rank}, 1)"),
+        (Some(_), None) => "0::float4".to_owned(),
+        (None, None) => "NULL::float4".to_owned(),
+    };
+    let order = order(request, text.is_some(), &mut st);
+    let limit = st.param(request.limit as i64);
+    let offset = st.param(request.offset as i64);
+    st.sql = format!(
+        "SELECT d.id, d.body, {score} AS score FROM {s}.documents d WHERE {condition} \
+         ORDER BY {order} LIMIT {limit} OFFSET {offset}"
+    );
+    for row in session.rows(&st).await? {
+        response.hits.push(Hit {
+            id: row.get(0),
+            score: row.get::<_, Option<f32>>(2),
+            document: row.get(1),
+            highlights: BTreeMap::new(),
+        });
+    }
+    if let Some(text) = &text {
+        highlight(&session, text, &slots, request, &mut response.hits).await?;
+    }
+    if (request.offset + request.limit) < response.total as usize
+        && request.offset + 2 * request.limit <= limits.max_depth
+    {
+        response.next_cursor = Some(request.next_cursor());
+    }
+    if !request.aggregations.is_empty() || !request.facets.is_empty() {
+        let cte = |st: &mut Statement| -> Result<String, SearchError> {
+            let condition = where_(st)?;
+            Ok(format!(
+                "WITH m AS MATERIALIZED (SELECT d.id, d.fields FROM {s}.documents d WHERE {condition})"
+            ))
+        };
+        let (facets, aggregations) = aggs::aggregate(
+            &session,
+            &cte,
+            &request.aggregations,
+            &request.facets,
+            limits,
+        )
+        .await?;
+        response.facets = facets;
+        response.aggregations = aggregations;
+    }
+    Ok(response)
+}
+
+/// Highlights the requested fields of the page's hits with `ts_headline`: the field's values
+/// that hold a word of the query, HTML-escaped, matches in `<b>`.
+async fn highlight(
+    session: &Session<'_>,
+    text: &TextQuery,
+    slots: &Slots<'_>,
+    request: &SearchRequest,
+    hits: &mut [Hit],
+) -> Result<(), SearchError> {
+    for field in &request.highlight {
+        let Some((_, config)) = slots.text(&field.path) else {
+            continue;
+        };
+        let mut st = Statement::default();
+        let Some(tsquery) = text.tsquery(slots, Some(&field.path), &mut st) else {
+            continue;
+        };
+        let (mut at, mut values) = (Vec::new(), Vec::new());
+        for (i, hit) in hits.iter().enumerate() {
+            for value in values_at(&hit.document, &field.path) {
+                if let Value::String(s) = value {
+                    at.push(i as i32);
+                    values.push(s.replace([START, STOP], " "));
+                }
+            }
+        }
+        if values.is_empty() {
+            continue;
+        }
+        let config = st.param(config.to_owned());
+        let options = st.param(format!(
+            "StartSel={START}, StopSel={STOP}, MaxWords=35, MinWords=15"
+        ));
+        let (at, values) = (st.param(at), st.param(values));
+        st.sql = format!(
+            "SELECT t.i, ts_headline({config}::text::regconfig, t.v, {tsquery}, {options}::text) \
+             FROM unnest({at}::int4[], {values}::text[]) WITH ORDINALITY AS t(i, v, o) ORDER BY t.o"
+        );
+        for row in session.rows(&st).await? {
+            let (i, fragment) = (row.get::<_, i32>(0) as usize, row.get::<_, String>(1));
+            if !fragment.contains(START) {
+                continue;
+            }
+            if let Some(hit) = hits.get_mut(i) {
+                hit.highlights
+                    .entry(field.path.clone())
+                    .or_default()
+                    .push(fragment_html(&fragment));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fragments_are_escaped_and_marked() {
+        assert_eq!(
+            fragment_html("a <x> & \u{E000}shoe\u{E001}"),
+            "a &lt;x&gt; &amp; <b>shoe</b>"
+        );
+    }
+}
