@@ -265,6 +265,7 @@ impl ProjectionRunner {
             &declaration,
             read_model.clone(),
             self.options.search,
+            self.options.audit,
         )
         .map(|index| Some(Arc::new(index)))
         .map_err(|e| ReadModelError::Search {
@@ -1351,6 +1352,7 @@ impl<P: Projection> Worker<P> {
                 recorded: completed.iter().map(|i| i.event().recorded_at).collect(),
                 stamp: committed.committed_at,
                 position: committed.checkpoint.map_or(0, |c| c.position),
+                audit_seq: committed.audit_seq,
             };
             search.hand(&mut gate, handoff).await;
         }

@@ -190,6 +190,8 @@ pub(crate) struct Batch {
     pub(crate) audit: Vec<audit::AuditWrite>,
     /// The documents' `updated_at` (microseconds since the epoch), set by the commit.
     pub(crate) committed_at: i64,
+    /// The seq of the last audit entry the commit appended (SQLite), set by the commit.
+    pub(crate) audit_seq: Option<u64>,
     /// The notifications of this commit, kept with it so a client resumes across restarts
     /// (only with a hub).
     pub(crate) notify: Option<NotifyCommit>,
@@ -544,8 +546,9 @@ impl ReadModelStore {
         match &self.backend {
             Backend::Sqlite(db) => {
                 blocking(db, move |db| {
-                    db.commit(&batch).map(|now| Batch {
+                    db.commit(&batch).map(|(now, audit_seq)| Batch {
                         committed_at: now,
+                        audit_seq,
                         ..batch
                     })
                 })
@@ -682,6 +685,35 @@ impl ReadModelStore {
                 let collection = collection.to_owned();
                 blocking(db, move |db| db.stamps(&collection)).await
             }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => Err(ReadModelError::Config(
+                "PostgreSQL read models search in PostgreSQL, not in a local index".to_owned(),
+            )),
+        }
+    }
+
+    /// The seq of the newest audit entry (0 for an empty log); SQLite read models only (what
+    /// their search indexes catch up from).
+    pub(crate) async fn audit_tail_seq(&self) -> Result<u64, ReadModelError> {
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, |db| db.audit_tail_seq()).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => Err(ReadModelError::Config(
+                "PostgreSQL read models search in PostgreSQL, not in a local index".to_owned(),
+            )),
+        }
+    }
+
+    /// At most `limit` audit entries after seq `after`, without their contents; SQLite read
+    /// models only.
+    pub(crate) async fn audit_marks(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<audit::AuditMark>, ReadModelError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match &self.backend {
+            Backend::Sqlite(db) => blocking(db, move |db| db.audit_marks(after, limit)).await,
             #[cfg(feature = "postgres")]
             Backend::Postgres(_) => Err(ReadModelError::Config(
                 "PostgreSQL read models search in PostgreSQL, not in a local index".to_owned(),

@@ -36,14 +36,16 @@ impl std::fmt::Debug for Engine {
 
 impl SearchIndex {
     /// Opens the search of `schema` for `read_model`: PostgreSQL full text when the read model
-    /// lives in PostgreSQL, else tantivy indexes under `dir` (`None` only for PostgreSQL).
-    /// Must be called inside a Tokio runtime.
+    /// lives in PostgreSQL, else tantivy indexes under `dir` (`None` only for PostgreSQL), which
+    /// catch up from the read model's audit log when the projection is `audited`. Must be
+    /// called inside a Tokio runtime.
     pub(crate) fn open(
         projection: &str,
         dir: Option<&Path>,
         schema: &SearchSchema,
         read_model: ReadModelStore,
         options: IndexOptions,
+        audited: bool,
     ) -> Result<Self, IndexError> {
         #[cfg(feature = "postgres")]
         if let Some(db) = read_model.postgres() {
@@ -61,7 +63,7 @@ impl SearchIndex {
             projection: projection.to_owned(),
             message: "a SQLite read model needs a folder for its search indexes".to_owned(),
         })?;
-        let index = TantivyIndex::open(projection, dir, schema, read_model, options)?;
+        let index = TantivyIndex::open(projection, dir, schema, read_model, options, audited)?;
         Ok(Self {
             projection: projection.to_owned(),
             engine: Engine::Tantivy(index),

@@ -50,6 +50,11 @@ pub(crate) struct Payload {
     pub(crate) clean: bool,
     /// The read model's checkpoint (log position) when it was committed.
     pub(crate) position: u64,
+    /// The seq of the read model's audit log up to which the index holds every change, when
+    /// the projection audits: a start after a crash replays the entries after it instead of
+    /// comparing every document.
+    #[serde(default)]
+    pub(crate) audit_seq: Option<u64>,
 }
 
 /// The index of one collection, with a reader reloaded on every commit.

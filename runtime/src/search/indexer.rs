@@ -4,13 +4,16 @@
 //! long-lived tantivy writers (one per searchable collection) and commits on a timer
 //! ([`IndexOptions::commit_interval`]) or when [`IndexOptions::commit_documents`] are pending,
 //! never per event: per-event commits make tantivy crawl. Each commit records in its payload the
-//! read model's position and whether it was taken at a clean stop.
+//! read model's position, the seq of the read model's audit log up to which it holds every
+//! change, and whether it was taken at a clean stop.
 //!
 //! After a crash the index may lack what the read model committed since the last index commit.
-//! A start that does not find a clean-stop payload compares the index with the read model by
-//! document id and `updated_at` stamp and re-indexes only what differs (and deletes what the
-//! read model no longer has), before the projection applies anything: it never re-indexes
-//! everything, and a clean restart compares nothing.
+//! A start that does not find a clean-stop payload replays the audit entries after the recorded
+//! seq: the documents they name are re-indexed as the read model has them now, or deleted when it
+//! no longer has them. When the projection does not audit, or a rebuild or prune came since,
+//! it compares the index with the read model by document id and `updated_at` stamp instead and
+//! re-indexes only what differs. Either way before the projection applies anything: it never
+//! re-indexes everything, and a clean restart compares nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -88,6 +91,8 @@ pub(crate) struct Handoff {
     pub(crate) stamp: i64,
     /// The read model's checkpoint after the batch.
     pub(crate) position: u64,
+    /// The seq of the last audit entry the batch's commit appended, if any.
+    pub(crate) audit_seq: Option<u64>,
 }
 
 /// What the last start's catch-up did (see [`super::SearchIndex::catch_up`]).
@@ -97,6 +102,9 @@ pub struct CatchUp {
     pub indexed: usize,
     /// Documents deleted from the index because the read model no longer has them.
     pub deleted: usize,
+    /// Whether the documents to fix came from the read model's audit log (its entries after
+    /// the index's last commit) rather than from comparing every document's stamp.
+    pub from_audit: bool,
 }
 
 enum Message {
@@ -138,6 +146,7 @@ impl TantivyIndex {
         schema: &SearchSchema,
         read_model: ReadModelStore,
         options: IndexOptions,
+        audited: bool,
     ) -> Result<Self, IndexError> {
         schema
             .validate()
@@ -187,6 +196,8 @@ impl TantivyIndex {
             committed: committed_tx,
             runtime: tokio::runtime::Handle::current(),
             caught_up: Arc::clone(&caught_up),
+            audited,
+            audit_seq: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("search-{projection}"))
@@ -366,6 +377,11 @@ struct Writer {
     committed: watch::Sender<u64>,
     runtime: tokio::runtime::Handle,
     caught_up: Arc<Mutex<Option<CatchUp>>>,
+    /// Whether the projection appends its changes to the read model's audit log.
+    audited: bool,
+    /// The audit seq up to which the writers hold every change (`None`: unknown, or not
+    /// audited); recorded in each commit's payload.
+    audit_seq: Option<u64>,
 }
 
 /// How long a projection waits before offering a batch again to a full index queue.
@@ -374,8 +390,12 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(1);
 /// How often a waiting index thread looks at its kill flag.
 const KILL_POLL: Duration = Duration::from_millis(20);
 
-/// Documents read from the read model per round trip during catch-up.
+/// Documents (and audit entries) read from the read model per round trip during catch-up.
 const CATCH_UP_PAGE: usize = 500;
+
+/// Most documents a catch-up from the audit log re-indexes; beyond, comparing every
+/// document's stamp is as cheap.
+const MAX_REPLAYED: usize = 100_000;
 
 impl Writer {
     fn run(mut self, intake: mpsc::Receiver<Message>, ready: watch::Sender<bool>) {
@@ -461,7 +481,10 @@ impl Writer {
         }
     }
 
-    fn apply(&self, handoff: &Handoff) {
+    fn apply(&mut self, handoff: &Handoff) {
+        if self.audited && handoff.audit_seq.is_some() {
+            self.audit_seq = self.audit_seq.max(handoff.audit_seq);
+        }
         for (collection, id, document) in &handoff.writes {
             let (Some(index), Some(writer)) = (
                 self.collections.get(collection),
@@ -486,6 +509,7 @@ impl Writer {
                 schema: schema_fingerprint(&index.schema),
                 clean,
                 position,
+                audit_seq: self.audit_seq,
             };
             let mut prepared = writer.prepare_commit()?;
             prepared.set_payload(&serde_json::to_string(&payload).unwrap_or_default());
@@ -516,11 +540,20 @@ impl Writer {
                 continue;
             }
             let started = Instant::now();
-            match self.sweep(&index) {
+            let replayed = match index.payload().and_then(|p| p.audit_seq) {
+                Some(after) if self.audited => self.replay(&index, after).unwrap_or_else(|err| {
+                    tracing::warn!(projection = %self.projection, collection = %name, error = %err, "search catch-up from the audit log failed; comparing every document");
+                    None
+                }),
+                _ => None,
+            };
+            let from_audit = replayed.is_some();
+            match replayed.map_or_else(|| self.sweep(&index), Ok) {
                 Ok((indexed, deleted)) => {
                     let sum = total.get_or_insert_with(CatchUp::default);
                     sum.indexed += indexed;
                     sum.deleted += deleted;
+                    sum.from_audit = from_audit;
                     tracing::info!(projection = %self.projection, collection = %name, indexed, deleted, elapsed_ms = started.elapsed().as_millis() as u64, "search index caught up with the read model");
                     metrics::counter!("nexus_search_catch_up_documents_total", "projection" => self.projection.clone())
                         .increment((indexed + deleted) as u64);
@@ -531,7 +564,71 @@ impl Writer {
             }
         }
         *self.caught_up.lock().expect("catch-up lock poisoned") = total;
+        // Every change the audit log holds is in the writers now (nothing applies before ready).
+        if self.audited {
+            self.audit_seq = self.runtime.block_on(self.read_model.audit_tail_seq()).ok();
+        }
         position
+    }
+
+    /// Re-indexes the documents of `index`'s collection that the audit log says changed after
+    /// seq `after` (and deletes those the read model no longer has); `None` when the log cannot
+    /// tell (a rebuild or prune since, a gap, or too many changes), so the caller compares.
+    fn replay(
+        &self,
+        index: &CollectionIndex,
+        after: u64,
+    ) -> Result<Option<(usize, usize)>, Box<dyn std::error::Error + Send + Sync>> {
+        let mut changed: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = after;
+        loop {
+            let marks = self
+                .runtime
+                .block_on(self.read_model.audit_marks(cursor, CATCH_UP_PAGE))?;
+            let Some(last) = marks.last() else { break };
+            if marks[0].seq != cursor + 1
+                || marks
+                    .iter()
+                    .any(|m| m.kind != crate::projection::AuditKind::Change)
+            {
+                return Ok(None);
+            }
+            cursor = last.seq;
+            for mark in marks {
+                if mark.collection.as_deref() == Some(index.collection.as_str())
+                    && let Some(id) = mark.id
+                    && seen.insert(id.clone())
+                {
+                    changed.push(id);
+                }
+            }
+            if changed.len() > MAX_REPLAYED {
+                return Ok(None);
+            }
+        }
+        let writer = &self.writers[&index.collection];
+        let (mut indexed, mut deleted) = (0, 0);
+        for page in changed.chunks(CATCH_UP_PAGE) {
+            if self.killed.load(Ordering::SeqCst) {
+                break;
+            }
+            let documents = self
+                .runtime
+                .block_on(self.read_model.documents(&index.collection, page.to_vec()))?;
+            let found: std::collections::HashSet<&str> =
+                documents.iter().map(|(id, _, _)| id.as_str()).collect();
+            for id in page.iter().filter(|id| !found.contains(id.as_str())) {
+                writer.delete_term(index.id_term(id));
+                deleted += 1;
+            }
+            for (id, body, stamp) in &documents {
+                writer.delete_term(index.id_term(id));
+                writer.add_document(index.document(id, body, *stamp))?;
+                indexed += 1;
+            }
+        }
+        Ok(Some((indexed, deleted)))
     }
 
     /// Re-indexes the documents whose stamp differs from the index's and deletes those the

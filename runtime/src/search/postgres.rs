@@ -86,6 +86,7 @@ impl PostgresSearch {
                                     Some(CatchUp {
                                         indexed: recomputed,
                                         deleted: 0,
+                                        from_audit: false,
                                     });
                             }
                             let _ = ready_tx.send(true);

@@ -615,13 +615,28 @@ async fn the_search_endpoint_refuses_requests_over_its_bounds(backend: Backend) 
 #[tokio::test]
 async fn a_crash_between_the_read_model_commit_and_the_index_commit_is_caught_up_without_duplicates()
  {
+    crash_between_commits(true).await;
+}
+
+/// Without an audit log the catch-up compares every document's stamp instead, with the same
+/// outcome.
+#[tokio::test]
+async fn without_an_audit_log_a_crash_is_caught_up_by_comparing_stamps() {
+    crash_between_commits(false).await;
+}
+
+async fn crash_between_commits(audit: bool) {
+    let options = || RunnerOptions {
+        audit,
+        ..RunnerOptions::default()
+    };
     let never = RunnerOptions {
         search: IndexOptions {
             commit_interval: Duration::from_secs(3600),
             commit_documents: usize::MAX,
             ..IndexOptions::default()
         },
-        ..RunnerOptions::default()
+        ..options()
     };
     let (store, dir) = support::embedded();
     let runner_with = |options: RunnerOptions| {
@@ -635,7 +650,7 @@ async fn a_crash_between_the_read_model_commit_and_the_index_commit_is_caught_up
     };
 
     // A clean first run indexes and commits a, b, c.
-    let runner = runner_with(RunnerOptions::default());
+    let runner = runner_with(options());
     let handle = runner.spawn(Catalog).unwrap();
     let first = app(&runner, &handle, SearchLimits::default());
     let mut last = 0;
@@ -678,7 +693,7 @@ async fn a_crash_between_the_read_model_commit_and_the_index_commit_is_caught_up
     handle.abort();
 
     // A restart finds the unclean payload, compares, and fixes exactly the difference.
-    let runner = runner_with(RunnerOptions::default());
+    let runner = runner_with(options());
     let handle = runner.spawn(Catalog).unwrap();
     let third = app(&runner, &handle, SearchLimits::default());
     let body = search(&third, "wait_for=item/c@1&wait_ms=10000&limit=100").await;
@@ -688,12 +703,14 @@ async fn a_crash_between_the_read_model_commit_and_the_index_commit_is_caught_up
     assert_eq!(hit_set(&third, "q=scarf").await, set(&["b"]));
     assert_eq!(hit_set(&third, "q=jacket").await, set(&[]));
     let caught_up = handle.search().unwrap().catch_up().expect("a catch-up ran");
-    // d, e and b re-indexed, c deleted: not the whole collection.
+    // d, e and b re-indexed, c deleted: not the whole collection; with an audit log, found
+    // from its entries after the index's last commit rather than by comparing every document.
     assert_eq!((caught_up.indexed, caught_up.deleted), (3, 1));
+    assert_eq!(caught_up.from_audit, audit, "{caught_up:?}");
     handle.stop().await;
 
     // After a clean stop a start compares nothing.
-    let runner = runner_with(RunnerOptions::default());
+    let runner = runner_with(options());
     let handle = runner.spawn(Catalog).unwrap();
     let fourth = app(&runner, &handle, SearchLimits::default());
     assert_eq!(

@@ -98,6 +98,16 @@ impl AuditCause {
     }
 }
 
+/// What one entry records and of which document, without its contents: what search catch-up
+/// replays to find the documents changed since its index last committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AuditMark {
+    pub(crate) seq: u64,
+    pub(crate) kind: AuditKind,
+    pub(crate) collection: Option<String>,
+    pub(crate) id: Option<String>,
+}
+
 /// One document write of a batch, in the order the projection made it.
 #[derive(Debug, Clone)]
 pub(crate) struct AuditWrite {

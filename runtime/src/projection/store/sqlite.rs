@@ -460,7 +460,9 @@ impl SqliteReadModel {
     }
 
     /// Commits a batch in one transaction (and one fsync); returns the documents' `updated_at`.
-    pub(super) fn commit(&self, batch: &Batch) -> Result<i64, ReadModelError> {
+    /// Commits `batch`; returns its `updated_at` stamp and the seq of the last audit entry it
+    /// appended, if any.
+    pub(super) fn commit(&self, batch: &Batch) -> Result<(i64, Option<u64>), ReadModelError> {
         let mut conn = self.lock();
         // Immediate: the audit chain reads its tail and appends after it, with no other writer
         // (another process on the same file) in between.
@@ -468,11 +470,11 @@ impl SqliteReadModel {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.sqlite(e))?;
         let now = Utc::now().timestamp_micros();
-        let mut audited = 0;
+        let (mut audited, mut last_seq) = (0, None);
         {
             // Before the documents change: the audit reads what they were.
             if !batch.audit.is_empty() {
-                audited = self
+                (audited, last_seq) = self
                     .append_changes(&tx, batch, now)
                     .map_err(|e| self.sqlite(e))?;
             }
@@ -569,7 +571,7 @@ impl SqliteReadModel {
             .lock()
             .expect("read model WAL checkpointer lock poisoned")
             .committed();
-        Ok(now)
+        Ok((now, last_seq))
     }
 
     /// The end of a batch's transaction: its checkpoint and its notifications.
@@ -827,7 +829,12 @@ impl SqliteReadModel {
 
     /// Appends the audit entries of `batch`'s document writes, reading the documents as they
     /// were inside the commit's transaction.
-    fn append_changes(&self, tx: &Connection, batch: &Batch, now: i64) -> rusqlite::Result<u64> {
+    fn append_changes(
+        &self,
+        tx: &Connection,
+        batch: &Batch,
+        now: i64,
+    ) -> rusqlite::Result<(u64, Option<u64>)> {
         let tail = audit_tail(tx)?;
         let mut committed = HashMap::new();
         {
@@ -841,9 +848,9 @@ impl SqliteReadModel {
             }
         }
         let rows = audit::change_rows(&self.projection, &tail, &batch.audit, committed, now);
-        if rows.is_empty() {
-            return Ok(0);
-        }
+        let Some(last) = rows.last().map(|r| r.seq) else {
+            return Ok((0, None));
+        };
         insert_audit_rows(tx, &rows)?;
         if let Some(checkpoint) = batch.checkpoint {
             tx.prepare_cached(
@@ -852,7 +859,39 @@ impl SqliteReadModel {
             )?
             .execute([checkpoint.position as i64])?;
         }
-        Ok(rows.len() as u64)
+        Ok((rows.len() as u64, Some(last)))
+    }
+
+    /// The seq of the newest audit entry (0 for an empty log).
+    pub(super) fn audit_tail_seq(&self) -> Result<u64, ReadModelError> {
+        let conn = self.lock();
+        audit_tail(&conn).map(|t| t.seq).map_err(|e| self.sqlite(e))
+    }
+
+    /// At most `limit` audit entries after `after`, in seq order: what each is and which
+    /// document it changed (what search catch-up replays).
+    pub(super) fn audit_marks(
+        &self,
+        after: u64,
+        limit: i64,
+    ) -> Result<Vec<audit::AuditMark>, ReadModelError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, kind, collection, id FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let rows = stmt
+            .query_map(params![after as i64, limit], |row| {
+                Ok(audit::AuditMark {
+                    seq: row.get::<_, i64>(0)? as u64,
+                    kind: AuditKind::parse(&row.get::<_, String>(1)?),
+                    collection: row.get(2)?,
+                    id: row.get(3)?,
+                })
+            })
+            .map_err(|e| self.sqlite(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sqlite(e))
     }
 
     /// A run starts from `from`: below the checkpoint the audit log last saw, that is a rebuild,
