@@ -26,7 +26,8 @@ pub use runner::{
 };
 pub(crate) use store::NotifyCommit;
 pub use store::audit::{
-    AuditBreak, AuditCause, AuditEntry, AuditKind, AuditPage, AuditReport, PruneReport, Retention,
+    AuditBreak, AuditCause, AuditEntry, AuditKind, AuditPage, AuditReport, AuditRetention,
+    PruneReport, Retention,
 };
 pub use store::{
     DeadLetter, DeadLetterStatus, ReadModelError, ReadModelStore, ReadModels, RedriveFilter,

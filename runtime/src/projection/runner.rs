@@ -97,6 +97,8 @@ pub struct RunnerOptions {
     /// Append every document change to the read model's audit log, in the commit's
     /// transaction (default on; see [`crate::projection::ReadModelStore::audit_history`]).
     pub audit: bool,
+    /// Prune the audit log by itself (default none: it is kept until `nexus audit prune`).
+    pub audit_retention: Option<super::AuditRetention>,
 }
 
 impl Default for RunnerOptions {
@@ -114,6 +116,7 @@ impl Default for RunnerOptions {
             read_cache_bytes: 32 * 1024 * 1024,
             upcasters: crate::upcast::Upcasters::new(),
             audit: true,
+            audit_retention: None,
         }
     }
 }
@@ -234,12 +237,25 @@ impl ProjectionRunner {
             search: search.clone(),
         };
         let task = tokio::spawn(supervise(worker, stopped));
+        let retention = self
+            .options
+            .audit_retention
+            .filter(|_| self.options.audit)
+            .map(|retention| {
+                tokio::spawn(retain(
+                    name.clone(),
+                    read_model.clone(),
+                    retention,
+                    stop.subscribe(),
+                ))
+            });
         Ok(ProjectionHandle {
             name,
             read_model,
             health,
             stop,
             task,
+            retention,
             #[cfg(feature = "search")]
             search,
         })
@@ -282,8 +298,35 @@ pub struct ProjectionHandle {
     health: Arc<RwLock<ProjectionHealth>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// The task applying automatic audit retention, when configured.
+    retention: Option<JoinHandle<()>>,
     #[cfg(feature = "search")]
     search: Option<Arc<crate::search::SearchIndex>>,
+}
+
+/// Applies `retention` to `read_model`'s audit log every `retention.every` until `stopped`;
+/// each prune that removes something is recorded in the chain and logged.
+async fn retain(
+    name: String,
+    read_model: ReadModelStore,
+    retention: super::AuditRetention,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(retention.every) => {}
+        }
+        match read_model.audit_prune(retention.now()).await {
+            Ok(report) if report.removed > 0 => {
+                tracing::info!(projection = %name, removed = report.removed, range = ?report.range, entry = ?report.entry, "audit retention removed old segments");
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(projection = %name, error = %err, "audit retention failed; retrying at the next interval");
+            }
+        }
+    }
 }
 
 impl ProjectionHandle {
@@ -312,6 +355,9 @@ impl ProjectionHandle {
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         let _ = (&mut self.task).await;
+        if let Some(retention) = self.retention.take() {
+            let _ = retention.await;
+        }
         #[cfg(feature = "search")]
         if let Some(search) = &self.search {
             search.stop().await;
@@ -322,6 +368,9 @@ impl ProjectionHandle {
     /// index keeps nothing after its last commit either).
     pub fn abort(self) {
         self.task.abort();
+        if let Some(retention) = &self.retention {
+            retention.abort();
+        }
         #[cfg(feature = "search")]
         if let Some(search) = &self.search {
             search.kill();

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use nexus_runtime::projection::{
-    AuditEntry, AuditKind, Changes, Projection, ProjectionError, ProjectionHandle, ReadModelStore,
-    Retention, RunnerOptions,
+    AuditEntry, AuditKind, AuditRetention, Changes, Projection, ProjectionError, ProjectionHandle,
+    ReadModelStore, Retention, RunnerOptions,
 };
 use nexus_runtime::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
 use serde_json::{Value, json};
@@ -139,7 +139,45 @@ on_each_backend!(
     retention_removes_whole_old_segments_and_the_chain_still_verifies,
     a_rebuild_is_recorded_and_earlier_history_stays,
     a_history_page_holds_at_most_the_bound,
+    automatic_retention_removes_whole_old_segments_and_records_each_prune,
 );
+
+/// A runner configured with retention prunes by itself: complete segments go, each prune is
+/// an entry of the chain, the chain still verifies, and the newest entries stay.
+async fn automatic_retention_removes_whole_old_segments_and_records_each_prune(backend: Backend) {
+    let options = RunnerOptions {
+        audit_retention: Some(AuditRetention {
+            keep: Duration::ZERO,
+            segment: 5,
+            every: Duration::from_millis(20),
+        }),
+        ..options(1)
+    };
+    let Some(setup) = Setup::new(backend, options).await else {
+        return;
+    };
+    append(&setup.store, "a", (1..=12).map(set).collect()).await;
+    let handle = setup.runner.spawn(Ledger).unwrap();
+    applied(&handle, "a", 12).await;
+    // Entries 1 to 10 make two whole segments; the prunes append entries of their own.
+    eventually(
+        &handle,
+        Duration::from_secs(10),
+        "retention to remove entries 1 to 10",
+        async |h| h.read_model().audit_verify().await.unwrap().first_seq > Some(10),
+    )
+    .await;
+    handle.stop().await;
+    let store = setup.reopen("ledger").await;
+    let verified = store.audit_verify().await.unwrap();
+    assert!(verified.is_intact(), "{verified:?}");
+    let (first, last) = (verified.first_seq.unwrap(), verified.last_seq.unwrap());
+    // Whole segments only, and each prune appended an entry recording it: 12 changes and at
+    // least one prune (this projection appends nothing else).
+    assert_eq!((first - 1) % 5, 0, "{verified:?}");
+    assert!(last > 12, "{verified:?}");
+    assert_eq!(verified.entries_checked, last - first + 1, "{verified:?}");
+}
 
 async fn history_records_each_change_with_its_event_before_and_after(backend: Backend) {
     let Some(setup) = Setup::new(backend, options(256)).await else {

@@ -213,6 +213,32 @@ pub struct Retention {
     pub segment: u64,
 }
 
+/// Retention a runner applies to its projection's audit log by itself, every `every`: whole
+/// segments of `segment` entries all older than `keep` go, each prune recorded in the chain
+/// (see [`Retention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditRetention {
+    /// How long entries are kept at least.
+    pub keep: std::time::Duration,
+    /// Entries per segment (at least 1).
+    pub segment: u64,
+    /// How often the runner prunes.
+    pub every: std::time::Duration,
+}
+
+impl AuditRetention {
+    /// The retention that applies now.
+    pub fn now(&self) -> Retention {
+        let keep = chrono::Duration::from_std(self.keep).unwrap_or(chrono::Duration::MAX);
+        Retention {
+            older_than: Utc::now()
+                .checked_sub_signed(keep)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+            segment: self.segment.max(1),
+        }
+    }
+}
+
 /// What a prune removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PruneReport {
