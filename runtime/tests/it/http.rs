@@ -704,25 +704,8 @@ async fn a_5xx_body_carries_no_internal_cause_which_is_logged_with_the_correlati
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let name = db.url.rsplit('/').next().unwrap().to_owned();
-    let (superuser, connection) = tokio_postgres::connect(
-        &std::env::var("NEXUS_TEST_POSTGRES_URL").unwrap(),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    superuser
-        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
-        .await
-        .unwrap();
-    superuser
-        .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-            &[&name],
-        )
-        .await
-        .unwrap();
+    let name = db.name().to_owned();
+    db.go_away().await;
 
     let request = Request::post("/commands/ticket/t-1")
         .header("content-type", "application/json")
@@ -752,10 +735,7 @@ async fn a_5xx_body_carries_no_internal_cause_which_is_logged_with_the_correlati
         .unwrap_or_else(|| panic!("the cause is not logged:\n{logged}"));
     assert!(line.contains("corr-5xx-test"), "{line}");
     assert!(line.contains("unavailable"), "{line}");
-    superuser
-        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
-        .await
-        .unwrap();
+    db.come_back().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

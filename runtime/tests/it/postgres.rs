@@ -344,31 +344,7 @@ async fn a_database_that_goes_away_gives_a_typed_error_and_nothing_half_written(
         .append(&stream, ExpectedVersion::NoStream, vec![event(0)])
         .await
         .unwrap();
-    let admin = db.client().await;
-    let name: String = admin
-        .query_one("SELECT current_database()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    drop(admin);
-    let (superuser, connection) = tokio_postgres::connect(
-        &std::env::var("NEXUS_TEST_POSTGRES_URL").unwrap(),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    superuser
-        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
-        .await
-        .unwrap();
-    superuser
-        .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-            &[&name],
-        )
-        .await
-        .unwrap();
+    db.go_away().await;
     let err = store
         .append(&stream, ExpectedVersion::Exact(1), vec![event(1), event(2)])
         .await
@@ -380,10 +356,7 @@ async fn a_database_that_goes_away_gives_a_typed_error_and_nothing_half_written(
         matches!(err, nexus_runtime::ReadError::Unavailable(_)),
         "{err:?}"
     );
-    superuser
-        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
-        .await
-        .unwrap();
+    db.come_back().await;
     let stored = store.read_stream(&stream, 1, None).await.unwrap();
     assert_eq!(stored.len(), 1, "the failed append left nothing behind");
     let ok = store

@@ -19,6 +19,7 @@ use nexus_runtime::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::projection::on_each_backend;
 use crate::support;
 
 // ---- the test domain ----------------------------------------------------------------------
@@ -486,23 +487,6 @@ async fn until_status(
 
 fn names(events: &[SagaEvent]) -> Vec<&'static str> {
     events.iter().map(DomainEvent::event_type).collect()
-}
-
-macro_rules! on_each_backend {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$test(super::Backend::Sqlite).await;
-            }
-
-            #[cfg(feature = "postgres")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$test(super::Backend::Postgres).await;
-            }
-        }
-    )*};
 }
 
 on_each_backend!(

@@ -185,5 +185,48 @@ mod pg {
         pub(crate) async fn client(&self) -> tokio_postgres::Client {
             self.db.client().await
         }
+
+        /// The database's name.
+        pub(crate) fn name(&self) -> &str {
+            self.db.name()
+        }
+
+        /// A client on the server's maintenance database, as a superuser.
+        async fn superuser(&self) -> tokio_postgres::Client {
+            let (superuser, connection) =
+                tokio_postgres::connect(self.db.admin_url(), tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            superuser
+        }
+
+        /// Takes the database away from under its users: it refuses new connections and every
+        /// session on it is ended, until [`TestDb::come_back`].
+        pub(crate) async fn go_away(&self) {
+            let superuser = self.superuser().await;
+            let name = self.db.name();
+            superuser
+                .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+                .await
+                .unwrap();
+            superuser
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap();
+        }
+
+        /// Lets connections to the database in again.
+        pub(crate) async fn come_back(&self) {
+            let name = self.db.name();
+            self.superuser()
+                .await
+                .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+                .await
+                .unwrap();
+        }
     }
 }
