@@ -31,6 +31,15 @@ pub(crate) fn check(collection: &str, schema: &CollectionSchema) -> Result<(), S
     Ok(())
 }
 
+/// `text` with every character that is not a letter or digit made a space, so PostgreSQL's
+/// parser splits it into the words tantivy's tokenizer makes (it would otherwise read
+/// `SKU-00042` as `sku` and the signed integer `-00042`).
+fn words_only(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
+        .collect()
+}
+
 /// The search columns of one document.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Columns {
@@ -61,7 +70,7 @@ impl Columns {
                                 _ => None,
                             })
                             .collect();
-                        texts[slot] = (language.config_name(), text.join("\n"));
+                        texts[slot] = (language.config_name(), words_only(&text.join("\n")));
                     }
                     slot += 1;
                 }
@@ -108,7 +117,7 @@ mod tests {
             json!({"brand": ["acme"], "price": [100.0], "published": [1_767_225_600_000_000_i64], "featured": [true]})
         );
         assert_eq!(columns.texts[0], ("english", "Red shoes".to_owned()));
-        assert_eq!(columns.texts[1], ("simple", "A-1\nB".to_owned()));
+        assert_eq!(columns.texts[1], ("simple", "A 1 B".to_owned()));
         assert_eq!(columns.texts[2], ("simple", String::new()));
         // A value of the wrong type is left out, as the tantivy index leaves it out.
         let columns = Columns::of(&schema, &json!({"price": "cheap", "featured": 1}));

@@ -251,6 +251,8 @@ async fn search_finds_phrases_prefixes_and_scoped_fields_with_boolean_operators(
     assert_eq!(hit_set(&app, &q("jackets")).await, set(&["b", "c"]));
     // An array path: every element's `sku`.
     assert_eq!(hit_set(&app, &q("lines.sku:lace")).await, set(&["a"]));
+    // Words split at every character that is not a letter or digit: `SKU-RED-1` holds `1`.
+    assert_eq!(hit_set(&app, &q("lines.sku:1")).await, set(&["a"]));
     // The shorter title ranks first for the same single match.
     assert_eq!(ids(&search(&app, &q("rain")).await), vec!["c", "d"]);
     // Highlights mark the matches in the requested field.

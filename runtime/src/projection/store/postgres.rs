@@ -472,6 +472,9 @@ pub(crate) struct PostgresReadModel {
 
 type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
+/// The version of how search columns are computed from a declaration (`search::columns`).
+const SEARCH_COLUMNS_VERSION: u32 = 2;
+
 /// Documents a search backfill reads per round trip.
 const SEARCH_PAGE: i64 = 500;
 
@@ -817,7 +820,11 @@ impl PostgresReadModel {
         }
         let mut recomputed = 0;
         for (collection, declaration) in schema.collections() {
-            let fingerprint = serde_json::to_string(declaration).unwrap_or_default();
+            // Versioned with the way the columns are computed, so a change to it recomputes them.
+            let fingerprint = format!(
+                "{SEARCH_COLUMNS_VERSION}:{}",
+                serde_json::to_string(declaration).unwrap_or_default()
+            );
             if known.get(collection) == Some(&fingerprint) {
                 continue;
             }
