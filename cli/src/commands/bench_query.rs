@@ -2,7 +2,8 @@
 //! `--documents` orders, then events keep flowing at `--rate` per second while full-text
 //! searches and aggregations run against its search index; it reports search and aggregation
 //! latency, time from an event's commit to its document being searchable, index size and peak
-//! memory, per backend; then the read cache under a Zipf(1.1) read mix with events flowing:
+//! memory, per backend (`embedded`: tantivy beside SQLite read models; `postgres`: PostgreSQL
+//! full text in PostgreSQL read models, in throw-away schemas of `--url`); then the read cache under a Zipf(1.1) read mix with events flowing:
 //! hit ratio with the cache sized to a fifth of the documents, and read latency.
 
 use std::collections::BTreeMap;
@@ -321,10 +322,58 @@ struct Target {
     runner: ProjectionRunner,
     orders: ProjectionHandle,
     index_dir: Option<std::path::PathBuf>,
+    /// The throw-away PostgreSQL schemas (event store, read models), dropped at the end.
+    postgres: Option<Throwaway>,
     _dir: tempfile::TempDir,
 }
 
-async fn open(backend: Backend, _args: &QueryArgs) -> anyhow::Result<Target> {
+/// PostgreSQL schemas a run creates and drops.
+struct Throwaway {
+    url: String,
+    store_schema: String,
+    read_schema: String,
+}
+
+impl Throwaway {
+    async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .context("failed to connect to PostgreSQL")?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// The size of the search indexes (the GIN indexes on `search` and `fields`).
+    async fn index_bytes(&self) -> anyhow::Result<u64> {
+        let s = &self.read_schema;
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT pg_relation_size($1::text::regclass) + pg_relation_size($2::text::regclass)",
+                &[
+                    &format!("{s}.documents_search"),
+                    &format!("{s}.documents_fields"),
+                ],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    }
+
+    async fn drop(&self) -> anyhow::Result<()> {
+        let sql = format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE; DROP SCHEMA IF EXISTS {} CASCADE",
+            self.store_schema, self.read_schema
+        );
+        self.client()
+            .await?
+            .batch_execute(&sql)
+            .await
+            .context("failed to drop the benchmark schemas")
+    }
+}
+
+async fn open(backend: Backend, args: &QueryArgs) -> anyhow::Result<Target> {
     let dir = tempfile::tempdir().context("failed to create a temporary folder")?;
     match backend {
         Backend::Embedded => {
@@ -344,12 +393,50 @@ async fn open(backend: Backend, _args: &QueryArgs) -> anyhow::Result<Target> {
                 runner,
                 orders,
                 index_dir,
+                postgres: None,
                 _dir: dir,
             })
         }
-        Backend::Postgres => anyhow::bail!(
-            "the PostgreSQL search backend is not part of this build; run with --backend embedded"
-        ),
+        Backend::Postgres => {
+            let url = args
+                .url
+                .clone()
+                .context("--backend postgres needs --url (or NEXUS_POSTGRES_URL)")?;
+            let store_schema = format!("nexus_bench_{}", uuid::Uuid::now_v7().simple());
+            let throwaway = Throwaway {
+                read_schema: format!("{store_schema}_r"),
+                store_schema,
+                url,
+            };
+            let options = nexus_runtime::store::postgres::PostgresOptions {
+                schema: throwaway.store_schema.clone(),
+                ..Default::default()
+            };
+            let store = nexus_runtime::store::postgres::PostgresStore::connect_with(
+                &throwaway.url,
+                options,
+            )
+            .await
+            .context("failed to open the PostgreSQL store")?;
+            let read_models =
+                ReadModels::postgres_with_pool(store.pool().clone(), &throwaway.read_schema)
+                    .await
+                    .context("failed to open the PostgreSQL read models")?;
+            let store: Arc<dyn EventStore> = Arc::new(store);
+            let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Arc::clone(&store)));
+            let runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models);
+            let orders = runner
+                .spawn(OrderSummaries)
+                .context("failed to open the orders read model")?;
+            Ok(Target {
+                store,
+                runner,
+                orders,
+                index_dir: None,
+                postgres: Some(throwaway),
+                _dir: dir,
+            })
+        }
     }
 }
 
@@ -703,7 +790,10 @@ async fn bench_backend(backend: Backend, args: &QueryArgs) -> anyhow::Result<Val
     let mut visibility = prober.await??;
     let events = appended.load(Ordering::Relaxed);
 
-    let index_bytes = target.index_dir.as_deref().map_or(0, dir_bytes);
+    let index_bytes = match &target.postgres {
+        Some(postgres) => postgres.index_bytes().await?,
+        None => target.index_dir.as_deref().map_or(0, dir_bytes),
+    };
     let documents = index.documents().await?;
     let mut report = json!({
         "backend": backend.name(),
@@ -727,11 +817,16 @@ async fn bench_backend(backend: Backend, args: &QueryArgs) -> anyhow::Result<Val
         store,
         runner,
         orders,
+        postgres,
         _dir,
         ..
     } = target;
     orders.stop().await;
-    report["cache"] = cache_phase(&store, &runner, args).await?;
+    let cache = cache_phase(&store, &runner, args).await;
+    if let Some(postgres) = &postgres {
+        postgres.drop().await?;
+    }
+    report["cache"] = cache?;
     report["peak_rss_mb"] = json!(peak_rss_mb());
     Ok(report)
 }
