@@ -9,7 +9,7 @@ use std::process::Output;
 use serde_json::{Value, json};
 
 use crate::support::nexus;
-use crate::up::{Up, command, http};
+use crate::up::{Up, confirmed_order, http};
 
 fn audit(data: &Path, args: &[&str]) -> Output {
     nexus()
@@ -41,24 +41,7 @@ fn up_audits_read_model_changes_served_over_http_and_verified_by_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let up = Up::start(&data, &[]);
-    for body in [
-        json!({"type": "PlaceOrder", "customer": "ada"}),
-        json!({"type": "AddItem", "sku": "tea", "quantity": 3, "unit_price_cents": 150}),
-        json!({"type": "ConfirmOrder"}),
-    ] {
-        let (status, answer) = command(&up, "o-1", body);
-        assert_eq!(status, 200, "{answer}");
-    }
-    let (status, order) = http(
-        "GET",
-        &format!(
-            "{}/read-models/orders/orders/o-1?wait_for=order/o-1@3",
-            up.query_url
-        ),
-        &[],
-        None,
-    );
-    assert_eq!(status, 200, "{order}");
+    confirmed_order(&up, "o-1");
 
     // The history is for audit:read only.
     let uri = format!("{}/audit/read-models/orders/orders/o-1", up.query_url);

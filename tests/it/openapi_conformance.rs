@@ -12,10 +12,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 use crate::support::nexus;
-use crate::up::{Up, command, http};
+use crate::up::{Up, confirmed_order};
 
 /// Examples generated per operation and phase.
 const MAX_EXAMPLES: &str = "30";
@@ -125,24 +123,7 @@ fn the_openapi_documents_of_nexus_up_hold_against_generated_requests() {
     let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
 
     // The documents' examples name order `o-1` at version 3: make it exist, so they succeed.
-    for body in [
-        json!({"type": "PlaceOrder", "customer": "ada"}),
-        json!({"type": "AddItem", "sku": "tea", "quantity": 3, "unit_price_cents": 150}),
-        json!({"type": "ConfirmOrder"}),
-    ] {
-        let (status, answer) = command(&up, "o-1", body);
-        assert_eq!(status, 200, "{answer}");
-    }
-    let (status, order) = http(
-        "GET",
-        &format!(
-            "{}/read-models/orders/orders/o-1?wait_for=order/o-1@3",
-            up.query_url
-        ),
-        &[],
-        None,
-    );
-    assert_eq!(status, 200, "{order}");
+    confirmed_order(&up, "o-1");
 
     let registry = up.announced["schema_registry"].as_str().unwrap().to_owned();
     let mut failures = Vec::new();

@@ -187,6 +187,30 @@ pub(crate) fn command(up: &Up, id: &str, body: Value) -> (u16, Value) {
     )
 }
 
+/// Places order `id`, adds 3 × tea at 150 cents and confirms it, then waits until the orders
+/// read model shows its version 3: that document.
+pub(crate) fn confirmed_order(up: &Up, id: &str) -> Value {
+    for body in [
+        json!({"type": "PlaceOrder", "customer": "ada"}),
+        json!({"type": "AddItem", "sku": "tea", "quantity": 3, "unit_price_cents": 150}),
+        json!({"type": "ConfirmOrder"}),
+    ] {
+        let (status, answer) = command(up, id, body);
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, order) = http(
+        "GET",
+        &format!(
+            "{}/read-models/orders/orders/{id}?wait_for=order/{id}@3",
+            up.query_url
+        ),
+        &[],
+        None,
+    );
+    assert_eq!(status, 200, "{order}");
+    order
+}
+
 #[test]
 fn up_serves_commands_and_read_models_and_keeps_them_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
