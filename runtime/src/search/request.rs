@@ -669,158 +669,230 @@ fn aggregation_kind(
     schema: &CollectionSchema,
     limits: &SearchLimits,
 ) -> Result<AggregationKind, SearchError> {
-    let invalid = |m: String| SearchError::Invalid(m);
-    let body = body
-        .as_object()
-        .ok_or_else(|| invalid(format!("aggregation `{name}`: `{kind}` takes an object")))?;
-    let allowed: &[&str] = match kind {
-        "terms" => &["field", "size"],
-        "range" => &["field", "ranges"],
-        "histogram" => &["field", "interval"],
-        "date_histogram" => &["field", "fixed_interval"],
-        "stats" | "cardinality" => &["field"],
-        "percentiles" => &["field", "percents"],
-        other => {
-            return Err(invalid(format!(
-                "aggregation `{name}`: `{other}` is not one of terms, range, histogram, date_histogram, stats, percentiles, cardinality"
-            )));
-        }
-    };
-    if let Some(extra) = body.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(invalid(format!(
-            "aggregation `{name}`: `{kind}` takes {}, not `{extra}`",
-            allowed.join(", ")
-        )));
-    }
-    let path = body
-        .get("field")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid(format!("aggregation `{name}` needs a `field`")))?;
-    let field = declared(schema, path)?.clone();
-    let needs = |ok: bool, what: &str| {
-        if ok {
-            Ok(())
-        } else {
-            Err(invalid(format!(
-                "aggregation `{name}`: `{kind}` needs a {what} field, and `{path}` is not one"
-            )))
-        }
-    };
-    let positive = |key: &str| -> Result<f64, SearchError> {
-        body.get(key)
-            .and_then(Value::as_f64)
-            .filter(|v| v.is_finite() && *v > 0.0)
-            .ok_or_else(|| invalid(format!("aggregation `{name}` needs a positive `{key}`")))
-    };
+    let spec = AggSpec::new(name, kind, body, schema, limits)?;
+    let field = spec.field.clone();
     Ok(match kind {
         "terms" => {
-            needs(
+            spec.needs(
                 matches!(field.kind, FieldKind::Keyword | FieldKind::Boolean),
                 "keyword or boolean",
             )?;
-            let size = match body.get("size") {
-                None => 10,
-                Some(size) => size
-                    .as_u64()
-                    .filter(|s| (1..=u64::from(limits.max_terms_size)).contains(s))
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "aggregation `{name}`: size must be 1 to {}",
-                            limits.max_terms_size
-                        ))
-                    })? as u32,
-            };
+            let size = spec.terms_size()?;
             AggregationKind::Terms { field, size }
         }
         "range" => {
-            needs(field.kind == FieldKind::Numeric, "numeric")?;
-            let ranges = body
-                .get("ranges")
-                .and_then(Value::as_array)
-                .filter(|r| !r.is_empty() && r.len() <= limits.max_ranges)
-                .ok_or_else(|| {
-                    invalid(format!(
-                        "aggregation `{name}` needs 1 to {} `ranges`",
-                        limits.max_ranges
-                    ))
-                })?;
-            let mut out = Vec::new();
-            for range in ranges {
-                let bound = |key: &str| match range.get(key) {
-                    None | Some(Value::Null) => Ok(None),
-                    Some(v) => v
-                        .as_f64()
-                        .filter(|f| f.is_finite())
-                        .map(Some)
-                        .ok_or_else(|| {
-                            invalid(format!("aggregation `{name}`: `{key}` must be a number"))
-                        }),
-                };
-                let key = range.get("key").and_then(Value::as_str).map(str::to_owned);
-                out.push((key, bound("from")?, bound("to")?));
-            }
-            AggregationKind::Range { field, ranges: out }
+            spec.needs(field.kind == FieldKind::Numeric, "numeric")?;
+            let ranges = spec.ranges()?;
+            AggregationKind::Range { field, ranges }
         }
         "histogram" => {
-            needs(field.kind == FieldKind::Numeric, "numeric")?;
-            AggregationKind::Histogram {
-                field,
-                interval: positive("interval")?,
-            }
+            spec.needs(field.kind == FieldKind::Numeric, "numeric")?;
+            let interval = spec.positive("interval")?;
+            AggregationKind::Histogram { field, interval }
         }
         "date_histogram" => {
-            needs(field.kind == FieldKind::Date, "date")?;
-            let text = body
-                .get("fixed_interval")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let interval_ms = parse_interval(text).ok_or_else(|| {
-                invalid(format!(
-                    "aggregation `{name}` needs a `fixed_interval` like `30s`, `15m`, `1h` or `1d`"
-                ))
-            })?;
+            spec.needs(field.kind == FieldKind::Date, "date")?;
+            let (fixed_interval, interval_ms) = spec.fixed_interval()?;
             AggregationKind::DateHistogram {
                 field,
-                fixed_interval: text.to_owned(),
+                fixed_interval,
                 interval_ms,
             }
         }
         "stats" => {
-            needs(
+            spec.needs(
                 matches!(field.kind, FieldKind::Numeric | FieldKind::Date),
                 "numeric or date",
             )?;
             AggregationKind::Stats { field }
         }
         "percentiles" => {
-            needs(field.kind == FieldKind::Numeric, "numeric")?;
-            let percents = match body.get("percents") {
-                None => vec![1.0, 5.0, 25.0, 50.0, 75.0, 95.0, 99.0],
-                Some(list) => list
-                    .as_array()
-                    .filter(|l| !l.is_empty() && l.len() <= limits.max_percents)
-                    .and_then(|l| {
-                        l.iter()
-                            .map(|p| p.as_f64().filter(|p| (0.0..=100.0).contains(p)))
-                            .collect::<Option<Vec<f64>>>()
-                    })
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "aggregation `{name}`: percents must be 1 to {} numbers from 0 to 100",
-                            limits.max_percents
-                        ))
-                    })?,
-            };
+            spec.needs(field.kind == FieldKind::Numeric, "numeric")?;
+            let percents = spec.percents()?;
             AggregationKind::Percentiles { field, percents }
         }
         _ => {
-            needs(
+            spec.needs(
                 !matches!(field.kind, FieldKind::Text(_) | FieldKind::Date),
                 "keyword, numeric or boolean",
             )?;
             AggregationKind::Cardinality { field }
         }
     })
+}
+
+/// One range of a range aggregation: its key, `from` (inclusive) and `to` (exclusive).
+type RangeBucket = (Option<String>, Option<f64>, Option<f64>);
+
+/// The body of one aggregation of a known type, with its declared field: what each type reads
+/// from it, each refusal naming the aggregation.
+struct AggSpec<'a> {
+    name: &'a str,
+    kind: &'a str,
+    body: &'a serde_json::Map<String, Value>,
+    path: &'a str,
+    field: SearchField,
+    limits: &'a SearchLimits,
+}
+
+impl<'a> AggSpec<'a> {
+    /// Checks the type and the keys its body may hold, and finds its declared field.
+    fn new(
+        name: &'a str,
+        kind: &'a str,
+        body: &'a Value,
+        schema: &CollectionSchema,
+        limits: &'a SearchLimits,
+    ) -> Result<Self, SearchError> {
+        let invalid = |m: String| SearchError::Invalid(m);
+        let body = body
+            .as_object()
+            .ok_or_else(|| invalid(format!("aggregation `{name}`: `{kind}` takes an object")))?;
+        let allowed: &[&str] = match kind {
+            "terms" => &["field", "size"],
+            "range" => &["field", "ranges"],
+            "histogram" => &["field", "interval"],
+            "date_histogram" => &["field", "fixed_interval"],
+            "stats" | "cardinality" => &["field"],
+            "percentiles" => &["field", "percents"],
+            other => {
+                return Err(invalid(format!(
+                    "aggregation `{name}`: `{other}` is not one of terms, range, histogram, date_histogram, stats, percentiles, cardinality"
+                )));
+            }
+        };
+        if let Some(extra) = body.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(invalid(format!(
+                "aggregation `{name}`: `{kind}` takes {}, not `{extra}`",
+                allowed.join(", ")
+            )));
+        }
+        let path = body
+            .get("field")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid(format!("aggregation `{name}` needs a `field`")))?;
+        let field = declared(schema, path)?.clone();
+        Ok(Self {
+            name,
+            kind,
+            body,
+            path,
+            field,
+            limits,
+        })
+    }
+
+    /// Refuses a field of the wrong kind for this type.
+    fn needs(&self, ok: bool, what: &str) -> Result<(), SearchError> {
+        if ok {
+            return Ok(());
+        }
+        Err(SearchError::Invalid(format!(
+            "aggregation `{}`: `{}` needs a {what} field, and `{}` is not one",
+            self.name, self.kind, self.path
+        )))
+    }
+
+    fn positive(&self, key: &str) -> Result<f64, SearchError> {
+        self.body
+            .get(key)
+            .and_then(Value::as_f64)
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .ok_or_else(|| {
+                SearchError::Invalid(format!(
+                    "aggregation `{}` needs a positive `{key}`",
+                    self.name
+                ))
+            })
+    }
+
+    /// `size` of a terms aggregation: 10 unless given, at most the limit.
+    fn terms_size(&self) -> Result<u32, SearchError> {
+        let Some(size) = self.body.get("size") else {
+            return Ok(10);
+        };
+        let max = self.limits.max_terms_size;
+        size.as_u64()
+            .filter(|s| (1..=u64::from(max)).contains(s))
+            .map(|s| s as u32)
+            .ok_or_else(|| {
+                SearchError::Invalid(format!(
+                    "aggregation `{}`: size must be 1 to {max}",
+                    self.name
+                ))
+            })
+    }
+
+    /// `ranges` of a range aggregation: `(key, from, to)`, 1 to the limit of them.
+    fn ranges(&self) -> Result<Vec<RangeBucket>, SearchError> {
+        let name = self.name;
+        let ranges = self
+            .body
+            .get("ranges")
+            .and_then(Value::as_array)
+            .filter(|r| !r.is_empty() && r.len() <= self.limits.max_ranges)
+            .ok_or_else(|| {
+                SearchError::Invalid(format!(
+                    "aggregation `{name}` needs 1 to {} `ranges`",
+                    self.limits.max_ranges
+                ))
+            })?;
+        let mut out = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let bound = |key: &str| match range.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|f| f.is_finite())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        SearchError::Invalid(format!(
+                            "aggregation `{name}`: `{key}` must be a number"
+                        ))
+                    }),
+            };
+            let key = range.get("key").and_then(Value::as_str).map(str::to_owned);
+            out.push((key, bound("from")?, bound("to")?));
+        }
+        Ok(out)
+    }
+
+    /// `fixed_interval` of a date histogram, as given and in milliseconds.
+    fn fixed_interval(&self) -> Result<(String, i64), SearchError> {
+        let text = self
+            .body
+            .get("fixed_interval")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let interval_ms = parse_interval(text).ok_or_else(|| {
+            SearchError::Invalid(format!(
+                "aggregation `{}` needs a `fixed_interval` like `30s`, `15m`, `1h` or `1d`",
+                self.name
+            ))
+        })?;
+        Ok((text.to_owned(), interval_ms))
+    }
+
+    /// `percents` of a percentiles aggregation: the usual seven unless given.
+    fn percents(&self) -> Result<Vec<f64>, SearchError> {
+        let Some(list) = self.body.get("percents") else {
+            return Ok(vec![1.0, 5.0, 25.0, 50.0, 75.0, 95.0, 99.0]);
+        };
+        let max = self.limits.max_percents;
+        list.as_array()
+            .filter(|l| !l.is_empty() && l.len() <= max)
+            .and_then(|l| {
+                l.iter()
+                    .map(|p| p.as_f64().filter(|p| (0.0..=100.0).contains(p)))
+                    .collect::<Option<Vec<f64>>>()
+            })
+            .ok_or_else(|| {
+                SearchError::Invalid(format!(
+                    "aggregation `{}`: percents must be 1 to {max} numbers from 0 to 100",
+                    self.name
+                ))
+            })
+    }
 }
 
 /// `30s`, `15m`, `1h`, `1d`, `500ms` in milliseconds.
