@@ -15,7 +15,9 @@ use nexus_runtime::bus::local::InProcessBus;
 use nexus_runtime::bus::nats::{JetStreamBus, NatsOptions};
 use nexus_runtime::bus::relay::Relay;
 use nexus_runtime::checkpoint::EmbeddedCheckpoints;
-use nexus_runtime::projection::{Changes, Projection, ProjectionError, ProjectionRunner};
+use nexus_runtime::projection::{
+    Changes, Projection, ProjectionError, ProjectionRunner, RunnerOptions,
+};
 use nexus_runtime::store::embedded::EmbeddedStore;
 use nexus_runtime::{EventStore, ExpectedVersion, NewEvent, RecordedEvent, StreamId};
 use serde_json::json;
@@ -54,6 +56,10 @@ pub(crate) struct BusArgs {
     /// a query dashboard do in the default layout.
     #[arg(long)]
     cross_process: bool,
+    /// Keep the read models' audit logs (`RunnerOptions::audit`, on by default); `--audit false`
+    /// measures the same run without them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    audit: bool,
     /// Print JSON (the default output is a short summary).
     #[arg(long)]
     json: bool,
@@ -203,6 +209,7 @@ pub(crate) fn run(args: BusArgs) -> anyhow::Result<Outcome> {
             "offered_rate": args.rate,
             "duration_s": args.duration,
             "cross_process": args.cross_process,
+            "audit": args.audit,
             "runs": runs,
             "peak_rss_mb": super::bench::peak_rss_mb(),
         });
@@ -373,7 +380,11 @@ async fn bench_run(
             Arc::new(bus)
         }
     };
-    let runner = ProjectionRunner::new(Arc::clone(&store), bus, dir.path().join("read-models"));
+    let runner = ProjectionRunner::new(Arc::clone(&store), bus, dir.path().join("read-models"))
+        .with_options(RunnerOptions {
+            audit: args.audit,
+            ..RunnerOptions::default()
+        });
     let mut handles = Vec::new();
     for k in 0..projections {
         handles.push(runner.spawn(Tally(format!("tally-{k}")))?);
