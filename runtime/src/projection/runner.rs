@@ -473,8 +473,6 @@ struct Item {
     seq: Option<u64>,
     /// The dead letter this item redrives.
     redrive: Option<i64>,
-    /// The delivery's span, from its application until its batch is committed.
-    span: tracing::Span,
 }
 
 impl Item {
@@ -483,24 +481,86 @@ impl Item {
     }
 }
 
-/// The span of one event's delivery to a projection (an OpenTelemetry consumer `process` span):
-/// a child of the trace context the event was appended under, so one trace shows a request
-/// through to the read model. Its correlation and causation ids are on every log line of it.
-fn delivery_span(projection: &str, event: &RecordedEvent) -> tracing::Span {
-    let span = tracing::info_span!(
+/// The spans of the batch being applied: one OpenTelemetry consumer `process {projection}` span
+/// per batch, as the messaging conventions describe for batches: a child of the trace context
+/// the batch's first applied event was appended under (so a request whose event is alone in its
+/// batch, the case of light load, is one trace through to the read model) and linked to the
+/// others' (at most [`MAX_LINKS`]), with `apply` (the projection's handler over the batch) and
+/// `commit {projection}` below it.
+#[derive(Default)]
+struct BatchTrace {
+    /// `process {projection}` and `apply`, from the first event the batch applies.
+    spans: Option<(tracing::Span, tracing::Span)>,
+    links: usize,
+}
+
+/// Links a batch span keeps besides its parent (the exporter's default limit is 128).
+const MAX_LINKS: usize = 127;
+
+impl BatchTrace {
+    /// The `apply` span `event` runs under: the batch's spans start with the first event (its
+    /// context their parent), later events are links.
+    fn applying(&mut self, projection: &str, event: &RecordedEvent) -> &tracing::Span {
+        match &self.spans {
+            Some((process, _)) => {
+                if self.links < MAX_LINKS
+                    && let Some(traceparent) = &event.metadata.traceparent
+                {
+                    trace::add_link(process, traceparent);
+                    self.links += 1;
+                }
+            }
+            None => {
+                let process = tracing::info_span!(
+                    "process",
+                    otel.name = %format_args!("process {projection}"),
+                    otel.kind = "consumer",
+                    messaging.operation.type = "process",
+                    messaging.consumer.group.name = projection,
+                    messaging.batch.message_count = tracing::field::Empty,
+                );
+                if let Some(traceparent) = &event.metadata.traceparent {
+                    trace::set_parent(&process, traceparent, None);
+                }
+                let apply = tracing::info_span!(parent: &process, "apply");
+                self.spans = Some((process, apply));
+            }
+        }
+        &self.spans.as_ref().expect("set above").1
+    }
+
+    /// Ends `apply` and starts `commit {projection}` for the `events` the batch commits; the
+    /// `process` span ends when the trace is dropped.
+    fn committing(&mut self, projection: &str, events: usize) -> (tracing::Span, tracing::Span) {
+        let Some((process, apply)) = self.spans.take() else {
+            return (tracing::Span::none(), tracing::Span::none());
+        };
+        drop(apply);
+        process.record("messaging.batch.message_count", events);
+        let commit = tracing::info_span!(
+            parent: &process,
+            "commit",
+            otel.name = %format_args!("commit {projection}"),
+            events
+        );
+        (process, commit)
+    }
+}
+
+/// The span of one event's application, for log lines (not exported, see
+/// [`trace::DELIVERY_TARGET`]):
+/// the event's id, position, correlation and causation ids, below the batch's `apply`.
+fn event_span(apply: &tracing::Span, projection: &str, event: &RecordedEvent) -> tracing::Span {
+    tracing::info_span!(
+        target: trace::DELIVERY_TARGET,
+        parent: apply,
         "deliver",
-        otel.name = %format_args!("process {projection}"),
-        otel.kind = "consumer",
         messaging.consumer.group.name = projection,
         messaging.message.id = %event.id,
         nexus.position = event.position,
         correlation_id = event.metadata.correlation_id.as_deref().unwrap_or_default(),
         causation_id = event.metadata.causation_id.as_deref().unwrap_or_default(),
-    );
-    if let Some(traceparent) = &event.metadata.traceparent {
-        trace::set_parent(&span, traceparent, None);
-    }
-    span
+    )
 }
 
 /// Most applied stream versions a run remembers before it starts over from the read model.
@@ -559,6 +619,8 @@ struct State {
     last_position: u64,
     processed: u64,
     dead_letters: u64,
+    /// The spans of the batch being applied.
+    trace: BatchTrace,
 }
 
 impl State {
@@ -580,6 +642,7 @@ impl State {
             last_position: checkpoint.position,
             processed: 0,
             dead_letters: 0,
+            trace: BatchTrace::default(),
         }
     }
 
@@ -633,7 +696,6 @@ impl State {
                 delivery,
                 seq: Some(seq),
                 redrive: None,
-                span: tracing::Span::none(),
             },
             false,
         );
@@ -910,7 +972,6 @@ impl<P: Projection> Worker<P> {
                     delivery: Delivery::unacknowledged(letter.event),
                     seq: None,
                     redrive: Some(letter.id),
-                    span: tracing::Span::none(),
                 },
                 false,
             );
@@ -1116,7 +1177,6 @@ impl<P: Projection> Worker<P> {
                 delivery: Delivery::unacknowledged(missed),
                 seq: None,
                 redrive: None,
-                span: tracing::Span::none(),
             });
             state.pending += 1;
         }
@@ -1231,7 +1291,7 @@ impl<P: Projection> Worker<P> {
     async fn run_projection(
         &self,
         event: &RecordedEvent,
-        span: &tracing::Span,
+        span: tracing::Span,
         batch: &Writes,
         documents: &DocumentCache,
     ) -> Result<Option<Writes>, String> {
@@ -1246,10 +1306,9 @@ impl<P: Projection> Worker<P> {
             .upcast_event(event)
             .map_err(|err| err.to_string())?;
         let mut changes = Changes::new(batch, documents, &self.read_model);
-        let apply = tracing::info_span!(parent: span, "apply", projection = %self.name);
         let result = AssertUnwindSafe(self.projection.apply(&event, &mut changes))
             .catch_unwind()
-            .instrument(apply)
+            .instrument(span)
             .await;
         match result {
             Ok(Ok(())) => Ok(Some(changes.into_writes())),
@@ -1303,11 +1362,10 @@ impl<P: Projection> Worker<P> {
         batch: &mut Batch,
         completed: &mut Vec<Item>,
     ) -> bool {
-        let mut item = item;
-        item.span = delivery_span(&self.name, item.event());
         let event = item.event();
+        let span = event_span(state.trace.applying(&self.name, event), &self.name, event);
         let outcome = self
-            .run_projection(event, &item.span, &batch.writes, &state.documents)
+            .run_projection(event, span, &batch.writes, &state.documents)
             .await;
         let park = self.options.dead_letter == DeadLetterMode::Park;
         let retry = self.options.retry;
@@ -1422,6 +1480,8 @@ impl<P: Projection> Worker<P> {
         }
         batch.checkpoint = state.advance_checkpoint();
         let sources = std::mem::take(&mut batch.sources);
+        // The batch's `process` span ends with its commit.
+        let mut trace = std::mem::take(&mut state.trace);
         if !batch.is_empty() {
             // Numbered before the commit and logged in it, so a client resumes across restarts.
             let prepared = if let Some(hub) = &self.notifications {
@@ -1456,7 +1516,7 @@ impl<P: Projection> Worker<P> {
                 None
             };
             let started = Instant::now();
-            let commit = commit_span(&self.name, &completed);
+            let (_process, commit) = trace.committing(&self.name, completed.len());
             #[cfg(feature = "search")]
             let committed = self
                 .commit_searchable(batch, &completed)
@@ -1517,25 +1577,6 @@ impl<P: Projection> Worker<P> {
         });
         Ok(())
     }
-}
-
-/// The span of a read-model commit: a child of the first delivery it commits, linked to the
-/// others (at most 127 links, the exporter's default limit being 128).
-fn commit_span(projection: &str, completed: &[Item]) -> tracing::Span {
-    let mut traced = completed.iter().filter(|item| !item.span.is_disabled());
-    let Some(first) = traced.next() else {
-        return tracing::Span::none();
-    };
-    let span = tracing::info_span!(
-        parent: &first.span,
-        "commit",
-        otel.name = %format_args!("commit {projection}"),
-        events = completed.len()
-    );
-    for item in traced.take(127) {
-        trace::link_span(&span, &item.span);
-    }
-    span
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

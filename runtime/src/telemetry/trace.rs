@@ -8,6 +8,12 @@
 
 use tracing::Span;
 
+/// The target of the per-event span a projection runs each event under, which gives the log
+/// lines of that work the event's correlation and causation ids. It lies outside
+/// `nexus_runtime`, so the OTLP layers Nexus sets up never export it: the exported spans of the
+/// projection path are per batch (`process {projection}`, `apply`, `commit {projection}`).
+pub const DELIVERY_TARGET: &str = "nexus::delivery";
+
 /// The `traceparent` of `span`, when OpenTelemetry records it.
 pub fn traceparent(span: &Span) -> Option<String> {
     imp::headers(span).map(|(traceparent, _)| traceparent)
