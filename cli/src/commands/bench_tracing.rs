@@ -320,6 +320,7 @@ impl Receiver {
             .filter(|kv| kv.key == "messaging.batch.message_count")
             .filter_map(|kv| match kv.value.and_then(|v| v.value) {
                 Some(Value::IntValue(n)) => u64::try_from(n).ok(),
+                Some(Value::StringValue(n)) => n.parse().ok(),
                 _ => None,
             })
             .sum()

@@ -536,7 +536,11 @@ impl BatchTrace {
             return (tracing::Span::none(), tracing::Span::none());
         };
         drop(apply);
-        process.record("messaging.batch.message_count", events);
+        // As an integer: `tracing-opentelemetry` records unsigned fields as text.
+        process.record(
+            "messaging.batch.message_count",
+            i64::try_from(events).unwrap_or(i64::MAX),
+        );
         let commit = tracing::info_span!(
             parent: &process,
             "commit",
