@@ -373,21 +373,45 @@ async fn every_aggregation_type_matches_a_hand_computed_answer(backend: Backend)
     let body = search(&app, &format!("limit=1&aggs={}", enc(&aggs.to_string()))).await;
     let a = &body["aggregations"];
 
-    let counts = |agg: &Value| -> Vec<(String, u64)> {
-        agg["buckets"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no buckets in {agg}"))
-            .iter()
-            .map(|b| {
-                let key = match &b["key"] {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                (key, b["doc_count"].as_u64().unwrap())
-            })
-            .collect()
-    };
-    let mut brands = counts(&a["brands"]);
+    assert_bucket_aggregations(a);
+    assert_metric_aggregations(a);
+
+    nested_bucket_aggregations(&app, backend).await;
+
+    // Aggregations see only what the query and filters match.
+    let scoped = json!({"price_stats": {"stats": {"field": "price"}}});
+    let body = search(
+        &app,
+        &format!("brand=acme&aggs={}", enc(&scoped.to_string())),
+    )
+    .await;
+    assert_eq!(
+        body["aggregations"]["price_stats"]["sum"].as_f64(),
+        Some(350.0)
+    );
+    handle.stop().await;
+}
+
+/// The `(key, doc_count)` of each bucket of a bucket aggregation's answer.
+fn bucket_counts(agg: &Value) -> Vec<(String, u64)> {
+    agg["buckets"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no buckets in {agg}"))
+        .iter()
+        .map(|b| {
+            let key = match &b["key"] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (key, b["doc_count"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// Terms (on a keyword and on a boolean), range, histogram and date histogram over the five
+/// catalog items, counted by hand.
+fn assert_bucket_aggregations(a: &Value) {
+    let mut brands = bucket_counts(&a["brands"]);
     brands.sort();
     assert_eq!(
         brands,
@@ -399,7 +423,7 @@ async fn every_aggregation_type_matches_a_hand_computed_answer(backend: Backend)
         "{a}"
     );
     assert_eq!(
-        counts(&a["prices"])
+        bucket_counts(&a["prices"])
             .into_iter()
             .map(|(_, n)| n)
             .collect::<Vec<_>>(),
@@ -407,7 +431,7 @@ async fn every_aggregation_type_matches_a_hand_computed_answer(backend: Backend)
         "{a}"
     );
     assert_eq!(
-        counts(&a["price_histogram"]),
+        bucket_counts(&a["price_histogram"]),
         vec![("0.0".into(), 3), ("200.0".into(), 1), ("400.0".into(), 1)],
         "{a}"
     );
@@ -431,6 +455,17 @@ async fn every_aggregation_type_matches_a_hand_computed_answer(backend: Backend)
         ],
         "{a}"
     );
+    let mut featured = bucket_counts(&a["featured"]);
+    featured.sort();
+    assert_eq!(featured.iter().map(|(_, n)| *n).sum::<u64>(), 5, "{a}");
+    assert!(
+        featured.contains(&("true".into(), 2)) || featured.contains(&("1".into(), 2)),
+        "{a}"
+    );
+}
+
+/// Stats, percentiles, cardinality and a metric under terms over the five catalog items.
+fn assert_metric_aggregations(a: &Value) {
     let stats = &a["price_stats"];
     assert_eq!(stats["count"], json!(5), "{a}");
     assert_eq!(stats["min"].as_f64(), Some(10.0));
@@ -464,28 +499,6 @@ async fn every_aggregation_type_matches_a_hand_computed_answer(backend: Backend)
         ],
         "{a}"
     );
-    let mut featured = counts(&a["featured"]);
-    featured.sort();
-    assert_eq!(featured.iter().map(|(_, n)| *n).sum::<u64>(), 5, "{a}");
-    assert!(
-        featured.contains(&("true".into(), 2)) || featured.contains(&("1".into(), 2)),
-        "{a}"
-    );
-
-    nested_bucket_aggregations(&app, backend).await;
-
-    // Aggregations see only what the query and filters match.
-    let scoped = json!({"price_stats": {"stats": {"field": "price"}}});
-    let body = search(
-        &app,
-        &format!("brand=acme&aggs={}", enc(&scoped.to_string())),
-    )
-    .await;
-    assert_eq!(
-        body["aggregations"]["price_stats"]["sum"].as_f64(),
-        Some(350.0)
-    );
-    handle.stop().await;
 }
 
 /// A bucket aggregation inside another is answered by tantivy; PostgreSQL refuses it with a
