@@ -99,12 +99,15 @@ try {
     const rows = `tr[data-stream="order/${id}"]`;
     const count = () => page.locator(rows).count();
     await api('POST', `${command}/commands/order/${id}`, { type: 'PlaceOrder', customer: 'ada' });
-    // No reload: the notification brings the row, with the documents the event changed.
+    // No reload: the notifications bring the row, with the documents the event changed (each
+    // document's notification is a frame of its own, so the row may show one before the other).
     await page.locator(rows).waitFor();
-    const documents = await page.locator(rows).textContent();
-    if (!documents.includes(`orders · orders/${id}`) || !documents.includes('orders · customers/ada')) {
-      throw new Error(`the row shows ${documents}`);
+    try {
+      await page.locator(rows, { hasText: `orders · orders/${id}` }).filter({ hasText: 'orders · customers/ada' }).waitFor();
+    } catch (err) {
+      throw new Error(`the row shows ${await page.locator(rows).textContent()}: ${err.message}`);
     }
+    if ((await count()) !== 1) throw new Error(`the event shows as ${await count()} rows`);
     // One stream's tail: another stream's event does not show, this one's does.
     await page.getByLabel('Stream', { exact: true }).fill(`order/${id}`);
     await page.getByRole('button', { name: 'Follow' }).click();
