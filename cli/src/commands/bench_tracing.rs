@@ -305,16 +305,8 @@ impl Receiver {
     /// (`messaging.batch.message_count`): all of them when no span was dropped.
     fn batch_events(&self) -> u64 {
         use opentelemetry_proto::tonic::common::v1::any_value::Value;
-        let bodies = self
-            .bodies
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        bodies
-            .iter()
-            .filter_map(|body| ExportTraceServiceRequest::decode(body.as_slice()).ok())
-            .flat_map(|export| export.resource_spans)
-            .flat_map(|r| r.scope_spans)
-            .flat_map(|s| s.spans)
+        self.received()
+            .into_iter()
             .filter(|span| span.name.starts_with("process "))
             .flat_map(|span| span.attributes)
             .filter(|kv| kv.key == "messaging.batch.message_count")
@@ -326,8 +318,13 @@ impl Receiver {
             .sum()
     }
 
-    /// The spans received so far, decoded.
+    /// How many spans were received so far.
     fn spans(&self) -> u64 {
+        self.received().len() as u64
+    }
+
+    /// The spans received so far, decoded.
+    fn received(&self) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
         let bodies = self
             .bodies
             .lock()
@@ -337,8 +334,8 @@ impl Receiver {
             .filter_map(|body| ExportTraceServiceRequest::decode(body.as_slice()).ok())
             .flat_map(|export| export.resource_spans)
             .flat_map(|r| r.scope_spans)
-            .map(|s| s.spans.len() as u64)
-            .sum()
+            .flat_map(|s| s.spans)
+            .collect()
     }
 }
 
