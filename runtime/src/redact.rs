@@ -64,6 +64,71 @@ pub fn url(text: &str) -> String {
     out
 }
 
+/// `text` (free text such as an error message) with the secrets of every URL in it and of every
+/// `key=value` word whose name says secret replaced by `***`, as [`url`] does for one URL.
+///
+/// ```
+/// use nexus_runtime::redact;
+///
+/// assert_eq!(
+///     redact::text("cannot connect to nats://s3cret@10.0.0.1:4222: timed out"),
+///     "cannot connect to nats://***@10.0.0.1:4222: timed out"
+/// );
+/// ```
+pub fn text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        // The scheme: the letters, digits, `+`, `-` and `.` right before `://`.
+        let start = rest[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        // The URL ends at whitespace, a quote or a closing bracket.
+        let end = rest[at + 3..]
+            .find(|c: char| {
+                c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>' | ')' | ']')
+            })
+            .map_or(rest.len(), |i| at + 3 + i);
+        out.push_str(&words(&rest[..start]));
+        out.push_str(&url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(&words(rest));
+    out
+}
+
+/// `text` with the values of secret `key=value` words masked (whitespace kept as it was).
+fn words(text: &str) -> String {
+    if !text.contains('=') {
+        return text.to_owned();
+    }
+    text.split_inclusive(char::is_whitespace)
+        .map(|word| {
+            let trimmed = word.trim_end();
+            match trimmed.split_once('=') {
+                Some((name, _)) if secret_name(name) => {
+                    format!("{name}={MASK}{}", &word[trimmed.len()..])
+                }
+                _ => word.to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// An error and its causes on one line, `: `-separated, with every secret [`text`] finds
+/// masked: what a log line shows of an error. Never for a response body: the causes are
+/// internals.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text(&message)
+}
+
 /// Schemes whose lone userinfo is a token, not a user name.
 fn token_scheme(scheme: &str) -> bool {
     matches!(scheme, "nats" | "tls" | "ws" | "wss")
@@ -118,6 +183,32 @@ fn keywords(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::url;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("event bus is unavailable")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn an_error_chain_shows_every_cause_with_its_secrets_masked() {
+        let err = Outer(std::io::Error::other(
+            "connect to nats://user:s3cret@10.0.0.1:4222 (tls://t0ken@b:4222) failed, password=s3cret",
+        ));
+        assert_eq!(
+            super::error_chain(&err),
+            "event bus is unavailable: connect to nats://user:***@10.0.0.1:4222 \
+             (tls://***@b:4222) failed, password=***"
+        );
+        // No URL, nothing secret: the text as it was.
+        let plain = Outer(std::io::Error::other("missed idle heartbeat"));
+        assert_eq!(
+            super::error_chain(&plain),
+            "event bus is unavailable: missed idle heartbeat"
+        );
+        assert_eq!(
+            super::text("missed idle heartbeat at a=b c://"),
+            "missed idle heartbeat at a=b c://"
+        );
+    }
 
     #[test]
     fn every_form_of_secret_is_masked_and_nothing_else() {

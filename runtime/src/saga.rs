@@ -156,18 +156,6 @@ impl SagaError {
     }
 }
 
-/// An error and its causes on one line.
-pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Reads and operates the instances of one saga type: status from its read model (one indexed
 /// read, no runner needed), history from its stream, and the operator's retry and abort.
 #[derive(Clone)]

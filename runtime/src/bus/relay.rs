@@ -97,7 +97,7 @@ impl Relay {
             match self.start_position().await {
                 Ok(position) => break position,
                 Err(err) => {
-                    tracing::warn!(error = %err, relay = %self.name, "cannot read the relay checkpoint or the stream; retrying");
+                    tracing::warn!(error = %crate::redact::error_chain(err.as_ref()), relay = %self.name, "cannot read the relay checkpoint or the stream; retrying");
                     tokio::select! {
                         _ = &mut stopped => return,
                         () = tokio::time::sleep(backoff) => {}
@@ -127,7 +127,7 @@ impl Relay {
                     next = subscription.next() => match next {
                         Ok(event) => pending.push(event),
                         Err(err) => {
-                            tracing::warn!(error = %err, relay = %self.name, "cannot read the log; retrying");
+                            tracing::warn!(error = %crate::redact::error_chain(&err), relay = %self.name, "cannot read the log; retrying");
                             tokio::time::sleep(backoff).await;
                             continue;
                         }
@@ -136,7 +136,7 @@ impl Relay {
                 match subscription.poll_ready(BATCH - 1).await {
                     Ok(more) => pending.extend(more),
                     Err(err) => {
-                        tracing::debug!(error = %err, "read-ahead failed; publishing what we have")
+                        tracing::debug!(error = %crate::redact::error_chain(&err), "read-ahead failed; publishing what we have")
                     }
                 }
             }
@@ -167,12 +167,12 @@ impl Relay {
                     backoff = Duration::from_millis(50);
                     if let Err(err) = self.checkpoints.save(&self.name, last).await {
                         // Republishing after a restart is harmless: JetStream drops duplicates.
-                        tracing::warn!(error = %err, relay = %self.name, "cannot save the relay checkpoint");
+                        tracing::warn!(error = %crate::redact::error_chain(&err), relay = %self.name, "cannot save the relay checkpoint");
                     }
                 }
                 Err(err) => {
                     failures.increment(1);
-                    tracing::warn!(error = %err, relay = %self.name, events = pending.len(), "publish failed; retrying");
+                    tracing::warn!(error = %crate::redact::error_chain(&err), relay = %self.name, events = pending.len(), "publish failed; retrying");
                     tokio::select! {
                         _ = &mut stopped => return,
                         () = tokio::time::sleep(backoff) => {}

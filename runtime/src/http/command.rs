@@ -408,7 +408,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         Ok(head) => Json(json!({ "status": "ok", "head": head })).into_response(),
         Err(err) => {
             // The body says nothing internal; the cause goes to the log.
-            tracing::error!(cause = %super::error::chain(&err), "event store health check failed");
+            tracing::error!(cause = %crate::redact::error_chain(&err), "event store health check failed");
             (
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 Json(

@@ -302,7 +302,7 @@ impl IntoResponse for ApiError {
                 correlation_id = correlation_id.as_deref().unwrap_or("-"),
                 status = status.as_u16(),
                 code,
-                cause = %chain(cause.as_ref()),
+                cause = %crate::redact::error_chain(cause.as_ref()),
                 "request failed"
             );
         }
@@ -331,18 +331,6 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// The message of `error` followed by its causes, `: `-separated (for logs only).
-pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]

@@ -79,7 +79,7 @@ impl Failure {
 
     fn read(err: &ReadError) -> Self {
         // Never the driver's message: 5xx bodies carry no internals.
-        tracing::warn!(error = %crate::http::error::chain(err), "temporal read failed");
+        tracing::warn!(error = %crate::redact::error_chain(err), "temporal read failed");
         match err {
             ReadError::Unavailable(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -444,7 +444,7 @@ fn action_of(path: &str) -> &'static str {
 
 async fn write_audit(inner: &Inner, record: &AuditRecord) {
     if let Err(err) = inner.audit.record(record).await {
-        tracing::error!(error = %crate::http::error::chain(&err), "failed to write an audit record");
+        tracing::error!(error = %crate::redact::error_chain(&err), "failed to write an audit record");
     }
 }
 
@@ -694,7 +694,7 @@ async fn state_of(
                     Failure::unprocessable("version_not_reached", err.to_string())
                 }
                 err => {
-                    tracing::warn!(error = %crate::http::error::chain(&err), "state-as-of failed");
+                    tracing::warn!(error = %crate::redact::error_chain(&err), "state-as-of failed");
                     Failure::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "internal",
@@ -749,7 +749,7 @@ async fn audit_page(
         let after = number("after", 0)? as u64;
         let limit = number("limit", DEFAULT_AUDIT_PAGE)?.clamp(1, crate::audit::MAX_AUDIT_PAGE);
         let entries = inner.audit.page(after, limit).await.map_err(|err| {
-            tracing::warn!(error = %crate::http::error::chain(&err), "reading the audit log failed");
+            tracing::warn!(error = %crate::redact::error_chain(&err), "reading the audit log failed");
             Failure::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -812,7 +812,7 @@ async fn replay(
         })?;
         let target_name = format!("replay-{into}");
         let target = models.open(&target_name).map_err(|err| {
-            tracing::warn!(error = %crate::http::error::chain(&err), "cannot open the replay read model");
+            tracing::warn!(error = %crate::redact::error_chain(&err), "cannot open the replay read model");
             Failure::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -829,7 +829,7 @@ async fn replay(
                 ),
                 ReplayError::Read(err) => Failure::read(&err),
                 err => {
-                    tracing::warn!(error = %crate::http::error::chain(&err), "projection rebuild failed");
+                    tracing::warn!(error = %crate::redact::error_chain(&err), "projection rebuild failed");
                     Failure::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "internal",

@@ -448,7 +448,7 @@ impl Worker {
     }
 
     fn failed(&self, stage: Stage, attempt: u32, err: &(dyn std::error::Error + 'static)) {
-        let message = error_chain(err);
+        let message = crate::redact::error_chain(err);
         warn!(stage = stage.as_str(), attempt, error = %message, "integration relay step failed, retrying");
         metrics::counter!(
             "nexus_integration_failures_total",
@@ -520,18 +520,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("no message")
-}
-
-/// An error and its sources, joined with `: `.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]

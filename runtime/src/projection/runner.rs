@@ -323,7 +323,7 @@ async fn retain(
             }
             Ok(_) => {}
             Err(err) => {
-                tracing::warn!(projection = %name, error = %err, "audit retention failed; retrying at the next interval");
+                tracing::warn!(projection = %name, error = %crate::redact::error_chain(&err), "audit retention failed; retrying at the next interval");
             }
         }
     }
@@ -436,7 +436,7 @@ async fn supervise<P: Projection>(worker: Worker<P>, mut stopped: watch::Receive
                 {
                     backoff = FIRST_BACKOFF;
                 }
-                tracing::error!(projection = %worker.name, error = %err, "projection worker failed; restarting");
+                tracing::error!(projection = %worker.name, error = %crate::redact::error_chain(&err), "projection worker failed; restarting");
                 metrics::counter!("nexus_projection_restarts_total", "projection" => worker.name.clone()).increment(1);
                 worker.update_health(|h| {
                     h.status = ProjectionStatus::Failing;
@@ -810,7 +810,7 @@ async fn feed(
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(projection = %name, error = %err, "cannot read the store to catch up; retrying");
+                    tracing::warn!(projection = %name, error = %crate::redact::error_chain(&err), "cannot read the store to catch up; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -833,11 +833,11 @@ async fn feed(
                 // Deliveries in flight when the connection broke come back only after the
                 // bus's ack wait: end the run, so the next one reads the store from its
                 // checkpoint instead.
-                tracing::warn!(projection = %name, error = %err, "bus consumer failed; restarting from the checkpoint");
+                tracing::warn!(projection = %name, error = %crate::redact::error_chain(&err), "bus consumer failed; restarting from the checkpoint");
                 return;
             }
             Err(err) => {
-                tracing::warn!(projection = %name, error = %err, "bus consumer failed; retrying");
+                tracing::warn!(projection = %name, error = %crate::redact::error_chain(&err), "bus consumer failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -1563,7 +1563,7 @@ impl<P: Projection> Worker<P> {
             latencies.record(latency);
             if let Err(err) = item.delivery.ack().await {
                 // The event is committed; a redelivery will be recognised and skipped.
-                tracing::debug!(projection = %self.name, error = %err, "ack failed");
+                tracing::debug!(projection = %self.name, error = %crate::redact::error_chain(&err), "ack failed");
             }
         }
         let (last_position, processed, dead_letters, retrying) = (

@@ -93,7 +93,7 @@ where
 
 /// Sorts a command error into a definitive failure or an unknown outcome.
 fn failure<E: std::error::Error + 'static>(err: &CommandError<E>) -> StepFailure {
-    let message = super::chain(err);
+    let message = crate::redact::error_chain(err);
     match err {
         CommandError::Rejected(_)
         | CommandError::Conflict { .. }

@@ -15,7 +15,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::commands::{SagaCommands, StepFailure};
 use super::definition::{SagaContext, SagaDefinition, StepRetry};
 use super::state::{Action, Next, SAGA_STREAM_TYPE, SagaEvent, SagaState, SagaStatus};
-use super::{SagaError, SagaReader, chain};
+use super::{SagaError, SagaReader};
 use crate::event::{EventId, Metadata, NewEvent, RecordedEvent, StreamId};
 use crate::projection::{
     Changes, Projection, ProjectionError, ProjectionHandle, ProjectionRunner, ReadModelStore,
@@ -352,7 +352,7 @@ impl Engine {
     /// Advances instance `id` until it waits, ends or is stuck.
     async fn drive(&self, id: &str) {
         if let Err(err) = self.try_drive(id).await {
-            tracing::warn!(saga = %self.name, instance = id, cause = %chain(&err), "advancing a saga failed; trying again later");
+            tracing::warn!(saga = %self.name, instance = id, cause = %crate::redact::error_chain(&err), "advancing a saga failed; trying again later");
             let backoff = chrono::Duration::from_std(self.options.error_backoff)
                 .unwrap_or_else(|_| chrono::Duration::seconds(1));
             self.queue.schedule(id, Utc::now() + backoff);
@@ -986,7 +986,7 @@ async fn run_driver(
         if reconciled.elapsed() >= engine.options.reconcile_interval {
             reconciled = tokio::time::Instant::now();
             if let Err(err) = reconcile(&engine, &read_model, false).await {
-                tracing::warn!(saga = %engine.name, cause = %chain(&err), "reconciling saga timers failed");
+                tracing::warn!(saga = %engine.name, cause = %crate::redact::error_chain(&err), "reconciling saga timers failed");
             }
         }
         let free = permits.available_permits();
