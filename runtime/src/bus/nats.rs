@@ -1,6 +1,7 @@
 //! NATS JetStream bus: one file-backed stream of committed events, one durable pull consumer
 //! per projection, publications de-duplicated by event id (`Nats-Msg-Id`).
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -25,6 +26,13 @@ pub struct NatsOptions {
     pub ack_wait: Duration,
     /// Deliveries a consumer may hold unacknowledged.
     pub max_ack_pending: i64,
+    /// Messages a consumer asks for per pull request (it asks again when half have arrived).
+    pub pull_batch: usize,
+    /// How long a pull request waits on the server for messages before it expires.
+    pub pull_expires: Duration,
+    /// How often the server signals an open pull request it has nothing to deliver on; two
+    /// missed in a row are reported (at most half of `pull_expires`).
+    pub idle_heartbeat: Duration,
 }
 
 impl NatsOptions {
@@ -47,6 +55,9 @@ impl Default for NatsOptions {
             duplicate_window: Duration::from_secs(120),
             ack_wait: Duration::from_secs(600),
             max_ack_pending: 20_000,
+            pull_batch: 200,
+            pull_expires: Duration::from_secs(30),
+            idle_heartbeat: Duration::from_secs(15),
         }
     }
 }
@@ -193,17 +204,72 @@ impl Acker for NatsAcker {
 
 struct NatsConsumer {
     consumer: consumer::PullConsumer,
+    client: async_nats::Client,
+    options: NatsOptions,
     messages: Option<consumer::pull::Stream>,
+    /// The client's connection count when `messages` was opened.
+    opened_on: u64,
     delivered: metrics::Counter,
     pending: metrics::Gauge,
 }
+
+impl NatsConsumer {
+    /// Connections the client has made so far (the first, then each reconnect).
+    fn connects(&self) -> u64 {
+        self.client.statistics().connects.load(Ordering::Relaxed)
+    }
+
+    /// Whether `err` leaves the message stream whole: two idle heartbeats missed while the
+    /// connection it was opened on is still up. Everything the server delivered is then in
+    /// the stream's subscription, and the stream pulls again when its pull request expires, so
+    /// reading on loses nothing. After a reconnect, deliveries in flight may have been lost
+    /// (until the ack wait): that is an error.
+    fn transient(&self, err: &consumer::pull::MessagesError) -> bool {
+        err.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat
+            && self.client.connection_state() == async_nats::connection::State::Connected
+            && self.connects() == self.opened_on
+    }
+
+    /// Logs a transient error with the consumer's state on the server, which says why it was
+    /// silent (no pull request waiting, or as many deliveries unacknowledged as it may hold).
+    async fn log_transient(&self, err: &consumer::pull::MessagesError) {
+        let name = &self.consumer.cached_info().name;
+        let error = crate::redact::error_chain(err);
+        match tokio::time::timeout(INFO_TIMEOUT, self.consumer.get_info()).await {
+            Ok(Ok(info)) => tracing::warn!(
+                consumer = %name, %error, waiting_pulls = info.num_waiting,
+                ack_pending = info.num_ack_pending, max_ack_pending = info.config.max_ack_pending,
+                stream_pending = info.num_pending,
+                "the pull stream was silent on a live connection; reading on"
+            ),
+            _ => tracing::warn!(
+                consumer = %name, %error,
+                "the pull stream was silent on a live connection; reading on"
+            ),
+        }
+    }
+}
+
+/// How long a consumer's state on the server is waited for, for a log line.
+const INFO_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[async_trait]
 impl BusConsumer for NatsConsumer {
     async fn next(&mut self) -> Result<Delivery, BusError> {
         loop {
             if self.messages.is_none() {
-                self.messages = Some(self.consumer.messages().await.map_err(unavailable)?);
+                let options = &self.options;
+                let stream = self
+                    .consumer
+                    .stream()
+                    .max_messages_per_batch(options.pull_batch.max(1))
+                    .expires(options.pull_expires)
+                    .heartbeat(options.idle_heartbeat.min(options.pull_expires / 2))
+                    .messages()
+                    .await
+                    .map_err(unavailable)?;
+                self.opened_on = self.connects();
+                self.messages = Some(stream);
             }
             let messages = self.messages.as_mut().expect("opened just above");
             match messages.next().await {
@@ -227,8 +293,9 @@ impl BusConsumer for NatsConsumer {
                     };
                     return Ok(Delivery::with_acker(event, Box::new(NatsAcker(message))));
                 }
+                Some(Err(err)) if self.transient(&err) => self.log_transient(&err).await,
                 Some(Err(err)) => {
-                    // A missed heartbeat or a server restart: reopen the message stream.
+                    // A lost connection or a failed pull: reopen the message stream.
                     self.messages = None;
                     return Err(unavailable(err));
                 }
@@ -278,7 +345,10 @@ impl EventBus for JetStreamBus {
             .map_err(unavailable)?;
         Ok(Box::new(NatsConsumer {
             consumer,
+            client: self.context.client(),
+            options: self.options.clone(),
             messages: None,
+            opened_on: 0,
             delivered,
             pending,
         }))

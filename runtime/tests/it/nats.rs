@@ -240,6 +240,19 @@ impl PrivateNats {
     fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+
+    /// Stops the server for `pause` (SIGSTOP, then SIGCONT): connections stay open, nothing
+    /// is sent.
+    fn pause(&self, pause: Duration) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let signal = |name: &str| {
+            let status = Command::new("kill").args([name, &pid]).status().unwrap();
+            assert!(status.success(), "kill {name} {pid}");
+        };
+        signal("-STOP");
+        std::thread::sleep(pause);
+        signal("-CONT");
+    }
 }
 
 impl Drop for PrivateNats {
@@ -583,4 +596,82 @@ async fn a_relay_republishes_from_the_store_when_the_stream_lost_what_it_publish
     handle.stop().await;
     third.stop().await;
     delete_stream(&url, &options.stream).await;
+}
+
+/// A projection slower than the bus falls behind by five times `max_ack_pending`, and the
+/// server goes silent for a while (paused, as an overloaded or stalled server is): the pull
+/// stream misses its idle heartbeats on a connection that never dropped. The run reads on
+/// instead of failing and restarting from the store, and applies every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_far_behind_reads_on_through_missed_heartbeats_without_a_restart() {
+    let Some(nats) = PrivateNats::start() else {
+        return;
+    };
+    let options = NatsOptions {
+        max_ack_pending: 20,
+        pull_batch: 10,
+        pull_expires: Duration::from_secs(2),
+        idle_heartbeat: Duration::from_millis(200),
+        ..NatsOptions::default()
+    };
+    let (store, dir) = support::embedded();
+    let bus = JetStreamBus::connect(&nats.url(), options).await.unwrap();
+    let mut slow = Counter::new("laggard");
+    slow.delay = Duration::from_millis(20);
+    let handle = nats_runner(
+        &store,
+        &bus,
+        dir.path(),
+        RunnerOptions {
+            batch_size: 10,
+            ..RunnerOptions::default()
+        },
+    )
+    .spawn(slow)
+    .unwrap();
+    append(&store, "warm", vec![event(false)]).await;
+    bus.publish(&store.read_all(LogPosition::START, 10).await.unwrap())
+        .await
+        .unwrap();
+    eventually(
+        &handle,
+        Duration::from_secs(10),
+        "the first event",
+        async |h| count(h, "warm").await == 1,
+    )
+    .await;
+    let after = store.head().await.unwrap();
+    for k in 0..5 {
+        append(
+            &store,
+            &format!("k{k}"),
+            (0..20).map(|_| event(false)).collect(),
+        )
+        .await;
+    }
+    bus.publish(&store.read_all(after, 500).await.unwrap())
+        .await
+        .unwrap();
+    // Silent for five heartbeats while the projection is behind.
+    nats.pause(Duration::from_secs(1));
+    eventually(
+        &handle,
+        Duration::from_secs(30),
+        "all 100 events",
+        async |h| total(h, (0..5).map(|k| format!("k{k}"))).await == 100,
+    )
+    .await;
+    for k in 0..5 {
+        assert_eq!(
+            applied(&handle, &format!("k{k}")).await,
+            (1..=20).collect::<Vec<_>>(),
+            "k{k}: once each, in order"
+        );
+    }
+    let health = handle.health();
+    assert_eq!(
+        health.last_error, None,
+        "the run went on without failing: {health:?}"
+    );
+    handle.stop().await;
 }
