@@ -16,8 +16,9 @@ use super::notification::{Coalesced, Notification, ServerMessage, Since};
 pub struct SessionLimits {
     /// Most notifications delivered in any one-second window (default 100, at least 2).
     pub per_second: u32,
-    /// Most documents waiting in the mailbox (default 4 096); one more closes the client as
-    /// `slow`, and it resumes from its last position.
+    /// Most notifications waiting in the mailbox (default 4 096; a document has at most two
+    /// waiting, see [`Session::next`]); one more closes the client as `slow`, and it resumes
+    /// from its last position.
     pub max_pending: usize,
     /// Most subscriptions of one client (default 64).
     pub max_subscriptions: usize,
@@ -107,6 +108,9 @@ enum Pending {
     Note {
         entry: Arc<Entry>,
         coalesced: Option<Coalesced>,
+        /// The key the document got when it started waiting: its turn comes once everything
+        /// queued before that key has left.
+        since: u64,
     },
     Control(Box<ServerMessage>),
 }
@@ -114,7 +118,10 @@ enum Pending {
 #[derive(Default)]
 struct MailboxState {
     /// In arrival order; a coalesced document moves to the back, so each projection's
-    /// notifications leave in position order.
+    /// notifications leave in position order. It moves only until its turn has come (what
+    /// was queued before it started waiting has left): from then on it keeps its place and a
+    /// newer change waits behind it as a notification of its own, so a document that keeps
+    /// changing is never pushed back for ever (at most two per document wait at once).
     queue: BTreeMap<u64, Pending>,
     next: u64,
     /// Document hash → its notification's key in `queue`.
@@ -135,20 +142,25 @@ impl Mailbox {
         self.state.lock().expect("mailbox lock poisoned")
     }
 
-    /// Queues `entry`, replacing a notification of the same document that is still waiting.
-    /// Never blocks; a full mailbox closes the client as slow.
+    /// Queues `entry`, replacing a notification of the same document that is still waiting
+    /// for its turn (see [`MailboxState::queue`]). Never blocks; a full mailbox closes the
+    /// client as slow.
     pub(crate) fn offer(&self, entry: &Arc<Entry>) {
         let mut state = self.lock();
         if state.closed.is_some() {
             return;
         }
+        let turn = state.queue.first_key_value().map(|(key, _)| *key);
         let mut coalesced = None;
+        let mut since = state.next;
         if let Some(key) = state.by_document.get(&entry.doc_hash).copied()
             && let Some(Pending::Note {
                 entry: old,
                 coalesced: before,
+                since: waiting,
             }) = state.queue.get(&key)
             && old.same_document(entry)
+            && turn.is_some_and(|first| first < *waiting)
         {
             coalesced = Some(Coalesced::merge(
                 before.or(old.note.coalesced),
@@ -158,6 +170,7 @@ impl Mailbox {
                 &entry.note.aggregate_id,
                 entry.note.aggregate_version,
             ));
+            since = *waiting;
             state.queue.remove(&key);
             metrics::counter!("nexus_notify_coalesced_total").increment(1);
         } else if state.queue.len() >= self.max_pending {
@@ -175,6 +188,7 @@ impl Mailbox {
             Pending::Note {
                 entry: Arc::clone(entry),
                 coalesced,
+                since,
             },
         );
         state.by_document.insert(entry.doc_hash, key);
@@ -380,6 +394,13 @@ impl Session {
 
     /// The next frame to send, waiting for one and for the throttle; cancel-safe (a frame is
     /// taken only when this returns it).
+    ///
+    /// Notifications leave in the order they arrived (so each projection's positions rise). A
+    /// newer change of a waiting document replaces it (latest wins, `coalesced` counts both)
+    /// and takes the newer one's place at the back, but only until the document's turn has
+    /// come; after that it keeps its place and the newer change waits behind it on its own.
+    /// So a document that never stops changing still leaves: a change is sent, or folded into
+    /// one that is sent, within the notifications waiting when it arrived plus `max_pending`.
     pub async fn next(&mut self) -> Next {
         loop {
             let wait = {
@@ -404,7 +425,10 @@ impl Session {
                     Some(first) => match self.throttle.take(Instant::now()) {
                         Ok(()) => {
                             let key = *first.key();
-                            let Pending::Note { entry, coalesced } = first.remove() else {
+                            let Pending::Note {
+                                entry, coalesced, ..
+                            } = first.remove()
+                            else {
                                 unreachable!("matched above")
                             };
                             if state.by_document.get(&entry.doc_hash) == Some(&key) {
@@ -474,6 +498,117 @@ fn encode(message: &ServerMessage) -> Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn change(id: &str, version: u64) -> super::super::hub::Change {
+        super::super::hub::Change {
+            collection: "docs".into(),
+            id: id.into(),
+            document: Some(serde_json::json!({ "v": version })),
+            aggregate_type: "doc".into(),
+            aggregate_id: id.into(),
+            aggregate_version: version,
+            event_id: crate::event::EventId::new(),
+            log_position: 1,
+            recorded_at: chrono::Utc::now(),
+            correlation_id: None,
+            coalesced: None,
+            previous: None,
+        }
+    }
+
+    async fn take(session: &mut Session) -> Notification {
+        let next = tokio::time::timeout(Duration::from_secs(10), session.next());
+        match next.await.expect("a frame is waiting") {
+            Next::Frame { text, .. } => match serde_json::from_str(&text).unwrap() {
+                ServerMessage::Notification(note) => note,
+                other => panic!("expected a notification, got {other:?}"),
+            },
+            Next::Closed(reason) => panic!("closed: {reason:?}"),
+        }
+    }
+
+    /// A throttled client takes fewer frames than arrive, so its mailbox holds a backlog that
+    /// other documents keep flowing through. A hot document changing on every send used to
+    /// move to the back each time and never be sent; its changes must each leave (or be
+    /// folded into one that leaves) within a bounded number of sends, in position order, with
+    /// `coalesced` counting every change once.
+    #[tokio::test]
+    async fn a_hot_document_is_delivered_within_a_bounded_number_of_sends_under_a_steady_stream() {
+        let max_pending = 64;
+        let hub = NotificationHub::default();
+        let mut session = hub.connect(SessionLimits {
+            // The pace is the test's: one frame taken per two changes published.
+            per_second: 1_000_000,
+            max_pending,
+            ..SessionLimits::default()
+        });
+        session
+            .subscribe("s", "p", Scope::Projection, None)
+            .await
+            .unwrap();
+        let mut cold = 0u64;
+        let mut publish_cold = |hub: &NotificationHub| {
+            hub.publish("p", vec![change(&format!("cold-{cold}"), 1)]);
+            cold += 1;
+        };
+        for _ in 0..max_pending / 2 {
+            publish_cold(&hub);
+        }
+        // Hot version → the send count when it was published.
+        let mut published_at = vec![0usize];
+        let (mut delivered, mut last_position, mut hot_deliveries) = (0u64, 0u64, 0);
+        let (mut changes, mut longest_wait) = (0u64, 0usize);
+        let bound = 2 * max_pending;
+        let steps = 400;
+        for sent in 0..steps + 2 * max_pending {
+            if sent < steps {
+                published_at.push(sent);
+                hub.publish("p", vec![change("hot", published_at.len() as u64 - 1)]);
+                publish_cold(&hub);
+            }
+            let note = take(&mut session).await;
+            assert!(note.position > last_position, "positions increase");
+            last_position = note.position;
+            if note.id != "hot" {
+                continue;
+            }
+            hot_deliveries += 1;
+            let count = note.coalesced.map_or(1, |c| c.count);
+            let from = note
+                .coalesced
+                .map_or(note.aggregate_version, |c| c.from_version);
+            assert_eq!(
+                from,
+                delivered + 1,
+                "the range starts after the last delivered"
+            );
+            assert_eq!(count, note.aggregate_version - delivered);
+            for version in from..=note.aggregate_version {
+                longest_wait = longest_wait.max(sent - published_at[version as usize]);
+            }
+            changes += count;
+            delivered = note.aggregate_version;
+            if delivered == steps as u64 {
+                break;
+            }
+        }
+        assert_eq!(
+            delivered, steps as u64,
+            "the hot document's last change arrives"
+        );
+        assert_eq!(
+            changes, steps as u64,
+            "every change delivered or folded once"
+        );
+        assert!(
+            longest_wait <= bound,
+            "a hot change waited {longest_wait} sends (bound {bound})"
+        );
+        assert!(
+            hot_deliveries > 2 && hot_deliveries < steps / 4,
+            "the hot document is both delivered and coalesced: {hot_deliveries} frames"
+        );
+    }
 
     #[test]
     fn the_throttle_never_passes_more_than_the_limit_in_any_sliding_second() {
