@@ -31,7 +31,9 @@ pub use health::health_router;
 pub use metrics::{metrics_router, prometheus};
 /// The access-control layer shared with the schema registry (`nexus-access`).
 pub use nexus_access as access;
-pub use nexus_access::{ServeOptions, serve, serve_until, serve_with, shutdown_signal};
+pub use nexus_access::{
+    LISTEN_BACKLOG, ServeOptions, listen, serve, serve_until, serve_with, shutdown_signal,
+};
 pub use notify::{
     BEARER_PROTOCOL_PREFIX, CLIENT_JS, EXPIRED_CLOSE_CODE, NotifyOptions,
     PROTOCOL as NOTIFY_PROTOCOL,

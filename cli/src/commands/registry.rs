@@ -75,7 +75,7 @@ pub(crate) async fn open_storage(spec: &str) -> anyhow::Result<Arc<dyn Storage>>
 async fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
     let access = super::auth::access_for(&args.auth, args.addr, None).await?;
     let storage = open_storage(&args.storage).await?;
-    let listener = tokio::net::TcpListener::bind(args.addr)
+    let listener = nexus_runtime::http::listen(args.addr)
         .await
         .with_context(|| format!("failed to listen on {}", args.addr))?;
     let local = listener.local_addr()?;

@@ -237,7 +237,7 @@ async fn fulfilment_saga(
 /// Binds `port` on the configured host, saying which service wanted it when that fails.
 async fn bind(args: &UpArgs, port: u16, service: &str, flag: &str) -> anyhow::Result<TcpListener> {
     let addr = SocketAddr::new(args.host, port);
-    TcpListener::bind(addr).await.with_context(|| {
+    nexus_runtime::http::listen(addr).await.with_context(|| {
         format!("failed to listen on {addr} for the {service}; pick another port with {flag} (0 picks a free one)")
     })
 }

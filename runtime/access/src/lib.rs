@@ -49,7 +49,9 @@ pub use permission::{Permission, Permissions, UnknownPermission};
 pub use principal::{Principal, Via};
 pub use rejection::{ErrorStyle, Rejection};
 pub use secret::{MIN_SECRET_BYTES, ensure_secret_file};
-pub use serve::{ServeOptions, serve, serve_until, serve_with, shutdown_signal};
+pub use serve::{
+    LISTEN_BACKLOG, ServeOptions, listen, serve, serve_until, serve_with, shutdown_signal,
+};
 pub use token::{IssueError, MAX_TOKEN_BYTES, TokenError, TokenRequest, issue_hs256};
 
 #[cfg(test)]

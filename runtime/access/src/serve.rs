@@ -1,25 +1,29 @@
 //! Serving a router over HTTP/1.1 with the bounds a slow or abusive client cannot get around:
 //! a connection cap (beyond it the listener stops accepting, so the kernel's backlog queues
-//! the rest), and a timeout on reading each request's headers, which also closes a connection
+//! the rest: bind with [`listen`], whose backlog is [`LISTEN_BACKLOG`]), and a timeout on reading each request's headers, which also closes a connection
 //! that sits idle between requests. Body size and read time are bounded per service by
 //! [`BodyLimits`](super::BodyLimits). Shutdown is graceful: requests in flight finish.
 //! Connections may be upgraded (WebSocket); an upgraded connection leaves the cap and the
 //! graceful wait, and is bounded by the service that upgraded it.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
 use tokio::sync::Semaphore;
 
 /// Bounds on the connections one server accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeOptions {
-    /// Most connections open at once (default 512); more wait in the listen backlog.
+    /// Most connections open at once (default 512); more wait in the listen backlog
+    /// ([`LISTEN_BACKLOG`] when bound with [`listen`]). A WebSocket or other upgraded
+    /// connection leaves the count once upgraded, so this caps HTTP requests in flight, not
+    /// notification clients (those have their own cap).
     pub max_connections: usize,
     /// Longest time a client may take to send a request's headers, counted from when the
     /// server starts waiting for them, so an idle keep-alive connection is closed too
@@ -34,6 +38,43 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// Connections the kernel completes and queues for a listener bound with [`listen`] before
+/// the server accepts them (the kernel lowers it to `net.core.somaxconn`, 4 096 by default
+/// since Linux 5.4). Tokio's and the standard library's `bind` ask for 128: a burst of more
+/// clients than that (a dashboard's notification clients reconnecting, say) overflows the
+/// queue, and each client whose SYN is dropped retries only after 1 s, then 3 s.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` (the first of its addresses that binds, with address reuse on, as
+/// `TcpListener::bind` does) with a backlog of [`LISTEN_BACKLOG`].
+pub async fn listen(addr: impl ToSocketAddrs) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        match listen_on(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
+    }))
+}
+
+fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves `router` on `listener` until Ctrl-C or SIGTERM, then lets requests in flight finish.

@@ -585,3 +585,32 @@ fn issued_tokens_verify() {
         .is_err()
     );
 }
+
+/// A burst of clients the server has not accepted yet waits in the listen backlog instead of
+/// having SYNs dropped (a dropped SYN is retried after the kernel's 1 s initial timeout, so a
+/// connect that finishes well within it was queued at once). With `TcpListener::bind`'s 128,
+/// the 130th client waits a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_queues_a_burst_of_clients_it_has_not_accepted_yet() {
+    let listener = crate::listen(loopback()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let burst = 600;
+    assert!(burst < crate::LISTEN_BACKLOG as usize);
+    let connects: Vec<_> = (0..burst)
+        .map(|_| tokio::spawn(tokio::net::TcpStream::connect(addr)))
+        .collect();
+    let connected = tokio::time::timeout(Duration::from_millis(800), async {
+        let mut streams = Vec::new();
+        for connect in connects {
+            streams.push(connect.await.unwrap().unwrap());
+        }
+        streams
+    })
+    .await
+    .expect("every client of the burst is queued without a SYN retry");
+    assert_eq!(connected.len(), burst);
+    // The server accepts them all afterwards, in its own time.
+    for _ in 0..burst {
+        listener.accept().await.unwrap();
+    }
+}
