@@ -68,13 +68,21 @@ impl System {
     }
 
     async fn start_with(options: NotifyOptions, access: AccessControl) -> Self {
+        Self::start_serving(options, access, ServeOptions::default()).await
+    }
+
+    async fn start_serving(
+        options: NotifyOptions,
+        access: AccessControl,
+        serving: ServeOptions,
+    ) -> Self {
         let (store, dir) = support::embedded();
         let read_models = ReadModels::sqlite(dir.path().join("read-models"));
         Self::serve(
             store,
             dir,
             read_models,
-            options,
+            (options, serving),
             access,
             HubOptions::default(),
         )
@@ -92,7 +100,7 @@ impl System {
             store,
             dir,
             read_models,
-            options,
+            (options, ServeOptions::default()),
             AccessControl::open(),
             HubOptions::default(),
         );
@@ -105,7 +113,7 @@ impl System {
         store: Arc<dyn EventStore>,
         dir: tempfile::TempDir,
         read_models: ReadModels,
-        options: NotifyOptions,
+        (options, serving): (NotifyOptions, ServeOptions),
         access: AccessControl,
         history: HubOptions,
     ) -> Self {
@@ -125,14 +133,9 @@ impl System {
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve_with(
-            listener,
-            dashboard,
-            ServeOptions::default(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        tokio::spawn(serve_with(listener, dashboard, serving, async move {
+            let _ = stopped.await;
+        }));
         Self {
             store,
             runner,
@@ -162,7 +165,7 @@ impl System {
             self.store,
             self._dir,
             self.read_models,
-            options,
+            (options, ServeOptions::default()),
             AccessControl::open(),
             history,
         );
@@ -985,6 +988,34 @@ async fn connections_are_capped_and_bad_subscriptions_are_refused_before_the_upg
             panic!("{err}")
         };
         assert_eq!(response.status(), status, "{query}");
+    }
+}
+
+/// The server's connection cap bounds HTTP requests in flight; a WebSocket leaves it once
+/// upgraded, so notification clients are capped by `NotifyOptions::max_connections` alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_clients_are_not_held_to_the_http_connection_cap() {
+    let serving = ServeOptions {
+        max_connections: 2,
+        ..ServeOptions::default()
+    };
+    let system = System::start_serving(options(100, 4096), AccessControl::open(), serving).await;
+    let mut sockets = Vec::new();
+    for _ in 0..6 {
+        let mut socket = open(&system.ws("projection=counters")).await;
+        let ready = frame(&mut socket, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(ready["type"], "ready");
+        let subscribed = frame(&mut socket, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(subscribed["type"], "subscribed");
+        sockets.push(socket);
+    }
+    system.bump("c-0", 1).await;
+    for socket in &mut sockets {
+        let note = frame(socket, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(
+            (note["type"].as_str(), note["id"].as_str()),
+            (Some("notification"), Some("c-0"))
+        );
     }
 }
 
