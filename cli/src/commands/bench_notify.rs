@@ -4,7 +4,12 @@
 //! document (plus a few following the whole projection, which the throttle coalesces), while
 //! the server appends events at a fixed rate over D documents.
 //!
-//! Reported: connection establishment (TCP connect to the `subscribed` frame), commit-to-client
+//! Reported: connection establishment (TCP connect to the `subscribed` frame) two ways: the N
+//! clients connecting `--connect-concurrency` at a time before the load (a herd: its p99 is
+//! mostly queueing, about concurrency / accept rate, and says how fast the server takes
+//! connections), with the phases each reached (TCP connected, upgraded, `ready`), and
+//! `--probes` clients connecting one by one, spread over the load, which is what a user
+//! opening a page on a busy dashboard waits; commit-to-client
 //! latency (the notification's `committed_at` to its arrival; one clock, one machine), the most
 //! notifications any client got in any sliding second against the throttle, the server's memory
 //! per connection (its RSS growth while the clients connect, idle) and the server's CPU per
@@ -59,6 +64,10 @@ pub(crate) struct NotifyArgs {
     /// Clients connecting at once.
     #[arg(long, default_value_t = 200)]
     connect_concurrency: usize,
+    /// Clients that connect one by one, evenly spread, while the events flow (each measured
+    /// to its `subscribed` frame, then closed): connection establishment under load.
+    #[arg(long, default_value_t = 100)]
+    probes: usize,
     /// Print JSON only.
     #[arg(long)]
     json: bool,
@@ -121,7 +130,7 @@ pub(crate) fn run_server(args: NotifyServerArgs) -> anyhow::Result<Outcome> {
             .read_model(&projection)
             .with_notifications(hub, options)
             .router();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = nexus_runtime::http::listen("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let serve = ServeOptions {
             max_connections: 20_000,
@@ -301,17 +310,24 @@ impl Drop for Server {
 #[derive(Default)]
 struct Seen {
     connect: Option<f64>,
+    /// Seconds from the start to: the TCP connection made (the kernel completes it before
+    /// the server accepts), the upgrade answered (`101`: the server accepted, read the
+    /// request, checked access and upgraded), the `ready` frame (the session made) and the
+    /// `subscribed` frame (the subscription set up); `connect` is the last.
+    phases: [Option<f64>; 3],
     arrivals: Vec<Instant>,
     latencies: Vec<f64>,
     coalesced: u64,
     failed: Option<String>,
 }
 
-/// One client; it holds its connect slot (`permit`) until it is subscribed.
+/// One client; it holds its connect slot (`permit`) until it is subscribed, and leaves then
+/// if `once`.
 async fn client(
     url: String,
     stop: tokio::sync::watch::Receiver<bool>,
     permit: tokio::sync::OwnedSemaphorePermit,
+    once: bool,
 ) -> Seen {
     let started = Instant::now();
     let mut permit = Some(permit);
@@ -329,13 +345,28 @@ async fn client(
             .parse()
             .expect("a valid header"),
     );
-    let mut socket = match tokio_tungstenite::connect_async(request).await {
+    let address = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
+    let stream = match tokio::net::TcpStream::connect(&address).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            seen.failed = Some(err.to_string());
+            return seen;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    seen.phases[0] = Some(started.elapsed().as_secs_f64());
+    let mut socket = match tokio_tungstenite::client_async(request, stream).await {
         Ok((socket, _)) => socket,
         Err(err) => {
             seen.failed = Some(err.to_string());
             return seen;
         }
     };
+    seen.phases[1] = Some(started.elapsed().as_secs_f64());
     let mut stop = stop;
     loop {
         let frame = tokio::select! {
@@ -358,9 +389,13 @@ async fn client(
             continue;
         };
         match frame["type"].as_str() {
+            Some("ready") => seen.phases[2] = Some(started.elapsed().as_secs_f64()),
             Some("subscribed") => {
                 seen.connect = Some(started.elapsed().as_secs_f64());
                 permit.take();
+                if once {
+                    break;
+                }
             }
             Some("notification") => {
                 let now = chrono::Utc::now();
@@ -398,9 +433,11 @@ fn mark_targets(report: &mut Value) {
     let all = under("commit_to_client_ms", 100.0);
     let documents = under("commit_to_client_ms_document_clients", 100.0);
     let connect = under("connect_ms", 500.0);
+    let connect_under_load = under("connect_under_load_ms", 500.0);
     report["targets"]["commit_to_client_p99_under_100ms"] = all;
     report["targets"]["commit_to_client_p99_under_100ms_document_clients"] = documents;
     report["targets"]["connect_p99_under_500ms"] = connect;
+    report["targets"]["connect_under_load_p99_under_500ms"] = connect_under_load;
 }
 
 /// The most arrivals within any one second.
@@ -440,7 +477,7 @@ pub(crate) fn run(args: NotifyArgs) -> anyhow::Result<Outcome> {
             let Ok(permit) = Arc::clone(&gate).acquire_owned().await else {
                 break;
             };
-            tasks.push(tokio::spawn(client(url, stop.clone(), permit)));
+            tasks.push(tokio::spawn(client(url, stop.clone(), permit, false)));
         }
         // Every slot back: every client subscribed or failed.
         let _ = gate
@@ -451,6 +488,33 @@ pub(crate) fn run(args: NotifyArgs) -> anyhow::Result<Outcome> {
     // Let the server settle, then measure it idle with every client connected.
     std::thread::sleep(Duration::from_secs(1));
     let connected_rss = server.rss_mb()?;
+    // Probes connect while the events flow, from half a second in, spread over the load.
+    let probes = {
+        let (base, stop, count) = (base.clone(), stop.clone(), args.probes);
+        let every = Duration::from_secs(args.seconds).mul_f64(0.8) / count.max(1) as u32;
+        let documents = args.documents.max(1);
+        runtime.spawn(async move {
+            let mut probes = Vec::new();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for i in 0..count {
+                let url = format!(
+                    "{base}/notifications/ws?projection=counters&collection=counters&id=d-{}",
+                    i % documents
+                );
+                let slot = Arc::new(tokio::sync::Semaphore::new(1));
+                let Ok(permit) = slot.acquire_owned().await else {
+                    break;
+                };
+                probes.push(tokio::spawn(client(url, stop.clone(), permit, true)));
+                tokio::time::sleep(every).await;
+            }
+            let mut seen = Vec::new();
+            for probe in probes {
+                seen.push(probe.await.unwrap_or_default());
+            }
+            seen
+        })
+    };
     let (events, took, cpu) = server.load(args.rate, args.seconds)?;
     std::thread::sleep(Duration::from_secs(1));
     let _ = stop_tx.send(true);
@@ -461,9 +525,21 @@ pub(crate) fn run(args: NotifyArgs) -> anyhow::Result<Outcome> {
         }
         seen
     });
+    let probed: Vec<Seen> = runtime.block_on(probes).unwrap_or_default();
+    let mut under_load: Vec<f64> = probed.iter().filter_map(|s| s.connect).collect();
+    let probe_failures = probed.iter().filter(|s| s.failed.is_some()).count();
     let connections = args.clients + args.watchers;
     let failed: Vec<&String> = seen.iter().filter_map(|s| s.failed.as_ref()).collect();
     let mut connect: Vec<f64> = seen.iter().filter_map(|s| s.connect).collect();
+    let phase = |i: usize| {
+        let mut at: Vec<f64> = seen.iter().filter_map(|s| s.phases[i]).collect();
+        latency_ms(&mut at)
+    };
+    let connect_phases = json!({
+        "tcp_connected": phase(0),
+        "upgraded": phase(1),
+        "ready": phase(2),
+    });
     let mut latencies = latencies_of(&seen);
     // Apart: clients within their throttle (one document each) and watchers of the whole
     // projection, whose notifications wait for the throttle by design (coalesced, latest wins).
@@ -497,7 +573,11 @@ pub(crate) fn run(args: NotifyArgs) -> anyhow::Result<Outcome> {
         "notifications_delivered": delivered,
         "coalesced_notifications": coalesced,
         "connect_ms": latency_ms(&mut connect),
+        "connect_phases_ms_from_start": connect_phases,
         "connect_wall_s": round(connect_wall.as_secs_f64()),
+        "connect_concurrency": args.connect_concurrency,
+        "connect_under_load_ms": latency_ms(&mut under_load),
+        "connect_under_load_failed": probe_failures,
         "commit_to_client_ms": latency_ms(&mut latencies),
         "commit_to_client_ms_document_clients": latency_ms(&mut followers),
         "commit_to_client_ms_throttled_watchers": latency_ms(&mut watchers),
@@ -515,6 +595,7 @@ pub(crate) fn run(args: NotifyArgs) -> anyhow::Result<Outcome> {
             "commit_to_client_p99_under_100ms": null,
             "commit_to_client_p99_under_100ms_document_clients": null,
             "connect_p99_under_500ms": null,
+            "connect_under_load_p99_under_500ms": null,
             "per_client_rate_within_throttle": max_rate <= args.throttle as usize,
         },
     });
