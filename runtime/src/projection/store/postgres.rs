@@ -47,6 +47,11 @@ const MIGRATIONS: &[crate::pg::Migration] = &[
         "search",
         include_str!("../../../migrations/postgres-read-models/0004_search.sql"),
     ),
+    (
+        5,
+        "search_indexes",
+        include_str!("../../../migrations/postgres-read-models/0005_search_indexes.sql"),
+    ),
 ];
 
 const AUDIT_COLUMNS: &str = "seq, projection, kind, collection, id, before, after, event_id, \

@@ -4,9 +4,12 @@
 //! Every aggregation is one statement over `m`, the matched documents: metrics (`stats`,
 //! `percentiles` with `percentile_cont`, exact; `cardinality` with `count(DISTINCT …)`, exact)
 //! aggregate the field's values; bucket aggregations (`terms`, `range`, `histogram`,
-//! `date_histogram`) first pair each document with the buckets its values fall in (`b`), then
-//! count the pairs, and compute each metric sub-aggregation per bucket in a statement of its
-//! own. A bucket aggregation nested in another is not supported here (a 400,
+//! `date_histogram`) first turn each document into the distinct buckets its values fall in
+//! (`b`), then count them, and compute each metric sub-aggregation per bucket in a statement of
+//! its own, from the same rows. Values and buckets are set-returning expressions of each row
+//! (one scan, no join, no `DISTINCT` over the whole collection); a document's values are
+//! deduplicated only when it has more than one. A bucket aggregation nested in another is not
+//! supported here (a 400,
 //! [`SearchError::Unsupported`]); empty histogram buckets between the first and the last are
 //! filled in, as the tantivy backend does, within the request's bucket budget.
 
@@ -70,7 +73,7 @@ pub(super) async fn aggregate(
             let cte = matched(&mut st)?;
             let values = values(aggregation.kind.field(), "m", &mut st);
             let columns = metric_columns(&aggregation.kind, &mut st);
-            st.sql = format!("{cte} SELECT {columns} FROM m CROSS JOIN LATERAL {values} sv");
+            st.sql = format!("{cte} SELECT {columns} FROM {values}");
             let rows = session.rows(&st).await?;
             match rows.first() {
                 Some(row) => metric_value(&aggregation.kind, row, 0),
@@ -82,16 +85,25 @@ pub(super) async fn aggregate(
     Ok((facet_counts, results))
 }
 
-/// The values of `field` in `{of}.fields`, as a relation `(v)`: numbers as `float8`, dates as
-/// epoch milliseconds, keywords and booleans as text.
+/// The value a text element `x` of `field` stands for: numbers as `float8`, dates as epoch
+/// milliseconds, keywords and booleans as text.
+fn element(field: &SearchField, x: &str) -> String {
+    match field.kind {
+        FieldKind::Numeric => format!("({x})::float8"),
+        FieldKind::Date => format!("({x})::float8 / 1000.0"),
+        _ => x.to_owned(),
+    }
+}
+
+/// The values of `field` in `{of}.fields`, as a relation `sv(v)` with one row per value (a
+/// set-returning expression of each row of `{of}`).
 fn values(field: &SearchField, of: &str, st: &mut Statement) -> String {
     let name = st.param(field.path.clone());
-    let elements = format!("jsonb_array_elements_text({of}.fields -> {name}::text)");
-    match field.kind {
-        FieldKind::Numeric => format!("(SELECT e::float8 AS v FROM {elements} e)"),
-        FieldKind::Date => format!("(SELECT e::float8 / 1000.0 AS v FROM {elements} e)"),
-        _ => format!("(SELECT e AS v FROM {elements} e)"),
-    }
+    let value = element(
+        field,
+        &format!("jsonb_array_elements_text({of}.fields -> {name}::text)"),
+    );
+    format!("(SELECT {value} AS v FROM {of}) sv")
 }
 
 fn metric_columns(kind: &AggregationKind, st: &mut Statement) -> String {
@@ -174,30 +186,49 @@ fn sql_key(kind: &AggregationKind, row: &Row) -> String {
     }
 }
 
-/// `SELECT DISTINCT k, id`: each document paired with each bucket its values fall in.
-fn pairs(kind: &AggregationKind, st: &mut Statement) -> String {
-    let values = values(kind.field(), "m", st);
-    let from = format!("FROM m CROSS JOIN LATERAL {values} sv");
+/// The distinct buckets the values of a document `m` fall in, as a set-returning expression
+/// (`NULL` for a document without the field): `terms` keys are the values, `histogram` keys
+/// the bucket numbers, `range` keys the ranges' places (from 1).
+fn keys(kind: &AggregationKind, st: &mut Statement) -> String {
+    let field = kind.field();
+    let name = st.param(field.path.clone());
+    let f = format!("(m.fields -> {name}::text)");
+    let value = |x: &str| element(field, x);
+    let key = |x: &str, st: &mut Statement| match kind {
+        AggregationKind::Histogram { interval, .. } => {
+            format!("floor({} / {}::float8)", value(x), st.param(*interval))
+        }
+        AggregationKind::DateHistogram { interval_ms, .. } => {
+            format!(
+                "floor({} / {}::float8)",
+                value(x),
+                st.param(*interval_ms as f64)
+            )
+        }
+        _ => value(x),
+    };
     match kind {
         AggregationKind::Range { ranges, .. } => {
             let froms: Vec<Option<f64>> = ranges.iter().map(|r| r.1).collect();
             let tos: Vec<Option<f64>> = ranges.iter().map(|r| r.2).collect();
             let (froms, tos) = (st.param(froms), st.param(tos));
+            let v = value("e");
             format!(
-                "SELECT DISTINCT r.i AS k, m.id {from}, \
-                 unnest({froms}::float8[], {tos}::float8[]) WITH ORDINALITY AS r(f, t, i) \
-                 WHERE (r.f IS NULL OR sv.v >= r.f) AND (r.t IS NULL OR sv.v < r.t)"
+                "unnest(ARRAY(SELECT DISTINCT r.i FROM jsonb_array_elements_text({f}) e, \
+                 unnest({froms}::float8[], {tos}::float8[]) WITH ORDINALITY AS r(lo, hi, i) \
+                 WHERE (r.lo IS NULL OR {v} >= r.lo) AND (r.hi IS NULL OR {v} < r.hi)))"
             )
         }
-        AggregationKind::Histogram { interval, .. } => {
-            let width = st.param(*interval);
-            format!("SELECT DISTINCT floor(sv.v / {width}::float8) AS k, m.id {from}")
+        _ => {
+            // One value, the common case, is its own key set; several are deduplicated.
+            let many = key("e", st);
+            let one = key(&format!("{f} ->> 0"), st);
+            format!(
+                "unnest(CASE WHEN jsonb_array_length({f}) > 1 \
+                 THEN ARRAY(SELECT DISTINCT {many} FROM jsonb_array_elements_text({f}) e) \
+                 ELSE ARRAY[{one}] END)"
+            )
         }
-        AggregationKind::DateHistogram { interval_ms, .. } => {
-            let width = st.param(*interval_ms as f64);
-            format!("SELECT DISTINCT floor(sv.v / {width}::float8) AS k, m.id {from}")
-        }
-        _ => format!("SELECT DISTINCT sv.v AS k, m.id {from}"),
     }
 }
 
@@ -212,7 +243,7 @@ async fn buckets(
 ) -> Result<(Vec<Bucket>, i64), SearchError> {
     let mut st = Statement::default();
     let cte = matched(&mut st)?;
-    let pairs = pairs(kind, &mut st);
+    let keys = keys(kind, &mut st);
     let tail = match kind {
         AggregationKind::Terms { size, .. } => {
             format!(
@@ -224,8 +255,8 @@ async fn buckets(
         _ => format!("ORDER BY k LIMIT {}", st.param(i64::from(budget.0) + 1)),
     };
     st.sql = format!(
-        "{cte}, b AS ({pairs}) SELECT k, count(*)::int8 AS c, (sum(count(*)) OVER ())::int8 \
-         FROM b GROUP BY k {tail}"
+        "{cte} SELECT k, count(*)::int8 AS c, (sum(count(*)) OVER ())::int8 \
+         FROM (SELECT {keys} AS k FROM m) b WHERE k IS NOT NULL GROUP BY k {tail}"
     );
     let rows = session.rows(&st).await?;
     let total: i64 = rows.first().map_or(0, |r| r.get(2));
@@ -366,17 +397,23 @@ async fn bucket_aggregation(
     for sub in &aggregation.sub {
         let mut st = Statement::default();
         let cte = matched(&mut st)?;
-        let pairs = pairs(&aggregation.kind, &mut st);
-        let values = values(sub.kind.field(), "m", &mut st);
+        let keys = keys(&aggregation.kind, &mut st);
+        let field = st.param(sub.kind.field().path.clone());
+        let value = element(
+            sub.kind.field(),
+            &format!("jsonb_array_elements_text(b.fields -> {field}::text)"),
+        );
         let columns = metric_columns(&sub.kind, &mut st);
-        let keys: Vec<String> = buckets.iter().map(|b| b.sql_key.clone()).collect();
+        let shown: Vec<String> = buckets.iter().map(|b| b.sql_key.clone()).collect();
         let only = match &aggregation.kind {
-            AggregationKind::Terms { .. } => format!("WHERE b.k = ANY({}::text[])", st.param(keys)),
+            AggregationKind::Terms { .. } => format!(" AND b.k = ANY({}::text[])", st.param(shown)),
             _ => String::new(),
         };
+        // Each document's buckets are distinct, so each of its values counts once per bucket.
         st.sql = format!(
-            "{cte}, b AS ({pairs}) SELECT b.k, {columns} FROM b JOIN m ON m.id = b.id \
-             CROSS JOIN LATERAL {values} sv {only} GROUP BY b.k"
+            "{cte} SELECT sv.k, {columns} FROM (SELECT b.k, {value} AS v \
+             FROM (SELECT {keys} AS k, m.fields FROM m) b WHERE b.k IS NOT NULL{only}) sv \
+             GROUP BY sv.k"
         );
         let rows = session.rows(&st).await?;
         let found: HashMap<String, Value> = rows
