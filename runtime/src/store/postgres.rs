@@ -164,16 +164,19 @@ impl Sql {
                 "SELECT {COLUMNS} FROM {schema}.events WHERE partition = $1 AND aggregate_type = $2 \
                  AND aggregate_id = $3 AND recorded_at >= $4 AND recorded_at < $5 ORDER BY version LIMIT $6"
             ),
+            // `ORDER BY events.tx_id`, qualified: a bare `tx_id` names the output column
+            // `tx_id::text::int8`, whose order no index serves, so every read sorted all the
+            // events after its position and every `head` all the events of the store.
             read_all: format!(
                 "SELECT {COLUMNS} FROM {schema}.events \
                  WHERE (tx_id, global_position) > ($1::text::xid8, $2) \
                  AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                 ORDER BY tx_id, global_position LIMIT $3"
+                 ORDER BY events.tx_id, events.global_position LIMIT $3"
             ),
             head: format!(
                 "SELECT tx_id::text::int8, global_position FROM {schema}.events \
                  WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                 ORDER BY tx_id DESC, global_position DESC LIMIT 1"
+                 ORDER BY events.tx_id DESC, events.global_position DESC LIMIT 1"
             ),
             channel: format!("nexus_events_{schema}"),
         }
