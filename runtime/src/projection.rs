@@ -6,7 +6,7 @@
 //! not applied twice), retries a failing event with exponential backoff while other keys keep
 //! flowing, and moves an event that keeps failing to the projection's dead-letter queue.
 
-mod cache;
+pub(crate) mod cache;
 mod changes;
 pub mod health;
 mod runner;

@@ -27,7 +27,7 @@ mod schema;
 #[cfg(feature = "postgres")]
 pub use columns::MAX_TEXT_FIELDS;
 #[cfg(feature = "search")]
-pub use handle::SearchIndex;
+pub use handle::{SearchIndex, Served};
 #[cfg(feature = "search")]
 pub(crate) use indexer::Handoff;
 #[cfg(feature = "search")]

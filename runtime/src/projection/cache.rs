@@ -1,6 +1,6 @@
-//! The read cache of a projection's read model: documents by key and list queries by the
-//! collection's generation, sized in bytes (`moka`), invalidated exactly by the projection's
-//! own commits.
+//! The read cache of a projection's read model: documents by key, list queries by the
+//! collection's generation and search responses by the generation of what the search reads,
+//! sized in bytes (`moka`), invalidated exactly by the projection's own commits.
 //!
 //! Only the process that runs a projection writes its read model, so only its handle carries
 //! a cache (the runner turns it on in [`ProjectionRunner::spawn`]); a handle opened elsewhere
@@ -13,6 +13,16 @@
 //! the cache. Reads wait for a commit in flight; on SQLite they would anyway, since one
 //! connection serves both.
 //!
+//! Search responses are keyed by the canonical request (its parsed form) and a generation
+//! that moves whenever what the search reads changes, taken before the search runs; a response
+//! is only stored under a generation read before its search began, so it reflects that
+//! generation or a newer one and is never older than its key. On PostgreSQL the search reads
+//! the read model, whose commits make a write searchable: the generation is the collection's,
+//! read under the gate like list queries (the search itself runs outside it, so a long search
+//! does not hold commits back). On tantivy the search reads the index, which catches up on a
+//! timer: the generation is the collection index's reload count, which moves before
+//! `wait_searchable` reports a commit searchable (see `search::SearchIndex::search`).
+//!
 //! [`ProjectionRunner::spawn`]: super::ProjectionRunner::spawn
 
 use std::collections::HashMap;
@@ -21,6 +31,8 @@ use std::sync::{Arc, Mutex};
 
 use moka::notification::RemovalCause;
 use serde_json::Value;
+
+use crate::search::SearchResponse;
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Most collections whose generation is tracked one by one; past it every query entry is
@@ -38,12 +50,19 @@ enum Key {
         generation: u64,
         query: String,
     },
+    /// One search request, valid for one generation of what its search reads.
+    Search {
+        collection: String,
+        generation: u64,
+        request: String,
+    },
 }
 
 #[derive(Clone)]
 enum Entry {
     Document(Option<Arc<Value>>),
     List(Arc<Vec<(String, Value)>>),
+    Search(Arc<SearchResponse>),
 }
 
 /// Counters of one cache, read by metrics and tests.
@@ -52,6 +71,8 @@ pub struct CacheStats {
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
+    search_hits: AtomicU64,
+    search_misses: AtomicU64,
 }
 
 impl CacheStats {
@@ -68,6 +89,16 @@ impl CacheStats {
     /// Entries dropped to stay within the size.
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Searches answered from the cache (counted in [`Self::hits`] too).
+    pub fn search_hits(&self) -> u64 {
+        self.search_hits.load(Ordering::Relaxed)
+    }
+
+    /// Searches that ran (counted in [`Self::misses`] too).
+    pub fn search_misses(&self) -> u64 {
+        self.search_misses.load(Ordering::Relaxed)
     }
 
     /// Hits over all reads since the cache was made (0 before the first read).
@@ -220,6 +251,60 @@ impl ReadCache {
             .insert(key, Entry::List(Arc::new(rows.to_vec())));
     }
 
+    /// The generation of `collection`'s queries: read under [`Self::read`], it covers every
+    /// commit that finished.
+    pub(crate) fn generation(&self, collection: &str) -> u64 {
+        self.generations
+            .lock()
+            .expect("cache generations lock poisoned")
+            .of(collection)
+    }
+
+    /// The response to `request` (a canonical form) at `generation` of what it searches.
+    pub(crate) fn search(
+        &self,
+        collection: &str,
+        generation: u64,
+        request: &str,
+    ) -> Option<SearchResponse> {
+        let key = Key::Search {
+            collection: collection.to_owned(),
+            generation,
+            request: request.to_owned(),
+        };
+        let found = match self.entries.get(&key) {
+            Some(Entry::Search(response)) => Some(SearchResponse::clone(&response)),
+            _ => None,
+        };
+        let stat = if found.is_some() {
+            &self.stats.search_hits
+        } else {
+            &self.stats.search_misses
+        };
+        stat.fetch_add(1, Ordering::Relaxed);
+        self.count(found.is_some());
+        found
+    }
+
+    /// Keeps `response` to `request` as searched at `generation` or later: the generation must
+    /// have been read before the search began.
+    pub(crate) fn put_search(
+        &self,
+        collection: &str,
+        generation: u64,
+        request: String,
+        response: &SearchResponse,
+    ) {
+        self.entries.insert(
+            Key::Search {
+                collection: collection.to_owned(),
+                generation,
+                request,
+            },
+            Entry::Search(Arc::new(response.clone())),
+        );
+    }
+
     /// Forgets what a commit changed: its documents by key, and every query of their
     /// collections (their generation moves on; the old entries age out unread).
     pub(crate) fn invalidate<'a>(&self, written: impl Iterator<Item = (&'a str, &'a str)>) {
@@ -269,13 +354,45 @@ fn weight(key: &Key, entry: &Entry) -> usize {
         Key::List {
             collection, query, ..
         } => collection.len() + query.len() + 8,
+        Key::Search {
+            collection,
+            request,
+            ..
+        } => collection.len() + request.len() + 8,
     };
     let entry = match entry {
         Entry::Document(document) => document.as_deref().map_or(0, json_size),
         Entry::List(rows) => rows.iter().map(|(id, d)| id.len() + json_size(d)).sum(),
+        Entry::Search(response) => search_size(response),
     };
     // A fixed overhead per entry, so a cache of tiny documents still has a bound on entries.
     64 + key + entry
+}
+
+/// About the size of a search response as JSON text.
+fn search_size(response: &SearchResponse) -> usize {
+    let hits: usize = response
+        .hits
+        .iter()
+        .map(|hit| {
+            let highlights: usize = hit
+                .highlights
+                .iter()
+                .map(|(field, fragments)| {
+                    field.len() + fragments.iter().map(|f| f.len() + 3).sum::<usize>()
+                })
+                .sum();
+            // The keys and punctuation of a hit and of its score.
+            48 + hit.id.len() + json_size(&hit.document) + highlights
+        })
+        .sum();
+    let maps = |map: &serde_json::Map<String, Value>| -> usize {
+        map.iter().map(|(k, v)| k.len() + 4 + json_size(v)).sum()
+    };
+    48 + hits
+        + response.next_cursor.as_ref().map_or(0, String::len)
+        + maps(&response.facets)
+        + maps(&response.aggregations)
 }
 
 /// About the size of `value` as JSON text, without writing it.
@@ -359,6 +476,64 @@ mod tests {
             cache.stats().evictions() > 900,
             "{}",
             cache.stats().evictions()
+        );
+    }
+
+    fn response(total: u64, text: &str) -> SearchResponse {
+        let mut response = SearchResponse::new(total);
+        response.hits.push(crate::search::Hit {
+            id: "o-1".to_owned(),
+            score: Some(1.0),
+            document: json!({"text": text}),
+            highlights: Default::default(),
+        });
+        response
+    }
+
+    #[test]
+    fn a_search_is_served_for_its_generation_only() {
+        let cache = ReadCache::new("orders", 1 << 20);
+        let generation = cache.generation("orders");
+        assert_eq!(cache.search("orders", generation, "q=ada"), None);
+        cache.put_search("orders", generation, "q=ada".to_owned(), &response(1, "a"));
+        assert_eq!(
+            cache.search("orders", generation, "q=ada"),
+            Some(response(1, "a"))
+        );
+        assert_eq!(cache.search("orders", generation, "q=bob"), None);
+        // A commit to another collection leaves it; one to its own moves the generation on.
+        cache.invalidate([("customers", "c-1")].into_iter());
+        assert_eq!(cache.generation("orders"), generation);
+        cache.invalidate([("orders", "o-9")].into_iter());
+        let next = cache.generation("orders");
+        assert_ne!(next, generation);
+        assert_eq!(cache.search("orders", next, "q=ada"), None);
+        let stats = cache.stats();
+        assert_eq!((stats.search_hits(), stats.search_misses()), (1, 3));
+        assert_eq!((stats.hits(), stats.misses()), (1, 3));
+    }
+
+    #[test]
+    fn search_responses_stay_within_the_bytes() {
+        let max = 64 * 1024;
+        let cache = ReadCache::new("big", max);
+        let big = response(1, &"x".repeat(1000));
+        for i in 0..1000 {
+            cache.put_search("docs", 0, format!("q={i}"), &big);
+        }
+        let held = cache.weighted_size();
+        assert!(held <= max, "held {held} bytes, limit {max}");
+        assert!(held > max / 2, "held only {held} bytes of {max}");
+        assert!(
+            cache.stats().evictions() > 900,
+            "{}",
+            cache.stats().evictions()
+        );
+        let json = serde_json::to_string(&big).unwrap().len();
+        let estimate = search_size(&big);
+        assert!(
+            estimate >= json && estimate <= json * 2,
+            "{estimate} vs {json}"
         );
     }
 

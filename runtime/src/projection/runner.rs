@@ -88,8 +88,8 @@ pub struct RunnerOptions {
     /// How search indexes are written (feature `search`): commit interval and size cap.
     #[cfg(feature = "search")]
     pub search: crate::search::IndexOptions,
-    /// Bytes of each projection's read cache (documents and list queries, estimated from their
-    /// JSON); 0 turns it off.
+    /// Bytes of each projection's read cache (documents, list queries and search responses,
+    /// estimated from their JSON); 0 turns it off.
     pub read_cache_bytes: u64,
     /// Steps that bring events of older schema versions to the current shape before a
     /// projection sees them (none by default).

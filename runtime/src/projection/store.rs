@@ -391,6 +391,12 @@ impl ReadModelStore {
         self
     }
 
+    /// The read cache, when this handle has one (search responses are cached in it too).
+    #[cfg(feature = "search")]
+    pub(crate) fn read_cache(&self) -> Option<&Arc<ReadCache>> {
+        self.cache.as_ref()
+    }
+
     /// The read cache's counters, when this handle has one.
     pub fn cache_stats(&self) -> Option<Arc<CacheStats>> {
         self.cache.as_ref().map(|cache| Arc::clone(cache.stats()))

@@ -4,18 +4,43 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::indexer::{CatchUp, IndexError, IndexOptions, TantivyIndex};
 use super::request::{SearchError, SearchLimits, SearchRequest, SearchResponse};
 use super::schema::{CollectionSchema, SearchSchema};
 use crate::projection::ReadModelStore;
+use crate::projection::cache::ReadCache;
+
+/// Where a search's answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The read cache (the same request at the same generation ran before).
+    Cache,
+    /// The search backend.
+    Backend,
+}
 
 /// One projection's search: searched by the query dashboard, kept by the runner.
-#[derive(Debug)]
+///
+/// When the runner's read model has a read cache, responses are cached in it (see
+/// `projection::cache`): keyed by the parsed request and the generation of what the search
+/// reads, so a search never answers from before a commit it could have seen.
 pub struct SearchIndex {
     projection: String,
     engine: Engine,
+    cache: Option<Arc<ReadCache>>,
+}
+
+impl std::fmt::Debug for SearchIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchIndex")
+            .field("projection", &self.projection)
+            .field("engine", &self.engine)
+            .field("cached", &self.cache.is_some())
+            .finish()
+    }
 }
 
 enum Engine {
@@ -47,6 +72,7 @@ impl SearchIndex {
         options: IndexOptions,
         audited: bool,
     ) -> Result<Self, IndexError> {
+        let cache = read_model.read_cache().cloned();
         #[cfg(feature = "postgres")]
         if let Some(db) = read_model.postgres() {
             let search = super::postgres::PostgresSearch::open(
@@ -57,6 +83,7 @@ impl SearchIndex {
             return Ok(Self {
                 projection: projection.to_owned(),
                 engine: Engine::Postgres(search),
+                cache,
             });
         }
         let dir = dir.ok_or_else(|| IndexError::Declaration {
@@ -67,6 +94,7 @@ impl SearchIndex {
         Ok(Self {
             projection: projection.to_owned(),
             engine: Engine::Tantivy(index),
+            cache,
         })
     }
 
@@ -116,8 +144,9 @@ impl SearchIndex {
         }
     }
 
-    /// Runs `request` against `collection`; `guard` (a semaphore permit, say) is held until
-    /// the search itself ends, even if the caller stops waiting for it.
+    /// Runs `request` against `collection`, or answers it from the read cache; `guard` (a
+    /// semaphore permit, say) is held until the search itself ends, even if the caller stops
+    /// waiting for it.
     pub async fn search<G: Send + 'static>(
         &self,
         collection: &str,
@@ -125,10 +154,59 @@ impl SearchIndex {
         limits: SearchLimits,
         guard: G,
     ) -> Result<SearchResponse, SearchError> {
-        match &self.engine {
+        self.search_served(collection, request, limits, guard)
+            .await
+            .map(|(response, _)| response)
+    }
+
+    /// [`Self::search`], saying whether the read cache answered (for benchmarks and
+    /// diagnostics).
+    pub async fn search_served<G: Send + 'static>(
+        &self,
+        collection: &str,
+        request: SearchRequest,
+        limits: SearchLimits,
+        guard: G,
+    ) -> Result<(SearchResponse, Served), SearchError> {
+        let cached = match &self.cache {
+            Some(cache) if self.has_collection(collection) => self
+                .generation(cache, collection)
+                .await
+                .map(|generation| (cache, generation, format!("{request:?}|{limits:?}"))),
+            _ => None,
+        };
+        if let Some((cache, generation, key)) = &cached
+            && let Some(found) = cache.search(collection, *generation, key)
+        {
+            return Ok((found, Served::Cache));
+        }
+        let response = match &self.engine {
             Engine::Tantivy(index) => index.search(collection, request, limits, guard).await,
             #[cfg(feature = "postgres")]
             Engine::Postgres(search) => search.search(collection, request, limits, guard).await,
+        }?;
+        if let Some((cache, generation, key)) = cached {
+            cache.put_search(collection, generation, key, &response);
+        }
+        Ok((response, Served::Backend))
+    }
+
+    /// The generation of what a search of `collection` reads, taken before it runs; `None`
+    /// while it cannot be cached. On tantivy, the collection index's reload count (a reload
+    /// counts before `wait_searchable` sees it). On PostgreSQL, the read model's collection
+    /// generation read under the cache's gate, so every finished commit is in it; not before
+    /// the start-up recomputation of the search columns is done (it moves no generation).
+    async fn generation(&self, cache: &ReadCache, collection: &str) -> Option<u64> {
+        match &self.engine {
+            Engine::Tantivy(index) => index.generation(collection),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(search) => {
+                if !search.is_ready() {
+                    return None;
+                }
+                let _read = cache.read().await;
+                Some(cache.generation(collection))
+            }
         }
     }
 

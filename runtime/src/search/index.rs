@@ -63,6 +63,8 @@ pub(crate) struct CollectionIndex {
     pub(crate) schema: CollectionSchema,
     pub(crate) index: Index,
     reader: IndexReader,
+    /// Reloads so far (see [`Self::generation`]).
+    generation: std::sync::atomic::AtomicU64,
     id: Field,
     source: Field,
     stamp: Field,
@@ -173,6 +175,7 @@ impl CollectionIndex {
             schema: schema.clone(),
             index,
             reader,
+            generation: std::sync::atomic::AtomicU64::new(0),
             id,
             source,
             stamp,
@@ -191,9 +194,18 @@ impl CollectionIndex {
         serde_json::from_str(metas.payload.as_deref()?).ok()
     }
 
-    /// Makes the last commit visible to searches.
+    /// Makes the last commit visible to searches, and counts it in [`Self::generation`].
     pub(crate) fn reload(&self) -> tantivy::Result<()> {
-        self.reader.reload()
+        self.reader.reload()?;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// How many reloads made commits visible: read before a search, a response can be cached
+    /// under it (the search sees that reload or a later one).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The term that deletes document `id`.

@@ -224,6 +224,11 @@ impl TantivyIndex {
         self.collections.get(collection).map(|c| &c.schema)
     }
 
+    /// How many times the index of `collection` was reloaded (what its searches read changed).
+    pub(crate) fn generation(&self, collection: &str) -> Option<u64> {
+        self.collections.get(collection).map(|c| c.generation())
+    }
+
     /// Live documents searchable now, per collection.
     pub(crate) fn documents(&self) -> BTreeMap<String, u64> {
         self.collections

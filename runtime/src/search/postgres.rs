@@ -128,6 +128,11 @@ impl PostgresSearch {
             .collect()
     }
 
+    /// Whether the search columns are prepared.
+    pub(crate) fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
     /// Waits until the search columns are prepared (or preparing stopped).
     pub(crate) async fn ready(&self) {
         let mut ready = self.ready.clone();

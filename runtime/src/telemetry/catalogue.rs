@@ -503,14 +503,14 @@ pub const CATALOGUE: &[MetricDef] = &[
         "nexus_read_cache_hits_total",
         &["read_model"],
         "reads",
-        "Document reads and list queries answered from the read cache.",
+        "Document reads, list queries and searches answered from the read cache.",
     ),
     counter(
         Query,
         "nexus_read_cache_misses_total",
         &["read_model"],
         "reads",
-        "Document reads and list queries that went to the read model's database.",
+        "Document reads, list queries and searches that went to the read model's database or search index.",
     ),
     counter(
         Query,

@@ -144,6 +144,7 @@ on_each_backend!(
     deleted_and_updated_documents_are_searched_as_they_are_now,
     the_search_endpoint_refuses_requests_over_its_bounds,
     list_filters_tell_booleans_from_numbers,
+    a_cached_search_never_answers_from_before_a_write_wait_for_saw,
 );
 
 fn app(runner: &ProjectionRunner, handle: &ProjectionHandle, limits: SearchLimits) -> Router {
@@ -544,6 +545,89 @@ async fn deleted_and_updated_documents_are_searched_as_they_are_now(backend: Bac
     assert_eq!(body["total"], json!(0), "{body}");
     assert_eq!(hit_set(&app, "q=scarf").await, set(&["b"]));
     assert_eq!(search(&app, "").await["total"], json!(4));
+    handle.stop().await;
+}
+
+/// Search responses are cached (keyed by the request and the generation of what the search
+/// reads): a search repeated with nothing committed in between is answered from the cache,
+/// and once `wait_for` has seen a write, no search answers from before it, while other writes
+/// keep committing.
+async fn a_cached_search_never_answers_from_before_a_write_wait_for_saw(backend: Backend) {
+    let Some(fixture) = fixture(backend, RunnerOptions::default()).await else {
+        return;
+    };
+    let handle = fixture.runner.spawn(Catalog).unwrap();
+    let stats = handle
+        .read_model()
+        .cache_stats()
+        .expect("the runner caches");
+    let app = app(&fixture.runner, &handle, SearchLimits::default());
+    loaded(&fixture, &app).await;
+
+    // Other documents keep changing while the checks run.
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (store, writing) = (Arc::clone(&fixture.store), Arc::clone(&writing));
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let doc = json!({"title": format!("Filler number{n}"), "brand": "basic"});
+                append(&store, &format!("filler-{}", n % 7), put(doc)).await;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    let rounds = 12;
+    for round in 1..=rounds {
+        let (old, new) = (format!("word{}", round - 1), format!("word{round}"));
+        if round > 1 {
+            // Asked twice with nothing of `b` changed: the old answer is in the cache now
+            // (or was replaced by as fresh a one after a filler commit).
+            assert_eq!(hit_set(&app, &format!("q={old}")).await, set(&["b"]));
+            assert_eq!(hit_set(&app, &format!("q={old}")).await, set(&["b"]));
+        }
+        let doc = json!({"title": format!("Blue {new} jacket"), "brand": "acme", "price": round});
+        let version = append(&fixture.store, "b", put(doc)).await;
+        let body = search(
+            &app,
+            &format!("q={new}&wait_for=item/b@{version}&wait_ms=10000"),
+        )
+        .await;
+        assert_eq!(ids(&body), vec!["b"], "round {round}");
+        // After `wait_for` saw the write, no search answers from before it.
+        let body = search(&app, &format!("q={old}")).await;
+        assert_eq!(body["total"], json!(0), "round {round}: {body}");
+        assert_eq!(hit_set(&app, &format!("q={new}")).await, set(&["b"]));
+        let aggs = enc(r#"{"p": {"stats": {"field": "price"}}}"#);
+        let body = search(&app, &format!("aggs={aggs}&brand=acme")).await;
+        assert_eq!(
+            body["aggregations"]["p"]["min"],
+            json!(f64::from(round)),
+            "round {round}: {body}"
+        );
+    }
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    // With nothing committed in between, a repeated search is answered from the cache.
+    let version = append(
+        &fixture.store,
+        "b",
+        put(json!({"title": "Blue last jacket"})),
+    )
+    .await;
+    search(
+        &app,
+        &format!("q=last&wait_for=item/b@{version}&wait_ms=10000"),
+    )
+    .await;
+    let (hits, misses) = (stats.search_hits(), stats.search_misses());
+    assert_eq!(hit_set(&app, "q=last").await, set(&["b"]));
+    assert_eq!(
+        (stats.search_hits(), stats.search_misses()),
+        (hits + 1, misses),
+        "the repeated search was not answered from the cache"
+    );
     handle.stop().await;
 }
 
