@@ -130,22 +130,29 @@ pub(crate) fn parse_time(text: &str, now: DateTime<Utc>) -> anyhow::Result<DateT
             "`{text}` is not a time: give RFC 3339 (2026-01-31T12:00:00Z) or an age like 90s, 30m, 2h, 7d, 2w"
         )
     };
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    parse_age(text)
+        .and_then(|age| chrono::Duration::from_std(age).ok())
+        .and_then(|age| now.checked_sub_signed(age))
+        .ok_or_else(bad)
+}
+
+/// An age like 90s, 30m, 2h, 7d or 2w.
+pub(crate) fn parse_age(text: &str) -> Option<std::time::Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(split);
-    let number: i64 = number.parse().map_err(|_| bad())?;
+    let number: u64 = number.parse().ok()?;
     let seconds = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
         "w" => 604_800,
-        _ => return Err(bad()),
+        _ => return None,
     };
     number
         .checked_mul(seconds)
-        .and_then(chrono::Duration::try_seconds)
-        .and_then(|age| now.checked_sub_signed(age))
-        .ok_or_else(bad)
+        .filter(|s| i64::try_from(*s).is_ok())
+        .map(std::time::Duration::from_secs)
 }
 
 fn split_target(target: &str) -> anyhow::Result<(String, Option<String>)> {

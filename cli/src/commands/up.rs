@@ -22,7 +22,10 @@ use nexus_runtime::http::{
     shutdown_signal,
 };
 use nexus_runtime::notify::NotificationHub;
-use nexus_runtime::projection::{HealthRegistry, ProjectionHandle, ProjectionRunner, ReadModels};
+use nexus_runtime::projection::store::audit::DEFAULT_SEGMENT;
+use nexus_runtime::projection::{
+    AuditRetention, HealthRegistry, ProjectionHandle, ProjectionRunner, ReadModels, RunnerOptions,
+};
 use nexus_runtime::saga::{SagaCommands, SagaHandle, SagaRunner};
 use nexus_runtime::snapshot::SnapshotManagerHandle;
 use nexus_runtime::snapshot::embedded::EmbeddedSnapshotStore;
@@ -100,6 +103,15 @@ pub(crate) struct UpArgs {
     /// trace id goes (for example `http://127.0.0.1:16686/trace/{trace_id}` for Jaeger).
     #[arg(long, value_name = "URL")]
     trace_links: Option<String>,
+    /// Remove the projections' read-model audit entries older than this age (90s, 30m, 2h, 7d,
+    /// 2w), whole segments only, each removal recorded in the chain (default: keep them until
+    /// `nexus audit prune`).
+    #[arg(long, value_name = "AGE", value_parser = audit_age)]
+    audit_retention: Option<Duration>,
+    /// With `--audit-retention`: audit entries per segment; only whole segments are removed.
+    #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_SEGMENT,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    audit_segment: u64,
     /// Print the service URLs (and demo steps) as JSON lines.
     #[arg(long)]
     json: bool,
@@ -107,6 +119,28 @@ pub(crate) struct UpArgs {
     origins: super::auth::OriginArgs,
     #[command(flatten)]
     auth: super::auth::AuthArgs,
+}
+
+fn audit_age(text: &str) -> Result<Duration, String> {
+    super::replay::parse_age(text)
+        .filter(|age| !age.is_zero())
+        .ok_or_else(|| format!("`{text}` is not an age: give one like 90s, 30m, 2h, 7d or 2w"))
+}
+
+/// The options of `up`'s projection runners: quick retries under `--demo`, and the audit
+/// retention, pruning as often as its age and at least hourly.
+fn runner_options(args: &UpArgs) -> RunnerOptions {
+    let mut options = if args.demo {
+        super::up_demo::runner_options()
+    } else {
+        RunnerOptions::default()
+    };
+    options.audit_retention = args.audit_retention.map(|keep| AuditRetention {
+        keep,
+        segment: args.audit_segment,
+        every: keep.min(Duration::from_secs(3600)),
+    });
+    options
 }
 
 pub(crate) fn run(args: UpArgs) -> anyhow::Result<Outcome> {
@@ -219,10 +253,10 @@ async fn fulfilment_saga(
         .handler(CommandHandler::new(
             Repository::<Payment>::new(Arc::clone(store)).with_snapshots(Arc::clone(snapshots)),
         ));
-    let mut projections =
-        ProjectionRunner::with_read_models(Arc::clone(store), bus, read_models.clone());
+    let projections =
+        ProjectionRunner::with_read_models(Arc::clone(store), bus, read_models.clone())
+            .with_options(runner_options(args));
     let options = if args.demo {
-        projections = projections.with_options(super::up_demo::runner_options());
         super::up_demo::fulfilment_options()
     } else {
         FulfilmentOptions::default()
@@ -389,11 +423,9 @@ impl QuerySide {
         read_models: ReadModels,
     ) -> anyhow::Result<Self> {
         let notifications = NotificationHub::default();
-        let mut runner = ProjectionRunner::with_read_models(Arc::clone(store), bus, read_models)
-            .with_notifications(notifications.clone());
-        if args.demo {
-            runner = runner.with_options(super::up_demo::runner_options());
-        }
+        let runner = ProjectionRunner::with_read_models(Arc::clone(store), bus, read_models)
+            .with_notifications(notifications.clone())
+            .with_options(runner_options(args));
         let orders = runner
             .spawn(OrderSummaries)
             .context("failed to open the orders read model")?;
@@ -995,4 +1027,41 @@ fn describe(step: &Value) -> String {
         customer["orders"],
         customer["total_cents"],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_retention_is_an_age_pruned_at_least_hourly() {
+        assert_eq!(audit_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        for bad in ["0d", "", "7", "7y", "2026-01-31T00:00:00Z"] {
+            assert!(audit_age(bad).is_err(), "{bad}");
+        }
+        let args = |extra: &[&str]| {
+            #[derive(clap::Parser)]
+            struct Cli {
+                #[command(flatten)]
+                up: UpArgs,
+            }
+            let mut argv = vec!["up"];
+            argv.extend_from_slice(extra);
+            <Cli as clap::Parser>::try_parse_from(argv).map(|cli| cli.up)
+        };
+        assert_eq!(runner_options(&args(&[]).unwrap()).audit_retention, None);
+        let week =
+            runner_options(&args(&["--audit-retention", "1w", "--audit-segment", "500"]).unwrap())
+                .audit_retention
+                .unwrap();
+        assert_eq!(
+            (week.keep, week.segment, week.every),
+            (Duration::from_secs(604_800), 500, Duration::from_secs(3600))
+        );
+        let quick = runner_options(&args(&["--audit-retention", "90s"]).unwrap())
+            .audit_retention
+            .unwrap();
+        assert_eq!(quick.every, Duration::from_secs(90));
+        assert!(args(&["--audit-segment", "0"]).is_err());
+    }
 }
