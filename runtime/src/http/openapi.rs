@@ -279,6 +279,7 @@ impl OpenApi {
     }
 
     /// The search endpoint of each searchable projection (its collections in `collection`).
+    #[cfg(feature = "search")]
     pub(crate) fn search_paths(
         &mut self,
         searchable: &[(String, Vec<String>)],

@@ -25,7 +25,9 @@ use super::extract::{Path, Query};
 use super::openapi::OpenApi;
 use crate::event::StreamId;
 use crate::projection::{HealthRegistry, ProjectionHandle, ReadModelError, ReadModelStore};
-use crate::search::{SearchError, SearchLimits, SearchRequest};
+use crate::search::SearchLimits;
+#[cfg(feature = "search")]
+use crate::search::{SearchError, SearchRequest};
 use crate::telemetry::live;
 
 /// Documents per page when the request does not say.
@@ -243,7 +245,9 @@ impl QueryDashboard {
             live: self.notifications.is_some(),
             #[cfg(feature = "search")]
             searches: self.searches,
+            #[cfg(feature = "search")]
             searching: Arc::new(Semaphore::new(self.search_limits.max_concurrent)),
+            #[cfg(feature = "search")]
             search_limits: self.search_limits,
         });
         let routes = Router::new()
@@ -295,7 +299,9 @@ struct Shared {
     live: bool,
     #[cfg(feature = "search")]
     searches: BTreeMap<String, Arc<crate::search::SearchIndex>>,
+    #[cfg(feature = "search")]
     searching: Arc<Semaphore>,
+    #[cfg(feature = "search")]
     search_limits: SearchLimits,
 }
 

@@ -51,6 +51,7 @@ enum Key {
         query: String,
     },
     /// One search request, valid for one generation of what its search reads.
+    #[cfg_attr(not(feature = "search"), allow(dead_code))]
     Search {
         collection: String,
         generation: u64,
@@ -62,6 +63,7 @@ enum Key {
 enum Entry {
     Document(Option<Arc<Value>>),
     List(Arc<Vec<(String, Value)>>),
+    #[cfg_attr(not(feature = "search"), allow(dead_code))]
     Search(Arc<SearchResponse>),
 }
 
@@ -253,6 +255,8 @@ impl ReadCache {
 
     /// The generation of `collection`'s queries: read under [`Self::read`], it covers every
     /// commit that finished.
+    #[cfg(feature = "search")]
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn generation(&self, collection: &str) -> u64 {
         self.generations
             .lock()
@@ -261,6 +265,7 @@ impl ReadCache {
     }
 
     /// The response to `request` (a canonical form) at `generation` of what it searches.
+    #[cfg(feature = "search")]
     pub(crate) fn search(
         &self,
         collection: &str,
@@ -288,6 +293,7 @@ impl ReadCache {
 
     /// Keeps `response` to `request` as searched at `generation` or later: the generation must
     /// have been read before the search began.
+    #[cfg(feature = "search")]
     pub(crate) fn put_search(
         &self,
         collection: &str,
@@ -479,6 +485,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "search")]
     fn response(total: u64, text: &str) -> SearchResponse {
         let mut response = SearchResponse::new(total);
         response.hits.push(crate::search::Hit {
@@ -490,6 +497,7 @@ mod tests {
         response
     }
 
+    #[cfg(feature = "search")]
     #[test]
     fn a_search_is_served_for_its_generation_only() {
         let cache = ReadCache::new("orders", 1 << 20);
@@ -513,6 +521,7 @@ mod tests {
         assert_eq!((stats.hits(), stats.misses()), (1, 3));
     }
 
+    #[cfg(feature = "search")]
     #[test]
     fn search_responses_stay_within_the_bytes() {
         let max = 64 * 1024;

@@ -188,9 +188,12 @@ pub(crate) struct Batch {
     /// Every document write in the order the projection made it, with the event behind it,
     /// for the audit log (empty when the runner does not audit).
     pub(crate) audit: Vec<audit::AuditWrite>,
-    /// The documents' `updated_at` (microseconds since the epoch), set by the commit.
+    /// The documents' `updated_at` (microseconds since the epoch), set by the commit (what a
+    /// search index stamps its documents with).
+    #[cfg_attr(not(feature = "search"), allow(dead_code))]
     pub(crate) committed_at: i64,
     /// The seq of the last audit entry the commit appended (SQLite), set by the commit.
+    #[cfg_attr(not(feature = "search"), allow(dead_code))]
     pub(crate) audit_seq: Option<u64>,
     /// The notifications of this commit, kept with it so a client resumes across restarts
     /// (only with a hub).
@@ -404,6 +407,7 @@ impl ReadModelStore {
 
     /// The PostgreSQL read model behind this handle, if it is one.
     #[cfg(feature = "postgres")]
+    #[cfg_attr(not(feature = "search"), allow(dead_code))]
     pub(crate) fn postgres(&self) -> Option<&Arc<postgres::PostgresReadModel>> {
         match &self.backend {
             Backend::Postgres(db) => Some(db),
@@ -682,6 +686,7 @@ impl ReadModelStore {
 
     /// Every document id of `collection` with its `updated_at` stamp (what search catch-up
     /// compares).
+    #[cfg(feature = "search")]
     pub(crate) async fn stamps(
         &self,
         collection: &str,
@@ -700,6 +705,7 @@ impl ReadModelStore {
 
     /// The seq of the newest audit entry (0 for an empty log); SQLite read models only (what
     /// their search indexes catch up from).
+    #[cfg(feature = "search")]
     pub(crate) async fn audit_tail_seq(&self) -> Result<u64, ReadModelError> {
         match &self.backend {
             Backend::Sqlite(db) => blocking(db, |db| db.audit_tail_seq()).await,
@@ -712,6 +718,7 @@ impl ReadModelStore {
 
     /// At most `limit` audit entries after seq `after`, without their contents; SQLite read
     /// models only.
+    #[cfg(feature = "search")]
     pub(crate) async fn audit_marks(
         &self,
         after: u64,
@@ -728,6 +735,7 @@ impl ReadModelStore {
     }
 
     /// Documents `ids` of `collection` that exist, with their `updated_at` stamps.
+    #[cfg(feature = "search")]
     pub(crate) async fn documents(
         &self,
         collection: &str,

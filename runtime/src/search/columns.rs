@@ -16,11 +16,13 @@ use super::schema::{CollectionSchema, FieldKind, values_at};
 pub const MAX_TEXT_FIELDS: usize = 4;
 
 /// The weight label of the text slot at `slot` (0 to 3).
+#[cfg(feature = "search")]
 pub(crate) fn weight(slot: usize) -> char {
     ['A', 'B', 'C', 'D'][slot.min(MAX_TEXT_FIELDS - 1)]
 }
 
 /// Checks that `schema` fits PostgreSQL full text: at most [`MAX_TEXT_FIELDS`] text fields.
+#[cfg(feature = "search")]
 pub(crate) fn check(collection: &str, schema: &CollectionSchema) -> Result<(), String> {
     let texts = schema.text_fields().count();
     if texts > MAX_TEXT_FIELDS {

@@ -196,6 +196,7 @@ impl SearchIndex {
     /// counts before `wait_searchable` sees it). On PostgreSQL, the read model's collection
     /// generation read under the cache's gate, so every finished commit is in it; not before
     /// the start-up recomputation of the search columns is done (it moves no generation).
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
     async fn generation(&self, cache: &ReadCache, collection: &str) -> Option<u64> {
         match &self.engine {
             Engine::Tantivy(index) => index.generation(collection),

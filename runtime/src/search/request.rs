@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine as _;
-use serde_json::{Map, Value, json};
+#[cfg(feature = "search")]
+use serde_json::json;
+use serde_json::{Map, Value};
 
 use super::schema::{CollectionSchema, FieldKind, SearchField};
 
@@ -117,6 +119,7 @@ pub enum FieldValue {
 impl FieldValue {
     /// Its JSON form in the `fields` column of a PostgreSQL read model: a string, a number,
     /// epoch microseconds or a boolean.
+    #[cfg(feature = "postgres")]
     pub(crate) fn to_json(&self) -> Value {
         match self {
             Self::Str(s) => Value::String(s.clone()),
@@ -127,6 +130,7 @@ impl FieldValue {
     }
 
     /// Reads `value` (from a document) as a value of `kind`; `None` when it is not one.
+    #[cfg(any(feature = "search", feature = "postgres"))]
     pub(crate) fn from_json(kind: FieldKind, value: &Value) -> Option<Self> {
         match (kind, value) {
             (FieldKind::Keyword, Value::String(s)) => Some(Self::Str(s.clone())),
@@ -945,6 +949,7 @@ pub struct SearchResponse {
 
 impl SearchResponse {
     /// An empty answer, filled in by a backend.
+    #[cfg(feature = "search")]
     pub(crate) fn new(total: u64) -> Self {
         Self {
             total,
@@ -957,6 +962,7 @@ impl SearchResponse {
 }
 
 /// The Elasticsearch form of checked aggregations, with sub-aggregations under `aggs`.
+#[cfg(feature = "search")]
 pub(crate) fn to_elasticsearch(aggregations: &[Aggregation]) -> Value {
     let mut out = Map::new();
     for agg in aggregations {

@@ -237,6 +237,7 @@ impl SearchSchema {
 }
 
 /// The values at `path` in `document`, walking arrays on the way (and at the end).
+#[cfg(any(feature = "search", feature = "postgres"))]
 pub(crate) fn values_at<'a>(
     document: &'a serde_json::Value,
     path: &str,
@@ -256,6 +257,7 @@ pub(crate) fn values_at<'a>(
     out
 }
 
+#[cfg(any(feature = "search", feature = "postgres"))]
 fn collect<'a>(value: &'a serde_json::Value, part: &str, out: &mut Vec<&'a serde_json::Value>) {
     match value {
         serde_json::Value::Object(map) => {
@@ -272,6 +274,7 @@ fn collect<'a>(value: &'a serde_json::Value, part: &str, out: &mut Vec<&'a serde
     }
 }
 
+#[cfg(any(feature = "search", feature = "postgres"))]
 fn flatten<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
     match value {
         serde_json::Value::Array(items) => {
@@ -286,11 +289,13 @@ fn flatten<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value
 
 #[cfg(test)]
 mod tests {
+    #[cfg(any(feature = "search", feature = "postgres"))]
     use serde_json::json;
 
     use super::*;
 
     #[test]
+    #[cfg(any(feature = "search", feature = "postgres"))]
     fn values_at_walks_nested_objects_and_arrays() {
         let doc = json!({"customer": "ann", "lines": [{"sku": "A"}, {"sku": "B"}, {"qty": 1}], "tags": ["x", ["y"]], "none": null});
         assert_eq!(values_at(&doc, "customer"), vec![&json!("ann")]);

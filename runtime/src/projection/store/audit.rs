@@ -100,6 +100,7 @@ impl AuditCause {
 
 /// What one entry records and of which document, without its contents: what search catch-up
 /// replays to find the documents changed since its index last committed.
+#[cfg(feature = "search")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AuditMark {
     pub(crate) seq: u64,

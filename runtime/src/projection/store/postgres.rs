@@ -119,7 +119,9 @@ struct Sql {
     search: SearchSql,
 }
 
-/// The statements that keep the full-text columns of searchable collections.
+/// The statements that keep the full-text columns of searchable collections (all but `put`
+/// are run by `search::postgres`, with feature `search`).
+#[cfg_attr(not(feature = "search"), allow(dead_code))]
 struct SearchSql {
     /// Writes documents of searchable collections with their `fields` and `search` columns.
     put: String,
@@ -478,9 +480,11 @@ pub(crate) struct PostgresReadModel {
 type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
 /// The version of how search columns are computed from a declaration (`search::columns`).
+#[cfg(feature = "search")]
 const SEARCH_COLUMNS_VERSION: u32 = 2;
 
 /// Documents a search backfill reads per round trip.
+#[cfg(feature = "search")]
 const SEARCH_PAGE: i64 = 500;
 
 /// Documents about to be put, as the arrays of one `unnest` insert.
@@ -536,6 +540,7 @@ impl PostgresReadModel {
     }
 
     /// The connection pool (searches run their own read-only transactions on it).
+    #[cfg(feature = "search")]
     pub(crate) fn pool(&self) -> &Pool {
         &self.tables.pool
     }
@@ -802,6 +807,7 @@ impl PostgresReadModel {
     /// Sets the projection's search declaration (once), then recomputes the search columns of
     /// every document of each collection whose declaration changed since they were computed,
     /// page by page; returns how many documents it recomputed.
+    #[cfg(feature = "search")]
     pub(crate) async fn declare_search(
         &self,
         schema: &SearchSchema,
@@ -843,6 +849,7 @@ impl PostgresReadModel {
         Ok(recomputed)
     }
 
+    #[cfg(feature = "search")]
     async fn recompute_search(
         &self,
         collection: &str,

@@ -360,6 +360,7 @@ impl SqliteReadModel {
     }
 
     /// Every document id of `collection` with its `updated_at`, in id order.
+    #[cfg(feature = "search")]
     pub(super) fn stamps(&self, collection: &str) -> Result<Vec<(String, i64)>, ReadModelError> {
         let conn = self.lock();
         let mut stmt = conn
@@ -372,6 +373,7 @@ impl SqliteReadModel {
     }
 
     /// Documents `ids` of `collection` that exist, with their `updated_at`.
+    #[cfg(feature = "search")]
     pub(super) fn documents(
         &self,
         collection: &str,
@@ -867,6 +869,7 @@ impl SqliteReadModel {
     }
 
     /// The seq of the newest audit entry (0 for an empty log).
+    #[cfg(feature = "search")]
     pub(super) fn audit_tail_seq(&self) -> Result<u64, ReadModelError> {
         let conn = self.lock();
         audit_tail(&conn).map(|t| t.seq).map_err(|e| self.sqlite(e))
@@ -874,6 +877,7 @@ impl SqliteReadModel {
 
     /// At most `limit` audit entries after `after`, in seq order: what each is and which
     /// document it changed (what search catch-up replays).
+    #[cfg(feature = "search")]
     pub(super) fn audit_marks(
         &self,
         after: u64,
