@@ -359,6 +359,31 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Waits at most `timeout` for every projection to have processed `total` events; returns
+/// what each had left (none when all caught up) and how long it waited, in milliseconds.
+async fn drain(
+    handles: &[ProjectionHandle],
+    total: u64,
+    timeout: Duration,
+) -> (serde_json::Map<String, serde_json::Value>, f64) {
+    let started = Instant::now();
+    let left = || -> serde_json::Map<String, serde_json::Value> {
+        handles
+            .iter()
+            .filter_map(|h| {
+                let left = total.saturating_sub(h.health().processed);
+                (left > 0).then(|| (h.name().to_owned(), json!(left)))
+            })
+            .collect()
+    };
+    let mut unprocessed = left();
+    while !unprocessed.is_empty() && started.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        unprocessed = left();
+    }
+    (unprocessed, started.elapsed().as_secs_f64() * 1000.0)
+}
+
 async fn bench_run(
     args: &BusArgs,
     projections: usize,
@@ -426,25 +451,14 @@ async fn bench_run(
         .map(|h| (total as u64).saturating_sub(h.health().processed))
         .max()
         .unwrap_or(0);
-    let drain_started = Instant::now();
-    let deadline = drain_started + Duration::from_secs(args.drain_timeout);
-    let left = |handles: &[ProjectionHandle]| -> serde_json::Map<String, serde_json::Value> {
-        handles
-            .iter()
-            .filter_map(|h| {
-                let left = (total as u64).saturating_sub(h.health().processed);
-                (left > 0).then(|| (h.name().to_owned(), json!(left)))
-            })
-            .collect()
-    };
     // A run that does not catch up is reported as it stands (and its stream still deleted),
     // not abandoned.
-    let mut unprocessed = left(&handles);
-    while !unprocessed.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        unprocessed = left(&handles);
-    }
-    let drain_ms = drain_started.elapsed().as_secs_f64() * 1000.0;
+    let (unprocessed, drain_ms) = drain(
+        &handles,
+        total as u64,
+        Duration::from_secs(args.drain_timeout),
+    )
+    .await;
     let cpu = cpu_seconds() - cpu_before;
     for handle in handles {
         handle.stop().await;

@@ -453,6 +453,67 @@ fn max_per_second(arrivals: &[Instant]) -> usize {
     max
 }
 
+/// Connects the document clients and the watchers, `--connect-concurrency` at a time; returns
+/// their tasks once every one subscribed or failed, and how long that took.
+async fn connect_all(
+    args: &NotifyArgs,
+    base: &str,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> (Vec<tokio::task::JoinHandle<Seen>>, Duration) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(args.connect_concurrency.max(1)));
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.clients + args.watchers {
+        let url = if i < args.clients {
+            format!(
+                "{base}/notifications/ws?projection=counters&collection=counters&id=d-{}",
+                i % args.documents.max(1)
+            )
+        } else {
+            format!("{base}/notifications/ws?projection=counters")
+        };
+        let Ok(permit) = Arc::clone(&gate).acquire_owned().await else {
+            break;
+        };
+        tasks.push(tokio::spawn(client(url, stop.clone(), permit, false)));
+    }
+    // Every slot back: every client subscribed or failed.
+    let _ = gate
+        .acquire_many(args.connect_concurrency.max(1) as u32)
+        .await;
+    (tasks, began.elapsed())
+}
+
+/// Connects `count` clients one by one, spread over 80 % of `load`, each following one of
+/// `documents` documents, and returns what each saw.
+async fn probe(
+    (count, load, documents): (usize, Duration, usize),
+    base: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<Seen> {
+    let every = load.mul_f64(0.8) / count.max(1) as u32;
+    let documents = documents.max(1);
+    let mut probes = Vec::new();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..count {
+        let url = format!(
+            "{base}/notifications/ws?projection=counters&collection=counters&id=d-{}",
+            i % documents
+        );
+        let slot = Arc::new(tokio::sync::Semaphore::new(1));
+        let Ok(permit) = slot.acquire_owned().await else {
+            break;
+        };
+        probes.push(tokio::spawn(client(url, stop.clone(), permit, true)));
+        tokio::time::sleep(every).await;
+    }
+    let mut seen = Vec::new();
+    for probe in probes {
+        seen.push(probe.await.unwrap_or_default());
+    }
+    seen
+}
+
 pub(crate) fn run(args: NotifyArgs) -> anyhow::Result<Outcome> {
     let (mut server, url) = Server::start(&args)?;
     let base = url.replacen("http", "ws", 1);
@@ -461,60 +522,20 @@ pub(crate) fn run(args: NotifyArgs) -> anyhow::Result<Outcome> {
     let (baseline_events, _, baseline_cpu) = server.load(args.rate, args.seconds.min(5))?;
     let idle_rss = server.rss_mb()?;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let (tasks, connect_wall) = runtime.block_on(async {
-        let gate = Arc::new(tokio::sync::Semaphore::new(args.connect_concurrency.max(1)));
-        let began = Instant::now();
-        let mut tasks = Vec::new();
-        for i in 0..args.clients + args.watchers {
-            let url = if i < args.clients {
-                format!(
-                    "{base}/notifications/ws?projection=counters&collection=counters&id=d-{}",
-                    i % args.documents.max(1)
-                )
-            } else {
-                format!("{base}/notifications/ws?projection=counters")
-            };
-            let Ok(permit) = Arc::clone(&gate).acquire_owned().await else {
-                break;
-            };
-            tasks.push(tokio::spawn(client(url, stop.clone(), permit, false)));
-        }
-        // Every slot back: every client subscribed or failed.
-        let _ = gate
-            .acquire_many(args.connect_concurrency.max(1) as u32)
-            .await;
-        (tasks, began.elapsed())
-    });
+    let (tasks, connect_wall) = runtime.block_on(connect_all(&args, &base, &stop));
     // Let the server settle, then measure it idle with every client connected.
     std::thread::sleep(Duration::from_secs(1));
     let connected_rss = server.rss_mb()?;
     // Probes connect while the events flow, from half a second in, spread over the load.
-    let probes = {
-        let (base, stop, count) = (base.clone(), stop.clone(), args.probes);
-        let every = Duration::from_secs(args.seconds).mul_f64(0.8) / count.max(1) as u32;
-        let documents = args.documents.max(1);
-        runtime.spawn(async move {
-            let mut probes = Vec::new();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            for i in 0..count {
-                let url = format!(
-                    "{base}/notifications/ws?projection=counters&collection=counters&id=d-{}",
-                    i % documents
-                );
-                let slot = Arc::new(tokio::sync::Semaphore::new(1));
-                let Ok(permit) = slot.acquire_owned().await else {
-                    break;
-                };
-                probes.push(tokio::spawn(client(url, stop.clone(), permit, true)));
-                tokio::time::sleep(every).await;
-            }
-            let mut seen = Vec::new();
-            for probe in probes {
-                seen.push(probe.await.unwrap_or_default());
-            }
-            seen
-        })
-    };
+    let probes = runtime.spawn(probe(
+        (
+            args.probes,
+            Duration::from_secs(args.seconds),
+            args.documents,
+        ),
+        base.clone(),
+        stop.clone(),
+    ));
     let (events, took, cpu) = server.load(args.rate, args.seconds)?;
     std::thread::sleep(Duration::from_secs(1));
     let _ = stop_tx.send(true);
