@@ -375,27 +375,15 @@ impl Throwaway {
 
 async fn open(backend: Backend, args: &QueryArgs) -> anyhow::Result<Target> {
     let dir = tempfile::tempdir().context("failed to create a temporary folder")?;
-    match backend {
+    let (store, read_models, index_dir, postgres) = match backend {
         Backend::Embedded => {
             let store: Arc<dyn EventStore> = Arc::new(
                 EmbeddedStore::open(dir.path().join("events.db"))
                     .context("failed to open the embedded store")?,
             );
-            let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Arc::clone(&store)));
             let read_models = ReadModels::sqlite(dir.path().join("read-models"));
             let index_dir = read_models.search_dir(OrderSummaries::NAME);
-            let runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models);
-            let orders = runner
-                .spawn(OrderSummaries)
-                .context("failed to open the orders read model")?;
-            Ok(Target {
-                store,
-                runner,
-                orders,
-                index_dir,
-                postgres: None,
-                _dir: dir,
-            })
+            (store, read_models, index_dir, None)
         }
         Backend::Postgres => {
             let url = args
@@ -423,21 +411,22 @@ async fn open(backend: Backend, args: &QueryArgs) -> anyhow::Result<Target> {
                     .await
                     .context("failed to open the PostgreSQL read models")?;
             let store: Arc<dyn EventStore> = Arc::new(store);
-            let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Arc::clone(&store)));
-            let runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models);
-            let orders = runner
-                .spawn(OrderSummaries)
-                .context("failed to open the orders read model")?;
-            Ok(Target {
-                store,
-                runner,
-                orders,
-                index_dir: None,
-                postgres: Some(throwaway),
-                _dir: dir,
-            })
+            (store, read_models, None, Some(throwaway))
         }
-    }
+    };
+    let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new(Arc::clone(&store)));
+    let runner = ProjectionRunner::with_read_models(Arc::clone(&store), bus, read_models);
+    let orders = runner
+        .spawn(OrderSummaries)
+        .context("failed to open the orders read model")?;
+    Ok(Target {
+        store,
+        runner,
+        orders,
+        index_dir,
+        postgres,
+        _dir: dir,
+    })
 }
 
 fn search_index(target: &Target) -> anyhow::Result<Arc<SearchIndex>> {
