@@ -8,12 +8,13 @@
 //! the process restarts), keeps the newest in a bounded history ring, and routes each one to the
 //! [`Session`]s whose subscriptions match it through an index (document, collection, projection),
 //! so a publish costs the matching subscribers, not all of them. A session is one client's
-//! bounded mailbox: a notification for a document already waiting replaces it (latest wins, the
-//! version range is reported), a token bucket sized so no sliding second exceeds the limit paces
-//! delivery, and a client whose mailbox overflows is closed as `slow` and resumes from its last
-//! position. Transports (WebSocket and SSE in `http::notify`, feature `http`) only move frames.
+//! bounded mailbox: a notification for a document already waiting replaces it in place (latest
+//! wins, the version range is reported, the document keeps its turn), a token bucket sized so no
+//! sliding second exceeds the limit paces delivery, each notification carries the client's
+//! `resume` mark (positions leave out of order once documents wait), and a client whose mailbox
+//! overflows is closed as `slow` and resumes from its last mark. Transports (WebSocket and SSE in `http::notify`, feature `http`) only move frames.
 //! [`client`] (feature `notify-client`) is the Rust client: reconnection with exponential
-//! backoff and full jitter, and resume from the last position.
+//! backoff and full jitter, and resume from the last mark without delivering a change twice.
 
 #[cfg(feature = "notify-client")]
 pub mod client;

@@ -600,7 +600,7 @@ async fn sse(
         subscription.since.as_ref(),
     )
     .await;
-    let first = sse_event(&first);
+    let first = sse_event(&first, subscription.since.as_ref());
     let expires = expiry(principal.as_deref());
     let stream = futures::stream::unfold(
         (Some(first), Some(session), permit),
@@ -622,7 +622,7 @@ async fn sse(
                         code: EXPIRED_CLOSE_CODE,
                         reason: EXPIRED_REASON.to_owned(),
                     };
-                    return Some((Ok(sse_event(&closed)), (None, None, permit)));
+                    return Some((Ok(sse_event(&closed, None)), (None, None, permit)));
                 }
             };
             match next {
@@ -646,7 +646,7 @@ async fn sse(
                         Ok(message) => message,
                         Err(_) => return None,
                     };
-                    Some((Ok(sse_event(&message)), (None, Some(session), permit)))
+                    Some((Ok(sse_event(&message, None)), (None, Some(session), permit)))
                 }
             }
         },
@@ -656,16 +656,24 @@ async fn sse(
         .into_response())
 }
 
-/// An SSE event: the frame's type as the event name, the frame as data, and for positions the
-/// `epoch:position` id that `EventSource` sends back as `Last-Event-ID`.
-fn sse_event(message: &ServerMessage) -> Event {
+/// An SSE event: the frame's type as the event name, the frame as data, and the
+/// `epoch:position` id that `EventSource` sends back as `Last-Event-ID`: for a notification its
+/// `resume` mark (its own position may be above changes still to come), for a reset or a
+/// subscription the position they start from.
+/// Until a notification moves it, a client that resumed goes on resuming from `resumed` (the
+/// replay its `subscribed` announced is still to come), not from the newest position.
+fn sse_event(message: &ServerMessage, resumed: Option<&Since>) -> Event {
     let (name, id) = match message {
-        ServerMessage::Notification(n) => {
-            ("notification", Some(format!("{}:{}", n.epoch, n.position)))
-        }
+        ServerMessage::Notification(n) => (
+            "notification",
+            Some(format!("{}:{}", n.epoch, n.resume.unwrap_or(n.position))),
+        ),
         ServerMessage::Subscribed {
             epoch, position, ..
-        } => ("subscribed", Some(format!("{epoch}:{position}"))),
+        } => (
+            "subscribed",
+            Some(resumed.map_or_else(|| format!("{epoch}:{position}"), Since::to_string)),
+        ),
         ServerMessage::Reset {
             epoch, position, ..
         } => ("reset", Some(format!("{epoch}:{position}"))),

@@ -3,10 +3,17 @@
 //! [`NotificationClient::connect`] starts a background task that holds one WebSocket
 //! connection, reconnects after a drop with exponential backoff and full jitter (a random delay
 //! in `[0, min(max_delay, min_delay · 2^attempt))`, the first attempt included, so clients
-//! dropped together come back spread out), resumes from the last position it delivered, and
+//! dropped together come back spread out), resumes from the last `resume` mark it got, and
 //! declares the link dead when nothing arrives for the server's ping interval plus 10 s. The
 //! credential travels in `Sec-WebSocket-Protocol`, never in the URL.
+//!
+//! A throttled or lagging client gets notifications out of position order, so its resume mark
+//! can trail documents it already has; a resume replays those. The client remembers each
+//! document delivered above the mark (at most about the server's mailbox bound, forgotten as
+//! the mark passes it) and skips a replayed notification it already has, or trims the part of
+//! a coalesced range it already delivered: nothing is delivered twice.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +29,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::notification::{Notification, ResetReason, ServerMessage, Since};
+use super::notification::{Coalesced, Notification, ResetReason, ServerMessage, Since};
 
 /// What to follow and how to reconnect.
 #[derive(Debug, Clone)]
@@ -82,7 +89,8 @@ pub enum ClientEvent {
         /// Notifications replayed after the resume position, delivered next.
         replayed: u64,
     },
-    /// A document changed (never one already delivered).
+    /// A document changed (never a change already delivered). Per document, versions rise;
+    /// across documents, a throttled client gets them in turn order, not position order.
     Notification(Box<Notification>),
     /// The position could not be resumed: refetch the documents, then go on.
     Reset {
@@ -129,8 +137,93 @@ pub enum ClientError {
 #[derive(Debug)]
 pub struct NotificationClient {
     events: mpsc::Receiver<ClientEvent>,
-    position: Arc<Mutex<Option<Since>>>,
+    position: Arc<Mutex<Resume>>,
     task: JoinHandle<()>,
+}
+
+/// Where the client resumes from, and what it delivered above that.
+#[derive(Debug, Default)]
+struct Resume {
+    since: Option<Since>,
+    above: Delivered,
+}
+
+/// The documents delivered above the resume mark, which a resume from the mark replays.
+#[derive(Debug, Default)]
+struct Delivered {
+    by_document: HashMap<(String, String), Last>,
+    /// Position → the document delivered at it (positions are unique within an epoch).
+    by_position: BTreeMap<u64, (String, String)>,
+}
+
+/// A document's last notification delivered.
+#[derive(Debug)]
+struct Last {
+    position: u64,
+    aggregate_id: String,
+    aggregate_version: u64,
+}
+
+impl Delivered {
+    fn clear(&mut self) {
+        self.by_document.clear();
+        self.by_position.clear();
+    }
+
+    /// Forgets what is at or below `mark`: no resume replays it again.
+    fn prune(&mut self, mark: u64) {
+        while let Some(entry) = self.by_position.first_entry() {
+            if *entry.key() > mark {
+                break;
+            }
+            let document = entry.remove();
+            self.by_document.remove(&document);
+        }
+    }
+
+    /// `note` less what was already delivered of its document: `None` when it has nothing new.
+    fn fresh(&self, mut note: Notification) -> Option<Notification> {
+        let document = (note.collection.clone(), note.id.clone());
+        let Some(last) = self.by_document.get(&document) else {
+            return Some(note);
+        };
+        if note.position <= last.position {
+            return None;
+        }
+        // A replay folds the changes after the mark, some of which this client had: the range
+        // starts after the version it has (a range of another aggregate cannot be compared).
+        if let Some(coalesced) = note.coalesced
+            && note.aggregate_id == last.aggregate_id
+            && coalesced.from_version <= last.aggregate_version
+        {
+            let count = coalesced.count.min(
+                note.aggregate_version
+                    .saturating_sub(last.aggregate_version),
+            );
+            note.coalesced = (count >= 2).then_some(Coalesced {
+                count,
+                from_version: last.aggregate_version + 1,
+            });
+        }
+        Some(note)
+    }
+
+    fn remember(&mut self, note: &Notification) {
+        let document = (note.collection.clone(), note.id.clone());
+        let last = Last {
+            position: note.position,
+            aggregate_id: note.aggregate_id.clone(),
+            aggregate_version: note.aggregate_version,
+        };
+        if let Some(old) = self.by_document.insert(document.clone(), last) {
+            self.by_position.remove(&old.position);
+        }
+        self.by_position.insert(note.position, document);
+    }
+
+    fn len(&self) -> usize {
+        self.by_document.len()
+    }
 }
 
 impl Drop for NotificationClient {
@@ -144,7 +237,10 @@ impl NotificationClient {
     pub fn connect(options: ClientOptions) -> Result<Self, ClientError> {
         let base = ws_base(&options.url)?;
         let (sender, events) = mpsc::channel(options.buffer.max(1));
-        let position = Arc::new(Mutex::new(options.since.clone()));
+        let position = Arc::new(Mutex::new(Resume {
+            since: options.since.clone(),
+            above: Delivered::default(),
+        }));
         let task = tokio::spawn(run(base, options, sender, Arc::clone(&position)));
         Ok(Self {
             events,
@@ -158,12 +254,24 @@ impl NotificationClient {
         self.events.recv().await
     }
 
-    /// The last position delivered, to resume from in another process.
+    /// The resume mark: every change up to it was delivered, to resume from in another
+    /// process (which may then get again what was delivered above it).
     pub fn position(&self) -> Option<Since> {
         self.position
             .lock()
             .expect("position lock poisoned")
+            .since
             .clone()
+    }
+
+    /// Documents remembered as delivered above the resume mark, so that a resume does not
+    /// deliver them twice (bounded by the server's mailbox, `max_pending`).
+    pub fn remembered(&self) -> usize {
+        self.position
+            .lock()
+            .expect("position lock poisoned")
+            .above
+            .len()
     }
 }
 
@@ -250,11 +358,15 @@ async fn run(
     base: String,
     options: ClientOptions,
     events: mpsc::Sender<ClientEvent>,
-    position: Arc<Mutex<Option<Since>>>,
+    position: Arc<Mutex<Resume>>,
 ) {
     let mut attempt = 0u32;
     loop {
-        let since = position.lock().expect("position lock poisoned").clone();
+        let since = position
+            .lock()
+            .expect("position lock poisoned")
+            .since
+            .clone();
         let url = request_url(&base, &options, since.as_ref());
         let outcome = match connection(&url, &options, &events, &position, &mut attempt).await {
             Ended::Stop => return,
@@ -386,8 +498,8 @@ enum Delivery {
 }
 
 /// Reads one server message, moving the resume `position` forward for what it delivers.
-fn delivery(message: ServerMessage, position: &Mutex<Option<Since>>) -> Delivery {
-    let mut known = position.lock().expect("position lock poisoned");
+fn delivery(message: ServerMessage, position: &Mutex<Resume>) -> Delivery {
+    let mut resume = position.lock().expect("position lock poisoned");
     let event = match message {
         ServerMessage::Ready {
             ping_interval_ms, ..
@@ -398,8 +510,8 @@ fn delivery(message: ServerMessage, position: &Mutex<Option<Since>>) -> Delivery
             replayed,
             ..
         } => {
-            if known.is_none() {
-                *known = Some(Since {
+            if resume.since.is_none() {
+                resume.since = Some(Since {
                     epoch: epoch.clone(),
                     position: at,
                 });
@@ -410,29 +522,21 @@ fn delivery(message: ServerMessage, position: &Mutex<Option<Since>>) -> Delivery
                 replayed,
             }
         }
-        ServerMessage::Notification(note) => {
-            if known
-                .as_ref()
-                .is_some_and(|k| k.epoch == note.epoch && note.position <= k.position)
-            {
-                return Delivery::Skip;
-            }
-            *known = Some(Since {
-                epoch: note.epoch.clone(),
-                position: note.position,
-            });
-            ClientEvent::Notification(Box::new(note))
-        }
+        ServerMessage::Notification(note) => match resume.take(note) {
+            Some(note) => ClientEvent::Notification(Box::new(note)),
+            None => return Delivery::Skip,
+        },
         ServerMessage::Reset {
             epoch,
             position: at,
             reason,
             ..
         } => {
-            *known = Some(Since {
+            resume.since = Some(Since {
                 epoch: epoch.clone(),
                 position: at,
             });
+            resume.above.clear();
             ClientEvent::Reset {
                 epoch,
                 position: at,
@@ -451,12 +555,45 @@ fn delivery(message: ServerMessage, position: &Mutex<Option<Since>>) -> Delivery
     Delivery::Deliver(event)
 }
 
+impl Resume {
+    /// Takes a notification in: what of it is new (`None`: nothing), moving the mark to its
+    /// `resume` and remembering it while it is above the mark.
+    fn take(&mut self, note: Notification) -> Option<Notification> {
+        let known = self
+            .since
+            .as_ref()
+            .filter(|k| k.epoch == note.epoch)
+            .map(|k| k.position);
+        if known.is_none() {
+            self.above.clear();
+        }
+        let mark = note.resume.unwrap_or(note.position).max(known.unwrap_or(0));
+        let epoch = note.epoch.clone();
+        let fresh = if known.is_some_and(|k| note.position <= k) {
+            None
+        } else {
+            self.above.fresh(note)
+        };
+        if let Some(fresh) = &fresh
+            && fresh.position > mark
+        {
+            self.above.remember(fresh);
+        }
+        self.above.prune(mark);
+        self.since = Some(Since {
+            epoch,
+            position: mark,
+        });
+        fresh
+    }
+}
+
 /// One connection, from the upgrade until it ends; a `ready` from the server resets `attempt`.
 async fn connection(
     url: &str,
     options: &ClientOptions,
     events: &mpsc::Sender<ClientEvent>,
-    position: &Mutex<Option<Since>>,
+    position: &Mutex<Resume>,
     attempt: &mut u32,
 ) -> Ended {
     let request = match upgrade_request(url, options) {

@@ -478,6 +478,7 @@ impl NotificationHub {
                     event_id: change.event_id,
                     log_position: change.log_position,
                     position,
+                    resume: None,
                     epoch: channel.epoch.to_string(),
                     recorded_at: change.recorded_at,
                     committed_at,
@@ -578,6 +579,11 @@ impl NotificationHub {
         }
         let mut channel = channel.lock().expect("channel lock poisoned");
         let mut replayed = 0;
+        // The client's resume mark starts where it resumes from, or here; a reset moves it.
+        let start = since
+            .filter(|since| since.epoch == *channel.epoch && since.position <= channel.last)
+            .map_or(channel.last, |since| since.position);
+        sub.mailbox.follow(projection, start);
         if let Some(since) = since {
             let first = first_in_memory(&channel);
             let outcome = if since.epoch != *channel.epoch || since.position > channel.last {

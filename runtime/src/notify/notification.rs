@@ -75,8 +75,20 @@ pub struct Notification {
     pub event_id: EventId,
     /// That event's position in the global log.
     pub log_position: u64,
-    /// The resume position: increases by one per notification of this projection within an epoch.
+    /// The position of the change this notification carries: increases by one per notification
+    /// of this projection within an epoch. A throttled or lagging client may get them out of
+    /// order (a waiting document keeps its turn and takes its newer changes), so resume from
+    /// `resume`, not from this.
     pub position: u64,
+    /// Where this client resumes from (`since`): every change of the projection at or below it
+    /// has been delivered to this client or folded into a notification delivered. It never
+    /// decreases, and equals `position` unless the client is throttled or behind. A resume
+    /// from it replays what came after it, including changes of documents this client already
+    /// got above it: skip a notification whose document was delivered at an equal or higher
+    /// `position` (the Rust and JavaScript clients do). Set per client as it is sent; absent
+    /// in the server's history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<u64>,
     /// The read model's generation; positions of different epochs are not comparable.
     pub epoch: String,
     /// When the event was stored.
@@ -215,7 +227,7 @@ pub enum ClientMessage {
 pub struct Since {
     /// The epoch the position belongs to.
     pub epoch: String,
-    /// The last position the client saw.
+    /// The last resume mark the client got (a notification's `resume`).
     pub position: u64,
 }
 

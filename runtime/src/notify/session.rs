@@ -1,7 +1,8 @@
 //! One client's side of the hub: its subscriptions, a bounded mailbox that coalesces per
-//! document, and the throttle that paces what leaves it.
+//! document, the throttle that paces what leaves it, and the resume mark each notification
+//! carries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,9 +17,9 @@ use super::notification::{Coalesced, Notification, ServerMessage, Since};
 pub struct SessionLimits {
     /// Most notifications delivered in any one-second window (default 100, at least 2).
     pub per_second: u32,
-    /// Most notifications waiting in the mailbox (default 4 096; a document has at most two
+    /// Most notifications waiting in the mailbox (default 4 096; a document has at most one
     /// waiting, see [`Session::next`]); one more closes the client as `slow`, and it resumes
-    /// from its last position.
+    /// from its last resume mark.
     pub max_pending: usize,
     /// Most subscriptions of one client (default 64).
     pub max_subscriptions: usize,
@@ -106,27 +107,117 @@ pub enum Next {
 
 enum Pending {
     Note {
+        /// The document's newest change (latest wins).
         entry: Arc<Entry>,
+        /// The changes it stands for, when more than one arrived while it waited.
         coalesced: Option<Coalesced>,
-        /// The key the document got when it started waiting: its turn comes once everything
-        /// queued before that key has left.
-        since: u64,
+        /// The position of the oldest change it stands for: until it leaves, the client's
+        /// resume mark for the projection stays below it.
+        first: u64,
     },
     Control(Box<ServerMessage>),
 }
 
+/// Where one projection's resume mark stands for a client.
+#[derive(Debug, Default)]
+struct Mark {
+    /// The newest position offered.
+    offered: u64,
+    /// The `first` of each of the projection's waiting notifications (unique: positions are,
+    /// and a document waits once).
+    waiting: BTreeSet<u64>,
+}
+
+impl Mark {
+    fn at(position: u64) -> Self {
+        Self {
+            offered: position,
+            waiting: BTreeSet::new(),
+        }
+    }
+
+    /// Every change at or below this was delivered or folded into one delivered: just below
+    /// the oldest change still waiting, or everything offered when none waits. It never
+    /// decreases: a waiting notification keeps its `first`, and what arrives later is above
+    /// everything offered before.
+    fn resume(&self) -> u64 {
+        self.waiting
+            .first()
+            .map_or(self.offered, |first| first.saturating_sub(1))
+    }
+}
+
 #[derive(Default)]
 struct MailboxState {
-    /// In arrival order; a coalesced document moves to the back, so each projection's
-    /// notifications leave in position order. It moves only until its turn has come (what
-    /// was queued before it started waiting has left): from then on it keeps its place and a
-    /// newer change waits behind it as a notification of its own, so a document that keeps
-    /// changing is never pushed back for ever (at most two per document wait at once).
+    /// In turn order: a document's turn is fixed when its first unsent change arrives, and a
+    /// newer change of a waiting document replaces it in place (latest wins, `coalesced`
+    /// widened). So a document that keeps changing still leaves at its turn (never pushed
+    /// back), what it carries is its newest change, and at most one notification per document
+    /// waits. Positions then leave out of order; `marks` says where the client resumes.
     queue: BTreeMap<u64, Pending>,
     next: u64,
     /// Document hash → its notification's key in `queue`.
     by_document: HashMap<u64, u64>,
+    /// Projection → the client's resume mark for it.
+    marks: HashMap<String, Mark>,
     closed: Option<CloseReason>,
+}
+
+impl MailboxState {
+    fn mark(&mut self, projection: &str) -> &mut Mark {
+        if !self.marks.contains_key(projection) {
+            self.marks.insert(projection.to_owned(), Mark::default());
+        }
+        self.marks.get_mut(projection).expect("inserted above")
+    }
+
+    /// Drops the notifications of `projection` waiting.
+    fn drop_waiting(&mut self, projection: &str) {
+        let MailboxState {
+            queue, by_document, ..
+        } = self;
+        queue.retain(|_, pending| match pending {
+            Pending::Note { entry, .. } if entry.note.projection == projection => {
+                by_document.remove(&entry.doc_hash);
+                false
+            }
+            _ => true,
+        });
+    }
+
+    /// Takes the notification under `key` and frames it with the client's resume mark.
+    fn take_note(&mut self, key: u64) -> Next {
+        let Some(Pending::Note {
+            entry,
+            coalesced,
+            first,
+        }) = self.queue.remove(&key)
+        else {
+            unreachable!("the caller found a notification under this key")
+        };
+        if self.by_document.get(&entry.doc_hash) == Some(&key) {
+            self.by_document.remove(&entry.doc_hash);
+        }
+        let resume = match self.marks.get_mut(&entry.note.projection) {
+            Some(mark) => {
+                mark.waiting.remove(&first);
+                mark.resume()
+            }
+            None => entry.note.position,
+        };
+        let text = match coalesced {
+            None => with_resume(&entry.frame, resume),
+            Some(coalesced) => encode(&ServerMessage::Notification(Notification {
+                coalesced: Some(coalesced),
+                resume: Some(resume),
+                ..entry.note.clone()
+            })),
+        };
+        Next::Frame {
+            text,
+            committed: Some(entry.committed),
+        }
+    }
 }
 
 /// The hub's handle on a client: publishers offer, the session takes.
@@ -142,42 +233,43 @@ impl Mailbox {
         self.state.lock().expect("mailbox lock poisoned")
     }
 
-    /// Queues `entry`, replacing a notification of the same document that is still waiting
-    /// for its turn (see [`MailboxState::queue`]). Never blocks; a full mailbox closes the
-    /// client as slow.
+    /// Queues `entry`, or folds it into its document's waiting notification, which keeps its
+    /// turn (see [`MailboxState::queue`]). Never blocks; a full mailbox closes the client as
+    /// slow.
     pub(crate) fn offer(&self, entry: &Arc<Entry>) {
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         if state.closed.is_some() {
             return;
         }
-        let turn = state.queue.first_key_value().map(|(key, _)| *key);
-        let mut coalesced = None;
-        let mut since = state.next;
+        let position = entry.note.position;
         if let Some(key) = state.by_document.get(&entry.doc_hash).copied()
             && let Some(Pending::Note {
-                entry: old,
-                coalesced: before,
-                since: waiting,
-            }) = state.queue.get(&key)
-            && old.same_document(entry)
-            && turn.is_some_and(|first| first < *waiting)
+                entry: waiting,
+                coalesced,
+                ..
+            }) = state.queue.get_mut(&key)
+            && waiting.same_document(entry)
         {
-            coalesced = Some(Coalesced::merge(
-                before.or(old.note.coalesced),
-                old.note.aggregate_version,
-                &old.note.aggregate_id,
+            *coalesced = Some(Coalesced::merge(
+                coalesced.or(waiting.note.coalesced),
+                waiting.note.aggregate_version,
+                &waiting.note.aggregate_id,
                 entry.note.coalesced,
                 &entry.note.aggregate_id,
                 entry.note.aggregate_version,
             ));
-            since = *waiting;
-            state.queue.remove(&key);
+            *waiting = Arc::clone(entry);
+            let mark = state.mark(&entry.note.projection);
+            mark.offered = mark.offered.max(position);
             metrics::counter!("nexus_notify_coalesced_total").increment(1);
-        } else if state.queue.len() >= self.max_pending {
+            return;
+        }
+        if state.queue.len() >= self.max_pending {
             state.closed = Some(CloseReason::Slow);
             state.queue.clear();
             state.by_document.clear();
-            drop(state);
+            drop(guard);
             self.wake.notify_one();
             return;
         }
@@ -187,32 +279,50 @@ impl Mailbox {
             key,
             Pending::Note {
                 entry: Arc::clone(entry),
-                coalesced,
-                since,
+                coalesced: None,
+                first: position,
             },
         );
         state.by_document.insert(entry.doc_hash, key);
-        drop(state);
+        let mark = state.mark(&entry.note.projection);
+        mark.offered = mark.offered.max(position);
+        mark.waiting.insert(position);
+        drop(guard);
         self.wake.notify_one();
     }
 
-    /// Drops what is waiting of the reset's projection and queues the reset.
+    /// A subscription of `projection` starts with the client's resume mark at `position`:
+    /// what still waits of the projection is dropped (the subscription replays from there).
+    pub(crate) fn follow(&self, projection: &str, position: u64) {
+        let mut state = self.lock();
+        state.drop_waiting(projection);
+        state
+            .marks
+            .insert(projection.to_owned(), Mark::at(position));
+    }
+
+    /// The client stopped following `projection`: what waits of it is dropped.
+    fn forget(&self, projection: &str) {
+        let mut state = self.lock();
+        state.drop_waiting(projection);
+        state.marks.remove(projection);
+    }
+
+    /// Drops what is waiting of the reset's projection and queues the reset; the resume mark
+    /// starts over at the reset's position.
     pub(crate) fn reset(&self, reset: ServerMessage) {
         let mut state = self.lock();
         if state.closed.is_some() {
             return;
         }
-        if let ServerMessage::Reset { projection, .. } = &reset {
-            let MailboxState {
-                queue, by_document, ..
-            } = &mut *state;
-            queue.retain(|_, pending| match pending {
-                Pending::Note { entry, .. } if entry.note.projection == *projection => {
-                    by_document.remove(&entry.doc_hash);
-                    false
-                }
-                _ => true,
-            });
+        if let ServerMessage::Reset {
+            projection,
+            position,
+            ..
+        } = &reset
+        {
+            state.drop_waiting(projection);
+            state.marks.insert(projection.clone(), Mark::at(*position));
         }
         let key = state.next;
         state.next += 1;
@@ -226,6 +336,7 @@ impl Mailbox {
         state.closed.get_or_insert(reason);
         state.queue.clear();
         state.by_document.clear();
+        state.marks.clear();
     }
 }
 
@@ -380,6 +491,7 @@ impl Session {
         match self.subs.remove(sub) {
             Some((projection, scope, key)) => {
                 self.hub.unsubscribe(&projection, &scope, key);
+                self.mailbox.forget(&projection);
                 metrics::gauge!("nexus_notify_subscriptions").decrement(1.0);
                 true
             }
@@ -395,12 +507,13 @@ impl Session {
     /// The next frame to send, waiting for one and for the throttle; cancel-safe (a frame is
     /// taken only when this returns it).
     ///
-    /// Notifications leave in the order they arrived (so each projection's positions rise). A
-    /// newer change of a waiting document replaces it (latest wins, `coalesced` counts both)
-    /// and takes the newer one's place at the back, but only until the document's turn has
-    /// come; after that it keeps its place and the newer change waits behind it on its own.
-    /// So a document that never stops changing still leaves: a change is sent, or folded into
-    /// one that is sent, within the notifications waiting when it arrived plus `max_pending`.
+    /// Notifications leave in turn order: a document's turn is when its oldest unsent change
+    /// arrived, and a newer change of a waiting document replaces it in place (latest wins,
+    /// `coalesced` counts them all, its range starts at the oldest). So what leaves is each
+    /// document's newest change, and a change is sent, or folded into one that is sent, within
+    /// the notifications waiting when it arrived (at most `max_pending`), however often its
+    /// document changes. Positions then leave out of order; each notification carries the
+    /// client's `resume` mark for its projection.
     pub async fn next(&mut self) -> Next {
         loop {
             let wait = {
@@ -422,47 +535,26 @@ impl Session {
                             committed: None,
                         };
                     }
-                    Some(first) => match self.throttle.take(Instant::now()) {
-                        Ok(()) => {
-                            let key = *first.key();
-                            let Pending::Note {
-                                entry, coalesced, ..
-                            } = first.remove()
-                            else {
-                                unreachable!("matched above")
-                            };
-                            if state.by_document.get(&entry.doc_hash) == Some(&key) {
-                                state.by_document.remove(&entry.doc_hash);
-                            }
-                            let text = match coalesced {
-                                None => Arc::clone(&entry.frame),
-                                Some(coalesced) => {
-                                    encode(&ServerMessage::Notification(Notification {
-                                        coalesced: Some(coalesced),
-                                        ..entry.note.clone()
-                                    }))
+                    Some(first) => {
+                        let key = *first.key();
+                        match self.throttle.take(Instant::now()) {
+                            Ok(()) => return state.take_note(key),
+                            Err(wait) => {
+                                if !self.throttled {
+                                    self.throttled = true;
+                                    let pending = state.queue.len();
+                                    return Next::Frame {
+                                        text: encode(&ServerMessage::Throttled {
+                                            limit: self.limits.per_second,
+                                            pending,
+                                        }),
+                                        committed: None,
+                                    };
                                 }
-                            };
-                            return Next::Frame {
-                                text,
-                                committed: Some(entry.committed),
-                            };
-                        }
-                        Err(wait) => {
-                            if !self.throttled {
-                                self.throttled = true;
-                                let pending = state.queue.len();
-                                return Next::Frame {
-                                    text: encode(&ServerMessage::Throttled {
-                                        limit: self.limits.per_second,
-                                        pending,
-                                    }),
-                                    committed: None,
-                                };
+                                Some(wait)
                             }
-                            Some(wait)
                         }
-                    },
+                    }
                 }
             };
             match wait {
@@ -487,6 +579,13 @@ impl Drop for Session {
         self.mailbox.close(CloseReason::Slow);
         metrics::gauge!("nexus_notify_connections").decrement(1.0);
     }
+}
+
+/// A notification's frame (`{"type":"notification",...}`, encoded once for every client) with
+/// this client's resume mark.
+fn with_resume(frame: &str, resume: u64) -> Arc<str> {
+    let body = frame.strip_suffix('}').unwrap_or(frame);
+    format!("{body},\"resume\":{resume}}}").into()
 }
 
 fn encode(message: &ServerMessage) -> Arc<str> {
@@ -527,17 +626,83 @@ mod tests {
         }
     }
 
-    /// A throttled client takes fewer frames than arrive, so its mailbox holds a backlog that
-    /// other documents keep flowing through. A hot document changing on every send used to
-    /// move to the back each time and never be sent; its changes must each leave (or be
-    /// folded into one that leaves) within a bounded number of sends, in position order, with
-    /// `coalesced` counting every change once.
-    #[tokio::test]
-    async fn a_hot_document_is_delivered_within_a_bounded_number_of_sends_under_a_steady_stream() {
-        let max_pending = 64;
-        let hub = NotificationHub::default();
+    /// What a test published and what of it the client has: per document its changes
+    /// (version, position, the send count when published), and the positions neither
+    /// delivered nor folded into a notification delivered.
+    #[derive(Default)]
+    struct Ledger {
+        changes: HashMap<String, Vec<(u64, u64, usize)>>,
+        delivered: HashMap<String, u64>,
+        uncovered: BTreeSet<u64>,
+        resume: u64,
+        longest_wait: usize,
+        counted: u64,
+        deliveries: HashMap<String, usize>,
+    }
+
+    impl Ledger {
+        fn publish(&mut self, hub: &NotificationHub, id: &str, sent: usize) {
+            let changes = self.changes.entry(id.to_owned()).or_default();
+            let version = changes.len() as u64 + 1;
+            hub.publish("p", vec![change(id, version)]);
+            let position = hub.position("p").1;
+            changes.push((version, position, sent));
+            self.uncovered.insert(position);
+        }
+
+        /// Takes the next notification, the `sent`th, and checks it: the document's latest
+        /// version, a range starting right after what was delivered, every change counted
+        /// once, and a resume mark that never goes back nor passes a change not yet delivered.
+        async fn take(&mut self, session: &mut Session, sent: usize) -> Notification {
+            let note = take(session).await;
+            let published = &self.changes[&note.id];
+            let (version, position, _) = *published.last().expect("published");
+            assert_eq!(
+                (note.aggregate_version, note.position),
+                (version, position),
+                "{} carries its latest change",
+                note.id
+            );
+            let before = self.delivered.insert(note.id.clone(), version).unwrap_or(0);
+            let (from, count) = note
+                .coalesced
+                .map_or((version, 1), |c| (c.from_version, c.count));
+            assert_eq!(
+                from,
+                before + 1,
+                "the range starts after the last delivered"
+            );
+            assert_eq!(count, version - before, "every change counted once");
+            self.counted += count;
+            *self.deliveries.entry(note.id.clone()).or_default() += 1;
+            for (_, position, at) in &published[before as usize..] {
+                self.longest_wait = self.longest_wait.max(sent - at);
+                self.uncovered.remove(position);
+            }
+            let resume = note.resume.expect("the session sets the resume mark");
+            assert!(
+                resume >= self.resume,
+                "resume went back from {} to {resume}",
+                self.resume
+            );
+            self.resume = resume;
+            if let Some(first) = self.uncovered.first() {
+                assert!(
+                    resume < *first,
+                    "resume {resume} passes {first}, not delivered"
+                );
+            }
+            note
+        }
+
+        fn published(&self) -> u64 {
+            self.changes.values().map(|c| c.len() as u64).sum()
+        }
+    }
+
+    async fn watcher(hub: &NotificationHub, max_pending: usize) -> Session {
         let mut session = hub.connect(SessionLimits {
-            // The pace is the test's: one frame taken per two changes published.
+            // The pace is the test's: one frame taken per step.
             per_second: 1_000_000,
             max_pending,
             ..SessionLimits::default()
@@ -546,68 +711,116 @@ mod tests {
             .subscribe("s", "p", Scope::Projection, None)
             .await
             .unwrap();
+        session
+    }
+
+    /// A saturated whole-projection watcher: three changes offered per notification taken,
+    /// over a hot document and 40 warm ones. Each notification carries its document's newest
+    /// change, each change leaves (itself or folded) within one turn of the mailbox, which
+    /// never holds more than one notification per document, and `resume` never goes back nor
+    /// passes a change not yet delivered.
+    #[tokio::test]
+    async fn a_saturated_watcher_gets_each_documents_latest_change_within_one_turn() {
+        let (warm, steps) = (40usize, 600usize);
+        let hub = NotificationHub::default();
+        let mut session = watcher(&hub, 64).await;
+        let mut ledger = Ledger::default();
+        let mut sent = 0;
+        for step in 0..steps {
+            ledger.publish(&hub, "hot", sent);
+            ledger.publish(&hub, &format!("warm-{}", step % warm), sent);
+            ledger.publish(&hub, &format!("warm-{}", (step * 7 + 3) % warm), sent);
+            ledger.take(&mut session, sent).await;
+            sent += 1;
+        }
+        while !ledger.uncovered.is_empty() {
+            ledger.take(&mut session, sent).await;
+            sent += 1;
+        }
+        assert_eq!(ledger.counted, ledger.published(), "every change once");
+        assert!(
+            ledger.longest_wait <= warm + 1,
+            "a change waited {} sends; one turn is {} documents",
+            ledger.longest_wait,
+            warm + 1
+        );
+        assert!(
+            sent < steps + warm + 2,
+            "{sent} notifications: at most one per document waited"
+        );
+        assert_eq!(
+            ledger.resume,
+            hub.position("p").1,
+            "all delivered: resume is the newest"
+        );
+    }
+
+    /// A throttled client takes fewer frames than arrive, so its mailbox holds a backlog that
+    /// other documents keep flowing through. A hot document changing on every send used to
+    /// move to the back each time and never be sent; its changes must each leave (or be
+    /// folded into one that leaves) within a bounded number of sends, carrying its newest
+    /// change, with `coalesced` counting every change once.
+    #[tokio::test]
+    async fn a_hot_document_is_delivered_within_a_bounded_number_of_sends_under_a_steady_stream() {
+        let max_pending = 64;
+        let hub = NotificationHub::default();
+        let mut session = watcher(&hub, max_pending).await;
+        let mut ledger = Ledger::default();
         let mut cold = 0u64;
-        let mut publish_cold = |hub: &NotificationHub| {
-            hub.publish("p", vec![change(&format!("cold-{cold}"), 1)]);
-            cold += 1;
-        };
         for _ in 0..max_pending / 2 {
-            publish_cold(&hub);
+            ledger.publish(&hub, &format!("cold-{cold}"), 0);
+            cold += 1;
         }
-        // Hot version → the send count when it was published.
-        let mut published_at = vec![0usize];
-        let (mut delivered, mut last_position, mut hot_deliveries) = (0u64, 0u64, 0);
-        let (mut changes, mut longest_wait) = (0u64, 0usize);
-        let bound = 2 * max_pending;
         let steps = 400;
-        for sent in 0..steps + 2 * max_pending {
-            if sent < steps {
-                published_at.push(sent);
-                hub.publish("p", vec![change("hot", published_at.len() as u64 - 1)]);
-                publish_cold(&hub);
-            }
-            let note = take(&mut session).await;
-            assert!(note.position > last_position, "positions increase");
-            last_position = note.position;
-            if note.id != "hot" {
-                continue;
-            }
-            hot_deliveries += 1;
-            let count = note.coalesced.map_or(1, |c| c.count);
-            let from = note
-                .coalesced
-                .map_or(note.aggregate_version, |c| c.from_version);
-            assert_eq!(
-                from,
-                delivered + 1,
-                "the range starts after the last delivered"
-            );
-            assert_eq!(count, note.aggregate_version - delivered);
-            for version in from..=note.aggregate_version {
-                longest_wait = longest_wait.max(sent - published_at[version as usize]);
-            }
-            changes += count;
-            delivered = note.aggregate_version;
-            if delivered == steps as u64 {
-                break;
-            }
+        let mut sent = 0;
+        for _ in 0..steps {
+            ledger.publish(&hub, "hot", sent);
+            ledger.publish(&hub, &format!("cold-{cold}"), sent);
+            cold += 1;
+            ledger.take(&mut session, sent).await;
+            sent += 1;
+        }
+        while !ledger.uncovered.is_empty() {
+            ledger.take(&mut session, sent).await;
+            sent += 1;
         }
         assert_eq!(
-            delivered, steps as u64,
-            "the hot document's last change arrives"
+            ledger.delivered["hot"], steps as u64,
+            "the last change arrives"
         );
-        assert_eq!(
-            changes, steps as u64,
-            "every change delivered or folded once"
-        );
+        assert_eq!(ledger.counted, ledger.published(), "every change once");
         assert!(
-            longest_wait <= bound,
-            "a hot change waited {longest_wait} sends (bound {bound})"
+            ledger.longest_wait <= max_pending,
+            "a change waited {} sends (bound {max_pending})",
+            ledger.longest_wait
         );
+        let hot = ledger.deliveries["hot"];
         assert!(
-            hot_deliveries > 2 && hot_deliveries < steps / 4,
-            "the hot document is both delivered and coalesced: {hot_deliveries} frames"
+            hot > 2 && hot < steps / 4,
+            "the hot document is both delivered and coalesced: {hot} frames"
         );
+    }
+
+    /// A client that keeps up gets each notification alone, in position order: its resume
+    /// mark is the notification's own position.
+    #[tokio::test]
+    async fn a_client_that_keeps_up_resumes_from_each_notifications_own_position() {
+        let hub = NotificationHub::default();
+        let mut session = watcher(&hub, 64).await;
+        let mut ledger = Ledger::default();
+        for round in 0..5 {
+            ledger.publish(&hub, "a", round);
+            let note = ledger.take(&mut session, round).await;
+            assert_eq!(note.resume, Some(note.position));
+        }
+        // A backlog of distinct documents leaves in order too.
+        for id in ["b", "c", "d", "e"] {
+            ledger.publish(&hub, id, 5);
+        }
+        for _ in 0..4 {
+            let note = ledger.take(&mut session, 5).await;
+            assert_eq!(note.resume, Some(note.position));
+        }
     }
 
     #[test]

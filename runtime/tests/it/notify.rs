@@ -295,7 +295,7 @@ async fn every_change_arrives_in_order_per_document_under_load_or_is_coalesced_i
     for client in &mut clients {
         let mut versions: HashMap<String, u64> = HashMap::new();
         let mut changes = 0u64;
-        let mut last_position = 0;
+        let mut last_resume = 0;
         while versions.values().filter(|v| **v == per_document).count() < documents as usize {
             let event = tokio::time::timeout(Duration::from_secs(20), client.next())
                 .await
@@ -304,8 +304,10 @@ async fn every_change_arrives_in_order_per_document_under_load_or_is_coalesced_i
             let ClientEvent::Notification(note) = event else {
                 continue;
             };
-            assert!(note.position > last_position, "positions increase");
-            last_position = note.position;
+            // A client behind gets positions in turn order; its resume mark only goes up.
+            let resume = note.resume.expect("a resume mark");
+            assert!(resume >= last_resume, "the resume mark goes up");
+            last_resume = resume;
             let before = versions
                 .insert(note.id.clone(), note.aggregate_version)
                 .unwrap_or(0);
@@ -343,6 +345,39 @@ async fn every_change_arrives_in_order_per_document_under_load_or_is_coalesced_i
     }
 }
 
+/// The protocol's rule, as a client without the library applies it: resume from the last
+/// `resume` mark, and skip a notification whose document was delivered at an equal or higher
+/// position (a resume replays what came after the mark).
+#[derive(Default)]
+struct RawFollower {
+    /// Document → the position and version delivered.
+    delivered: HashMap<String, (u64, u64)>,
+    mark: u64,
+}
+
+impl RawFollower {
+    fn take(&mut self, note: &Value) {
+        assert_eq!(note["type"], "notification", "{note}");
+        let id = note["id"].as_str().unwrap().to_owned();
+        let (position, version) = (
+            note["position"].as_u64().unwrap(),
+            note["aggregate_version"].as_u64().unwrap(),
+        );
+        let resume = note["resume"].as_u64().expect("a resume mark");
+        assert!(resume >= self.mark, "the mark goes up: {note}");
+        self.mark = resume;
+        let (seen_at, before) = self.delivered.get(&id).copied().unwrap_or((0, 0));
+        if position > seen_at {
+            let from = note
+                .get("coalesced")
+                .map_or(version, |c| c["from_version"].as_u64().unwrap());
+            assert!(from <= before + 1, "no version missed: {note}");
+            assert!(version > before, "nothing twice: {note}");
+            self.delivered.insert(id, (position, version));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_killed_mid_stream_resumes_with_nothing_missed_and_nothing_twice() {
     let system = System::start(options(100_000, 4096)).await;
@@ -369,35 +404,16 @@ async fn a_connection_killed_mid_stream_resumes_with_nothing_missed_and_nothing_
             }
         })
     };
-    let mut seen: Vec<u64> = Vec::new();
-    let mut changes = 0;
-    let mut versions: HashMap<String, u64> = HashMap::new();
-    let mut record = |note: &Value, seen: &mut Vec<u64>| {
-        seen.push(note["position"].as_u64().unwrap());
-        changes += note
-            .get("coalesced")
-            .map_or(1, |c| c["count"].as_u64().unwrap());
-        let version = note["aggregate_version"].as_u64().unwrap();
-        let before = versions
-            .insert(note["id"].as_str().unwrap().to_owned(), version)
-            .unwrap_or(0);
-        let from = note
-            .get("coalesced")
-            .map_or(version, |c| c["from_version"].as_u64().unwrap());
-        assert_eq!(from, before + 1, "no version missed: {note}");
-        changes
-    };
-    while seen.len() < 8 {
-        let note = frame(&mut socket, Duration::from_secs(10)).await.unwrap();
-        assert_eq!(note["type"], "notification");
-        record(&note, &mut seen);
+    let mut follower = RawFollower::default();
+    for _ in 0..8 {
+        follower.take(&frame(&mut socket, Duration::from_secs(10)).await.unwrap());
     }
+    let mark = follower.mark;
     // Killed without a close frame, as a dropped network would.
     drop(socket);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let last = *seen.last().unwrap();
     let mut socket = open(&system.ws(&format!(
-        "projection=counters&collection=counters&since={epoch}:{last}"
+        "projection=counters&collection=counters&since={epoch}:{mark}"
     )))
     .await;
     assert_eq!(
@@ -411,16 +427,11 @@ async fn a_connection_killed_mid_stream_resumes_with_nothing_missed_and_nothing_
         let note = frame(&mut socket, Duration::from_secs(10))
             .await
             .expect("the rest arrives");
-        assert_eq!(note["type"], "notification", "{note}");
-        if record(&note, &mut seen) == 60 {
+        follower.take(&note);
+        if follower.delivered.len() == 6 && follower.delivered.values().all(|(_, v)| *v == 10) {
             break;
         }
     }
-    // Positions only go up (a replayed change may be folded into a later one of its document).
-    assert!(
-        seen.windows(2).all(|w| w[0] < w[1]),
-        "every position once, in order: {seen:?}"
-    );
     assert!(
         frame(&mut socket, Duration::from_millis(300))
             .await
@@ -851,14 +862,21 @@ async fn sse_streams_the_same_notifications_and_resumes_from_last_event_id() {
     // Resume after the first of two.
     let epoch = system.hub.position("counters").0;
     let events = sse_events(&url, Some(&format!("{epoch}:1")), 2).await;
+    // Until the replay it announced arrives, the stream goes on resuming from where it asked.
     assert_eq!(
-        (events[0].1.as_str(), events[0].2["replayed"].as_u64()),
-        ("subscribed", Some(1))
+        (
+            events[0].0.as_str(),
+            events[0].1.as_str(),
+            events[0].2["replayed"].as_u64()
+        ),
+        (format!("{epoch}:1").as_str(), "subscribed", Some(1))
     );
+    // A notification's id is its resume mark (its own position, for a client that keeps up).
     assert_eq!(
         (events[1].0.as_str(), events[1].1.as_str()),
         (format!("{epoch}:2").as_str(), "notification")
     );
+    assert_eq!(events[1].2["resume"], 2);
     assert_eq!(events[1].2["aggregate_version"], 2);
     system.bump_each("c-1", 1).await;
     let events = sse_events(&url, Some(&format!("{epoch}:2")), 2).await;
@@ -1027,6 +1045,8 @@ async fn notes(socket: &mut Socket, count: usize) -> Vec<(u64, String, u64, Stri
             .await
             .unwrap_or_else(|| panic!("a notification after {notes:?}"));
         assert_eq!(note["type"], "notification", "{note} after {notes:?}");
+        // One at a time, nothing waits behind it: the client resumes from the note itself.
+        assert_eq!(note["resume"], note["position"], "{note}");
         notes.push((
             note["position"].as_u64().unwrap(),
             note["id"].as_str().unwrap().to_owned(),
@@ -1331,5 +1351,208 @@ async fn a_connection_is_closed_when_its_token_expires() {
     assert!(
         at >= exp - 0.05 && at < exp + 2.0,
         "ended at {at}, expiry {exp}"
+    );
+}
+
+/// A TCP proxy in front of the dashboard whose connections can be cut, as a dropped network
+/// cuts them: no close frame.
+struct Proxy {
+    url: String,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(to: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let to = to.trim_start_matches("http://").to_owned();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let to = to.clone();
+                let mut cuts = cuts.clone();
+                cuts.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { url, cut }
+    }
+
+    /// Cuts every connection open now.
+    fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+/// Per document, what the application got: (position, version) of the last notification.
+#[derive(Default)]
+struct Received {
+    last: HashMap<String, (u64, u64)>,
+    changes: u64,
+    notifications: u64,
+}
+
+impl Received {
+    /// Checks a notification: its range starts right after the version the document had
+    /// (nothing missed, nothing twice) and its count is the versions it covers.
+    fn take(&mut self, note: &nexus_runtime::notify::Notification) {
+        let (_, before) = self.last.get(&note.id).copied().unwrap_or((0, 0));
+        let (from, count) = note
+            .coalesced
+            .map_or((note.aggregate_version, 1), |c| (c.from_version, c.count));
+        assert_eq!(
+            from,
+            before + 1,
+            "{}: nothing missed, nothing twice",
+            note.id
+        );
+        assert_eq!(count, note.aggregate_version - before, "{}", note.id);
+        self.last
+            .insert(note.id.clone(), (note.position, note.aggregate_version));
+        self.changes += count;
+        self.notifications += 1;
+    }
+
+    fn done(&self, documents: u64, version: u64) -> bool {
+        self.last.len() as u64 == documents && self.last.values().all(|(_, v)| *v == version)
+    }
+}
+
+/// Appends `per_document` events to each of `documents` counters, a round every 25 ms or so.
+fn write_rounds(system: &System, documents: u64, per_document: u64) -> tokio::task::JoinHandle<()> {
+    let store = Arc::clone(&system.store);
+    tokio::spawn(async move {
+        for _ in 0..per_document {
+            for d in 0..documents {
+                let event = NewEvent::from_json("Bumped", 1, "{}", Metadata::default()).unwrap();
+                store
+                    .append(
+                        &StreamId::new("counter", format!("c-{d}")),
+                        ExpectedVersion::Any,
+                        vec![event],
+                    )
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+}
+
+/// A throttled watcher gets its documents out of position order, so its resume mark trails
+/// documents it already has. Its link is cut mid-stream while it holds such documents: it
+/// resumes from the mark, and per document the final version arrives with nothing missed and
+/// nothing delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_client_cut_off_mid_stream_resumes_from_its_mark_with_nothing_missed_or_twice()
+{
+    let max_pending = 4096;
+    let system = System::start(options(50, max_pending)).await;
+    let proxy = Proxy::start(&system.url).await;
+    let mut following = ClientOptions::new(&proxy.url, "counters");
+    following.min_delay = Duration::from_millis(50);
+    let mut client = NotificationClient::connect(following).unwrap();
+    assert!(matches!(
+        client.next().await,
+        Some(ClientEvent::Subscribed { .. })
+    ));
+    let (documents, per_document) = (20u64, 60u64);
+    let writer = write_rounds(&system, documents, per_document);
+    let mut received = Received::default();
+    let (mut cut_above, mut reconnected, mut replayed) = (0, false, 0);
+    while !received.done(documents, per_document) {
+        let event = tokio::time::timeout(Duration::from_secs(20), client.next())
+            .await
+            .expect("the final versions arrive")
+            .unwrap();
+        match event {
+            ClientEvent::Notification(note) => {
+                received.take(&note);
+                assert!(client.remembered() <= max_pending);
+                if cut_above == 0 && received.notifications >= 20 && client.remembered() > 0 {
+                    cut_above = client.remembered();
+                    proxy.cut();
+                }
+            }
+            ClientEvent::Subscribed { replayed: r, .. } => {
+                reconnected = cut_above > 0;
+                replayed = r;
+            }
+            ClientEvent::Reset { reason, .. } => panic!("the mark is resumable: {reason:?}"),
+            ClientEvent::Disconnected { .. } | ClientEvent::Throttled { .. } => {}
+            ClientEvent::Refused { code, message } => panic!("refused: {code} {message}"),
+        }
+    }
+    writer.await.unwrap();
+    assert!(
+        cut_above > 0 && reconnected,
+        "cut while holding documents above the mark"
+    );
+    assert!(replayed > 0, "the resume replayed what followed the mark");
+    assert_eq!(
+        received.changes,
+        documents * per_document,
+        "every change once"
+    );
+    assert!(
+        received.notifications < documents * per_document / 2,
+        "coalesced: {} notifications",
+        received.notifications
+    );
+    let more = tokio::time::timeout(Duration::from_millis(500), client.next()).await;
+    assert!(
+        !matches!(more, Ok(Some(ClientEvent::Notification(_)))),
+        "nothing more: {more:?}"
+    );
+}
+
+/// The documents a client remembers above its resume mark (to skip what a resume replays) are
+/// at most those that waited in its mailbox: with as many hot documents as nearly fill a
+/// mailbox of 16, it remembers nearly 16 and never more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_remembers_at_most_a_mailbox_of_documents_above_its_mark() {
+    let max_pending = 16;
+    let system = System::start(options(50, max_pending)).await;
+    let mut client =
+        NotificationClient::connect(ClientOptions::new(&system.url, "counters")).unwrap();
+    assert!(matches!(
+        client.next().await,
+        Some(ClientEvent::Subscribed { .. })
+    ));
+    let (documents, per_document) = (max_pending as u64 - 1, 40u64);
+    let writer = write_rounds(&system, documents, per_document);
+    let mut received = Received::default();
+    let mut most = 0;
+    while !received.done(documents, per_document) {
+        let event = tokio::time::timeout(Duration::from_secs(20), client.next())
+            .await
+            .expect("the final versions arrive")
+            .unwrap();
+        match event {
+            ClientEvent::Notification(note) => {
+                received.take(&note);
+                most = most.max(client.remembered());
+            }
+            ClientEvent::Throttled { .. } => {}
+            other => panic!("the client keeps its one connection: {other:?}"),
+        }
+    }
+    writer.await.unwrap();
+    assert!(
+        most <= max_pending && most >= max_pending / 2,
+        "remembered at most {most} documents (mailbox {max_pending})"
+    );
+    assert_eq!(
+        client.remembered(),
+        0,
+        "all delivered: the mark passed them"
     );
 }
