@@ -8,8 +8,11 @@
 //
 // It reconnects with exponential backoff and full jitter (a random delay between 0 and
 // min(maxDelay, minDelay * 2^attempt), the first attempt included, so clients dropped together
-// do not come back together), resumes every subscription from the last position it saw
-// (`since`), and calls `reset` when the server says that position cannot be resumed. A link
+// do not come back together), resumes every subscription from the last `resume` mark it got
+// (`since`), and calls `reset` when the server says that position cannot be resumed. A
+// throttled client gets notifications out of position order and its mark can trail documents
+// it already has, which a resume replays: the client remembers the documents delivered above
+// the mark (forgotten as the mark passes them) and never hands the same change over twice. A link
 // silent for the server's ping interval plus 10 s is taken as dead. The credential travels in
 // the `Sec-WebSocket-Protocol` header (`nexus.bearer.<base64url>`), never in the URL; pass
 // `token` as a function to get a fresh one at each connection (a connection closes with 4401
@@ -146,16 +149,15 @@
       case "notification":
         sub = self.byProjection(frame.projection);
         if (!sub) return;
-        if (sub.epoch === frame.epoch && frame.position <= sub.position) return; // seen already
-        sub.epoch = frame.epoch;
-        sub.position = frame.position;
-        if (sub.handlers.notification) sub.handlers.notification(frame);
+        var fresh = take(sub, frame);
+        if (fresh && sub.handlers.notification) sub.handlers.notification(fresh);
         break;
       case "reset":
         sub = self.byProjection(frame.projection);
         if (!sub) return;
         sub.epoch = frame.epoch;
         sub.position = frame.position;
+        sub.above = {};
         if (sub.handlers.reset) sub.handlers.reset(frame);
         break;
       case "throttled":
@@ -173,6 +175,38 @@
         break;
     }
   };
+
+  // Takes a notification in: what of it is new (null: nothing), moving the subscription's mark
+  // to its `resume` and remembering its document while it is above the mark (`sub.above`:
+  // document -> the position, aggregate and version delivered).
+  function take(sub, note) {
+    var known = sub.epoch === note.epoch ? sub.position : null;
+    if (known === null) sub.above = {};
+    var mark = Math.max(note.resume === undefined ? note.position : note.resume, known || 0);
+    var key = JSON.stringify([note.collection, note.id]);
+    var last = sub.above[key];
+    var fresh = note;
+    if ((known !== null && note.position <= known) || (last && note.position <= last.position)) {
+      fresh = null;
+    } else if (last && note.coalesced && note.aggregate_id === last.aggregate &&
+               note.coalesced.from_version <= last.version) {
+      // A replay folds changes after the mark, some of which were delivered: the range starts
+      // after the version delivered.
+      var count = Math.min(note.coalesced.count, note.aggregate_version - last.version);
+      fresh = Object.assign({}, note);
+      if (count >= 2) fresh.coalesced = { count: count, from_version: last.version + 1 };
+      else delete fresh.coalesced;
+    }
+    if (fresh && fresh.position > mark) {
+      sub.above[key] = { position: fresh.position, aggregate: fresh.aggregate_id, version: fresh.aggregate_version };
+    }
+    for (var k in sub.above) {
+      if (sub.above[k].position <= mark) delete sub.above[k];
+    }
+    sub.epoch = note.epoch;
+    sub.position = mark;
+    return fresh;
+  }
 
   NexusNotifications.prototype.byProjection = function (projection) {
     for (var name in this.subs) {
@@ -196,11 +230,13 @@
   // position seen. `handlers`: notification, reset, subscribed, throttled, error.
   NexusNotifications.prototype.subscribe = function (name, spec, handlers) {
     var previous = this.subs[name];
+    var same = previous && previous.spec.projection === spec.projection;
     this.subs[name] = {
       spec: spec,
       handlers: handlers || {},
-      epoch: previous && previous.spec.projection === spec.projection ? previous.epoch : null,
-      position: previous && previous.spec.projection === spec.projection ? previous.position : 0,
+      epoch: same ? previous.epoch : null,
+      position: same ? previous.position : 0,
+      above: same ? previous.above : {},
     };
     this.sendSubscribe(name);
   };
@@ -210,7 +246,7 @@
     this.send({ type: "unsubscribe", sub: name });
   };
 
-  // The last position seen of `name`'s projection, as `epoch:position`.
+  // Where `name`'s projection resumes from (its `resume` mark), as `epoch:position`.
   NexusNotifications.prototype.position = function (name) {
     var sub = this.subs[name];
     return sub && sub.epoch ? sub.epoch + ":" + sub.position : null;
