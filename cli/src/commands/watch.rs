@@ -147,7 +147,7 @@ fn human(event: &ClientEvent) -> Option<String> {
                 n.aggregate_version,
                 n.event_id.0,
                 n.epoch,
-                n.position
+                n.resume.unwrap_or(n.position)
             )
             .replace("Upsert", "upsert")
             .replace("Delete", "delete")
