@@ -224,7 +224,7 @@ impl OpenApi {
                 {"name": "id", "in": "query", "required": false,
                     "description": "Only this document (with `collection`)", "schema": {"type": "string", "minLength": 1, "maxLength": 256}},
                 {"name": "since", "in": "query", "required": false,
-                    "description": "Resume after this `epoch:position`", "schema": {"type": "string", "pattern": "^[A-Za-z0-9-]{1,64}:[0-9]{1,19}$", "examples": ["3f2a9c01b7de:42"]}}
+                    "description": "Resume after this `epoch:position`: the last `resume` mark received (a notification's own `position` can be above changes still to come)", "schema": {"type": "string", "pattern": "^[A-Za-z0-9-]{1,64}:[0-9]{1,19}$", "examples": ["3f2a9c01b7de:42"]}}
             ])
         };
         self.paths.insert(
@@ -244,7 +244,7 @@ impl OpenApi {
         self.paths.insert(
             "/notifications/sse".into(),
             json!({"get": {
-                "summary": "Notifications as Server-Sent Events (`id` = `epoch:position`; `Last-Event-ID` resumes); other query parameters filter documents by field",
+                "summary": "Notifications as Server-Sent Events (`id` = `epoch:resume`, the notification's resume mark; `Last-Event-ID` resumes without a gap and may repeat documents delivered above the mark); other query parameters filter documents by field",
                 "operationId": "notifications_sse",
                 "parameters": subscription("sse"),
                 "responses": {
@@ -271,7 +271,7 @@ impl OpenApi {
         self.paths.insert(
             "/notifications/client.js".into(),
             json!({"get": {
-                "summary": "The JavaScript client (no dependencies): reconnects with backoff and full jitter, resumes from its last position",
+                "summary": "The JavaScript client (no dependencies): reconnects with backoff and full jitter, resumes from its last resume mark without delivering a change twice",
                 "operationId": "notifications_client",
                 "responses": {"200": {"description": "The script", "content": {"text/javascript": {"schema": {"type": "string"}}}}}
             }}),
