@@ -10,7 +10,9 @@
 //! connections), with the phases each reached (TCP connected, upgraded, `ready`), and
 //! `--probes` clients connecting one by one, spread over the load, which is what a user
 //! opening a page on a busy dashboard waits; commit-to-client
-//! latency (the notification's `committed_at` to its arrival; one clock, one machine), the most
+//! latency (the notification's `committed_at` to its arrival; one clock, one machine; for a
+//! coalesced notification that is the commit of the newest change, the one it carries), how far
+//! a throttled watcher's resume mark trails the positions it gets, the most
 //! notifications any client got in any sliding second against the throttle, the server's memory
 //! per connection (its RSS growth while the clients connect, idle) and the server's CPU per
 //! 1 000 notifications sent (its CPU time under load minus the same load with no client, the
@@ -318,6 +320,8 @@ struct Seen {
     arrivals: Vec<Instant>,
     latencies: Vec<f64>,
     coalesced: u64,
+    /// Per notification, how far the client's resume mark trailed the position it carried.
+    resume_lags: Vec<u64>,
     failed: Option<String>,
 }
 
@@ -410,6 +414,11 @@ async fn client(
                 }
                 if frame.get("coalesced").is_some() {
                     seen.coalesced += 1;
+                }
+                if let (Some(position), Some(resume)) =
+                    (frame["position"].as_u64(), frame["resume"].as_u64())
+                {
+                    seen.resume_lags.push(position.saturating_sub(resume));
                 }
             }
             _ => {}
@@ -567,6 +576,11 @@ pub(crate) fn run(args: NotifyArgs) -> anyhow::Result<Outcome> {
     let split = args.clients.min(seen.len());
     let mut followers = latencies_of(&seen[..split]);
     let mut watchers = latencies_of(&seen[split..]);
+    // `latency_ms` reports seconds as milliseconds: positions go in as thousandths.
+    let mut resume_lags: Vec<f64> = seen[split..]
+        .iter()
+        .flat_map(|s| s.resume_lags.iter().map(|lag| *lag as f64 / 1000.0))
+        .collect();
     let delivered: usize = seen.iter().map(|s| s.arrivals.len()).sum();
     let coalesced: u64 = seen.iter().map(|s| s.coalesced).sum();
     let max_rate = seen
@@ -602,6 +616,7 @@ pub(crate) fn run(args: NotifyArgs) -> anyhow::Result<Outcome> {
         "commit_to_client_ms": latency_ms(&mut latencies),
         "commit_to_client_ms_document_clients": latency_ms(&mut followers),
         "commit_to_client_ms_throttled_watchers": latency_ms(&mut watchers),
+        "resume_lag_positions_throttled_watchers": latency_ms(&mut resume_lags),
         "throttle_per_second": args.throttle,
         "max_per_client_per_sliding_second": max_rate,
         "max_per_watcher_per_sliding_second": watcher_rate,
