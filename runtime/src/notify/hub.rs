@@ -107,7 +107,7 @@ impl Change {
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub(crate) note: Notification,
-    /// `{"type":"notification",...}`.
+    /// `{"type":"notification",...,"resume":<position>}`.
     pub(crate) frame: Arc<str>,
     /// The committed document, for filter subscriptions that replay.
     document: Option<Value>,
@@ -790,8 +790,17 @@ fn entry(
     committed: Instant,
 ) -> Entry {
     let json = serde_json::to_string(&note).unwrap_or_else(|_| "{}".to_owned());
-    // `{"projection":...}` becomes `{"type":"notification","projection":...}`.
-    let frame: Arc<str> = format!("{{\"type\":\"notification\",{}", &json[1..]).into();
+    // `{"projection":...}` becomes `{"type":"notification","projection":...,"resume":<position>}`,
+    // the frame every client that keeps up gets (its resume mark is the position).
+    let fields = json
+        .strip_prefix('{')
+        .and_then(|j| j.strip_suffix('}'))
+        .unwrap_or_default();
+    let frame: Arc<str> = format!(
+        "{{\"type\":\"notification\",{fields},\"resume\":{}}}",
+        note.position
+    )
+    .into();
     let json_bytes =
         |d: Option<&Value>| d.map_or(0, |d| serde_json::to_vec(d).map_or(0, |v| v.len()));
     let document_bytes =

@@ -205,10 +205,12 @@ impl MailboxState {
             }
             None => entry.note.position,
         };
+        // A client that keeps up shares the frame encoded once for all; one throttled or behind
+        // (paced by its throttle) gets its own.
         let text = match coalesced {
-            None => with_resume(&entry.frame, resume),
-            Some(coalesced) => encode(&ServerMessage::Notification(Notification {
-                coalesced: Some(coalesced),
+            None if resume == entry.note.position => Arc::clone(&entry.frame),
+            coalesced => encode(&ServerMessage::Notification(Notification {
+                coalesced: coalesced.or(entry.note.coalesced),
                 resume: Some(resume),
                 ..entry.note.clone()
             })),
@@ -579,13 +581,6 @@ impl Drop for Session {
         self.mailbox.close(CloseReason::Slow);
         metrics::gauge!("nexus_notify_connections").decrement(1.0);
     }
-}
-
-/// A notification's frame (`{"type":"notification",...}`, encoded once for every client) with
-/// this client's resume mark.
-fn with_resume(frame: &str, resume: u64) -> Arc<str> {
-    let body = frame.strip_suffix('}').unwrap_or(frame);
-    format!("{body},\"resume\":{resume}}}").into()
 }
 
 fn encode(message: &ServerMessage) -> Arc<str> {
