@@ -150,6 +150,45 @@ fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection>
     Ok(conn)
 }
 
+/// Creates the schema and records the partition count, or checks it against the stored one,
+/// in one `IMMEDIATE` transaction: the command service and the query dashboard of a generated
+/// project open the same new file at once, and a check-then-insert outside a write lock let
+/// both see no count and the second insert fail
+/// (`a_store_opened_by_several_processes_at_once_is_created_once`).
+fn migrate(conn: &mut Connection, partitions: u16) -> Result<(), OpenError> {
+    let migration = |e: rusqlite::Error| OpenError::Migration(Box::new(e));
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(migration)?;
+    tx.execute_batch(SCHEMA).map_err(migration)?;
+    let stored: Option<String> = tx
+        .query_row(
+            "SELECT value FROM nexus_meta WHERE key = 'partitions'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(migration)?;
+    match stored.map(|s| s.parse::<u16>()) {
+        None => {
+            tx.execute(
+                "INSERT INTO nexus_meta (key, value) VALUES ('partitions', ?1)",
+                [partitions.to_string()],
+            )
+            .map_err(migration)?;
+        }
+        Some(Ok(stored)) if stored == partitions => {}
+        Some(Ok(stored)) => {
+            return Err(OpenError::PartitionMismatch {
+                stored,
+                configured: partitions,
+            });
+        }
+        Some(Err(err)) => return Err(OpenError::Migration(Box::new(err))),
+    }
+    tx.commit().map_err(migration)
+}
+
 impl EmbeddedStore {
     /// Opens (creating if needed) the store in the SQLite file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenError> {
@@ -172,35 +211,9 @@ impl EmbeddedStore {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| OpenError::Unavailable(Box::new(e)))?;
         }
-        let conn =
+        let mut conn =
             open_connection(&path, false).map_err(|e| OpenError::Unavailable(Box::new(e)))?;
-        conn.execute_batch(SCHEMA)
-            .map_err(|e| OpenError::Migration(Box::new(e)))?;
-        let stored: Option<String> = conn
-            .query_row(
-                "SELECT value FROM nexus_meta WHERE key = 'partitions'",
-                [],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(|e| OpenError::Migration(Box::new(e)))?;
-        match stored.map(|s| s.parse::<u16>()) {
-            None => {
-                conn.execute(
-                    "INSERT INTO nexus_meta (key, value) VALUES ('partitions', ?1)",
-                    [options.partitions.to_string()],
-                )
-                .map_err(|e| OpenError::Migration(Box::new(e)))?;
-            }
-            Some(Ok(stored)) if stored == options.partitions => {}
-            Some(Ok(stored)) => {
-                return Err(OpenError::PartitionMismatch {
-                    stored,
-                    configured: options.partitions,
-                });
-            }
-            Some(Err(err)) => return Err(OpenError::Migration(Box::new(err))),
-        }
+        migrate(&mut conn, options.partitions)?;
         let head = conn
             .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {
                 row.get::<_, i64>(0)

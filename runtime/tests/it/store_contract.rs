@@ -1019,6 +1019,59 @@ async fn embedded_reader_pool_stays_within_its_bound() {
     assert!(connections <= 2, "{connections} read connections");
 }
 
+const OPEN_CHILD: &str = "NEXUS_TEST_OPEN_STORE_AT";
+
+/// A generated project's command service and query dashboard open the same new SQLite file at
+/// the same moment. Six processes do it at once, ten times over, and every one opens the store
+/// (before the fix, one would fail: `UNIQUE constraint failed: nexus_meta.key`), with one
+/// partition count recorded. Each child is this test binary running this test alone.
+#[test]
+fn a_store_opened_by_several_processes_at_once_is_created_once() {
+    use nexus_runtime::store::embedded::EmbeddedStore;
+    if let Some(path) = std::env::var_os(OPEN_CHILD) {
+        EmbeddedStore::open(&path).expect("open the store");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..10 {
+        let path = dir.path().join(format!("events-{round}.db"));
+        let children: Vec<_> = (0..6)
+            .map(|_| {
+                std::process::Command::new(std::env::current_exe().unwrap())
+                    .args([
+                        "--exact",
+                        "store_contract::a_store_opened_by_several_processes_at_once_is_created_once",
+                        "--test-threads=1",
+                        "--nocapture",
+                    ])
+                    .env(OPEN_CHILD, &path)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "round {round}: a process failed to open the store: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let counts: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM nexus_meta WHERE key = 'partitions'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(counts, 1, "round {round}");
+    }
+}
+
 /// A commit made through another store on the same file (as another process makes it: its own
 /// writer, its own connections) wakes this store's subscribers through the log watch, well
 /// before the 250 ms fallback poll would.
