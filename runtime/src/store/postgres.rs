@@ -496,7 +496,7 @@ impl PostgresStore {
     async fn query_read(
         &self,
         sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, ReadError> {
         crate::pg::read(&self.writer.pool, sql, params)
             .await
@@ -1075,5 +1075,128 @@ async fn notify_loop(pool: Pool, channel: String, wake: Arc<Notify>) {
             tracing::debug!(error = %err, "NOTIFY failed; subscribers fall back to polling");
         }
         tokio::time::sleep(NOTIFY_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    //! The log reads every projection and subscriber runs must be served by the log-order
+    //! index: a `Sort` in their plans means each read sorts every event after its position
+    //! (as `ORDER BY tx_id`, which names the cast output column, once did).
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::{ExpectedVersion, Metadata, NewEvent, StreamId};
+
+    /// The node types in a JSON plan, depth first.
+    fn node_types(plan: &Value, into: &mut Vec<String>) {
+        if let Some(kind) = plan.get("Node Type").and_then(Value::as_str) {
+            into.push(kind.to_owned());
+        }
+        for child in plan
+            .get("Plans")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            node_types(child, into);
+        }
+    }
+
+    async fn plan(
+        client: &tokio_postgres::Client,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Vec<String> {
+        let row = client
+            .query_one(&format!("EXPLAIN (FORMAT JSON) {sql}"), params)
+            .await
+            .unwrap_or_else(|e| panic!("explain {sql}: {e}"));
+        let Json(plans) = row.get::<_, Json<Value>>(0);
+        let mut nodes = Vec::new();
+        node_types(&plans[0]["Plan"], &mut nodes);
+        nodes
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn log_reads_and_head_are_index_scans_without_a_sort() {
+        let Some(db) = nexus_test_support::TestDb::create().await else {
+            return;
+        };
+        let store = PostgresStore::connect_with(db.url(), PostgresOptions::default())
+            .await
+            .expect("open the store");
+        for stream in 0..200 {
+            let events = (0..100)
+                .map(|n| {
+                    NewEvent::from_json(
+                        "Happened",
+                        1,
+                        format!(r#"{{"n":{n}}}"#),
+                        Metadata::default(),
+                    )
+                    .unwrap()
+                })
+                .collect();
+            store
+                .append(
+                    &StreamId::new("thing", format!("t-{stream}")),
+                    ExpectedVersion::NoStream,
+                    events,
+                )
+                .await
+                .expect("append");
+        }
+        let client = db.client().await;
+        let schema = &store.writer.options.schema;
+        client
+            .batch_execute(&format!("ANALYZE {schema}.events"))
+            .await
+            .unwrap();
+        let sql = &store.writer.sql;
+        // Both the custom plan of a first execution and the generic plan a pooled connection
+        // caches after a few.
+        for mode in ["force_custom_plan", "force_generic_plan"] {
+            client
+                .batch_execute(&format!("SET plan_cache_mode = {mode}"))
+                .await
+                .unwrap();
+            let read = store.read_all(LogPosition::START, 10_000).await.unwrap();
+            let last = read.last().expect("events");
+            let middle = LogPosition {
+                commit: last.commit,
+                position: last.position,
+            };
+            for (after, label) in [
+                (LogPosition::START, "from the start"),
+                (middle, "from the middle"),
+            ] {
+                let nodes = plan(
+                    &client,
+                    &sql.read_all,
+                    &[
+                        &after.commit.to_string(),
+                        &(after.position as i64),
+                        &500_i64,
+                    ],
+                )
+                .await;
+                assert!(
+                    nodes.iter().all(|n| !n.contains("Sort")),
+                    "read_all {label} ({mode}) sorts: {nodes:?}"
+                );
+                assert!(
+                    nodes.iter().any(|n| n.contains("Index")),
+                    "read_all {label} ({mode}) uses no index: {nodes:?}"
+                );
+            }
+            let nodes = plan(&client, &sql.head, &[]).await;
+            assert!(
+                nodes.iter().all(|n| !n.contains("Sort"))
+                    && nodes.iter().any(|n| n.contains("Index")),
+                "head ({mode}) is not an index scan: {nodes:?}"
+            );
+        }
     }
 }
