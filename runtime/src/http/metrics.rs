@@ -50,7 +50,7 @@ pub fn prometheus() -> Option<PrometheusHandle> {
 /// for the life of the process.
 ///
 /// The recorder keeps each sample recorded (8 bytes) until upkeep folds it into its buckets;
-/// `/metrics` runs upkeep on each scrape, but a process nobody scrapes (a bench, a service
+/// `/metrics` folds them on each scrape (`render` does), but a process nobody scrapes (a bench, a service
 /// without Prometheus) would keep them all: about 45 bytes per command with snapshots on.
 /// With this, what is held is bounded by what is recorded in `every`.
 fn keep_up(handle: PrometheusHandle, every: Duration) {
@@ -127,7 +127,7 @@ pub fn metrics_router() -> Router {
                 match handle {
                     Some(handle) => {
                         crate::telemetry::live::publish();
-                        handle.run_upkeep();
+                        // `render` folds the histogram samples itself: no upkeep first.
                         (
                             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                             handle.render(),
