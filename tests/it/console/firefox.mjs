@@ -69,7 +69,12 @@ try {
     await page.waitForSelector('[data-field="live-resume"]::-p-text(0 new)');
     await api('POST', `${command}/commands/order/${id}`, { type: 'AddItem', sku: 'espresso', quantity: 1, unit_price_cents: 250 });
     try {
-      await page.waitForSelector('[data-field="live-resume"]::-p-text(1 new)');
+      // Polled, not observed: in a run on a loaded machine the text query timed out while the
+      // button already read "Resume (1 new)".
+      await page.waitForFunction(
+        () => document.querySelector('[data-field="live-resume"]')?.textContent.includes('1 new'),
+        { polling: 100 },
+      );
     } catch (err) {
       // Say what the page showed instead: the button, the rows of this stream, the socket's status.
       const seen = await page.evaluate((s) => ({
