@@ -34,6 +34,6 @@ pub(crate) use indexer::Handoff;
 pub use indexer::{CatchUp, IndexError, IndexOptions};
 pub use request::{
     Aggregation, AggregationKind, FACET_SIZE, FieldValue, Filter, FilterOp, Hit, RESERVED,
-    SearchError, SearchLimits, SearchRequest, SearchResponse, Sort,
+    Relation, SearchError, SearchLimits, SearchRequest, SearchResponse, Sort, Total,
 };
 pub use schema::{CollectionSchema, FieldKind, Language, SearchField, SearchSchema};

@@ -451,7 +451,7 @@ async fn run_query(
     let (response, served) = index
         .search_served(OrderSummaries::ORDERS, request, SearchLimits::default(), ())
         .await?;
-    Ok((started.elapsed(), response.total, served == Served::Cache))
+    Ok((started.elapsed(), response.total.value, served == Served::Cache))
 }
 
 /// Appends at `--rate` per second until `stop`: items added to random orders, and with

@@ -493,14 +493,21 @@ mod tests {
 
     #[cfg(feature = "search")]
     fn response(total: u64, text: &str) -> SearchResponse {
-        let mut response = SearchResponse::new(total);
-        response.hits.push(crate::search::Hit {
-            id: "o-1".to_owned(),
-            score: Some(1.0),
-            document: json!({"text": text}),
-            highlights: Default::default(),
-        });
-        response
+        SearchResponse {
+            total: crate::search::Total {
+                value: total,
+                relation: crate::search::Relation::Eq,
+            },
+            hits: vec![crate::search::Hit {
+                id: "o-1".to_owned(),
+                score: Some(1.0),
+                document: json!({"text": text}),
+                highlights: Default::default(),
+            }],
+            next_cursor: None,
+            facets: Default::default(),
+            aggregations: Default::default(),
+        }
     }
 
     #[cfg(feature = "search")]

@@ -527,7 +527,9 @@ impl CollectionIndex {
             projection: self.collection.clone(),
             source: Box::new(e),
         };
-        let mut response = SearchResponse::new(total as u64);
+        // Counted exactly (the Count collector is cheap), reported against the same bound as
+        // PostgreSQL reports it.
+        let mut response = SearchResponse::counted(request, limits, total as u64);
         let mut generators = Vec::new();
         for field in &request.highlight {
             let mut generator =
@@ -566,11 +568,6 @@ impl CollectionIndex {
                 document,
                 highlights,
             });
-        }
-        if (request.offset + request.limit) < total
-            && request.offset + 2 * request.limit <= limits.max_depth
-        {
-            response.next_cursor = Some(request.next_cursor());
         }
         if !request.aggregations.is_empty() || !request.facets.is_empty() {
             let mut es = match to_elasticsearch(&request.aggregations) {

@@ -11,8 +11,9 @@
 //! `PostgresReadModel::declare_search`).
 //!
 //! A search is a few statements in one read-only `REPEATABLE READ` transaction under the
-//! request's time limit: the count, the page (ranked with `ts_rank`, normalised by document
-//! length), highlights of the page (`ts_headline`), and one statement per facet and
+//! request's time limit: the page with the count of matches (ranked with `ts_rank`,
+//! normalised by document length; counted exactly up to the request's `track_total_hits`, see
+//! [`page`]), highlights of the page (`ts_headline`), and one statement per facet and
 //! aggregation (see [`aggs`]). Differences from tantivy, documented for users: words are
 //! stemmed and stop words dropped by PostgreSQL's configurations (`english` drops `the`),
 //! accents are kept, percentiles and cardinality are exact, and a bucket aggregation cannot
@@ -32,7 +33,7 @@ use tokio_postgres::error::SqlState;
 
 use self::query::{Slots, Statement, TextQuery, matched, order};
 use super::indexer::{CatchUp, IndexError};
-use super::request::{Hit, SearchError, SearchLimits, SearchRequest, SearchResponse};
+use super::request::{Hit, SearchError, SearchLimits, SearchRequest, SearchResponse, Sort};
 use super::schema::{CollectionSchema, SearchSchema, values_at};
 use crate::projection::store::postgres::PostgresReadModel;
 
@@ -273,6 +274,52 @@ fn fragment_html(text: &str) -> String {
     out
 }
 
+/// What one search's statements are built from.
+struct Query<'a> {
+    /// The read-model schema.
+    s: &'a str,
+    projection: &'a str,
+    collection: &'a str,
+    request: &'a SearchRequest,
+    text: Option<TextQuery>,
+    slots: Slots<'a>,
+}
+
+impl Query<'_> {
+    /// The `WHERE` of the matched documents `d`, its values added to `st`.
+    fn matched(&self, st: &mut Statement) -> Result<String, SearchError> {
+        let Self {
+            projection,
+            collection,
+            request,
+            ..
+        } = self;
+        matched(
+            projection,
+            collection,
+            request,
+            self.text.as_ref(),
+            &self.slots,
+            st,
+        )
+    }
+
+    /// The relevance of `d`: `ts_rank` of the query's positive words, 0 for a query without
+    /// any, `NULL` without a query.
+    fn score(&self, st: &mut Statement) -> String {
+        match (
+            &self.text,
+            self.text
+                .as_ref()
+                .and_then(|t| t.tsquery(&self.slots, None, st)),
+        ) {
+            (_, Some(rank)) => format!("ts_rank('{{1,1,1,1}}'::float4[], d.search, {rank}, 1)"),
+            (Some(_), None) => "0::float4".to_owned(),
+            (None, None) => "NULL::float4".to_owned(),
+        }
+    }
+}
+
 async fn run(
     read_model: &PostgresReadModel,
     schema: &CollectionSchema,
@@ -281,13 +328,16 @@ async fn run(
     limits: &SearchLimits,
 ) -> Result<SearchResponse, SearchError> {
     let projection = read_model.projection();
-    let text = request.query.as_deref().map(TextQuery::parse).transpose()?;
-    let slots = Slots::new(schema);
-    let s = read_model.schema();
-    let where_ =
-        |st: &mut Statement| matched(projection, collection, request, text.as_ref(), &slots, st);
+    let query = Query {
+        s: read_model.schema(),
+        projection,
+        collection,
+        request,
+        text: request.query.as_deref().map(TextQuery::parse).transpose()?,
+        slots: Slots::new(schema),
+    };
     // Checked before a connection is taken: a bad query is a 400 without a round trip.
-    where_(&mut Statement::default())?;
+    query.matched(&mut Statement::default())?;
     let mut client = read_model
         .pool()
         .get()
@@ -315,54 +365,16 @@ async fn run(
     );
     session.rows(&st).await?;
 
-    let mut st = Statement::default();
-    let condition = where_(&mut st)?;
-    st.sql = format!("SELECT count(*) FROM {s}.documents d WHERE {condition}");
-    let total = session
-        .rows(&st)
-        .await?
-        .first()
-        .map_or(0, |r| r.get::<_, i64>(0));
-    let mut response = SearchResponse::new(total.max(0) as u64);
-
-    let mut st = Statement::default();
-    let condition = where_(&mut st)?;
-    let score = match (
-        &text,
-        text.as_ref().and_then(|t| t.tsquery(&slots, None, &mut st)),
-    ) {
-        (_, Some(rank)) => format!("ts_rank('{{1,1,1,1}}'::float4[], d.search, {rank}, 1)"),
-        (Some(_), None) => "0::float4".to_owned(),
-        (None, None) => "NULL::float4".to_owned(),
-    };
-    let order = order(request, text.is_some(), &mut st);
-    let limit = st.param(request.limit as i64);
-    let offset = st.param(request.offset as i64);
-    st.sql = format!(
-        "SELECT d.id, d.body, {score} AS score FROM {s}.documents d WHERE {condition} \
-         ORDER BY {order} LIMIT {limit} OFFSET {offset}"
-    );
-    for row in session.rows(&st).await? {
-        response.hits.push(Hit {
-            id: row.get(0),
-            score: row.get::<_, Option<f32>>(2),
-            document: row.get(1),
-            highlights: BTreeMap::new(),
-        });
-    }
-    if let Some(text) = &text {
-        highlight(&session, text, &slots, request, &mut response.hits).await?;
-    }
-    if (request.offset + request.limit) < response.total as usize
-        && request.offset + 2 * request.limit <= limits.max_depth
-    {
-        response.next_cursor = Some(request.next_cursor());
+    let mut response = page(&session, &query, limits).await?;
+    if let Some(text) = &query.text {
+        highlight(&session, text, &query.slots, request, &mut response.hits).await?;
     }
     if !request.aggregations.is_empty() || !request.facets.is_empty() {
         let cte = |st: &mut Statement| -> Result<String, SearchError> {
-            let condition = where_(st)?;
+            let condition = query.matched(st)?;
             Ok(format!(
-                "WITH m AS (SELECT d.id, d.fields FROM {s}.documents d WHERE {condition})"
+                "WITH m AS (SELECT d.id, d.fields FROM {}.documents d WHERE {condition})",
+                query.s
             ))
         };
         let (facets, aggregations) = aggs::aggregate(
@@ -377,6 +389,83 @@ async fn run(
         response.aggregations = aggregations;
     }
     Ok(response)
+}
+
+/// The page of hits and the count of matches, in as few passes over the matches as the order
+/// allows. Ranked by relevance or sorted by a field, the page needs every match anyway, so the
+/// statement that orders them counts them too (`count(*) OVER ()`) and reads the bodies of the
+/// page's hits only. In id order the page is the first matching rows of the primary key, and
+/// the matches are counted apart, up to [`SearchRequest::count_up_to`]: a broad query does not
+/// count every match to show the first page.
+async fn page(
+    session: &Session<'_>,
+    query: &Query<'_>,
+    limits: &SearchLimits,
+) -> Result<SearchResponse, SearchError> {
+    let (s, request) = (query.s, query.request);
+    let mut st = Statement::default();
+    let condition = query.matched(&mut st)?;
+    let score = query.score(&mut st);
+    let order = order(request, query.text.is_some(), &mut st);
+    let limit = st.param(request.limit as i64);
+    let offset = st.param(request.offset as i64);
+    let in_key_order = query.text.is_none() && request.sort == Sort::Score;
+    st.sql = if in_key_order {
+        format!(
+            "SELECT d.id, d.body, {score} AS score, NULL::int8 FROM {s}.documents d \
+             WHERE {condition} ORDER BY {order} LIMIT {limit} OFFSET {offset}"
+        )
+    } else {
+        let projection = st.param(query.projection.to_owned());
+        let collection = st.param(query.collection.to_owned());
+        // `o` keeps the order of the page through the join.
+        format!(
+            "SELECT p.id, d.body, p.score, p.total FROM (SELECT q.*, row_number() OVER () AS o \
+             FROM (SELECT d.id, {score} AS score, count(*) OVER () AS total \
+             FROM {s}.documents d WHERE {condition} \
+             ORDER BY {order} LIMIT {limit} OFFSET {offset}) q) p \
+             JOIN {s}.documents d ON d.projection = {projection}::text \
+             AND d.collection = {collection}::text AND d.id = p.id ORDER BY p.o"
+        )
+    };
+    let rows = session.rows(&st).await?;
+    let counted = match rows.first().and_then(|r| r.get::<_, Option<i64>>(3)) {
+        Some(total) => total.max(0) as u64,
+        None => count(session, query).await?,
+    };
+    let mut response = SearchResponse::counted(request, limits, counted);
+    for row in rows {
+        response.hits.push(Hit {
+            id: row.get(0),
+            score: row.get::<_, Option<f32>>(2),
+            document: row.get(1),
+            highlights: BTreeMap::new(),
+        });
+    }
+    Ok(response)
+}
+
+/// Counts the matches, up to [`SearchRequest::count_up_to`].
+async fn count(session: &Session<'_>, query: &Query<'_>) -> Result<u64, SearchError> {
+    let mut st = Statement::default();
+    let condition = query.matched(&mut st)?;
+    let s = query.s;
+    st.sql = match query.request.count_up_to() {
+        Some(up_to) => {
+            let up_to = st.param(up_to as i64);
+            format!(
+                "SELECT count(*) FROM (SELECT FROM {s}.documents d WHERE {condition} \
+                 LIMIT {up_to}) m"
+            )
+        }
+        None => format!("SELECT count(*) FROM {s}.documents d WHERE {condition}"),
+    };
+    let counted = session
+        .rows(&st)
+        .await?
+        .first()
+        .map_or(0, |r| r.get::<_, i64>(0));
+    Ok(counted.max(0) as u64)
 }
 
 /// Highlights the requested fields of the page's hits with `ts_headline`: the field's values

@@ -42,6 +42,9 @@ pub struct SearchLimits {
     pub timeout: Duration,
     /// Searches running at once per dashboard; one more is answered 503 (default 32).
     pub max_concurrent: usize,
+    /// Matches counted exactly unless a request says otherwise (`track_total_hits`); past it
+    /// the total is this bound with relation `gte` (default 10,000, Elasticsearch's default).
+    pub track_total_hits: u64,
 }
 
 impl Default for SearchLimits {
@@ -60,6 +63,7 @@ impl Default for SearchLimits {
             max_percents: 20,
             timeout: Duration::from_secs(5),
             max_concurrent: 32,
+            track_total_hits: 10_000,
         }
     }
 }
@@ -337,13 +341,15 @@ pub struct SearchRequest {
     pub facets: Vec<SearchField>,
     /// Aggregations.
     pub aggregations: Vec<Aggregation>,
+    /// Matches counted exactly, at most (`None`: all of them); see [`Total`].
+    pub total_bound: Option<u64>,
 }
 
 /// Buckets a facet returns at most.
 pub const FACET_SIZE: u32 = 100;
 
 /// The reserved parameters of the search endpoint; every other one is a filter.
-pub const RESERVED: [&str; 9] = [
+pub const RESERVED: [&str; 10] = [
     "q",
     "sort",
     "limit",
@@ -351,6 +357,7 @@ pub const RESERVED: [&str; 9] = [
     "highlight",
     "facets",
     "aggs",
+    "track_total_hits",
     "wait_for",
     "wait_ms",
 ];
@@ -373,6 +380,7 @@ impl SearchRequest {
             highlight: Vec::new(),
             facets: Vec::new(),
             aggregations: Vec::new(),
+            total_bound: Some(limits.track_total_hits),
         };
         let mut cursor = None;
         for (key, value) in pairs {
@@ -432,6 +440,7 @@ impl SearchRequest {
                     }
                 }
                 "aggs" => request.aggregations = parse_aggregations(value, schema, limits)?,
+                "track_total_hits" => request.total_bound = parse_track_total_hits(value)?,
                 "wait_for" | "wait_ms" => {}
                 _ => request
                     .filters
@@ -451,6 +460,14 @@ impl SearchRequest {
             )));
         }
         Ok(request)
+    }
+
+    /// How many matches a backend that counts them one by one needs to count: one past the
+    /// bound, or past the end of this page if that is deeper, which is enough to say whether
+    /// another page follows ([`SearchResponse::counted`]); `None` means count them all.
+    pub(crate) fn count_up_to(&self) -> Option<u64> {
+        self.total_bound
+            .map(|bound| bound.max((self.offset + self.limit) as u64) + 1)
     }
 
     /// A fingerprint of everything but the page, so a cursor is only used with its own query.
@@ -488,6 +505,23 @@ impl SearchRequest {
         }
         Ok(offset)
     }
+}
+
+/// `track_total_hits`: `true` counts every match; a number counts up to it.
+fn parse_track_total_hits(value: &str) -> Result<Option<u64>, SearchError> {
+    if value == "true" {
+        return Ok(None);
+    }
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n >= 1)
+        .map(Some)
+        .ok_or_else(|| {
+            SearchError::Invalid(format!(
+                "track_total_hits must be `true` or a number of at least 1, got `{value}`"
+            ))
+        })
 }
 
 fn declared<'a>(schema: &'a CollectionSchema, path: &str) -> Result<&'a SearchField, SearchError> {
@@ -930,11 +964,33 @@ pub struct Hit {
     pub highlights: BTreeMap<String, Vec<String>>,
 }
 
+/// How many documents match, in Elasticsearch's `hits.total` shape: exact up to the request's
+/// bound (`track_total_hits`, default [`SearchLimits::track_total_hits`]), and past it the bound
+/// with relation `gte`, so a broad query is not charged for counting every match. Both backends
+/// answer the same: the same bound, the same relation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Total {
+    /// The count: exact with `eq`, the bound with `gte`.
+    pub value: u64,
+    /// Whether `value` is the count or a lower bound of it.
+    pub relation: Relation,
+}
+
+/// What a [`Total`]'s value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Relation {
+    /// Exactly this many documents match.
+    Eq,
+    /// At least this many documents match.
+    Gte,
+}
+
 /// A page of hits with its aggregations.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SearchResponse {
-    /// How many documents match (exact).
-    pub total: u64,
+    /// How many documents match.
+    pub total: Total,
     /// The hits of this page.
     pub hits: Vec<Hit>,
     /// Give it as `cursor` for the next page; absent on the last one.
@@ -948,13 +1004,28 @@ pub struct SearchResponse {
 }
 
 impl SearchResponse {
-    /// An empty answer, filled in by a backend.
+    /// An answer without hits yet, filled in by a backend that counted `counted` matches: all
+    /// of them, or at least as many as [`SearchRequest::count_up_to`] asks (fewer only if
+    /// fewer match). Sets the total and the cursor of the next page.
     #[cfg(feature = "search")]
-    pub(crate) fn new(total: u64) -> Self {
+    pub(crate) fn counted(request: &SearchRequest, limits: &SearchLimits, counted: u64) -> Self {
+        let total = match request.total_bound {
+            Some(bound) if counted > bound => Total {
+                value: bound,
+                relation: Relation::Gte,
+            },
+            _ => Total {
+                value: counted,
+                relation: Relation::Eq,
+            },
+        };
+        let more = counted > (request.offset + request.limit) as u64;
+        let next_cursor = (more && request.offset + 2 * request.limit <= limits.max_depth)
+            .then(|| request.next_cursor());
         Self {
             total,
             hits: Vec::new(),
-            next_cursor: None,
+            next_cursor,
             facets: Map::new(),
             aggregations: Map::new(),
         }
@@ -1032,6 +1103,43 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         SearchRequest::parse(&pairs, &schema(), &SearchLimits::default())
+    }
+
+    #[cfg(feature = "search")]
+    #[test]
+    fn totals_are_exact_up_to_ten_thousand_by_default_and_at_least_it_past() {
+        let limits = SearchLimits::default();
+        let request = parse(&[]).unwrap();
+        assert_eq!(request.total_bound, Some(10_000));
+        // One past the bound is enough to tell `eq` from `gte`.
+        assert_eq!(request.count_up_to(), Some(10_001));
+        let at = SearchResponse::counted(&request, &limits, 10_000);
+        assert_eq!((at.total.value, at.total.relation), (10_000, Relation::Eq));
+        let past = SearchResponse::counted(&request, &limits, 10_001);
+        assert_eq!(
+            (past.total.value, past.total.relation),
+            (10_000, Relation::Gte)
+        );
+        assert!(past.next_cursor.is_some());
+        assert_eq!(
+            parse(&[("track_total_hits", "true")])
+                .unwrap()
+                .count_up_to(),
+            None
+        );
+        // A bound below the page's end still counts past the page, for its cursor.
+        let small = parse(&[("track_total_hits", "1"), ("limit", "50")]).unwrap();
+        assert_eq!(small.count_up_to(), Some(51));
+        let last = SearchResponse::counted(&small, &limits, 50);
+        assert_eq!((last.total.value, last.total.relation), (1, Relation::Gte));
+        assert!(last.next_cursor.is_none());
+        assert_eq!(
+            serde_json::to_value(last.total).unwrap(),
+            serde_json::json!({"value": 1, "relation": "gte"})
+        );
+        for bad in ["0", "false", "1.5", ""] {
+            assert!(parse(&[("track_total_hits", bad)]).is_err(), "{bad}");
+        }
     }
 
     #[test]

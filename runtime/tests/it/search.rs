@@ -145,6 +145,7 @@ on_each_backend!(
     the_search_endpoint_refuses_requests_over_its_bounds,
     list_filters_tell_booleans_from_numbers,
     a_cached_search_never_answers_from_before_a_write_wait_for_saw,
+    the_total_is_exact_up_to_its_bound_and_at_least_the_bound_past_it,
 );
 
 fn app(runner: &ProjectionRunner, handle: &ProjectionHandle, limits: SearchLimits) -> Router {
@@ -210,7 +211,11 @@ async fn loaded(fixture: &Fixture, app: &Router) {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["total"], json!(5), "{body}");
+    assert_eq!(
+        body["total"],
+        json!({"value": 5, "relation": "eq"}),
+        "{body}"
+    );
 }
 
 async fn search(app: &Router, query: &str) -> Value {
@@ -331,7 +336,7 @@ async fn search_filters_sorts_and_pages_with_a_cursor(backend: Backend) {
     let mut query = "sort=price:asc&limit=2".to_owned();
     for _ in 0..5 {
         let body = search(&app, &query).await;
-        assert_eq!(body["total"], json!(5));
+        assert_eq!(body["total"], json!({"value": 5, "relation": "eq"}));
         seen.extend(ids(&body));
         match body["next_cursor"].as_str() {
             Some(cursor) => query = format!("sort=price:asc&limit=2&cursor={cursor}"),
@@ -542,9 +547,16 @@ async fn deleted_and_updated_documents_are_searched_as_they_are_now(backend: Bac
     )
     .await;
     let body = search(&app, &format!("q=jacket&wait_for=item/b@{version}")).await;
-    assert_eq!(body["total"], json!(0), "{body}");
+    assert_eq!(
+        body["total"],
+        json!({"value": 0, "relation": "eq"}),
+        "{body}"
+    );
     assert_eq!(hit_set(&app, "q=scarf").await, set(&["b"]));
-    assert_eq!(search(&app, "").await["total"], json!(4));
+    assert_eq!(
+        search(&app, "").await["total"],
+        json!({"value": 4, "relation": "eq"})
+    );
     handle.stop().await;
 }
 
@@ -597,7 +609,11 @@ async fn a_cached_search_never_answers_from_before_a_write_wait_for_saw(backend:
         assert_eq!(ids(&body), vec!["b"], "round {round}");
         // After `wait_for` saw the write, no search answers from before it.
         let body = search(&app, &format!("q={old}")).await;
-        assert_eq!(body["total"], json!(0), "round {round}: {body}");
+        assert_eq!(
+            body["total"],
+            json!({"value": 0, "relation": "eq"}),
+            "round {round}: {body}"
+        );
         assert_eq!(hit_set(&app, &format!("q={new}")).await, set(&["b"]));
         let aggs = enc(r#"{"p": {"stats": {"field": "price"}}}"#);
         let body = search(&app, &format!("aggs={aggs}&brand=acme")).await;
@@ -711,6 +727,77 @@ async fn the_search_endpoint_refuses_requests_over_its_bounds(backend: Backend) 
     handle.stop().await;
 }
 
+/// `track_total_hits`: with a bound of 4, four matches are `eq` 4 and five are `gte` 4, in
+/// each of the ways a page is ordered (by id, by a field, by relevance); a request may ask for
+/// another bound or an exact count; cursor pages still walk every match past the bound.
+async fn the_total_is_exact_up_to_its_bound_and_at_least_the_bound_past_it(backend: Backend) {
+    let Some(fixture) = fixture(backend, RunnerOptions::default()).await else {
+        return;
+    };
+    let handle = fixture.runner.spawn(Catalog).unwrap();
+    loaded(
+        &fixture,
+        &app(&fixture.runner, &handle, SearchLimits::default()),
+    )
+    .await;
+    let limits = SearchLimits {
+        track_total_hits: 4,
+        ..SearchLimits::default()
+    };
+    let app = app(&fixture.runner, &handle, limits);
+    let total = |value: u64, relation: &str| json!({"value": value, "relation": relation});
+    let q = |text: &str| format!("q={}", enc(text));
+    for (four, five) in [
+        ("price[gte]=50".to_owned(), String::new()),
+        (
+            "sort=price:asc&price[gte]=50".to_owned(),
+            "sort=price:asc".to_owned(),
+        ),
+        (q("running OR jacket"), q("running OR jacket OR socks")),
+    ] {
+        let body = search(&app, &four).await;
+        assert_eq!(body["total"], total(4, "eq"), "{four}: {body}");
+        let body = search(&app, &five).await;
+        assert_eq!(body["total"], total(4, "gte"), "{five}: {body}");
+        assert_eq!(ids(&body).len(), 5, "{five}: {body}");
+        let exact = search(&app, &format!("{five}&track_total_hits=true")).await;
+        assert_eq!(exact["total"], total(5, "eq"), "{five}: {exact}");
+        let five_up = search(&app, &format!("{five}&track_total_hits=5")).await;
+        assert_eq!(five_up["total"], total(5, "eq"), "{five}: {five_up}");
+        let three = search(&app, &format!("{four}&track_total_hits=3")).await;
+        assert_eq!(three["total"], total(3, "gte"), "{four}: {three}");
+    }
+    // Past the bound, pages still follow one another to the last match, and only to it.
+    for order in [
+        "",
+        "&sort=price:asc",
+        "&q=running%20OR%20jacket%20OR%20socks",
+    ] {
+        let mut seen = BTreeSet::new();
+        let mut query = format!("limit=2&track_total_hits=1{order}");
+        for page in 0.. {
+            assert!(page < 3, "{order}: more than three pages");
+            let body = search(&app, &query).await;
+            assert_eq!(body["total"], total(1, "gte"), "{order}: {body}");
+            seen.extend(ids(&body));
+            match body["next_cursor"].as_str() {
+                Some(cursor) => {
+                    query = format!("limit=2&track_total_hits=1{order}&cursor={cursor}")
+                }
+                None => break,
+            }
+        }
+        assert_eq!(seen, set(&["a", "b", "c", "d", "e"]), "{order}");
+    }
+    for bad in ["0", "false", "-1", "many"] {
+        let uri = format!("/read-models/catalog/items/search?track_total_hits={bad}");
+        let (code, body) = get(&app, &uri).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["error"], json!("invalid_search"));
+    }
+    handle.stop().await;
+}
+
 #[tokio::test]
 async fn a_crash_between_the_read_model_commit_and_the_index_commit_is_caught_up_without_duplicates()
  {
@@ -757,7 +844,7 @@ async fn crash_between_commits(audit: bool) {
         last = append(&store, id, put(doc)).await;
     }
     let body = search(&first, &format!("wait_for=item/c@{last}&wait_ms=10000")).await;
-    assert_eq!(body["total"], json!(3));
+    assert_eq!(body["total"], json!({"value": 3, "relation": "eq"}));
     handle.stop().await;
 
     // The second run never commits its index: d and e are added, b updated, c deleted, and the
@@ -798,7 +885,7 @@ async fn crash_between_commits(audit: bool) {
     let body = search(&third, "wait_for=item/c@1&wait_ms=10000&limit=100").await;
     let found = ids(&body);
     assert_eq!(found, vec!["a", "b", "d", "e"], "{body}");
-    assert_eq!(body["total"], json!(4));
+    assert_eq!(body["total"], json!({"value": 4, "relation": "eq"}));
     assert_eq!(hit_set(&third, "q=scarf").await, set(&["b"]));
     assert_eq!(hit_set(&third, "q=jacket").await, set(&[]));
     let caught_up = handle.search().unwrap().catch_up().expect("a catch-up ran");
@@ -814,7 +901,7 @@ async fn crash_between_commits(audit: bool) {
     let fourth = app(&runner, &handle, SearchLimits::default());
     assert_eq!(
         search(&fourth, "wait_for=item/c@1").await["total"],
-        json!(4)
+        json!({"value": 4, "relation": "eq"})
     );
     assert!(handle.search().unwrap().catch_up().is_none());
     handle.stop().await;

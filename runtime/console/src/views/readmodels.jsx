@@ -201,7 +201,7 @@ function Search({ projection, collection, params, fields }) {
       <ErrorBox error={result.error} />
       {data && (
         <>
-          <p data-field="search-total"><strong>{data.total}</strong> document{data.total === 1 ? '' : 's'} match</p>
+          <p data-field="search-total">{data.total.relation === 'gte' && 'At least '}<strong>{data.total.value}</strong> document{data.total.value === 1 && data.total.relation === 'eq' ? '' : 's'} match</p>
           {data.facets && Object.entries(data.facets).map(([field, counts]) => (
             <div key={field} class="filters" role="group" aria-label={`Facet ${field}`}>
               <span class="muted">{field}:</span>
