@@ -451,7 +451,11 @@ async fn run_query(
     let (response, served) = index
         .search_served(OrderSummaries::ORDERS, request, SearchLimits::default(), ())
         .await?;
-    Ok((started.elapsed(), response.total.value, served == Served::Cache))
+    Ok((
+        started.elapsed(),
+        response.total.value,
+        served == Served::Cache,
+    ))
 }
 
 /// Appends at `--rate` per second until `stop`: items added to random orders, and with
@@ -677,22 +681,36 @@ async fn load(
         writer.await??;
     }
     let appended_in = started.elapsed();
+    // Progress is the projection's checkpoint (one row) against the log's head, not a count of
+    // the searchable documents, which on PostgreSQL scans the collection and competes with the
+    // projection it waits for; the documents are counted once, at the end.
+    let head = target.store.head().await?;
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
-        let indexed = index
-            .documents()
-            .await?
-            .get(OrderSummaries::ORDERS)
-            .copied()
-            .unwrap_or(0);
-        if indexed >= documents {
-            return Ok((appended_in, started.elapsed()));
+        let checkpoint = target.orders.read_model().checkpoint().await?;
+        if checkpoint.is_some_and(|c| c >= head) {
+            break;
         }
         if Instant::now() > deadline {
-            anyhow::bail!("only {indexed} of {documents} orders searchable after 30 minutes");
+            anyhow::bail!("the orders projection had not caught up 30 minutes after the load");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    anyhow::ensure!(
+        index.wait_searchable(Duration::from_secs(60)).await,
+        "the orders were not searchable 60 s after the projection applied them"
+    );
+    let indexed = index
+        .documents()
+        .await?
+        .get(OrderSummaries::ORDERS)
+        .copied()
+        .unwrap_or(0);
+    anyhow::ensure!(
+        indexed >= documents,
+        "only {indexed} of {documents} orders searchable after the projection applied them"
+    );
+    Ok((appended_in, started.elapsed()))
 }
 
 /// Searches for each probe's customer token until it appears (at most 30 s after its commit):
