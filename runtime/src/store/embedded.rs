@@ -147,6 +147,7 @@ fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection>
     }
     // FULL: every commit is fsynced before the append is acknowledged.
     conn.pragma_update(None, "synchronous", "FULL")?;
+    plan_once(&conn)?;
     Ok(conn)
 }
 
@@ -187,6 +188,18 @@ fn migrate(conn: &mut Connection, partitions: u16) -> Result<(), OpenError> {
         Some(Err(err)) => return Err(OpenError::Migration(Box::new(err))),
     }
     tx.commit().map_err(migration)
+}
+
+/// Makes `conn`'s cached statements keep their plan whatever values are bound. Without it,
+/// SQLite re-prepares (parses and plans again) a statement on every run whose plan could
+/// depend on a bound value, such as a bound `LIMIT ?`: the log reads the bus and the projections
+/// make all the time. Nexus runs no `ANALYZE` and no bound `LIKE`, so no plan gets worse.
+pub(crate) fn plan_once(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map(|_| ())
 }
 
 impl EmbeddedStore {
@@ -858,5 +871,47 @@ impl EventStore for EmbeddedStore {
 
     fn partition_count(&self) -> u16 {
         self.options.partitions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn log_reads_keep_their_prepared_statement_whatever_limit_is_bound() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let store = EmbeddedStore::open(dir.path().join("events.db")).expect("the store opens");
+        let stream = StreamId::new("meter", "a");
+        let events = (0..3)
+            .map(|n| {
+                NewEvent::from_json("Ticked", 1, format!(r#"{{"n":{n}}}"#), Metadata::default())
+                    .expect("valid JSON")
+            })
+            .collect();
+        store
+            .append(&stream, ExpectedVersion::Any, events)
+            .await
+            .expect("an append");
+        // One read at a time: each takes the same pooled connection and its cached statement.
+        for limit in [1, 2, 3, 1, 500] {
+            let read = store
+                .read_all(LogPosition::default(), limit)
+                .await
+                .expect("a read");
+            assert_eq!(read.len(), limit.min(3));
+        }
+        let reprepared = store
+            .with_reader(|conn| {
+                let stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {SELECT_COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+                    ))
+                    .map_err(read_backend)?;
+                Ok(stmt.get_status(rusqlite::StatementStatus::RePrepare))
+            })
+            .await
+            .expect("the reader");
+        assert_eq!(reprepared, 0, "the statement was parsed and planned again");
     }
 }

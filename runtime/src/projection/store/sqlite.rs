@@ -152,6 +152,7 @@ impl SqliteReadModel {
         // audit, notification log), more than rusqlite's default cache of 16 keeps beside the
         // runner's other statements: a statement evicted is prepared again on its next use.
         conn.set_prepared_statement_cache_capacity(64);
+        crate::store::embedded::plan_once(&conn).map_err(sqlite)?;
         let projection = path
             .file_stem()
             .map(|stem| stem.to_string_lossy().into_owned())
@@ -182,6 +183,7 @@ impl SqliteReadModel {
                 let conn = Connection::open(&self.path).map_err(|e| self.sqlite(e))?;
                 conn.busy_timeout(std::time::Duration::from_secs(5))
                     .map_err(|e| self.sqlite(e))?;
+                crate::store::embedded::plan_once(&conn).map_err(|e| self.sqlite(e))?;
                 conn
             }
         };
@@ -1186,5 +1188,24 @@ mod tests {
         }
         assert_eq!(db.idle_readers(), MAX_IDLE_READERS);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bound_limits_do_not_prepare_statements_again() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let db = SqliteReadModel::open(&dir.path().join("rm.db")).expect("the read model opens");
+        let sql = "SELECT seq FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+        let reprepared = |conn: &Connection| {
+            let mut stmt = conn.prepare_cached(sql).expect("a statement");
+            for limit in [1, 2, 500] {
+                stmt.query_map(params![0, limit], |row| row.get::<_, i64>(0))
+                    .expect("a query")
+                    .for_each(drop);
+            }
+            stmt.get_status(rusqlite::StatementStatus::RePrepare)
+        };
+        // The writer's connection (commits, audit pages) and a reader's (document lists).
+        assert_eq!(reprepared(&db.lock()), 0);
+        assert_eq!(db.read(|conn| Ok(reprepared(conn))).expect("a read"), 0);
     }
 }
