@@ -1190,6 +1190,59 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Commits one batch writing `n` documents, each audited.
+    fn commit_audited(db: &SqliteReadModel, first: usize, n: usize) {
+        let cause = std::sync::Arc::new(audit::AuditCause {
+            event_id: format!("e{first}"),
+            event_type: "Set".into(),
+            aggregate_type: "meter".into(),
+            aggregate_id: "a".into(),
+            version: first as u64 + 1,
+            position: first as u64 + 1,
+            correlation_id: None,
+        });
+        let mut batch = Batch::default();
+        for i in first..first + n {
+            let (key, body) = (
+                ("c".to_owned(), format!("d{i}")),
+                serde_json::json!({ "n": i }),
+            );
+            batch.audit.push(audit::AuditWrite {
+                collection: key.0.clone(),
+                id: key.1.clone(),
+                after: Some(body.clone()),
+                cause: std::sync::Arc::clone(&cause),
+            });
+            batch.writes.insert(key, Some(body));
+        }
+        let (_, last) = db.commit(&batch).expect("a commit");
+        assert_eq!(last, Some((first + n) as u64));
+    }
+
+    #[test]
+    fn audit_entries_chain_across_the_multi_row_insert_sizes() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let db = SqliteReadModel::open(&dir.path().join("rm.db")).expect("the read model opens");
+        // At each statement size, one below, and one above: 32, 31 (8, 8, 8, 1 × 7), 33
+        // (32 + 1), 41 (32 + 8 + 1), 40 (32 + 8), 7 (1 × 7).
+        let mut total = 0;
+        for n in [32, 31, 33, 41, 40, 7, 1, 8] {
+            commit_audited(&db, total, n);
+            total += n;
+        }
+        let report = db.audit_verify().expect("verification");
+        assert!(report.is_intact(), "{report:?}");
+        assert_eq!(report.entries_checked, total as u64);
+        assert_eq!(report.last_seq, Some(total as u64));
+        // Each document's one entry is the write that created it, in seq order.
+        let page = db.audit_history("c", "d40", 0, 10).expect("a history");
+        let entry = &page.entries[0];
+        assert_eq!(
+            (entry.seq, entry.after.clone()),
+            (41, Some(serde_json::json!({ "n": 40 })))
+        );
+    }
+
     #[test]
     fn bound_limits_do_not_prepare_statements_again() {
         let dir = tempfile::tempdir().expect("a temporary folder");
