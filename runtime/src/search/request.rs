@@ -465,6 +465,7 @@ impl SearchRequest {
     /// How many matches a backend that counts them one by one needs to count: one past the
     /// bound, or past the end of this page if that is deeper, which is enough to say whether
     /// another page follows ([`SearchResponse::counted`]); `None` means count them all.
+    #[cfg_attr(not(all(feature = "search", feature = "postgres")), allow(dead_code))]
     pub(crate) fn count_up_to(&self) -> Option<u64> {
         self.total_bound
             .map(|bound| bound.max((self.offset + self.limit) as u64) + 1)
