@@ -62,6 +62,19 @@ struct System {
     _db: Option<support::TestDb>,
 }
 
+/// Appends one `Bumped` event with `payload` to counter `id`.
+async fn bump_once(store: &Arc<dyn EventStore>, id: &str, payload: &str, metadata: Metadata) {
+    let event = NewEvent::from_json("Bumped", 1, payload, metadata).unwrap();
+    store
+        .append(
+            &StreamId::new("counter", id),
+            ExpectedVersion::Any,
+            vec![event],
+        )
+        .await
+        .unwrap();
+}
+
 impl System {
     async fn start(options: NotifyOptions) -> Self {
         Self::start_with(options, AccessControl::open()).await
@@ -185,19 +198,14 @@ impl System {
 
     /// Appends `count` events to counter `id`, one append each, with a correlation id.
     async fn bump(&self, id: &str, count: u64) {
-        let stream = StreamId::new("counter", id);
         for _ in 0..count {
-            let event = NewEvent::from_json(
-                "Bumped",
-                1,
+            bump_once(
+                &self.store,
+                id,
                 "{}",
                 Metadata::correlated(format!("corr-{id}")),
             )
-            .unwrap();
-            self.store
-                .append(&stream, ExpectedVersion::Any, vec![event])
-                .await
-                .unwrap();
+            .await;
         }
     }
 }
@@ -272,19 +280,10 @@ async fn every_change_arrives_in_order_per_document_under_load_or_is_coalesced_i
         .map(|d| {
             let store = Arc::clone(&system.store);
             tokio::spawn(async move {
-                let stream = StreamId::new("counter", format!("c-{d}"));
                 for _ in 0..per_document {
-                    let event = NewEvent::from_json(
-                        "Bumped",
-                        1,
-                        "{}",
-                        Metadata::correlated(format!("corr-c-{d}")),
-                    )
-                    .unwrap();
-                    store
-                        .append(&stream, ExpectedVersion::Any, vec![event])
-                        .await
-                        .unwrap();
+                    let id = format!("c-{d}");
+                    let metadata = Metadata::correlated(format!("corr-{id}"));
+                    bump_once(&store, &id, "{}", metadata).await;
                 }
             })
         })
@@ -394,12 +393,8 @@ async fn a_connection_killed_mid_stream_resumes_with_nothing_missed_and_nothing_
         let store = Arc::clone(&system.store);
         tokio::spawn(async move {
             for round in 0..60u64 {
-                let stream = StreamId::new("counter", format!("c-{}", round % 6));
-                let event = NewEvent::from_json("Bumped", 1, "{}", Metadata::default()).unwrap();
-                store
-                    .append(&stream, ExpectedVersion::Any, vec![event])
-                    .await
-                    .unwrap();
+                let id = format!("c-{}", round % 6);
+                bump_once(&store, &id, "{}", Metadata::default()).await;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -565,21 +560,8 @@ async fn a_slow_client_is_disconnected_as_slow_without_holding_back_the_others()
             .map(|d| {
                 let store = Arc::clone(&store);
                 tokio::spawn(async move {
-                    let event = NewEvent::from_json(
-                        "Bumped",
-                        1,
-                        format!("{{\"pad\":\"{}\"}}", "x".repeat(400)),
-                        Metadata::default(),
-                    )
-                    .unwrap();
-                    store
-                        .append(
-                            &StreamId::new("counter", format!("c-{d}")),
-                            ExpectedVersion::Any,
-                            vec![event],
-                        )
-                        .await
-                        .unwrap();
+                    let padded = format!("{{\"pad\":\"{}\"}}", "x".repeat(400));
+                    bump_once(&store, &format!("c-{d}"), &padded, Metadata::default()).await;
                 })
             })
             .collect();
@@ -1432,15 +1414,7 @@ fn write_rounds(system: &System, documents: u64, per_document: u64) -> tokio::ta
     tokio::spawn(async move {
         for _ in 0..per_document {
             for d in 0..documents {
-                let event = NewEvent::from_json("Bumped", 1, "{}", Metadata::default()).unwrap();
-                store
-                    .append(
-                        &StreamId::new("counter", format!("c-{d}")),
-                        ExpectedVersion::Any,
-                        vec![event],
-                    )
-                    .await
-                    .unwrap();
+                bump_once(&store, &format!("c-{d}"), "{}", Metadata::default()).await;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
