@@ -331,6 +331,7 @@ impl OpenApi {
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchPage"}}}},
                     "400": error_response("A malformed query, filter, sort, cursor or aggregation, or one over a bound (`invalid_search`), or one the backend does not support (`unsupported_search`: a bucket aggregation nested in another on PostgreSQL)"),
                     "404": error_response("No such projection, or the collection is not searchable"),
+                    "414": {"description": "The request line is longer than the server reads (64 KiB): a query or `aggs` at its length bound in multi-byte characters, percent-encoded, can exceed it"},
                     "503": error_response("wait_for timed out, too many searches are running, or the search ran out of time")
                 }
             }}),

@@ -508,19 +508,21 @@ impl SearchRequest {
     }
 }
 
-/// `track_total_hits`: `true` counts every match; a number counts up to it.
+/// `track_total_hits`: `true` counts every match; a number (1 to `u32::MAX`, as the OpenAPI
+/// document says) counts up to it.
 fn parse_track_total_hits(value: &str) -> Result<Option<u64>, SearchError> {
     if value == "true" {
         return Ok(None);
     }
     value
-        .parse::<u64>()
+        .parse::<u32>()
         .ok()
         .filter(|n| *n >= 1)
-        .map(Some)
+        .map(|n| Some(u64::from(n)))
         .ok_or_else(|| {
             SearchError::Invalid(format!(
-                "track_total_hits must be `true` or a number of at least 1, got `{value}`"
+                "track_total_hits must be `true` or a number from 1 to {}, got `{value}`",
+                u32::MAX
             ))
         })
 }
@@ -1138,9 +1140,11 @@ mod tests {
             serde_json::to_value(last.total).unwrap(),
             serde_json::json!({"value": 1, "relation": "gte"})
         );
-        for bad in ["0", "false", "1.5", ""] {
+        for bad in ["0", "false", "1.5", "", "4294967296"] {
             assert!(parse(&[("track_total_hits", bad)]).is_err(), "{bad}");
         }
+        let most = parse(&[("track_total_hits", "4294967295")]).unwrap();
+        assert_eq!(most.total_bound, Some(u64::from(u32::MAX)));
     }
 
     #[test]
