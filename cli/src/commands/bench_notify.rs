@@ -523,6 +523,20 @@ async fn probe(
     seen
 }
 
+/// When the clients reached each phase of their connection, from the start of the connect:
+/// TCP connected, upgraded, `ready`.
+fn connect_phases(seen: &[Seen]) -> Value {
+    let phase = |i: usize| {
+        let mut at: Vec<f64> = seen.iter().filter_map(|s| s.phases[i]).collect();
+        latency_ms(&mut at)
+    };
+    json!({
+        "tcp_connected": phase(0),
+        "upgraded": phase(1),
+        "ready": phase(2),
+    })
+}
+
 pub(crate) fn run(args: NotifyArgs) -> anyhow::Result<Outcome> {
     let (mut server, url) = Server::start(&args)?;
     let base = url.replacen("http", "ws", 1);
@@ -561,15 +575,7 @@ pub(crate) fn run(args: NotifyArgs) -> anyhow::Result<Outcome> {
     let connections = args.clients + args.watchers;
     let failed: Vec<&String> = seen.iter().filter_map(|s| s.failed.as_ref()).collect();
     let mut connect: Vec<f64> = seen.iter().filter_map(|s| s.connect).collect();
-    let phase = |i: usize| {
-        let mut at: Vec<f64> = seen.iter().filter_map(|s| s.phases[i]).collect();
-        latency_ms(&mut at)
-    };
-    let connect_phases = json!({
-        "tcp_connected": phase(0),
-        "upgraded": phase(1),
-        "ready": phase(2),
-    });
+    let connect_phases = connect_phases(&seen);
     let mut latencies = latencies_of(&seen);
     // Apart: clients within their throttle (one document each) and watchers of the whole
     // projection, whose notifications wait for the throttle by design (coalesced, latest wins).
