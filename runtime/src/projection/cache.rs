@@ -395,7 +395,9 @@ fn search_size(response: &SearchResponse) -> usize {
     let maps = |map: &serde_json::Map<String, Value>| -> usize {
         map.iter().map(|(k, v)| k.len() + 4 + json_size(v)).sum()
     };
-    48 + hits
+    // The response's keys and punctuation, and its total: `{"value":…,"relation":"gte"}`.
+    48 + 28
+        + hits
         + response.next_cursor.as_ref().map_or(0, String::len)
         + maps(&response.facets)
         + maps(&response.aggregations)
