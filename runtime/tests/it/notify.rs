@@ -62,6 +62,14 @@ struct System {
     _db: Option<support::TestDb>,
 }
 
+/// The client's next event within `secs` seconds; fails saying what was waited for.
+async fn next_within(client: &mut NotificationClient, secs: u64, waiting_for: &str) -> ClientEvent {
+    tokio::time::timeout(Duration::from_secs(secs), client.next())
+        .await
+        .unwrap_or_else(|_| panic!("{waiting_for}: nothing within {secs} s"))
+        .unwrap_or_else(|| panic!("{waiting_for}: the client ended"))
+}
+
 /// Appends one `Bumped` event with `payload` to counter `id`.
 async fn bump_once(store: &Arc<dyn EventStore>, id: &str, payload: &str, metadata: Metadata) {
     let event = NewEvent::from_json("Bumped", 1, payload, metadata).unwrap();
@@ -296,10 +304,7 @@ async fn every_change_arrives_in_order_per_document_under_load_or_is_coalesced_i
         let mut changes = 0u64;
         let mut last_resume = 0;
         while versions.values().filter(|v| **v == per_document).count() < documents as usize {
-            let event = tokio::time::timeout(Duration::from_secs(20), client.next())
-                .await
-                .expect("notifications keep coming")
-                .unwrap();
+            let event = next_within(client, 20, "notifications keep coming").await;
             let ClientEvent::Notification(note) = event else {
                 continue;
             };
@@ -632,10 +637,7 @@ async fn a_rebuilt_read_model_resets_its_subscribers_and_old_positions() {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
     system.projection = Some(system.runner.spawn(Counters).unwrap());
-    let event = tokio::time::timeout(Duration::from_secs(10), client.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let event = next_within(&mut client, 10, "the reset after the rebuild").await;
     let ClientEvent::Reset {
         epoch: new_epoch,
         reason,
@@ -649,10 +651,7 @@ async fn a_rebuilt_read_model_resets_its_subscribers_and_old_positions() {
     // The rebuild replays the three events under the new epoch (a commit may hold several).
     let mut version = 0;
     while version < 3 {
-        let event = tokio::time::timeout(Duration::from_secs(10), client.next())
-            .await
-            .unwrap()
-            .unwrap();
+        let event = next_within(&mut client, 10, "the replay under the new epoch").await;
         let ClientEvent::Notification(note) = event else {
             panic!("expected a notification, got {event:?}")
         };
@@ -1443,10 +1442,7 @@ async fn a_throttled_client_cut_off_mid_stream_resumes_from_its_mark_with_nothin
     let mut received = Received::default();
     let (mut cut_above, mut reconnected, mut replayed) = (0, false, 0);
     while !received.done(documents, per_document) {
-        let event = tokio::time::timeout(Duration::from_secs(20), client.next())
-            .await
-            .expect("the final versions arrive")
-            .unwrap();
+        let event = next_within(&mut client, 20, "the final versions arrive").await;
         match event {
             ClientEvent::Notification(note) => {
                 received.take(&note);
@@ -1506,10 +1502,7 @@ async fn a_client_remembers_at_most_a_mailbox_of_documents_above_its_mark() {
     let mut received = Received::default();
     let mut most = 0;
     while !received.done(documents, per_document) {
-        let event = tokio::time::timeout(Duration::from_secs(20), client.next())
-            .await
-            .expect("the final versions arrive")
-            .unwrap();
+        let event = next_within(&mut client, 20, "the final versions arrive").await;
         match event {
             ClientEvent::Notification(note) => {
                 received.take(&note);
